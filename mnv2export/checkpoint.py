@@ -1,0 +1,192 @@
+"""Self-describing checkpoints.
+
+A checkpoint is a dict of primitives and tensors only, so it loads with ``torch.load(weights_only=True)``, and this
+loader never loads any other way: a file carrying a pickled object is refused. It holds all an exporter needs::
+
+    format, schema_version            "mnv2export.checkpoint", 1
+    model_config, data_config         ModelConfig / DataConfig as dicts
+    class_names                       list[str], index = class id
+    state_dict                        the model's weights (the EMA weights when EMA was on)
+    train_summary                     epoch, epochs, best_val_acc, best_epoch, final metrics, images skipped
+    provenance                        package, torch, torchvision and python versions, data fingerprint, time
+
+``last.pt`` also holds ``train_config`` and ``resume`` (optimizer, scheduler, scaler, EMA and RNG state).
+"""
+
+from __future__ import annotations
+
+import logging
+import pickle
+import platform
+import time
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from . import __version__
+from .config import DataConfig, ModelConfig
+from .errors import CheckpointError, ConfigError
+from .fileio import atomic_path, sha256_file
+
+log = logging.getLogger(__name__)
+
+FORMAT = "mnv2export.checkpoint"
+SCHEMA_VERSION = 1
+
+
+@dataclass
+class Checkpoint:
+    model_config: ModelConfig
+    data_config: DataConfig
+    class_names: list[str]
+    state_dict: dict[str, torch.Tensor]
+    train_summary: dict[str, Any] = field(default_factory=dict)
+    provenance: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)  # train_config, resume state (last.pt)
+    path: Path | None = None
+    sha256: str | None = None
+
+    def to_payload(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT,
+            "schema_version": SCHEMA_VERSION,
+            "model_config": self.model_config.to_dict(),
+            "data_config": self.data_config.to_dict(),
+            "class_names": list(self.class_names),
+            "state_dict": self.state_dict,
+            "train_summary": self.train_summary,
+            "provenance": self.provenance,
+            **self.extra,
+        }
+
+    def build_model(self) -> nn.Module:
+        """The trained model, FP32, eval mode, on CPU."""
+        from .model import build_model
+
+        model = build_model(self.model_config)
+        try:
+            model.load_state_dict(self.state_dict, strict=True)
+        except RuntimeError as exc:
+            raise CheckpointError(
+                f"weights do not fit the model its config describes: {str(exc).splitlines()[0]}",
+                path=self.path, hint="the checkpoint was edited or written by another tool",
+            ) from None
+        return model.eval()
+
+    def metadata(self) -> dict[str, Any]:
+        """What every exported artifact embeds about its source (JSON-ready)."""
+        d = self.data_config
+        return {
+            "class_names": list(self.class_names),
+            "num_classes": self.model_config.num_classes,
+            "input_size": [3, d.img_size, d.img_size],
+            "resize_size": d.resize_size,
+            "interpolation": d.interpolation,
+            "mean": list(d.mean),
+            "std": list(d.std),
+            "model_config": self.model_config.to_dict(),
+            "data_config": d.to_dict(),
+            "source_checkpoint": self.path.name if self.path else None,
+            "source_checkpoint_sha256": self.sha256,
+            "train_summary": self.train_summary,
+            "versions": versions(),
+        }
+
+
+def versions() -> dict[str, str]:
+    import torchvision
+
+    return {
+        "mnv2export": __version__,
+        "torch": str(torch.__version__),  # TorchVersion is a class weights_only loading refuses
+        "torchvision": str(torchvision.__version__),
+        "python": platform.python_version(),
+    }
+
+
+def provenance(data_fingerprint: str | None) -> dict[str, Any]:
+    return {**versions(), "data_fingerprint": data_fingerprint, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+
+
+def save_checkpoint(ckpt: Checkpoint, path: str | Path) -> Path:
+    """Write atomically: a run killed at any moment leaves the previous file or the new one, never half of one."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        torch.save(ckpt.to_payload(), tmp)
+    return path
+
+
+def load_checkpoint(path: str | Path) -> Checkpoint:
+    """Load and validate a checkpoint, safely (``weights_only=True``). Every failure is a :class:`CheckpointError`."""
+    p = Path(path)
+    hint = "pass a best.pt or last.pt written by `mnv2 train`"
+    if not p.exists():
+        raise CheckpointError("checkpoint not found", path=p, hint=hint)
+    if p.is_dir():
+        raise CheckpointError("checkpoint path is a folder, not a file", path=p, hint=hint)
+    if p.stat().st_size == 0:
+        raise CheckpointError("checkpoint file is empty", path=p, hint=hint)
+    try:
+        payload = torch.load(p, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if "weights_only" in str(exc) or "Unsupported global" in str(exc):
+            raise CheckpointError(
+                "checkpoint carries a pickled Python object and is refused (loading it could run code)",
+                path=p, hint="re-save it with tensors and primitives only, or re-train with `mnv2 train`",
+            ) from None
+        raise CheckpointError("checkpoint is not a readable torch file (truncated or corrupt)", path=p, hint=hint) from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError, AttributeError, TypeError) as exc:
+        log.debug("torch.load failed: %r", exc)
+        raise CheckpointError("checkpoint is not a readable torch file (truncated or corrupt)", path=p, hint=hint) from None
+    return _from_payload(payload, p)
+
+
+def _from_payload(payload: Any, p: Path) -> Checkpoint:
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        if isinstance(payload, dict) and payload and all(isinstance(v, torch.Tensor) for v in payload.values()):
+            raise CheckpointError(
+                "file is a bare state dict, not a self-describing checkpoint", path=p,
+                hint="use it with `mnv2 train --init-from`, or pass a checkpoint written by `mnv2 train`",
+            )
+        raise CheckpointError("file is not an mnv2export checkpoint", path=p, hint="pass a best.pt or last.pt written by `mnv2 train`")
+    version = payload.get("schema_version")
+    if not isinstance(version, int) or version > SCHEMA_VERSION:
+        raise CheckpointError(
+            f"checkpoint schema version {version!r} is newer than this tool understands ({SCHEMA_VERSION})", path=p,
+            hint="upgrade mnv2export",
+        )
+    arch = (payload.get("model_config") or {}).get("arch")
+    if arch != "mobilenet_v2":
+        raise CheckpointError(f"checkpoint is of another architecture ({arch!r})", path=p, hint="this tool handles MobileNetV2 only")
+    try:
+        model_cfg = ModelConfig.from_dict(payload["model_config"])
+        data_cfg = DataConfig.from_dict(payload["data_config"])
+        class_names = [str(c) for c in payload["class_names"]]
+        state_dict = payload["state_dict"]
+    except (KeyError, TypeError) as exc:
+        raise CheckpointError(f"checkpoint lacks a required entry ({exc})", path=p, hint="re-train with `mnv2 train`") from None
+    except ConfigError as exc:
+        raise CheckpointError(f"checkpoint holds an invalid setting: {exc.what}", path=p, hint="re-train with `mnv2 train`") from None
+    if len(class_names) != model_cfg.num_classes:
+        raise CheckpointError(
+            f"checkpoint names {len(class_names)} classes but its model has {model_cfg.num_classes}", path=p,
+            hint="the checkpoint was edited; re-train",
+        )
+    if not isinstance(state_dict, dict) or not all(isinstance(v, torch.Tensor) for v in state_dict.values()):
+        raise CheckpointError("checkpoint weights are not a state dict of tensors", path=p, hint="re-train with `mnv2 train`")
+    known = {"format", "schema_version", "model_config", "data_config", "class_names", "state_dict", "train_summary", "provenance"}
+    return Checkpoint(
+        model_config=model_cfg,
+        data_config=data_cfg,
+        class_names=class_names,
+        state_dict=state_dict,
+        train_summary=dict(payload.get("train_summary") or {}),
+        provenance=dict(payload.get("provenance") or {}),
+        extra={k: v for k, v in payload.items() if k not in known},
+        path=p,
+        sha256=sha256_file(p),
+    )

@@ -1,0 +1,86 @@
+"""The ``mnv2`` command: a typer app whose commands parse options, call one library function and print its result.
+
+Heavy libraries (torch, onnxruntime) are imported inside the commands, so ``mnv2 --help`` answers at once.
+Errors: a known error prints ``error: <what> (<file>): <how to fix>`` and exits 1; a malformed command line exits 2;
+``MNV2_DEBUG=1`` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import traceback
+
+import click
+import typer
+
+from ..errors import Mnv2Error
+
+app = typer.Typer(
+    name="mnv2",
+    help="Train MobileNetV2 classifiers, export them (TorchScript, ONNX FP32/INT8/FP16), check parity and benchmark.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+@app.callback()
+def _root(verbose: bool = typer.Option(False, "--verbose", "-v", help="Log debug messages.")) -> None:
+    setup_logging(logging.DEBUG if verbose else logging.INFO)
+
+
+def setup_logging(level: int = logging.INFO) -> None:
+    logger = logging.getLogger("mnv2export")
+    logger.setLevel(level)
+    if not any(getattr(h, "_mnv2", False) for h in logger.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(message)s" if level > logging.DEBUG else "%(levelname)s %(name)s: %(message)s"))
+        handler._mnv2 = True  # type: ignore[attr-defined]
+        logger.addHandler(handler)
+        logger.propagate = False
+    else:
+        for h in logger.handlers:
+            h.setLevel(level)
+
+
+def _register() -> None:
+    # each module adds its commands to `app`
+    from . import train_cmd  # noqa: F401
+
+
+_register()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``mnv2`` console script."""
+    debug = os.environ.get("MNV2_DEBUG", "") not in ("", "0")
+    try:
+        code = app(args=argv, prog_name="mnv2", standalone_mode=False)
+        return int(code or 0)
+    except click.exceptions.UsageError as exc:
+        where = f" (try '{exc.ctx.command_path} --help')" if exc.ctx is not None else ""
+        print(f"error: {exc.format_message()}{where}", file=sys.stderr)
+        return 2
+    except click.exceptions.Abort:
+        print("error: aborted", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    except Mnv2Error as exc:
+        if debug:
+            traceback.print_exc()
+        print(f"error: {exc.one_line()}", file=sys.stderr)
+        return exc.exit_code
+    except Exception as exc:  # noqa: BLE001 - the last line of defence: one line unless debugging
+        if debug:
+            raise
+        print(f"error: unexpected {type(exc).__name__}: {exc} (set MNV2_DEBUG=1 for the traceback, and report it)", file=sys.stderr)
+        return 1
+
+
+def run() -> None:
+    sys.exit(main())

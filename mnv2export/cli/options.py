@@ -1,0 +1,32 @@
+"""CLI options shared by several commands, declared once."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+Device = Annotated[Optional[str], typer.Option("--device", help="auto (CUDA when present), cuda or cpu. Asking for cuda where there is none is an error.")]
+Provider = Annotated[str, typer.Option("--provider", help="Execution provider(s): cpu, cuda or all (comma-separated).")]
+Epochs = Annotated[Optional[int], typer.Option("--epochs", help="Training epochs.")]
+Width = Annotated[Optional[float], typer.Option("--width", help="Width multiplier (0.35 to 1.4).")]
+ImgSize = Annotated[Optional[int], typer.Option("--img-size", help="Input size in pixels (square).")]
+Data = Annotated[Optional[str], typer.Option("--data", help="synth, fashion-mnist, or an ImageFolder folder (train/<class>/, val/<class>/).")]
+DataDir = Annotated[Optional[str], typer.Option("--data-dir", help="Folder holding the Fashion-MNIST IDX files (default: Debian's dataset-fashion-mnist).")]
+JsonOut = Annotated[Optional[Path], typer.Option("--json", help="Also write the result as JSON to this file.")]
+CheckpointArg = Annotated[Path, typer.Argument(help="A checkpoint written by `mnv2 train` (best.pt / last.pt).", show_default=False)]
+
+
+def floats(text: str | None, name: str) -> list[float] | None:
+    """Parse ``R,G,B`` style lists; a malformed value is a usage error."""
+    if text is None:
+        return None
+    try:
+        return [float(v) for v in text.split(",")]
+    except ValueError:
+        raise typer.BadParameter(f"expected comma-separated numbers, got {text!r}", param_hint=name) from None
+
+
+def csv_list(text: str) -> list[str]:
+    return [v.strip() for v in text.split(",") if v.strip()]

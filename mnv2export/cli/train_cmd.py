@@ -1,0 +1,98 @@
+"""``mnv2 train`` and ``mnv2 data synth``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from . import app
+from .options import Data, DataDir, Device, Epochs, ImgSize, Width, floats
+
+data_app = typer.Typer(help="Data set helpers.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+
+@app.command()
+def train(
+    config: Annotated[Optional[Path], typer.Option("--config", "-c", help="Recipe (TOML with [model], [data], [train]); flags override it.")] = None,
+    data: Data = None,
+    data_dir: DataDir = None,
+    class_index: Annotated[Optional[str], typer.Option(help="JSON naming the classes (wnid -> name, as imagenet_class_index.json).")] = None,
+    img_size: ImgSize = None,
+    width: Width = None,
+    small_input: Annotated[Optional[bool], typer.Option("--small-input/--no-small-input", help="Keep resolution for 28-64 px inputs (total stride 8).")] = None,
+    dropout: Annotated[Optional[float], typer.Option(help="Dropout before the classifier.")] = None,
+    mean: Annotated[Optional[str], typer.Option(help="Normalisation mean R,G,B.")] = None,
+    std: Annotated[Optional[str], typer.Option(help="Normalisation std R,G,B.")] = None,
+    train_aug: Annotated[Optional[str], typer.Option(help="Train augmentation: rrc (random resized crop), crop_pad, none.")] = None,
+    synth_classes: Annotated[Optional[int], typer.Option(help="synth: number of classes.")] = None,
+    synth_per_class: Annotated[Optional[int], typer.Option(help="synth: training images per class.")] = None,
+    epochs: Epochs = None,
+    batch_size: Annotated[Optional[int], typer.Option("--batch-size", "-b", help="Batch size per process.")] = None,
+    lr: Annotated[Optional[float], typer.Option(help="Peak learning rate.")] = None,
+    optimizer: Annotated[Optional[str], typer.Option(help="sgd (momentum, nesterov) or adamw.")] = None,
+    weight_decay: Annotated[Optional[float], typer.Option(help="Weight decay (not applied to norm and bias parameters).")] = None,
+    warmup_epochs: Annotated[Optional[float], typer.Option(help="Linear warm-up length in epochs, then cosine decay.")] = None,
+    label_smoothing: Annotated[Optional[float], typer.Option(help="Label smoothing.")] = None,
+    ema: Annotated[Optional[bool], typer.Option("--ema/--no-ema", help="Keep an exponential moving average of the weights (evaluated and saved).")] = None,
+    amp: Annotated[Optional[str], typer.Option(help="Mixed precision: auto (bf16/fp16 on CUDA, off on CPU), off, bf16, fp16.")] = None,
+    channels_last: Annotated[Optional[str], typer.Option(help="channels_last memory format: auto, on, off.")] = None,
+    compile: Annotated[Optional[bool], typer.Option("--compile/--no-compile", help="torch.compile the model.")] = None,
+    device: Device = None,
+    seed: Annotated[Optional[int], typer.Option(help="Random seed.")] = None,
+    workers: Annotated[Optional[int], typer.Option(help="Data loader worker processes.")] = None,
+    sync_bn: Annotated[Optional[bool], typer.Option("--sync-bn/--no-sync-bn", help="SyncBatchNorm under torchrun.")] = None,
+    init_from: Annotated[Optional[str], typer.Option(help="Start from a torchvision MobileNetV2 state dict (classifier replaced if the class count differs).")] = None,
+    out: Annotated[Optional[str], typer.Option("--out", "-o", help="Run folder (default weights/<data>-<time>).")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its last.pt.")] = False,
+    plots: Annotated[Optional[bool], typer.Option("--plots/--no-plots", help="Write the training pictures at the end.")] = None,
+    progress: Annotated[Optional[bool], typer.Option("--progress/--no-progress", help="Show a progress bar per epoch.")] = None,
+) -> None:
+    """Train MobileNetV2 (CUDA when present, else CPU). Under torchrun: DistributedDataParallel."""
+    from ..config import load_recipe, run_config
+    from ..errors import ConfigError
+
+    model = {"width_mult": width, "small_input": small_input, "dropout": dropout}
+    data_flags = {
+        "source": data, "data_dir": data_dir, "class_index": class_index, "img_size": img_size, "mean": floats(mean, "--mean"),
+        "std": floats(std, "--std"), "train_aug": train_aug, "synth_classes": synth_classes, "synth_train_per_class": synth_per_class,
+    }
+    train_flags = {
+        "epochs": epochs, "batch_size": batch_size, "lr": lr, "optimizer": optimizer, "weight_decay": weight_decay,
+        "warmup_epochs": warmup_epochs, "label_smoothing": label_smoothing, "ema": ema, "amp": amp, "channels_last": channels_last,
+        "compile": compile, "device": device, "seed": seed, "workers": workers, "sync_bn": sync_bn, "init_from": init_from,
+        "out": out, "plots": plots, "progress": progress,
+    }
+    from ..train import fit, resume_config
+
+    if resume:
+        if not out:
+            raise ConfigError("--resume needs the run folder", hint="pass --out weights/<run>")
+        cfg, ckpt = resume_config(Path(out), {"model": model, "data": data_flags, "train": train_flags})
+        result = fit(cfg, run_dir=out, resume_from=ckpt)
+    else:
+        cfg = run_config(load_recipe(config) if config else None, model, data_flags, train_flags)
+        result = fit(cfg)
+    s = result.summary
+    typer.echo(
+        f"best val_acc {100 * s['best_val_acc']:.2f}% (epoch {s['best_epoch']}), {s['epoch']} epochs, "
+        f"{s.get('images_skipped', 0)} images skipped -> {result.best}"
+    )
+
+
+@data_app.command("synth")
+def data_synth(
+    out: Annotated[Path, typer.Argument(help="Output folder (ImageFolder layout: train/<class>/, val/<class>/).")],
+    classes: Annotated[int, typer.Option("--classes", help="Number of classes.")] = 10,
+    per_class: Annotated[int, typer.Option("--per-class", help="Training images per class.")] = 100,
+    val_per_class: Annotated[Optional[int], typer.Option("--val-per-class", help="Validation images per class (default 30% of --per-class).")] = None,
+    size: Annotated[int, typer.Option("--size", help="Image size in pixels.")] = 64,
+    seed: Annotated[int, typer.Option("--seed", help="Seed (the same seed gives the same images).")] = 0,
+) -> None:
+    """Write the built-in synthetic data set to disk as an ImageFolder."""
+    from ..data.synth import write_synth
+
+    counts = write_synth(out, classes, per_class, size, val_per_class=val_per_class, seed=seed)
+    typer.echo(f"wrote {counts['train']} train and {counts['val']} val images of {classes} classes to {out}")

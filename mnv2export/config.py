@@ -1,0 +1,282 @@
+"""Configuration dataclasses: the model, the data and the training run.
+
+They hold primitives only (str, int, float, bool, lists of those, None), so that they go into a checkpoint that loads
+with ``torch.load(weights_only=True)`` and into JSON unchanged. Every value is checked when the object is built,
+whatever it was built from (CLI flags, a recipe file, a checkpoint): a bad value is a :class:`ConfigError`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, TypeVar
+
+from .errors import ConfigError
+
+IMAGENET_MEAN = [0.485, 0.456, 0.406]
+IMAGENET_STD = [0.229, 0.224, 0.225]
+INTERPOLATIONS = ("nearest", "bilinear", "bicubic")
+TRAIN_AUGMENTATIONS = ("rrc", "crop_pad", "none")
+
+T = TypeVar("T", bound="_Config")
+
+
+def _check(ok: bool, what: str, hint: str) -> None:
+    if not ok:
+        raise ConfigError(what, hint=hint)
+
+
+def _in_range(name: str, value: float, lo: float, hi: float, *, lo_open: bool = False) -> None:
+    bad = not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value)
+    if not bad:
+        bad = value > hi or (value <= lo if lo_open else value < lo)
+    low = f"> {lo}" if lo_open else f">= {lo}"
+    _check(not bad, f"{name} = {value!r} is out of range", f"use a value {low} and <= {hi}")
+
+
+def _one_of(name: str, value: Any, choices: tuple[str, ...]) -> None:
+    _check(value in choices, f"unknown {name} {value!r}", f"choose one of {', '.join(choices)}")
+
+
+class _Config:
+    """to_dict / from_dict for the dataclasses below; unknown keys are an error, not silently dropped."""
+
+    section: ClassVar[str] = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)  # type: ignore[call-overload]
+
+    @classmethod
+    def from_dict(cls: type[T], values: dict[str, Any]) -> T:
+        names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        unknown = sorted(set(values) - names)
+        if unknown:
+            raise ConfigError(
+                f"unknown {cls.section} setting(s) {', '.join(unknown)}",
+                hint=f"known settings: {', '.join(sorted(names))}",
+            )
+        return cls(**values)
+
+    def replace(self: T, **changes: Any) -> T:
+        return dataclasses.replace(self, **changes)  # type: ignore[type-var]
+
+
+@dataclass(frozen=True)
+class ModelConfig(_Config):
+    """torchvision's MobileNetV2 with its width multiplier and any class count.
+
+    ``small_input`` keeps more resolution for 28-64 px inputs: the stem convolution and the first 24-channel stage
+    run at stride 1, so the total stride is 8 instead of 32 (a 28 px image ends at 4x4, not 1x1).
+    """
+
+    section: ClassVar[str] = "model"
+
+    num_classes: int = 20
+    width_mult: float = 1.0
+    dropout: float = 0.2
+    small_input: bool = False
+    arch: str = "mobilenet_v2"
+
+    def __post_init__(self) -> None:
+        _one_of("architecture", self.arch, ("mobilenet_v2",))
+        _check(
+            isinstance(self.num_classes, int) and not isinstance(self.num_classes, bool) and 2 <= self.num_classes <= 100_000,
+            f"num_classes = {self.num_classes!r} is out of range",
+            "a classifier needs between 2 and 100000 classes",
+        )
+        _in_range("width", self.width_mult, 0.35, 1.4)
+        _in_range("dropout", self.dropout, 0.0, 0.95)
+        _check(isinstance(self.small_input, bool), "small_input must be true or false", "use true or false")
+
+
+@dataclass(frozen=True)
+class DataConfig(_Config):
+    """Where the images come from and how they become tensors (stored in every checkpoint and artifact).
+
+    ``source`` is ``synth``, ``fashion-mnist`` or a folder in ImageFolder layout (``train/<class>/``, ``val/<class>/``).
+    Validation preprocessing: resize the shorter side to ``resize_size``, centre-crop ``img_size``, scale to [0, 1],
+    normalise with ``mean`` / ``std``. Images are always converted to RGB first.
+    """
+
+    section: ClassVar[str] = "data"
+
+    source: str = "synth"
+    data_dir: str | None = None
+    img_size: int = 224
+    resize_size: int | None = None
+    mean: list[float] = field(default_factory=lambda: list(IMAGENET_MEAN))
+    std: list[float] = field(default_factory=lambda: list(IMAGENET_STD))
+    interpolation: str = "bilinear"
+    train_aug: str = "rrc"
+    rrc_scale: list[float] = field(default_factory=lambda: [0.25, 1.0])
+    pad: int = 4
+    hflip: bool = True
+    class_index: str | None = None
+    # the built-in synthetic set
+    synth_classes: int = 10
+    synth_train_per_class: int = 200
+    synth_val_per_class: int = 50
+    synth_seed: int = 0
+
+    def __post_init__(self) -> None:
+        _check(isinstance(self.source, str) and self.source != "", "data source is empty", "pass --data synth, fashion-mnist or a folder")
+        _check(
+            isinstance(self.img_size, int) and not isinstance(self.img_size, bool) and 16 <= self.img_size <= 1024,
+            f"image size = {self.img_size!r} is out of range",
+            "use an image size between 16 and 1024 pixels",
+        )
+        if self.resize_size is None:
+            # the usual 0.875 centre-crop ratio (256 -> 224); no resize beyond the crop for tiny images
+            object.__setattr__(self, "resize_size", self.img_size if self.img_size <= 64 else int(math.floor(self.img_size / 0.875)))
+        _check(
+            isinstance(self.resize_size, int) and self.img_size <= self.resize_size <= 4 * self.img_size,
+            f"resize size = {self.resize_size!r} is out of range",
+            f"use a resize size between the image size ({self.img_size}) and 4x it",
+        )
+        for name in ("mean", "std"):
+            values = getattr(self, name)
+            _check(
+                isinstance(values, (list, tuple)) and len(values) == 3 and all(isinstance(v, (int, float)) for v in values),
+                f"{name} must have 3 numbers (R, G, B), got {values!r}",
+                f"pass --{name} R,G,B",
+            )
+            object.__setattr__(self, name, [float(v) for v in values])
+        _check(all(s > 0 for s in self.std), f"std must be positive, got {self.std}", "pass positive numbers")
+        _one_of("interpolation", self.interpolation, INTERPOLATIONS)
+        _one_of("train augmentation", self.train_aug, TRAIN_AUGMENTATIONS)
+        _check(
+            len(self.rrc_scale) == 2 and 0 < self.rrc_scale[0] <= self.rrc_scale[1] <= 1,
+            f"rrc_scale = {self.rrc_scale!r} is invalid",
+            "use two numbers 0 < min <= max <= 1",
+        )
+        object.__setattr__(self, "rrc_scale", [float(v) for v in self.rrc_scale])
+        _in_range("pad", self.pad, 0, self.img_size // 2)
+        _in_range("synthetic class count", self.synth_classes, 2, 64)
+        _in_range("synthetic images per class (train)", self.synth_train_per_class, 1, 100_000)
+        _in_range("synthetic images per class (val)", self.synth_val_per_class, 1, 100_000)
+
+    @property
+    def is_builtin(self) -> bool:
+        return self.source in ("synth", "fashion-mnist")
+
+
+@dataclass(frozen=True)
+class TrainConfig(_Config):
+    section: ClassVar[str] = "train"
+
+    epochs: int = 10
+    batch_size: int = 32
+    lr: float = 0.05
+    optimizer: str = "sgd"
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 4e-5
+    warmup_epochs: float = 1.0
+    label_smoothing: float = 0.1
+    ema: bool = False
+    ema_decay: float = 0.999
+    amp: str = "auto"
+    channels_last: str = "auto"
+    compile: bool = False
+    device: str = "auto"
+    seed: int = 0
+    workers: int = 2
+    sync_bn: bool = False
+    init_from: str | None = None
+    out: str | None = None  # the run folder; None: weights/<source>-<time>
+    plots: bool = True
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        for name, lo, hi in (("epochs", 1, 100_000), ("batch size", 1, 65_536), ("workers", 0, 256)):
+            value = getattr(self, name.replace(" ", "_"))
+            _check(
+                isinstance(value, int) and not isinstance(value, bool) and lo <= value <= hi,
+                f"{name} = {value!r} is out of range",
+                f"use a whole number between {lo} and {hi}",
+            )
+        _in_range("lr", self.lr, 0.0, 10.0, lo_open=True)
+        _in_range("momentum", self.momentum, 0.0, 0.999)
+        _in_range("weight decay", self.weight_decay, 0.0, 1.0)
+        _in_range("warm-up epochs", self.warmup_epochs, 0.0, float(self.epochs))
+        _in_range("label smoothing", self.label_smoothing, 0.0, 0.5)
+        _in_range("EMA decay", self.ema_decay, 0.0, 0.99999, lo_open=True)
+        _one_of("optimizer", self.optimizer, ("sgd", "adamw"))
+        _one_of("mixed precision mode", self.amp, ("auto", "off", "bf16", "fp16"))
+        _one_of("channels_last mode", self.channels_last, ("auto", "on", "off"))
+        _one_of("device", self.device, ("auto", "cuda", "cpu"))
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """The three sections together, as a recipe file and ``config.json`` hold them."""
+
+    model: ModelConfig
+    data: DataConfig
+    train: TrainConfig
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"model": self.model.to_dict(), "data": self.data.to_dict(), "train": self.train.to_dict()}
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> RunConfig:
+        unknown = sorted(set(values) - {"model", "data", "train"})
+        if unknown:
+            raise ConfigError(f"unknown section(s) {', '.join(unknown)}", hint="a recipe has [model], [data] and [train] sections")
+        return cls(
+            model=ModelConfig.from_dict(values.get("model", {})),
+            data=DataConfig.from_dict(values.get("data", {})),
+            train=TrainConfig.from_dict(values.get("train", {})),
+        )
+
+    def override(self, model: dict[str, Any], data: dict[str, Any], train: dict[str, Any]) -> RunConfig:
+        """Apply explicit flags (only those given, i.e. not None) over the recipe's values."""
+
+        def given(d: dict[str, Any]) -> dict[str, Any]:
+            return {k: v for k, v in d.items() if v is not None}
+
+        return RunConfig(
+            model=ModelConfig.from_dict({**self.model.to_dict(), **given(model)}),
+            data=DataConfig.from_dict({**self.data.to_dict(), **given(data)}),
+            train=TrainConfig.from_dict({**self.train.to_dict(), **given(train)}),
+        )
+
+
+# Defaults that depend on the data source (applied under a recipe's values and explicit flags).
+SOURCE_DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {
+    "synth": {"data": {"img_size": 64, "rrc_scale": [0.5, 1.0]}, "model": {}},
+    "fashion-mnist": {
+        "data": {"img_size": 28, "mean": [0.2860] * 3, "std": [0.3530] * 3, "train_aug": "crop_pad", "pad": 2},
+        "model": {"small_input": True},
+    },
+}
+
+
+def run_config(recipe: RunConfig | None, model: dict[str, Any], data: dict[str, Any], train: dict[str, Any]) -> RunConfig:
+    """Resolve a run's settings: explicit flags (non-None) over the recipe, over the data source's defaults."""
+    source = data.get("source") or (recipe.data.source if recipe else None)
+    if not source:
+        raise ConfigError("no data given", hint="pass --data synth, --data fashion-mnist, --data FOLDER, or --config RECIPE")
+    base = recipe or RunConfig(ModelConfig(), DataConfig(source=source), TrainConfig())
+    if recipe is None:
+        extra = SOURCE_DEFAULTS.get(source, {"model": {}, "data": {}})
+        base = base.override(extra["model"], {**extra["data"], "source": source}, {})
+    return base.override(model, data, train)
+
+
+def load_recipe(path: str | Path) -> RunConfig:
+    """Read a recipe (TOML with [model], [data] and [train] tables)."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError("recipe file not found", path=p, hint="pass a TOML file such as train/fashion_mnist_cpu.toml")
+    try:
+        values = tomllib.loads(p.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"recipe is not valid TOML: {exc}", path=p, hint="fix the file's syntax") from None
+    try:
+        return RunConfig.from_dict(values)
+    except ConfigError as exc:
+        raise ConfigError(exc.what, path=p, hint=exc.hint) from None

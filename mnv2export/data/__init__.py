@@ -1,0 +1,121 @@
+"""Data sets built from a :class:`DataConfig`: an ImageFolder tree, ``synth`` or ``fashion-mnist``."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import Dataset
+
+from ..config import DataConfig
+from ..errors import DataError
+from .folder import FolderDataset, SkippedImage, check_same_classes, fingerprint, read_class_index, scan_split
+from .images import ImageReadError, open_rgb, to_rgb
+from .transforms import eval_transform, train_transform
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "DataBundle", "ImageReadError", "SkipTracker", "build_datasets", "collate", "eval_transform", "open_rgb",
+    "train_transform", "load_images",
+]
+
+
+@dataclass
+class DataBundle:
+    train: Dataset
+    val: Dataset
+    class_names: list[str]
+    fingerprint: str
+    summary: dict[str, Any] = field(default_factory=dict)
+
+
+class _RGB:
+    """Convert to RGB before the torchvision transforms (Fashion-MNIST's PIL images are grayscale)."""
+
+    def __init__(self, transform):
+        self.transform = transform
+
+    def __call__(self, img):
+        return self.transform(to_rgb(img))
+
+
+def build_datasets(cfg: DataConfig, *, augment: bool = True) -> DataBundle:
+    """Train and val data sets for ``cfg``, with the transforms it implies (train augmentation when ``augment``)."""
+    t_train = train_transform(cfg) if augment else eval_transform(cfg)
+    t_val = eval_transform(cfg)
+    if cfg.source == "synth":
+        from .synth import SynthDataset
+
+        train = SynthDataset(cfg.synth_classes, cfg.synth_train_per_class, cfg.img_size, "train", cfg.synth_seed, t_train)
+        val = SynthDataset(cfg.synth_classes, cfg.synth_val_per_class, cfg.img_size, "val", cfg.synth_seed, t_val)
+        fp = hashlib.sha256(json.dumps(["synth", cfg.synth_classes, cfg.synth_train_per_class, cfg.synth_val_per_class, cfg.img_size, cfg.synth_seed]).encode()).hexdigest()
+        names = train.classes
+    elif cfg.source == "fashion-mnist":
+        from .fashion import CLASS_NAMES, fashion_mnist
+
+        train, val, fp = fashion_mnist(cfg.data_dir, _RGB(t_train), _RGB(t_val))
+        names = list(CLASS_NAMES)
+    else:
+        root = Path(cfg.source)
+        if not root.exists():
+            raise DataError("data folder not found", path=root, hint="pass --data synth, --data fashion-mnist or an ImageFolder folder")
+        if not root.is_dir():
+            raise DataError("data path is a file, not a folder", path=root, hint="pass the folder that holds train/ and val/")
+        train_classes, train_samples = scan_split(root, "train")
+        val_classes, val_samples = scan_split(root, "val")
+        check_same_classes(train_classes, val_classes, root)
+        names = read_class_index(cfg.class_index, train_classes) if cfg.class_index else train_classes
+        train = FolderDataset(train_samples, train_classes, t_train)
+        val = FolderDataset(val_samples, val_classes, t_val)
+        fp = fingerprint(train_samples + val_samples, root)
+    summary = {"source": cfg.source, "num_classes": len(names), "train_images": len(train), "val_images": len(val)}
+    log.info("data %s: %d classes, %d train / %d val images", cfg.source, len(names), len(train), len(val))
+    return DataBundle(train=train, val=val, class_names=names, fingerprint=fp, summary=summary)
+
+
+def collate(batch: list[tuple[Any, int]]) -> tuple[torch.Tensor, torch.Tensor, list[SkippedImage]]:
+    """Stack a batch, leaving out the images that could not be decoded (returned third, to be reported)."""
+    skipped = [img for img, _ in batch if isinstance(img, SkippedImage)]
+    kept = [(img, label) for img, label in batch if not isinstance(img, SkippedImage)]
+    if not kept:
+        return torch.empty(0), torch.empty(0, dtype=torch.long), skipped
+    images = torch.stack([img for img, _ in kept])
+    labels = torch.tensor([label for _, label in kept], dtype=torch.long)
+    return images, labels, skipped
+
+
+class SkipTracker:
+    """Names each unreadable image once in a warning and counts them."""
+
+    def __init__(self) -> None:
+        self.paths: dict[str, str] = {}
+
+    def add(self, skipped: list[SkippedImage]) -> None:
+        for s in skipped:
+            if s.path not in self.paths:
+                self.paths[s.path] = s.reason
+                log.warning("skipped unreadable image %s: %s", s.path, s.reason)
+
+    @property
+    def count(self) -> int:
+        return len(self.paths)
+
+
+def load_images(paths: list[str | Path], cfg: DataConfig) -> tuple[torch.Tensor, list[str], list[ImageReadError]]:
+    """Decode and preprocess image files (the validation transform): (batch, kept paths, errors for the rest)."""
+    transform = eval_transform(cfg)
+    tensors, kept, errors = [], [], []
+    for path in paths:
+        try:
+            tensors.append(transform(open_rgb(path)))
+            kept.append(str(path))
+        except ImageReadError as exc:
+            errors.append(exc)
+    batch = torch.stack(tensors) if tensors else torch.empty(0, 3, cfg.img_size, cfg.img_size)
+    return batch, kept, errors

@@ -1,0 +1,130 @@
+"""ImageFolder data (``<root>/train/<class>/*``, ``<root>/val/<class>/*``) that never crashes mid-epoch.
+
+The layout is checked up front (missing folder, no images, an empty class, train and val naming different classes);
+an image that cannot be decoded is skipped when it is met: the batch goes on without it, the path is named once in a
+warning and counted (see :class:`SkipTracker`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from pathlib import Path
+
+from torch.utils.data import Dataset
+
+from ..errors import DataError
+from .images import ImageReadError, is_image_file, open_rgb
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "val")
+
+
+def scan_split(root: Path, split: str) -> tuple[list[str], list[tuple[str, int]]]:
+    """Class folder names (sorted) and (path, class index) samples of one split, validated."""
+    folder = root / split
+    if not folder.is_dir():
+        raise DataError(
+            f"no '{split}' folder in the data folder", path=root,
+            hint="use the ImageFolder layout <root>/train/<class>/*.jpg and <root>/val/<class>/*.jpg",
+        )
+    classes = sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not classes:
+        raise DataError(f"no class folders in {split}/", path=folder, hint="put each class's images in its own sub-folder")
+    samples: list[tuple[str, int]] = []
+    empty = []
+    for index, name in enumerate(classes):
+        files = sorted(p for p in (folder / name).rglob("*") if p.is_file() and is_image_file(p))
+        if not files:
+            empty.append(name)
+        samples += [(str(f), index) for f in files]
+    if len(empty) == len(classes):
+        raise DataError(f"no images in {split}/", path=folder, hint="add .jpg/.png images under each class folder")
+    if empty:
+        raise DataError(
+            f"class folder(s) with no images in {split}/: {', '.join(empty)}", path=folder,
+            hint="add images to them or remove them",
+        )
+    return classes, samples
+
+
+def check_same_classes(train: list[str], val: list[str], root: Path) -> None:
+    if train != val:
+        only_train = sorted(set(train) - set(val))
+        only_val = sorted(set(val) - set(train))
+        parts = []
+        if only_train:
+            parts.append(f"only in train: {', '.join(only_train)}")
+        if only_val:
+            parts.append(f"only in val: {', '.join(only_val)}")
+        raise DataError(f"train and val have different classes ({'; '.join(parts)})", path=root, hint="give both splits the same class folders")
+
+
+def read_class_index(path: str | Path, folders: list[str]) -> list[str]:
+    """Human class names for folder names (wnids) from a JSON such as ``imagenet_class_index.json``.
+
+    Accepts ``{"0": ["n01440764", "tench"], ...}`` and ``{"n01440764": "tench", ...}``. A folder the file does not
+    name keeps its folder name.
+    """
+    p = Path(path)
+    try:
+        raw = json.loads(p.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise DataError("class-index file not found", path=p, hint="pass a JSON such as imagenet_class_index.json") from None
+    except (json.JSONDecodeError, UnicodeDecodeError, IsADirectoryError) as exc:
+        raise DataError(f"class-index file is not valid JSON ({exc})", path=p, hint="pass a JSON such as imagenet_class_index.json") from None
+    names: dict[str, str] = {}
+    if isinstance(raw, dict):
+        for key, value in raw.items():
+            if isinstance(value, list) and len(value) == 2:
+                names[str(value[0])] = str(value[1])
+            elif isinstance(value, str):
+                names[str(key)] = value
+    if not names:
+        raise DataError("class-index file maps no folder name to a class name", path=p, hint='use {"0": ["n01440764", "tench"]} or {"n01440764": "tench"}')
+    unknown = [f for f in folders if f not in names]
+    if unknown:
+        log.warning("class index %s does not name %d folder(s) (e.g. %s); their folder names are kept", p, len(unknown), unknown[0])
+    return [names.get(f, f) for f in folders]
+
+
+def fingerprint(samples: list[tuple[str, int]], root: Path) -> str:
+    """sha256 over (relative path, size, label) of every sample: changes when the data changes, cheap to compute."""
+    h = hashlib.sha256()
+    for path, label in samples:
+        p = Path(path)
+        h.update(f"{p.relative_to(root)}\0{p.stat().st_size}\0{label}\n".encode())
+    return h.hexdigest()
+
+
+class FolderDataset(Dataset):
+    """Samples from :func:`scan_split`; an unreadable image yields ``None`` (the collate function drops it)."""
+
+    def __init__(self, samples: list[tuple[str, int]], classes: list[str], transform=None):
+        self.samples, self.classes, self.transform = samples, classes, transform
+        self.targets = [label for _, label in samples]
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def image(self, index: int):
+        return open_rgb(self.samples[index][0])
+
+    def __getitem__(self, index: int):
+        path, label = self.samples[index]
+        try:
+            img = open_rgb(path)
+        except ImageReadError as exc:
+            return SkippedImage(exc.path, exc.reason), label
+        return (self.transform(img) if self.transform else img), label
+
+
+class SkippedImage:
+    """Stands in for an image that could not be decoded; dropped by :func:`mnv2export.data.collate`."""
+
+    __slots__ = ("path", "reason")
+
+    def __init__(self, path: str, reason: str):
+        self.path, self.reason = path, reason

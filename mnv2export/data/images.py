@@ -1,0 +1,68 @@
+"""Decoding one image file into an RGB PIL image, whatever its mode; a clear reason when it cannot be read.
+
+Pillow's decompression-bomb limit stays on: an image over it is refused like any unreadable file.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+
+
+class ImageReadError(Exception):
+    """An image file that cannot be decoded; ``reason`` says why in a few words."""
+
+    def __init__(self, path: str | Path, reason: str):
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(f"{path}: {reason}")
+
+
+def is_image_file(path: Path) -> bool:
+    return path.suffix.lower() in IMG_EXTENSIONS and not path.name.startswith(".")
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Convert any Pillow mode to 8-bit RGB: grayscale, palette, RGBA / LA (alpha dropped), CMYK, 16-bit, float."""
+    if img.mode == "RGB":
+        return img
+    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        arr = np.asarray(img, dtype=np.float64)
+        top = 65535.0 if img.mode.startswith("I;16") or arr.max(initial=0) > 255 else 255.0
+        arr = np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        return Image.fromarray(arr, mode="L").convert("RGB")
+    if img.mode == "F":
+        arr = np.asarray(img, dtype=np.float64)
+        lo, hi = float(np.nanmin(arr, initial=0.0)), float(np.nanmax(arr, initial=1.0))
+        scale = 255.0 / (hi - lo) if hi > lo else 0.0
+        return Image.fromarray(np.nan_to_num((arr - lo) * scale).astype(np.uint8), mode="L").convert("RGB")
+    if img.mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")
+    return img.convert("RGB")
+
+
+def open_rgb(path: str | Path) -> Image.Image:
+    """Open, fully decode and convert to RGB. Raises :class:`ImageReadError` for anything unreadable."""
+    p = Path(path)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(p) as img:
+                img.load()
+                return to_rgb(img)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise ImageReadError(p, f"image is larger than Pillow's decompression-bomb limit ({Image.MAX_IMAGE_PIXELS} pixels)") from None
+    except UnidentifiedImageError:
+        raise ImageReadError(p, "not an image Pillow can identify (empty, corrupt, or another format)") from None
+    except FileNotFoundError:
+        raise ImageReadError(p, "file not found") from None
+    except IsADirectoryError:
+        raise ImageReadError(p, "is a folder, not an image") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        text = str(exc).strip().splitlines()
+        raise ImageReadError(p, f"cannot decode ({text[0] if text else type(exc).__name__})") from None

@@ -1,0 +1,31 @@
+"""Device selection for torch: ``auto`` prefers CUDA; an explicit ``cuda`` where there is none is an error."""
+
+from __future__ import annotations
+
+import torch
+
+from .errors import ConfigError, ProviderUnavailable
+
+DEVICES = ("auto", "cuda", "cpu")
+
+
+def cuda_unavailable_reason() -> str | None:
+    """Why torch cannot use CUDA here, or None when it can."""
+    if not torch.backends.cuda.is_built():
+        return f"this torch build ({torch.__version__}) has no CUDA support"
+    if not torch.cuda.is_available():
+        return "torch sees no CUDA GPU (no device, or no working driver)"
+    return None
+
+
+def resolve_device(device: str, local_rank: int = 0) -> torch.device:
+    if device not in DEVICES:
+        raise ConfigError(f"unknown device {device!r}", hint=f"choose one of {', '.join(DEVICES)}")
+    if device == "cpu":
+        return torch.device("cpu")
+    reason = cuda_unavailable_reason()
+    if reason is None:
+        return torch.device("cuda", local_rank)
+    if device == "cuda":
+        raise ProviderUnavailable(f"CUDA was asked for but {reason}", hint="run on a machine with an NVIDIA GPU, or pass --device cpu")
+    return torch.device("cpu")

@@ -1,0 +1,62 @@
+"""Errors a person can act on.
+
+Every error the library raises on purpose is an :class:`Mnv2Error`: it carries *what* went wrong, the *file*
+it concerns (if any) and *how to fix it*. The CLI prints it as one line,
+``error: <what> (<file>): <how to fix>``, and exits 1.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class Mnv2Error(Exception):
+    """Base class of every error the tool raises for a reason a user can fix."""
+
+    exit_code = 1
+
+    def __init__(self, what: str, *, path: str | Path | None = None, hint: str | None = None):
+        self.what = what
+        self.path = None if path is None else str(path)
+        self.hint = hint
+        super().__init__(self.one_line())
+
+    def one_line(self) -> str:
+        text = self.what
+        if self.path:
+            text += f" ({self.path})"
+        if self.hint:
+            text += f": {self.hint}"
+        return text
+
+
+class ConfigError(Mnv2Error):
+    """A setting is missing, out of range, or contradicts another one."""
+
+
+class CheckpointError(Mnv2Error):
+    """A checkpoint is missing, unreadable, unsafe or of another architecture."""
+
+
+class DataError(Mnv2Error):
+    """A data set is missing, empty or inconsistent."""
+
+
+class ExportError(Mnv2Error):
+    """An export step failed or produced an artifact that does not match the model."""
+
+
+class ArtifactError(Mnv2Error):
+    """An exported artifact (TorchScript, ONNX) is missing, malformed or does not describe itself."""
+
+
+class ParityError(Mnv2Error):
+    """An artifact does not answer like the reference model."""
+
+
+class ProviderUnavailable(Mnv2Error):
+    """An execution device / provider was asked for explicitly but cannot be used here."""
+
+
+class OutputError(Mnv2Error):
+    """An output folder or file cannot be written."""

@@ -1,0 +1,77 @@
+"""Atomic writes and file hashes: a file with a final name is always whole."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+from .errors import OutputError
+
+
+def ensure_dir(path: str | Path) -> Path:
+    """Create ``path`` (and parents); a clear error when that is impossible or it is not writable."""
+    p = Path(path)
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise OutputError("output path exists and is not a folder", path=p, hint="choose another --out") from None
+    except OSError as exc:
+        raise OutputError(f"cannot create output folder: {exc.strerror}", path=p, hint="choose a writable --out") from None
+    if not os.access(p, os.W_OK | os.X_OK):
+        raise OutputError("output folder is not writable", path=p, hint="fix its permissions or choose another --out")
+    return p
+
+
+@contextlib.contextmanager
+def atomic_path(final: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``final``; on success it is renamed to ``final`` (atomic on POSIX).
+
+    On any error (or interruption) the temporary file is removed and ``final`` is untouched, so a reader never sees a
+    half-written file under the final name, and two writers of the same name leave one whole file (the later one).
+    """
+    final = Path(final)
+    ensure_dir(final.parent)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a final file gets the usual permissions
+    try:
+        yield tmp
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, final)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise OutputError("disk full while writing", path=final, hint="free some space and run again; earlier files are intact") from None
+        if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            raise OutputError("cannot write output file", path=final, hint="choose a writable --out") from None
+        raise
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def write_text(path: str | Path, text: str) -> Path:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return Path(path)
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+    return h.hexdigest()

@@ -1,0 +1,98 @@
+"""MobileNetV2 built from a :class:`ModelConfig`, on top of torchvision's implementation."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+from torch import nn
+from torchvision.models.mobilenetv2 import MobileNetV2
+
+from .config import ModelConfig
+from .errors import CheckpointError
+
+log = logging.getLogger(__name__)
+
+# torchvision's default setting: expansion t, output channels c, repeats n, first stride s
+_DEFAULT_SETTING = [[1, 16, 1, 1], [6, 24, 2, 2], [6, 32, 3, 2], [6, 64, 4, 2], [6, 96, 3, 1], [6, 160, 3, 2], [6, 320, 1, 1]]
+
+
+def inverted_residual_setting(cfg: ModelConfig) -> list[list[int]]:
+    setting = [list(row) for row in _DEFAULT_SETTING]
+    if cfg.small_input:
+        setting[1][3] = 1  # the first 24-channel stage keeps the stem's resolution
+    return setting
+
+
+def build_model(cfg: ModelConfig) -> MobileNetV2:
+    """torchvision's MobileNetV2 for ``cfg`` (random initialisation, torchvision's own init scheme)."""
+    model = MobileNetV2(
+        num_classes=cfg.num_classes,
+        width_mult=cfg.width_mult,
+        inverted_residual_setting=inverted_residual_setting(cfg),
+        dropout=cfg.dropout,
+    )
+    if cfg.small_input:
+        stem_conv = model.features[0][0]
+        assert isinstance(stem_conv, nn.Conv2d)
+        stem_conv.stride = (1, 1)
+    return model
+
+
+def output_stride(cfg: ModelConfig) -> int:
+    stride = 1 if cfg.small_input else 2
+    for _, _, _, s in inverted_residual_setting(cfg):
+        stride *= s
+    return stride
+
+
+def load_pretrained(model: MobileNetV2, path: str | Path) -> list[str]:
+    """Initialise ``model`` from a torchvision-format MobileNetV2 state dict (e.g. ImageNet weights).
+
+    The classifier is replaced (left at its fresh initialisation) when the class count differs. Any other shape
+    mismatch (another width multiplier, another architecture) is an error. Returns the names of the tensors that
+    were not taken from the file.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise CheckpointError("initial weights not found", path=p, hint="pass a torchvision MobileNetV2 state dict (.pth)")
+    try:
+        state = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - torch raises many types for unreadable / unsafe files
+        raise CheckpointError(f"cannot read initial weights: {_first_line(exc)}", path=p, hint="pass a state dict saved with torch.save(model.state_dict())") from None
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]  # our own checkpoints, and the common {"state_dict": ...} wrapper
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError("initial weights are not a state dict of tensors", path=p, hint="pass torch.save(model.state_dict()) output")
+    state = {k.removeprefix("module."): v for k, v in state.items()}
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    if any(not k.startswith("classifier.") for k in missing):
+        raise CheckpointError(
+            f"initial weights are not a torchvision MobileNetV2 (missing {missing[0]})", path=p,
+            hint="pass a state dict of torchvision.models.mobilenet_v2",
+        )
+    skipped: list[str] = list(missing)
+    taken = {}
+    for name, tensor in state.items():
+        if name not in own:
+            raise CheckpointError(f"initial weights hold an unexpected tensor {name}", path=p, hint="pass a torchvision MobileNetV2 state dict")
+        if own[name].shape != tensor.shape:
+            if name.startswith("classifier."):
+                skipped.append(name)
+                continue
+            raise CheckpointError(
+                f"initial weights do not fit: {name} is {tuple(tensor.shape)}, the model needs {tuple(own[name].shape)}",
+                path=p, hint="use the same --width (and --small-input setting) as the weights were trained with",
+            )
+        taken[name] = tensor
+    model.load_state_dict(taken, strict=False)
+    if skipped:
+        log.info("initialised from %s; new classifier (%s)", p, ", ".join(sorted(set(skipped))))
+    return sorted(set(skipped))
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__

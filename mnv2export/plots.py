@@ -1,0 +1,135 @@
+"""Pictures of a run and of a model: loss curves, first-layer kernels, feature maps, confusion matrix (matplotlib)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .fileio import atomic_path
+
+log = logging.getLogger(__name__)
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: Path) -> Path:
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
+    _plt().close(fig)
+    return path
+
+
+def loss_curve(history: list[dict[str, float]], path: Path) -> Path:
+    plt = _plt()
+    epochs = [r["epoch"] for r in history]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+    ax1.plot(epochs, [r["train_loss"] for r in history], "o-", label="train loss")
+    ax1.plot(epochs, [r["val_loss"] for r in history], "o-", label="val loss")
+    ax1.set_xlabel("epoch"), ax1.set_ylabel("cross-entropy"), ax1.legend(), ax1.grid(alpha=0.3)
+    ax2.plot(epochs, [100 * r["val_acc"] for r in history], "o-", color="tab:green")
+    ax2.set_xlabel("epoch"), ax2.set_ylabel("val top-1 (%)"), ax2.grid(alpha=0.3)
+    ax2.set_ylim(0, 100)
+    fig.suptitle("training curves")
+    return _save(fig, path)
+
+
+def first_conv(model: nn.Module) -> nn.Conv2d:
+    conv = next(m for m in model.modules() if isinstance(m, nn.Conv2d))
+    return conv
+
+
+def kernels(model: nn.Module, path: Path, limit: int = 32) -> Path:
+    """The first convolution's 3x3x3 kernels as colour tiles (each scaled to its own range)."""
+    plt = _plt()
+    w = first_conv(model).weight.detach().float().cpu()[:limit]  # [k, 3, 3, 3]
+    lo = w.amin(dim=(1, 2, 3), keepdim=True)
+    hi = w.amax(dim=(1, 2, 3), keepdim=True)
+    tiles = ((w - lo) / (hi - lo).clamp_min(1e-12)).permute(0, 2, 3, 1).numpy()
+    cols = 8
+    rows = (len(tiles) + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.1, rows * 1.1))
+    for i, ax in enumerate(axes.flat):
+        ax.axis("off")
+        if i < len(tiles):
+            ax.imshow(tiles[i], interpolation="nearest")
+    fig.suptitle(f"first-layer kernels ({len(tiles)} of {first_conv(model).out_channels})")
+    return _save(fig, path)
+
+
+def feature_blocks(model: nn.Module) -> dict[str, nn.Module]:
+    """A shallow and a deep block of MobileNetV2's ``features``."""
+    features = model.features  # type: ignore[attr-defined]
+    return {"shallow": features[2], "deep": features[len(features) - 2]}
+
+
+@torch.no_grad()
+def feature_maps(model: nn.Module, image: torch.Tensor, out_dir: Path, limit: int = 16) -> list[Path]:
+    """Activations of a shallow and a deep block for one preprocessed image ([3, H, W]); one PNG per block."""
+    plt = _plt()
+    captured: dict[str, torch.Tensor] = {}
+    hooks = [block.register_forward_hook(lambda _m, _i, out, name=name: captured.__setitem__(name, out.detach())) for name, block in feature_blocks(model).items()]
+    try:
+        model.eval()(image.unsqueeze(0).float())
+    finally:
+        for h in hooks:
+            h.remove()
+    paths = []
+    for name, act in captured.items():
+        maps = act[0, :limit].cpu().numpy()
+        cols = 8
+        rows = (len(maps) + cols - 1) // cols
+        fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.3, rows * 1.3))
+        for i, ax in enumerate(axes.flat):
+            ax.axis("off")
+            if i < len(maps):
+                ax.imshow(maps[i], cmap="viridis")
+        fig.suptitle(f"{name} block feature maps {tuple(act.shape[1:])} (first {len(maps)} channels)")
+        paths.append(_save(fig, out_dir / f"feature_maps_{name}.png"))
+    return paths
+
+
+def confusion_matrix(confusion: list[list[int]], class_names: list[str], path: Path) -> Path:
+    plt = _plt()
+    import numpy as np
+
+    cm = np.asarray(confusion, dtype=float)
+    n = len(class_names)
+    size = min(14.0, 2.5 + 0.45 * n)
+    fig, ax = plt.subplots(figsize=(size, size))
+    ax.imshow(cm / np.maximum(cm.sum(axis=1, keepdims=True), 1), cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(n), class_names, rotation=90, fontsize=7)
+    ax.set_yticks(range(n), class_names, fontsize=7)
+    ax.set_xlabel("predicted"), ax.set_ylabel("true")
+    if n <= 25:
+        for i in range(n):
+            for j in range(n):
+                if cm[i, j]:
+                    ax.text(j, i, int(cm[i, j]), ha="center", va="center", fontsize=6, color="black")
+    acc = np.trace(cm) / max(cm.sum(), 1)
+    ax.set_title(f"confusion matrix (val top-1 {100 * acc:.2f}%)")
+    return _save(fig, path)
+
+
+def training_pictures(run_dir: Path, history: list[dict[str, float]], best: Path, data: Any, confusion: list[list[int]] | None) -> list[Path]:
+    """The pictures a training run leaves beside its checkpoints."""
+    from .checkpoint import load_checkpoint
+
+    model = load_checkpoint(best).build_model()
+    paths = [loss_curve(history, run_dir / "loss_curve.png"), kernels(model, run_dir / "kernels.png")]
+    image, _ = data.val[0]
+    if isinstance(image, torch.Tensor):
+        paths += feature_maps(model, image, run_dir)
+    if confusion:
+        paths.append(confusion_matrix(confusion, data.class_names, run_dir / "confusion_matrix.png"))
+    return paths

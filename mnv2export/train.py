@@ -1,0 +1,452 @@
+"""The trainer: ``fit()`` runs a whole training run, ``train_one_epoch()`` and ``evaluate()`` one pass each.
+
+CUDA when present (mixed precision: bf16 where supported, else fp16 with a gradient scaler; channels_last; pinned
+memory and non-blocking copies; optional torch.compile), CPU otherwise (channels_last, which oneDNN runs faster).
+DDP-aware: under ``torchrun`` each rank sees its shard (DistributedSampler), metrics are summed over ranks, and only
+rank 0 writes files and logs.
+
+Reproducibility: the data order and the augmentation / dropout randomness of epoch ``e`` are drawn from generators
+seeded by ``(seed, e)``, so a run resumed from ``last.pt`` at an epoch boundary continues exactly as the uninterrupted
+run would have (bit for bit on CPU).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import logging
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, SequentialSampler
+
+from . import distributed as D
+from .checkpoint import Checkpoint, load_checkpoint, provenance, save_checkpoint
+from .config import RunConfig, TrainConfig
+from .data import DataBundle, SkipTracker, build_datasets, collate
+from .device import resolve_device
+from .errors import CheckpointError, ConfigError, DataError
+from .fileio import ensure_dir, write_text
+from .model import build_model, load_pretrained
+
+log = logging.getLogger(__name__)
+
+METRIC_COLUMNS = ("epoch", "train_loss", "val_loss", "val_acc", "lr", "seconds")
+# what may change when resuming (anything else would not continue the same run)
+RESUMABLE_CHANGES = {"epochs", "workers", "progress", "plots", "device", "out"}
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    best: Path
+    last: Path
+    summary: dict[str, Any]
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+# --------------------------------------------------------------------------------------------------- set-up pieces
+def amp_dtype(mode: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for ``mode`` on ``device`` (None: full fp32)."""
+    if mode == "off":
+        return None
+    if mode == "auto":
+        if device.type != "cuda":
+            return None  # on this kind of CPU, bf16 autocast was no faster than fp32 channels_last
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.bfloat16 if mode == "bf16" else torch.float16
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """Weight decay on conv / linear weights only, not on norm parameters and biases."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (no_decay if p.ndim <= 1 or name.endswith(".bias") else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    groups = param_groups(model, cfg.weight_decay)
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0)
+    return torch.optim.AdamW(groups, lr=cfg.lr)
+
+
+def build_scheduler(opt: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int) -> torch.optim.lr_scheduler.LRScheduler:
+    """Linear warm-up then cosine decay to zero, stepped every iteration."""
+    total = max(1, cfg.epochs * steps_per_epoch)
+    warmup = min(total - 1, int(round(cfg.warmup_epochs * steps_per_epoch)))
+    cosine = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, total - warmup))
+    if warmup <= 0:
+        return cosine
+    linear = torch.optim.lr_scheduler.LinearLR(opt, start_factor=1e-3, end_factor=1.0, total_iters=warmup)
+    return torch.optim.lr_scheduler.SequentialLR(opt, [linear, cosine], milestones=[warmup])
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def rng_state() -> dict[str, Any]:
+    state: dict[str, Any] = {"torch": torch.get_rng_state(), "python": _listify(random.getstate())}
+    np_state = np.random.get_state()
+    state["numpy"] = [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]]
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(_tuplify(state["python"]))
+    kind, keys, *rest = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), *rest))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _listify(x: Any) -> Any:
+    return [_listify(v) for v in x] if isinstance(x, (tuple, list)) else x
+
+
+def _tuplify(x: Any) -> Any:
+    return tuple(_tuplify(v) for v in x) if isinstance(x, list) else x
+
+
+def _epoch_seed(seed: int, epoch: int) -> int:
+    return (seed * 1_000_003 + epoch) % 2**63
+
+
+def make_loader(ds, cfg: TrainConfig, info: D.DistInfo, device: torch.device, *, train: bool, epoch: int = 0) -> DataLoader:
+    """A loader for one epoch; its shuffling and worker seeds derive from (seed, epoch)."""
+    g = torch.Generator().manual_seed(_epoch_seed(cfg.seed, epoch))
+    if info.enabled:
+        sampler = DistributedSampler(ds, num_replicas=info.world_size, rank=info.rank, shuffle=train, seed=cfg.seed, drop_last=False)
+        sampler.set_epoch(epoch)
+    else:
+        sampler = RandomSampler(ds, generator=g) if train else SequentialSampler(ds)
+    per_rank = math.ceil(len(ds) / info.world_size)
+    return DataLoader(
+        ds, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.workers, collate_fn=collate,
+        pin_memory=device.type == "cuda", drop_last=train and per_rank > cfg.batch_size, generator=g,
+        persistent_workers=False,
+    )
+
+
+# --------------------------------------------------------------------------------------------------- the loops
+@dataclass
+class StepContext:
+    device: torch.device
+    dtype: torch.dtype | None
+    channels_last: bool
+    scaler: torch.amp.GradScaler | None = None
+
+    def autocast(self):
+        if self.dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.dtype)
+
+    def to_device(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        images = images.to(self.device, non_blocking=True)
+        if self.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        return images, labels.to(self.device, non_blocking=True)
+
+
+def train_one_epoch(
+    model: nn.Module, loader: DataLoader, opt: torch.optim.Optimizer, sched, criterion: nn.Module, ctx: StepContext,
+    *, ema=None, skips: SkipTracker | None = None, progress=None,
+) -> tuple[float, int]:
+    """One pass over ``loader``; returns (sum of losses over samples, sample count) for this rank."""
+    model.train()
+    loss_sum = torch.zeros((), dtype=torch.float64, device=ctx.device)
+    count = 0
+    for images, labels, skipped in loader:
+        if skips is not None:
+            skips.add(skipped)
+        if labels.numel() == 0:
+            continue
+        images, labels = ctx.to_device(images, labels)
+        with ctx.autocast():
+            loss = criterion(model(images), labels)
+        opt.zero_grad(set_to_none=True)
+        if ctx.scaler is not None:
+            ctx.scaler.scale(loss).backward()
+            ctx.scaler.step(opt)
+            ctx.scaler.update()
+        else:
+            loss.backward()
+            opt.step()
+        sched.step()
+        if ema is not None:
+            ema.update_parameters(model)
+        loss_sum += loss.detach().double() * labels.shape[0]
+        count += labels.shape[0]
+        if progress is not None:
+            progress()
+    return float(loss_sum.item()), count
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader: DataLoader, ctx: StepContext, num_classes: int, info: D.DistInfo = D.DistInfo(), *, skips: SkipTracker | None = None) -> dict[str, Any]:
+    """Loss, top-1 accuracy and confusion matrix on ``loader``, summed over ranks."""
+    model.eval()
+    totals = torch.zeros(2, dtype=torch.float64, device=ctx.device)  # loss sum, correct
+    count = torch.zeros((), dtype=torch.float64, device=ctx.device)
+    confusion = torch.zeros(num_classes * num_classes, dtype=torch.float64, device=ctx.device)
+    criterion = nn.CrossEntropyLoss(reduction="sum")
+    for images, labels, skipped in loader:
+        if skips is not None:
+            skips.add(skipped)
+        if labels.numel() == 0:
+            continue
+        images, labels = ctx.to_device(images, labels)
+        with ctx.autocast():
+            logits = model(images)
+        logits = logits.float()
+        pred = logits.argmax(1)
+        totals[0] += criterion(logits, labels).double()
+        totals[1] += (pred == labels).sum().double()
+        count += labels.shape[0]
+        confusion += torch.bincount(labels * num_classes + pred, minlength=num_classes * num_classes).double()
+    totals = D.all_reduce_sum(totals, info)
+    count = D.all_reduce_sum(count, info)
+    confusion = D.all_reduce_sum(confusion, info)
+    n = max(1.0, float(count.item()))
+    return {
+        "val_loss": float(totals[0].item()) / n,
+        "val_acc": float(totals[1].item()) / n,
+        "count": int(count.item()),
+        "confusion": confusion.view(num_classes, num_classes).long().cpu().tolist(),
+    }
+
+
+# --------------------------------------------------------------------------------------------------- the run
+def default_run_dir(cfg: RunConfig) -> Path:
+    name = Path(cfg.data.source).name if not cfg.data.is_builtin else cfg.data.source
+    return Path("weights") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def resume_config(run_dir: Path, flags: dict[str, dict[str, Any]]) -> tuple[RunConfig, Checkpoint]:
+    """The configuration stored in ``run_dir/last.pt``, with the few flags that may change on resume."""
+    last = run_dir / "last.pt"
+    if not last.is_file():
+        raise CheckpointError("nothing to resume: no last.pt in the run folder", path=run_dir, hint="start a new run without --resume")
+    ckpt = load_checkpoint(last)
+    if "resume" not in ckpt.extra or "train_config" not in ckpt.extra:
+        raise CheckpointError("checkpoint has no training state to resume from (a best.pt?)", path=last, hint="resume from a run folder's last.pt")
+    stored = RunConfig.from_dict({"model": ckpt.model_config.to_dict(), "data": ckpt.data_config.to_dict(), "train": ckpt.extra["train_config"]})
+    changed = [
+        f"{section}.{k}" for section, values in flags.items() for k, v in values.items()
+        if v is not None and not (section == "train" and k in RESUMABLE_CHANGES) and getattr(getattr(stored, section), k) != v
+    ]
+    if changed:
+        raise ConfigError(f"cannot change {', '.join(changed)} when resuming", hint="resume with the run's own settings, or start a new run")
+    train = {k: v for k, v in flags.get("train", {}).items() if k in RESUMABLE_CHANGES and v is not None}
+    return stored.override({}, {}, train), ckpt
+
+
+def fit(cfg: RunConfig, *, run_dir: str | Path | None = None, resume_from: Checkpoint | None = None) -> TrainResult:
+    """Train ``cfg``; files go to ``run_dir`` (default ``weights/<source>-<time>/``).
+
+    ``resume_from`` (see :func:`resume_config`) continues that run's ``last.pt`` from its last completed epoch.
+    """
+    device_type = "cuda" if cfg.train.device in ("auto", "cuda") and torch.cuda.is_available() else "cpu"
+    info = D.init(device_type)
+    try:
+        return _fit(cfg, info, run_dir, resume_from)
+    finally:
+        D.shutdown()
+
+
+def _fit(cfg: RunConfig, info: D.DistInfo, run_dir, resume_from: Checkpoint | None) -> TrainResult:
+    t = cfg.train
+    device = resolve_device(t.device, info.local_rank)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    if not info.is_main:
+        logging.getLogger("mnv2export").setLevel(logging.WARNING)
+    run_dir = Path(run_dir or t.out or default_run_dir(cfg))
+    if info.is_main:
+        ensure_dir(run_dir)
+    seed_everything(t.seed)
+
+    data: DataBundle = build_datasets(cfg.data)
+    if len(data.class_names) != cfg.model.num_classes:
+        if resume_from is not None:
+            raise DataError(f"the data now has {len(data.class_names)} classes, the run was started with {cfg.model.num_classes}", path=cfg.data.source, hint="resume with the same data")
+        cfg = RunConfig(model=cfg.model.replace(num_classes=len(data.class_names)), data=cfg.data, train=t)
+    model = build_model(cfg.model)
+    if t.init_from and resume_from is None:
+        load_pretrained(model, t.init_from)
+    if t.sync_bn and info.enabled:
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    ctx = StepContext(device=device, dtype=amp_dtype(t.amp, device), channels_last=t.channels_last != "off")
+    model.to(device)
+    if ctx.channels_last:
+        model.to(memory_format=torch.channels_last)
+    train_module: nn.Module = model
+    if info.enabled:
+        train_module = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    if t.compile:
+        train_module = torch.compile(train_module)
+    ema = None
+    if t.ema:
+        from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+        ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(t.ema_decay), use_buffers=True)
+
+    steps = len(make_loader(data.train, t, info, device, train=True))
+    if steps == 0:
+        raise DataError("the training set is empty", path=cfg.data.source, hint="add training images")
+    opt = build_optimizer(model, t)
+    sched = build_scheduler(opt, t, steps)
+    if ctx.dtype == torch.float16:
+        ctx.scaler = torch.amp.GradScaler(device.type)
+    criterion = nn.CrossEntropyLoss(label_smoothing=t.label_smoothing)
+
+    history: list[dict[str, float]] = []
+    start_epoch, best_acc, best_epoch = 0, -1.0, 0
+    skips = SkipTracker()
+    if resume_from is not None:
+        r = resume_from.extra["resume"]
+        model.load_state_dict(r["model"])
+        opt.load_state_dict(r["optimizer"])
+        sched.load_state_dict(r["scheduler"])
+        if ctx.scaler is not None and r.get("scaler"):
+            ctx.scaler.load_state_dict(r["scaler"])
+        if ema is not None and r.get("ema"):
+            ema.load_state_dict(r["ema"])
+        set_rng_state(r["rng"])
+        s = resume_from.train_summary
+        history = [dict(row) for row in s.get("history", [])]
+        start_epoch, best_acc, best_epoch = int(s["epoch"]), float(s.get("best_val_acc", -1.0)), int(s.get("best_epoch", 0))
+        skips.paths.update(s.get("skipped_images", {}))
+        log.info("resuming %s at epoch %d of %d", run_dir, start_epoch + 1, t.epochs)
+        if start_epoch >= t.epochs:
+            log.info("the run already has %d epochs; pass a larger --epochs to train further", start_epoch)
+
+    eval_model = ema.module if ema is not None else model
+    val_loader = make_loader(data.val, t, info, device, train=False)
+    summary: dict[str, Any] = {}
+    started = time.perf_counter()
+    tag = f"amp={ctx.dtype} channels_last={ctx.channels_last} world_size={info.world_size}"
+    log.info("training on %s (%s), %d steps per epoch", device, tag, steps)
+
+    def snapshot(epoch: int, with_resume: bool) -> Checkpoint:
+        summary.update({
+            "epoch": epoch, "epochs": t.epochs, "best_val_acc": best_acc, "best_epoch": best_epoch,
+            "final": history[-1] if history else {}, "history": history, "images_skipped": skips.count,
+            "skipped_images": dict(list(skips.paths.items())[:1000]), "device": str(device), "world_size": info.world_size,
+            "amp": str(ctx.dtype).removeprefix("torch.") if ctx.dtype else "off", "data": data.summary,
+        })
+        extra: dict[str, Any] = {}
+        if with_resume:
+            extra = {"train_config": t.to_dict(), "resume": {
+                "model": _cpu_state(model), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                "scaler": ctx.scaler.state_dict() if ctx.scaler else {}, "ema": _cpu_state(ema) if ema is not None else {},
+                "rng": rng_state(),
+            }}
+        return Checkpoint(
+            model_config=cfg.model, data_config=cfg.data, class_names=data.class_names, state_dict=_cpu_state(eval_model),
+            train_summary=dict(summary), provenance=provenance(data.fingerprint), extra=extra,
+        )
+
+    last_path, best_path = run_dir / "last.pt", run_dir / "best.pt"
+    if info.is_main:
+        write_text(run_dir / "config.json", _json(cfg.to_dict()))
+        if not last_path.exists():
+            save_checkpoint(snapshot(start_epoch, True), last_path)  # a loadable last.pt from the first moment on
+    epoch = start_epoch
+    try:
+        for epoch in range(start_epoch, t.epochs):
+            t0 = time.perf_counter()
+            torch.manual_seed(_epoch_seed(t.seed, epoch))  # augmentation and dropout randomness of this epoch
+            loader = make_loader(data.train, t, info, device, train=True, epoch=epoch)
+            with _progress(info.is_main and t.progress, f"epoch {epoch + 1}/{t.epochs}", len(loader)) as advance:
+                loss_sum, n = train_one_epoch(train_module, loader, opt, sched, criterion, ctx, ema=ema, skips=skips, progress=advance)
+            sums = D.all_reduce_sum(torch.tensor([loss_sum, float(n)], dtype=torch.float64, device=device), info)
+            metrics = evaluate(eval_model, val_loader, ctx, cfg.model.num_classes, info, skips=skips)
+            row = {
+                "epoch": epoch + 1, "train_loss": float(sums[0] / max(1.0, float(sums[1]))), "val_loss": metrics["val_loss"],
+                "val_acc": metrics["val_acc"], "lr": opt.param_groups[0]["lr"], "seconds": time.perf_counter() - t0,
+            }
+            history.append(row)
+            summary["confusion"] = metrics["confusion"]
+            if metrics["val_acc"] > best_acc:
+                best_acc, best_epoch = metrics["val_acc"], epoch + 1
+            log.info(
+                "epoch %d/%d  train_loss %.4f  val_loss %.4f  val_acc %.2f%%  lr %.2e  %.1fs%s",
+                epoch + 1, t.epochs, row["train_loss"], row["val_loss"], 100 * row["val_acc"], row["lr"], row["seconds"],
+                "  (best)" if best_epoch == epoch + 1 else "",
+            )
+            if info.is_main:
+                write_text(run_dir / "metrics.csv", _csv(history))
+                if best_epoch == epoch + 1:
+                    save_checkpoint(snapshot(epoch + 1, False), best_path)
+                save_checkpoint(snapshot(epoch + 1, True), last_path)
+            D.barrier(info)
+    except KeyboardInterrupt:
+        if info.is_main:
+            log.warning("interrupted in epoch %d; %s holds epoch %d: continue with --resume", epoch + 1, last_path, len(history))
+        raise
+    summary["wall_seconds"] = time.perf_counter() - started
+    if info.is_main and not best_path.exists():
+        save_checkpoint(snapshot(len(history), False), best_path)
+    if info.is_main and t.plots and history:
+        from .plots import training_pictures
+
+        training_pictures(run_dir, history, best_path, data, summary.get("confusion"))
+    return TrainResult(run_dir=run_dir, best=best_path, last=last_path, summary=summary, history=history)
+
+
+def _cpu_state(module: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().to("cpu", copy=True).contiguous() for k, v in module.state_dict().items()}
+
+
+def _csv(rows: list[dict[str, float]]) -> str:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=METRIC_COLUMNS, extrasaction="ignore", lineterminator="\n")
+    w.writeheader()
+    for row in rows:
+        w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+    return buf.getvalue()
+
+
+def _json(obj: Any) -> str:
+    import json
+
+    return json.dumps(obj, indent=2) + "\n"
+
+
+@contextlib.contextmanager
+def _progress(enabled: bool, description: str, total: int):
+    """A rich progress bar for one epoch (to stderr); yields a callable that advances it by one step."""
+    if not enabled:
+        yield None
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    progress = Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(),
+        console=Console(stderr=True), transient=True,
+    )
+    with progress:
+        task = progress.add_task(description, total=total)
+        yield lambda: progress.advance(task)

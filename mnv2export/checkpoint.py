@@ -84,7 +84,7 @@ class Checkpoint:
             "class_names": list(self.class_names),
             "num_classes": self.model_config.num_classes,
             "input_size": [3, d.img_size, d.img_size],
-            "resize_size": d.resize_size,
+            "resize_size": d.resize,
             "interpolation": d.interpolation,
             "mean": list(d.mean),
             "std": list(d.std),

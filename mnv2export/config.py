@@ -97,7 +97,7 @@ class DataConfig(_Config):
     """Where the images come from and how they become tensors (stored in every checkpoint and artifact).
 
     ``source`` is ``synth``, ``fashion-mnist`` or a folder in ImageFolder layout (``train/<class>/``, ``val/<class>/``).
-    Validation preprocessing: resize the shorter side to ``resize_size``, centre-crop ``img_size``, scale to [0, 1],
+    Validation preprocessing: resize the shorter side to ``resize`` (see there), centre-crop ``img_size``, scale to [0, 1],
     normalise with ``mean`` / ``std``. Images are always converted to RGB first.
     """
 
@@ -128,11 +128,8 @@ class DataConfig(_Config):
             f"image size = {self.img_size!r} is out of range",
             "use an image size between 16 and 1024 pixels",
         )
-        if self.resize_size is None:
-            # the usual 0.875 centre-crop ratio (256 -> 224); no resize beyond the crop for tiny images
-            object.__setattr__(self, "resize_size", self.img_size if self.img_size <= 64 else int(math.floor(self.img_size / 0.875)))
         _check(
-            isinstance(self.resize_size, int) and self.img_size <= self.resize_size <= 4 * self.img_size,
+            self.resize_size is None or (isinstance(self.resize_size, int) and self.img_size <= self.resize_size <= 4 * self.img_size),
             f"resize size = {self.resize_size!r} is out of range",
             f"use a resize size between the image size ({self.img_size}) and 4x it",
         )
@@ -157,6 +154,14 @@ class DataConfig(_Config):
         _in_range("synthetic class count", self.synth_classes, 2, 64)
         _in_range("synthetic images per class (train)", self.synth_train_per_class, 1, 100_000)
         _in_range("synthetic images per class (val)", self.synth_val_per_class, 1, 100_000)
+
+    @property
+    def resize(self) -> int:
+        """Validation resize of the shorter side: ``resize_size``, else the usual 0.875 crop ratio (256 for 224);
+        images of 64 px and less are not resized beyond the crop."""
+        if self.resize_size is not None:
+            return self.resize_size
+        return self.img_size if self.img_size <= 64 else int(math.floor(self.img_size / 0.875))
 
     @property
     def is_builtin(self) -> bool:

@@ -17,7 +17,7 @@ def _to_normalised_tensor(cfg: DataConfig) -> list:
 def eval_transform(cfg: DataConfig) -> v2.Compose:
     """Validation / inference: resize the shorter side, centre crop, scale to [0, 1], normalise."""
     interp = _INTERP[cfg.interpolation]
-    return v2.Compose([v2.Resize(cfg.resize_size, interpolation=interp, antialias=True), v2.CenterCrop(cfg.img_size), *_to_normalised_tensor(cfg)])
+    return v2.Compose([v2.Resize(cfg.resize, interpolation=interp, antialias=True), v2.CenterCrop(cfg.img_size), *_to_normalised_tensor(cfg)])
 
 
 def train_transform(cfg: DataConfig) -> v2.Compose:
@@ -30,7 +30,7 @@ def train_transform(cfg: DataConfig) -> v2.Compose:
         if cfg.pad:
             steps.append(v2.RandomCrop(cfg.img_size, padding=cfg.pad, fill=0))
     else:
-        steps += [v2.Resize(cfg.resize_size, interpolation=interp, antialias=True), v2.CenterCrop(cfg.img_size)]
+        steps += [v2.Resize(cfg.resize, interpolation=interp, antialias=True), v2.CenterCrop(cfg.img_size)]
     if cfg.hflip and cfg.train_aug != "none":
         steps.append(v2.RandomHorizontalFlip())
     return v2.Compose([*steps, *_to_normalised_tensor(cfg)])

@@ -1,0 +1,69 @@
+import pytest
+
+from mnv2export.config import DataConfig, ModelConfig, RunConfig, TrainConfig, load_recipe, run_config
+from mnv2export.errors import ConfigError
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: ModelConfig(width_mult=0.2),
+        lambda: ModelConfig(width_mult=1.5),
+        lambda: ModelConfig(num_classes=1),
+        lambda: ModelConfig(dropout=1.0),
+        lambda: ModelConfig(arch="resnet50"),
+        lambda: DataConfig(img_size=8),
+        lambda: DataConfig(img_size=4096),
+        lambda: DataConfig(mean=[0.5, 0.5]),
+        lambda: DataConfig(std=[0.2, 0.0, 0.2]),
+        lambda: DataConfig(interpolation="lanczos"),
+        lambda: DataConfig(img_size=64, resize_size=32),
+        lambda: TrainConfig(epochs=0),
+        lambda: TrainConfig(epochs=-3),
+        lambda: TrainConfig(batch_size=0),
+        lambda: TrainConfig(lr=0.0),
+        lambda: TrainConfig(lr=float("nan")),
+        lambda: TrainConfig(lr=-1e-3),
+        lambda: TrainConfig(optimizer="lbfgs"),
+        lambda: TrainConfig(device="tpu"),
+        lambda: TrainConfig(epochs=2, warmup_epochs=3),
+    ],
+)
+def test_out_of_range_values_are_config_errors(make):
+    with pytest.raises(ConfigError) as info:
+        make()
+    assert info.value.hint  # every error says what to do
+
+
+def test_round_trip_and_unknown_keys():
+    cfg = RunConfig(ModelConfig(num_classes=7, width_mult=0.5), DataConfig(img_size=96), TrainConfig(epochs=3))
+    assert RunConfig.from_dict(cfg.to_dict()) == cfg
+    assert DataConfig(img_size=224).resize == 256 and DataConfig(img_size=224).replace(img_size=64).resize == 64
+    with pytest.raises(ConfigError, match="widht"):
+        ModelConfig.from_dict({"widht": 0.5})
+
+
+def test_run_config_precedence(tmp_path):
+    recipe = tmp_path / "r.toml"
+    recipe.write_text('[model]\nwidth_mult = 0.5\n[data]\nsource = "synth"\nimg_size = 48\n[train]\nepochs = 7\nlr = 0.1\n')
+    cfg = run_config(load_recipe(recipe), {"width_mult": None}, {"img_size": 40}, {"lr": 0.01, "epochs": None})
+    assert (cfg.model.width_mult, cfg.data.img_size, cfg.train.epochs, cfg.train.lr) == (0.5, 40, 7, 0.01)
+    # without a recipe, the data source's own defaults apply under the flags
+    fm = run_config(None, {}, {"source": "fashion-mnist"}, {})
+    assert fm.data.img_size == 28 and fm.model.small_input and fm.data.mean == [0.2860] * 3
+    with pytest.raises(ConfigError, match="no data"):
+        run_config(None, {}, {}, {})
+
+
+def test_bad_recipes(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_recipe(tmp_path / "missing.toml")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[model\nwidth = ")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_recipe(bad)
+    typo = tmp_path / "typo.toml"
+    typo.write_text("[train]\nepoch = 3\n")
+    with pytest.raises(ConfigError, match="epoch") as info:
+        load_recipe(typo)
+    assert info.value.path == str(typo)

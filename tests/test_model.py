@@ -1,0 +1,55 @@
+import pytest
+import torch
+
+from mnv2export.config import ModelConfig
+from mnv2export.errors import CheckpointError
+from mnv2export.model import build_model, load_pretrained, output_stride
+
+
+def test_matches_torchvision_parameter_count():
+    import torchvision
+
+    ours = build_model(ModelConfig(num_classes=1000, width_mult=1.0))
+    ref = torchvision.models.mobilenet_v2(num_classes=1000)
+    n = sum(p.numel() for p in ours.parameters())
+    assert n == sum(p.numel() for p in ref.parameters()) == 3_504_872
+    assert ours.state_dict().keys() == ref.state_dict().keys()
+
+
+@pytest.mark.parametrize("width", [0.35, 0.75, 1.4])
+def test_width_and_classes(width):
+    m = build_model(ModelConfig(num_classes=13, width_mult=width, dropout=0.0)).eval()
+    assert m(torch.randn(2, 3, 64, 64)).shape == (2, 13)
+
+
+def test_small_input_keeps_resolution():
+    small = ModelConfig(num_classes=10, width_mult=0.35, small_input=True)
+    assert output_stride(small) == 8 and output_stride(ModelConfig()) == 32
+    feats = build_model(small).features.eval()
+    assert feats(torch.randn(1, 3, 28, 28)).shape[-2:] == (4, 4)
+    assert build_model(ModelConfig(width_mult=0.35)).features.eval()(torch.randn(1, 3, 28, 28)).shape[-2:] == (1, 1)
+
+
+def test_init_from_replaces_classifier(tmp_path):
+    src = build_model(ModelConfig(num_classes=1000, width_mult=0.5))
+    path = tmp_path / "imagenet.pth"
+    torch.save(src.state_dict(), path)
+    dst = build_model(ModelConfig(num_classes=5, width_mult=0.5))
+    skipped = load_pretrained(dst, path)
+    assert skipped == ["classifier.1.bias", "classifier.1.weight"]
+    assert torch.equal(dst.features[3].conv[0][0].weight, src.features[3].conv[0][0].weight)
+    # a state dict saved from a DataParallel / DDP model ("module." prefix) loads too
+    torch.save({f"module.{k}": v for k, v in src.state_dict().items()}, path)
+    assert load_pretrained(build_model(ModelConfig(num_classes=1000, width_mult=0.5)), path) == []
+
+
+def test_init_from_refuses_other_width_and_pickles(tmp_path):
+    path = tmp_path / "w.pth"
+    torch.save(build_model(ModelConfig(num_classes=10, width_mult=1.0)).state_dict(), path)
+    with pytest.raises(CheckpointError, match="do not fit"):
+        load_pretrained(build_model(ModelConfig(num_classes=10, width_mult=0.5)), path)
+    torch.save({"model": build_model(ModelConfig(width_mult=0.35))}, path)  # a pickled module
+    with pytest.raises(CheckpointError, match="cannot read"):
+        load_pretrained(build_model(ModelConfig(width_mult=0.35)), path)
+    with pytest.raises(CheckpointError, match="not found"):
+        load_pretrained(build_model(ModelConfig(width_mult=0.35)), tmp_path / "nope.pth")

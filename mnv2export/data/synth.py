@@ -85,7 +85,7 @@ def render(label: int, size: int, rng: np.random.Generator) -> Image.Image:
     bg = np.array(colorsys.hsv_to_rgb(rng.uniform(0, 1), rng.uniform(0, 0.35), rng.uniform(0.1, 0.5)), dtype=np.float32)
     img = np.where(mask[..., None], fg * shade[..., None], bg)
     img = img + rng.normal(0.0, 0.06, size=img.shape).astype(np.float32)
-    return Image.fromarray((np.clip(img, 0, 1) * 255 + 0.5).astype(np.uint8), mode="RGB")
+    return Image.fromarray((np.clip(img, 0, 1) * 255 + 0.5).astype(np.uint8))
 
 
 class SynthDataset(Dataset):

@@ -1,0 +1,179 @@
+import gzip
+import json
+import logging
+import struct
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from mnv2export.config import DataConfig
+from mnv2export.data import SkipTracker, build_datasets, collate, load_images
+from mnv2export.data.images import ImageReadError, open_rgb
+from mnv2export.data.synth import SynthDataset, write_synth
+from mnv2export.errors import DataError
+
+
+def _folder(root, classes=("cat", "dog"), n=3, size=40, splits=("train", "val")):
+    rng = np.random.default_rng(0)
+    for split in splits:
+        for c in classes:
+            d = root / split / c
+            d.mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                Image.fromarray(rng.integers(0, 255, (size, size + 8, 3), dtype=np.uint8)).save(d / f"{i}.png")
+    return root
+
+
+def _cfg(source, **kw):
+    return DataConfig(source=str(source), img_size=32, **kw)
+
+
+def test_synth_is_deterministic_and_splits_differ():
+    a = SynthDataset(5, 4, 32, "train", seed=0)
+    b = SynthDataset(5, 4, 32, "train", seed=0)
+    v = SynthDataset(5, 4, 32, "val", seed=0)
+    assert np.array_equal(np.asarray(a.image(7)), np.asarray(b.image(7)))
+    assert not np.array_equal(np.asarray(a.image(7)), np.asarray(v.image(7)))
+    assert len(set(a.classes)) == 5 and a.targets[:5] == [0, 0, 0, 0, 1]
+    assert a.image(0).mode == "RGB" and a.image(0).size == (32, 32)
+
+
+def test_synth_classes_are_separable_by_colour():
+    """A nearest-centroid classifier on mean colour already beats chance by far: the set is learnable."""
+    ds = SynthDataset(8, 20, 32, "train")
+    feats = np.stack([np.asarray(ds.image(i), dtype=np.float32).reshape(-1, 3).max(0) for i in range(len(ds))])
+    labels = np.array(ds.targets)
+    cents = np.stack([feats[labels == k].mean(0) for k in range(8)])
+    pred = np.argmin(((feats[:, None] - cents[None]) ** 2).sum(-1), axis=1)
+    assert (pred == labels).mean() > 0.4  # chance is 0.125
+
+
+def test_write_synth_is_an_imagefolder(tmp_path):
+    counts = write_synth(tmp_path / "s", num_classes=3, per_class=4, size=24, val_per_class=2)
+    assert counts == {"train": 12, "val": 6}
+    bundle = build_datasets(_cfg(tmp_path / "s"))
+    assert len(bundle.class_names) == 3 and len(bundle.train) == 12 and len(bundle.val) == 6
+    x, y = bundle.val[0]
+    assert x.shape == (3, 32, 32) and x.dtype == torch.float32
+
+
+def test_folder_preprocessing_and_class_index(tmp_path):
+    root = _folder(tmp_path / "d", classes=("n01", "n02"))
+    (tmp_path / "idx.json").write_text(json.dumps({"0": ["n01", "tench"], "1": ["n02", "goldfish"]}))
+    bundle = build_datasets(_cfg(root, class_index=str(tmp_path / "idx.json")))
+    assert bundle.class_names == ["tench", "goldfish"]
+    x, _ = bundle.train[0]
+    assert x.shape == (3, 32, 32)
+    # the fingerprint changes when the data does
+    fp = bundle.fingerprint
+    Image.new("RGB", (40, 40)).save(root / "train" / "n01" / "extra.png")
+    assert build_datasets(_cfg(root)).fingerprint != fp
+
+
+@pytest.mark.parametrize(
+    "setup, match",
+    [
+        (lambda r: None, "not found"),
+        (lambda r: r.mkdir(), "no 'train' folder"),
+        (lambda r: (r / "train").mkdir(parents=True), "no class folders"),
+        (lambda r: [(r / s / "a").mkdir(parents=True) for s in ("train", "val")], "no images in train"),
+        (lambda r: (_folder(r, ("a", "b")), [p.unlink() for p in (r / "train" / "b").iterdir()]), "with no images in train/: b"),
+        (lambda r: (_folder(r, ("a", "b"), splits=("train",)), _folder(r, ("a", "c"), splits=("val",))), "only in train: b; only in val: c"),
+        (lambda r: (_folder(r, ("a", "b"), splits=("train",))), "no 'val' folder"),
+        (lambda r: r.write_text("x"), "is a file"),
+    ],
+)
+def test_bad_folders_are_data_errors(tmp_path, setup, match):
+    root = tmp_path / "d"
+    setup(root)
+    with pytest.raises(DataError, match=match) as info:
+        build_datasets(_cfg(root))
+    assert info.value.hint
+
+
+def test_unreadable_images_are_skipped_named_once_and_counted(tmp_path, caplog):
+    root = _folder(tmp_path / "d", n=4)
+    (root / "train" / "cat" / "empty.png").write_bytes(b"")
+    good = (root / "train" / "dog" / "0.png").read_bytes()
+    (root / "train" / "dog" / "truncated.png").write_bytes(good[: len(good) // 2])
+    (root / "train" / "dog" / "text.jpg").write_text("not an image")
+    bundle = build_datasets(_cfg(root))
+    loader = torch.utils.data.DataLoader(bundle.train, batch_size=4, collate_fn=collate)
+    skips = SkipTracker()
+    seen = 0
+    with caplog.at_level(logging.WARNING, logger="mnv2export"):
+        for _ in range(2):  # two epochs: each bad file is named once only
+            for x, y, skipped in loader:
+                skips.add(skipped)
+                seen += len(y)
+                assert x.shape[0] == y.shape[0]
+    assert skips.count == 3 and seen == 2 * 8
+    warned = [r.getMessage() for r in caplog.records if "skipped unreadable image" in r.getMessage()]
+    assert len(warned) == 3 and any("truncated.png" in w for w in warned)
+
+
+@pytest.mark.parametrize("mode", ["L", "LA", "RGBA", "P", "CMYK", "I;16", "I", "F", "1"])
+def test_any_mode_becomes_rgb(tmp_path, mode):
+    arr = np.linspace(0, 1, 30 * 20).reshape(20, 30)
+    if mode in ("I;16", "I"):
+        img = Image.fromarray((arr * 65535).astype(np.uint16 if mode == "I;16" else np.int32))
+        assert img.mode == mode
+    elif mode == "F":
+        img = Image.fromarray(arr.astype(np.float32))
+    else:
+        img = Image.fromarray((arr * 255).astype(np.uint8)).convert(mode)
+    path = tmp_path / ("x.tif" if mode in ("I;16", "I", "F", "CMYK") else "x.png")
+    img.save(path)
+    rgb = open_rgb(path)
+    assert rgb.mode == "RGB" and rgb.size == (30, 20)
+    px = np.asarray(rgb)
+    if mode not in ("1",):
+        assert px[0, 0, 0] < 40 and px[-1, -1, 0] > 200  # the 16-bit / float range is scaled, not clipped
+
+
+def test_image_errors_name_the_reason(tmp_path):
+    (tmp_path / "zero.png").write_bytes(b"")
+    with pytest.raises(ImageReadError, match="identify"):
+        open_rgb(tmp_path / "zero.png")
+    with pytest.raises(ImageReadError, match="not found"):
+        open_rgb(tmp_path / "missing.png")
+    batch, kept, errors = load_images([tmp_path / "zero.png"], _cfg("synth"))
+    assert batch.shape == (0, 3, 32, 32) and kept == [] and len(errors) == 1
+
+
+def test_decompression_bomb_is_refused(tmp_path, monkeypatch):
+    path = tmp_path / "big.png"
+    Image.new("RGB", (300, 300)).save(path)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100 * 100)  # the limit stays on; lowered so the file is small
+    with pytest.raises(ImageReadError, match="decompression-bomb"):
+        open_rgb(path)
+
+
+def _write_idx(folder, n_train=64, n_test=32):
+    """Fashion-MNIST's four gzipped IDX files, with random content."""
+    rng = np.random.default_rng(0)
+    folder.mkdir(parents=True, exist_ok=True)
+    for prefix, n in (("train", n_train), ("t10k", n_test)):
+        images = rng.integers(0, 255, (n, 28, 28), dtype=np.uint8)
+        labels = (np.arange(n) % 10).astype(np.uint8)
+        with gzip.open(folder / f"{prefix}-images-idx3-ubyte.gz", "wb") as fh:
+            fh.write(struct.pack(">IIII", 2051, n, 28, 28) + images.tobytes())
+        with gzip.open(folder / f"{prefix}-labels-idx1-ubyte.gz", "wb") as fh:
+            fh.write(struct.pack(">II", 2049, n) + labels.tobytes())
+    return folder
+
+
+def test_fashion_mnist_from_idx_files(tmp_path, monkeypatch):
+    monkeypatch.setenv("MNV2_CACHE", str(tmp_path / "cache"))
+    folder = _write_idx(tmp_path / "fm")
+    cfg = DataConfig(source="fashion-mnist", data_dir=str(folder), img_size=28, mean=[0.286] * 3, std=[0.353] * 3, train_aug="crop_pad", pad=2)
+    bundle = build_datasets(cfg)
+    assert (len(bundle.train), len(bundle.val)) == (64, 32)
+    assert bundle.class_names[0] == "T-shirt/top" and len(bundle.class_names) == 10
+    x, y = bundle.val[3]
+    assert x.shape == (3, 28, 28) and y == 3
+    assert torch.equal(x[0], x[1])  # grayscale replicated to RGB
+    with pytest.raises(DataError, match="IDX files not found"):
+        build_datasets(cfg.replace(data_dir=str(tmp_path)))

@@ -1,0 +1,92 @@
+import os
+
+import pytest
+import torch
+
+from mnv2export.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from mnv2export.config import DataConfig, ModelConfig
+from mnv2export.errors import CheckpointError
+from mnv2export.model import build_model
+
+
+def _ckpt():
+    cfg = ModelConfig(num_classes=3, width_mult=0.35)
+    model = build_model(cfg)
+    return Checkpoint(cfg, DataConfig(img_size=32), ["a", "b", "c"], model.state_dict(), {"epoch": 1}, {"torch": "x"})
+
+
+def test_round_trip_is_weights_only_and_complete(tmp_path):
+    path = save_checkpoint(_ckpt(), tmp_path / "best.pt")
+    raw = torch.load(path, weights_only=True)  # the plain safe loader reads it
+    assert raw["format"] == "mnv2export.checkpoint" and raw["schema_version"] == 1
+    ckpt = load_checkpoint(path)
+    assert ckpt.class_names == ["a", "b", "c"] and ckpt.model_config.width_mult == 0.35
+    assert ckpt.data_config.img_size == 32 and len(ckpt.sha256) == 64
+    model = ckpt.build_model()
+    assert not model.training
+    x = torch.randn(2, 3, 32, 32)
+    ref = build_model(ckpt.model_config)
+    ref.load_state_dict(ckpt.state_dict)
+    assert torch.equal(model(x), ref.eval()(x))
+    meta = ckpt.metadata()
+    assert meta["mean"] == list(DataConfig().mean) and meta["input_size"] == [3, 32, 32] and meta["source_checkpoint_sha256"] == ckpt.sha256
+    assert [p.name for p in tmp_path.iterdir()] == ["best.pt"]  # no temporary file left behind
+
+
+class Evil:
+    def __reduce__(self):
+        return (os.system, ("echo pwned > /tmp/mnv2-pwned",))
+
+
+def test_pickled_objects_are_refused(tmp_path):
+    payload = _ckpt().to_payload()
+    payload["train_summary"] = {"note": Evil()}
+    torch.save(payload, tmp_path / "evil.pt")
+    with pytest.raises(CheckpointError, match="pickled Python object"):
+        load_checkpoint(tmp_path / "evil.pt")
+    assert not os.path.exists("/tmp/mnv2-pwned")
+
+
+@pytest.mark.parametrize(
+    "make, match",
+    [
+        (lambda p: None, "not found"),
+        (lambda p: p.mkdir(), "is a folder"),
+        (lambda p: p.write_bytes(b""), "empty"),
+        (lambda p: p.write_bytes(b"hello, not a zip"), "not a readable torch file"),
+        (lambda p: (save_checkpoint(_ckpt(), p), p.write_bytes(p.read_bytes()[:5000])), "not a readable torch file"),
+        (lambda p: torch.save(build_model(ModelConfig(width_mult=0.35)).state_dict(), p), "bare state dict"),
+        (lambda p: torch.save({"epoch": 3}, p), "not an mnv2export checkpoint"),
+        (lambda p: torch.save({**_ckpt().to_payload(), "schema_version": 99}, p), "newer"),
+        (lambda p: torch.save({**_ckpt().to_payload(), "model_config": {**_ckpt().model_config.to_dict(), "arch": "resnet50"}}, p), "another architecture"),
+        (lambda p: torch.save({**_ckpt().to_payload(), "class_names": ["a"]}, p), "names 1 classes"),
+        (lambda p: torch.save({**_ckpt().to_payload(), "model_config": {"num_classes": 3, "width_mult": 9.0, "arch": "mobilenet_v2"}}, p), "invalid setting"),
+    ],
+)
+def test_bad_checkpoints(tmp_path, make, match):
+    path = tmp_path / "c.pt"
+    make(path)
+    with pytest.raises(CheckpointError, match=match) as info:
+        load_checkpoint(path)
+    assert info.value.hint
+
+
+def test_weights_of_another_model_are_an_error(tmp_path):
+    ckpt = _ckpt()
+    ckpt.state_dict = build_model(ModelConfig(num_classes=3, width_mult=0.5)).state_dict()
+    save_checkpoint(ckpt, tmp_path / "c.pt")
+    with pytest.raises(CheckpointError, match="do not fit"):
+        load_checkpoint(tmp_path / "c.pt").build_model()
+
+
+def test_failed_write_keeps_the_previous_file(tmp_path, monkeypatch):
+    path = save_checkpoint(_ckpt(), tmp_path / "last.pt")
+    before = path.read_bytes()
+
+    def boom(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch, "save", boom)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(_ckpt(), path)
+    assert path.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["last.pt"]

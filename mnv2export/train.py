@@ -51,6 +51,7 @@ class TrainResult:
     last: Path
     summary: dict[str, Any]
     history: list[dict[str, float]] = field(default_factory=list)
+    is_main: bool = True  # False on the other ranks of a torchrun job
 
 
 # --------------------------------------------------------------------------------------------------- set-up pieces
@@ -295,6 +296,8 @@ def _fit(cfg: RunConfig, info: D.DistInfo, run_dir, resume_from: Checkpoint | No
     if t.init_from and resume_from is None:
         load_pretrained(model, t.init_from)
     if t.sync_bn and info.enabled:
+        if device.type != "cuda":
+            raise ConfigError("SyncBatchNorm runs on CUDA only", hint="drop --sync-bn for a CPU (gloo) run")
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     ctx = StepContext(device=device, dtype=amp_dtype(t.amp, device), channels_last=t.channels_last != "off")
     model.to(device)
@@ -348,13 +351,16 @@ def _fit(cfg: RunConfig, info: D.DistInfo, run_dir, resume_from: Checkpoint | No
     tag = f"amp={ctx.dtype} channels_last={ctx.channels_last} world_size={info.world_size}"
     log.info("training on %s (%s), %d steps per epoch", device, tag, steps)
 
-    def snapshot(epoch: int, with_resume: bool) -> Checkpoint:
+    def update_summary(epoch: int) -> None:
         summary.update({
             "epoch": epoch, "epochs": t.epochs, "best_val_acc": best_acc, "best_epoch": best_epoch,
             "final": history[-1] if history else {}, "history": history, "images_skipped": skips.count,
             "skipped_images": dict(list(skips.paths.items())[:1000]), "device": str(device), "world_size": info.world_size,
             "amp": str(ctx.dtype).removeprefix("torch.") if ctx.dtype else "off", "data": data.summary,
         })
+
+    def snapshot(epoch: int, with_resume: bool) -> Checkpoint:
+        update_summary(epoch)
         extra: dict[str, Any] = {}
         if with_resume:
             extra = {"train_config": t.to_dict(), "resume": {
@@ -395,6 +401,7 @@ def _fit(cfg: RunConfig, info: D.DistInfo, run_dir, resume_from: Checkpoint | No
                 epoch + 1, t.epochs, row["train_loss"], row["val_loss"], 100 * row["val_acc"], row["lr"], row["seconds"],
                 "  (best)" if best_epoch == epoch + 1 else "",
             )
+            update_summary(epoch + 1)
             if info.is_main:
                 write_text(run_dir / "metrics.csv", _csv(history))
                 if best_epoch == epoch + 1:
@@ -405,6 +412,7 @@ def _fit(cfg: RunConfig, info: D.DistInfo, run_dir, resume_from: Checkpoint | No
         if info.is_main:
             log.warning("interrupted in epoch %d; %s holds epoch %d: continue with --resume", epoch + 1, last_path, len(history))
         raise
+    update_summary(len(history))
     summary["wall_seconds"] = time.perf_counter() - started
     if info.is_main and not best_path.exists():
         save_checkpoint(snapshot(len(history), False), best_path)
@@ -412,7 +420,7 @@ def _fit(cfg: RunConfig, info: D.DistInfo, run_dir, resume_from: Checkpoint | No
         from .plots import training_pictures
 
         training_pictures(run_dir, history, best_path, data, summary.get("confusion"))
-    return TrainResult(run_dir=run_dir, best=best_path, last=last_path, summary=summary, history=history)
+    return TrainResult(run_dir=run_dir, best=best_path, last=last_path, summary=summary, history=history, is_main=info.is_main)
 
 
 def _cpu_state(module: nn.Module) -> dict[str, torch.Tensor]:

@@ -76,10 +76,11 @@ def train(
         cfg = run_config(load_recipe(config) if config else None, model, data_flags, train_flags)
         result = fit(cfg)
     s = result.summary
-    typer.echo(
-        f"best val_acc {100 * s['best_val_acc']:.2f}% (epoch {s['best_epoch']}), {s['epoch']} epochs, "
-        f"{s.get('images_skipped', 0)} images skipped -> {result.best}"
-    )
+    if result.is_main:
+        typer.echo(
+            f"best val_acc {100 * s['best_val_acc']:.2f}% (epoch {s['best_epoch']}), {s['epoch']} epochs, "
+            f"{s.get('images_skipped', 0)} images skipped -> {result.best}"
+        )
 
 
 @data_app.command("synth")

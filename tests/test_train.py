@@ -1,0 +1,199 @@
+"""The trainer: run folder contents, resume (exact on CPU), kills at random moments, Ctrl-C, DDP on CPU (gloo)."""
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import tiny_run_config
+from mnv2export.checkpoint import load_checkpoint
+from mnv2export.config import RunConfig
+from mnv2export.errors import ConfigError, ProviderUnavailable
+from mnv2export.train import fit, resume_config
+
+TINY_FLAGS = [
+    "--data", "synth", "--img-size", "32", "--width", "0.35", "--synth-classes", "4", "--synth-per-class", "48",
+    "--batch-size", "16", "--lr", "0.05", "--warmup-epochs", "0", "--workers", "0", "--seed", "0", "--no-plots", "--no-progress",
+]
+
+
+def mnv2(*args, **kw):
+    return subprocess.run([sys.executable, "-m", "mnv2export", *args], capture_output=True, text=True, **kw)
+
+
+def test_run_folder_holds_everything(tiny_run):
+    d = tiny_run.run_dir
+    rows = list(csv.DictReader((d / "metrics.csv").open()))
+    assert [r["epoch"] for r in rows] == ["1", "2"]
+    assert list(rows[0]) == ["epoch", "train_loss", "val_loss", "val_acc", "lr", "seconds"]
+    cfg = RunConfig.from_dict(json.loads((d / "config.json").read_text()))
+    assert cfg.model.width_mult == 0.35 and cfg.data.img_size == 32
+    best, last = load_checkpoint(d / "best.pt"), load_checkpoint(d / "last.pt")
+    assert {"optimizer", "scheduler", "scaler", "ema", "rng", "model"} <= set(last.extra["resume"])
+    s = last.train_summary
+    assert s["epoch"] == 2 and 1 <= s["best_epoch"] <= 2 and s["best_val_acc"] == max(float(r["val_acc"]) for r in rows)
+    assert best.train_summary["best_val_acc"] == s["best_val_acc"]
+    assert best.provenance["torch"] == str(torch.__version__) and len(best.provenance["data_fingerprint"]) == 64
+    assert "resume" not in best.extra  # best.pt is for export: weights and description only
+
+
+def test_pictures_are_written(tmp_path):
+    result = fit(tiny_run_config(plots=True), run_dir=tmp_path / "run")
+    for name in ("loss_curve.png", "kernels.png", "feature_maps_shallow.png", "feature_maps_deep.png", "confusion_matrix.png"):
+        with Image.open(result.run_dir / name) as img:
+            assert img.size[0] > 100 and img.size[1] > 100
+
+
+def _weights(path):
+    return load_checkpoint(path).extra["resume"]["model"]
+
+
+def _same(a, b):
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_resume_continues_exactly(tmp_path, tiny_run):
+    """Interrupted after epoch 1 and resumed: the same weights as the uninterrupted 2-epoch run (tiny_run)."""
+    out = tmp_path / "run"
+    cfg = tiny_run_config(epochs=2)
+
+    class StopAfterFirstEpoch(Exception):
+        pass
+
+    import mnv2export.train as T
+
+    real = T.evaluate
+    calls = []
+
+    def evaluate_then_stop(*a, **k):
+        if calls:
+            raise KeyboardInterrupt
+        calls.append(1)
+        return real(*a, **k)
+
+    T.evaluate = evaluate_then_stop
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            fit(cfg, run_dir=out)
+    finally:
+        T.evaluate = real
+    assert load_checkpoint(out / "last.pt").train_summary["epoch"] == 1
+    cfg2, ckpt = resume_config(out, {"train": {"epochs": None}})
+    result = fit(cfg2, run_dir=out, resume_from=ckpt)
+    assert result.summary["epoch"] == 2 and len(result.history) == 2
+    _same(_weights(out / "last.pt"), _weights(tiny_run.last))
+
+
+def test_resume_refuses_other_settings(tiny_run):
+    with pytest.raises(ConfigError, match="model.width_mult"):
+        resume_config(tiny_run.run_dir, {"model": {"width_mult": 0.5}})
+    cfg, _ = resume_config(tiny_run.run_dir, {"train": {"epochs": 5}})
+    assert cfg.train.epochs == 5  # extending a run is allowed
+
+
+def _wait_for(predicate, proc, timeout=240):
+    end = time.time() + timeout
+    while time.time() < end:
+        if predicate():
+            return True
+        if proc.poll() is not None:
+            return False
+        time.sleep(0.05)
+    return False
+
+
+def _epochs_done(out):
+    f = out / "metrics.csv"
+    return len(f.read_text().splitlines()) - 1 if f.exists() else 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("when", ["start", "epoch1", "epoch2+jitter"])
+def test_sigkill_at_any_moment_then_resume(tmp_path, tiny_run, when):
+    """SIGKILL during start-up, right after epoch 1, a little into epoch 3; --resume always ends as the clean run."""
+    out = tmp_path / "run"
+    args = ["train", *TINY_FLAGS, "--epochs", "2", "--out", str(out)]
+    proc = subprocess.Popen([sys.executable, "-m", "mnv2export", *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    if when == "start":
+        _wait_for(lambda: (out / "last.pt").exists(), proc)
+    elif when == "epoch1":
+        _wait_for(lambda: _epochs_done(out) >= 1, proc)
+    else:
+        _wait_for(lambda: _epochs_done(out) >= 1, proc)
+        time.sleep(np.random.default_rng().uniform(0.0, 0.5))
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert load_checkpoint(out / "last.pt")  # whole, whatever the moment
+    r = mnv2("train", "--resume", "--out", str(out), "--no-progress")
+    assert r.returncode == 0, r.stderr
+    assert _epochs_done(out) == 2
+    assert load_checkpoint(out / "best.pt").train_summary["best_val_acc"] >= 0
+    _same(_weights(out / "last.pt"), _weights(tiny_run.last))
+    assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
+
+
+@pytest.mark.slow
+def test_ctrl_c_saves_and_exits_cleanly(tmp_path):
+    out = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "mnv2export", "train", *TINY_FLAGS, "--epochs", "50", "--out", str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert _wait_for(lambda: _epochs_done(out) >= 1, proc)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130
+    assert "--resume" in err and "Traceback" not in err
+    ckpt = load_checkpoint(out / "last.pt")
+    assert ckpt.train_summary["epoch"] >= 1 and "resume" in ckpt.extra
+
+
+@pytest.mark.slow
+def test_two_process_ddp_on_cpu(tmp_path):
+    out = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    r = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(29500 + os.getpid() % 1000),
+         "-m", "mnv2export", "train", *TINY_FLAGS, "--epochs", "2", "--out", str(out)],
+        capture_output=True, text=True, env=env, timeout=600,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.count("best val_acc") == 1  # rank 0 alone reports
+    ckpt = load_checkpoint(out / "last.pt")
+    s = ckpt.train_summary
+    assert s["world_size"] == 2 and s["epoch"] == 2
+    assert s["data"]["val_images"] == 4 * 50
+    # metrics reduced over both ranks: every validation image counted once per epoch
+    conf = np.array(s["confusion"])
+    assert conf.sum() == 200
+    assert _epochs_done(out) == 2
+
+
+def test_cuda_asked_without_gpu_is_an_error(tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    with pytest.raises(ProviderUnavailable, match="CUDA was asked for"):
+        fit(tiny_run_config(device="cuda"), run_dir=tmp_path / "r")
+
+
+def test_training_goes_on_past_unreadable_images(tmp_path):
+    from mnv2export.data.synth import write_synth
+
+    root = tmp_path / "d"
+    write_synth(root, num_classes=3, per_class=8, size=32, val_per_class=4)
+    (root / "train" / "00-circle-solid" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
+    (root / "val" / "01-square-solid" / "empty.jpg").write_bytes(b"")
+    cfg = tiny_run_config(epochs=2)
+    cfg = RunConfig(cfg.model, cfg.data.replace(source=str(root)), cfg.train)
+    result = fit(cfg, run_dir=tmp_path / "run")
+    assert result.summary["images_skipped"] == 2 and result.summary["epoch"] == 2
+    assert len(load_checkpoint(result.best).class_names) == 3  # num_classes follows the data

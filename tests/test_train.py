@@ -14,17 +14,11 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import tiny_run_config
+from conftest import TINY_FLAGS, tiny_run_config
 from mnv2export.checkpoint import load_checkpoint
 from mnv2export.config import RunConfig
 from mnv2export.errors import ConfigError, ProviderUnavailable
 from mnv2export.train import fit, resume_config
-
-TINY_FLAGS = [
-    "--data", "synth", "--img-size", "32", "--width", "0.35", "--synth-classes", "4", "--synth-per-class", "48",
-    "--batch-size", "16", "--lr", "0.05", "--warmup-epochs", "0", "--workers", "0", "--seed", "0", "--no-plots", "--no-progress",
-]
-
 
 def mnv2(*args, **kw):
     return subprocess.run([sys.executable, "-m", "mnv2export", *args], capture_output=True, text=True, **kw)

@@ -51,3 +51,59 @@ def tiny_run(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tiny_run) -> Path:
     return tiny_run.best
+
+
+# --- export / runtime: a small model that really learned, and its exported artifacts -------------------------------
+TRAINED_DATA = {"source": "synth", "img_size": 32, "synth_classes": 4, "synth_train_per_class": 48, "synth_val_per_class": 16}
+
+
+@pytest.fixture(scope="session")
+def trained_checkpoint(tmp_path_factory) -> Path:
+    """synth, 4 classes, 32 px, width 0.35, trained until it tells the classes apart (a few seconds of SGD), then its
+    BatchNorm statistics re-estimated on the training images so that eval mode answers like training mode. The
+    statistics are therefore far from the (0, 1) defaults, which is what BatchNorm folding must get right."""
+    import torch
+    from torch import nn
+
+    from mnv2export.checkpoint import Checkpoint, provenance, save_checkpoint
+    from mnv2export.config import DataConfig, ModelConfig
+    from mnv2export.data import build_datasets
+    from mnv2export.model import build_model
+
+    torch.manual_seed(0)
+    data_cfg, model_cfg = DataConfig(**TRAINED_DATA), ModelConfig(num_classes=4, width_mult=0.35, dropout=0.0)
+    bundle = build_datasets(data_cfg, augment=False)
+    x = torch.stack([bundle.train[i][0] for i in range(len(bundle.train))])
+    y = torch.tensor(bundle.train.targets)
+    model = build_model(model_cfg)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, nesterov=True)
+    for _ in range(4):
+        model.train()
+        for idx in torch.randperm(len(x)).split(32):
+            loss = nn.functional.cross_entropy(model(x[idx]), y[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.reset_running_stats()
+            m.momentum = None  # cumulative average over the pass below
+    with torch.no_grad():
+        for chunk in x.split(64):
+            model(chunk)
+    model.eval()
+    ckpt = Checkpoint(model_config=model_cfg, data_config=data_cfg, class_names=bundle.class_names,
+                      state_dict={k: v.detach().clone() for k, v in model.state_dict().items()},
+                      train_summary={"epoch": 4, "epochs": 4}, provenance=provenance(bundle.fingerprint))
+    path = tmp_path_factory.mktemp("trained") / "run" / "best.pt"
+    path.parent.mkdir()
+    return save_checkpoint(ckpt, path)
+
+
+@pytest.fixture(scope="session")
+def exported(trained_checkpoint, tmp_path_factory):
+    """Every artifact of ``trained_checkpoint`` (TorchScript, ONNX FP32 / INT8 / FP16) and its manifest."""
+    from mnv2export.export import export_all
+
+    out = tmp_path_factory.mktemp("export") / "run"
+    return export_all(trained_checkpoint, out, formats="all", quantize=True, fp16=True, calib_size=96)

@@ -49,6 +49,7 @@ def setup_logging(level: int = logging.INFO) -> None:
 def _register() -> None:
     # each module adds its commands to `app`
     from . import train_cmd  # noqa: F401
+    from . import export_cmd  # noqa: F401
 
 
 _register()

@@ -1,0 +1,39 @@
+"""``mnv2 export``: a checkpoint to TorchScript / ONNX (FP32, INT8, FP16) files and a manifest."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from . import app
+from .options import CheckpointArg
+
+
+@app.command()
+def export(
+    checkpoint: CheckpointArg,
+    format: Annotated[str, typer.Option("--format", "-f", help="torchscript, onnx or all.")] = "all",
+    quantize: Annotated[bool, typer.Option("--quantize", help="Also write model.int8.onnx (ONNX Runtime static INT8, QDQ, per-channel).")] = False,
+    fp16: Annotated[bool, typer.Option("--fp16", help="Also write model.fp16.onnx (for GPUs; float32 input and output).")] = False,
+    calib_data: Annotated[Optional[str], typer.Option("--calib-data", help="Calibration images: synth, fashion-mnist, an ImageFolder root or a folder of images (default: the checkpoint's own training data).")] = None,
+    calib_size: Annotated[int, typer.Option("--calib-size", help="Number of calibration images.")] = 256,
+    calib_method: Annotated[str, typer.Option("--calib-method", help="minmax, entropy or percentile.")] = "minmax",
+    opset: Annotated[Optional[int], typer.Option("--opset", help="ONNX opset (18 or newer; default 18).")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Output folder (default export/<run>).")] = None,
+) -> None:
+    """Export a checkpoint: BatchNorm folded, TorchScript and ONNX, optionally INT8 and FP16, with manifest.json."""
+    from ..export import export_all
+
+    manifest = export_all(
+        checkpoint, out_dir=out, formats=format, quantize=quantize, fp16=fp16, calib_data=calib_data, calib_size=calib_size,
+        calib_method=calib_method.lower(), opset=opset,
+    )
+    rows = [("file", "format", "precision", "size", "sha256", "seconds")]
+    for name, a in manifest.artifacts.items():
+        rows.append((name, a["format"], a["precision"], f"{a['size_bytes'] / 1e6:.1f} MB", a["sha256"][:12], f"{a['seconds']:.1f}"))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        typer.echo("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+    typer.echo(f"-> {manifest.path}")

@@ -1,0 +1,102 @@
+"""Calibration (and verification) images: real images through the checkpoint's own validation preprocessing.
+
+``--calib-data`` is ``synth``, ``fashion-mnist``, an ImageFolder root (its ``train/`` split is used) or any folder
+of images (searched recursively). Without it, the checkpoint's own training data is used when it is still at hand.
+Images are drawn at random (seeded, so an export is repeatable) and decoded before any export work starts, so a
+missing or empty source is an error before anything is written.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..checkpoint import Checkpoint
+from ..config import DataConfig
+from ..errors import ConfigError, DataError
+from ..data.images import is_image_file
+
+log = logging.getLogger(__name__)
+
+MAX_CALIB_SIZE = 10_000
+
+
+@dataclass
+class CalibrationSet:
+    images: np.ndarray  # (N, 3, H, W) float32, normalised as the model expects
+    source: str  # what they were drawn from, in words (goes into the manifest)
+
+
+def check_calib_size(n: int) -> int:
+    if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= MAX_CALIB_SIZE:
+        raise ConfigError(f"calibration size {n!r} is out of range", hint=f"use --calib-size between 1 and {MAX_CALIB_SIZE}")
+    return n
+
+
+def load_calibration(ckpt: Checkpoint, calib_data: str | None, size: int, *, seed: int = 0, split: str = "train") -> CalibrationSet:
+    """``size`` images (fewer if the source holds fewer) from ``calib_data`` or the checkpoint's own data."""
+    check_calib_size(size)
+    cfg = ckpt.data_config
+    own = calib_data is None
+    source = cfg.source if own else str(calib_data)
+    if source in ("synth", "fashion-mnist"):
+        if not own:  # keep the checkpoint's preprocessing; synth / fashion-mnist settings as the source defines them
+            cfg = cfg.replace(source=source)
+        return _from_builtin(cfg, size, seed, split)
+    root = Path(source)
+    what = "the checkpoint's training data" if own else "calibration data"
+    fix = "pass --calib-data with a folder of images (or synth)"
+    if not root.exists():
+        raise DataError(f"{what} not found", path=root, hint=fix)
+    if not root.is_dir():
+        raise DataError(f"{what} is a file, not a folder of images", path=root, hint=fix)
+    folder = root / split if (root / split).is_dir() else root
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and is_image_file(p))
+    if not files:
+        raise DataError(f"{what} holds no images", path=folder, hint=fix)
+    rng = np.random.default_rng(seed)
+    picked = [files[i] for i in sorted(rng.choice(len(files), size=min(size, len(files)), replace=False))]
+    from ..data import load_images
+
+    batch, kept, errors = load_images(picked, cfg)
+    for err in errors[:5]:
+        log.warning("calibration: skipped unreadable image %s: %s", err.path, err.reason)
+    if not kept:
+        raise DataError(f"none of the {len(picked)} images drawn from {what} could be read", path=folder, hint=fix)
+    return CalibrationSet(batch.numpy().astype(np.float32, copy=False), f"{len(kept)} images from {folder}")
+
+
+def _from_builtin(cfg: DataConfig, size: int, seed: int, split: str) -> CalibrationSet:
+    from ..data import build_datasets
+    from ..data.folder import SkippedImage
+
+    bundle = build_datasets(cfg, augment=False)  # validation preprocessing on both splits
+    ds = bundle.train if split == "train" else bundle.val
+    if len(ds) == 0:
+        raise DataError(f"the {cfg.source} {split} split is empty", hint="pass --calib-data with a folder of images")
+    rng = np.random.default_rng(seed)
+    idx = sorted(rng.choice(len(ds), size=min(size, len(ds)), replace=False))
+    images = [img for img, _ in (ds[int(i)] for i in idx) if not isinstance(img, SkippedImage)]
+    if not images:
+        raise DataError(f"no readable image in the {cfg.source} {split} split", hint="pass --calib-data with a folder of images")
+    return CalibrationSet(torch.stack(images).numpy().astype(np.float32, copy=False), f"{len(images)} images of {cfg.source} ({split})")
+
+
+def verification_inputs(ckpt: Checkpoint, calib: CalibrationSet | None, n: int = 8) -> tuple[torch.Tensor, str]:
+    """A few real images to check the folded and exported models on: calibration images, else the checkpoint's own
+    validation images, else (the data is not at hand) normal noise in the normalised space, said in the log."""
+    if calib is not None and len(calib.images) >= 2:
+        images = calib.images[:n].copy()
+        return torch.from_numpy(images), f"{len(images)} calibration images ({calib.source})"
+    try:
+        own = load_calibration(ckpt, None, n, split="val")
+        if len(own.images) >= 2:
+            return torch.from_numpy(own.images), own.source
+    except DataError as exc:
+        log.warning("the checkpoint's own images are not at hand (%s); checking the export on random inputs", exc.what)
+    size = ckpt.data_config.img_size
+    return torch.randn(n, 3, size, size, generator=torch.Generator().manual_seed(0)), "random normal inputs"

@@ -1,0 +1,21 @@
+"""Fixed names shared by the exporters, the manifest and the runtime (other commands rely on them)."""
+
+from __future__ import annotations
+
+TORCHSCRIPT_FILE = "model.torchscript.pt"
+ONNX_FILE = "model.onnx"
+INT8_FILE = "model.int8.onnx"
+FP16_FILE = "model.fp16.onnx"
+MANIFEST_FILE = "manifest.json"
+
+TORCHSCRIPT_METADATA = "mnv2_metadata.json"  # the `_extra_files` entry of a TorchScript file
+ONNX_METADATA = "mnv2_metadata"  # the `metadata_props` key of an ONNX file
+
+INPUT_NAME = "input"  # N x 3 x H x W, float32, normalised
+OUTPUT_NAME = "logits"  # N x num_classes, float32
+
+FORMATS = ("torchscript", "onnx")
+CALIB_METHODS = ("minmax", "entropy", "percentile")
+
+MANIFEST_FORMAT = "mnv2export.manifest"
+MANIFEST_VERSION = 1

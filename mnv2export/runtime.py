@@ -1,0 +1,349 @@
+"""One way to load and run every artifact: ``load_artifact(path, provider) -> Runner``.
+
+Formats are recognised by content, not by name: a checkpoint from ``mnv2 train`` (PyTorch eager), a TorchScript file
+(``model.torchscript.pt``) or an ONNX model (FP32, INT8 or FP16; ``model*.onnx``). Every runner takes a float32
+NCHW batch (normalised as the metadata says; see :func:`preprocess`) and returns float32 logits.
+
+Providers: ``cpu``, ``cuda`` and (ONNX only) ``tensorrt``. There is no silent fallback: when a provider is asked for
+and cannot be had, :class:`ProviderUnavailable` says why (no GPU or driver, CUDA/cuDNN libraries missing, a
+CPU-only onnxruntime build, both onnxruntime and onnxruntime-gpu installed). On CUDA, ONNX Runtime may still place
+single nodes it has no CUDA kernel for on the CPU (INT8 QDQ models do this): ``runner.session`` tells which.
+TorchScript runs on CUDA by loading the file with ``map_location`` (freezing made the weights graph constants,
+which ``map_location`` moves too).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.metadata
+import io
+import json
+import logging
+import os
+import tempfile
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import ArtifactError, ConfigError, DataError, ProviderUnavailable
+from .export.names import INPUT_NAME, ONNX_METADATA, OUTPUT_NAME, TORCHSCRIPT_METADATA
+
+log = logging.getLogger(__name__)
+
+PROVIDERS = ("cpu", "cuda", "tensorrt")
+ORT_PROVIDERS = {
+    "cpu": ["CPUExecutionProvider"],
+    "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"],
+    "tensorrt": ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"],
+}
+
+
+@dataclass
+class Runner:
+    """A loaded artifact. ``provider`` is what it really runs on (checked after loading)."""
+
+    path: Path
+    format: str  # "pytorch" (checkpoint, eager), "torchscript" or "onnx"
+    precision: str  # "fp32", "int8" or "fp16"
+    provider: str  # "cpu", "cuda" or "tensorrt"
+    metadata: dict[str, Any] = field(repr=False)
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        c, h, w = self.metadata["input_size"]
+        return int(c), int(h), int(w)
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.metadata["class_names"])
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        return self._run(self._check(batch))
+
+    __call__ = run
+
+    def _check(self, batch: np.ndarray) -> np.ndarray:
+        if not isinstance(batch, np.ndarray) or batch.ndim != 4 or batch.shape[0] < 1 or tuple(batch.shape[1:]) != self.input_shape:
+            shape = getattr(batch, "shape", type(batch).__name__)
+            raise DataError(f"input batch has shape {shape}, the model takes N x {' x '.join(map(str, self.input_shape))}", path=self.path,
+                            hint="preprocess images with mnv2export.runtime.preprocess")
+        return np.ascontiguousarray(batch, dtype=np.float32)
+
+    def _run(self, batch: np.ndarray) -> np.ndarray:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+
+@dataclass
+class TorchRunner(Runner):
+    module: Any = field(default=None, repr=False)  # nn.Module or torch.jit.ScriptModule, eval mode
+    device: Any = None  # torch.device
+
+    def _run(self, batch: np.ndarray) -> np.ndarray:
+        import torch
+
+        x = torch.from_numpy(batch).to(self.device)
+        with torch.inference_mode():
+            y = self.module(x)
+        return y.float().cpu().numpy()
+
+
+@dataclass
+class OnnxRunner(Runner):
+    session: Any = field(default=None, repr=False)  # onnxruntime.InferenceSession
+    input_name: str = INPUT_NAME
+    output_name: str = OUTPUT_NAME
+
+    def _run(self, batch: np.ndarray) -> np.ndarray:
+        return np.asarray(self.session.run([self.output_name], {self.input_name: batch})[0], dtype=np.float32)
+
+
+# --------------------------------------------------------------------------------------------------- formats
+def detect_format(path: str | Path) -> str:
+    """``pytorch`` (an mnv2 checkpoint), ``torchscript`` or ``onnx``, from the file's content."""
+    p = Path(path)
+    hint = "pass a checkpoint (best.pt) or a file written by `mnv2 export`"
+    if not p.exists():
+        raise ArtifactError("artifact not found", path=p, hint=hint)
+    if p.is_dir():
+        raise ArtifactError("artifact path is a folder, not a file", path=p, hint=hint)
+    if p.stat().st_size == 0:
+        raise ArtifactError("artifact file is empty", path=p, hint=hint)
+    if zipfile.is_zipfile(p):
+        try:
+            names = zipfile.ZipFile(p).namelist()
+        except (zipfile.BadZipFile, OSError):
+            raise ArtifactError("artifact is a damaged zip archive (truncated?)", path=p, hint=hint) from None
+        if any(n.endswith("/constants.pkl") or "/code/" in n for n in names):
+            return "torchscript"
+        if any(n.endswith("/data.pkl") for n in names):
+            return "pytorch"
+        raise ArtifactError("zip archive is neither a TorchScript file nor a torch checkpoint", path=p, hint=hint)
+    return "onnx"  # anything else must parse as ONNX; _load_onnx_model says so when it does not
+
+
+def _load_onnx_model(p: Path, *, check: bool = True):
+    import onnx
+    from google.protobuf.message import DecodeError
+
+    try:
+        model = onnx.load(str(p), load_external_data=False)
+    except (DecodeError, ValueError, RuntimeError, OSError, UnicodeDecodeError) as exc:
+        raise ArtifactError(f"not a readable ONNX, TorchScript or checkpoint file ({type(exc).__name__})", path=p,
+                            hint="the file is truncated or of another kind; export it again") from None
+    if check:
+        try:
+            onnx.checker.check_model(model)
+        except onnx.checker.ValidationError as exc:
+            raise ArtifactError(f"ONNX model fails onnx.checker: {str(exc).strip().splitlines()[0]}", path=p,
+                                hint="the file is truncated or damaged; export it again") from None
+    return model
+
+
+def read_metadata(path: str | Path) -> dict[str, Any]:
+    """The metadata an artifact embeds (class names, mean/std, input size, format, precision...), without a session."""
+    p = Path(path)
+    kind = detect_format(p)
+    if kind == "pytorch":
+        from .checkpoint import load_checkpoint
+        from .errors import CheckpointError
+
+        try:
+            ckpt = load_checkpoint(p)
+        except CheckpointError as exc:
+            raise ArtifactError(exc.what, path=p, hint=exc.hint) from None
+        return {**ckpt.metadata(), "format": "pytorch", "precision": "fp32"}
+    if kind == "torchscript":
+        with zipfile.ZipFile(p) as z:
+            entry = next((n for n in z.namelist() if n.endswith(f"/extra/{TORCHSCRIPT_METADATA}")), None)
+            raw = z.read(entry) if entry else None
+    else:
+        model = _load_onnx_model(p, check=False)
+        raw = next((prop.value for prop in model.metadata_props if prop.key == ONNX_METADATA), None)
+    if raw is None:
+        raise ArtifactError("artifact carries no mnv2export metadata", path=p, hint="export it with `mnv2 export`")
+    try:
+        meta = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise ArtifactError("artifact metadata is not valid JSON", path=p, hint="export it again with `mnv2 export`") from None
+    missing = [k for k in ("input_size", "class_names", "mean", "std", "data_config") if k not in meta]
+    if missing:
+        raise ArtifactError(f"artifact metadata lacks {', '.join(missing)}", path=p, hint="export it again with `mnv2 export`")
+    meta.setdefault("format", kind)
+    meta.setdefault("precision", "fp32")
+    return meta
+
+
+def preprocess(paths: list[str | Path], metadata: dict[str, Any]) -> tuple[np.ndarray, list[str], list[Any]]:
+    """Decode image files into the batch a runner takes, with the artifact's own validation preprocessing.
+
+    Returns (batch float32 N x 3 x H x W, paths kept, ImageReadError for each image that could not be read).
+    """
+    from .config import DataConfig
+    from .data import load_images
+
+    cfg = DataConfig.from_dict(metadata["data_config"])
+    batch, kept, errors = load_images(list(paths), cfg)
+    return batch.numpy().astype(np.float32, copy=False), kept, errors
+
+
+# --------------------------------------------------------------------------------------------------- loading
+def load_artifact(path: str | Path, provider: str = "cpu", *, threads: int | None = None) -> Runner:
+    """Load ``path`` to run on ``provider`` (``cpu``, ``cuda``, ``tensorrt``); ``threads``: intra-op threads
+    (ONNX Runtime's session option; for PyTorch ``torch.set_num_threads``, which is process-wide)."""
+    if provider not in PROVIDERS:
+        raise ConfigError(f"unknown provider {provider!r}", hint=f"choose one of {', '.join(PROVIDERS)}")
+    if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool) or threads < 1):
+        raise ConfigError(f"threads = {threads!r} is out of range", hint="use a whole number >= 1")
+    p = Path(path)
+    kind = detect_format(p)
+    meta = read_metadata(p)
+    if kind == "onnx":
+        session, used = create_session(p, provider, threads=threads)
+        return OnnxRunner(path=p, format="onnx", precision=meta["precision"], provider=used, metadata=meta, session=session)
+    if provider == "tensorrt":
+        raise ConfigError("the tensorrt provider runs ONNX models only", path=p, hint="use --provider cuda for PyTorch / TorchScript")
+    import torch
+
+    from .device import resolve_device
+
+    device = resolve_device(provider)  # ProviderUnavailable (with the reason) when cuda is asked for and absent
+    if threads is not None:
+        torch.set_num_threads(threads)
+    if kind == "pytorch":
+        from .checkpoint import load_checkpoint
+
+        module = load_checkpoint(p).build_model().to(device).eval()
+    else:
+        import warnings
+
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated in torch 2.14 but works
+                module = torch.jit.load(str(p), map_location=device).eval()
+        except (RuntimeError, ValueError, OSError, zipfile.BadZipFile) as exc:
+            raise ArtifactError(f"TorchScript file cannot be loaded: {str(exc).strip().splitlines()[0] if str(exc) else type(exc).__name__}",
+                                path=p, hint="the file is truncated or damaged; export it again") from None
+    return TorchRunner(path=p, format=kind, precision="fp32", provider=device.type, metadata=meta, module=module, device=device)
+
+
+def session_options(threads: int | None = None):
+    """ONNX Runtime session options used for every artifact: all graph optimisations, quiet logs."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3
+    if threads is not None:
+        options.intra_op_num_threads = threads
+    return options
+
+
+def create_session(path: str | Path, provider: str = "cpu", *, threads: int | None = None, options=None):
+    """A checked ONNX Runtime session for ``path`` on ``provider``: (session, provider obtained).
+
+    The file is parsed and checked with ``onnx`` first, so a damaged file is an :class:`ArtifactError`.
+    """
+    import onnxruntime as ort
+
+    p = Path(path)
+    _load_onnx_model(p)
+    if provider not in PROVIDERS:
+        raise ConfigError(f"unknown provider {provider!r}", hint=f"choose one of {', '.join(PROVIDERS)}")
+    wanted = ORT_PROVIDERS[provider][0]
+    if provider != "cpu":
+        reason = onnx_provider_problem(provider)
+        if reason:
+            raise ProviderUnavailable(f"{provider.upper()} was asked for but {reason}", path=p, hint=_GPU_HINT)
+        _preload_cuda_libraries()
+    with _captured_stderr() as captured:
+        try:
+            session = ort.InferenceSession(str(p), options or session_options(threads), providers=ORT_PROVIDERS[provider])
+        except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own exception types
+            text = str(exc).strip().splitlines()
+            raise ArtifactError(f"ONNX Runtime cannot load the model: {text[0] if text else type(exc).__name__}", path=p,
+                                hint="export it again with `mnv2 export`") from None
+    got = session.get_providers()
+    if wanted not in got:
+        raise ProviderUnavailable(f"{provider.upper()} was asked for but {_session_failure(captured.getvalue())}", path=p, hint=_GPU_HINT)
+    if captured.getvalue().strip():
+        log.debug("onnxruntime: %s", captured.getvalue().strip())
+    return session, provider
+
+
+_GPU_HINT = "run on a machine with an NVIDIA GPU and onnxruntime-gpu, or use --provider cpu"
+
+
+def onnx_provider_problem(provider: str) -> str | None:
+    """Why ``provider`` cannot work with the installed onnxruntime, known before creating a session (or None)."""
+    import onnxruntime as ort
+
+    installed = {d.metadata["Name"].lower() for d in importlib.metadata.distributions() if (d.metadata["Name"] or "").lower().startswith("onnxruntime")}
+    if "onnxruntime" in installed and len(installed & {"onnxruntime-gpu", "onnxruntime-directml", "onnxruntime-openvino"}) > 0:
+        return ("both onnxruntime and a GPU build (" + ", ".join(sorted(installed - {"onnxruntime"})) + ") are installed and shadow "
+                "each other (`pip uninstall onnxruntime onnxruntime-gpu`, then `pip install onnxruntime-gpu`)")
+    name = ORT_PROVIDERS[provider][0]
+    if name not in ort.get_available_providers():
+        package = ", ".join(sorted(installed)) or "onnxruntime"
+        return f"this onnxruntime build ({package} {ort.__version__}) has no {name} (install onnxruntime-gpu)"
+    return None
+
+
+def _session_failure(log_text: str) -> str:
+    """Turn ONNX Runtime's provider-loading log into one reason."""
+    missing = None
+    for line in log_text.splitlines():
+        if "cannot open shared object file" in line:
+            missing = line.split("with error:")[-1].split(":")[0].strip()
+            break
+    if (missing and missing.startswith("libcuda.so")) or not _has_nvidia_device():
+        return "no NVIDIA GPU driver was found on this machine (no /dev/nvidia*, or libcuda.so.1 missing)"
+    if missing:
+        need = next((ln.split("Require", 1)[1].split(".", 1)[0] for ln in log_text.splitlines() if "Require" in ln), "")
+        return f"the CUDA libraries it needs are missing ({missing}; it requires{need})"
+    first = next((ln.strip() for ln in log_text.splitlines() if "Failed" in ln or "Error" in ln or "error" in ln), "")
+    return f"ONNX Runtime did not register it ({first[:300] or 'no reason logged'})"
+
+
+def _has_nvidia_device() -> bool:
+    return any(Path("/dev").glob("nvidia[0-9]*")) or Path("/proc/driver/nvidia/version").exists()
+
+
+def _preload_cuda_libraries() -> None:
+    """onnxruntime-gpu's own loader for the CUDA/cuDNN libraries of the nvidia-* wheels that torch brings."""
+    import onnxruntime as ort
+
+    if hasattr(ort, "preload_dlls"):
+        out = io.StringIO()
+        try:
+            with contextlib.redirect_stdout(out):
+                ort.preload_dlls()
+        except Exception as exc:  # noqa: BLE001 - best effort; the session check below reports what matters
+            log.debug("onnxruntime.preload_dlls failed: %r", exc)
+        if out.getvalue().strip():
+            log.debug("onnxruntime.preload_dlls: %s", out.getvalue().strip())
+
+
+@contextlib.contextmanager
+def _captured_stderr():
+    """Capture what native code writes to file descriptor 2 (ONNX Runtime logs provider failures there)."""
+    buffer = io.StringIO()
+    try:
+        fd = os.dup(2)
+    except OSError:  # no usable stderr: nothing to capture
+        yield buffer
+        return
+    with tempfile.TemporaryFile(mode="w+b") as tmp:
+        try:
+            import sys
+
+            sys.stderr.flush()
+            os.dup2(tmp.fileno(), 2)
+            yield buffer
+        finally:
+            os.dup2(fd, 2)
+            os.close(fd)
+            tmp.seek(0)
+            buffer.write(tmp.read().decode("utf-8", "replace"))

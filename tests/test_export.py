@@ -1,0 +1,324 @@
+"""`mnv2 export`: BatchNorm folding, every format's round trip, the manifest, INT8 / FP16 and every bad input."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from torch import nn
+
+from mnv2export.cli import main
+from mnv2export.config import ModelConfig
+from mnv2export.errors import ConfigError, DataError, ExportError, OutputError
+from mnv2export.export import export_all, parse_formats
+from mnv2export.export.names import FP16_FILE, INT8_FILE, MANIFEST_FILE, ONNX_FILE, TORCHSCRIPT_FILE
+from mnv2export.export.quantize import int8_recipe, quantize_onnx
+from mnv2export.fileio import sha256_file
+from mnv2export.fold import check_fold, fold_bn
+from mnv2export.model import build_model
+from mnv2export.runtime import load_artifact, read_metadata
+
+ALL_FILES = (TORCHSCRIPT_FILE, ONNX_FILE, INT8_FILE, FP16_FILE, MANIFEST_FILE)
+
+
+def _val_images(n: int = 64) -> np.ndarray:
+    from mnv2export.config import DataConfig
+    from mnv2export.data import build_datasets
+
+    from conftest import TRAINED_DATA
+
+    val = build_datasets(DataConfig(**TRAINED_DATA), augment=False).val
+    return torch.stack([val[i][0] for i in range(min(n, len(val)))]).numpy()
+
+
+def _bn_model(seed: int = 0) -> nn.Module:
+    """A model whose BatchNorms are far from identity (statistics and affine parameters)."""
+    g = torch.Generator().manual_seed(seed)
+    m = build_model(ModelConfig(num_classes=5, width_mult=0.35, dropout=0.0))
+    for mod in m.modules():
+        if isinstance(mod, nn.BatchNorm2d):
+            n = mod.num_features
+            mod.running_mean.copy_(torch.randn(n, generator=g) * 0.5)
+            mod.running_var.copy_(torch.rand(n, generator=g) * 2 + 0.2)
+            mod.weight.data.copy_(torch.rand(n, generator=g) + 0.5)
+            mod.bias.data.copy_(torch.randn(n, generator=g) * 0.2)
+    return m.eval()
+
+
+# ------------------------------------------------------------------------------------------------ folding
+def test_fold_bn_removes_every_batchnorm_and_keeps_the_answers():
+    model = _bn_model()
+    folded = fold_bn(model)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in folded.modules())
+    assert sum(isinstance(m, nn.BatchNorm2d) for m in model.modules()) == 52  # the original is untouched
+    x = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    diff = check_fold(model, folded, x)
+    assert diff < 1e-4
+    with torch.no_grad():
+        assert model(x).abs().max() > 0.1  # the comparison is not between two near-zero outputs
+
+
+def test_fold_check_and_unfoldable_models_are_errors():
+    model = _bn_model()
+    folded = fold_bn(model)
+    with torch.no_grad():
+        folded.features[18][0].weight.mul_(1.01)  # what a wrong fold of the last convolution would do
+    with pytest.raises(ExportError, match="differs"):
+        check_fold(model, folded, torch.randn(2, 3, 32, 32))
+    lonely = nn.Sequential(nn.ReLU(), nn.BatchNorm2d(3))  # no convolution before the BatchNorm
+    with pytest.raises(ExportError, match="could not be folded"):
+        fold_bn(lonely)
+
+
+# ------------------------------------------------------------------------------------------------ the export
+def test_files_and_manifest(exported, trained_checkpoint):
+    out = exported.out_dir
+    assert sorted(p.name for p in out.iterdir()) == sorted(ALL_FILES)  # no temporary file left behind
+    on_disk = json.loads((out / MANIFEST_FILE).read_text())
+    assert on_disk == exported.data
+    assert on_disk["source_checkpoint"]["sha256"] == sha256_file(trained_checkpoint)
+    expected = {TORCHSCRIPT_FILE: ("torchscript", "fp32"), ONNX_FILE: ("onnx", "fp32"), INT8_FILE: ("onnx", "int8"), FP16_FILE: ("onnx", "fp16")}
+    assert set(on_disk["artifacts"]) == set(expected)
+    for name, a in on_disk["artifacts"].items():
+        assert (a["format"], a["precision"]) == expected[name]
+        assert a["size_bytes"] == (out / name).stat().st_size
+        assert a["sha256"] == sha256_file(out / name)
+        assert a["input_shape"] == ["batch", 3, 32, 32]
+        assert a["source_checkpoint_sha256"] == sha256_file(trained_checkpoint)
+        assert a["opset"] == (None if name == TORCHSCRIPT_FILE else 18)
+        assert a["export_settings"]
+    q = on_disk["artifacts"][INT8_FILE]["export_settings"]
+    assert q["per_channel"] is True and q["format"] == "QDQ" and q["calibration_method"] == "minmax" and q["calibration_images"] == 96
+    assert on_disk["bn_fold"]["max_abs_diff"] < 1e-4
+
+
+def test_onnx_graph_has_no_batchnorm_named_io_and_passes_the_checker(exported):
+    for name in (ONNX_FILE, INT8_FILE, FP16_FILE):
+        model = onnx.load(str(exported.out_dir / name))
+        onnx.checker.check_model(model, full_check=True)
+        assert not [n for n in model.graph.node if n.op_type == "BatchNormalization"]
+        assert [i.name for i in model.graph.input] == ["input"] and [o.name for o in model.graph.output] == ["logits"]
+        dims = model.graph.input[0].type.tensor_type.shape.dim
+        assert dims[0].dim_param and [d.dim_value for d in dims[1:]] == [3, 32, 32]
+        assert model.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT  # FP16 keeps float32 I/O
+        assert not any(t.HasField("data_location") and t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer)
+
+
+@pytest.mark.parametrize("name", [TORCHSCRIPT_FILE, ONNX_FILE, INT8_FILE, FP16_FILE])
+def test_dynamic_batch(exported, name):
+    runner = load_artifact(exported.out_dir / name)
+    for n in (1, 7, 64):
+        x = np.random.default_rng(n).standard_normal((n, 3, 32, 32)).astype(np.float32)
+        y = runner.run(x)
+        assert y.shape == (n, 4) and y.dtype == np.float32 and np.isfinite(y).all()
+
+
+def test_each_format_matches_pytorch(exported, trained_checkpoint):
+    x = _val_images()
+    ref = load_artifact(trained_checkpoint).run(x)  # the unfolded eager model
+    scale = float(np.abs(ref).max())
+    assert scale > 1.0
+    top2 = np.sort(ref, axis=1)[:, -2:]
+    for name, tol in ((TORCHSCRIPT_FILE, 1e-4), (ONNX_FILE, 1e-4), (FP16_FILE, 5e-3)):
+        got = load_artifact(exported.out_dir / name).run(x)
+        err = np.abs(got - ref).max()
+        assert err <= tol * scale, name
+        clear = top2[:, 1] - top2[:, 0] > 2 * err  # only a near tie (margin within the error) may flip
+        assert clear.mean() >= 0.5 and (got.argmax(1) == ref.argmax(1))[clear].all(), name
+
+
+def test_int8_agrees_with_fp32_on_a_trained_model(exported):
+    x, labels = _val_images(), None
+    from conftest import TRAINED_DATA
+
+    labels = np.repeat(np.arange(4), TRAINED_DATA["synth_val_per_class"])[: len(x)]
+    fp32 = load_artifact(exported.out_dir / ONNX_FILE).run(x).argmax(1)
+    int8 = load_artifact(exported.out_dir / INT8_FILE).run(x).argmax(1)
+    assert (fp32 == labels).mean() >= 0.6  # the model learned: the agreement below is not that of a constant
+    assert len(set(fp32.tolist())) == 4
+    assert (int8 == fp32).mean() >= 0.9
+
+
+def test_int8_graph_is_qdq_per_channel_u8s8(exported):
+    model = onnx.load(str(exported.out_dir / INT8_FILE))
+    inits = {t.name: t for t in model.graph.initializer}
+    convs = [n for n in model.graph.node if n.op_type == "Conv"]
+    depthwise = 0
+    for conv in convs[1:]:  # the stem stays FP32 (see quantize.py); every other conv reads dequantized int8 weights
+        dq = next(n for n in model.graph.node if n.output[0] == conv.input[1])
+        assert dq.op_type == "DequantizeLinear"
+        weight, scale = inits[dq.input[0]], inits[dq.input[1]]
+        assert weight.data_type == onnx.TensorProto.INT8 and scale.dims == [weight.dims[0]]  # one scale per channel
+        depthwise += next((a.i for a in conv.attribute if a.name == "group"), 1) > 1
+    assert depthwise == 17
+    q_zero_points = {n.input[2] for n in model.graph.node if n.op_type == "QuantizeLinear"}
+    recipe = int8_recipe()
+    want = onnx.TensorProto.UINT8 if recipe["activation_type"] == "uint8" else onnx.TensorProto.INT8
+    assert q_zero_points and all(inits[z].data_type == want for z in q_zero_points)
+
+
+def test_metadata_in_every_artifact(exported, trained_checkpoint):
+    from mnv2export.checkpoint import load_checkpoint
+
+    ckpt = load_checkpoint(trained_checkpoint)
+    for name, precision in ((TORCHSCRIPT_FILE, "fp32"), (ONNX_FILE, "fp32"), (INT8_FILE, "int8"), (FP16_FILE, "fp16")):
+        meta = read_metadata(exported.out_dir / name)
+        assert meta["class_names"] == ckpt.class_names and meta["mean"] == ckpt.data_config.mean
+        assert meta["input_size"] == [3, 32, 32] and meta["precision"] == precision
+        assert meta["source_checkpoint_sha256"] == sha256_file(trained_checkpoint)
+    props = {p.key for p in onnx.load(str(exported.out_dir / ONNX_FILE)).metadata_props}
+    assert "mnv2_metadata" in props
+    assert read_metadata(exported.out_dir / INT8_FILE)["quantization"]["per_channel"] is True
+
+
+def test_torchscript_loads_without_mnv2export_or_torchvision(exported):
+    """Plain ``torch.jit.load`` in a fresh interpreter where neither package can be imported."""
+    code = (
+        "import sys, json; sys.modules['mnv2export'] = None; sys.modules['torchvision'] = None\n"
+        "import torch\n"
+        "extra = {'mnv2_metadata.json': ''}\n"
+        f"m = torch.jit.load({str(exported.out_dir / TORCHSCRIPT_FILE)!r}, _extra_files=extra)\n"
+        "y = m(torch.zeros(3, 3, 32, 32))\n"
+        "print(json.dumps({'shape': list(y.shape), 'classes': json.loads(extra['mnv2_metadata.json'])['class_names']}))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd="/")
+    assert done.returncode == 0, done.stderr[-2000:]
+    answer = json.loads(done.stdout.strip().splitlines()[-1])
+    assert answer["shape"] == [3, 4] and len(answer["classes"]) == 4
+
+
+@pytest.mark.parametrize("method", ["entropy", "percentile"])
+def test_other_calibration_methods(exported, tmp_path, method):
+    x = _val_images(32)
+    meta = read_metadata(exported.out_dir / ONNX_FILE)
+    settings = quantize_onnx(exported.out_dir / ONNX_FILE, tmp_path / "m.onnx", x, meta, method=method)
+    assert settings["calibration_method"] == method
+    fp32 = load_artifact(exported.out_dir / ONNX_FILE).run(x).argmax(1)
+    assert (load_artifact(tmp_path / "m.onnx").run(x).argmax(1) == fp32).mean() >= 0.8
+
+
+def test_int8_recipe_follows_the_cpu():
+    assert int8_recipe({"avx2", "avx512f", "avx512_vnni"}, "x86_64")["reduce_range"] is False
+    assert int8_recipe({"avx2", "avx_vnni"}, "x86_64")["reduce_range"] is False
+    no_vnni = int8_recipe({"avx2", "fma", "avx512f"}, "x86_64")
+    assert no_vnni["reduce_range"] is True and (no_vnni["activation_type"], no_vnni["weight_type"]) == ("uint8", "int8")
+    assert int8_recipe(set(), "AMD64")["reduce_range"] is True
+    arm = int8_recipe(None, "aarch64")
+    assert (arm["activation_type"], arm["reduce_range"]) == ("int8", False)
+
+
+def test_parse_formats():
+    assert parse_formats("all") == ["torchscript", "onnx"]
+    assert parse_formats("onnx") == ["onnx"] and parse_formats(["onnx", "torchscript"]) == ["torchscript", "onnx"]
+    for bad in ("tflite", "", "onnx,coreml"):
+        with pytest.raises(ConfigError):
+            parse_formats(bad)
+
+
+# ------------------------------------------------------------------------------------------------ bad input
+def _cli(*args: str) -> int:
+    return main(["export", *map(str, args)])
+
+
+def test_cli_writes_and_prints_a_table(trained_checkpoint, tmp_path, capsys):
+    assert _cli(trained_checkpoint, "--format", "torchscript", "--out", tmp_path / "o") == 0
+    out = capsys.readouterr().out
+    assert TORCHSCRIPT_FILE in out and "fp32" in out and MANIFEST_FILE in out
+    assert sorted(p.name for p in (tmp_path / "o").iterdir()) == [MANIFEST_FILE, TORCHSCRIPT_FILE]
+
+
+def _bad_checkpoints(tmp_path: Path, good: Path) -> dict[str, Path]:
+    from mnv2export.checkpoint import FORMAT
+
+    files = {}
+    files["missing"] = tmp_path / "nope.pt"
+    files["truncated"] = tmp_path / "truncated.pt"
+    files["truncated"].write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    files["not a checkpoint"] = tmp_path / "notes.pt"
+    files["not a checkpoint"].write_text("hello")
+    payload = torch.load(good, weights_only=True)
+    payload["model_config"] = {**payload["model_config"], "arch": "resnet50"}
+    files["other architecture"] = tmp_path / "resnet.pt"
+    torch.save(payload, files["other architecture"])
+    files["pickled object"] = tmp_path / "pickle.pt"
+    torch.save({"format": FORMAT, "schema_version": 1, "model": nn.Linear(2, 2)}, files["pickled object"])
+    return files
+
+
+def test_bad_checkpoints_are_one_line_errors(trained_checkpoint, tmp_path, capsys):
+    expect = {"missing": "not found", "truncated": "truncated", "not a checkpoint": "not a readable", "other architecture": "another architecture",
+              "pickled object": "pickled"}
+    for what, path in _bad_checkpoints(tmp_path, trained_checkpoint).items():
+        out = tmp_path / f"out-{what.replace(' ', '-')}"
+        assert _cli(path, "--out", out) == 1, what
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error: ") and len(err.splitlines()) == 1 and expect[what] in err, (what, err)
+        assert not out.exists(), what
+
+
+def test_bad_options_and_calibration_data(trained_checkpoint, tmp_path, capsys):
+    empty = tmp_path / "empty"
+    (empty / "train" / "a").mkdir(parents=True)
+    cases = [
+        (["--format", "tflite"], "unknown export format"),
+        (["--quantize", "--calib-data", tmp_path / "nowhere"], "calibration data not found"),
+        (["--quantize", "--calib-data", empty], "holds no images"),
+        (["--quantize", "--calib-size", "0"], "calibration size"),
+        (["--quantize", "--calib-method", "kl"], "unknown calibration method"),
+        (["--opset", "12"], "opset 12 is not supported"),
+        (["--format", "torchscript", "--quantize"], "make ONNX models"),
+        (["--calib-data", empty], "only used for INT8"),
+    ]
+    for args, message in cases:
+        out = tmp_path / "out"
+        assert _cli(trained_checkpoint, *args, "--out", out) == 1, args
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error: ") and message in err, (args, err)
+        assert not out.exists(), args  # refused before any work
+
+
+def test_unwritable_output_folder(trained_checkpoint, tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    for out in (blocker, blocker / "sub"):
+        assert _cli(trained_checkpoint, "--format", "torchscript", "--out", out) == 1
+        assert "error: " in capsys.readouterr().err
+    with pytest.raises(OutputError):
+        export_all(trained_checkpoint, blocker, formats="torchscript")
+
+
+def test_missing_calibration_data_fails_before_any_work(trained_checkpoint, tmp_path):
+    with pytest.raises(DataError):
+        export_all(trained_checkpoint, tmp_path / "o", quantize=True, calib_data=str(tmp_path / "absent"))
+    assert not (tmp_path / "o").exists()
+
+
+def test_interrupted_export_leaves_no_partial_artifact(trained_checkpoint, tmp_path, monkeypatch):
+    """Ctrl-C while the ONNX export runs (after TorchScript was written): no new file under a final name, no
+    temporary file, and the previous export's files untouched."""
+    import mnv2export.export.onnx as onnx_export
+
+    out = tmp_path / "o"
+    export_all(trained_checkpoint, out, formats="torchscript")
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(onnx_export, "export_onnx", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        export_all(trained_checkpoint, out, formats="all")
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+def test_zip_of_the_torchscript_file_holds_the_metadata(exported):
+    with zipfile.ZipFile(exported.out_dir / TORCHSCRIPT_FILE) as z:
+        entry = next(n for n in z.namelist() if n.endswith("/extra/mnv2_metadata.json"))
+        assert json.loads(z.read(entry))["format"] == "torchscript"

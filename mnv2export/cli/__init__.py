@@ -12,7 +12,6 @@ import os
 import sys
 import traceback
 
-import click
 import typer
 
 from ..errors import Mnv2Error
@@ -61,13 +60,17 @@ def main(argv: list[str] | None = None) -> int:
     try:
         code = app(args=argv, prog_name="mnv2", standalone_mode=False)
         return int(code or 0)
-    except click.exceptions.UsageError as exc:
-        where = f" (try '{exc.ctx.command_path} --help')" if exc.ctx is not None else ""
-        print(f"error: {exc.format_message()}{where}", file=sys.stderr)
-        return 2
-    except click.exceptions.Abort:
+    except typer.Abort:
         print("error: aborted", file=sys.stderr)
         return 130
+    except typer.TyperException as exc:  # typer's (vendored click) usage errors: bad option, bad value type
+        ctx = getattr(exc, "ctx", None)
+        if type(exc).__name__ == "NoArgsIsHelpError" and ctx is not None:
+            print(ctx.get_help())
+            return 0
+        where = f" (try '{ctx.command_path} --help')" if ctx is not None else ""
+        print(f"error: {exc.format_message()}{where}", file=sys.stderr)
+        return int(getattr(exc, "exit_code", 2))
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130

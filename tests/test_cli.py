@@ -1,0 +1,98 @@
+"""The CLI shell: fast help, one-line errors with exit 1, usage errors exit 2, tracebacks only with MNV2_DEBUG."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+from typer.testing import CliRunner
+
+from mnv2export.cli import app, main
+
+
+def run(*args, env=None):
+    return subprocess.run([sys.executable, "-m", "mnv2export", *args], capture_output=True, text=True, env={**os.environ, **(env or {})})
+
+
+def test_help_does_not_import_torch():
+    code = "import sys; from mnv2export.cli import main; main(['--help']); assert 'torch' not in sys.modules and 'onnxruntime' not in sys.modules"
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert "train" in r.stdout
+
+
+def _one_error_line(stderr):
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, stderr
+    assert lines[0].startswith("error: ")
+    return lines[0]
+
+
+@pytest.mark.parametrize(
+    "args, expect",
+    [
+        (["train", "--data", "/nonexistent/folder", "--epochs", "1"], "data folder not found (/nonexistent/folder)"),
+        (["train", "--data", "synth", "--epochs", "0"], "epochs = 0 is out of range"),
+        (["train", "--data", "synth", "--width", "3"], "width = 3.0 is out of range"),
+        (["train", "--data", "synth", "--lr", "-1"], "lr = -1.0 is out of range"),
+        (["train", "--data", "synth", "--img-size", "4"], "image size = 4 is out of range"),
+        (["train", "--data", "synth", "--batch-size", "-2"], "batch size = -2 is out of range"),
+        (["train", "--data", "synth", "--device", "tpu"], "unknown device 'tpu'"),
+        (["train", "--epochs", "1"], "no data given"),
+        (["train", "--config", "/nonexistent.toml"], "recipe file not found"),
+        (["train", "--resume", "--out", "/nonexistent/run"], "nothing to resume"),
+    ],
+)
+def test_user_errors_are_one_line_exit_1(args, expect):
+    r = run(*args)
+    assert r.returncode == 1, r.stderr
+    line = _one_error_line(r.stderr)
+    assert expect in line and ": " in line.removeprefix("error: ")  # what, then how to fix
+
+
+def test_usage_errors_exit_2():
+    r = run("train", "--epochs", "many")
+    assert r.returncode == 2
+    assert "--epochs" in _one_error_line(r.stderr)
+    r = run("train", "--no-such-flag")
+    assert r.returncode == 2 and "no-such-flag" in _one_error_line(r.stderr)
+
+
+def test_debug_shows_the_traceback():
+    r = run("train", "--data", "/nonexistent/folder", env={"MNV2_DEBUG": "1"})
+    assert r.returncode == 1 and "Traceback" in r.stderr and r.stderr.strip().splitlines()[-1].startswith("error: ")
+
+
+def test_cuda_without_gpu(tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    r = run("train", "--data", "synth", "--device", "cuda", "--out", str(tmp_path / "r"))
+    assert r.returncode == 1
+    assert "CUDA was asked for" in _one_error_line(r.stderr)
+
+
+def test_data_synth_and_train_on_it(tmp_path):
+    runner = CliRunner()
+    res = runner.invoke(app, ["data", "synth", str(tmp_path / "s"), "--classes", "3", "--per-class", "6", "--size", "32"])
+    assert res.exit_code == 0, res.output
+    assert sorted(p.name for p in (tmp_path / "s" / "train").iterdir()) == sorted(p.name for p in (tmp_path / "s" / "val").iterdir())
+    assert len(list((tmp_path / "s" / "train").rglob("*.png"))) == 18
+    code = main(["train", "--data", str(tmp_path / "s"), "--img-size", "32", "--width", "0.35", "--epochs", "1", "--workers", "0",
+                 "--no-plots", "--no-progress", "--out", str(tmp_path / "run")])
+    assert code == 0 and (tmp_path / "run" / "best.pt").is_file()
+
+
+@pytest.mark.slow
+def test_readme_smoke_command_learns(tmp_path):
+    """The issue's smoke run: `mnv2 train --data synth --epochs 2` gets clearly above chance (10 classes: 10%)."""
+    from mnv2export.checkpoint import load_checkpoint
+
+    r = run("train", "--data", "synth", "--epochs", "2", "--out", str(tmp_path / "smoke"), "--no-progress")
+    assert r.returncode == 0, r.stderr
+    s = load_checkpoint(tmp_path / "smoke" / "best.pt").train_summary
+    assert s["best_val_acc"] > 0.5
+    for name in ("best.pt", "last.pt", "metrics.csv", "config.json", "loss_curve.png", "kernels.png", "feature_maps_shallow.png",
+                 "feature_maps_deep.png", "confusion_matrix.png"):
+        assert (tmp_path / "smoke" / name).is_file(), name

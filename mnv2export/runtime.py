@@ -20,6 +20,7 @@ import io
 import json
 import logging
 import os
+import re
 import tempfile
 import zipfile
 from dataclasses import dataclass, field
@@ -267,7 +268,7 @@ def create_session(path: str | Path, provider: str = "cpu", *, threads: int | No
                                 hint="export it again with `mnv2 export`") from None
     got = session.get_providers()
     if wanted not in got:
-        raise ProviderUnavailable(f"{provider.upper()} was asked for but {_session_failure(captured.getvalue())}", path=p, hint=_GPU_HINT)
+        raise ProviderUnavailable(f"{provider.upper()} was asked for but {session_failure(captured.getvalue())}", path=p, hint=_GPU_HINT)
     if captured.getvalue().strip():
         log.debug("onnxruntime: %s", captured.getvalue().strip())
     return session, provider
@@ -276,35 +277,48 @@ def create_session(path: str | Path, provider: str = "cpu", *, threads: int | No
 _GPU_HINT = "run on a machine with an NVIDIA GPU and onnxruntime-gpu, or use --provider cpu"
 
 
-def onnx_provider_problem(provider: str) -> str | None:
-    """Why ``provider`` cannot work with the installed onnxruntime, known before creating a session (or None)."""
+def installed_onnxruntime_packages() -> set[str]:
+    """Names of the installed onnxruntime distributions (onnxruntime, onnxruntime-gpu, ...), lower case."""
+    names = {(d.metadata["Name"] or "").lower() for d in importlib.metadata.distributions()}
+    return {n for n in names if n.startswith("onnxruntime") and not n.startswith("onnxruntime-extensions")}
+
+
+def onnx_provider_problem(provider: str, *, installed: set[str] | None = None, available: list[str] | None = None) -> str | None:
+    """Why ``provider`` cannot work with the installed onnxruntime, known before creating a session (or None).
+
+    ``installed`` (package names) and ``available`` (``onnxruntime.get_available_providers()``) default to this
+    environment's."""
     import onnxruntime as ort
 
-    installed = {d.metadata["Name"].lower() for d in importlib.metadata.distributions() if (d.metadata["Name"] or "").lower().startswith("onnxruntime")}
-    if "onnxruntime" in installed and len(installed & {"onnxruntime-gpu", "onnxruntime-directml", "onnxruntime-openvino"}) > 0:
-        return ("both onnxruntime and a GPU build (" + ", ".join(sorted(installed - {"onnxruntime"})) + ") are installed and shadow "
-                "each other (`pip uninstall onnxruntime onnxruntime-gpu`, then `pip install onnxruntime-gpu`)")
+    installed = installed_onnxruntime_packages() if installed is None else installed
+    available = ort.get_available_providers() if available is None else available
+    builds = installed - {"onnxruntime"}
+    if "onnxruntime" in installed and builds:
+        return (f"both onnxruntime and {', '.join(sorted(builds))} are installed and shadow each other "
+                "(`pip uninstall onnxruntime onnxruntime-gpu`, then `pip install onnxruntime-gpu`)")
     name = ORT_PROVIDERS[provider][0]
-    if name not in ort.get_available_providers():
+    if name not in available:
         package = ", ".join(sorted(installed)) or "onnxruntime"
         return f"this onnxruntime build ({package} {ort.__version__}) has no {name} (install onnxruntime-gpu)"
     return None
 
 
-def _session_failure(log_text: str) -> str:
-    """Turn ONNX Runtime's provider-loading log into one reason."""
+def session_failure(log_text: str, *, has_device: bool | None = None) -> str:
+    """Turn what ONNX Runtime logged while it failed to register a GPU provider into one reason."""
+    has_device = _has_nvidia_device() if has_device is None else has_device
     missing = None
     for line in log_text.splitlines():
         if "cannot open shared object file" in line:
             missing = line.split("with error:")[-1].split(":")[0].strip()
             break
-    if (missing and missing.startswith("libcuda.so")) or not _has_nvidia_device():
+    if (missing and missing.startswith("libcuda.so")) or not has_device:
         return "no NVIDIA GPU driver was found on this machine (no /dev/nvidia*, or libcuda.so.1 missing)"
     if missing:
-        need = next((ln.split("Require", 1)[1].split(".", 1)[0] for ln in log_text.splitlines() if "Require" in ln), "")
-        return f"the CUDA libraries it needs are missing ({missing}; it requires{need})"
-    first = next((ln.strip() for ln in log_text.splitlines() if "Failed" in ln or "Error" in ln or "error" in ln), "")
-    return f"ONNX Runtime did not register it ({first[:300] or 'no reason logged'})"
+        need = re.search(r"Require (.+?)\. ", log_text)
+        return f"the CUDA libraries it needs are missing ({missing} not found{'; it requires ' + need.group(1) if need else ''})"
+    first = next((ln.strip() for ln in log_text.splitlines() if "Failed" in ln or "rror" in ln), "")
+    first = re.sub(r"\x1b\[[0-9;]*m", "", first)[:300]  # no terminal colour codes
+    return f"ONNX Runtime did not register it ({first or 'no reason logged'})"
 
 
 def _has_nvidia_device() -> bool:

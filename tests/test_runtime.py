@@ -1,0 +1,198 @@
+"""The shared runtime: one loader for every artifact, metadata without a session, no silent provider fallback."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from mnv2export.errors import ArtifactError, ConfigError, DataError, ProviderUnavailable
+from mnv2export.export.names import FP16_FILE, INT8_FILE, ONNX_FILE, TORCHSCRIPT_FILE
+from mnv2export.runtime import (
+    OnnxRunner, TorchRunner, detect_format, load_artifact, onnx_provider_problem, preprocess, read_metadata, session_failure,
+)
+
+FILES = {TORCHSCRIPT_FILE: ("torchscript", "fp32"), ONNX_FILE: ("onnx", "fp32"), INT8_FILE: ("onnx", "int8"), FP16_FILE: ("onnx", "fp16")}
+no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error raised where there is no GPU")
+
+
+def _batch(n: int = 5, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal((n, 3, 32, 32)).astype(np.float32)
+
+
+def test_every_format_loads_and_describes_itself(exported, trained_checkpoint):
+    eager = load_artifact(trained_checkpoint)
+    assert isinstance(eager, TorchRunner) and (eager.format, eager.precision, eager.provider) == ("pytorch", "fp32", "cpu")
+    ref = eager.run(_batch())
+    for name, (fmt, precision) in FILES.items():
+        runner = load_artifact(exported.out_dir / name)
+        assert (runner.format, runner.precision, runner.provider) == (fmt, precision, "cpu"), name
+        assert runner.input_shape == (3, 32, 32) and runner.class_names == eager.class_names
+        assert runner.metadata["source_checkpoint_sha256"] == eager.metadata["source_checkpoint_sha256"]
+        if fmt == "onnx":
+            assert isinstance(runner, OnnxRunner) and runner.session.get_providers() == ["CPUExecutionProvider"]
+        y = runner(_batch())
+        assert y.shape == ref.shape and y.dtype == np.float32
+        if precision == "fp32":
+            assert np.abs(y - ref).max() <= 1e-4 * max(1.0, float(np.abs(ref).max())), name
+
+
+def test_detect_format_by_content_not_name(exported, trained_checkpoint, tmp_path):
+    renamed = tmp_path / "weights.bin"
+    renamed.write_bytes((exported.out_dir / ONNX_FILE).read_bytes())
+    assert detect_format(renamed) == "onnx" and load_artifact(renamed).format == "onnx"
+    ts = tmp_path / "a.onnx"
+    ts.write_bytes((exported.out_dir / TORCHSCRIPT_FILE).read_bytes())
+    assert detect_format(ts) == "torchscript" and detect_format(trained_checkpoint) == "pytorch"
+
+
+def test_threads_reach_the_session(exported):
+    runner = load_artifact(exported.out_dir / INT8_FILE, threads=1)
+    assert runner.session.get_session_options().intra_op_num_threads == 1
+    with pytest.raises(ConfigError):
+        load_artifact(exported.out_dir / INT8_FILE, threads=0)
+
+
+def test_wrong_input_is_a_clear_error(exported):
+    runner = load_artifact(exported.out_dir / ONNX_FILE)
+    for bad in (np.zeros((2, 3, 64, 64), np.float32), np.zeros((3, 32, 32), np.float32), [[0.0]], np.zeros((0, 3, 32, 32), np.float32)):
+        with pytest.raises(DataError, match="input batch has shape"):
+            runner.run(bad)
+    assert runner.run(np.zeros((2, 3, 32, 32), np.float64)).dtype == np.float32  # float64 is converted, not refused
+
+
+def test_read_metadata_without_a_session(exported, trained_checkpoint):
+    for name, (fmt, precision) in FILES.items():
+        meta = read_metadata(exported.out_dir / name)
+        assert (meta["format"], meta["precision"]) == (fmt, precision)
+        assert meta["data_config"]["img_size"] == 32 and len(meta["class_names"]) == 4
+    assert read_metadata(trained_checkpoint)["format"] == "pytorch"
+
+
+def test_preprocess_uses_the_artifacts_own_transform(exported, tmp_path):
+    from PIL import Image
+
+    from mnv2export.config import DataConfig
+    from mnv2export.data import eval_transform
+
+    img = Image.fromarray(np.random.default_rng(0).integers(0, 255, (50, 70, 3), dtype=np.uint8))
+    img.save(tmp_path / "a.png")
+    (tmp_path / "broken.jpg").write_bytes(b"not a jpeg")
+    meta = read_metadata(exported.out_dir / ONNX_FILE)
+    batch, kept, errors = preprocess([tmp_path / "a.png", tmp_path / "broken.jpg"], meta)
+    assert batch.shape == (1, 3, 32, 32) and batch.dtype == np.float32 and len(kept) == 1 and len(errors) == 1
+    want = eval_transform(DataConfig.from_dict(meta["data_config"]))(img).numpy()
+    np.testing.assert_allclose(batch[0], want, atol=1e-6)
+    assert load_artifact(exported.out_dir / ONNX_FILE).run(batch).shape == (1, 4)
+
+
+def test_damaged_and_foreign_files_are_artifact_errors(exported, tmp_path):
+    onnx_bytes = (exported.out_dir / ONNX_FILE).read_bytes()
+    ts_bytes = (exported.out_dir / TORCHSCRIPT_FILE).read_bytes()
+    cases = {
+        "missing.onnx": None,
+        "empty.onnx": b"",
+        "truncated.onnx": onnx_bytes[: len(onnx_bytes) * 2 // 3],
+        "noise.onnx": np.random.default_rng(0).integers(0, 255, 4096, dtype=np.uint8).tobytes(),
+        "truncated.torchscript.pt": ts_bytes[: len(ts_bytes) // 2],
+        "text.pt": b"hello, not a model\n",
+    }
+    for name, content in cases.items():
+        path = tmp_path / name
+        if content is not None:
+            path.write_bytes(content)
+        with pytest.raises(ArtifactError):
+            load_artifact(path)
+        with pytest.raises(ArtifactError):
+            read_metadata(path)
+    with pytest.raises(ArtifactError, match="folder"):
+        load_artifact(tmp_path)
+    # a valid ONNX model that mnv2export did not write: no metadata, refused with that reason
+    foreign = onnx.load(str(exported.out_dir / ONNX_FILE))
+    del foreign.metadata_props[:]
+    onnx.save(foreign, str(tmp_path / "foreign.onnx"))
+    with pytest.raises(ArtifactError, match="no mnv2export metadata"):
+        load_artifact(tmp_path / "foreign.onnx")
+    # a graph that parses but is broken (an initializer removed): onnx.checker refuses it before any session
+    broken = onnx.load(str(exported.out_dir / ONNX_FILE))
+    broken.graph.initializer.pop()
+    onnx.save(broken, str(tmp_path / "broken.onnx"))
+    with pytest.raises(ArtifactError, match="onnx.checker"):
+        load_artifact(tmp_path / "broken.onnx")
+
+
+def test_metadata_that_is_not_json_is_an_artifact_error(exported, tmp_path):
+    model = onnx.load(str(exported.out_dir / ONNX_FILE))
+    for p in model.metadata_props:
+        if p.key == "mnv2_metadata":
+            p.value = "{not json"
+    onnx.save(model, str(tmp_path / "m.onnx"))
+    with pytest.raises(ArtifactError, match="not valid JSON"):
+        read_metadata(tmp_path / "m.onnx")
+
+
+def test_unknown_provider_and_tensorrt_for_torch(exported, trained_checkpoint):
+    with pytest.raises(ConfigError, match="unknown provider"):
+        load_artifact(exported.out_dir / ONNX_FILE, "rocm")
+    for path in (exported.out_dir / TORCHSCRIPT_FILE, trained_checkpoint):
+        with pytest.raises(ConfigError, match="ONNX models only"):
+            load_artifact(path, "tensorrt")
+
+
+@no_cuda
+@pytest.mark.parametrize("name", [ONNX_FILE, INT8_FILE, FP16_FILE, TORCHSCRIPT_FILE])
+def test_cuda_asked_for_where_there_is_none(exported, name):
+    with pytest.raises(ProviderUnavailable) as info:
+        load_artifact(exported.out_dir / name, "cuda")
+    text = info.value.one_line()
+    assert "CUDA was asked for but" in text
+    assert any(why in text for why in ("no NVIDIA GPU driver", "has no CUDAExecutionProvider", "shadow each other", "torch sees no CUDA", "no CUDA support"))
+
+
+@no_cuda
+def test_cuda_asked_for_a_checkpoint_where_there_is_none(trained_checkpoint):
+    with pytest.raises(ProviderUnavailable, match="CUDA was asked for"):
+        load_artifact(trained_checkpoint, "cuda")
+
+
+def test_provider_problems_known_before_a_session():
+    gpu_build = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+    both = onnx_provider_problem("cuda", installed={"onnxruntime", "onnxruntime-gpu"}, available=gpu_build)
+    assert both and "both onnxruntime and onnxruntime-gpu" in both
+    cpu_only = onnx_provider_problem("cuda", installed={"onnxruntime"}, available=["CPUExecutionProvider"])
+    assert cpu_only and "has no CUDAExecutionProvider" in cpu_only
+    assert onnx_provider_problem("tensorrt", installed={"onnxruntime-gpu"}, available=gpu_build[1:]) is not None
+    assert onnx_provider_problem("cuda", installed={"onnxruntime-gpu"}, available=gpu_build) is None
+
+
+def test_provider_failure_reasons_from_onnxruntimes_log():
+    log = (
+        "\x1b[1;31m[E:onnxruntime:Default, provider_bridge_ort.cc:2458] Failed to load library libonnxruntime_providers_cuda.so "
+        "with error: libcublasLt.so.13: cannot open shared object file: No such file or directory\n"
+        "\x1b[0;93m[W:onnxruntime:Default] Failed to create CUDAExecutionProvider. Require cuDNN 9.* and CUDA 13.*. Please install"
+    )
+    assert session_failure(log, has_device=True) == "the CUDA libraries it needs are missing (libcublasLt.so.13 not found; it requires cuDNN 9.* and CUDA 13.*)"
+    assert "no NVIDIA GPU driver" in session_failure(log, has_device=False)
+    assert "no NVIDIA GPU driver" in session_failure(log.replace("libcublasLt.so.13", "libcuda.so.1"), has_device=True)
+    assert session_failure("", has_device=True) == "ONNX Runtime did not register it (no reason logged)"
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("name", [TORCHSCRIPT_FILE, ONNX_FILE, FP16_FILE])
+def test_cuda_matches_cpu(exported, name):
+    x = _batch(8)
+    cpu = load_artifact(exported.out_dir / name).run(x)
+    gpu = load_artifact(exported.out_dir / name, "cuda")
+    assert gpu.provider == "cuda"
+    tol = 5e-3 if name == FP16_FILE else 1e-3
+    assert np.abs(gpu.run(x) - cpu).max() <= tol * max(1.0, float(np.abs(cpu).max()))
+
+
+def test_manifest_names_match_what_the_runtime_reads(exported):
+    for name, entry in exported.artifacts.items():
+        meta = read_metadata(exported.out_dir / name)
+        assert (meta["format"], meta["precision"]) == (entry["format"], entry["precision"])
+    assert json.loads((exported.out_dir / "manifest.json").read_text())["artifacts"].keys() == exported.artifacts.keys()

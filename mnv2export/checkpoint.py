@@ -15,6 +15,7 @@ loader never loads any other way: a file carrying a pickled object is refused. I
 
 from __future__ import annotations
 
+import io
 import logging
 import pickle
 import platform
@@ -114,8 +115,10 @@ def provenance(data_fingerprint: str | None) -> dict[str, Any]:
 def save_checkpoint(ckpt: Checkpoint, path: str | Path) -> Path:
     """Write atomically: a run killed at any moment leaves the previous file or the new one, never half of one."""
     path = Path(path)
+    buffer = io.BytesIO()  # serialise in memory, then write with Python's I/O: a full disk is an OSError (ENOSPC)
+    torch.save(ckpt.to_payload(), buffer)
     with atomic_path(path) as tmp:
-        torch.save(ckpt.to_payload(), tmp)
+        tmp.write_bytes(buffer.getbuffer())
     return path
 
 

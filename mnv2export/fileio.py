@@ -21,7 +21,7 @@ def ensure_dir(path: str | Path) -> Path:
     except FileExistsError:
         raise OutputError("output path exists and is not a folder", path=p, hint="choose another --out") from None
     except OSError as exc:
-        raise OutputError(f"cannot create output folder: {exc.strerror}", path=p, hint="choose a writable --out") from None
+        raise OutputError(f"cannot create output folder ({exc.strerror})", path=p, hint="choose a writable --out") from None
     if not os.access(p, os.W_OK | os.X_OK):
         raise OutputError("output folder is not writable", path=p, hint="fix its permissions or choose another --out")
     return p
@@ -36,25 +36,33 @@ def atomic_path(final: str | Path) -> Iterator[Path]:
     """
     final = Path(final)
     ensure_dir(final.parent)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a final file gets the usual permissions
+    tmp: Path | None = None
     try:
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
+        os.close(fd)
+        tmp = Path(tmp_name)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a final file gets the usual permissions
         yield tmp
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, final)
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise OutputError("disk full while writing", path=final, hint="free some space and run again; earlier files are intact") from None
-        if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-            raise OutputError("cannot write output file", path=final, hint="choose a writable --out") from None
-        raise
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
+        raise output_error(exc, final) from None
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
         raise
+
+
+def output_error(exc: OSError, path: Path) -> Exception:
+    """An :class:`OutputError` a person can act on for the usual reasons a write fails; other errors unchanged."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        return OutputError("disk full while writing", path=path, hint="free some space and run again; earlier files are intact")
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return OutputError(f"cannot write output file ({exc.strerror})", path=path, hint="choose a writable --out")
+    return exc
 
 
 def _umask() -> int:

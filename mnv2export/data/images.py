@@ -52,6 +52,7 @@ def open_rgb(path: str | Path) -> Image.Image:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
+            warnings.filterwarnings("error", message="Truncated File Read")  # TIFF: Pillow only warns
             with Image.open(p) as img:
                 img.load()
                 return to_rgb(img)
@@ -63,6 +64,6 @@ def open_rgb(path: str | Path) -> Image.Image:
         raise ImageReadError(p, "file not found") from None
     except IsADirectoryError:
         raise ImageReadError(p, "is a folder, not an image") from None
-    except (OSError, SyntaxError, ValueError) as exc:
+    except (OSError, SyntaxError, ValueError, UserWarning) as exc:
         text = str(exc).strip().splitlines()
         raise ImageReadError(p, f"cannot decode ({text[0] if text else type(exc).__name__})") from None

@@ -53,9 +53,12 @@ def fold_bn(model: nn.Module) -> nn.Module:
 @torch.inference_mode()
 def check_fold(model: nn.Module, folded: nn.Module, inputs: torch.Tensor, atol: float = FOLD_ATOL) -> float:
     """Max abs difference of logits between ``model`` and ``folded`` on ``inputs``; ExportError above ``atol``."""
-    model.eval()
-    folded.eval()
-    diff = (model(inputs) - folded(inputs)).abs().max().item()
+    return check_fold_logits(model.eval()(inputs), folded.eval()(inputs), atol)
+
+
+def check_fold_logits(logits: torch.Tensor, folded_logits: torch.Tensor, atol: float = FOLD_ATOL) -> float:
+    """The same check on logits already computed (the exporter reuses the folded model's logits afterwards)."""
+    diff = (logits - folded_logits).abs().max().item()
     if not diff < atol:  # also catches NaN
         raise ExportError(
             f"the BatchNorm-folded model differs from the checkpoint's model by {diff:.3g} (max abs logit, limit {atol:g})",

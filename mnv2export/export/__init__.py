@@ -103,7 +103,7 @@ def _export(ckpt, out: Path, fmts, quantize, fp16, calib, calib_method, opset, s
     import torch
 
     from ..fileio import atomic_path, sha256_file
-    from ..fold import check_fold, fold_bn
+    from ..fold import check_fold_logits, fold_bn
     from .calib import verification_inputs
 
     manifest_tmp = stack.enter_context(atomic_path(out / MANIFEST_FILE))  # entered first: renamed last
@@ -114,11 +114,12 @@ def _export(ckpt, out: Path, fmts, quantize, fp16, calib, calib_method, opset, s
     model = ckpt.build_model()
     folded = fold_bn(model)
     inputs, inputs_source = verification_inputs(ckpt, calib)
-    fold_diff = check_fold(model, folded, inputs)
+    with torch.inference_mode():
+        folded_logits = folded(inputs)
+        fold_diff = check_fold_logits(model(inputs), folded_logits)
+    reference = folded_logits.numpy()  # what every exported FP32 artifact must answer on `inputs`
     log.info("folded BatchNorm: max abs logit diff %.2e on %s", fold_diff, inputs_source)
     example = inputs[:2]
-    with torch.no_grad():
-        reference = folded(inputs).numpy()
     size = ckpt.data_config.img_size
     base = {**ckpt.metadata(), "input_name": INPUT_NAME, "output_name": OUTPUT_NAME, "input_shape": ["batch", 3, size, size], "bn_folded": True}
     if "onnx" in fmts:
@@ -139,7 +140,7 @@ def _export(ckpt, out: Path, fmts, quantize, fp16, calib, calib_method, opset, s
         t0 = time.perf_counter()
         tmp = staged(TORCHSCRIPT_FILE)
         meta = {**base, "format": "torchscript", "precision": "fp32", "opset": None, "exporter": "torch.jit.trace + torch.jit.freeze"}
-        export_torchscript(folded, example, meta, tmp)
+        export_torchscript(folded, example, meta, tmp, reference=folded_logits[:2])
         record(TORCHSCRIPT_FILE, tmp, {"format": "torchscript", "precision": "fp32", "opset": None, "export_settings": {
             "method": "torch.jit.trace + torch.jit.freeze (eval, BatchNorm folded)", "device": "cpu (load with map_location to move it)"}}, t0)
     if "onnx" in fmts:

@@ -15,6 +15,8 @@ QLinearAdd and Gemm into QGemm when the session runs with ORT_ENABLE_ALL (the de
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import platform
 import tempfile
@@ -121,14 +123,18 @@ def quantize_onnx(
             stem = stem_conv(onnx.load(str(pre), load_external_data=False))
             if keep_stem_fp32 and stem:
                 excluded.append(stem)
-            quantize_static(
-                str(pre), str(raw), reader, quant_format=QuantFormat.QDQ, per_channel=True,
-                activation_type=qtype[recipe["activation_type"]], weight_type=qtype[recipe["weight_type"]],
-                reduce_range=recipe["reduce_range"], calibrate_method=calib, nodes_to_exclude=excluded,
-                # one collection per calibration batch (bounded memory); activations stay asymmetric (the default),
-                # which is what lets the quantizer drop the ReLU6 Clips into the Q ranges
-                extra_options={"CalibStridedMinMax": 1},
-            )
+            chatter = io.StringIO()  # the histogram calibrators print progress to stdout; a library does not
+            with contextlib.redirect_stdout(chatter):
+                quantize_static(
+                    str(pre), str(raw), reader, quant_format=QuantFormat.QDQ, per_channel=True,
+                    activation_type=qtype[recipe["activation_type"]], weight_type=qtype[recipe["weight_type"]],
+                    reduce_range=recipe["reduce_range"], calibrate_method=calib, nodes_to_exclude=excluded,
+                    # one collection per calibration batch (bounded memory); activations stay asymmetric (the
+                    # default), which is what lets the quantizer drop the ReLU6 Clips into the Q ranges
+                    extra_options={"CalibStridedMinMax": 1},
+                )
+            if chatter.getvalue().strip():
+                log.debug("quantize_static: %s", chatter.getvalue().strip())
         except (ConfigError, ExportError):
             raise
         except Exception as exc:  # noqa: BLE001 - onnxruntime.quantization raises many types

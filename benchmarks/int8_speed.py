@@ -6,9 +6,8 @@ Variants (all from the same FP32 ``model.onnx`` written by ``mnv2 export``, cali
   naive       quantize_static on the raw export, no pre-processing, its defaults (QDQ, S8S8, per-tensor weights)
   s8s8_sym    quant_pre_process + QDQ + per-channel, int8 symmetric activations (zero point 0), int8 weights
   s8s8        the same with asymmetric int8 activations
-  shipped     what ``mnv2 export --quantize`` writes: quant_pre_process + QDQ + per-channel, uint8 activations,
-              int8 weights (U8S8), every Conv quantized
-  stem_fp32   shipped with the 3-channel stem convolution left in FP32
+  u8s8        quant_pre_process + QDQ + per-channel, uint8 activations, int8 weights, every Conv quantized
+  shipped     what ``mnv2 export --quantize`` writes: u8s8 with the 3-channel stem convolution left in FP32
 Every session: ONNX Runtime CPU provider, ORT_ENABLE_ALL, the thread count of the row. Timing: warm-up, then rounds
 in which every session runs ``iters`` calls in turn (so load changes hit all alike); the figure is the median over
 rounds of the mean call time. Top-1 agreement with FP32 is on 160 synth validation images.
@@ -53,8 +52,8 @@ def make_variants(work: Path, calib: np.ndarray) -> dict[str, Path]:
     out["s8s8_sym"] = sym
     for name, recipe, stem in (
         ("s8s8", {"activation_type": "int8", "weight_type": "int8", "reduce_range": False, "cpu": "forced"}, False),
-        ("shipped", None, False),
-        ("stem_fp32", None, True),
+        ("u8s8", None, False),
+        ("shipped", None, True),
     ):
         path = work / f"{name}.int8.onnx"
         if not path.exists():
@@ -161,7 +160,7 @@ def main() -> None:
         for name in files:
             print(f"| {name} | {t} | {ms[(name, t)]:.2f} | {ms[('fp32', t)] / ms[(name, t)]:.2f}x | {100 * agree[name]:.1f}% |")
     if args.profile:
-        prof = {name: profile(files[name]) for name in ("fp32", "shipped", "stem_fp32")}
+        prof = {name: profile(files[name]) for name in ("fp32", "u8s8", "shipped")}
         kinds = sorted(set().union(*prof.values()), key=lambda k: -max(p.get(k, 0) for p in prof.values()))
         print("\nms per inference by node kind (1 thread, ONNX Runtime profiler):")
         print("| kind | " + " | ".join(prof) + " |\n|---|" + "---|" * len(prof))

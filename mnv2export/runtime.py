@@ -148,14 +148,7 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
     p = Path(path)
     kind = detect_format(p)
     if kind == "pytorch":
-        from .checkpoint import load_checkpoint
-        from .errors import CheckpointError
-
-        try:
-            ckpt = load_checkpoint(p)
-        except CheckpointError as exc:
-            raise ArtifactError(exc.what, path=p, hint=exc.hint) from None
-        return {**ckpt.metadata(), "format": "pytorch", "precision": "fp32"}
+        return _checkpoint_metadata(_load_checkpoint(p))
     if kind == "torchscript":
         with zipfile.ZipFile(p) as z:
             entry = next((n for n in z.namelist() if n.endswith(f"/extra/{TORCHSCRIPT_METADATA}")), None)
@@ -175,6 +168,20 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
     meta.setdefault("format", kind)
     meta.setdefault("precision", "fp32")
     return meta
+
+
+def _load_checkpoint(p: Path):
+    from .checkpoint import load_checkpoint
+    from .errors import CheckpointError
+
+    try:
+        return load_checkpoint(p)
+    except CheckpointError as exc:
+        raise ArtifactError(exc.what, path=p, hint=exc.hint) from None
+
+
+def _checkpoint_metadata(ckpt) -> dict[str, Any]:
+    return {**ckpt.metadata(), "format": "pytorch", "precision": "fp32"}
 
 
 def preprocess(paths: list[str | Path], metadata: dict[str, Any]) -> tuple[np.ndarray, list[str], list[Any]]:
@@ -200,7 +207,8 @@ def load_artifact(path: str | Path, provider: str = "cpu", *, threads: int | Non
         raise ConfigError(f"threads = {threads!r} is out of range", hint="use a whole number >= 1")
     p = Path(path)
     kind = detect_format(p)
-    meta = read_metadata(p)
+    ckpt = _load_checkpoint(p) if kind == "pytorch" else None
+    meta = _checkpoint_metadata(ckpt) if ckpt is not None else read_metadata(p)
     if kind == "onnx":
         session, used = create_session(p, provider, threads=threads)
         return OnnxRunner(path=p, format="onnx", precision=meta["precision"], provider=used, metadata=meta, session=session)
@@ -213,10 +221,8 @@ def load_artifact(path: str | Path, provider: str = "cpu", *, threads: int | Non
     device = resolve_device(provider)  # ProviderUnavailable (with the reason) when cuda is asked for and absent
     if threads is not None:
         torch.set_num_threads(threads)
-    if kind == "pytorch":
-        from .checkpoint import load_checkpoint
-
-        module = load_checkpoint(p).build_model().to(device).eval()
+    if ckpt is not None:
+        module = ckpt.build_model().to(device).eval()
     else:
         import warnings
 

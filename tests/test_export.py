@@ -151,8 +151,9 @@ def test_int8_graph_is_qdq_per_channel_u8s8(exported):
     inits = {t.name: t for t in model.graph.initializer}
     convs = [n for n in model.graph.node if n.op_type == "Conv"]
     depthwise = 0
-    assert len(convs) == 52
-    for conv in convs:  # every convolution reads dequantized int8 weights, one scale per output channel
+    assert len(convs) == 52 and "input" in convs[0].input  # the stem is fed by the graph input, in FP32
+    assert model.graph.initializer and next(t for t in model.graph.initializer if t.name == convs[0].input[1]).data_type == onnx.TensorProto.FLOAT
+    for conv in convs[1:]:  # every other convolution reads dequantized int8 weights, one scale per output channel
         dq = next(n for n in model.graph.node if n.output[0] == conv.input[1])
         assert dq.op_type == "DequantizeLinear"
         weight, scale = inits[dq.input[0]], inits[dq.input[1]]

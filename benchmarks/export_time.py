@@ -24,16 +24,47 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
+def compare_exporters(ckpt: Path, repeat: int) -> None:
+    """torch.onnx.export time of the folded model, dynamo=True (what mnv2 export uses) vs the deprecated
+    TorchScript-based exporter (dynamo=False), alternated in one process (ONNX writing only, no checks)."""
+    import warnings
+
+    import torch
+
+    from mnv2export.checkpoint import load_checkpoint
+    from mnv2export.fold import fold_bn
+
+    model = fold_bn(load_checkpoint(ckpt).build_model())
+    x = torch.randn(2, 3, 224, 224)
+    times: dict[str, list[float]] = {"dynamo=True": [], "dynamo=False": []}
+    for _ in range(repeat):
+        for name in times:
+            t0 = time.perf_counter()
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                if name == "dynamo=True":
+                    torch.onnx.export(model, (x,), None, input_names=["input"], output_names=["logits"], opset_version=18, dynamo=True,
+                                      external_data=False, verbose=False, dynamic_shapes=({0: torch.export.Dim("batch", min=1)},))
+                else:
+                    torch.onnx.export(model, (x,), str(ckpt.parent / "legacy.onnx"), input_names=["input"], output_names=["logits"],
+                                      opset_version=18, dynamo=False, dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
+            times[name].append(time.perf_counter() - t0)
+    print("torch.onnx.export of the folded model (median s): " + ", ".join(f"{k} {statistics.median(v):.1f}" for k, v in times.items()))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--work", type=Path, default=Path("/tmp/mnv2-export-time"))
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--compare-exporters", action="store_true", help="also time the two torch.onnx exporters")
     args = ap.parse_args()
     from workload import build_checkpoint
 
     ckpt = args.work / "run" / "best.pt"
     if not ckpt.exists():
         build_checkpoint(ckpt)
+    if args.compare_exporters:
+        compare_exporters(ckpt, args.repeat)
     walls, steps = [], []
     for i in range(args.repeat):
         out = args.work / f"export-{i}"

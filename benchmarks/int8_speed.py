@@ -21,6 +21,7 @@ import json
 import platform
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -99,11 +100,13 @@ def profile(path: Path, runs: int = 50) -> dict[str, float]:
 
     options = session_options(1)
     options.enable_profiling = True
-    s = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    x = np.random.default_rng(0).standard_normal((1, 3, 224, 224)).astype(np.float32)
-    for _ in range(runs):
-        s.run(None, {"input": x})
-    events = json.loads(Path(s.end_profiling()).read_text())
+    with tempfile.TemporaryDirectory() as tmp:
+        options.profile_file_prefix = str(Path(tmp) / "ort_profile")  # not into the working directory
+        s = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        x = np.random.default_rng(0).standard_normal((1, 3, 224, 224)).astype(np.float32)
+        for _ in range(runs):
+            s.run(None, {"input": x})
+        events = json.loads(Path(s.end_profiling()).read_text())
     out: dict[str, float] = collections.defaultdict(float)
     for e in events:
         if e.get("cat") != "Node" or not e["name"].endswith("_kernel_time"):

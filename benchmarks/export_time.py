@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -65,22 +66,25 @@ def main() -> None:
         build_checkpoint(ckpt)
     if args.compare_exporters:
         compare_exporters(ckpt, args.repeat)
-    walls, steps = [], []
+    walls, cpus, steps = [], [], []
     for i in range(args.repeat):
         out = args.work / f"export-{i}"
         shutil.rmtree(out, ignore_errors=True)
         cmd = ["mnv2", "export", str(ckpt), "--format", "all", "--quantize", "--calib-size", "256", "--fp16", "--out", str(out)]
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
         t0 = time.perf_counter()
         done = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
         walls.append(time.perf_counter() - t0)
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpus.append(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime)
         if done.returncode != 0:
             sys.exit(f"export failed: {done.stderr[-2000:]}")
         manifest = json.loads((out / "manifest.json").read_text())
         steps.append({name: a["seconds"] for name, a in manifest["artifacts"].items()})
-        print(f"run {i + 1}: {walls[-1]:.1f} s  " + "  ".join(f"{k} {v:.1f}s" for k, v in steps[-1].items()), flush=True)
+        print(f"run {i + 1}: {walls[-1]:.1f} s wall, {cpus[-1]:.1f} s CPU  " + "  ".join(f"{k} {v:.1f}s" for k, v in steps[-1].items()), flush=True)
     print(f"command: {' '.join(cmd[:2])} CKPT {' '.join(cmd[3:-2])}")
     print(f"median wall time over {args.repeat} runs: {statistics.median(walls):.1f} s (min {min(walls):.1f}, max {max(walls):.1f}); "
-          "per artifact (median s): " + ", ".join(f"{k} {statistics.median(s[k] for s in steps):.1f}" for k in steps[0]))
+          f"CPU time (user+sys) median {statistics.median(cpus):.1f} s; per artifact (median s): " + ", ".join(f"{k} {statistics.median(s[k] for s in steps):.1f}" for k in steps[0]))
     try:
         load = os.getloadavg()[0]
         print(f"1-minute load average at the end: {load:.2f} on {os.cpu_count()} CPUs")

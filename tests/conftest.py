@@ -63,6 +63,17 @@ def trained_checkpoint(tmp_path_factory) -> Path:
     BatchNorm statistics re-estimated on the training images so that eval mode answers like training mode. The
     statistics are therefore far from the (0, 1) defaults, which is what BatchNorm folding must get right."""
     import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # on a shared 2-core machine, 2 threads made this 10x slower (spin-waiting under load)
+    try:
+        return _train_small(tmp_path_factory)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train_small(tmp_path_factory) -> Path:
+    import torch
     from torch import nn
 
     from mnv2export.checkpoint import Checkpoint, provenance, save_checkpoint
@@ -77,7 +88,7 @@ def trained_checkpoint(tmp_path_factory) -> Path:
     y = torch.tensor(bundle.train.targets)
     model = build_model(model_cfg)
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, nesterov=True)
-    for _ in range(4):
+    for _ in range(6):
         model.train()
         for idx in torch.randperm(len(x)).split(32):
             loss = nn.functional.cross_entropy(model(x[idx]), y[idx])
@@ -94,7 +105,7 @@ def trained_checkpoint(tmp_path_factory) -> Path:
     model.eval()
     ckpt = Checkpoint(model_config=model_cfg, data_config=data_cfg, class_names=bundle.class_names,
                       state_dict={k: v.detach().clone() for k, v in model.state_dict().items()},
-                      train_summary={"epoch": 4, "epochs": 4}, provenance=provenance(bundle.fingerprint))
+                      train_summary={"epoch": 6, "epochs": 6}, provenance=provenance(bundle.fingerprint))
     path = tmp_path_factory.mktemp("trained") / "run" / "best.pt"
     path.parent.mkdir()
     return save_checkpoint(ckpt, path)
@@ -105,5 +116,12 @@ def exported(trained_checkpoint, tmp_path_factory):
     """Every artifact of ``trained_checkpoint`` (TorchScript, ONNX FP32 / INT8 / FP16) and its manifest."""
     from mnv2export.export import export_all
 
+    import torch
+
     out = tmp_path_factory.mktemp("export") / "run"
-    return export_all(trained_checkpoint, out, formats="all", quantize=True, fp16=True, calib_size=96)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return export_all(trained_checkpoint, out, formats="all", quantize=True, fp16=True, calib_size=96)
+    finally:
+        torch.set_num_threads(threads)

@@ -141,7 +141,7 @@ def test_int8_agrees_with_fp32_on_a_trained_model(exported):
     labels = np.repeat(np.arange(4), TRAINED_DATA["synth_val_per_class"])[: len(x)]
     fp32 = load_artifact(exported.out_dir / ONNX_FILE).run(x).argmax(1)
     int8 = load_artifact(exported.out_dir / INT8_FILE).run(x).argmax(1)
-    assert (fp32 == labels).mean() >= 0.6  # the model learned: the agreement below is not that of a constant
+    assert (fp32 == labels).mean() >= 0.8  # the model learned: the agreement below is not that of a constant
     assert len(set(fp32.tolist())) == 4
     assert (int8 == fp32).mean() >= 0.9
 

@@ -309,7 +309,9 @@ def test_interrupted_export_leaves_no_partial_artifact(trained_checkpoint, tmp_p
     import mnv2export.export.onnx as onnx_export
 
     out = tmp_path / "o"
+    threads = torch.get_num_threads()
     export_all(trained_checkpoint, out, formats="torchscript")
+    assert torch.get_num_threads() == threads  # the export runs torch on one thread and gives the setting back
     before = {p.name: p.read_bytes() for p in out.iterdir()}
 
     def interrupted(*args, **kwargs):
@@ -319,6 +321,7 @@ def test_interrupted_export_leaves_no_partial_artifact(trained_checkpoint, tmp_p
     with pytest.raises(KeyboardInterrupt):
         export_all(trained_checkpoint, out, formats="all")
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert torch.get_num_threads() == threads
 
 
 def test_zip_of_the_torchscript_file_holds_the_metadata(exported):

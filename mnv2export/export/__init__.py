@@ -77,6 +77,28 @@ def export_all(
         raise ConfigError(f"unknown calibration method {calib_method!r}", hint=f"choose one of {', '.join(CALIB_METHODS)}")
     check_calib_size(calib_size)
 
+    with _torch_threads(EXPORT_TORCH_THREADS):
+        return _export_all(checkpoint_path, out_dir, fmts, quantize, fp16, calib_data, calib_size, calib_method, opset)
+
+
+# The export's PyTorch work is a few eager passes and Python-bound tracing: one intra-op thread costs well under a
+# second on an idle machine and avoids 10x stalls when the CPU is shared (spin-waiting threads; RESULTS.md).
+EXPORT_TORCH_THREADS = 1
+
+
+@contextlib.contextmanager
+def _torch_threads(n: int):
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _export_all(checkpoint_path, out_dir, fmts, quantize, fp16, calib_data, calib_size, calib_method, opset) -> Manifest:
     from ..checkpoint import load_checkpoint
     from ..fileio import ensure_dir
 

@@ -5,12 +5,14 @@
 2. ``quantize_static`` in QDQ format, weights per channel (per-tensor scales collapse the depthwise convolutions),
    calibrated on real images through the checkpoint's validation preprocessing, MinMax / Entropy / Percentile.
 3. Types for x86: activations uint8, weights int8 (U8S8). With symmetric int8 weights ONNX Runtime takes its
-   "ConvSym" kernels (VPDPBUSD on AVX512-VNNI / AVX-VNNI); S8S8 and U8U8 were measured slower here (RESULTS.md).
+   "ConvSym" kernels (VPDPBUSD on AVX512-VNNI / AVX-VNNI). S8S8 measured slower than FP32 here (RESULTS.md), U8U8
+   about as slow as FP32 (one prototype run). The 3-channel stem convolution stays FP32 (see ``quantize_onnx``).
    On x86 without VNNI, U8S8 goes through VPMADDUBSW, whose 16-bit intermediate sums can saturate, so weights are
    quantised to 7 bits (``reduce_range``) there, chosen from the CPU flags, without a flag. ARM uses S8S8.
 
-ONNX Runtime then fuses every DQ -> Conv -> (Clip removed) -> Q group into one QLinearConv (NHWC), Add into
-QLinearAdd and Gemm into QGemm when the session runs with ORT_ENABLE_ALL (the default).
+The quantizer drops each ReLU6 Clip into the uint8 range of the Quantize after it (activations are asymmetric);
+ONNX Runtime then fuses every DQ -> Conv -> Q group into one QLinearConv (NHWC), Add into QLinearAdd and Gemm into
+QGemm when the session runs with ORT_ENABLE_ALL (the default).
 """
 
 from __future__ import annotations

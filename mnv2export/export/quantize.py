@@ -105,7 +105,7 @@ def quantize_onnx(
 
     ``keep_stem_fp32`` leaves the 3-channel stem convolution in FP32: its INT8 version misses ONNX Runtime's fast
     symmetric-weight kernels (they want input channels in multiples of 4) and runs no faster than FP32's; with it in
-    FP32 the whole model measured 2-12% faster in 9 of 10 paired comparisons here (benchmarks/RESULTS.md).
+    FP32 the whole model measured 1-12% faster in 11 of 12 paired comparisons here (benchmarks/RESULTS.md).
 
     Returns the settings used (also embedded in the file's metadata under ``quantization``).
     """

@@ -92,9 +92,13 @@ class Checkpoint:
             "data_config": d.to_dict(),
             "source_checkpoint": self.path.name if self.path else None,
             "source_checkpoint_sha256": self.sha256,
-            "train_summary": self.train_summary,
+            "train_summary": {k: v for k, v in self.train_summary.items() if k in _SUMMARY_KEYS},
             "versions": versions(),
         }
+
+
+# what an artifact carries of the training summary (not the history, confusion matrix or skipped paths)
+_SUMMARY_KEYS = ("epoch", "epochs", "best_val_acc", "best_epoch", "final", "images_skipped", "world_size", "amp", "data")
 
 
 def versions() -> dict[str, str]:

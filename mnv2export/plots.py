@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -133,3 +134,89 @@ def training_pictures(run_dir: Path, history: list[dict[str, float]], best: Path
     if confusion:
         paths.append(confusion_matrix(confusion, data.class_names, run_dir / "confusion_matrix.png"))
     return paths
+
+
+# --------------------------------------------------------------------------------------------------- any checkpoint
+def _denormalise(image: torch.Tensor, mean: list[float], std: list[float]):
+    """A preprocessed [3, H, W] tensor back to an H x W x 3 array in [0, 1] for display."""
+    m = torch.tensor(mean).view(3, 1, 1)
+    s = torch.tensor(std).view(3, 1, 1)
+    return (image.detach().float().cpu() * s + m).clamp(0, 1).permute(1, 2, 0).numpy()
+
+
+def input_picture(image: torch.Tensor, mean: list[float], std: list[float], path: Path, title: str = "") -> Path:
+    """The image as the model sees it (after resize and crop), de-normalised."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(3, 3))
+    ax.imshow(_denormalise(image, mean, std), interpolation="nearest")
+    ax.axis("off")
+    ax.set_title(title or f"model input {tuple(image.shape[1:])}", fontsize=8)
+    return _save(fig, path)
+
+
+def sample_grid(images: torch.Tensor, labels: list[str], mean: list[float], std: list[float], path: Path, cols: int = 8) -> Path:
+    """Preprocessed images ([N, 3, H, W]) in a grid, each titled with its label."""
+    plt = _plt()
+    rows = max(1, (len(images) + cols - 1) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.4, rows * 1.6), squeeze=False)
+    for i, ax in enumerate(axes.flat):
+        ax.axis("off")
+        if i < len(images):
+            ax.imshow(_denormalise(images[i], mean, std), interpolation="nearest")
+            ax.set_title(labels[i][:18], fontsize=6)
+    return _save(fig, path)
+
+
+@dataclass
+class Visualization:
+    out_dir: Path
+    files: list[Path]
+    image: str | None  # the image the feature maps are of, in words (None: no image at hand)
+    notes: list[str] = field(default_factory=list)
+
+
+def visualize(checkpoint: str | Path, image: str | Path | None = None, out_dir: str | Path | None = None) -> Visualization:
+    """First-layer kernels and the feature maps of a shallow and a deep block of ``checkpoint`` for ``image``.
+
+    Without ``image``, the first validation image of the checkpoint's own data is used when that data is at hand;
+    otherwise only the kernels are drawn and ``notes`` says why. Files: ``kernels.png``, ``input.png`` (what the model
+    sees), ``feature_maps_shallow.png``, ``feature_maps_deep.png`` in ``out_dir`` (default ``<checkpoint folder>/visualize``).
+    """
+    from .checkpoint import load_checkpoint
+    from .data import build_datasets, load_images
+    from .errors import ArtifactError, DataError
+    from .fileio import ensure_dir
+    from .runtime import detect_format
+
+    p = Path(checkpoint)
+    kind = detect_format(p)
+    if kind != "pytorch":
+        what = {"onnx": "an ONNX", "torchscript": "a TorchScript"}.get(kind, f"a {kind}")
+        raise ArtifactError(f"visualize needs a checkpoint, not {what} file", path=p,
+                            hint="pass the best.pt the artifact was exported from (feature maps need the model's blocks)")
+    ckpt = load_checkpoint(p)
+    model = ckpt.build_model()
+    cfg = ckpt.data_config
+    out = ensure_dir(out_dir if out_dir is not None else p.parent / "visualize")
+    notes: list[str] = []
+    tensor, source = None, None
+    if image is not None:
+        batch, kept, errors = load_images([image], cfg)
+        if errors:
+            raise DataError(f"image cannot be read: {errors[0].reason}", path=image, hint="pass an image file Pillow can decode")
+        tensor, source = batch[0], str(image)
+    else:
+        try:
+            val = build_datasets(cfg, augment=False).val
+            item, label = val[0]
+            if isinstance(item, torch.Tensor):
+                tensor, source = item, f"the first validation image of {cfg.source} (class {ckpt.class_names[label]})"
+        except DataError as exc:
+            log.debug("validation data not at hand: %s", exc)
+        if tensor is None:
+            notes.append(f"feature maps not drawn: the checkpoint's validation data ({cfg.source}) is not at hand; pass --image FILE")
+    files = [kernels(model, out / "kernels.png")]
+    if tensor is not None:
+        files.append(input_picture(tensor, cfg.mean, cfg.std, out / "input.png", title=Path(source).name if image else "validation image"))
+        files += feature_maps(model, tensor, out)
+    return Visualization(out_dir=out, files=files, image=source, notes=notes)

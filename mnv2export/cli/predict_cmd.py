@@ -1,0 +1,42 @@
+"""``mnv2 predict IMAGE... --model ARTIFACT``: top-k classes with probabilities, from any artifact."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from . import app
+
+
+@app.command()
+def predict(
+    images: Annotated[list[Path], typer.Argument(help="Image files and/or folders (searched recursively).", show_default=False)],
+    model: Annotated[Path, typer.Option("--model", "-m", help="Checkpoint, TorchScript or ONNX file (FP32, INT8, FP16).", show_default=False)],
+    provider: Annotated[str, typer.Option("--provider", help="cpu or cuda. Asking for cuda where it cannot run is an error.")] = "cpu",
+    top_k: Annotated[int, typer.Option("--top-k", "-k", help="How many classes to show per image (at most the class count).")] = 5,
+    batch_size: Annotated[int, typer.Option("--batch-size", "-b", help="Images per inference call.")] = 32,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON instead of text.")] = False,
+) -> None:
+    """Classify images with the artifact's own preprocessing and class names.
+
+    Unreadable images are named on stderr and skipped; the exit code is 0 when at least one image was classified,
+    1 when none could be.
+    """
+    from ..predict import predict as run_predict
+
+    result = run_predict(images, model, provider=provider.lower(), top_k=top_k, batch_size=batch_size)
+    for s in result.skipped:
+        typer.echo(f"skipped {s['path']}: {s['reason']}", err=True)
+    if as_json:
+        typer.echo(json.dumps(result.to_dict(), indent=2))
+        return
+    typer.echo(f"# {result.model} ({result.format}, {result.precision}, {result.provider})")
+    for p in result.predictions:
+        typer.echo(p.path)
+        for t in p.top:
+            typer.echo(f"  {t['probability']:7.2%}  {t['class']}")
+    if result.skipped:
+        typer.echo(f"{len(result.predictions)} classified, {len(result.skipped)} skipped", err=True)

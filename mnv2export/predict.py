@@ -1,0 +1,118 @@
+"""``predict(images, model) -> PredictResult``: classify image files with any artifact.
+
+The artifact (a checkpoint, TorchScript file or ONNX model, FP32 / INT8 / FP16) brings its own preprocessing
+(resize, centre crop, mean / std, interpolation) and class names in its metadata, so nothing else is needed: a
+TorchScript or ONNX file works alone, without the checkpoint it came from.
+
+Inputs are image files and folders (searched recursively for image files by extension; hidden files are left out).
+An image that cannot be read (missing, empty, corrupt, not an image) is named in ``skipped`` with the reason and the
+others are still classified. When no image at all can be classified, :class:`~mnv2export.errors.DataError`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import ConfigError, DataError
+
+MAX_TOP_K = 1000
+
+
+@dataclass
+class Prediction:
+    path: str
+    top: list[dict[str, Any]]  # [{"class": name, "index": i, "probability": p}, ...], most likely first
+
+    @property
+    def label(self) -> str:
+        return self.top[0]["class"]
+
+
+@dataclass
+class PredictResult:
+    model: str
+    format: str
+    precision: str
+    provider: str
+    top_k: int
+    predictions: list[Prediction] = field(default_factory=list)
+    skipped: list[dict[str, str]] = field(default_factory=list)  # [{"path": ..., "reason": ...}]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model, "format": self.format, "precision": self.precision, "provider": self.provider,
+            "top_k": self.top_k, "predictions": [{"path": p.path, "top": p.top} for p in self.predictions],
+            "skipped": self.skipped,
+        }
+
+
+def collect_images(inputs: list[str | Path]) -> tuple[list[Path], list[dict[str, str]]]:
+    """Image files named or found (recursively) in folders, in order; and the inputs that hold no image."""
+    from .data.images import is_image_file
+
+    files: list[Path] = []
+    skipped: list[dict[str, str]] = []
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            found = sorted(f for f in p.rglob("*") if f.is_file() and is_image_file(f) and not _hidden(f, p))
+            if not found:
+                skipped.append({"path": str(p), "reason": "folder holds no image files"})
+            files += found
+        elif p.exists():
+            files.append(p)  # named explicitly: tried whatever its extension, named if unreadable
+        else:
+            skipped.append({"path": str(p), "reason": "file not found"})
+    return files, skipped
+
+
+def _hidden(f: Path, root: Path) -> bool:
+    return any(part.startswith(".") for part in f.relative_to(root).parts)
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits.astype(np.float64)
+    z = z - z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def predict(
+    images: list[str | Path], model: str | Path, *, provider: str = "cpu", top_k: int = 5, batch_size: int = 32,
+    threads: int | None = None,
+) -> PredictResult:
+    """Classify ``images`` (files or folders) with the artifact ``model`` on ``provider`` (cpu, cuda)."""
+    from .runtime import load_artifact, preprocess
+
+    if not isinstance(top_k, int) or isinstance(top_k, bool) or not 1 <= top_k <= MAX_TOP_K:
+        raise ConfigError(f"top-k = {top_k!r} is out of range", hint=f"use --top-k between 1 and {MAX_TOP_K}")
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ConfigError(f"batch size = {batch_size!r} is out of range", hint="use a whole number >= 1")
+    if not images:
+        raise ConfigError("no images given", hint="pass image files or folders: mnv2 predict IMAGE... --model ARTIFACT")
+    files, skipped = collect_images(images)
+    if not files:
+        raise DataError("no image files found", path=", ".join(map(str, images)), hint="pass image files (.jpg, .png, ...) or folders holding them")
+    runner = load_artifact(model, provider, threads=threads)
+    names = runner.class_names
+    k = min(top_k, len(names))
+    result = PredictResult(model=str(model), format=runner.format, precision=runner.precision, provider=runner.provider, top_k=k, skipped=skipped)
+    for start in range(0, len(files), batch_size):
+        chunk = files[start:start + batch_size]
+        batch, kept, errors = preprocess(chunk, runner.metadata)
+        result.skipped += [{"path": e.path, "reason": e.reason} for e in errors]
+        if not kept:
+            continue
+        probs = softmax(runner.run(batch))
+        order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
+        for path, row, idx in zip(kept, probs, order):
+            result.predictions.append(Prediction(path, [{"class": names[i], "index": int(i), "probability": float(row[i])} for i in idx]))
+    if not result.predictions:
+        first = result.skipped[0]
+        raise DataError(f"none of the {len(files)} image(s) could be read (first: {first['path']}: {first['reason']})",
+                        hint="pass image files Pillow can decode (.jpg, .png, ...)")
+    return result

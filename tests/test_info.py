@@ -1,0 +1,95 @@
+"""mnv2 info: published MobileNetV2 numbers, folded parameter counts of exported files, quantized nodes of INT8."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from torch import nn
+
+from mnv2export.cli import main
+from mnv2export.info import describe
+
+
+@pytest.fixture(scope="module")
+def imagenet_checkpoint(tmp_path_factory):
+    """MobileNetV2 1.0, 224 px, 1000 classes (torchvision's ImageNet shape; random weights, counts do not depend on them)."""
+    import torch
+
+    from mnv2export.checkpoint import Checkpoint, provenance, save_checkpoint
+    from mnv2export.config import DataConfig, ModelConfig
+    from mnv2export.model import build_model
+
+    torch.manual_seed(0)
+    model_cfg = ModelConfig(num_classes=1000, width_mult=1.0)
+    model = build_model(model_cfg)
+    ckpt = Checkpoint(model_config=model_cfg, data_config=DataConfig(source="synth", img_size=224), class_names=[f"c{i}" for i in range(1000)],
+                      state_dict=model.state_dict(), provenance=provenance(None))
+    return save_checkpoint(ckpt, tmp_path_factory.mktemp("imagenet") / "best.pt")
+
+
+def test_mobilenet_v2_published_numbers(imagenet_checkpoint):
+    info = describe(imagenet_checkpoint)
+    assert info.format == "pytorch" and info.model.input_size == [3, 224, 224]
+    assert info.params == info.model.params == 3_504_872  # torchvision's documented count for mobilenet_v2
+    assert abs(info.model.macs - 300e6) / 300e6 < 0.03  # ~300M multiply-adds (torchvision: 0.30 GFLOPS, i.e. GMACs)
+    assert sum(b.params for b in info.model.blocks) == info.params
+    assert sum(row.params for row in info.model.layers) == info.params
+    assert sum(b.macs for b in info.model.blocks) == info.model.macs
+    assert [b.name for b in info.model.blocks] == [f"features.{i}" for i in range(19)] + ["classifier"]
+    last = info.model.layers[-1]
+    assert (last.name, last.type, last.output_shape, last.params) == ("classifier.1", "Linear", [1, 1000], 1281 * 1000)
+    assert info.model.blocks[18].output_shape == [1, 1280, 7, 7]
+
+
+def test_exported_files_count_the_folded_parameters(trained_checkpoint, exported):
+    """Exported files hold BatchNorm folded: one bias per BatchNorm channel instead of its scale and shift."""
+    from mnv2export.checkpoint import load_checkpoint
+
+    model = load_checkpoint(trained_checkpoint).build_model()
+    folded = sum(p.numel() for p in model.parameters()) - sum(m.num_features for m in model.modules() if isinstance(m, nn.BatchNorm2d))
+    source = describe(trained_checkpoint)
+    for name in ("model.torchscript.pt", "model.onnx", "model.int8.onnx", "model.fp16.onnx"):
+        info = describe(exported.out_dir / name)
+        assert info.params == folded, name
+        assert info.model.params == source.params and info.model.macs == source.model.macs, name  # the rebuilt network
+        assert info.file_size == (exported.out_dir / name).stat().st_size
+        assert info.precision == exported.artifacts[name]["precision"]
+
+
+def test_onnx_graph_details_and_quantized_nodes(exported):
+    fp32 = describe(exported.out_dir / "model.onnx")
+    int8 = describe(exported.out_dir / "model.int8.onnx")
+    for info in (fp32, int8):
+        g = info.onnx
+        assert info.format == "onnx" and g.opset == exported.artifacts["model.onnx"]["opset"]
+        assert g.inputs == [{"name": "input", "dtype": "float", "shape": ["batch", 3, 32, 32]}]
+        assert g.outputs == [{"name": "logits", "dtype": "float", "shape": ["batch", 4]}]
+        assert info.metadata["class_names"] == ["00-circle-solid", "01-square-solid", "02-triangle-solid", "03-cross-solid"]
+    assert fp32.onnx.quantized_total == 0 and fp32.onnx.quant_param_elements == 0
+    assert int8.onnx.quantized_nodes.get("QuantizeLinear", 0) > 0 and int8.onnx.quantized_nodes.get("DequantizeLinear", 0) > 0
+    assert int8.onnx.quantized_total == sum(n for op, n in int8.onnx.op_counts.items() if "quantize" in op.lower() or op.startswith("QLinear"))
+    assert int8.onnx.quant_param_elements > 0
+    # every Conv of the FP32 graph is still there, now fed by dequantized weights
+    assert int8.onnx.op_counts.get("Conv") == fp32.onnx.op_counts.get("Conv")
+
+
+def test_cli_table_and_json(exported, tmp_path, capsys):
+    out = tmp_path / "info.json"
+    code = main(["info", str(exported.out_dir / "model.int8.onnx"), "--json", str(out)])
+    text = capsys.readouterr().out
+    assert code == 0
+    data = json.loads(out.read_text())
+    assert f"quantized nodes: {data['onnx']['quantized_total']}" in text and data["onnx"]["quantized_total"] > 0
+    assert "opset 18" in text and "input input: float [batch, 3, 32, 32]" in text
+    assert "features.0.0" in text and "Conv2d" in text  # the per-layer table
+    assert "MACs = FLOPs / 2" in text
+    assert data["precision"] == "int8" and data["model"]["params"] == describe(exported.out_dir / "model.onnx").model.params
+
+
+def test_not_an_artifact_is_one_error_line(tmp_path, capsys):
+    bad = tmp_path / "weights.bin"
+    bad.write_bytes(b"\x00\x01 not a model")
+    assert main(["info", str(bad)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and "weights.bin" in err[0]

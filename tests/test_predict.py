@@ -1,0 +1,126 @@
+"""mnv2 predict: every artifact classifies real image files alike, from its own metadata alone; bad images are skipped."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mnv2export.cli import main
+from mnv2export.errors import ConfigError, DataError
+from mnv2export.predict import predict
+
+ARTIFACTS = ("model.torchscript.pt", "model.onnx", "model.int8.onnx", "model.fp16.onnx")
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory) -> Path:
+    """The trained checkpoint's own validation images (synth, 4 classes, 32 px), written as PNG files, class = folder."""
+    from conftest import TRAINED_DATA
+    from mnv2export.data.synth import write_synth
+
+    root = tmp_path_factory.mktemp("predict_images")
+    write_synth(root, TRAINED_DATA["synth_classes"], 2, TRAINED_DATA["img_size"], val_per_class=4, seed=0)
+    return root / "val"
+
+
+def _top1(result, root: Path) -> dict[str, str]:
+    return {Path(p.path).relative_to(root).as_posix(): p.label for p in result.predictions}
+
+
+def test_every_artifact_agrees_on_top1(trained_checkpoint, exported, images):
+    reference = predict([images], trained_checkpoint, top_k=3)
+    assert reference.format == "pytorch" and len(reference.predictions) == 16 and not reference.skipped
+    truth = {p.path: Path(p.path).parent.name for p in reference.predictions}
+    correct = sum(p.label == truth[p.path] for p in reference.predictions)
+    assert correct >= 12, f"the trained model should classify its own validation images ({correct}/16)"
+    for name in ARTIFACTS:
+        result = predict([images], exported.out_dir / name, top_k=3)
+        assert result.format == ("torchscript" if name.endswith(".pt") else "onnx")
+        assert _top1(result, images) == _top1(reference, images), name
+        for a, b in zip(result.predictions, reference.predictions):
+            tol = 0.1 if "int8" in name else 1e-3
+            assert abs(a.top[0]["probability"] - b.top[0]["probability"]) < tol, (name, a.path)
+
+
+def test_probabilities_are_a_softmax_in_order(exported, images):
+    result = predict([images / "00-circle-solid"], exported.out_dir / "model.onnx", top_k=50)
+    assert result.top_k == 4  # at most the class count
+    for p in result.predictions:
+        probs = [t["probability"] for t in p.top]
+        assert probs == sorted(probs, reverse=True)
+        assert abs(sum(probs) - 1.0) < 1e-6
+        assert {t["class"] for t in p.top} == {"00-circle-solid", "01-square-solid", "02-triangle-solid", "03-cross-solid"}
+        assert all(p.top[i]["class"] == result_names(exported)[p.top[i]["index"]] for i in range(4))
+
+
+def result_names(exported) -> list[str]:
+    from mnv2export.runtime import read_metadata
+
+    return read_metadata(exported.out_dir / "model.onnx")["class_names"]
+
+
+def test_unreadable_images_are_named_and_skipped(exported, images, tmp_path, capsys):
+    folder = tmp_path / "mixed"
+    shutil.copytree(images / "01-square-solid", folder)
+    (folder / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    (folder / "empty.jpg").write_bytes(b"")
+    (folder / "notes.txt").write_text("not an image, and not an image extension: ignored in a folder")
+    missing = tmp_path / "missing.jpg"
+    result = predict([folder, missing], exported.out_dir / "model.int8.onnx")
+    assert len(result.predictions) == 4
+    skipped = {Path(s["path"]).name: s["reason"] for s in result.skipped}
+    assert set(skipped) == {"corrupt.png", "empty.jpg", "missing.jpg"}
+    assert "not found" in skipped["missing.jpg"]
+
+    code = main(["predict", str(folder), str(missing), "--model", str(exported.out_dir / "model.int8.onnx"), "--top-k", "2"])
+    out = capsys.readouterr()
+    assert code == 0
+    assert "corrupt.png" in out.err and "empty.jpg" in out.err and "missing.jpg" in out.err
+    assert out.out.count("01-square-solid") >= 4  # each readable image printed with its classes
+
+
+def test_no_readable_image_is_an_error(exported, tmp_path, capsys):
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"garbage")
+    with pytest.raises(DataError, match="none of the 1 image"):
+        predict([bad], exported.out_dir / "model.onnx")
+    empty = tmp_path / "empty_folder"
+    empty.mkdir()
+    with pytest.raises(DataError, match="no image files found"):
+        predict([empty], exported.out_dir / "model.onnx")
+    code = main(["predict", str(bad), "--model", str(exported.out_dir / "model.onnx")])
+    err = capsys.readouterr().err
+    assert code == 1 and err.strip().splitlines()[-1].startswith("error: none of the 1 image(s) could be read")
+    with pytest.raises(ConfigError, match="top-k"):
+        predict([bad], exported.out_dir / "model.onnx", top_k=0)
+
+
+def test_exported_files_work_alone(exported, images, tmp_path, monkeypatch, capsys):
+    """Only the TorchScript / ONNX file, copied to an empty folder, run from there: no checkpoint, no manifest."""
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    for name in ("model.torchscript.pt", "model.onnx"):
+        shutil.copy(exported.out_dir / name, alone / name)
+    monkeypatch.chdir(alone)
+    for name in ("model.torchscript.pt", "model.onnx"):
+        code = main(["predict", str(images), "--model", name, "--json", "--top-k", "1"])
+        out = capsys.readouterr().out
+        assert code == 0
+        data = json.loads(out)
+        assert data["model"] == name and len(data["predictions"]) == 16 and data["skipped"] == []
+        original = predict([images], exported.out_dir / name, top_k=1)
+        assert [p["top"][0]["class"] for p in data["predictions"]] == [p.label for p in original.predictions]
+        assert np.allclose([p["top"][0]["probability"] for p in data["predictions"]], [p.top[0]["probability"] for p in original.predictions])
+
+
+def test_cuda_provider_without_gpu_is_a_clear_error(exported, images, capsys):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    code = main(["predict", str(images), "--model", str(exported.out_dir / "model.onnx"), "--provider", "cuda"])
+    assert code == 1 and "CUDA was asked for" in capsys.readouterr().err

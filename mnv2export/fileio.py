@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import hashlib
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from .errors import OutputError
@@ -54,6 +55,48 @@ def atomic_path(final: str | Path) -> Iterator[Path]:
         if tmp is not None:
             tmp.unlink(missing_ok=True)
         raise
+
+
+@contextlib.contextmanager
+def atomic_files(folder: str | Path) -> Iterator[Callable[[str], Path]]:
+    """Write several files into ``folder`` as one change: ``stage(name)`` gives a temporary path for each; when the
+    block ends without error they are renamed to their final names, in the order staged, while holding an exclusive
+    lock on the folder itself. Two writers of the same folder therefore never leave a mix: each one's
+    renames happen together, and the later one wins whole. On error or interruption every temporary file is removed
+    and no final name is touched.
+    """
+    folder = ensure_dir(folder)
+    staged: list[tuple[Path, Path]] = []
+
+    def stage(name: str) -> Path:
+        final = folder / name
+        try:
+            fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=folder)
+        except OSError as exc:
+            raise output_error(exc, final) from None
+        os.close(fd)
+        tmp = Path(tmp_name)
+        os.chmod(tmp, 0o666 & ~_umask())
+        staged.append((tmp, final))
+        return tmp
+
+    try:
+        yield stage
+        for tmp, _ in staged:
+            with open(tmp, "rb+") as fh:
+                os.fsync(fh.fileno())
+        lock = os.open(folder, os.O_RDONLY)  # flock on the folder itself: no lock file left behind
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            for tmp, final in staged:
+                os.replace(tmp, final)
+        finally:
+            os.close(lock)  # releases the lock
+    except OSError as exc:
+        raise output_error(exc, folder) from None
+    finally:
+        for tmp, _ in staged:
+            tmp.unlink(missing_ok=True)
 
 
 def output_error(exc: OSError, path: Path) -> Exception:

@@ -124,14 +124,11 @@ def _export(ckpt, out: Path, fmts, quantize, fp16, calib, calib_method, opset, s
     import numpy as np
     import torch
 
-    from ..fileio import atomic_path, sha256_file
+    from ..fileio import atomic_files, sha256_file
     from ..fold import check_fold_logits, fold_bn
     from .calib import verification_inputs
 
-    manifest_tmp = stack.enter_context(atomic_path(out / MANIFEST_FILE))  # entered first: renamed last
-
-    def staged(name: str) -> Path:
-        return stack.enter_context(atomic_path(out / name))
+    staged = stack.enter_context(atomic_files(out))  # every file renamed together at the end, in order: manifest last
 
     model = ckpt.build_model()
     folded = fold_bn(model)
@@ -208,5 +205,5 @@ def _export(ckpt, out: Path, fmts, quantize, fp16, calib, calib_method, opset, s
         "settings": settings, "bn_fold": {"max_abs_diff": fold_diff, "inputs": inputs_source}, "versions": base["versions"],
         "artifacts": artifacts,
     }
-    manifest_tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    staged(MANIFEST_FILE).write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
     return Manifest(path=out / MANIFEST_FILE, data=data)

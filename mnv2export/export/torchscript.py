@@ -11,6 +11,7 @@ the issue asks for, so the warning is silenced here and the decision is recorded
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import warnings
@@ -38,9 +39,11 @@ def export_torchscript(
             warnings.simplefilter("ignore", FutureWarning)
             traced = torch.jit.trace(folded, example, check_trace=False)  # verified below against the eager model
             frozen = torch.jit.freeze(traced)
-            torch.jit.save(frozen, str(out), _extra_files={TORCHSCRIPT_METADATA: json.dumps(metadata)})
+            buffer = io.BytesIO()  # serialised in memory: writing straight to a full disk aborts the process in C++
+            torch.jit.save(frozen, buffer, _extra_files={TORCHSCRIPT_METADATA: json.dumps(metadata)})
     except (RuntimeError, ValueError, TypeError) as exc:
         raise ExportError(f"TorchScript tracing failed: {_first_line(exc)}", path=out, hint="report it with MNV2_DEBUG=1") from exc
+    out.write_bytes(buffer.getbuffer())  # a full disk is an OSError (ENOSPC) here, reported by the caller
     if reference is None:
         with torch.no_grad():
             reference = folded(example)

@@ -70,6 +70,8 @@ class ModelConfig(_Config):
 
     ``small_input`` keeps more resolution for 28-64 px inputs: the stem convolution and the first 24-channel stage
     run at stride 1, so the total stride is 8 instead of 32 (a 28 px image ends at 4x4, not 1x1).
+    ``stem_stride`` (1 or 2) overrides the stem's stride; None means 1 with ``small_input``, else 2 (torchvision's).
+    ``small_input`` with ``stem_stride = 2`` has total stride 16 at a quarter of the compute (28 px ends at 2x2).
     """
 
     section: ClassVar[str] = "model"
@@ -78,6 +80,7 @@ class ModelConfig(_Config):
     width_mult: float = 1.0
     dropout: float = 0.2
     small_input: bool = False
+    stem_stride: int | None = None
     arch: str = "mobilenet_v2"
 
     def __post_init__(self) -> None:
@@ -90,6 +93,16 @@ class ModelConfig(_Config):
         _in_range("width", self.width_mult, 0.35, 1.4)
         _in_range("dropout", self.dropout, 0.0, 0.95)
         _check(isinstance(self.small_input, bool), "small_input must be true or false", "use true or false")
+        _check(
+            self.stem_stride is None or (type(self.stem_stride) is int and self.stem_stride in (1, 2)),
+            f"stem_stride = {self.stem_stride!r} is invalid", "use 1, 2, or leave it out (1 with small_input, else 2)",
+        )
+
+    @property
+    def effective_stem_stride(self) -> int:
+        if self.stem_stride is not None:
+            return self.stem_stride
+        return 1 if self.small_input else 2
 
 
 @dataclass(frozen=True)
@@ -189,6 +202,7 @@ class TrainConfig(_Config):
     device: str = "auto"
     seed: int = 0
     workers: int = 2
+    threads: int = 0  # CPU: intra-op threads for the training process; 0 leaves torch's default (one per core)
     sync_bn: bool = False
     init_from: str | None = None
     out: str | None = None  # the run folder; None: weights/<source>-<time>
@@ -196,7 +210,7 @@ class TrainConfig(_Config):
     progress: bool = True
 
     def __post_init__(self) -> None:
-        for name, lo, hi in (("epochs", 1, 100_000), ("batch size", 1, 65_536), ("workers", 0, 256)):
+        for name, lo, hi in (("epochs", 1, 100_000), ("batch size", 1, 65_536), ("workers", 0, 256), ("threads", 0, 1024)):
             value = getattr(self, name.replace(" ", "_"))
             _check(
                 isinstance(value, int) and not isinstance(value, bool) and lo <= value <= hi,

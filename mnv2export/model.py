@@ -33,15 +33,15 @@ def build_model(cfg: ModelConfig) -> MobileNetV2:
         inverted_residual_setting=inverted_residual_setting(cfg),
         dropout=cfg.dropout,
     )
-    if cfg.small_input:
+    if cfg.effective_stem_stride != 2:
         stem_conv = model.features[0][0]
         assert isinstance(stem_conv, nn.Conv2d)
-        stem_conv.stride = (1, 1)
+        stem_conv.stride = (cfg.effective_stem_stride, cfg.effective_stem_stride)
     return model
 
 
 def output_stride(cfg: ModelConfig) -> int:
-    stride = 1 if cfg.small_input else 2
+    stride = cfg.effective_stem_stride
     for _, _, _, s in inverted_residual_setting(cfg):
         stride *= s
     return stride

@@ -1,0 +1,301 @@
+"""``run``: every requested (provider, format, batch, I/O mode) as one row, in that order; a row that cannot run says
+why (``unavailable``) and a row that fails carries its error (``error``); neither stops the sweep.
+
+Providers: ``cpu``, ``cuda``, ``tensorrt`` (ONNX only; optional) or ``all`` (cpu and cuda). A provider named
+explicitly that cannot be had here raises :class:`ProviderUnavailable` before anything is measured (no silent
+fallback, and no minutes of CPU rows before the error); under ``all`` its rows are ``unavailable`` with the reason.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+from ..errors import ConfigError, Mnv2Error, ProviderUnavailable
+from .result import BenchResult, BenchRow
+from .sources import FORMATS, resolve
+from .stats import latency_stats
+from .timing import Plan, measure
+
+log = logging.getLogger(__name__)
+
+PROVIDERS = ("cpu", "cuda", "tensorrt")
+ALL_PROVIDERS = ("cpu", "cuda")
+TORCH_FORMATS = ("eager", "torchscript")
+EAGER = ("torchvision MobileNetV2 built from the checkpoint, eval(), FP32, NCHW contiguous, BatchNorm not folded, no compile, "
+         "called under torch.inference_mode() with torch.set_num_threads(threads)")
+TORCHSCRIPT = ("the exported file (traced, BatchNorm folded, frozen): torch.jit.load(map_location), then on the CPU "
+               "torch.jit.optimize_for_inference (counted in load time); torch.inference_mode()")
+
+
+def parse_list(value: str | Iterable[str], allowed: tuple[str, ...], everything: tuple[str, ...], what: str) -> tuple[list[str], bool]:
+    """``"a,b"`` / ``["a", "b"]`` / ``"all"`` -> (items in canonical order, named explicitly)."""
+    parts = [value] if isinstance(value, str) else [str(v) for v in value]
+    items = [item.strip().lower() for part in parts for item in part.split(",") if item.strip()]
+    bad = sorted({v for v in items if v not in (*allowed, "all")})
+    if bad or not items:
+        raise ConfigError(f"unknown {what} {', '.join(bad) or '(none)'}", hint=f"choose from {', '.join(allowed)} or all")
+    chosen = set(everything) if "all" in items else set()
+    chosen |= {v for v in items if v != "all"}
+    return [v for v in allowed if v in chosen], "all" not in items
+
+
+def run(
+    target: str | Path, *, formats: str | Iterable[str] = ("all",), providers: str | Iterable[str] = ("cpu",),
+    batches: Iterable[int] = (1, 8, 32), warmup: int = 10, warmup_s: float | None = None, iters: int | None = None,
+    duration: float | None = None, threads: int | None = None, include_copies: bool = False, rounds: int = 1, seed: int = 0,
+    on_row: Callable[[BenchRow], Any] | None = None,
+) -> BenchResult:
+    """Benchmark every requested format on every requested provider and batch size.
+
+    ``target``: an artifacts folder (manifest.json) or a checkpoint. ``warmup``: calls before timing (or
+    ``warmup_s`` seconds). ``iters`` timed calls, or ``duration`` seconds (default 2 s, at least 10 calls), per row
+    and round. ``threads``: intra-op threads (default: the machine's physical cores). ``include_copies``: on CUDA,
+    also time each row with host arrays in and out (``copies``) beside device-resident I/O (``resident``).
+    ``rounds``: measure the whole sweep that many times, every other round in reverse order, and pool each row's
+    timings, so that a load change on a shared machine hits every row alike. ``on_row`` is called with each
+    finished row.
+    """
+    import torch
+
+    from .machine import machine_info, physical_cores
+
+    fmts, _ = parse_list(formats, FORMATS, FORMATS, "format")
+    provs, explicit = parse_list(providers, PROVIDERS, ALL_PROVIDERS, "provider")
+    sizes = _check_batches(batches)
+    plan = _check_plan(warmup, warmup_s, iters, duration)
+    for name, value in (("threads", threads), ("rounds", rounds)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ConfigError(f"{name} = {value!r} is out of range", hint="use a whole number >= 1")
+    n_threads = threads or physical_cores()
+    src = resolve(target)
+
+    problems = {(p, fam): _provider_problem(p, fam) for p in provs for fam in {_family(f) for f in fmts}}
+    if explicit:
+        bad = list(dict.fromkeys(why for why in problems.values() if why))
+        if bad:
+            raise ProviderUnavailable(_join_reasons(bad), hint="run on a machine with an NVIDIA GPU (and onnxruntime-gpu), or use --provider cpu")
+
+    keys = [(p, f, b, io) for p in provs for f in fmts for b in sizes
+            for io in (("resident", "copies") if include_copies and p != "cpu" else ("resident",))]
+    rows = {k: BenchRow(k[1], k[0], k[2], k[3]) for k in keys}
+    samples: dict[tuple, _Samples] = {}
+    for key, row in rows.items():
+        why = src.missing.get(row.format) or problems[(row.provider, _family(row.format))]
+        if why:
+            row.status, row.reason = "unavailable", why
+        else:
+            row.path = str(src.files[row.format])
+            samples[key] = _Samples()
+    saved_threads = torch.get_num_threads()
+    torch.set_num_threads(n_threads)
+    placements: dict[tuple[str, str], dict | None] = {}
+    try:
+        for rnd in range(rounds):
+            for key in (keys if rnd % 2 == 0 else keys[::-1]):
+                row = rows[key]
+                if key in samples and row.ok:  # a row that failed once is not measured again
+                    _measure_row(row, Path(row.path), n_threads, plan, seed, samples[key])
+                    log.info("%s%s", f"round {rnd + 1}/{rounds}: " if rounds > 1 else "", _log_line(row, samples[key]))
+    finally:
+        torch.set_num_threads(saved_threads)
+    for key, row in rows.items():
+        if key in samples and row.ok:
+            samples[key].finish(row)
+            if _family(row.format) == "onnx" and row.provider != "cpu":
+                _placement(row, Path(row.path), n_threads, placements)
+    result_rows = list(rows.values())
+    _speedups(result_rows)
+    if on_row is not None:
+        for row in result_rows:
+            on_row(row)
+    settings = {
+        "target": str(target), "artifacts_folder": str(src.folder) if src.folder else None,
+        "checkpoint": str(src.checkpoint) if src.checkpoint else None, "files": {k: str(v) for k, v in src.files.items()},
+        "formats": fmts, "providers": provs, "batches": sizes, "warmup": warmup, "warmup_s": warmup_s, "iters": iters,
+        "duration": duration, "rounds": rounds, "plan": plan.describe() + (f", {rounds} rounds pooled" if rounds > 1 else ""),
+        "threads": n_threads, "threads_source": "--threads" if threads else "default: the machine's physical cores",
+        "include_copies": include_copies, "input": f"random normal float32 N x C x H x W (seed {seed}), the artifact's input size",
+        "eager": EAGER, "torchscript": TORCHSCRIPT,
+        "timer": "time.perf_counter_ns around each call; on CUDA a device-wide synchronize inside the timer",
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    return BenchResult(rows=result_rows, machine=machine_info(n_threads), settings=settings)
+
+
+class _Samples:
+    """What the rounds of one row measured; ``finish`` writes the statistics into the row."""
+
+    def __init__(self) -> None:
+        self.times: list[float] = []
+        self.session_s: list[float] = []
+        self.first_s: list[float] = []
+        self.peak: list[float] = []
+        self.added: list[float] = []
+        self.gpu: list[float] = []
+
+    def finish(self, row: BenchRow) -> None:
+        import statistics
+
+        for key, value in latency_stats(self.times, row.batch).items():
+            setattr(row, key, value)
+        row.iters = len(self.times)
+        row.session_s = statistics.median(self.session_s)
+        row.first_s = statistics.median(self.first_s)
+        row.peak_host_mb = max(self.peak)
+        row.host_added_mb = max(self.added) if self.added else None
+        row.gpu_mem_mb = max(self.gpu) if self.gpu else None
+
+
+def _join_reasons(reasons: list[str]) -> str:
+    """'CUDA was asked for but A; CUDA was asked for but B' -> 'CUDA was asked for but A, and B'."""
+    prefix = "CUDA was asked for but "
+    if len(reasons) > 1 and all(r.startswith(prefix) for r in reasons):
+        return prefix + ", and ".join(r[len(prefix):] for r in reasons)
+    return "; ".join(reasons)
+
+
+def _family(fmt: str) -> str:
+    return "torch" if fmt in TORCH_FORMATS else "onnx"
+
+
+def _check_batches(batches: Iterable[int]) -> list[int]:
+    sizes = [batches] if isinstance(batches, int) else list(batches)
+    if not sizes or any(isinstance(b, bool) or not isinstance(b, int) or b < 1 for b in sizes):
+        raise ConfigError(f"batch sizes {sizes!r} are not whole numbers >= 1", hint="e.g. --batch 1,8,32")
+    return list(dict.fromkeys(sizes))
+
+
+def _check_plan(warmup: int, warmup_s: float | None, iters: int | None, duration: float | None) -> Plan:
+    if iters is not None and duration is not None:
+        raise ConfigError("--iters and --duration exclude each other", hint="give a number of calls or a number of seconds")
+    if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
+        raise ConfigError(f"warm-up = {warmup!r} is out of range", hint="use a whole number of calls >= 0, or seconds as e.g. 2s")
+    if warmup_s is not None and not warmup_s >= 0:
+        raise ConfigError(f"warm-up = {warmup_s!r} s is out of range", hint="use seconds >= 0")
+    if iters is not None and (isinstance(iters, bool) or not isinstance(iters, int) or iters < 1):
+        raise ConfigError(f"iters = {iters!r} is out of range", hint="use a whole number >= 1")
+    if duration is not None and not duration > 0:
+        raise ConfigError(f"duration = {duration!r} s is out of range", hint="use seconds > 0")
+    return Plan(warmup=warmup, warmup_s=warmup_s, iters=iters, duration=duration)
+
+
+_PROBES: dict[tuple[str, str], str | None] = {}
+
+
+def _provider_problem(provider: str, family: str) -> str | None:
+    """Why ``provider`` cannot run ``family`` (torch / onnx) here, or None. ONNX Runtime is asked by creating a
+    session on a one-node model, so the reason is the runtime's own diagnosis (no driver, missing CUDA libraries,
+    a CPU-only build...)."""
+    if provider == "cpu":
+        return None
+    if family == "torch":
+        if provider == "tensorrt":
+            return "TensorRT runs ONNX models only (PyTorch and TorchScript have rows under cuda)"
+        from ..device import cuda_unavailable_reason
+
+        reason = cuda_unavailable_reason()
+        return f"CUDA was asked for but {reason}" if reason else None
+    key = (provider, family)
+    if key not in _PROBES:
+        _PROBES[key] = _probe_onnx(provider)
+    return _PROBES[key]
+
+
+def _probe_onnx(provider: str) -> str | None:
+    import onnx
+    from onnx import TensorProto, helper
+
+    from ..runtime import create_session
+
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "probe", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = min(model.ir_version, 10)
+    with tempfile.TemporaryDirectory(prefix="mnv2-bench-probe-") as tmp:
+        path = Path(tmp) / "probe.onnx"
+        onnx.save(model, str(path))
+        try:
+            create_session(path, provider)
+        except ProviderUnavailable as exc:
+            return exc.what
+    return None
+
+
+def _measure_row(row: BenchRow, path: Path, threads: int, plan: Plan, seed: int, out: _Samples) -> None:
+    """Load, bind, time: one round of one row, appended to ``out``; a failure turns the row into its error."""
+    from .machine import HostPeak
+    from .targets import GpuPeak, bind, input_batch, load
+
+    runner = bound = None
+    try:
+        host = HostPeak()
+        host.start()
+        gpu = GpuPeak("torch" if _family(row.format) == "torch" else "onnx") if row.provider != "cpu" else None
+        t0 = time.perf_counter()
+        runner = load(path, row.provider, threads)
+        session_s = time.perf_counter() - t0
+        bound = bind(runner, input_batch(runner, row.batch, seed), row.io)
+        with bound.context():
+            first_s, times = measure(bound.call, bound.sync, plan)
+        peak, added = host.peak_mb(), host.added_mb()
+        gpu_mb = gpu.mb() if gpu is not None else None
+        out.times += times
+        out.session_s.append(session_s)
+        out.first_s.append(first_s)
+        out.peak.append(peak)
+        if added is not None:
+            out.added.append(added)
+        if gpu_mb is not None:
+            out.gpu.append(gpu_mb)
+        elif gpu is not None:
+            row.note = "GPU memory not measured (this torch has no CUDA to ask)"
+    except ProviderUnavailable as exc:
+        row.status, row.reason = "unavailable", exc.what
+    except Mnv2Error as exc:
+        row.status, row.reason = "error", exc.one_line()
+    except Exception as exc:  # noqa: BLE001 - one failing row never stops the sweep; it carries its error
+        log.debug("row %s failed", row.label, exc_info=True)
+        text = str(exc).strip().splitlines()
+        row.status, row.reason = "error", f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
+    finally:
+        del runner, bound  # the next row's HostPeak.start() collects what is left, GpuPeak empties torch's cache
+
+
+def _placement(row: BenchRow, path: Path, threads: int, cache: dict) -> None:
+    from .placement import describe, node_placement
+
+    key = (row.format, row.provider)
+    if key not in cache:
+        try:
+            cache[key] = node_placement(path, row.provider, threads)
+        except Exception as exc:  # noqa: BLE001 - the row's timing stands; say the placement is unknown
+            log.debug("placement of %s failed", path, exc_info=True)
+            cache[key] = None
+            row.note = f"node placement unknown ({type(exc).__name__}: {str(exc).strip()[:200]})"
+            return
+    row.placement = cache[key]
+    row.note = describe(cache[key], row.provider)
+
+
+def _speedups(rows: list[BenchRow]) -> None:
+    eager = {(r.provider, r.batch, r.io): r.p50_ms for r in rows if r.ok and r.format == "eager"}
+    for r in rows:
+        base = eager.get((r.provider, r.batch, r.io))
+        if r.ok and base and r.p50_ms:
+            r.speedup_vs_eager = base / r.p50_ms
+
+
+def _log_line(row: BenchRow, samples: _Samples | None = None) -> str:
+    head = f"{row.label} batch {row.batch}"
+    if not row.ok:
+        return f"{head}: {row.status}: {row.reason}"
+    if samples is not None and samples.times:
+        import statistics
+
+        return f"{head}: p50 {statistics.median(samples.times):.2f} ms over {len(samples.times)} calls"
+    return f"{head}: p50 {row.p50_ms:.2f} ms, {row.throughput:.0f} img/s"

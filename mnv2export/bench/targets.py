@@ -1,0 +1,151 @@
+"""Load one artifact for one provider and bind one input batch to it: what a row times.
+
+* PyTorch eager: the checkpoint's torchvision MobileNetV2, ``eval()``, FP32, NCHW (contiguous), BatchNorm not
+  folded, no compile: what ``model.eval()`` gives a user, called under ``torch.inference_mode()``.
+* TorchScript: the exported (traced, BatchNorm-folded, frozen) file, ``torch.jit.load`` with ``map_location``;
+  on the CPU then ``torch.jit.optimize_for_inference`` (PyTorch's own step for a frozen module served on the CPU:
+  every convolution becomes ``prim::mkldnn_convolution`` with weights prepacked once, and the activations stay in
+  oneDNN's blocked layout from the first convolution to the pooling, ReLU6 and Add included, instead of being
+  reordered around every convolution; its time counts as loading); called under ``torch.inference_mode()``.
+  Without that step the file runs ``aten::_convolution`` op by op and is held back by it (benchmarks/RESULTS.md).
+* ONNX (FP32, INT8, FP16): an ONNX Runtime session (all graph optimisations). On the CPU ``session.run`` with a
+  NumPy array (no copy: ONNX Runtime reads it in place). On CUDA two I/O modes: ``resident`` binds a GPU input
+  and a pre-allocated GPU output with I/O binding (``run_with_iobinding``: no host-device traffic at all), and
+  ``copies`` calls ``session.run`` with host arrays, so the host-to-device copy of the input and the copy of the
+  logits back are timed too. Torch on CUDA has the same two modes (``x.to(device)`` and ``.cpu()`` in the timer).
+
+Threads: ``torch.set_num_threads`` (process-wide) for torch, the session's ``intra_op_num_threads`` for ONNX Runtime.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..runtime import OnnxRunner, Runner, TorchRunner, load_artifact
+
+log = logging.getLogger(__name__)
+
+IO_MODES = ("resident", "copies")
+
+
+@dataclass
+class Bound:
+    """One inference, ready to be called as timed: ``call()`` then ``sync()`` (None on the CPU)."""
+
+    call: Callable[[], Any]
+    sync: Callable[[], Any] | None
+    context: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext
+    keep: list[Any] = field(default_factory=list)  # device buffers that must outlive the calls
+
+
+def load(path: Path, provider: str, threads: int) -> Runner:
+    runner = load_artifact(path, provider, threads=threads)
+    if isinstance(runner, TorchRunner) and runner.format == "torchscript" and runner.device.type == "cpu":
+        import warnings
+
+        import torch
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated in torch 2.14 but works
+            runner.module = torch.jit.optimize_for_inference(runner.module)
+    return runner
+
+
+def input_batch(runner: Runner, batch: int, seed: int = 0) -> np.ndarray:
+    c, h, w = runner.input_shape
+    return np.random.default_rng(seed).standard_normal((batch, c, h, w)).astype(np.float32)
+
+
+def bind(runner: Runner, x: np.ndarray, io: str) -> Bound:
+    if io not in IO_MODES:
+        raise ValueError(f"unknown I/O mode {io!r}")
+    if isinstance(runner, OnnxRunner):
+        return _bind_onnx(runner, x, io)
+    if isinstance(runner, TorchRunner):
+        return _bind_torch(runner, x, io)
+    raise TypeError(f"cannot bind a {type(runner).__name__}")
+
+
+def cuda_sync() -> Callable[[], Any] | None:
+    """Device-wide synchronisation (``cudaDeviceSynchronize``: every stream, ONNX Runtime's too), or None when
+    this torch has no CUDA."""
+    import torch
+
+    return torch.cuda.synchronize if torch.cuda.is_available() else None
+
+
+def _bind_torch(runner: TorchRunner, x: np.ndarray, io: str) -> Bound:
+    import torch
+
+    module, device = runner.module, runner.device
+    host = torch.from_numpy(x)
+    if device.type == "cpu":
+        return Bound(call=lambda: module(host), sync=None, context=torch.inference_mode)
+    if io == "copies":
+        return Bound(call=lambda: module(host.to(device)).cpu(), sync=torch.cuda.synchronize, context=torch.inference_mode)
+    resident = host.to(device)
+    torch.cuda.synchronize()
+    return Bound(call=lambda: module(resident), sync=torch.cuda.synchronize, context=torch.inference_mode, keep=[resident])
+
+
+def _bind_onnx(runner: OnnxRunner, x: np.ndarray, io: str) -> Bound:
+    session, outputs, feed = runner.session, [runner.output_name], {runner.input_name: x}
+    if runner.provider == "cpu":
+        return Bound(call=lambda: session.run(outputs, feed), sync=None)
+    if io == "copies":  # host arrays in and out: ONNX Runtime copies the input up and the logits back
+        return Bound(call=lambda: session.run(outputs, feed), sync=cuda_sync())
+    import onnxruntime as ort
+
+    n_classes = len(runner.class_names)
+    x_dev = ort.OrtValue.ortvalue_from_numpy(x, "cuda", 0)
+    y_dev = ort.OrtValue.ortvalue_from_shape_and_type((x.shape[0], n_classes), np.float32, "cuda", 0)
+    binding = session.io_binding()
+    binding.bind_ortvalue_input(runner.input_name, x_dev)
+    binding.bind_ortvalue_output(runner.output_name, y_dev)
+    sync = cuda_sync() or binding.synchronize_outputs
+    return Bound(call=lambda: session.run_with_iobinding(binding), sync=sync, keep=[x_dev, y_dev, binding])
+
+
+class GpuPeak:
+    """GPU memory of a row, in MB.
+
+    torch rows: ``torch.cuda.max_memory_allocated`` since the row began (weights, activations, cuDNN workspaces: every
+    tensor of the caching allocator). ONNX Runtime rows: ONNX Runtime allocates through its own BFC arena, which
+    torch cannot see and which never gives memory back while the session lives; the figure is the device memory in
+    use (``cudaMemGetInfo``, through ``torch.cuda.mem_get_info``) after the timed loop, with the session still
+    alive, minus the same before the session was created: the arena's high-water mark plus the cuBLAS / cuDNN
+    handles and workspaces the session holds. It is device-wide, so another process allocating on the same GPU
+    during the row would be counted too.
+    """
+
+    def __init__(self, kind: str):
+        import torch
+
+        self.kind = kind  # "torch" or "onnx"
+        self.ok = torch.cuda.is_available()
+        if not self.ok:
+            return
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()
+        if kind == "torch":
+            torch.cuda.reset_peak_memory_stats()
+        else:
+            self.free0, _ = torch.cuda.mem_get_info()
+
+    def mb(self) -> float | None:
+        import torch
+
+        if not self.ok:
+            return None
+        torch.cuda.synchronize()
+        if self.kind == "torch":
+            return torch.cuda.max_memory_allocated() / 2**20
+        free1, _ = torch.cuda.mem_get_info()
+        return max(0, self.free0 - free1) / 2**20

@@ -1,0 +1,111 @@
+"""``mnv2 bench``: latency of every format on every provider, as a table (speed-up against eager), JSON, CSV, PNG."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from . import app
+from .options import JsonOut, Provider, csv_list
+
+
+def _batches(text: str) -> list[int]:
+    try:
+        return [int(b) for b in csv_list(text)]
+    except ValueError:
+        raise typer.BadParameter(f"expected comma-separated whole numbers, got {text!r}", param_hint="--batch") from None
+
+
+def _warmup(text: str) -> tuple[int, Optional[float]]:
+    """``10`` (calls) or ``2s`` / ``1.5s`` (seconds) -> (count, seconds or None)."""
+    t = text.strip().lower()
+    try:
+        if t.endswith("s"):
+            return 0, float(t[:-1])
+        return int(t), None
+    except ValueError:
+        raise typer.BadParameter(f"expected a number of calls (10) or seconds (2s), got {text!r}", param_hint="--warmup") from None
+
+
+@app.command()
+def bench(
+    target: Annotated[Path, typer.Argument(help="An artifacts folder written by `mnv2 export` (with manifest.json), or a checkpoint.", show_default=False)],
+    formats: Annotated[str, typer.Option("--formats", "-f", help="eager, torchscript, onnx, int8, fp16 or all (comma-separated).")] = "all",
+    provider: Provider = "all",
+    batch: Annotated[str, typer.Option("--batch", "-b", help="Batch sizes, comma-separated.")] = "1,8,32",
+    warmup: Annotated[str, typer.Option("--warmup", help="Warm-up before timing: calls (10) or seconds (2s).")] = "10",
+    iters: Annotated[Optional[int], typer.Option("--iters", help="Timed calls per row (excludes --duration).")] = None,
+    duration: Annotated[Optional[float], typer.Option("--duration", help="Seconds of timed calls per row (default 2, at least 10 calls).")] = None,
+    threads: Annotated[Optional[int], typer.Option("--threads", help="Intra-op threads (default: the machine's physical cores).")] = None,
+    include_copies: Annotated[bool, typer.Option("--include-copies", help="On CUDA, also time with host arrays in and out (host-device copies inside the timer).")] = False,
+    rounds: Annotated[int, typer.Option("--rounds", help="Repeat the sweep, alternating its order, and pool the timings (for shared machines).")] = 1,
+    json_out: JsonOut = None,
+    csv_out: Annotated[Optional[Path], typer.Option("--csv", help="Also write the rows (and machine columns) as CSV.")] = None,
+    plot_out: Annotated[Optional[Path], typer.Option("--plot", help="Also write a PNG of latency by format and provider.")] = None,
+) -> None:
+    """Time each format (eager, TorchScript, ONNX FP32 / INT8 / FP16) on each provider and batch size."""
+    from ..bench import run
+    from ..errors import Mnv2Error
+
+    count, seconds = _warmup(warmup)
+    result = run(
+        target, formats=formats, providers=provider, batches=_batches(batch), warmup=count, warmup_s=seconds, iters=iters,
+        duration=duration, threads=threads, include_copies=include_copies, rounds=rounds,
+    )
+    if json_out:
+        result.to_json(json_out)
+    if csv_out:
+        result.to_csv(csv_out)
+    if plot_out and any(r.ok for r in result.rows):
+        result.plot(plot_out)
+    _print(result)
+    for path in (json_out, csv_out, plot_out if any(r.ok for r in result.rows) else None):
+        if path:
+            typer.echo(f"-> {path}")
+    if not any(r.ok for r in result.rows):
+        first = result.rows[0] if result.rows else None
+        raise Mnv2Error(f"no row could be measured ({first.label} batch {first.batch}: {first.reason})" if first else "nothing to measure",
+                        path=target, hint="see each row's reason above")
+
+
+def _print(result) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    def f(v, d=None):
+        if v is None:
+            return ""
+        d = d if d is not None else (3 if v < 1 else 2 if v < 100 else 1)
+        return f"{v:.{d}f}"
+
+    table = Table(title="mnv2 bench: latency per call (ms), speed-up against PyTorch eager on the same provider and batch")
+    for name, justify in (("format", "left"), ("provider", "left"), ("batch", "right"), ("p50", "right"), ("p90", "right"),
+                          ("p99", "right"), ("mean ± std", "right"), ("img/s", "right"), ("vs eager", "right"),
+                          ("load s", "right"), ("first s", "right"), ("peak RSS MB", "right"), ("GPU MB", "right"), ("note", "left")):
+        table.add_column(name, justify=justify, overflow="fold")
+    shown: set[tuple[str, str]] = set()
+    for r in result.rows:
+        prov = r.provider + ("" if r.io == "resident" or r.provider == "cpu" else f" ({r.io})")
+        if r.ok:
+            table.add_row(r.format, prov, str(r.batch), f(r.p50_ms), f(r.p90_ms), f(r.p99_ms), f"{f(r.mean_ms)} ± {f(r.std_ms)}",
+                          f(r.throughput, 0), f"{r.speedup_vs_eager:.2f}x" if r.speedup_vs_eager else "", f(r.session_s, 2),
+                          f(r.first_s, 3), f(r.peak_host_mb, 0), f(r.gpu_mem_mb, 0), r.note or "")
+            continue
+        # one line per (provider, reason) for rows that did not run: the same reason for every batch says nothing new
+        key = (r.provider, r.reason or "")
+        if r.status == "unavailable" and key in shown:
+            continue
+        shown.add(key)
+        same = [x for x in result.rows if x.status == "unavailable" and (x.provider, x.reason) == key] if r.status == "unavailable" else [r]
+        fmts = ", ".join(dict.fromkeys(x.format for x in same))
+        batches = ", ".join(str(b) for b in dict.fromkeys(x.batch for x in same))
+        style = "yellow" if r.status == "unavailable" else "red"
+        table.add_row(fmts, prov, batches, *[""] * 10, f"[{style}]{r.status}: {r.reason}[/{style}]")
+    console = Console(width=max(160, Console().width))
+    console.print(table)
+    console.print(result.summary_line(), soft_wrap=True, highlight=False)
+    failed = sum(r.status == "error" for r in result.rows)
+    if failed:
+        console.print(f"[red]{failed} row(s) failed[/red]; the others were measured", highlight=False)

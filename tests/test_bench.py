@@ -1,0 +1,230 @@
+"""`mnv2 bench`: statistics on known timings, every format x provider runs or says why not, no silent CUDA fallback,
+outputs written, a broken artifact does not stop the sweep. Tiny models, few calls; no assertion on speed."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import random
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from mnv2export import bench
+from mnv2export.bench.machine import HostPeak, physical_cores
+from mnv2export.bench.placement import describe, node_placement, placement_from_profile
+from mnv2export.bench.timing import Plan, measure
+from mnv2export.errors import ConfigError, ProviderUnavailable
+from mnv2export.export.names import FP16_FILE, INT8_FILE, ONNX_FILE, TORCHSCRIPT_FILE
+
+no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error raised where there is no GPU")
+# one thread: on a 2-core machine shared with other jobs, two OpenMP threads of eager PyTorch stall at every barrier
+FAST = {"warmup": 1, "iters": 3, "threads": 1}
+
+
+def cli(*args):
+    return subprocess.run([sys.executable, "-m", "mnv2export", "bench", *map(str, args)], capture_output=True, text=True,
+                          env={**os.environ, "COLUMNS": "200"})
+
+
+# ----------------------------------------------------------------------------------------------------- statistics
+def test_statistics_on_a_known_sequence():
+    times = [float(i) for i in range(1, 101)]  # 1, 2, ..., 100 ms
+    random.Random(0).shuffle(times)
+    s = bench.latency_stats(times, batch=8)
+    assert s["p50_ms"] == pytest.approx(50.5)
+    assert s["p90_ms"] == pytest.approx(90.1)  # rank 0.9 * 99 = 89.1 -> 90 + 0.1 * (91 - 90)
+    assert s["p95_ms"] == pytest.approx(95.05)
+    assert s["p99_ms"] == pytest.approx(99.01)
+    assert (s["min_ms"], s["max_ms"], s["mean_ms"]) == (1.0, 100.0, 50.5)
+    assert s["std_ms"] == pytest.approx(math.sqrt(sum((i - 50.5) ** 2 for i in range(1, 101)) / 99))  # sample std
+    assert s["throughput"] == pytest.approx(8 * 1000 / 50.5)  # images per second over the loop
+
+
+def test_statistics_match_numpy_and_edge_cases():
+    rng = np.random.default_rng(0)
+    for n in (1, 2, 7, 1000):
+        x = rng.lognormal(0, 1, n)
+        s = bench.latency_stats(list(x))
+        for q in (50, 90, 95, 99):
+            assert s[f"p{q}_ms"] == pytest.approx(np.percentile(x, q))
+        assert s["std_ms"] == pytest.approx(np.std(x, ddof=1) if n > 1 else 0.0)
+        assert s["min_ms"] <= s["p50_ms"] <= s["p90_ms"] <= s["p95_ms"] <= s["p99_ms"] <= s["max_ms"]
+    assert bench.percentile([3.0], 99) == 3.0
+    for bad in ([], [1.0, -1.0], [1.0, float("inf")]):
+        with pytest.raises(ValueError):
+            bench.latency_stats(bad)
+
+
+def test_the_timed_loop_counts_first_call_warmup_and_iterations():
+    calls, syncs = [], []
+    first_s, times = measure(lambda: calls.append(1), lambda: syncs.append(1), Plan(warmup=4, iters=7))
+    assert len(calls) == len(syncs) == 1 + 4 + 7 and len(times) == 7 and first_s >= 0
+    calls.clear()
+    _, times = measure(lambda: calls.append(1), None, Plan(warmup=0, duration=1e-6, min_iters=5))  # duration: at least min_iters
+    assert len(times) == 5 and len(calls) == 6
+    calls.clear()
+    _, times = measure(lambda: calls.append(1), None, Plan(warmup_s=1e-6, iters=2))  # seconds of warm-up replace the count
+    assert len(times) == 2 and len(calls) >= 3
+
+
+def test_host_memory_is_the_rows_peak_rss():
+    if HostPeak.method().startswith("ru_maxrss"):
+        pytest.skip("the RSS high-water mark cannot be reset here")
+    peak = HostPeak()
+    peak.start()
+    block = np.ones(64 * 2**20, np.uint8)  # 64 MiB, touched, then freed: the peak must still show it
+    del block
+    assert peak.added_mb() >= 60 and peak.peak_mb() >= peak.added_mb()
+    peak.start()  # reset: the next stretch does not inherit the earlier peak
+    assert peak.added_mb() < 60
+
+
+# ----------------------------------------------------------------------------------------------------- the sweep
+@pytest.fixture(scope="module")
+def sweep(exported):
+    return bench.run(exported.out_dir, formats="all", providers="all", batches=(1, 2), include_copies=True, **FAST)
+
+
+def test_every_format_and_provider_runs_or_says_why_not(sweep, exported):
+    assert len(sweep.rows) == 5 * 2 * (1 + 2)  # formats x batches x (cpu + cuda resident / copies)
+    for r in sweep.rows:
+        assert r.status in ("ok", "unavailable"), (r.label, r.reason)
+        if r.provider == "cpu" or torch.cuda.is_available():
+            assert r.ok, (r.label, r.reason)
+        if not r.ok:
+            assert r.provider == "cuda" and "CUDA was asked for but" in r.reason and r.p50_ms is None
+            continue
+        assert r.iters == FAST["iters"] and 0 < r.min_ms <= r.p50_ms <= r.p99_ms <= r.max_ms
+        assert r.throughput == pytest.approx(r.batch * 1000 / r.mean_ms)
+        assert r.session_s > 0 and r.first_s > 0 and r.peak_host_mb > 0 and r.host_added_mb >= 0
+        assert r.speedup_vs_eager == pytest.approx(sweep.row("eager", r.provider, r.batch, r.io).p50_ms / r.p50_ms)
+    cpu = [r for r in sweep.rows if r.provider == "cpu"]
+    assert {r.format for r in cpu} == set(bench.FORMATS) and all(r.placement is None and r.gpu_mem_mb is None for r in cpu)
+    assert sweep.row("eager", "cpu", 1).path == str(exported.data["source_checkpoint"]["path"])
+    assert sweep.row("int8", "cpu", 2).path.endswith(INT8_FILE)
+
+
+def test_machine_and_threads_are_stated(sweep, exported):
+    m = sweep.machine
+    assert m["threads"] == 1 and m["physical_cores"] == physical_cores() and m["cpu_model"] and "1 threads used" in sweep.summary_line()
+    assert {"torch", "onnxruntime", "mnv2export"} <= set(m["versions"]) and "gpu" in m
+    assert "inference_mode" in sweep.settings["eager"] and sweep.settings["threads_source"] == "--threads"
+    default = bench.run(exported.out_dir, formats="int8", batches=(1,), warmup=1, iters=3)  # threads not given
+    assert default.machine["threads"] == physical_cores() and "physical cores" in default.settings["threads_source"]
+    assert f"{physical_cores()} physical cores, {physical_cores()} threads used" in default.summary_line()
+
+
+def test_json_csv_markdown_and_plot(sweep, tmp_path):
+    data = json.loads(sweep.to_json(tmp_path / "b.json").read_text())
+    assert len(data["rows"]) == len(sweep.rows) and data["machine"]["threads"] == sweep.machine["threads"]
+    assert data["rows"][0]["p50_ms"] == sweep.rows[0].p50_ms
+    assert bench.BenchResult.from_dict(data).to_markdown() == sweep.to_markdown()
+    sweep.to_csv(tmp_path / "b.csv")
+    with open(tmp_path / "b.csv", newline="") as fh:
+        lines = list(csv.DictReader(fh))
+    assert len(lines) == len(sweep.rows) and {"p50_ms", "speedup_vs_eager", "cpu_model", "onnxruntime"} <= set(lines[0])
+    assert float(lines[0]["p50_ms"]) == pytest.approx(sweep.rows[0].p50_ms)
+    md = sweep.to_markdown()
+    assert sum(line.startswith("| ") for line in md.splitlines()) == 1 + len(sweep.rows) and "vs eager" in md and "threads used" in md
+    png = sweep.plot(tmp_path / "b.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_broken_artifact_does_not_stop_the_others(exported, tmp_path):
+    folder = tmp_path / "broken"
+    shutil.copytree(exported.out_dir, folder)
+    data = (folder / INT8_FILE).read_bytes()
+    (folder / INT8_FILE).write_bytes(data[: len(data) // 2])  # truncated
+    (folder / FP16_FILE).unlink()  # listed in the manifest, gone
+    result = bench.run(folder, formats="all", providers="cpu", batches=(1,), rounds=2, **FAST)
+    status = {r.format: r for r in result.rows}
+    assert status["int8"].status == "error" and INT8_FILE in status["int8"].reason
+    assert status["fp16"].status == "unavailable" and FP16_FILE in status["fp16"].reason
+    for fmt in ("eager", "torchscript", "onnx"):
+        assert status[fmt].ok and status[fmt].iters == 2 * FAST["iters"]  # two rounds pooled
+
+
+def test_checkpoint_target_finds_its_export(exported, trained_checkpoint, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    alone = bench.run(trained_checkpoint, formats="eager,onnx", batches=(1,), **FAST)
+    assert alone.row("eager").ok and alone.row("onnx").status == "unavailable" and "mnv2 export" in alone.row("onnx").reason
+    shutil.copytree(exported.out_dir, tmp_path / "export" / trained_checkpoint.parent.name)  # mnv2 export's default folder
+    found = bench.run(trained_checkpoint, formats="eager,onnx", batches=(1,), **FAST)
+    assert found.row("onnx").ok and found.row("onnx").path.endswith(ONNX_FILE)
+
+
+def test_bad_settings_are_config_errors(exported):
+    for kwargs in ({"iters": 3, "duration": 1.0}, {"batches": (0,)}, {"formats": "onnx,tflite"}, {"providers": "tpu"},
+                   {"threads": 0}, {"warmup": -1}, {"rounds": 0}):
+        with pytest.raises(ConfigError):
+            bench.run(exported.out_dir, **kwargs)
+    with pytest.raises(ConfigError, match="single onnx artifact"):
+        bench.run(exported.out_dir / ONNX_FILE)
+
+
+# ----------------------------------------------------------------------------------------------------- providers
+@no_cuda
+def test_explicit_cuda_without_a_gpu_is_an_error(exported):
+    with pytest.raises(ProviderUnavailable, match="CUDA was asked for but"):
+        bench.run(exported.out_dir, providers="cuda", **FAST)
+    with pytest.raises(ProviderUnavailable):
+        bench.run(exported.out_dir, formats="onnx", providers="cpu,cuda", **FAST)
+    r = cli(exported.out_dir, "--provider", "cuda", "--iters", "2")
+    assert r.returncode == 1
+    lines = [line for line in r.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: CUDA was asked for but"), r.stderr
+
+
+def test_node_placement_from_onnx_runtimes_profiler(exported):
+    p = node_placement(exported.out_dir / INT8_FILE, "cpu", threads=1)
+    assert p["total"] > 0 and p["nodes"] == {"cpu": p["total"]} and p["memcpy"] == 0
+    assert any(op.startswith("QLinear") or op == "QuantizeLinear" for op in p["ops"]["cpu"])
+    assert describe(p, "cpu") == f"{p['total']}/{p['total']} nodes on cpu"
+    # what the CUDA provider's profile of a QDQ model looks like: some nodes on the CPU, memcpy between
+    events = [{"cat": "Node", "name": f"{n}_kernel_time", "args": {"provider": prov, "op_name": op}} for n, prov, op in (
+        ("q0", "CPUExecutionProvider", "QuantizeLinear"), ("conv", "CUDAExecutionProvider", "Conv"),
+        ("copy", "CUDAExecutionProvider", "MemcpyToHost"), ("conv", "CUDAExecutionProvider", "Conv"), ("fc", "CUDAExecutionProvider", "Gemm"))]
+    events.append({"cat": "Session", "name": "model_run", "args": {}})
+    mixed = placement_from_profile(events)
+    assert mixed == {"nodes": {"cpu": 1, "cuda": 3}, "ops": {"cpu": {"QuantizeLinear": 1}, "cuda": {"Conv": 1, "MemcpyToHost": 1, "Gemm": 1}},
+                     "memcpy": 1, "total": 4}
+    assert describe(mixed, "cuda") == "partly off cuda: 1 of 4 nodes on cpu (QuantizeLinear x1), 1 memcpy nodes"
+
+
+# ----------------------------------------------------------------------------------------------------- the command
+def test_cli_table_and_outputs(exported, tmp_path):
+    r = cli(exported.out_dir, "--formats", "eager,onnx,int8", "--provider", "cpu", "--batch", "1", "--warmup", "0.01s", "--iters", "3",
+            "--threads", "1", "--json", tmp_path / "b.json", "--csv", tmp_path / "b.csv", "--plot", tmp_path / "b.png")
+    assert r.returncode == 0, r.stderr
+    assert "vs eager" in r.stdout and "int8" in r.stdout and "1.00x" in r.stdout and "1 threads used" in r.stdout
+    rows = json.loads((tmp_path / "b.json").read_text())["rows"]
+    assert [x["format"] for x in rows] == ["eager", "onnx", "int8"] and all(x["status"] == "ok" for x in rows)
+    assert (tmp_path / "b.csv").is_file() and (tmp_path / "b.png").is_file()
+
+
+def test_cli_usage_errors(exported):
+    r = cli(exported.out_dir, "--iters", "3", "--duration", "1")
+    assert r.returncode == 1 and "exclude each other" in r.stderr
+    r = cli(exported.out_dir, "--batch", "one")
+    assert r.returncode == 2 and "--batch" in r.stderr
+    r = cli(exported.out_dir, "--warmup", "soon")
+    assert r.returncode == 2 and "--warmup" in r.stderr
+
+
+# ----------------------------------------------------------------------------------------------------- GPU only
+@pytest.mark.cuda
+def test_cuda_rows_time_on_the_gpu_and_report_placement(exported):
+    result = bench.run(exported.out_dir, formats="all", providers="cuda", batches=(1, 4), include_copies=True, **FAST)
+    for r in result.rows:
+        assert r.ok, (r.label, r.reason)
+        assert r.gpu_mem_mb is not None and r.gpu_mem_mb > 0
+        if r.format in ("onnx", "int8", "fp16"):
+            assert r.placement and r.placement["total"] > 0 and r.note
+    assert result.machine["gpu"]["name"]

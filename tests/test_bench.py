@@ -182,6 +182,14 @@ def test_explicit_cuda_without_a_gpu_is_an_error(exported):
     assert len(lines) == 1 and lines[0].startswith("error: CUDA was asked for but"), r.stderr
 
 
+def test_tensorrt_rows_are_onnx_only(exported):
+    result = bench.run(exported.out_dir, formats="eager,torchscript", providers="tensorrt", batches=(1,), **FAST)
+    assert all(r.status == "unavailable" and "ONNX models only" in r.reason for r in result.rows)
+    if not torch.cuda.is_available():  # an explicit TensorRT request for ONNX rows where there is no GPU: exit 1
+        with pytest.raises(ProviderUnavailable, match="TENSORRT was asked for but|CUDA was asked for but"):
+            bench.run(exported.out_dir, formats="onnx", providers="tensorrt", **FAST)
+
+
 def test_node_placement_from_onnx_runtimes_profiler(exported):
     p = node_placement(exported.out_dir / INT8_FILE, "cpu", threads=1)
     assert p["total"] > 0 and p["nodes"] == {"cpu": p["total"]} and p["memcpy"] == 0

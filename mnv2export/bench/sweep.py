@@ -8,6 +8,8 @@ fallback, and no minutes of CPU rows before the error); under ``all`` its rows a
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import tempfile
 import time
@@ -76,7 +78,8 @@ def run(
 
     problems = {(p, fam): _provider_problem(p, fam) for p in provs for fam in {_family(f) for f in fmts}}
     if explicit:
-        bad = list(dict.fromkeys(why for why in problems.values() if why))
+        # what this machine lacks stops an explicit request; TensorRT not running torch models is only a row's reason
+        bad = list(dict.fromkeys(why for (p, fam), why in problems.items() if why and not (p == "tensorrt" and fam == "torch")))
         if bad:
             raise ProviderUnavailable(_join_reasons(bad), hint="run on a machine with an NVIDIA GPU (and onnxruntime-gpu), or use --provider cpu")
 
@@ -219,10 +222,15 @@ def _probe_onnx(provider: str) -> str | None:
     with tempfile.TemporaryDirectory(prefix="mnv2-bench-probe-") as tmp:
         path = Path(tmp) / "probe.onnx"
         onnx.save(model, str(path))
+        said = io.StringIO()
         try:
-            create_session(path, provider)
+            with contextlib.redirect_stdout(said):  # onnxruntime prints its provider fallback ("EP Error") to stdout
+                create_session(path, provider)
         except ProviderUnavailable as exc:
             return exc.what
+        finally:
+            if said.getvalue().strip():
+                log.debug("onnxruntime: %s", said.getvalue().strip())
     return None
 
 

@@ -21,7 +21,7 @@ from mnv2export.bench.machine import HostPeak, physical_cores
 from mnv2export.bench.placement import describe, node_placement, placement_from_profile
 from mnv2export.bench.timing import Plan, measure
 from mnv2export.errors import ConfigError, ProviderUnavailable
-from mnv2export.export.names import FP16_FILE, INT8_FILE, ONNX_FILE, TORCHSCRIPT_FILE
+from mnv2export.export.names import FP16_FILE, INT8_FILE, ONNX_FILE
 
 no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error raised where there is no GPU")
 # one thread: on a 2-core machine shared with other jobs, two OpenMP threads of eager PyTorch stall at every barrier

@@ -49,6 +49,7 @@ def _register() -> None:
     # each module adds its commands to `app`
     from . import train_cmd  # noqa: F401
     from . import export_cmd  # noqa: F401
+    from . import check_cmd  # noqa: F401
     from . import bench_cmd  # noqa: F401
     from . import info_cmd  # noqa: F401
     from . import predict_cmd  # noqa: F401

@@ -35,7 +35,7 @@ def setup_logging(level: int = logging.INFO) -> None:
     logger = logging.getLogger("mnv2export")
     logger.setLevel(level)
     if not any(getattr(h, "_mnv2", False) for h in logger.handlers):
-        handler = logging.StreamHandler(sys.stderr)
+        handler = _StderrHandler()
         handler.setFormatter(logging.Formatter("%(message)s" if level > logging.DEBUG else "%(levelname)s %(name)s: %(message)s"))
         handler._mnv2 = True  # type: ignore[attr-defined]
         logger.addHandler(handler)
@@ -43,6 +43,21 @@ def setup_logging(level: int = logging.INFO) -> None:
     else:
         for h in logger.handlers:
             h.setLevel(level)
+
+
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is at the time of the message (it may be replaced, e.g. by a test runner)."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property
+    def stream(self):  # type: ignore[override]
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
 
 
 def _register() -> None:
@@ -54,6 +69,7 @@ def _register() -> None:
     from . import info_cmd  # noqa: F401
     from . import predict_cmd  # noqa: F401
     from . import visualize_cmd  # noqa: F401
+    from . import pipeline_cmd  # noqa: F401
 
 
 _register()

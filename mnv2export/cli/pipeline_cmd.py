@@ -1,0 +1,66 @@
+"""``mnv2 pipeline``: data -> train -> export (all formats, INT8, FP16) -> check -> bench -> report, in runs/<name>/."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from . import app
+from .options import Data, DataDir, Device, Epochs, ImgSize, Width, csv_list
+
+
+@app.command()
+def pipeline(
+    data: Data = None,
+    data_dir: DataDir = None,
+    config: Annotated[Optional[Path], typer.Option("--config", "-c", help="Training recipe (TOML); flags override it. Without one, the pipeline's defaults apply.")] = None,
+    epochs: Epochs = None,
+    width: Width = None,
+    img_size: ImgSize = None,
+    device: Device = None,
+    batch_size: Annotated[Optional[int], typer.Option("--batch-size", "-b", help="Training batch size.")] = None,
+    synth_classes: Annotated[Optional[int], typer.Option(help="synth: number of classes (default 10).")] = None,
+    synth_per_class: Annotated[Optional[int], typer.Option(help="synth: training images per class (default 150).")] = None,
+    name: Annotated[Optional[str], typer.Option("--name", help="Run name: the run goes to runs/NAME (default <data>-<time>).")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Run folder, instead of runs/NAME.")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an earlier pipeline run in the same folder.")] = False,
+    calib_data: Annotated[Optional[str], typer.Option("--calib-data", help="INT8 calibration images (default: the run's training data).")] = None,
+    calib_size: Annotated[int, typer.Option("--calib-size", help="Number of calibration images.")] = 128,
+    samples: Annotated[Optional[int], typer.Option("--samples", help="Real images for the parity check (default: the check's own).")] = None,
+    provider: Annotated[Optional[str], typer.Option("--provider", help="Check / bench providers, cpu,cuda (default: cpu, plus cuda when training runs there).")] = None,
+    bench_batch: Annotated[str, typer.Option("--bench-batch", help="Benchmark batch sizes, comma-separated.")] = "1,32",
+    bench_iters: Annotated[int, typer.Option("--bench-iters", help="Timed calls per benchmark row.")] = 30,
+    bench_warmup: Annotated[int, typer.Option("--bench-warmup", help="Warm-up calls per benchmark row.")] = 5,
+    bench_threads: Annotated[Optional[int], typer.Option("--bench-threads", help="Benchmark intra-op threads (default: the machine's physical cores).")] = None,
+    progress: Annotated[Optional[bool], typer.Option("--progress/--no-progress", help="Progress bar per training epoch.")] = None,
+) -> None:
+    """The main job: train, export every format, check, benchmark, write runs/<name>/report.md.
+
+    Data: --data (default: the built-in synth set). A failed step stops the run with the step named; the earlier
+    steps' outputs stay.
+    """
+    from ..config import load_recipe
+    from ..pipeline import PipelineOptions, run_pipeline
+
+    try:
+        batches = tuple(int(b) for b in csv_list(bench_batch))
+    except ValueError:
+        raise typer.BadParameter(f"expected comma-separated whole numbers, got {bench_batch!r}", param_hint="--bench-batch") from None
+    options = PipelineOptions(
+        calib_data=calib_data, calib_size=calib_size, check_samples=samples,
+        providers=tuple(p.lower() for p in csv_list(provider)) if provider else None,
+        bench_batches=batches, bench_iters=bench_iters, bench_warmup=bench_warmup, bench_threads=bench_threads,
+    )
+    result = run_pipeline(
+        data or ("synth" if config is None else None), epochs=epochs, width=width, img_size=img_size, device=device or "auto",
+        data_dir=data_dir, name=name, out=out, overwrite=overwrite, recipe=load_recipe(config) if config else None,
+        data_settings={"synth_classes": synth_classes, "synth_train_per_class": synth_per_class},
+        train={"batch_size": batch_size, "progress": progress}, options=options,
+    )
+    for s in result.steps:
+        typer.echo(f"  {s.name:<7} {s.status:<4} {s.seconds:7.1f} s")
+    acc = result.train.summary.get("best_val_acc") if result.train else None
+    typer.echo(f"passed in {result.wall_seconds:.0f} s (val top-1 {100 * acc:.2f}%) -> {result.report}" if acc is not None
+               else f"passed in {result.wall_seconds:.0f} s -> {result.report}")

@@ -211,6 +211,7 @@ def load_artifact(path: str | Path, provider: str = "cpu", *, threads: int | Non
     meta = _checkpoint_metadata(ckpt) if ckpt is not None else read_metadata(p)
     if kind == "onnx":
         session, used = create_session(p, provider, threads=threads)
+        _check_onnx_signature(session, meta, p)
         return OnnxRunner(path=p, format="onnx", precision=meta["precision"], provider=used, metadata=meta, session=session)
     if provider == "tensorrt":
         raise ConfigError("the tensorrt provider runs ONNX models only", path=p, hint="use --provider cuda for PyTorch / TorchScript")
@@ -234,6 +235,30 @@ def load_artifact(path: str | Path, provider: str = "cpu", *, threads: int | Non
             raise ArtifactError(f"TorchScript file cannot be loaded: {str(exc).strip().splitlines()[0] if str(exc) else type(exc).__name__}",
                                 path=p, hint="the file is truncated or damaged; export it again") from None
     return TorchRunner(path=p, format=kind, precision="fp32", provider=device.type, metadata=meta, module=module, device=device)
+
+
+def _check_onnx_signature(session, meta: dict[str, Any], p: Path) -> None:
+    """The graph's input and output must be what the metadata describes: one input ``input`` of N x C x H x W with
+    the metadata's input size, one output ``logits`` of N x num_classes (a fixed dimension must match)."""
+    inputs, outputs = session.get_inputs(), session.get_outputs()
+    want_in = [None, *meta["input_size"]]
+    want_out = [None, meta.get("num_classes", len(meta["class_names"]))]
+    problems = []
+    if len(inputs) != 1 or inputs[0].name != INPUT_NAME:
+        problems.append(f"inputs {[i.name for i in inputs]} (expected one named {INPUT_NAME!r})")
+    elif not _shape_fits(inputs[0].shape, want_in):
+        problems.append(f"input shape {inputs[0].shape} (the metadata says N x {' x '.join(map(str, want_in[1:]))})")
+    if len(outputs) != 1 or outputs[0].name != OUTPUT_NAME:
+        problems.append(f"outputs {[o.name for o in outputs]} (expected one named {OUTPUT_NAME!r})")
+    elif not _shape_fits(outputs[0].shape, want_out):
+        problems.append(f"output shape {outputs[0].shape} (the metadata says N x {want_out[1]})")
+    if problems:
+        raise ArtifactError(f"ONNX graph does not match its metadata: {'; '.join(problems)}", path=p,
+                            hint="export the model again with `mnv2 export`")
+
+
+def _shape_fits(shape: list[Any], want: list[Any]) -> bool:
+    return len(shape) == len(want) and all(w is None or not isinstance(d, int) or d == w for d, w in zip(shape, want))
 
 
 def session_options(threads: int | None = None):

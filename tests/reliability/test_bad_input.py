@@ -1,0 +1,178 @@
+"""The bad-input matrix: every case is one ``error:`` line and exit 1 (or, for images in a batch, named and skipped).
+
+Runs the CLI in-process (``mnv2export.cli.main``) so that the matrix stays fast; the subprocess path is covered in
+tests/test_cli.py.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from PIL import Image
+
+from mnv2export.checkpoint import Checkpoint, save_checkpoint
+from mnv2export.cli import main
+from mnv2export.config import DataConfig, ModelConfig
+from mnv2export.model import build_model
+
+
+def cli(capsys, *args: str) -> tuple[int, str, str]:
+    code = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def fails(capsys, *args, match: str) -> str:
+    code, out, err = cli(capsys, *args)
+    errors = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert code == 1, (code, out, err)
+    assert len(errors) == 1 and err.strip().splitlines()[-1] == errors[0] and "Traceback" not in err, err
+    assert match.lower() in errors[0].lower(), errors[0]
+    return errors[0]
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory, exported, trained_checkpoint):
+    d = tmp_path_factory.mktemp("bad")
+    (d / "empty.pt").write_bytes(b"")
+    (d / "empty.onnx").write_bytes(b"")
+    (d / "folder.onnx").mkdir()
+    blob = (exported.out_dir / "model.onnx").read_bytes()
+    (d / "truncated.onnx").write_bytes(blob[: len(blob) // 3])
+    (d / "garbage.onnx").write_bytes(b"\x08\x07" + bytes(range(256)) * 20)
+    (d / "no_images" / "train" / "a").mkdir(parents=True)
+    (d / "no_images" / "val" / "a").mkdir(parents=True)
+    # a checkpoint of another architecture, and one with another class count
+    payload = torch.load(trained_checkpoint, weights_only=True)
+    payload["model_config"] = {**payload["model_config"], "arch": "resnet18"}
+    torch.save(payload, d / "resnet.pt")
+    cfg = ModelConfig(num_classes=3, width_mult=0.35)
+    save_checkpoint(Checkpoint(cfg, DataConfig(source="synth", img_size=32, synth_classes=3), ["a", "b", "c"], build_model(cfg).state_dict()), d / "three.pt")
+    # an ONNX model that is valid but not ours (other input name and shape, no metadata)
+    conv = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.Flatten()).eval()
+    torch.onnx.export(conv, (torch.randn(1, 1, 8, 8),), str(d / "foreign.onnx"), input_names=["images"], dynamo=False)
+    # ours, but its metadata claims another input size than the graph takes
+    m = onnx.load(exported.out_dir / "model.onnx")
+    for prop in m.metadata_props:
+        if prop.key == "mnv2_metadata":
+            meta = json.loads(prop.value)
+            meta["input_size"] = [3, 48, 48]
+            meta["data_config"]["img_size"] = 48
+            prop.value = json.dumps(meta)
+    onnx.save(m, d / "wrong_shape.onnx")
+    # images of every kind
+    imgs = d / "images"
+    imgs.mkdir()
+    rng = np.random.default_rng(0)
+    rgb = rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)
+    Image.fromarray(rgb).save(imgs / "good.png")
+    Image.fromarray(rgb[..., 0]).save(imgs / "gray.png")
+    Image.fromarray(np.dstack([rgb, np.full((40, 40), 128, np.uint8)])).save(imgs / "rgba.png")
+    Image.fromarray((rng.integers(0, 65535, (40, 40))).astype(np.uint16)).save(imgs / "deep16.png")
+    good = (imgs / "good.png").read_bytes()
+    (imgs / "truncated.png").write_bytes(good[: len(good) // 2])
+    (imgs / "zero.jpg").write_bytes(b"")
+    Image.fromarray(rgb).save(imgs / "really_a_png.jpg", format="PNG")  # another format than its extension: fine
+    (imgs / "text.png").write_text("this is not an image")
+    Image.new("L", (12000, 12000)).save(imgs / "bomb.png")  # 144 Mpx: over Pillow's decompression-bomb limit
+    return d
+
+
+def test_nonexistent_paths(capsys, exported, trained_checkpoint, files, tmp_path):
+    nope = tmp_path / "nope"
+    fails(capsys, "export", nope / "best.pt", match="checkpoint not found")
+    fails(capsys, "check", nope / "best.pt", match="not found")
+    fails(capsys, "check", trained_checkpoint, "--artifacts", nope, match="not found")
+    fails(capsys, "bench", nope, match="not found")
+    fails(capsys, "info", nope / "model.onnx", match="not found")
+    fails(capsys, "visualize", nope / "best.pt", match="not found")
+    fails(capsys, "predict", nope / "x.png", "--model", exported.out_dir / "model.onnx", match="no image")
+    fails(capsys, "predict", files / "images" / "good.png", "--model", nope / "model.onnx", match="not found")
+    fails(capsys, "train", "--data", nope, match="data folder not found")
+    fails(capsys, "train", "--data", "synth", "--init-from", nope / "w.pth", match="initial weights not found")
+
+
+def test_empty_files_and_folders_where_files_belong(capsys, files, exported):
+    fails(capsys, "export", files / "empty.pt", match="empty")
+    fails(capsys, "info", files / "empty.onnx", match="empty")
+    fails(capsys, "predict", files / "images" / "good.png", "--model", files / "empty.onnx", match="empty")
+    fails(capsys, "export", files, match="folder")
+    fails(capsys, "predict", files / "images" / "good.png", "--model", files / "folder.onnx", match="folder")
+    fails(capsys, "train", "--data", "synth", "--init-from", files, match="initial weights")
+    fails(capsys, "bench", files / "no_images", match="manifest")
+
+
+def test_malformed_onnx_is_an_error_not_a_crash(capsys, files, trained_checkpoint):
+    for name in ("truncated.onnx", "garbage.onnx"):
+        fails(capsys, "info", files / name, match="onnx")
+        fails(capsys, "predict", files / "images" / "good.png", "--model", files / name, match="onnx")
+
+
+def test_onnx_of_another_shape_or_name(capsys, files):
+    fails(capsys, "predict", files / "images" / "good.png", "--model", files / "foreign.onnx", match="metadata")
+    fails(capsys, "info", files / "foreign.onnx", match="metadata")
+    fails(capsys, "predict", files / "images" / "good.png", "--model", files / "wrong_shape.onnx", match="48")
+
+
+def test_folders_without_images(capsys, files, exported):
+    fails(capsys, "train", "--data", files / "no_images", match="no images")
+    fails(capsys, "predict", files / "no_images", "--model", exported.out_dir / "model.onnx", match="no image")
+
+
+def test_every_kind_of_image_in_one_predict(capsys, files, exported):
+    code, out, err = cli(capsys, "predict", files / "images", "--model", exported.out_dir / "model.onnx", "--json")
+    assert code == 0, err
+    result = json.loads(out)
+    classified = sorted(p["path"].rsplit("/", 1)[-1] for p in result["predictions"])
+    skipped = {s["path"].rsplit("/", 1)[-1]: s["reason"] for s in result["skipped"]}
+    assert classified == ["deep16.png", "good.png", "gray.png", "really_a_png.jpg", "rgba.png"]
+    assert set(skipped) == {"truncated.png", "zero.jpg", "text.png", "bomb.png"}
+    assert "decompression-bomb" in skipped["bomb.png"]
+
+
+def test_checkpoints_of_another_architecture_or_class_count(capsys, files, exported):
+    fails(capsys, "export", files / "resnet.pt", match="another architecture")
+    fails(capsys, "info", files / "resnet.pt", match="another architecture")
+    code, out, err = cli(capsys, "check", files / "three.pt", "--artifacts", exported.out_dir, "--samples", "16")
+    assert code == 1  # the artifacts do not belong to this checkpoint: every row fails, and says why
+    assert "class" in (out + err).lower()
+
+
+@pytest.mark.parametrize(
+    "args, match",
+    [
+        (["bench", "{art}", "--batch", "0"], "batch"),
+        (["bench", "{art}", "--batch", "-4"], "batch"),
+        (["bench", "{art}", "--iters", "0"], "iters"),
+        (["bench", "{art}", "--threads", "0"], "threads"),
+        (["bench", "{art}", "--provider", "tpu"], "provider"),
+        (["bench", "{art}", "--formats", "tflite"], "tflite"),
+        (["check", "{ckpt}", "--artifacts", "{art}", "--provider", "tpu"], "provider"),
+        (["check", "{ckpt}", "--artifacts", "{art}", "--samples", "0"], "samples"),
+        (["check", "{ckpt}", "--artifacts", "{art}", "--atol", "-1"], "atol"),
+        (["predict", "{img}", "--model", "{onnx}", "--provider", "tpu"], "provider"),
+        (["predict", "{img}", "--model", "{onnx}", "--top-k", "0"], "top"),
+        (["predict", "{img}", "--model", "{onnx}", "--batch-size", "0"], "batch"),
+        (["export", "{ckpt}", "--format", "tflite"], "tflite"),
+        (["export", "{ckpt}", "--quantize", "--calib-size", "0"], "calib"),
+        (["export", "{ckpt}", "--opset", "3"], "opset"),
+        (["export", "{ckpt}", "--quantize", "--calib-method", "magic"], "calibration method"),
+        (["train", "--data", "synth", "--width", "5"], "width"),
+        (["train", "--data", "synth", "--epochs", "-1"], "epochs"),
+        (["train", "--data", "synth", "--lr", "0"], "lr"),
+        (["train", "--data", "synth", "--img-size", "100000"], "image size"),
+        (["pipeline", "--width", "0.1"], "width"),
+        (["pipeline", "--epochs", "0"], "epochs"),
+        (["data", "synth", "{tmp}/s", "--classes", "1"], "class"),
+        (["data", "synth", "{tmp}/s", "--size", "2"], "size"),
+    ],
+)
+def test_out_of_range_flags_unknown_providers_and_formats(capsys, args, match, exported, trained_checkpoint, files, tmp_path):
+    values = {"art": exported.out_dir, "ckpt": trained_checkpoint, "img": files / "images" / "good.png",
+              "onnx": exported.out_dir / "model.onnx", "tmp": tmp_path}
+    fails(capsys, *[a.format(**{k: str(v) for k, v in values.items()}) for a in args], match=match)
+    assert not (tmp_path / "s").exists()  # nothing written on a refused command

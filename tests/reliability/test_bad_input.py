@@ -176,3 +176,27 @@ def test_out_of_range_flags_unknown_providers_and_formats(capsys, args, match, e
               "onnx": exported.out_dir / "model.onnx", "tmp": tmp_path}
     fails(capsys, *[a.format(**{k: str(v) for k, v in values.items()}) for a in args], match=match)
     assert not (tmp_path / "s").exists()  # nothing written on a refused command
+
+
+class _Evil:
+    def __reduce__(self):
+        import os
+
+        return (os.system, ("touch /tmp/mnv2-untrusted-ran",))
+
+
+def test_a_pickled_object_is_refused_by_every_command(capsys, tmp_path, trained_checkpoint, exported, files):
+    import os
+
+    payload = torch.load(trained_checkpoint, weights_only=True)
+    payload["train_summary"] = {"note": _Evil()}
+    evil = tmp_path / "run" / "best.pt"
+    evil.parent.mkdir()
+    torch.save(payload, evil)
+    state = tmp_path / "evil.pth"
+    torch.save({"features.0.0.weight": _Evil()}, state)
+    for args in (["export", evil], ["check", evil, "--artifacts", exported.out_dir], ["bench", evil, "--formats", "eager"],
+                 ["info", evil], ["visualize", evil], ["predict", files / "images" / "good.png", "--model", evil]):
+        fails(capsys, *args, match="pickled")
+    fails(capsys, "train", "--data", "synth", "--init-from", state, "--out", tmp_path / "t", match="cannot read initial weights")
+    assert not os.path.exists("/tmp/mnv2-untrusted-ran")

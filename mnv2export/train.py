@@ -18,10 +18,12 @@ import io
 import logging
 import math
 import random
+import signal
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -421,10 +423,13 @@ def _fit(cfg: RunConfig, info: D.DistInfo, run_dir, resume_from: Checkpoint | No
             )
             update_summary(epoch + 1)
             if info.is_main:
-                write_text(run_dir / "metrics.csv", _csv(history))
-                if best_epoch == epoch + 1:
-                    save_checkpoint(snapshot(epoch + 1, False), best_path)
-                save_checkpoint(snapshot(epoch + 1, True), last_path)
+                # last.pt first, metrics.csv last: a metrics row means its epoch is in last.pt. Ctrl-C waits for the
+                # three writes, so an interrupt never leaves them telling different epochs.
+                with _sigint_deferred():
+                    save_checkpoint(snapshot(epoch + 1, True), last_path)
+                    if best_epoch == epoch + 1:
+                        save_checkpoint(snapshot(epoch + 1, False), best_path)
+                    write_text(run_dir / "metrics.csv", _csv(history))
             D.barrier(info)
     except KeyboardInterrupt:
         if info.is_main:
@@ -439,6 +444,22 @@ def _fit(cfg: RunConfig, info: D.DistInfo, run_dir, resume_from: Checkpoint | No
 
         training_pictures(run_dir, history, best_path, data, summary.get("confusion"))
     return TrainResult(run_dir=run_dir, best=best_path, last=last_path, summary=summary, history=history, is_main=info.is_main)
+
+
+@contextlib.contextmanager
+def _sigint_deferred() -> Iterator[None]:
+    """Hold a Ctrl-C (SIGINT) until the block ends, then raise it; no-op outside the main thread."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if caught:
+        raise KeyboardInterrupt
 
 
 def _cpu_state(module: nn.Module) -> dict[str, torch.Tensor]:

@@ -21,6 +21,18 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+@pytest.fixture(autouse=True)
+def _restore_mnv2_logger():
+    """An in-process CLI call sets up the package logger (own handler, no propagation); undo it after each test so
+    that later tests' ``caplog`` sees the package's records whatever the test order."""
+    import logging
+
+    logger = logging.getLogger("mnv2export")
+    saved = (list(logger.handlers), logger.propagate, logger.level)
+    yield
+    logger.handlers[:], logger.propagate, logger.level = saved[0], saved[1], saved[2]
+
+
 def tiny_run_config(**train_overrides):
     """synth, 4 classes, 32 px, width 0.35: a model that trains in seconds on 2 cores.
 

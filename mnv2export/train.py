@@ -219,6 +219,32 @@ def train_one_epoch(
     return float(loss_sum.item()), count
 
 
+def ema_decay_at(decay: float, updates: int) -> float:
+    """The EMA decay after ``updates`` updates: ``min(decay, (1 + n) / (10 + n))``, TensorFlow's
+    ``ExponentialMovingAverage(num_updates=...)`` warm-up (timm's ``ModelEmaV3(use_warmup=True)`` does the like).
+
+    Without it the average starts at the random initial weights and, with the BatchNorm statistics averaged beside
+    weights they do not belong to, stays useless for thousands of steps: a 5-epoch Fashion-MNIST run (1,560 steps,
+    decay 0.998) evaluated its EMA at exactly 10% (chance) every epoch while the model itself was at 87%.
+    """
+    return min(decay, (1.0 + updates) / (10.0 + updates))
+
+
+def ema_update_fn(decay: float):
+    """``multi_avg_fn`` for :class:`torch.optim.swa_utils.AveragedModel`: an EMA with :func:`ema_decay_at` warm-up."""
+
+    @torch.no_grad()
+    def update(averaged: list[torch.Tensor], current: list[torch.Tensor], n_averaged: torch.Tensor) -> None:
+        d = ema_decay_at(decay, int(n_averaged))
+        if averaged[0].is_floating_point():
+            torch._foreach_lerp_(averaged, current, 1.0 - d)
+        else:  # integer buffers (BatchNorm's num_batches_tracked): follow the model
+            for a, c in zip(averaged, current):
+                a.copy_(c)
+
+    return update
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, loader: DataLoader, ctx: StepContext, num_classes: int, info: D.DistInfo = D.DistInfo(), *, skips: SkipTracker | None = None) -> dict[str, Any]:
     """Loss, top-1 accuracy and confusion matrix on ``loader``, summed over ranks."""
@@ -330,9 +356,9 @@ def _fit(cfg: RunConfig, info: D.DistInfo, run_dir, resume_from: Checkpoint | No
         train_module = torch.compile(train_module)
     ema = None
     if t.ema:
-        from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+        from torch.optim.swa_utils import AveragedModel
 
-        ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(t.ema_decay), use_buffers=True)
+        ema = AveragedModel(model, multi_avg_fn=ema_update_fn(t.ema_decay), use_buffers=True)
 
     steps = len(make_loader(data.train, t, info, device, train=True))
     if steps == 0:

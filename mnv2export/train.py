@@ -329,11 +329,17 @@ def _fit(cfg: RunConfig, info: D.DistInfo, run_dir, resume_from: Checkpoint | No
     if not info.is_main:
         logging.getLogger("mnv2export").setLevel(logging.WARNING)
     run_dir = Path(run_dir or t.out or default_run_dir(cfg))
+    created = info.is_main and not run_dir.exists()
     if info.is_main:
-        ensure_dir(run_dir)
+        ensure_dir(run_dir)  # an unwritable output is found before the data is read
     seed_everything(t.seed)
 
-    data: DataBundle = build_datasets(cfg.data)
+    try:
+        data: DataBundle = build_datasets(cfg.data)
+    except BaseException:
+        if created and not any(run_dir.iterdir()):
+            run_dir.rmdir()  # bad data leaves no empty run folder behind
+        raise
     if len(data.class_names) != cfg.model.num_classes:
         if resume_from is not None:
             raise DataError(f"the data now has {len(data.class_names)} classes, the run was started with {cfg.model.num_classes}", path=cfg.data.source, hint="resume with the same data")

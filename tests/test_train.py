@@ -232,3 +232,14 @@ def test_ema_model_answers_like_the_model_it_averages():
     assert acc >= 0.9 and ema_acc >= 0.7  # chance: 0.1; the average lags the model by its ~20-step horizon here
     tracked = dict(ema.module.named_buffers())["features.0.1.num_batches_tracked"]
     assert tracked.dtype == torch.long and int(tracked) == 150
+
+
+def test_bad_data_leaves_no_run_folder(tmp_path):
+    from mnv2export.errors import DataError
+
+    (tmp_path / "d" / "train" / "a").mkdir(parents=True)
+    (tmp_path / "d" / "val" / "a").mkdir(parents=True)
+    cfg = tiny_run_config().override({}, {"source": str(tmp_path / "d")}, {})
+    with pytest.raises(DataError, match="no images"):
+        fit(cfg, run_dir=tmp_path / "runs" / "r")
+    assert (tmp_path / "runs").is_dir() and not (tmp_path / "runs" / "r").exists()

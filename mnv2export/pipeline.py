@@ -63,7 +63,7 @@ class PipelineOptions:
     bench_warmup: int = 5
     bench_iters: int | None = 30
     bench_duration: float | None = None
-    bench_threads: int | None = None
+    threads: int | None = None  # intra-op threads for training, check and bench; None: default_threads()
 
 
 @dataclass
@@ -143,7 +143,7 @@ def pipeline_config(
         data_defaults = {**PIPELINE_DEFAULTS["data"], **(SYNTH_DEFAULTS if source == "synth" else {})}
         model_flags = _under(PIPELINE_DEFAULTS["model"], model_flags)
         data_flags = _under(data_defaults, {**data_flags, "source": source})
-        train_flags = _under({**PIPELINE_DEFAULTS["train"], **_cpu_defaults(device)}, train_flags)
+        train_flags = _under({**PIPELINE_DEFAULTS["train"], **_cpu_defaults(device), "threads": default_threads()}, train_flags)
     return run_config(recipe, model_flags, data_flags, train_flags)
 
 
@@ -158,13 +158,19 @@ def _on_cuda(device: str | None) -> bool:
 
 
 def _cpu_defaults(device: str | None) -> dict[str, Any]:
-    """Training on a CPU: one data-loader worker and the model's threads on the other cores (at 64 px a MobileNetV2
-    step gains little from a second thread and loses a lot when it contends with the loader for 2 cores: measured 5x
-    slower on the shared 2-core machine)."""
-    if _on_cuda(device):
-        return {}
+    """Training on a CPU: one data-loader worker (the model's threads: :func:`default_threads`)."""
+    return {} if _on_cuda(device) else {"workers": 1}
+
+
+def default_threads() -> int:
+    """Intra-op threads for the pipeline's torch and ONNX Runtime work: every usable core but one (at least one).
+
+    The core left over runs the data loader, and keeps a busy machine usable: with two OpenMP threads on a 2-core
+    machine that other processes also use, each parallel region waits for the descheduled thread; MobileNetV2 at
+    64 px was measured 300x slower in eager mode there (1.5 s per image against 5 ms on one thread).
+    """
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 2)
-    return {"workers": 1, "threads": max(1, cpus - 1)}
+    return max(1, cpus - 1)
 
 
 def resolve_providers(device: str, providers: tuple[str, ...] | None) -> tuple[tuple[str, ...], list[str]]:
@@ -227,13 +233,17 @@ def run_pipeline(
 
     t0 = time.perf_counter()
     options = options or PipelineOptions()
+    _check_options(options)
+    if options.threads is not None:
+        train = {**(train or {}), "threads": options.threads}
     cfg = pipeline_config(data, epochs=epochs, width=width, img_size=img_size, device=device, data_dir=data_dir, recipe=recipe,
                           model=model, data_settings=data_settings, train=train)
+    if not cfg.train.threads:  # a recipe without threads: the pipeline's default
+        cfg = RunConfig(model=cfg.model, data=cfg.data, train=cfg.train.replace(threads=default_threads()))
     check_calib_size(options.calib_size)
     providers, notes = resolve_providers(cfg.train.device, options.providers)
-    _check_bench_options(options)
-    if cfg.train.threads:
-        notes.append(f"training on the CPU with {cfg.train.threads} torch thread(s) and {cfg.train.workers} data-loader worker(s)")
+    notes.append(f"{cfg.train.threads} intra-op thread(s) for training on a CPU, the check's PyTorch models and the benchmark "
+                 f"(--threads; default: every usable core but one), {cfg.train.workers} data-loader worker(s)")
     run_dir = ensure_dir(run_folder(name, out, cfg.data.source, overwrite))
     result = PipelineResult(run_dir=run_dir, config=cfg, options=options, providers=providers, steps=[StepRecord(s) for s in STEPS],
                             started=time.strftime("%Y-%m-%dT%H:%M:%S%z"), notes=notes)
@@ -246,9 +256,11 @@ def run_pipeline(
     return result
 
 
-def _check_bench_options(o: PipelineOptions) -> None:
+def _check_options(o: PipelineOptions) -> None:
     if not o.bench_batches or any(not isinstance(b, int) or isinstance(b, bool) or b < 1 for b in o.bench_batches):
         raise ConfigError(f"bench batch sizes {list(o.bench_batches)!r} are invalid", hint="use whole numbers >= 1, e.g. 1,32")
+    if o.threads is not None and (isinstance(o.threads, bool) or not isinstance(o.threads, int) or o.threads < 1):
+        raise ConfigError(f"threads = {o.threads!r} is out of range", hint="use a whole number >= 1")
     if o.check_samples is not None and (not isinstance(o.check_samples, int) or o.check_samples < 1):
         raise ConfigError(f"check samples = {o.check_samples!r} is out of range", hint="use a whole number >= 1")
 
@@ -340,8 +352,15 @@ def _step_check(result: PipelineResult) -> list[str]:
     from . import parity
     from .fileio import write_text
 
+    import torch
+
     kwargs = {} if result.options.check_samples is None else {"samples": result.options.check_samples}
-    report = parity.check(result.train.best, result.run_dir / "export", providers=result.providers, **kwargs)
+    before = torch.get_num_threads()
+    torch.set_num_threads(result.config.train.threads)  # the reference and TorchScript models (restored below)
+    try:
+        report = parity.check(result.train.best, result.run_dir / "export", providers=result.providers, **kwargs)
+    finally:
+        torch.set_num_threads(before)
     result.parity = report
     write_text(result.run_dir / "check.json", json.dumps(report.to_dict(), indent=2, default=str) + "\n")
     result.step("check").outputs = ["check.json"]
@@ -374,7 +393,7 @@ def _step_bench(result: PipelineResult) -> list[str]:
 
     o = result.options
     res = bench.run(result.run_dir / "export", formats=o.bench_formats, providers=result.providers, batches=o.bench_batches,
-                    warmup=o.bench_warmup, iters=o.bench_iters, duration=o.bench_duration, threads=o.bench_threads)
+                    warmup=o.bench_warmup, iters=o.bench_iters, duration=o.bench_duration, threads=result.config.train.threads)
     result.bench = res
     res.to_json(result.run_dir / "bench.json")
     res.to_csv(result.run_dir / "bench.csv")

@@ -43,6 +43,8 @@ def test_every_step_runs_and_writes_its_outputs(tiny_pipeline):
     record = json.loads((run / "pipeline.json").read_text())
     assert record["passed"] and [s["status"] for s in record["steps"]] == ["ok"] * len(STEPS)
     assert record["config"]["model"]["width_mult"] == 0.35 and record["config"]["data"]["img_size"] == 32
+    threads = record["config"]["train"]["threads"]
+    assert threads >= 1 and json.loads((run / "bench.json").read_text())["settings"]["threads"] == threads
     check = json.loads((run / "check.json").read_text())
     assert check["passed"] and {row["artifact"] for row in check["rows"]} == set(r.manifest.artifacts)
     bench = json.loads((run / "bench.json").read_text())
@@ -93,6 +95,8 @@ def test_settings_are_checked_before_any_step(tmp_path):
         run_pipeline(name="x", out=tmp_path / "b")
     with pytest.raises(ConfigError, match="calibration size"):
         run_pipeline(out=tmp_path / "c", options=PipelineOptions(calib_size=0))
+    with pytest.raises(ConfigError, match="threads = 0"):
+        run_pipeline(out=tmp_path / "c", options=PipelineOptions(threads=0))
     other = tmp_path / "someone-elses"
     other.mkdir()
     (other / "thesis.tex").write_text("precious")

@@ -33,7 +33,7 @@ def pipeline(
     bench_batch: Annotated[str, typer.Option("--bench-batch", help="Benchmark batch sizes, comma-separated.")] = "1,32",
     bench_iters: Annotated[int, typer.Option("--bench-iters", help="Timed calls per benchmark row.")] = 30,
     bench_warmup: Annotated[int, typer.Option("--bench-warmup", help="Warm-up calls per benchmark row.")] = 5,
-    bench_threads: Annotated[Optional[int], typer.Option("--bench-threads", help="Benchmark intra-op threads (default: the machine's physical cores).")] = None,
+    threads: Annotated[Optional[int], typer.Option("--threads", help="Intra-op threads for training (CPU), check and bench (default: every usable core but one).")] = None,
     progress: Annotated[Optional[bool], typer.Option("--progress/--no-progress", help="Progress bar per training epoch.")] = None,
 ) -> None:
     """The main job: train, export every format, check, benchmark, write runs/<name>/report.md.
@@ -51,7 +51,7 @@ def pipeline(
     options = PipelineOptions(
         calib_data=calib_data, calib_size=calib_size, check_samples=samples,
         providers=tuple(p.lower() for p in csv_list(provider)) if provider else None,
-        bench_batches=batches, bench_iters=bench_iters, bench_warmup=bench_warmup, bench_threads=bench_threads,
+        bench_batches=batches, bench_iters=bench_iters, bench_warmup=bench_warmup, threads=threads,
     )
     result = run_pipeline(
         data or ("synth" if config is None else None), epochs=epochs, width=width, img_size=img_size, device=device or "auto",

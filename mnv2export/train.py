@@ -336,17 +336,17 @@ def _fit(cfg: RunConfig, info: D.DistInfo, run_dir, resume_from: Checkpoint | No
 
     try:
         data: DataBundle = build_datasets(cfg.data)
+        if len(data.class_names) != cfg.model.num_classes:
+            if resume_from is not None:
+                raise DataError(f"the data now has {len(data.class_names)} classes, the run was started with {cfg.model.num_classes}", path=cfg.data.source, hint="resume with the same data")
+            cfg = RunConfig(model=cfg.model.replace(num_classes=len(data.class_names)), data=cfg.data, train=t)
+        model = build_model(cfg.model)
+        if t.init_from and resume_from is None:
+            load_pretrained(model, t.init_from)
     except BaseException:
         if created and not any(run_dir.iterdir()):
-            run_dir.rmdir()  # bad data leaves no empty run folder behind
+            run_dir.rmdir()  # bad data or initial weights leave no empty run folder behind
         raise
-    if len(data.class_names) != cfg.model.num_classes:
-        if resume_from is not None:
-            raise DataError(f"the data now has {len(data.class_names)} classes, the run was started with {cfg.model.num_classes}", path=cfg.data.source, hint="resume with the same data")
-        cfg = RunConfig(model=cfg.model.replace(num_classes=len(data.class_names)), data=cfg.data, train=t)
-    model = build_model(cfg.model)
-    if t.init_from and resume_from is None:
-        load_pretrained(model, t.init_from)
     if t.sync_bn and info.enabled:
         if device.type != "cuda":
             raise ConfigError("SyncBatchNorm runs on CUDA only", hint="drop --sync-bn for a CPU (gloo) run")

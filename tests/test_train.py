@@ -234,8 +234,8 @@ def test_ema_model_answers_like_the_model_it_averages():
     assert tracked.dtype == torch.long and int(tracked) == 150
 
 
-def test_bad_data_leaves_no_run_folder(tmp_path):
-    from mnv2export.errors import DataError
+def test_bad_data_or_weights_leave_no_run_folder(tmp_path):
+    from mnv2export.errors import CheckpointError, DataError
 
     (tmp_path / "d" / "train" / "a").mkdir(parents=True)
     (tmp_path / "d" / "val" / "a").mkdir(parents=True)
@@ -243,3 +243,6 @@ def test_bad_data_leaves_no_run_folder(tmp_path):
     with pytest.raises(DataError, match="no images"):
         fit(cfg, run_dir=tmp_path / "runs" / "r")
     assert (tmp_path / "runs").is_dir() and not (tmp_path / "runs" / "r").exists()
+    with pytest.raises(CheckpointError, match="initial weights"):
+        fit(tiny_run_config(init_from=str(tmp_path / "missing.pth")), run_dir=tmp_path / "runs" / "w")
+    assert not (tmp_path / "runs" / "w").exists()

@@ -58,7 +58,7 @@ def main(argv=None) -> int:
     from mnv2export.distributed import DistInfo
     from mnv2export.model import build_model
     from mnv2export.train import (
-        StepContext, amp_dtype, build_optimizer, build_scheduler, cpu_threads, ema_update_fn, make_loader, train_one_epoch,
+        StepContext, amp_dtype, build_optimizer, build_scheduler, cpu_threads, make_ema, make_loader, train_one_epoch,
     )
 
     data_flags = {"data_dir": args.data_dir}
@@ -111,11 +111,7 @@ def main(argv=None) -> int:
         opt = build_optimizer(model, t)
         sched = build_scheduler(opt, t, steps_per_epoch)
         criterion = nn.CrossEntropyLoss(label_smoothing=t.label_smoothing)
-        ema = None
-        if t.ema:
-            from torch.optim.swa_utils import AveragedModel
-
-            ema = AveragedModel(model, multi_avg_fn=ema_update_fn(t.ema_decay), use_buffers=True)
+        ema = make_ema(model, t)
         train_module = torch.compile(model) if t.compile else model
         epoch = [0]
 

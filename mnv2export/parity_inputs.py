@@ -102,15 +102,12 @@ def _builtin(ckpt, source: str):
 
 
 def _folder(ckpt, root: Path, own: bool):
-    from .data.folder import read_class_index
+    from .data.folder import read_class_index, require_image_folder
     from .data.images import is_image_file, open_rgb
 
     what = "the checkpoint's validation data" if own else "data folder"
     fix = "pass --data synth, fashion-mnist, an ImageFolder root or a folder of images"
-    if not root.exists():
-        raise DataError(f"{what} not found", path=root, hint=fix)
-    if not root.is_dir():
-        raise DataError(f"{what} is a file, not a folder of images", path=root, hint=fix)
+    require_image_folder(root, what, fix)
     split = root / "val" if (root / "val").is_dir() else root
     try:
         folders = sorted(p.name for p in split.iterdir() if p.is_dir() and not p.name.startswith("."))

@@ -143,7 +143,7 @@ def pipeline_config(
         data_defaults = {**PIPELINE_DEFAULTS["data"], **(SYNTH_DEFAULTS if source == "synth" else {})}
         model_flags = _under(PIPELINE_DEFAULTS["model"], model_flags)
         data_flags = _under(data_defaults, {**data_flags, "source": source})
-        train_flags = _under({**PIPELINE_DEFAULTS["train"], **_cpu_defaults(device), "threads": default_threads()}, train_flags)
+        train_flags = _under({**PIPELINE_DEFAULTS["train"], **_cpu_defaults(device)}, train_flags)
     return run_config(recipe, model_flags, data_flags, train_flags)
 
 
@@ -238,7 +238,7 @@ def run_pipeline(
         train = {**(train or {}), "threads": options.threads}
     cfg = pipeline_config(data, epochs=epochs, width=width, img_size=img_size, device=device, data_dir=data_dir, recipe=recipe,
                           model=model, data_settings=data_settings, train=train)
-    if not cfg.train.threads:  # a recipe without threads: the pipeline's default
+    if not cfg.train.threads:  # neither --threads nor the recipe set it: the pipeline's default
         cfg = RunConfig(model=cfg.model, data=cfg.data, train=cfg.train.replace(threads=default_threads()))
     check_calib_size(options.calib_size)
     providers, notes = resolve_providers(cfg.train.device, options.providers)

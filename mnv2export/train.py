@@ -230,6 +230,15 @@ def ema_decay_at(decay: float, updates: int) -> float:
     return min(decay, (1.0 + updates) / (10.0 + updates))
 
 
+def make_ema(model: nn.Module, t: TrainConfig):
+    """The EMA of ``model`` (weights and BatchNorm statistics) when ``t.ema``, else None."""
+    if not t.ema:
+        return None
+    from torch.optim.swa_utils import AveragedModel
+
+    return AveragedModel(model, multi_avg_fn=ema_update_fn(t.ema_decay), use_buffers=True)
+
+
 def ema_update_fn(decay: float):
     """``multi_avg_fn`` for :class:`torch.optim.swa_utils.AveragedModel`: an EMA with :func:`ema_decay_at` warm-up."""
 
@@ -360,11 +369,7 @@ def _fit(cfg: RunConfig, info: D.DistInfo, run_dir, resume_from: Checkpoint | No
         train_module = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     if t.compile:
         train_module = torch.compile(train_module)
-    ema = None
-    if t.ema:
-        from torch.optim.swa_utils import AveragedModel
-
-        ema = AveragedModel(model, multi_avg_fn=ema_update_fn(t.ema_decay), use_buffers=True)
+    ema = make_ema(model, t)
 
     steps = len(make_loader(data.train, t, info, device, train=True))
     if steps == 0:

@@ -111,25 +111,25 @@ def busy(machine: dict[str, Any]) -> bool:
     return bool(load) and load[1] > cpus + 0.5 * cpus
 
 
-def current_rss() -> int | None:
-    """Resident set size in bytes (Linux), or None."""
+def _status_bytes(field: str) -> int | None:
+    """A ``kB`` field of /proc/self/status (Linux) in bytes, or None."""
     try:
         for line in _STATUS.read_text().splitlines():
-            if line.startswith("VmRSS:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) * 1024
     except (OSError, ValueError, IndexError):
         pass
     return None
+
+
+def current_rss() -> int | None:
+    """Resident set size in bytes (Linux), or None."""
+    return _status_bytes("VmRSS")
 
 
 def _hwm() -> int | None:
-    try:
-        for line in _STATUS.read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
+    """Peak resident set size since the last reset, in bytes (Linux), or None."""
+    return _status_bytes("VmHWM")
 
 
 def _reset_hwm() -> bool:

@@ -22,6 +22,14 @@ log = logging.getLogger(__name__)
 SPLITS = ("train", "val")
 
 
+def require_image_folder(root: Path, what: str, hint: str) -> None:
+    """A :class:`DataError` naming ``what`` unless ``root`` is an existing folder."""
+    if not root.exists():
+        raise DataError(f"{what} not found", path=root, hint=hint)
+    if not root.is_dir():
+        raise DataError(f"{what} is a file, not a folder of images", path=root, hint=hint)
+
+
 def scan_split(root: Path, split: str) -> tuple[list[str], list[tuple[str, int]]]:
     """Class folder names (sorted) and (path, class index) samples of one split, validated."""
     folder = root / split

@@ -18,6 +18,7 @@ import torch
 from ..checkpoint import Checkpoint
 from ..config import DataConfig
 from ..errors import ConfigError, DataError
+from ..data.folder import require_image_folder
 from ..data.images import is_image_file
 
 log = logging.getLogger(__name__)
@@ -50,10 +51,7 @@ def load_calibration(ckpt: Checkpoint, calib_data: str | None, size: int, *, see
     root = Path(source)
     what = "the checkpoint's training data" if own else "calibration data"
     fix = "pass --calib-data with a folder of images (or synth)"
-    if not root.exists():
-        raise DataError(f"{what} not found", path=root, hint=fix)
-    if not root.is_dir():
-        raise DataError(f"{what} is a file, not a folder of images", path=root, hint=fix)
+    require_image_folder(root, what, fix)
     folder = root / split if (root / split).is_dir() else root
     files = sorted(p for p in folder.rglob("*") if p.is_file() and is_image_file(p))
     if not files:

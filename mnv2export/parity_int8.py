@@ -76,30 +76,22 @@ def _db(v: float | None) -> str:
 
 def _analyse(fp32: Path, int8: Path, x: np.ndarray) -> tuple[list[dict[str, Any]], list[dict[str, Any]], float | None]:
     import onnx
-    from onnxruntime.quantization import CalibrationDataReader
     from onnxruntime.quantization.qdq_loss_debug import (
         collect_activations, compute_activation_error, compute_signal_to_quantization_noice_ratio, compute_weight_error,
         create_activation_matching, create_weight_matching, modify_model_output_intermediate_tensors,
     )
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    from .export.names import INPUT_NAME, OUTPUT_NAME
-
-    class Reader(CalibrationDataReader):
-        def __init__(self) -> None:
-            self.it = iter(range(0, len(x), DEBUG_BATCH))
-
-        def get_next(self):
-            i = next(self.it, None)
-            return None if i is None else {INPUT_NAME: np.ascontiguousarray(x[i:i + DEBUG_BATCH])}
+    from .export.names import OUTPUT_NAME
+    from .export.quantize import CalibrationReader
 
     with tempfile.TemporaryDirectory(prefix="mnv2-int8-debug-") as tmp:
         pre, pre_aug, q_aug = (str(Path(tmp) / n) for n in ("pre.onnx", "pre_aug.onnx", "int8_aug.onnx"))
         quant_pre_process(str(fp32), pre, skip_symbolic_shape=True)  # as the INT8 recipe did: same tensor names
         modify_model_output_intermediate_tensors(pre, pre_aug)
         modify_model_output_intermediate_tensors(str(int8), q_aug)
-        float_acts = collect_activations(pre_aug, Reader())
-        qdq_acts = collect_activations(q_aug, Reader())
+        float_acts = collect_activations(pre_aug, CalibrationReader(x, DEBUG_BATCH))
+        qdq_acts = collect_activations(q_aug, CalibrationReader(x, DEBUG_BATCH))
         weights = compute_weight_error(create_weight_matching(pre, str(int8)))
         graph = onnx.load(pre, load_external_data=False).graph
     errors = compute_activation_error(create_activation_matching(qdq_acts, float_acts))

@@ -222,7 +222,7 @@ def run_folder(name: str | None, out: str | Path | None, source: str, overwrite:
 # --------------------------------------------------------------------------------------------------- the pipeline
 def run_pipeline(
     data: str = "synth", *, epochs: int | None = None, width: float | None = None, img_size: int | None = None,
-    device: str = "auto", data_dir: str | None = None, name: str | None = None, out: str | Path | None = None,
+    device: str | None = None, data_dir: str | None = None, name: str | None = None, out: str | Path | None = None,
     overwrite: bool = False, recipe: RunConfig | None = None, model: dict[str, Any] | None = None,
     data_settings: dict[str, Any] | None = None, train: dict[str, Any] | None = None,
     options: PipelineOptions | None = None,
@@ -251,7 +251,6 @@ def run_pipeline(
     log.info("pipeline -> %s", run_dir)
     for step in STEPS:
         _run_step(result, step, t0)
-    result.wall_seconds = time.perf_counter() - t0
     _save_record(result, t0)
     return result
 
@@ -352,15 +351,11 @@ def _step_check(result: PipelineResult) -> list[str]:
     from . import parity
     from .fileio import write_text
 
-    import torch
+    from .device import cpu_threads
 
     kwargs = {} if result.options.check_samples is None else {"samples": result.options.check_samples}
-    before = torch.get_num_threads()
-    torch.set_num_threads(result.config.train.threads)  # the reference and TorchScript models (restored below)
-    try:
+    with cpu_threads(result.config.train.threads):  # the reference and TorchScript models
         report = parity.check(result.train.best, result.run_dir / "export", providers=result.providers, **kwargs)
-    finally:
-        torch.set_num_threads(before)
     result.parity = report
     write_text(result.run_dir / "check.json", json.dumps(report.to_dict(), indent=2, default=str) + "\n")
     result.step("check").outputs = ["check.json"]

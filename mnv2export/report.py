@@ -118,7 +118,7 @@ def _model(r: Any) -> str:
     lines = [
         "## Model", "",
         f"torchvision MobileNetV2, width multiplier {m.width_mult}, {m.num_classes} classes, dropout {m.dropout}"
-        + (", small-input variant (stem stride 1)" if m.small_input else "") + f", input {'x'.join(map(str, size))}.",
+        + (f", small-input variant (stem stride {m.effective_stem_stride})" if m.small_input else "") + f", input {'x'.join(map(str, size))}.",
         "",
         f"- Parameters: {s.params:,} ({human(s.params)})",
         f"- Multiply-accumulates per image: {s.macs:,} ({human(s.macs)}); {s.macs_note}",

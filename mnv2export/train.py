@@ -34,7 +34,7 @@ from . import distributed as D
 from .checkpoint import Checkpoint, load_checkpoint, provenance, save_checkpoint
 from .config import RunConfig, TrainConfig
 from .data import DataBundle, SkipTracker, build_datasets, collate
-from .device import resolve_device
+from .device import cpu_threads, resolve_device
 from .errors import CheckpointError, ConfigError, DataError
 from .fileio import ensure_dir, write_text
 from .model import build_model, load_pretrained
@@ -94,23 +94,6 @@ def build_scheduler(opt: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoc
         return cosine
     linear = torch.optim.lr_scheduler.LinearLR(opt, start_factor=1e-3, end_factor=1.0, total_iters=warmup)
     return torch.optim.lr_scheduler.SequentialLR(opt, [linear, cosine], milestones=[warmup])
-
-
-@contextlib.contextmanager
-def cpu_threads(n: int):
-    """Use ``n`` intra-op threads inside the block (0: leave torch's setting), then restore the previous count.
-
-    With other processes on the cores, OpenMP threads that spin at barriers can slow a step down several times
-    (width 0.5 at 28 px on the shared 2-core machine: 87 img/s with 2 threads, 283 img/s with 1): one thread for the
-    model and a loader worker on the other core is the robust split there.
-    """
-    before = torch.get_num_threads()
-    if n:
-        torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def seed_everything(seed: int) -> None:

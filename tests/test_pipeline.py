@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -126,3 +127,20 @@ def test_cli_usage(capsys):
     assert "--bench-batch" in capsys.readouterr().err
     assert main(["pipeline", "--help"]) == 0
     assert "report.md" in capsys.readouterr().out
+
+
+def test_a_recipe_device_is_not_replaced_by_auto(tmp_path):
+    """`mnv2 pipeline --config train/imagenet20_224.toml` trains where the recipe says (cuda): on a machine without a
+    GPU that is an error before any step, never a quiet CPU run."""
+    import torch
+
+    from mnv2export.config import load_recipe
+    from mnv2export.errors import Mnv2Error
+
+    recipe = load_recipe(Path(__file__).resolve().parent.parent / "train" / "imagenet20_224.toml")
+    assert recipe.train.device == "cuda"
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA: the recipe's device is valid here")
+    with pytest.raises(Mnv2Error, match="(?i)cuda"):
+        run_pipeline(None, recipe=recipe, out=tmp_path / "r")
+    assert not (tmp_path / "r").exists()

@@ -54,7 +54,7 @@ def pipeline(
         bench_batches=batches, bench_iters=bench_iters, bench_warmup=bench_warmup, threads=threads,
     )
     result = run_pipeline(
-        data or ("synth" if config is None else None), epochs=epochs, width=width, img_size=img_size, device=device or "auto",
+        data, epochs=epochs, width=width, img_size=img_size, device=device,
         data_dir=data_dir, name=name, out=out, overwrite=overwrite, recipe=load_recipe(config) if config else None,
         data_settings={"synth_classes": synth_classes, "synth_train_per_class": synth_per_class},
         train={"batch_size": batch_size, "progress": progress}, options=options,

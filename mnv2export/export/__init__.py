@@ -77,25 +77,15 @@ def export_all(
         raise ConfigError(f"unknown calibration method {calib_method!r}", hint=f"choose one of {', '.join(CALIB_METHODS)}")
     check_calib_size(calib_size)
 
-    with _torch_threads(EXPORT_TORCH_THREADS):
+    from ..device import cpu_threads
+
+    with cpu_threads(EXPORT_TORCH_THREADS):
         return _export_all(checkpoint_path, out_dir, fmts, quantize, fp16, calib_data, calib_size, calib_method, opset)
 
 
 # The export's PyTorch work is a few eager passes and Python-bound tracing: one intra-op thread costs well under a
 # second on an idle machine and avoids 10x stalls when the CPU is shared (spin-waiting threads; RESULTS.md).
 EXPORT_TORCH_THREADS = 1
-
-
-@contextlib.contextmanager
-def _torch_threads(n: int):
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def _export_all(checkpoint_path, out_dir, fmts, quantize, fp16, calib_data, calib_size, calib_method, opset) -> Manifest:
@@ -116,19 +106,19 @@ def _export_all(checkpoint_path, out_dir, fmts, quantize, fp16, calib_data, cali
         "onnx_exporter": ONNX_EXPORTER if "onnx" in fmts else None, "calib_data": calib.source if calib else None,
         "calib_size": calib_size if quantize else None, "calib_method": calib_method if quantize else None,
     }
-    with contextlib.ExitStack() as stack:
-        return _export(ckpt, out, fmts, quantize, fp16, calib, calib_method, opset, settings, stack)
+    from ..fileio import atomic_files
+
+    with atomic_files(out) as staged:  # every file renamed together at the end, in order: manifest last
+        return _export(ckpt, out, fmts, quantize, fp16, calib, calib_method, opset, settings, staged)
 
 
-def _export(ckpt, out: Path, fmts, quantize, fp16, calib, calib_method, opset, settings, stack: contextlib.ExitStack) -> Manifest:
+def _export(ckpt, out: Path, fmts, quantize, fp16, calib, calib_method, opset, settings, staged) -> Manifest:
     import numpy as np
     import torch
 
-    from ..fileio import atomic_files, sha256_file
+    from ..fileio import sha256_file
     from ..fold import check_fold_logits, fold_bn
     from .calib import verification_inputs
-
-    staged = stack.enter_context(atomic_files(out))  # every file renamed together at the end, in order: manifest last
 
     model = ckpt.build_model()
     folded = fold_bn(model)

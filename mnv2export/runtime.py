@@ -135,12 +135,18 @@ def _load_onnx_model(p: Path, *, check: bool = True):
         raise ArtifactError(f"not a readable ONNX, TorchScript or checkpoint file ({type(exc).__name__})", path=p,
                             hint="the file is truncated or of another kind; export it again") from None
     if check:
-        try:
-            onnx.checker.check_model(model)
-        except onnx.checker.ValidationError as exc:
-            raise ArtifactError(f"ONNX model fails onnx.checker: {str(exc).strip().splitlines()[0]}", path=p,
-                                hint="the file is truncated or damaged; export it again") from None
+        _check_onnx_model(model, p)
     return model
+
+
+def _check_onnx_model(model, p: Path) -> None:
+    import onnx
+
+    try:
+        onnx.checker.check_model(model)
+    except onnx.checker.ValidationError as exc:
+        raise ArtifactError(f"ONNX model fails onnx.checker: {str(exc).strip().splitlines()[0]}", path=p,
+                            hint="the file is truncated or damaged; export it again") from None
 
 
 def read_metadata(path: str | Path) -> dict[str, Any]:
@@ -149,13 +155,20 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
     kind = detect_format(p)
     if kind == "pytorch":
         return _checkpoint_metadata(_load_checkpoint(p))
-    if kind == "torchscript":
-        with zipfile.ZipFile(p) as z:
-            entry = next((n for n in z.namelist() if n.endswith(f"/extra/{TORCHSCRIPT_METADATA}")), None)
-            raw = z.read(entry) if entry else None
-    else:
-        model = _load_onnx_model(p, check=False)
-        raw = next((prop.value for prop in model.metadata_props if prop.key == ONNX_METADATA), None)
+    if kind == "onnx":
+        return _onnx_metadata(_load_onnx_model(p, check=False), p)
+    with zipfile.ZipFile(p) as z:  # TorchScript: the metadata is an extra file of the archive
+        entry = next((n for n in z.namelist() if n.endswith(f"/extra/{TORCHSCRIPT_METADATA}")), None)
+        raw = z.read(entry) if entry else None
+    return _parse_metadata(raw, p, kind)
+
+
+def _onnx_metadata(model, p: Path) -> dict[str, Any]:
+    raw = next((prop.value for prop in model.metadata_props if prop.key == ONNX_METADATA), None)
+    return _parse_metadata(raw, p, "onnx")
+
+
+def _parse_metadata(raw: str | bytes | None, p: Path, kind: str) -> dict[str, Any]:
     if raw is None:
         raise ArtifactError("artifact carries no mnv2export metadata", path=p, hint="export it with `mnv2 export`")
     try:
@@ -208,11 +221,13 @@ def load_artifact(path: str | Path, provider: str = "cpu", *, threads: int | Non
     p = Path(path)
     kind = detect_format(p)
     ckpt = _load_checkpoint(p) if kind == "pytorch" else None
-    meta = _checkpoint_metadata(ckpt) if ckpt is not None else read_metadata(p)
     if kind == "onnx":
-        session, used = create_session(p, provider, threads=threads)
+        model = _load_onnx_model(p, check=False)  # parsed once: metadata here, the checker in create_session
+        meta = _onnx_metadata(model, p)
+        session, used = create_session(p, provider, threads=threads, model=model)
         _check_onnx_signature(session, meta, p)
         return OnnxRunner(path=p, format="onnx", precision=meta["precision"], provider=used, metadata=meta, session=session)
+    meta = _checkpoint_metadata(ckpt) if ckpt is not None else read_metadata(p)
     if provider == "tensorrt":
         raise ConfigError("the tensorrt provider runs ONNX models only", path=p, hint="use --provider cuda for PyTorch / TorchScript")
     import torch
@@ -273,15 +288,19 @@ def session_options(threads: int | None = None):
     return options
 
 
-def create_session(path: str | Path, provider: str = "cpu", *, threads: int | None = None, options=None):
+def create_session(path: str | Path, provider: str = "cpu", *, threads: int | None = None, options=None, model=None):
     """A checked ONNX Runtime session for ``path`` on ``provider``: (session, provider obtained).
 
-    The file is parsed and checked with ``onnx`` first, so a damaged file is an :class:`ArtifactError`.
+    The file is parsed (unless ``model``, its already parsed ``onnx.ModelProto``, is given) and checked with ``onnx``
+    first, so a damaged file is an :class:`ArtifactError`.
     """
     import onnxruntime as ort
 
     p = Path(path)
-    _load_onnx_model(p)
+    if model is None:
+        _load_onnx_model(p)
+    else:
+        _check_onnx_model(model, p)
     if provider not in PROVIDERS:
         raise ConfigError(f"unknown provider {provider!r}", hint=f"choose one of {', '.join(PROVIDERS)}")
     wanted = ORT_PROVIDERS[provider][0]

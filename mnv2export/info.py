@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import logging
 import math
-import warnings
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -180,18 +179,16 @@ def describe(path: str | Path) -> ArtifactInfo:
     """Describe a checkpoint, TorchScript file or ONNX model (FP32, INT8, FP16)."""
     from .config import ModelConfig
     from .model import build_model
-    from .runtime import detect_format, read_metadata
+    from .runtime import detect_format, load_artifact, read_metadata
 
     p = Path(path)
     kind = detect_format(p)
-    meta = read_metadata(p)
+    runner = None if kind == "onnx" else load_artifact(p, "cpu")  # a checkpoint or TorchScript file is read once
+    meta = runner.metadata if runner is not None else read_metadata(p)
     input_size = [int(v) for v in meta["input_size"]]
     onnx_info = None
     if kind == "pytorch":
-        from .checkpoint import load_checkpoint
-
-        model = load_checkpoint(p).build_model()
-        summary = summarize_model(model, input_size)
+        summary = summarize_model(runner.module, input_size)  # type: ignore[union-attr]
         params, params_source = summary.params, "the checkpoint's model parameters (BatchNorm scale and shift included)"
         model_source = "the checkpoint's own model"
     else:
@@ -200,7 +197,7 @@ def describe(path: str | Path) -> ArtifactInfo:
         summary = summarize_model(build_model(ModelConfig.from_dict(meta["model_config"])), input_size)
         model_source = "the model rebuilt from the model_config in the file's metadata"
         if kind == "torchscript":
-            params = _torchscript_constants(p)
+            params = _torchscript_constants(runner.module)  # type: ignore[union-attr]
             params_source = "the file's tensor constants (frozen TorchScript, BatchNorm folded)"
         else:
             onnx_info = onnx_graph_info(p)
@@ -212,12 +209,8 @@ def describe(path: str | Path) -> ArtifactInfo:
     )
 
 
-def _torchscript_constants(p: Path) -> int:
-    from .runtime import load_artifact
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)
-        module = load_artifact(p, "cpu").module  # type: ignore[attr-defined]
+def _torchscript_constants(module) -> int:
+    """Parameters of a frozen TorchScript module: its state dict plus the tensor constants folded into the graph."""
     total = sum(t.numel() for t in module.state_dict().values())
     for node in module.graph.nodes():
         out = node.output() if node.outputsSize() == 1 else None
@@ -241,6 +234,7 @@ def onnx_graph_info(path: str | Path) -> OnnxGraphInfo:
     for node in graph.node:
         for i, name in enumerate(node.input):
             consumers.setdefault(name, []).append((node.op_type, i))
+    initializers = {i.name for i in graph.initializer}
     weights = quant = other = 0
     for init in graph.initializer:
         n = math.prod(init.dims)
@@ -253,7 +247,7 @@ def onnx_graph_info(path: str | Path) -> OnnxGraphInfo:
             weights += n
     return OnnxGraphInfo(
         opset=opset, ir_version=model.ir_version, producer=f"{model.producer_name} {model.producer_version}".strip(),
-        inputs=[_value_info(v) for v in graph.input if v.name not in {i.name for i in graph.initializer}],
+        inputs=[_value_info(v) for v in graph.input if v.name not in initializers],
         outputs=[_value_info(v) for v in graph.output], nodes=len(graph.node), op_counts=dict(ops.most_common()),
         quantized_nodes=quantized, weight_elements=weights, quant_param_elements=quant, other_constant_elements=other,
     )

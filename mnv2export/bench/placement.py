@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import collections
 import json
-import logging
 import shutil
 import tempfile
 from pathlib import Path
@@ -19,7 +18,6 @@ from typing import Any
 
 import numpy as np
 
-log = logging.getLogger(__name__)
 
 SHORT = {"CPUExecutionProvider": "cpu", "CUDAExecutionProvider": "cuda", "TensorrtExecutionProvider": "tensorrt"}
 

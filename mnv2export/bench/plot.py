@@ -52,7 +52,9 @@ def plot_latency(result: BenchResult, path: Path) -> Path:
         ax.grid(axis="y", alpha=0.3, which="both")
     from matplotlib.patches import Patch
 
-    handles = [Patch(color=colours[k % len(colours)], label=p + ("" if io == "resident" or p == "cpu" else f" ({io})"))
+    from .result import provider_label
+
+    handles = [Patch(color=colours[k % len(colours)], label=provider_label(p, io))
                for k, (p, io) in enumerate(series)]
     axes[0][0].legend(handles=handles, fontsize=8)
     m = result.machine

@@ -9,7 +9,6 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from .stats import STAT_KEYS
 
 
 @dataclass
@@ -42,16 +41,6 @@ class BenchRow:
     speedup_vs_eager: float | None = None  # eager p50 / this p50, same provider, batch and I/O mode
     placement: dict[str, Any] | None = field(default=None, repr=False)  # ONNX off the CPU: nodes per provider
 
-    # the latency fields under their short names too (p50 ... std, in ms)
-    p50 = property(lambda self: self.p50_ms)
-    p90 = property(lambda self: self.p90_ms)
-    p95 = property(lambda self: self.p95_ms)
-    p99 = property(lambda self: self.p99_ms)
-    min = property(lambda self: self.min_ms)
-    max = property(lambda self: self.max_ms)
-    mean = property(lambda self: self.mean_ms)
-    std = property(lambda self: self.std_ms)
-
     @property
     def ok(self) -> bool:
         return self.status == "ok"
@@ -60,8 +49,24 @@ class BenchRow:
     def label(self) -> str:
         return f"{self.format}/{self.provider}" + ("" if self.io == "resident" else f"/{self.io}")
 
+    @property
+    def provider_label(self) -> str:
+        """The provider as tables show it: ``cuda (copies)`` for the rows that include host-device copies."""
+        return provider_label(self.provider, self.io)
+
+    def cells(self) -> list[str]:
+        """The table cells of a measured row, after format, provider and batch: p50, p90, p99, mean ± std, img/s,
+        vs eager, load s, first s, peak RSS MB, GPU MB, note."""
+        return [_f(self.p50_ms), _f(self.p90_ms), _f(self.p99_ms), f"{_f(self.mean_ms)} ± {_f(self.std_ms)}", _f(self.throughput, 0),
+                f"{self.speedup_vs_eager:.2f}x" if self.speedup_vs_eager else "", _f(self.session_s, 2), _f(self.first_s, 3),
+                _f(self.peak_host_mb, 0), _f(self.gpu_mem_mb, 0), self.note or ""]
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def provider_label(provider: str, io: str) -> str:
+    return provider + ("" if io == "resident" or provider == "cpu" else f" ({io})")
 
 
 ROW_FIELDS = [f.name for f in fields(BenchRow)]
@@ -132,13 +137,8 @@ class BenchResult:
                 "peak RSS MB", "GPU MB", "note"]
         lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for r in self.rows:
-            prov = r.provider + ("" if r.io == "resident" or r.provider == "cpu" else f" ({r.io})")
-            if not r.ok:
-                cells = [r.format, prov, str(r.batch), *[""] * 10, f"{r.status}: {r.reason}"]
-            else:
-                cells = [r.format, prov, str(r.batch), _f(r.p50_ms), _f(r.p90_ms), _f(r.p99_ms), f"{_f(r.mean_ms)} ± {_f(r.std_ms)}",
-                         _f(r.throughput, 0), f"{r.speedup_vs_eager:.2f}x" if r.speedup_vs_eager else "", _f(r.session_s, 2),
-                         _f(r.first_s, 3), _f(r.peak_host_mb, 0), _f(r.gpu_mem_mb, 0), r.note or ""]
+            rest = r.cells() if r.ok else [*[""] * 10, f"{r.status}: {r.reason}"]
+            cells = [r.format, r.provider_label, str(r.batch), *rest]
             lines.append("| " + " | ".join(c.replace("|", "/") for c in cells) + " |")
         return "\n".join(lines) + f"\n\n{self.summary_line()}\n"
 
@@ -156,4 +156,4 @@ def _f(value: float | None, digits: int | None = None) -> str:
     return f"{value:.{digits}f}"
 
 
-__all__ = ["BenchResult", "BenchRow", "STAT_KEYS"]
+__all__ = ["BenchResult", "BenchRow"]

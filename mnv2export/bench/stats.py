@@ -12,7 +12,6 @@ import math
 from collections.abc import Sequence
 
 PERCENTILES = (50, 90, 95, 99)
-STAT_KEYS = ("p50_ms", "p90_ms", "p95_ms", "p99_ms", "min_ms", "max_ms", "mean_ms", "std_ms")
 
 
 def percentile(sorted_values: Sequence[float], q: float) -> float:

@@ -13,9 +13,8 @@ import io
 import logging
 import tempfile
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
 
 from ..errors import ConfigError, Mnv2Error, ProviderUnavailable
 from .result import BenchResult, BenchRow
@@ -50,7 +49,6 @@ def run(
     target: str | Path, *, formats: str | Iterable[str] = ("all",), providers: str | Iterable[str] = ("cpu",),
     batches: Iterable[int] = (1, 8, 32), warmup: int = 10, warmup_s: float | None = None, iters: int | None = None,
     duration: float | None = None, threads: int | None = None, include_copies: bool = False, rounds: int = 1, seed: int = 0,
-    on_row: Callable[[BenchRow], Any] | None = None,
 ) -> BenchResult:
     """Benchmark every requested format on every requested provider and batch size.
 
@@ -59,8 +57,7 @@ def run(
     and round. ``threads``: intra-op threads (default: the machine's physical cores). ``include_copies``: on CUDA,
     also time each row with host arrays in and out (``copies``) beside device-resident I/O (``resident``).
     ``rounds``: measure the whole sweep that many times, every other round in reverse order, and pool each row's
-    timings, so that a load change on a shared machine hits every row alike. ``on_row`` is called with each
-    finished row.
+    timings, so that a load change on a shared machine hits every row alike.
     """
     import torch
 
@@ -113,9 +110,6 @@ def run(
                 _placement(row, Path(row.path), n_threads, placements)
     result_rows = list(rows.values())
     _speedups(result_rows)
-    if on_row is not None:
-        for row in result_rows:
-            on_row(row)
     settings = {
         "target": str(target), "artifacts_folder": str(src.folder) if src.folder else None,
         "checkpoint": str(src.checkpoint) if src.checkpoint else None, "files": {k: str(v) for k, v in src.files.items()},

@@ -20,7 +20,6 @@ Threads: ``torch.set_num_threads`` (process-wide) for torch, the session's ``int
 from __future__ import annotations
 
 import contextlib
-import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,7 +29,6 @@ import numpy as np
 
 from ..runtime import OnnxRunner, Runner, TorchRunner, load_artifact
 
-log = logging.getLogger(__name__)
 
 IO_MODES = ("resident", "copies")
 

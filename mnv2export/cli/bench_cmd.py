@@ -58,13 +58,14 @@ def bench(
         result.to_json(json_out)
     if csv_out:
         result.to_csv(csv_out)
-    if plot_out and any(r.ok for r in result.rows):
+    measured = any(r.ok for r in result.rows)
+    if plot_out and measured:
         result.plot(plot_out)
     _print(result)
-    for path in (json_out, csv_out, plot_out if any(r.ok for r in result.rows) else None):
+    for path in (json_out, csv_out, plot_out if measured else None):
         if path:
             typer.echo(f"-> {path}")
-    if not any(r.ok for r in result.rows):
+    if not measured:
         first = result.rows[0] if result.rows else None
         raise Mnv2Error(f"no row could be measured ({first.label} batch {first.batch}: {first.reason})" if first else "nothing to measure",
                         path=target, hint="see each row's reason above")
@@ -74,12 +75,6 @@ def _print(result) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    def f(v, d=None):
-        if v is None:
-            return ""
-        d = d if d is not None else (3 if v < 1 else 2 if v < 100 else 1)
-        return f"{v:.{d}f}"
-
     table = Table(title="mnv2 bench: latency per call (ms), speed-up against PyTorch eager on the same provider and batch")
     for name, justify in (("format", "left"), ("provider", "left"), ("batch", "right"), ("p50", "right"), ("p90", "right"),
                           ("p99", "right"), ("mean ± std", "right"), ("img/s", "right"), ("vs eager", "right"),
@@ -87,11 +82,9 @@ def _print(result) -> None:
         table.add_column(name, justify=justify, overflow="fold")
     shown: set[tuple[str, str]] = set()
     for r in result.rows:
-        prov = r.provider + ("" if r.io == "resident" or r.provider == "cpu" else f" ({r.io})")
+        prov = r.provider_label
         if r.ok:
-            table.add_row(r.format, prov, str(r.batch), f(r.p50_ms), f(r.p90_ms), f(r.p99_ms), f"{f(r.mean_ms)} ± {f(r.std_ms)}",
-                          f(r.throughput, 0), f"{r.speedup_vs_eager:.2f}x" if r.speedup_vs_eager else "", f(r.session_s, 2),
-                          f(r.first_s, 3), f(r.peak_host_mb, 0), f(r.gpu_mem_mb, 0), r.note or "")
+            table.add_row(r.format, prov, str(r.batch), *r.cells())
             continue
         # one line per (provider, reason) for rows that did not run: the same reason for every batch says nothing new
         key = (r.provider, r.reason or "")

@@ -73,7 +73,7 @@ DEFAULT_TOLERANCES: dict[str, Tolerance] = {
 
 
 def with_overrides(atol: float | None = None, rtol: float | None = None, min_top1_agreement: float | None = None,
-                   max_acc_drop_pts: float | None = None, base: dict[str, Tolerance] | None = None) -> dict[str, Tolerance]:
+                   max_acc_drop_pts: float | None = None) -> dict[str, Tolerance]:
     """The default tolerances with the given bounds replaced wherever that criterion is judged: ``atol`` / ``rtol`` for
     the elementwise precisions (FP32, FP16), ``min_top1_agreement`` for all, ``max_acc_drop_pts`` for those judged
     by accuracy (INT8)."""
@@ -82,7 +82,7 @@ def with_overrides(atol: float | None = None, rtol: float | None = None, min_top
         if value is not None and not (isinstance(value, (int, float)) and lo <= value <= hi and not math.isnan(value)):
             raise ConfigError(f"{name} = {value!r} is out of range", hint=f"use a number between {lo:g} and {hi:g}")
     out = {}
-    for precision, tol in (base or DEFAULT_TOLERANCES).items():
+    for precision, tol in DEFAULT_TOLERANCES.items():
         changes: dict[str, float] = {}
         if tol.elementwise:
             changes.update({k: float(v) for k, v in (("atol", atol), ("rtol", rtol)) if v is not None})
@@ -134,6 +134,11 @@ class ParityReport:
             "rows": [{**asdict(r), "passed": r.passed} for r in self.rows], "int8_debug": self.int8_debug,
         }
         return _finite(d)
+
+    def to_json(self, path: str | Path) -> Path:
+        from .fileio import write_text
+
+        return write_text(path, json.dumps(self.to_dict(), indent=2) + "\n")
 
     def to_markdown(self) -> str:
         """The parity table (notes are separate: :attr:`notes`)."""
@@ -191,7 +196,7 @@ def _finite(x: Any) -> Any:
 # --------------------------------------------------------------------------------------------------- the check
 def check(
     checkpoint: str | Path, artifacts_dir: str | Path | None = None, *, data: str | None = None, providers: Any = ("cpu",),
-    samples: int = DEFAULT_SAMPLES, batch_sizes: tuple[int, ...] = BATCH_SIZES, tolerances: dict[str, Tolerance] | None = None,
+    samples: int | None = None, batch_sizes: tuple[int, ...] = BATCH_SIZES, tolerances: dict[str, Tolerance] | None = None,
     debug_int8: bool = False,
 ) -> ParityReport:
     """Compare every artifact listed in ``artifacts_dir/manifest.json`` (default ``export/<run>``) with the checkpoint.
@@ -206,6 +211,7 @@ def check(
     from .parity_inputs import generated_inputs, load_real_images
 
     wanted = parse_providers(providers)
+    samples = DEFAULT_SAMPLES if samples is None else samples
     if not isinstance(samples, int) or isinstance(samples, bool) or not 1 <= samples <= MAX_SAMPLES:
         raise ConfigError(f"samples = {samples!r} is out of range", hint=f"use a whole number between 1 and {MAX_SAMPLES}")
     sizes = tuple(batch_sizes)

@@ -33,7 +33,6 @@ class RealImages:
     labels: np.ndarray | None  # class index of each image in the checkpoint's classes, or None
     source: str  # in words
     note: str  # one line for the report
-    img_size: int = 0
     _cache: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
 
     def __len__(self) -> int:
@@ -151,7 +150,7 @@ def _readable(real: RealImages, cfg) -> tuple[RealImages, list[Any]]:
         kept.append(key)
         if real.labels is not None:
             labels.append(real.labels[j])
-    out = RealImages(kept, real.load, None if real.labels is None else np.asarray(labels, dtype=np.int64), real.source, "", cfg.img_size)
+    out = RealImages(kept, real.load, None if real.labels is None else np.asarray(labels, dtype=np.int64), real.source, "")
     if tensors:
         out._cache[json.dumps(cfg.to_dict(), sort_keys=True)] = np.stack(tensors).astype(np.float32, copy=False)
     return out, unreadable

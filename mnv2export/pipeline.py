@@ -349,15 +349,12 @@ def _step_export(result: PipelineResult) -> list[str]:
 
 def _step_check(result: PipelineResult) -> list[str]:
     from . import parity
-    from .fileio import write_text
-
     from .device import cpu_threads
 
-    kwargs = {} if result.options.check_samples is None else {"samples": result.options.check_samples}
     with cpu_threads(result.config.train.threads):  # the reference and TorchScript models
-        report = parity.check(result.train.best, result.run_dir / "export", providers=result.providers, **kwargs)
+        report = parity.check(result.train.best, result.run_dir / "export", providers=result.providers, samples=result.options.check_samples)
     result.parity = report
-    write_text(result.run_dir / "check.json", json.dumps(report.to_dict(), indent=2, default=str) + "\n")
+    report.to_json(result.run_dir / "check.json")
     result.step("check").outputs = ["check.json"]
     if not report.passed:
         raise ParityError(f"{_failed_rows(report)} broke a tolerance", path=result.run_dir / "check.json",
@@ -366,21 +363,9 @@ def _step_check(result: PipelineResult) -> list[str]:
 
 
 def _failed_rows(report: Any) -> str:
-    bad = [r for r in report.rows if not _row_passed(r)]
-    names = ", ".join(_row_name(r) for r in bad[:4]) + (", ..." if len(bad) > 4 else "")
-    return f"{len(bad)} of {len(report.rows)} artifact checks ({names})" if bad else "the check"
-
-
-def _row_passed(row: Any) -> bool:
-    value = row.get("passed") if isinstance(row, dict) else getattr(row, "passed", True)
-    return bool(value)
-
-
-def _row_name(row: Any) -> str:
-    get = row.get if isinstance(row, dict) else (lambda k, d=None: getattr(row, k, d))
-    name = get("artifact") or get("name") or get("format") or "?"
-    provider = get("provider")
-    return f"{Path(str(name)).name}/{provider}" if provider else Path(str(name)).name
+    bad = [r for r in report.rows if not r.passed]
+    names = ", ".join(f"{r.artifact}/{r.provider}" for r in bad[:4]) + (", ..." if len(bad) > 4 else "")
+    return f"{len(bad)} of {len(report.rows)} artifact checks ({names})"
 
 
 def _step_bench(result: PipelineResult) -> list[str]:

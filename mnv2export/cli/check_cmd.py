@@ -3,7 +3,6 @@ is broken (the table says which and by how much)."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -31,12 +30,9 @@ def check(
     from .. import parity
 
     tolerances = parity.with_overrides(atol=atol, rtol=rtol, min_top1_agreement=min_top1_agreement, max_acc_drop_pts=max_acc_drop)
-    extra = {} if samples is None else {"samples": samples}
-    report = parity.check(checkpoint, artifacts, data=data, providers=provider, tolerances=tolerances, debug_int8=debug_int8, **extra)
+    report = parity.check(checkpoint, artifacts, data=data, providers=provider, samples=samples, tolerances=tolerances, debug_int8=debug_int8)
     if json_out is not None:
-        from ..fileio import write_text
-
-        write_text(json_out, json.dumps(report.to_dict(), indent=2) + "\n")
+        report.to_json(json_out)
     _print(report, parity)
     if json_out is not None:
         typer.echo(f"-> {json_out}")

@@ -91,6 +91,10 @@ class CalibrationReader:
     def rewind(self) -> None:
         self.set_range(0, len(self.batches))
 
+    def __iter__(self):  # as CalibrationDataReader iterates (qdq_loss_debug.collect_activations uses it)
+        while (item := self.get_next()) is not None:
+            yield item
+
 
 def stem_conv(model: onnx.ModelProto) -> str | None:
     """Name of the first Conv fed straight by the graph input (MobileNetV2's 3-channel stem)."""

@@ -39,13 +39,9 @@ def atomic_path(final: str | Path) -> Iterator[Path]:
     ensure_dir(final.parent)
     tmp: Path | None = None
     try:
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
-        os.close(fd)
-        tmp = Path(tmp_name)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a final file gets the usual permissions
+        tmp = _temp_beside(final)
         yield tmp
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
+        _fsync(tmp)
         os.replace(tmp, final)
     except OSError as exc:
         if tmp is not None:
@@ -71,20 +67,16 @@ def atomic_files(folder: str | Path) -> Iterator[Callable[[str], Path]]:
     def stage(name: str) -> Path:
         final = folder / name
         try:
-            fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=folder)
+            tmp = _temp_beside(final)
         except OSError as exc:
             raise output_error(exc, final) from None
-        os.close(fd)
-        tmp = Path(tmp_name)
-        os.chmod(tmp, 0o666 & ~_umask())
         staged.append((tmp, final))
         return tmp
 
     try:
         yield stage
         for tmp, _ in staged:
-            with open(tmp, "rb+") as fh:
-                os.fsync(fh.fileno())
+            _fsync(tmp)
         lock = os.open(folder, os.O_RDONLY)  # flock on the folder itself: no lock file left behind
         try:
             fcntl.flock(lock, fcntl.LOCK_EX)
@@ -106,6 +98,23 @@ def output_error(exc: OSError, path: Path) -> Exception:
     if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
         return OutputError(f"cannot write output file ({exc.strerror})", path=path, hint="choose a writable --out")
     return exc
+
+
+def _temp_beside(final: Path) -> Path:
+    """An empty hidden temporary file in ``final``'s folder, with the permissions a new file there would get."""
+    fd, name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
+    os.close(fd)
+    try:
+        os.chmod(name, 0o666 & ~_umask())  # mkstemp makes 0600
+    except BaseException:
+        os.unlink(name)
+        raise
+    return Path(name)
+
+
+def _fsync(path: Path) -> None:
+    with open(path, "rb+") as fh:
+        os.fsync(fh.fileno())
 
 
 def _umask() -> int:

@@ -80,14 +80,13 @@ def _analyse(fp32: Path, int8: Path, x: np.ndarray) -> tuple[list[dict[str, Any]
         collect_activations, compute_activation_error, compute_signal_to_quantization_noice_ratio, compute_weight_error,
         create_activation_matching, create_weight_matching, modify_model_output_intermediate_tensors,
     )
-    from onnxruntime.quantization.shape_inference import quant_pre_process
 
     from .export.names import OUTPUT_NAME
-    from .export.quantize import CalibrationReader
+    from .export.quantize import CalibrationReader, pre_process
 
     with tempfile.TemporaryDirectory(prefix="mnv2-int8-debug-") as tmp:
         pre, pre_aug, q_aug = (str(Path(tmp) / n) for n in ("pre.onnx", "pre_aug.onnx", "int8_aug.onnx"))
-        quant_pre_process(str(fp32), pre, skip_symbolic_shape=True)  # as the INT8 recipe did: same tensor names
+        pre_process(fp32, pre)  # as the INT8 recipe did: same tensor names
         modify_model_output_intermediate_tensors(pre, pre_aug)
         modify_model_output_intermediate_tensors(str(int8), q_aug)
         float_acts = collect_activations(pre_aug, CalibrationReader(x, DEBUG_BATCH))

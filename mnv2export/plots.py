@@ -201,7 +201,7 @@ def visualize(checkpoint: str | Path, image: str | Path | None = None, out_dir: 
     notes: list[str] = []
     tensor, source = None, None
     if image is not None:
-        batch, kept, errors = load_images([image], cfg)
+        batch, _, errors = load_images([image], cfg)
         if errors:
             raise DataError(f"image cannot be read: {errors[0].reason}", path=image, hint="pass an image file Pillow can decode")
         tensor, source = batch[0], str(image)

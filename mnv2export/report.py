@@ -42,11 +42,9 @@ FILE_ROLES = [
 ]
 
 
-def write_report(result: Any, path: str | Path | None = None) -> Path:
+def write_report(result: Any) -> Path:
     """Write ``report.md`` for a :class:`~mnv2export.pipeline.PipelineResult` (complete or stopped by a failure)."""
-    run_dir = Path(result.run_dir)
-    out = Path(path) if path is not None else run_dir / REPORT_FILE
-    return write_text(out, render(result))
+    return write_text(Path(result.run_dir) / REPORT_FILE, render(result))
 
 
 def render(result: Any) -> str:

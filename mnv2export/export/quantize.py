@@ -96,6 +96,14 @@ class CalibrationReader:
             yield item
 
 
+def pre_process(fp32: str | Path, out: str | Path) -> None:
+    """Step 1 of the recipe: ``quant_pre_process`` (shape inference + ORT basic optimisation, no symbolic shapes).
+    ``mnv2 check --debug-int8`` repeats it to get the tensor names the INT8 model was quantised with."""
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    quant_pre_process(str(fp32), str(out), skip_symbolic_shape=True)
+
+
 def stem_conv(model: onnx.ModelProto) -> str | None:
     """Name of the first Conv fed straight by the graph input (MobileNetV2's 3-channel stem)."""
     return next((n.name for n in model.graph.node if n.op_type == "Conv" and INPUT_NAME in n.input), None)
@@ -114,7 +122,6 @@ def quantize_onnx(
     Returns the settings used (also embedded in the file's metadata under ``quantization``).
     """
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
 
     if method not in CALIB_METHODS:
         raise ConfigError(f"unknown calibration method {method!r}", hint=f"choose one of {', '.join(CALIB_METHODS)}")
@@ -128,7 +135,7 @@ def quantize_onnx(
         pre = Path(tmp) / "pre.onnx"
         raw = Path(tmp) / "int8.onnx"
         try:
-            quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)
+            pre_process(fp32, pre)
             excluded = []
             stem = stem_conv(onnx.load(str(pre), load_external_data=False))
             if keep_stem_fp32 and stem:

@@ -34,6 +34,7 @@ from . import distributed as D
 from .checkpoint import Checkpoint, load_checkpoint, provenance, save_checkpoint
 from .config import RunConfig, TrainConfig
 from .data import DataBundle, SkipTracker, build_datasets, collate
+from .data.memory import MemoryImages, MemoryLoader
 from .device import cpu_threads, resolve_device
 from .errors import CheckpointError, ConfigError, DataError
 from .fileio import ensure_dir, write_text
@@ -132,8 +133,9 @@ def _epoch_seed(seed: int, epoch: int) -> int:
     return (seed * 1_000_003 + epoch) % 2**63
 
 
-def make_loader(ds, cfg: TrainConfig, info: D.DistInfo, device: torch.device, *, train: bool, epoch: int = 0) -> DataLoader:
-    """A loader for one epoch; its shuffling and worker seeds derive from (seed, epoch)."""
+def make_loader(ds, cfg: TrainConfig, info: D.DistInfo, device: torch.device, *, train: bool, epoch: int = 0, memory: MemoryImages | None = None) -> DataLoader | MemoryLoader:
+    """A loader for one epoch; its shuffling and worker seeds derive from (seed, epoch). With ``memory`` (the same
+    split held in memory) batches are gathered and preprocessed batch-wise in this process, in the same order."""
     g = torch.Generator().manual_seed(_epoch_seed(cfg.seed, epoch))
     if info.enabled:
         sampler = DistributedSampler(ds, num_replicas=info.world_size, rank=info.rank, shuffle=train, seed=cfg.seed, drop_last=False)
@@ -141,9 +143,12 @@ def make_loader(ds, cfg: TrainConfig, info: D.DistInfo, device: torch.device, *,
     else:
         sampler = RandomSampler(ds, generator=g) if train else SequentialSampler(ds)
     per_rank = math.ceil(len(ds) / info.world_size)
+    drop_last = train and per_rank > cfg.batch_size
+    if memory is not None:
+        return MemoryLoader(memory, sampler, cfg.batch_size, drop_last=drop_last, pin_memory=device.type == "cuda")
     return DataLoader(
         ds, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.workers, collate_fn=collate,
-        pin_memory=device.type == "cuda", drop_last=train and per_rank > cfg.batch_size, generator=g,
+        pin_memory=device.type == "cuda", drop_last=drop_last, generator=g,
         persistent_workers=False,
     )
 
@@ -354,7 +359,9 @@ def _fit(cfg: RunConfig, info: D.DistInfo, run_dir, resume_from: Checkpoint | No
         train_module = torch.compile(train_module)
     ema = make_ema(model, t)
 
-    steps = len(make_loader(data.train, t, info, device, train=True))
+    if data.train_memory is not None:
+        log.info("data held in memory, preprocessed a batch at a time%s", f" (workers = {t.workers} not needed)" if t.workers else "")
+    steps = len(make_loader(data.train, t, info, device, train=True, memory=data.train_memory))
     if steps == 0:
         raise DataError("the training set is empty", path=cfg.data.source, hint="add training images")
     opt = build_optimizer(model, t)
@@ -385,7 +392,7 @@ def _fit(cfg: RunConfig, info: D.DistInfo, run_dir, resume_from: Checkpoint | No
             log.info("the run already has %d epochs; pass a larger --epochs to train further", start_epoch)
 
     eval_model = ema.module if ema is not None else model
-    val_loader = make_loader(data.val, t, info, device, train=False)
+    val_loader = make_loader(data.val, t, info, device, train=False, memory=data.val_memory)
     summary: dict[str, Any] = {}
     started = time.perf_counter()
     tag = f"amp={ctx.dtype} channels_last={ctx.channels_last} world_size={info.world_size}"
@@ -423,7 +430,7 @@ def _fit(cfg: RunConfig, info: D.DistInfo, run_dir, resume_from: Checkpoint | No
         for epoch in range(start_epoch, t.epochs):
             t0 = time.perf_counter()
             torch.manual_seed(_epoch_seed(t.seed, epoch))  # augmentation and dropout randomness of this epoch
-            loader = make_loader(data.train, t, info, device, train=True, epoch=epoch)
+            loader = make_loader(data.train, t, info, device, train=True, epoch=epoch, memory=data.train_memory)
             with _progress(info.is_main and t.progress, f"epoch {epoch + 1}/{t.epochs}", len(loader)) as advance:
                 loss_sum, n = train_one_epoch(train_module, loader, opt, sched, criterion, ctx, ema=ema, skips=skips, progress=advance)
             sums = D.all_reduce_sum(torch.tensor([loss_sum, float(n)], dtype=torch.float64, device=device), info)

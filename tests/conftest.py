@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import gzip
 import os
+import struct
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 os.environ.setdefault("MNV2_CACHE", str(Path(__file__).resolve().parent.parent / ".pytest_cache" / "mnv2-cache"))
@@ -137,3 +140,20 @@ def exported(trained_checkpoint, tmp_path_factory):
         return export_all(trained_checkpoint, out, formats="all", quantize=True, fp16=True, calib_size=96)
     finally:
         torch.set_num_threads(threads)
+
+
+def write_fashion_idx(folder: Path, n_train: int = 64, n_test: int = 32) -> Path:
+    """Fashion-MNIST's four gzipped IDX files (big-endian magic and sizes, then raw uint8): label ``i % 10``, each class
+    a bright band at its own height on noise, so a model can learn it."""
+    rng = np.random.default_rng(0)
+    folder.mkdir(parents=True, exist_ok=True)
+    for prefix, n in (("train", n_train), ("t10k", n_test)):
+        labels = np.arange(n) % 10
+        images = rng.integers(0, 60, size=(n, 28, 28))
+        for i, k in enumerate(labels):
+            images[i, 2 + 2 * k: 5 + 2 * k, 4:24] = 230
+        with gzip.open(folder / f"{prefix}-images-idx3-ubyte.gz", "wb") as f:
+            f.write(struct.pack(">IIII", 0x00000803, n, 28, 28) + images.astype(np.uint8).tobytes())
+        with gzip.open(folder / f"{prefix}-labels-idx1-ubyte.gz", "wb") as f:
+            f.write(struct.pack(">II", 0x00000801, n) + labels.astype(np.uint8).tobytes())
+    return folder

@@ -1,13 +1,13 @@
-import gzip
 import json
 import logging
-import struct
 
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
+from conftest import write_fashion_idx
 from mnv2export.config import DataConfig
 from mnv2export.data import SkipTracker, build_datasets, collate, load_images
 from mnv2export.data.images import ImageReadError, open_rgb
@@ -151,23 +151,9 @@ def test_decompression_bomb_is_refused(tmp_path, monkeypatch):
         open_rgb(path)
 
 
-def _write_idx(folder, n_train=64, n_test=32):
-    """Fashion-MNIST's four gzipped IDX files, with random content."""
-    rng = np.random.default_rng(0)
-    folder.mkdir(parents=True, exist_ok=True)
-    for prefix, n in (("train", n_train), ("t10k", n_test)):
-        images = rng.integers(0, 255, (n, 28, 28), dtype=np.uint8)
-        labels = (np.arange(n) % 10).astype(np.uint8)
-        with gzip.open(folder / f"{prefix}-images-idx3-ubyte.gz", "wb") as fh:
-            fh.write(struct.pack(">IIII", 2051, n, 28, 28) + images.tobytes())
-        with gzip.open(folder / f"{prefix}-labels-idx1-ubyte.gz", "wb") as fh:
-            fh.write(struct.pack(">II", 2049, n) + labels.tobytes())
-    return folder
-
-
 def test_fashion_mnist_from_idx_files(tmp_path, monkeypatch):
     monkeypatch.setenv("MNV2_CACHE", str(tmp_path / "cache"))
-    folder = _write_idx(tmp_path / "fm")
+    folder = write_fashion_idx(tmp_path / "fm")
     cfg = DataConfig(source="fashion-mnist", data_dir=str(folder), img_size=28, mean=[0.286] * 3, std=[0.353] * 3, train_aug="crop_pad", pad=2)
     bundle = build_datasets(cfg)
     assert (len(bundle.train), len(bundle.val)) == (64, 32)
@@ -177,3 +163,58 @@ def test_fashion_mnist_from_idx_files(tmp_path, monkeypatch):
     assert torch.equal(x[0], x[1])  # grayscale replicated to RGB
     with pytest.raises(DataError, match="IDX files not found"):
         build_datasets(cfg.replace(data_dir=str(tmp_path)))
+
+
+def _fashion(tmp_path, monkeypatch, **kw):
+    monkeypatch.setenv("MNV2_CACHE", str(tmp_path / "cache"))
+    folder = write_fashion_idx(tmp_path / "fm")
+    settings = {"img_size": 28, "mean": [0.286] * 3, "std": [0.353] * 3, "train_aug": "crop_pad", "pad": 2, **kw}
+    return DataConfig(source="fashion-mnist", data_dir=str(folder), **settings)
+
+
+def test_in_memory_batches_equal_the_per_sample_validation_transform(tmp_path, monkeypatch):
+    cfg = _fashion(tmp_path, monkeypatch, mean=[0.2, 0.3, 0.4], std=[0.3, 0.35, 0.4])  # per-channel values on grayscale
+    for augment in (False, True):
+        bundle = build_datasets(cfg, augment=augment)
+        assert bundle.val_memory is not None and not bundle.val_memory.augment
+        idx = torch.tensor([5, 0, 31, 7])
+        x, y = bundle.val_memory.batch(idx)
+        ref_x, ref_y = collate([bundle.val[int(i)] for i in idx])[:2]
+        assert x.dtype == torch.float32 and x.shape == (4, 3, 28, 28)
+        assert torch.equal(x, ref_x) and torch.equal(y, ref_y)
+    train_eval = build_datasets(cfg, augment=False).train_memory  # calibration and checks: train split, no augmentation
+    assert torch.equal(train_eval.batch(torch.arange(3))[0], collate([build_datasets(cfg, augment=False).train[i] for i in range(3)])[0])
+
+
+def test_in_memory_augmentation_is_a_padded_crop_and_flip_of_each_image(tmp_path, monkeypatch):
+    cfg = _fashion(tmp_path, monkeypatch)
+    bundle = build_datasets(cfg)
+    mem = bundle.train_memory
+    assert mem is not None and mem.augment and mem.pad == 2 and mem.hflip
+    plain = build_datasets(cfg, augment=False).train_memory
+    torch.manual_seed(0)
+    idx = torch.arange(64).repeat(8)  # each image 8 times
+    x, y = mem.batch(idx)
+    ref = F.pad(plain.batch(torch.arange(64))[0], (2, 2, 2, 2), value=0.0)
+    zero = (0.0 - 0.286) / 0.353  # a padded pixel, normalised
+    ref = torch.where(F.pad(torch.zeros(64, 3, 28, 28), (2, 2, 2, 2), value=1.0).bool(), torch.full_like(ref, zero), ref)
+    seen_offsets, flips = set(), 0
+    for k, i in enumerate(idx.tolist()):
+        matches = [(top, left, flip) for top in range(5) for left in range(5) for flip in (False, True)
+                   if torch.allclose(x[k], (lambda c: c.flip(-1) if flip else c)(ref[i, :, top:top + 28, left:left + 28]))]
+        assert matches, f"sample {k} is no crop or flip of image {i}"
+        seen_offsets.add(matches[0][:2])
+        flips += matches[0][2]
+        assert y[k] == i % 10
+    assert len(seen_offsets) == 25  # every offset of the 5 x 5 is drawn
+    assert 0.35 < flips / len(idx) < 0.65
+
+
+def test_in_memory_path_only_where_it_gives_the_same_tensors(tmp_path, monkeypatch):
+    assert build_datasets(_fashion(tmp_path, monkeypatch)).train_memory is not None
+    assert build_datasets(_fashion(tmp_path, monkeypatch, train_aug="none")).train_memory is not None
+    resized = build_datasets(_fashion(tmp_path, monkeypatch, img_size=32))  # a resize is PIL's job
+    assert resized.train_memory is None and resized.val_memory is None
+    rrc = build_datasets(_fashion(tmp_path, monkeypatch, train_aug="rrc"))
+    assert rrc.train_memory is None and rrc.val_memory is not None
+    assert build_datasets(DataConfig(source="synth", img_size=32, synth_train_per_class=2, synth_val_per_class=1)).train_memory is None

@@ -4,9 +4,7 @@ tiny generated IDX data set, through the CLI)."""
 from __future__ import annotations
 
 import csv
-import gzip
 import os
-import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import write_fashion_idx
 from mnv2export.config import IMAGENET_MEAN, IMAGENET_STD, ModelConfig, RunConfig, load_recipe, run_config
 from mnv2export.errors import ConfigError
 
@@ -100,30 +99,8 @@ def test_a_bad_recipe_names_the_file(tmp_path):
 
 
 # ------------------------------------------------------------------------------------ 1 epoch on generated IDX files
-def _write_idx(folder: Path, prefix: str, images: np.ndarray, labels: np.ndarray) -> None:
-    """The IDX format of (Fashion-)MNIST, gzipped: big-endian magic and dimensions, then the raw uint8 data."""
-    n, h, w = images.shape
-    with gzip.open(folder / f"{prefix}-images-idx3-ubyte.gz", "wb") as f:
-        f.write(struct.pack(">IIII", 0x00000803, n, h, w) + images.astype(np.uint8).tobytes())
-    with gzip.open(folder / f"{prefix}-labels-idx1-ubyte.gz", "wb") as f:
-        f.write(struct.pack(">II", 0x00000801, n) + labels.astype(np.uint8).tobytes())
-
-
-def _fake_fashion(folder: Path, n_train: int, n_test: int) -> None:
-    """10 classes, each a bright horizontal band at its own height on noise."""
-    rng = np.random.default_rng(0)
-    for prefix, n in (("train", n_train), ("t10k", n_test)):
-        labels = np.arange(n) % 10
-        images = rng.integers(0, 60, size=(n, 28, 28))
-        for i, k in enumerate(labels):
-            images[i, 2 + 2 * k: 5 + 2 * k, 4:24] = 230
-        _write_idx(folder, prefix, images, labels)
-
-
 def test_fashion_recipe_trains_one_epoch_on_generated_idx(tmp_path):
-    data = tmp_path / "idx"
-    data.mkdir()
-    _fake_fashion(data, n_train=320, n_test=60)
+    data = write_fashion_idx(tmp_path / "idx", n_train=320, n_test=60)
     out = tmp_path / "run"
     env = {**os.environ, "MNV2_CACHE": str(tmp_path / "cache")}
     cmd = [

@@ -246,3 +246,75 @@ def test_bad_data_or_weights_leave_no_run_folder(tmp_path):
     with pytest.raises(CheckpointError, match="initial weights"):
         fit(tiny_run_config(init_from=str(tmp_path / "missing.pth")), run_dir=tmp_path / "runs" / "w")
     assert not (tmp_path / "runs" / "w").exists()
+
+
+def _fashion_config(tmp_path, monkeypatch, **train):
+    from conftest import write_fashion_idx
+    from mnv2export.config import run_config
+
+    monkeypatch.setenv("MNV2_CACHE", str(tmp_path / "cache"))
+    folder = write_fashion_idx(tmp_path / "idx", n_train=80, n_test=20)
+    settings = {"epochs": 2, "batch_size": 16, "lr": 0.05, "workers": 0, "plots": False, "progress": False, "seed": 0, "warmup_epochs": 0.0, **train}
+    return run_config(None, {"width_mult": 0.35, "small_input": True, "stem_stride": 2},
+                      {"source": "fashion-mnist", "data_dir": str(folder), "img_size": 28, "train_aug": "crop_pad", "pad": 2}, settings)
+
+
+@pytest.mark.parametrize("world_size", [1, 2])
+def test_in_memory_loader_batches_each_epoch_like_the_data_loader(tmp_path, monkeypatch, world_size):
+    from mnv2export.data import build_datasets
+    from mnv2export.data.memory import MemoryLoader
+    from mnv2export.distributed import DistInfo
+    from mnv2export.train import make_loader
+
+    cfg = _fashion_config(tmp_path, monkeypatch, batch_size=12)
+    data = build_datasets(cfg.data)
+    for train, ds, memory in ((True, data.train, data.train_memory), (False, data.val, data.val_memory)):
+        memory.labels = torch.arange(len(ds))  # so that a batch's labels are its indices
+
+        def epoch(rank, e, memory=memory, ds=ds, train=train):
+            info = DistInfo(rank=rank, world_size=world_size)
+            batched = make_loader(ds, cfg.train, info, torch.device("cpu"), train=train, epoch=e, memory=memory)
+            assert isinstance(batched, MemoryLoader)
+            assert len(batched) == len(make_loader(ds, cfg.train, info, torch.device("cpu"), train=train, epoch=e)) > 0
+            batches = [y.tolist() for x, y, skipped in batched]
+            assert len(batches) == len(batched) and not any(skipped for _, _, skipped in batched)
+            assert all(len(b) == cfg.train.batch_size for b in batches[:-1])
+            return [i for b in batches for i in b]
+
+        shares = [epoch(rank, 3) for rank in range(world_size)]
+        seen = [i for share in shares for i in share]
+        if train:  # shuffled, the last partial batch dropped, each image at most once per rank
+            assert all(len(set(share)) == len(share) for share in shares)
+            assert len(seen) >= len(ds) - world_size * cfg.train.batch_size
+            assert shares[0] == epoch(0, 3) and shares[0] != epoch(0, 4)  # an epoch's order is its own and repeatable
+        else:  # every image, in order (DistributedSampler pads a rank's share with repeats)
+            assert set(seen) == set(range(len(ds)))
+            if world_size == 1:
+                assert seen == list(range(len(ds)))
+
+
+def test_in_memory_training_resumes_exactly(tmp_path, monkeypatch):
+    """Fashion-MNIST goes through the in-memory path; interrupted after epoch 1 and resumed, it ends where an
+    uninterrupted run ends (augmentation randomness included)."""
+    import mnv2export.train as T
+
+    cfg = _fashion_config(tmp_path, monkeypatch)
+    whole = fit(cfg, run_dir=tmp_path / "whole")
+    real, calls = T.evaluate, []
+
+    def evaluate_then_stop(*a, **k):
+        if calls:
+            raise KeyboardInterrupt
+        calls.append(1)
+        return real(*a, **k)
+
+    T.evaluate = evaluate_then_stop
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            fit(cfg, run_dir=tmp_path / "cut")
+    finally:
+        T.evaluate = real
+    cfg2, ckpt = resume_config(tmp_path / "cut", {"train": {"epochs": None}})
+    fit(cfg2, run_dir=tmp_path / "cut", resume_from=ckpt)
+    _same(_weights(tmp_path / "cut" / "last.pt"), _weights(whole.last))
+    assert whole.history[-1]["val_acc"] == load_checkpoint(tmp_path / "cut" / "last.pt").train_summary["final"]["val_acc"]

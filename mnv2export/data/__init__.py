@@ -16,6 +16,7 @@ from ..config import DataConfig
 from ..errors import DataError
 from .folder import FolderDataset, SkippedImage, check_same_classes, fingerprint, read_class_index, scan_split
 from .images import ImageReadError, open_rgb, to_rgb
+from .memory import MemoryImages, memory_images
 from .transforms import eval_transform, train_transform
 
 log = logging.getLogger(__name__)
@@ -33,6 +34,10 @@ class DataBundle:
     class_names: list[str]
     fingerprint: str
     summary: dict[str, Any] = field(default_factory=dict)
+    # the same splits held in memory and preprocessed a batch at a time, where that gives the same tensors
+    # (Fashion-MNIST at its own size): what the trainer iterates when present. See memory.py.
+    train_memory: MemoryImages | None = None
+    val_memory: MemoryImages | None = None
 
 
 class _RGB:
@@ -76,7 +81,11 @@ def build_datasets(cfg: DataConfig, *, augment: bool = True) -> DataBundle:
         fp = fingerprint(train_samples + val_samples, root)
     summary = {"source": cfg.source, "num_classes": len(names), "train_images": len(train), "val_images": len(val)}
     log.info("data %s: %d classes, %d train / %d val images", cfg.source, len(names), len(train), len(val))
-    return DataBundle(train=train, val=val, class_names=names, fingerprint=fp, summary=summary)
+    bundle = DataBundle(train=train, val=val, class_names=names, fingerprint=fp, summary=summary)
+    if cfg.source == "fashion-mnist":
+        bundle.train_memory = memory_images(train, cfg, augment=augment)
+        bundle.val_memory = memory_images(val, cfg, augment=False)
+    return bundle
 
 
 def collate(batch: list[tuple[Any, int]]) -> tuple[torch.Tensor, torch.Tensor, list[SkippedImage]]:

@@ -121,6 +121,27 @@ def test_machine_and_threads_are_stated(sweep, exported):
     assert f"{physical_cores()} physical cores, {physical_cores()} threads used" in default.summary_line()
 
 
+def test_amp_rows_beside_each_torch_format_say_what_autocast_reached(exported):
+    result = bench.run(exported.out_dir, formats="eager,torchscript,onnx", providers="cpu", batches=(1,), amp=True, **FAST)
+    assert [r.format for r in result.rows] == ["eager", "eager+amp", "torchscript", "torchscript+amp", "onnx"]
+    for r in result.rows:
+        assert r.ok, (r.label, r.reason)
+    eager_amp, ts_amp = result.row("eager+amp"), result.row("torchscript+amp")
+    assert eager_amp.path == result.row("eager").path and ts_amp.path == result.row("torchscript").path
+    assert eager_amp.note == "torch.autocast bfloat16"  # eager's Linear runs in BF16 under CPU autocast
+    assert ts_amp.note.startswith("torch.autocast bfloat16")  # reached, or says that this is an FP32 time
+    assert eager_amp.speedup_vs_eager == pytest.approx(result.row("eager").p50_ms / eager_amp.p50_ms)
+    assert "autocast" in result.settings["amp"]
+    assert bench.run(exported.out_dir, formats="onnx", batches=(1,), amp=True, **FAST).rows[0].format == "onnx"  # ONNX: no twin
+
+
+def test_amp_note_tells_an_fp32_time_from_an_autocast_one():
+    from mnv2export.bench.targets import amp_note
+
+    assert amp_note(torch.float16, torch.zeros(1, dtype=torch.float16)) == "torch.autocast float16"
+    assert amp_note(torch.float16, torch.zeros(1)) == "torch.autocast float16 not applied (logits float32): an FP32 time"
+
+
 def test_json_csv_markdown_and_plot(sweep, tmp_path):
     data = json.loads(sweep.to_json(tmp_path / "b.json").read_text())
     assert len(data["rows"]) == len(sweep.rows) and data["machine"]["threads"] == sweep.machine["threads"]
@@ -229,10 +250,13 @@ def test_cli_usage_errors(exported):
 # ----------------------------------------------------------------------------------------------------- GPU only
 @pytest.mark.cuda
 def test_cuda_rows_time_on_the_gpu_and_report_placement(exported):
-    result = bench.run(exported.out_dir, formats="all", providers="cuda", batches=(1, 4), include_copies=True, **FAST)
+    result = bench.run(exported.out_dir, formats="all", providers="cuda", batches=(1, 4), include_copies=True, amp=True, **FAST)
     for r in result.rows:
         assert r.ok, (r.label, r.reason)
         assert r.gpu_mem_mb is not None and r.gpu_mem_mb > 0
         if r.format in ("onnx", "int8", "fp16"):
             assert r.placement and r.placement["total"] > 0 and r.note
+        if r.format.endswith("+amp"):
+            assert r.note.startswith("torch.autocast float16"), r.note
+    assert result.row("eager+amp", "cuda", 4).note == "torch.autocast float16"
     assert result.machine["gpu"]["name"]

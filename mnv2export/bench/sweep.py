@@ -27,8 +27,11 @@ log = logging.getLogger(__name__)
 PROVIDERS = ("cpu", "cuda", "tensorrt")
 ALL_PROVIDERS = ("cpu", "cuda")
 TORCH_FORMATS = ("eager", "torchscript")
+AMP = "+amp"  # suffix of the torch rows timed under torch.autocast (--amp)
 EAGER = ("torchvision MobileNetV2 built from the checkpoint, eval(), FP32, NCHW contiguous, BatchNorm not folded, no compile, "
          "called under torch.inference_mode() with torch.set_num_threads(threads)")
+AMP_ROWS = ("<format>+amp: the same module and input as the format's row, called under torch.autocast(device, dtype) "
+            "inside torch.inference_mode(): float16 on CUDA, bfloat16 on the CPU")
 TORCHSCRIPT = ("the exported file (traced, BatchNorm folded, frozen): torch.jit.load(map_location), then on the CPU "
                "torch.jit.optimize_for_inference (counted in load time); torch.inference_mode()")
 
@@ -49,6 +52,7 @@ def run(
     target: str | Path, *, formats: str | Iterable[str] = ("all",), providers: str | Iterable[str] = ("cpu",),
     batches: Iterable[int] = (1, 8, 32), warmup: int = 10, warmup_s: float | None = None, iters: int | None = None,
     duration: float | None = None, threads: int | None = None, include_copies: bool = False, rounds: int = 1, seed: int = 0,
+    amp: bool = False,
 ) -> BenchResult:
     """Benchmark every requested format on every requested provider and batch size.
 
@@ -57,13 +61,17 @@ def run(
     and round. ``threads``: intra-op threads (default: the machine's physical cores). ``include_copies``: on CUDA,
     also time each row with host arrays in and out (``copies``) beside device-resident I/O (``resident``).
     ``rounds``: measure the whole sweep that many times, every other round in reverse order, and pool each row's
-    timings, so that a load change on a shared machine hits every row alike.
+    timings, so that a load change on a shared machine hits every row alike. ``amp``: beside each torch format, a
+    ``<format>+amp`` row timed under ``torch.autocast`` (FP16 on CUDA, BF16 on the CPU), said in the row's note, and
+    said too when the autocast did not reach the model (its logits came out FP32).
     """
     import torch
 
     from .machine import machine_info, physical_cores
 
     fmts, _ = parse_list(formats, FORMATS, FORMATS, "format")
+    if amp:
+        fmts = [g for f in fmts for g in ((f, f + AMP) if f in TORCH_FORMATS else (f,))]
     provs, explicit = parse_list(providers, PROVIDERS, ALL_PROVIDERS, "provider")
     sizes = _check_batches(batches)
     plan = _check_plan(warmup, warmup_s, iters, duration)
@@ -85,11 +93,11 @@ def run(
     rows = {k: BenchRow(k[1], k[0], k[2], k[3]) for k in keys}
     samples: dict[tuple, _Samples] = {}
     for key, row in rows.items():
-        why = src.missing.get(row.format) or problems[(row.provider, _family(row.format))]
+        why = src.missing.get(_base(row.format)) or problems[(row.provider, _family(row.format))]
         if why:
             row.status, row.reason = "unavailable", why
         else:
-            row.path = str(src.files[row.format])
+            row.path = str(src.files[_base(row.format)])
             samples[key] = _Samples()
     saved_threads = torch.get_num_threads()
     torch.set_num_threads(n_threads)
@@ -117,7 +125,7 @@ def run(
         "duration": duration, "rounds": rounds, "plan": plan.describe() + (f", {rounds} rounds pooled" if rounds > 1 else ""),
         "threads": n_threads, "threads_source": "--threads" if threads else "default: the machine's physical cores",
         "include_copies": include_copies, "input": f"random normal float32 N x C x H x W (seed {seed}), the artifact's input size",
-        "eager": EAGER, "torchscript": TORCHSCRIPT,
+        "eager": EAGER, "torchscript": TORCHSCRIPT, "amp": AMP_ROWS if amp else None,
         "timer": "time.perf_counter_ns around each call; on CUDA a device-wide synchronize inside the timer",
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
@@ -156,8 +164,13 @@ def _join_reasons(reasons: list[str]) -> str:
     return "; ".join(reasons)
 
 
+def _base(fmt: str) -> str:
+    """The format whose file a row loads: ``torchscript+amp`` -> ``torchscript``."""
+    return fmt.removesuffix(AMP)
+
+
 def _family(fmt: str) -> str:
-    return "torch" if fmt in TORCH_FORMATS else "onnx"
+    return "torch" if _base(fmt) in TORCH_FORMATS else "onnx"
 
 
 def _check_batches(batches: Iterable[int]) -> list[int]:
@@ -231,7 +244,7 @@ def _probe_onnx(provider: str) -> str | None:
 def _measure_row(row: BenchRow, path: Path, threads: int, plan: Plan, seed: int, out: _Samples) -> None:
     """Load, bind, time: one round of one row, appended to ``out``; a failure turns the row into its error."""
     from .machine import HostPeak
-    from .targets import GpuPeak, bind, input_batch, load
+    from .targets import GpuPeak, amp_note, bind, input_batch, load
 
     runner = bound = None
     try:
@@ -241,9 +254,11 @@ def _measure_row(row: BenchRow, path: Path, threads: int, plan: Plan, seed: int,
         t0 = time.perf_counter()
         runner = load(path, row.provider, threads)
         session_s = time.perf_counter() - t0
-        bound = bind(runner, input_batch(runner, row.batch, seed), row.io)
+        bound = bind(runner, input_batch(runner, row.batch, seed), row.io, amp=row.format.endswith(AMP))
         with bound.context():
             first_s, times = measure(bound.call, bound.sync, plan)
+            if bound.amp is not None:
+                row.note = amp_note(bound.amp, bound.call())
         peak, added = host.peak_mb(), host.added_mb()
         gpu_mb = gpu.mb() if gpu is not None else None
         out.times += times
@@ -255,7 +270,7 @@ def _measure_row(row: BenchRow, path: Path, threads: int, plan: Plan, seed: int,
         if gpu_mb is not None:
             out.gpu.append(gpu_mb)
         elif gpu is not None:
-            row.note = "GPU memory not measured (this torch has no CUDA to ask)"
+            row.note = "; ".join(filter(None, (row.note, "GPU memory not measured (this torch has no CUDA to ask)")))
     except ProviderUnavailable as exc:
         row.status, row.reason = "unavailable", exc.what
     except Mnv2Error as exc:

@@ -41,6 +41,7 @@ class Bound:
     sync: Callable[[], Any] | None
     context: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext
     keep: list[Any] = field(default_factory=list)  # device buffers that must outlive the calls
+    amp: Any = None  # torch rows under autocast: the reduced dtype (torch.float16 / torch.bfloat16)
 
 
 def load(path: Path, provider: str, threads: int) -> Runner:
@@ -61,14 +62,40 @@ def input_batch(runner: Runner, batch: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).standard_normal((batch, c, h, w)).astype(np.float32)
 
 
-def bind(runner: Runner, x: np.ndarray, io: str) -> Bound:
+def bind(runner: Runner, x: np.ndarray, io: str, *, amp: bool = False) -> Bound:
+    """``amp``: a torch runner called under ``torch.autocast`` (FP16 on CUDA, BF16 on the CPU)."""
     if io not in IO_MODES:
         raise ValueError(f"unknown I/O mode {io!r}")
     if isinstance(runner, OnnxRunner):
+        if amp:
+            raise ValueError("autocast applies to torch runners only")
         return _bind_onnx(runner, x, io)
     if isinstance(runner, TorchRunner):
-        return _bind_torch(runner, x, io)
+        bound = _bind_torch(runner, x, io)
+        if amp:
+            import torch
+
+            dtype = torch.float16 if runner.device.type == "cuda" else torch.bfloat16
+            plain = bound.context
+
+            @contextlib.contextmanager
+            def autocast():
+                with plain(), torch.autocast(runner.device.type, dtype=dtype):
+                    yield
+
+            bound.context, bound.amp = autocast, dtype
+        return bound
     raise TypeError(f"cannot bind a {type(runner).__name__}")
+
+
+def amp_note(dtype, output) -> str:
+    """What an autocast row ran as, from the dtype of its logits: a graph autocast did not reach (TorchScript's
+    support is partial) returns FP32 logits, and then its time is an FP32 time."""
+    name = str(dtype).removeprefix("torch.")
+    got = str(getattr(output, "dtype", "?")).removeprefix("torch.")
+    if got == name:
+        return f"torch.autocast {name}"
+    return f"torch.autocast {name} not applied (logits {got}): an FP32 time"
 
 
 def cuda_sync() -> Callable[[], Any] | None:

@@ -40,6 +40,7 @@ def bench(
     duration: Annotated[Optional[float], typer.Option("--duration", help="Seconds of timed calls per row (default 2, at least 10 calls).")] = None,
     threads: Annotated[Optional[int], typer.Option("--threads", help="Intra-op threads (default: the machine's physical cores).")] = None,
     include_copies: Annotated[bool, typer.Option("--include-copies", help="On CUDA, also time with host arrays in and out (host-device copies inside the timer).")] = False,
+    amp: Annotated[bool, typer.Option("--amp", help="Also time eager and TorchScript under torch.autocast (FP16 on CUDA, BF16 on the CPU) as <format>+amp rows.")] = False,
     rounds: Annotated[int, typer.Option("--rounds", help="Repeat the sweep, alternating its order, and pool the timings (for shared machines).")] = 1,
     json_out: JsonOut = None,
     csv_out: Annotated[Optional[Path], typer.Option("--csv", help="Also write the rows (and machine columns) as CSV.")] = None,
@@ -52,7 +53,7 @@ def bench(
     count, seconds = _warmup(warmup)
     result = run(
         target, formats=formats, providers=provider, batches=_batches(batch), warmup=count, warmup_s=seconds, iters=iters,
-        duration=duration, threads=threads, include_copies=include_copies, rounds=rounds,
+        duration=duration, threads=threads, include_copies=include_copies, rounds=rounds, amp=amp,
     )
     if json_out:
         result.to_json(json_out)

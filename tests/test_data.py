@@ -182,6 +182,8 @@ def test_in_memory_batches_equal_the_per_sample_validation_transform(tmp_path, m
         ref_x, ref_y = collate([bundle.val[int(i)] for i in idx])[:2]
         assert x.dtype == torch.float32 and x.shape == (4, 3, 28, 28)
         assert torch.equal(x, ref_x) and torch.equal(y, ref_y)
+    part = bundle.val_memory.subset([7, 2])  # the subset of the throughput benchmark
+    assert torch.equal(part.batch(torch.arange(2))[0], bundle.val_memory.batch(torch.tensor([7, 2]))[0])
     train_eval = build_datasets(cfg, augment=False).train_memory  # calibration and checks: train split, no augmentation
     assert torch.equal(train_eval.batch(torch.arange(3))[0], collate([build_datasets(cfg, augment=False).train[i] for i in range(3)])[0])
 

@@ -37,6 +37,13 @@ class MemoryImages:
     def __len__(self) -> int:
         return self.images.shape[0]
 
+    def subset(self, indices) -> MemoryImages:
+        """These images at ``indices`` (as ``torch.utils.data.Subset`` does for a data set)."""
+        idx = torch.as_tensor(indices, dtype=torch.long)
+        out = MemoryImages(self.images[idx], self.labels[idx], self.cfg, augment=False)
+        out.augment, out.pad, out.hflip = self.augment, self.pad, self.hflip
+        return out
+
     def batch(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The preprocessed float32 batch (B x 3 x H x W, normalised) and its labels."""
         x = self.images[indices]

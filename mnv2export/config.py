@@ -72,6 +72,9 @@ class ModelConfig(_Config):
     run at stride 1, so the total stride is 8 instead of 32 (a 28 px image ends at 4x4, not 1x1).
     ``stem_stride`` (1 or 2) overrides the stem's stride; None means 1 with ``small_input``, else 2 (torchvision's).
     ``small_input`` with ``stem_stride = 2`` has total stride 16 at a quarter of the compute (28 px ends at 2x2).
+    ``output_stride`` (8, 16 or 32) lowers the total stride further by running the last stride-2 stages at stride 1
+    (as DeepLab's ``output_stride`` does, without dilation): the deep layers keep a larger map at more compute.
+    None means what ``small_input`` and ``stem_stride`` give.
     """
 
     section: ClassVar[str] = "model"
@@ -81,6 +84,7 @@ class ModelConfig(_Config):
     dropout: float = 0.2
     small_input: bool = False
     stem_stride: int | None = None
+    output_stride: int | None = None
     arch: str = "mobilenet_v2"
 
     def __post_init__(self) -> None:
@@ -96,6 +100,13 @@ class ModelConfig(_Config):
         _check(
             self.stem_stride is None or (type(self.stem_stride) is int and self.stem_stride in (1, 2)),
             f"stem_stride = {self.stem_stride!r} is invalid", "use 1, 2, or leave it out (1 with small_input, else 2)",
+        )
+        natural = self.effective_stem_stride * (8 if self.small_input else 16)  # 3 or 4 stride-2 stages after the stem
+        _check(
+            self.output_stride is None or (type(self.output_stride) is int and self.output_stride in (8, 16, 32)
+                                           and self.effective_stem_stride <= self.output_stride <= natural),
+            f"output_stride = {self.output_stride!r} is invalid here",
+            f"use 8, 16 or 32, at most {natural} (the stride this stem and small_input give), or leave it out",
         )
 
     @property

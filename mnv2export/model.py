@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 
 import torch
@@ -22,6 +23,13 @@ def inverted_residual_setting(cfg: ModelConfig) -> list[list[int]]:
     setting = [list(row) for row in _DEFAULT_SETTING]
     if cfg.small_input:
         setting[1][3] = 1  # the first 24-channel stage keeps the stem's resolution
+    if cfg.output_stride is not None:
+        total = cfg.effective_stem_stride * math.prod(row[3] for row in setting)
+        for row in reversed(setting):  # the last stride-2 stages first
+            if total <= cfg.output_stride:
+                break
+            if row[3] == 2:
+                row[3], total = 1, total // 2
     return setting
 
 

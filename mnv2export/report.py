@@ -116,7 +116,7 @@ def _model(r: Any) -> str:
     lines = [
         "## Model", "",
         f"torchvision MobileNetV2, width multiplier {m.width_mult}, {m.num_classes} classes, dropout {m.dropout}"
-        + (f", small-input variant (stem stride {m.effective_stem_stride})" if m.small_input else "") + f", input {'x'.join(map(str, size))}.",
+        + (f", small-input variant (stem stride {m.effective_stem_stride})" if m.small_input else "") + (f", output stride {m.output_stride}" if m.output_stride else "") + f", input {'x'.join(map(str, size))}.",
         "",
         f"- Parameters: {s.params:,} ({human(s.params)})",
         f"- Multiply-accumulates per image: {s.macs:,} ({human(s.macs)}); {s.macs_note}",

@@ -90,6 +90,25 @@ def test_stem_stride_is_validated_and_changes_the_output_stride():
             ModelConfig(stem_stride=bad)
 
 
+def test_output_stride_runs_the_last_stride_2_stages_at_stride_1():
+    import torch
+
+    from mnv2export.model import build_model, output_stride
+
+    cfg = ModelConfig(num_classes=10, width_mult=0.35, small_input=True, stem_stride=2, output_stride=8)
+    assert output_stride(cfg) == 8
+    model = build_model(cfg).eval()
+    with torch.no_grad():
+        assert model.features(torch.zeros(1, 3, 28, 28)).shape[-2:] == (4, 4)  # 28 px ends at 4x4, not 2x2
+    strides = [block.stride for block in model.features[1:-1]]  # torchvision's InvertedResidual blocks
+    # stem 2, then the 32- and 64-channel stages keep their stride 2; the 160-channel stage (block 14) runs at 1
+    assert strides == [1] * 3 + [2] + [1] * 2 + [2] + [1] * 10 and build_model(cfg.replace(output_stride=None)).features(torch.zeros(1, 3, 28, 28)).shape[-2:] == (2, 2)
+    assert output_stride(ModelConfig(output_stride=16)) == 16 and output_stride(ModelConfig(output_stride=8)) == 8
+    for bad in dict(output_stride=4), dict(output_stride=64), dict(small_input=True, stem_stride=2, output_stride=32), dict(output_stride=True):
+        with pytest.raises(ConfigError, match="output_stride"):
+            ModelConfig(**bad)
+
+
 def test_a_bad_recipe_names_the_file(tmp_path):
     bad = tmp_path / "bad.toml"
     bad.write_text('[model]\nstem_stride = 4\n')

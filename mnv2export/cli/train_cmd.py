@@ -23,6 +23,7 @@ def train(
     img_size: ImgSize = None,
     width: Width = None,
     small_input: Annotated[Optional[bool], typer.Option("--small-input/--no-small-input", help="Keep resolution for 28-64 px inputs (total stride 8).")] = None,
+    output_stride: Annotated[Optional[int], typer.Option(help="Total stride 8, 16 or 32: the last stride-2 stages run at stride 1 (larger deep maps, more compute).")] = None,
     dropout: Annotated[Optional[float], typer.Option(help="Dropout before the classifier.")] = None,
     mean: Annotated[Optional[str], typer.Option(help="Normalisation mean R,G,B.")] = None,
     std: Annotated[Optional[str], typer.Option(help="Normalisation std R,G,B.")] = None,
@@ -54,7 +55,7 @@ def train(
     from ..config import load_recipe, run_config
     from ..errors import ConfigError
 
-    model = {"width_mult": width, "small_input": small_input, "dropout": dropout}
+    model = {"width_mult": width, "small_input": small_input, "output_stride": output_stride, "dropout": dropout}
     data_flags = {
         "source": data, "data_dir": data_dir, "class_index": class_index, "img_size": img_size, "mean": floats(mean, "--mean"),
         "std": floats(std, "--std"), "train_aug": train_aug, "synth_classes": synth_classes, "synth_train_per_class": synth_per_class,

@@ -141,8 +141,11 @@ def test_sigkill_at_any_moment_then_resume(tmp_path, tiny_run, when):
 @pytest.mark.slow
 def test_ctrl_c_saves_and_exits_cleanly(tmp_path):
     out = tmp_path / "run"
+    # Ctrl-C as in a terminal: a background job of a non-interactive shell (a CI runner) starts with SIGINT ignored,
+    # which the child would inherit
     proc = subprocess.Popen([sys.executable, "-m", "mnv2export", "train", *TINY_FLAGS, "--epochs", "50", "--out", str(out)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     assert _wait_for(lambda: _epochs_done(out) >= 1, proc)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)

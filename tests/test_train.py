@@ -58,18 +58,12 @@ def _same(a, b):
         assert torch.equal(a[k], b[k]), k
 
 
-def test_resume_continues_exactly(tmp_path, tiny_run):
-    """Interrupted after epoch 1 and resumed: the same weights as the uninterrupted 2-epoch run (tiny_run)."""
-    out = tmp_path / "run"
-    cfg = tiny_run_config(epochs=2)
-
-    class StopAfterFirstEpoch(Exception):
-        pass
-
+def _cut_after_first_epoch_then_resume(cfg, out, monkeypatch):
+    """Train ``cfg`` into ``out``, interrupted (KeyboardInterrupt) right after epoch 1's evaluation, then resume it
+    to the end; returns the resumed run's result."""
     import mnv2export.train as T
 
-    real = T.evaluate
-    calls = []
+    real, calls = T.evaluate, []
 
     def evaluate_then_stop(*a, **k):
         if calls:
@@ -77,15 +71,19 @@ def test_resume_continues_exactly(tmp_path, tiny_run):
         calls.append(1)
         return real(*a, **k)
 
-    T.evaluate = evaluate_then_stop
-    try:
+    with monkeypatch.context() as m:
+        m.setattr(T, "evaluate", evaluate_then_stop)
         with pytest.raises(KeyboardInterrupt):
             fit(cfg, run_dir=out)
-    finally:
-        T.evaluate = real
     assert load_checkpoint(out / "last.pt").train_summary["epoch"] == 1
     cfg2, ckpt = resume_config(out, {"train": {"epochs": None}})
-    result = fit(cfg2, run_dir=out, resume_from=ckpt)
+    return fit(cfg2, run_dir=out, resume_from=ckpt)
+
+
+def test_resume_continues_exactly(tmp_path, tiny_run, monkeypatch):
+    """Interrupted after epoch 1 and resumed: the same weights as the uninterrupted 2-epoch run (tiny_run)."""
+    out = tmp_path / "run"
+    result = _cut_after_first_epoch_then_resume(tiny_run_config(epochs=2), out, monkeypatch)
     assert result.summary["epoch"] == 2 and len(result.history) == 2
     _same(_weights(out / "last.pt"), _weights(tiny_run.last))
 
@@ -299,25 +297,8 @@ def test_in_memory_loader_batches_each_epoch_like_the_data_loader(tmp_path, monk
 def test_in_memory_training_resumes_exactly(tmp_path, monkeypatch):
     """Fashion-MNIST goes through the in-memory path; interrupted after epoch 1 and resumed, it ends where an
     uninterrupted run ends (augmentation randomness included)."""
-    import mnv2export.train as T
-
     cfg = _fashion_config(tmp_path, monkeypatch)
     whole = fit(cfg, run_dir=tmp_path / "whole")
-    real, calls = T.evaluate, []
-
-    def evaluate_then_stop(*a, **k):
-        if calls:
-            raise KeyboardInterrupt
-        calls.append(1)
-        return real(*a, **k)
-
-    T.evaluate = evaluate_then_stop
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            fit(cfg, run_dir=tmp_path / "cut")
-    finally:
-        T.evaluate = real
-    cfg2, ckpt = resume_config(tmp_path / "cut", {"train": {"epochs": None}})
-    fit(cfg2, run_dir=tmp_path / "cut", resume_from=ckpt)
+    _cut_after_first_epoch_then_resume(cfg, tmp_path / "cut", monkeypatch)
     _same(_weights(tmp_path / "cut" / "last.pt"), _weights(whole.last))
     assert whole.history[-1]["val_acc"] == load_checkpoint(tmp_path / "cut" / "last.pt").train_summary["final"]["val_acc"]

@@ -40,9 +40,7 @@ class MemoryImages:
     def subset(self, indices) -> MemoryImages:
         """These images at ``indices`` (as ``torch.utils.data.Subset`` does for a data set)."""
         idx = torch.as_tensor(indices, dtype=torch.long)
-        out = MemoryImages(self.images[idx], self.labels[idx], self.cfg, augment=False)
-        out.augment, out.pad, out.hflip = self.augment, self.pad, self.hflip
-        return out
+        return MemoryImages(self.images[idx], self.labels[idx], self.cfg, augment=self.augment)
 
     def batch(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The preprocessed float32 batch (B x 3 x H x W, normalised) and its labels."""

@@ -216,6 +216,7 @@ class TrainConfig(_Config):
     threads: int = 0  # CPU: intra-op threads for the training process; 0 leaves torch's default (one per core)
     sync_bn: bool = False
     init_from: str | None = None
+    zero_init_residual: bool = False  # a fresh model's residual blocks start as identity (last BatchNorm scale 0)
     out: str | None = None  # the run folder; None: weights/<source>-<time>
     plots: bool = True
     progress: bool = True

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from torchvision.models.mobilenetv2 import MobileNetV2
+from torchvision.models.mobilenetv2 import InvertedResidual, MobileNetV2
 
 from .config import ModelConfig
 from .errors import CheckpointError
@@ -46,6 +46,23 @@ def build_model(cfg: ModelConfig) -> MobileNetV2:
         assert isinstance(stem_conv, nn.Conv2d)
         stem_conv.stride = (cfg.effective_stem_stride, cfg.effective_stem_stride)
     return model
+
+
+def zero_init_residual(model: MobileNetV2) -> int:
+    """Set the last BatchNorm scale of every residual block to 0, so each block starts as the identity.
+
+    torchvision's ResNet ``zero_init_residual`` (Goyal et al. 2017, "Accurate, Large Minibatch SGD", 5.1) applied to
+    MobileNetV2's inverted residuals: the signal first flows through the shortcuts, and the blocks learn to add to it.
+    Returns the number of blocks changed.
+    """
+    n = 0
+    for block in model.modules():
+        if isinstance(block, InvertedResidual) and block.use_res_connect:
+            bn = block.conv[-1]
+            assert isinstance(bn, nn.BatchNorm2d), type(bn)
+            nn.init.zeros_(bn.weight)
+            n += 1
+    return n
 
 
 def output_stride(cfg: ModelConfig) -> int:

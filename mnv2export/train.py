@@ -38,7 +38,7 @@ from .data.memory import MemoryImages, MemoryLoader
 from .device import cpu_threads, resolve_device
 from .errors import CheckpointError, ConfigError, DataError
 from .fileio import ensure_dir, write_text
-from .model import build_model, load_pretrained
+from .model import build_model, load_pretrained, zero_init_residual
 
 log = logging.getLogger(__name__)
 
@@ -340,6 +340,10 @@ def _fit(cfg: RunConfig, info: D.DistInfo, run_dir, resume_from: Checkpoint | No
         model = build_model(cfg.model)
         if t.init_from and resume_from is None:
             load_pretrained(model, t.init_from)
+            if t.zero_init_residual:
+                log.info("zero_init_residual not applied: the weights come from %s", t.init_from)
+        elif t.zero_init_residual and resume_from is None:
+            log.info("zero-initialised the last BatchNorm of %d residual blocks", zero_init_residual(model))
     except BaseException:
         if created and not any(run_dir.iterdir()):
             run_dir.rmdir()  # bad data or initial weights leave no empty run folder behind

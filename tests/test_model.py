@@ -3,7 +3,7 @@ import torch
 
 from mnv2export.config import ModelConfig
 from mnv2export.errors import CheckpointError
-from mnv2export.model import build_model, load_pretrained, output_stride
+from mnv2export.model import build_model, load_pretrained, output_stride, zero_init_residual
 
 
 def test_matches_torchvision_parameter_count():
@@ -28,6 +28,24 @@ def test_small_input_keeps_resolution():
     feats = build_model(small).features.eval()
     assert feats(torch.randn(1, 3, 28, 28)).shape[-2:] == (4, 4)
     assert build_model(ModelConfig(width_mult=0.35)).features.eval()(torch.randn(1, 3, 28, 28)).shape[-2:] == (1, 1)
+
+
+def test_zero_init_residual_starts_each_residual_block_as_the_identity():
+    from torchvision.models.mobilenetv2 import InvertedResidual
+
+    model = build_model(ModelConfig(num_classes=10, width_mult=0.5, small_input=True, stem_stride=2)).eval()
+    assert zero_init_residual(model) == 10  # the blocks after the first of each stage (1 + 2 + 3 + 2 + 2)
+    x = torch.randn(2, 32, 14, 14)
+    blocks = [m for m in model.features if isinstance(m, InvertedResidual)]
+    for block in blocks:
+        bn = block.conv[-1]
+        if block.use_res_connect:
+            assert torch.count_nonzero(bn.weight) == 0
+            y = torch.randn(2, block.conv[-2].out_channels, 7, 7)
+            assert torch.equal(block(y), y)
+        else:
+            assert torch.equal(bn.weight, torch.ones_like(bn.weight))  # the other blocks keep torchvision's init
+    assert model(torch.randn(2, 3, 28, 28)).shape == (2, 10)
 
 
 def test_init_from_replaces_classifier(tmp_path):

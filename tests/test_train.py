@@ -249,6 +249,24 @@ def test_bad_data_or_weights_leave_no_run_folder(tmp_path):
     assert not (tmp_path / "runs" / "w").exists()
 
 
+def test_zero_init_residual_applies_to_a_fresh_model_only(tmp_path):
+    # lr 1e-9: one epoch leaves every weight where it started, so the saved weights show the initialisation
+    residual_bns = [f"features.{i}.conv.3.weight" for i in (3, 5, 6, 8, 9, 10, 12, 13, 15, 16)]
+    fresh = load_checkpoint(fit(tiny_run_config(zero_init_residual=True, lr=1e-9), run_dir=tmp_path / "z").best).state_dict
+    for name in residual_bns:
+        assert fresh[name].abs().max() < 1e-6, name
+    assert torch.all((fresh["features.2.conv.3.weight"] - 1).abs() < 1e-6)  # the first block of a stage has no shortcut
+    plain = load_checkpoint(fit(tiny_run_config(lr=1e-9), run_dir=tmp_path / "p").best).state_dict
+    for name in residual_bns:
+        assert torch.all((plain[name] - 1).abs() < 1e-6), name
+
+    torch.save({k: v for k, v in plain.items()}, tmp_path / "init.pth")  # weights given with --init-from are kept
+    cfg = tiny_run_config(zero_init_residual=True, lr=1e-9, init_from=str(tmp_path / "init.pth"))
+    loaded = load_checkpoint(fit(cfg, run_dir=tmp_path / "i").best).state_dict
+    for name in residual_bns:
+        assert torch.all((loaded[name] - 1).abs() < 1e-6), name
+
+
 def _fashion_config(tmp_path, monkeypatch, **train):
     from conftest import write_fashion_idx
     from mnv2export.config import run_config

@@ -46,6 +46,7 @@ def train(
     workers: Annotated[Optional[int], typer.Option(help="Data loader worker processes.")] = None,
     sync_bn: Annotated[Optional[bool], typer.Option("--sync-bn/--no-sync-bn", help="SyncBatchNorm under torchrun.")] = None,
     init_from: Annotated[Optional[str], typer.Option(help="Start from a torchvision MobileNetV2 state dict (classifier replaced if the class count differs).")] = None,
+    zero_init_residual: Annotated[Optional[bool], typer.Option("--zero-init-residual/--no-zero-init-residual", help="Start each residual block as the identity (its last BatchNorm scale 0); not with --init-from.")] = None,
     out: Annotated[Optional[str], typer.Option("--out", "-o", help="Run folder (default weights/<data>-<time>).")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its last.pt.")] = False,
     plots: Annotated[Optional[bool], typer.Option("--plots/--no-plots", help="Write the training pictures at the end.")] = None,
@@ -64,7 +65,7 @@ def train(
         "epochs": epochs, "batch_size": batch_size, "lr": lr, "optimizer": optimizer, "weight_decay": weight_decay,
         "warmup_epochs": warmup_epochs, "label_smoothing": label_smoothing, "ema": ema, "amp": amp, "channels_last": channels_last,
         "compile": compile, "device": device, "seed": seed, "workers": workers, "sync_bn": sync_bn, "init_from": init_from,
-        "out": out, "plots": plots, "progress": progress,
+        "zero_init_residual": zero_init_residual, "out": out, "plots": plots, "progress": progress,
     }
     from ..train import fit, resume_config
 

@@ -35,7 +35,6 @@ def test_zero_init_residual_starts_each_residual_block_as_the_identity():
 
     model = build_model(ModelConfig(num_classes=10, width_mult=0.5, small_input=True, stem_stride=2)).eval()
     assert zero_init_residual(model) == 10  # the blocks after the first of each stage (1 + 2 + 3 + 2 + 2)
-    x = torch.randn(2, 32, 14, 14)
     blocks = [m for m in model.features if isinstance(m, InvertedResidual)]
     for block in blocks:
         bn = block.conv[-1]

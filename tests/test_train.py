@@ -260,7 +260,7 @@ def test_zero_init_residual_applies_to_a_fresh_model_only(tmp_path):
     for name in residual_bns:
         assert torch.all((plain[name] - 1).abs() < 1e-6), name
 
-    torch.save({k: v for k, v in plain.items()}, tmp_path / "init.pth")  # weights given with --init-from are kept
+    torch.save(plain, tmp_path / "init.pth")  # weights given with --init-from are kept
     cfg = tiny_run_config(zero_init_residual=True, lr=1e-9, init_from=str(tmp_path / "init.pth"))
     loaded = load_checkpoint(fit(cfg, run_dir=tmp_path / "i").best).state_dict
     for name in residual_bns:

@@ -1,7 +1,8 @@
 """Training-step images/s of the Fashion-MNIST recipe's model against the settings that would buy more epochs.
 
-Each variant trains the recipe's model (``[model]`` table, channels_last, SGD nesterov, label smoothing, the recipe's
-thread count) on one fixed random batch, so only the step is timed, not the data: ``recipe`` as `mnv2 train` runs it,
+Each variant trains the recipe's model through ``mnv2export.train.train_one_epoch`` with the pieces ``mnv2 train``
+wires for the recipe (``StepContext``: channels_last and amp; ``build_optimizer``, ``build_scheduler``, label
+smoothing; the recipe's thread count) on one fixed random batch, so only the step is timed, not the data: ``recipe``,
 ``compile`` (``torch.compile`` of the model, inductor, compile time excluded), ``batch256`` / ``batch512``, and the
 wider models ``width0.75`` / ``width1.0``. One warm-up segment per variant, then ``--rounds`` rounds in which the
 variants take turns; the table shows median images/s and the ratio to ``recipe``. Compare within one run.
@@ -22,32 +23,35 @@ ROOT = Path(__file__).resolve().parent.parent
 VARIANTS = ("recipe", "compile", "batch256", "batch512", "width0.75", "width1.0")
 
 
-def make_step(variant: str, recipe):
+def make_segment(variant: str, recipe, steps: int):
+    """A function that trains ``steps`` steps of ``variant`` through ``train_one_epoch``, as ``mnv2 train`` wires it."""
     import torch
     from torch import nn
 
     from mnv2export.model import build_model
-    from mnv2export.train import build_optimizer
+    from mnv2export.train import StepContext, amp_dtype, build_optimizer, build_scheduler, train_one_epoch
 
     cfg, t = recipe.model, recipe.train
     batch = int(variant.removeprefix("batch")) if variant.startswith("batch") else t.batch_size
     if variant.startswith("width"):
         cfg = cfg.replace(width_mult=float(variant.removeprefix("width")))
-    model = build_model(cfg).to(memory_format=torch.channels_last).train()
-    forward = torch.compile(model) if variant == "compile" else model
+    device = torch.device("cpu")
+    ctx = StepContext(device=device, dtype=amp_dtype(t.amp, device), channels_last=t.channels_last != "off")
+    model = build_model(cfg)
+    if ctx.channels_last:
+        model.to(memory_format=torch.channels_last)
     opt = build_optimizer(model, t)
-    loss_fn = nn.CrossEntropyLoss(label_smoothing=t.label_smoothing)
+    sched = build_scheduler(opt, t, steps_per_epoch=steps)
+    criterion = nn.CrossEntropyLoss(label_smoothing=t.label_smoothing)
+    train_module = torch.compile(model) if variant == "compile" else model
     size = recipe.data.img_size
-    x = torch.randn(batch, 3, size, size).contiguous(memory_format=torch.channels_last)
+    x = torch.randn(batch, 3, size, size)  # NCHW, as the loader hands it over
     y = torch.randint(0, cfg.num_classes, (batch,))
 
-    def step() -> None:
-        loss = loss_fn(forward(x), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+    def segment(n: int = steps) -> None:
+        train_one_epoch(train_module, [(x, y, 0)] * n, opt, sched, criterion, ctx)
 
-    return step, batch
+    return segment, batch
 
 
 def main(argv=None) -> int:
@@ -70,20 +74,18 @@ def main(argv=None) -> int:
     recipe = load_recipe(args.recipe)
     rates: dict[str, list[float]] = {v: [] for v in variants}
     with cpu_threads(recipe.train.threads):
-        steps = {}
+        segments = {}
         for v in variants:
-            step, batch = make_step(v, recipe)
+            segment, batch = make_segment(v, recipe, args.steps)
             t0 = time.perf_counter()
-            for _ in range(3):
-                step()  # warm-up: oneDNN primitives, torch.compile's compilation
+            segment(3)  # warm-up: oneDNN primitives, torch.compile's compilation
             print(f"{v}: warm-up {time.perf_counter() - t0:.1f} s", file=sys.stderr)
-            steps[v] = (step, batch)
+            segments[v] = (segment, batch)
         for r in range(args.rounds):
             for v in (variants if r % 2 == 0 else variants[::-1]):
-                step, batch = steps[v]
+                segment, batch = segments[v]
                 t0 = time.perf_counter()
-                for _ in range(args.steps):
-                    step()
+                segment()
                 rates[v].append(args.steps * batch / (time.perf_counter() - t0))
         threads = torch.get_num_threads()
     base = statistics.median(rates["recipe"]) if "recipe" in rates else None

@@ -4,8 +4,9 @@ Each variant trains the recipe's model through ``mnv2export.train.train_one_epoc
 wires for the recipe (``StepContext``: channels_last and amp; ``build_optimizer``, ``build_scheduler``, label
 smoothing; the recipe's thread count) on one fixed random batch, so only the step is timed, not the data: ``recipe``,
 ``compile`` (``torch.compile`` of the model, inductor, compile time excluded), ``batchN`` (any batch size N: the
-recipe's own is 256, its earlier one 128), and the wider models ``width0.75`` / ``width1.0``. One warm-up segment per variant, then ``--rounds`` rounds in which the
-variants take turns; the table shows median images/s and the ratio to ``recipe``. Compare within one run.
+recipe's own is 256, its earlier one 128), and the wider models ``width0.75`` / ``width1.0``. One warm-up segment per
+variant, then ``--rounds`` rounds in which the variants take turns; the table shows median images/s and the ratio to
+``recipe``. Compare within one run.
 
     python benchmarks/train_step_variants.py                  # all variants, 40 steps x 3 rounds
     python benchmarks/train_step_variants.py --variants recipe,batch128,compile --steps 40 --rounds 5

@@ -23,6 +23,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 VARIANTS = ("recipe", "compile", "batch128", "batch512", "width0.75", "width1.0")  # the default list; any batchN works
+BATCH = re.compile(r"batch([1-9][0-9]*)")
 
 
 def make_segment(variant: str, recipe, steps: int):
@@ -34,7 +35,8 @@ def make_segment(variant: str, recipe, steps: int):
     from mnv2export.train import StepContext, amp_dtype, build_optimizer, build_scheduler, train_one_epoch
 
     cfg, t = recipe.model, recipe.train
-    batch = int(variant.removeprefix("batch")) if variant.startswith("batch") else t.batch_size
+    m = BATCH.fullmatch(variant)
+    batch = int(m[1]) if m else t.batch_size
     if variant.startswith("width"):
         cfg = cfg.replace(width_mult=float(variant.removeprefix("width")))
     device = torch.device("cpu")
@@ -64,7 +66,7 @@ def main(argv=None) -> int:
     p.add_argument("--rounds", type=int, default=3)
     args = p.parse_args(argv)
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
-    unknown = sorted(v for v in set(variants) - set(VARIANTS) if not re.fullmatch(r"batch[1-9][0-9]*", v))
+    unknown = sorted(v for v in set(variants) - set(VARIANTS) if not BATCH.fullmatch(v))
     if unknown:
         p.error(f"unknown variant(s) {', '.join(unknown)}")
 

@@ -16,20 +16,6 @@ import argparse
 import time
 
 
-def top1(model, memory, batch_size: int) -> float:
-    """Top-1 (%) of ``model`` on ``memory`` through the trainer's own loader and ``evaluate``."""
-    import torch
-
-    from mnv2export.config import TrainConfig
-    from mnv2export.train import StepContext, evaluate, make_loader
-    from mnv2export import distributed as D
-
-    device = torch.device("cpu")
-    loader = make_loader(memory, TrainConfig(batch_size=batch_size), D.DistInfo(), device, train=False, memory=memory)
-    ctx = StepContext(device=device, dtype=None, channels_last=True)
-    return 100.0 * evaluate(model, loader, ctx, len(memory.labels.unique()))["val_acc"]
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("checkpoints", nargs="+", help="best.pt / last.pt files of one data set held in memory (Fashion-MNIST)")
@@ -41,18 +27,31 @@ def main() -> None:
     import torch
     from torch.optim.swa_utils import update_bn
 
-    from mnv2export.checkpoint import load_checkpoint
-    from mnv2export.data import build_datasets
-    from mnv2export.config import TrainConfig
-    from mnv2export.train import make_loader
     from mnv2export import distributed as D
+    from mnv2export.checkpoint import load_checkpoint
+    from mnv2export.config import TrainConfig
+    from mnv2export.data import MemoryImages, build_datasets
+    from mnv2export.train import StepContext, evaluate, make_loader
 
     torch.set_num_threads(args.threads)
+    device = torch.device("cpu")
+    ctx = StepContext(device=device, dtype=None, channels_last=True)
+    cfg = TrainConfig(batch_size=args.batch_size)
+
+    def loader(memory, *, train: bool):
+        """The trainer's own loader over ``memory`` (shuffled when ``train``)."""
+        return make_loader(memory, cfg, D.DistInfo(), device, train=train, memory=memory)
+
     first = load_checkpoint(args.checkpoints[0])
-    clean = build_datasets(first.data_config, augment=False)
-    augmented = build_datasets(first.data_config, augment=True) if args.bn_reestimate else None
-    if clean.train_memory is None:
+    data = build_datasets(first.data_config, augment=False)
+    clean = data.train_memory
+    if clean is None:
         raise SystemExit("error: these checkpoints' data is not held in memory (only Fashion-MNIST at 28 px is)")
+    augmented = MemoryImages(clean.images, clean.labels, first.data_config, augment=True)
+    num_classes = first.model_config.num_classes
+
+    def top1(model, memory) -> str:
+        return f"{100.0 * evaluate(model, loader(memory, train=False), ctx, num_classes)['val_acc']:.2f}%"
 
     header = "| checkpoint | train top-1 (clean) | val top-1 |"
     if args.bn_reestimate:
@@ -64,15 +63,13 @@ def main() -> None:
         if ckpt.data_config != first.data_config:
             raise SystemExit(f"error: {path} was trained on other data than {args.checkpoints[0]}")
         model = ckpt.build_model().to(memory_format=torch.channels_last)
-        row = [path, f"{top1(model, clean.train_memory, args.batch_size):.2f}%", f"{top1(model, clean.val_memory, args.batch_size):.2f}%"]
-        if args.bn_reestimate:
-            for memory in (clean.train_memory, augmented.train_memory):
-                model = ckpt.build_model().to(memory_format=torch.channels_last)
-                torch.manual_seed(0)  # the crops and flips of the augmented pass
-                loader = make_loader(memory, TrainConfig(batch_size=args.batch_size), D.DistInfo(), torch.device("cpu"), train=True, memory=memory)
-                t0 = time.perf_counter()
-                update_bn(((x.contiguous(memory_format=torch.channels_last), y) for x, y, _ in loader), model)
-                row.append(f"{top1(model, clean.val_memory, args.batch_size):.2f}% ({time.perf_counter() - t0:.0f} s)")
+        row = [path, top1(model, clean), top1(model, data.val_memory)]
+        for memory in (clean, augmented) if args.bn_reestimate else ():
+            model = ckpt.build_model().to(memory_format=torch.channels_last)
+            torch.manual_seed(0)  # the crops and flips of the augmented pass
+            t0 = time.perf_counter()
+            update_bn(loader(memory, train=True), model)  # takes each batch's first element: the images
+            row.append(f"{top1(model, data.val_memory)} ({time.perf_counter() - t0:.0f} s)")
         print("| " + " | ".join(row) + " |", flush=True)
 
 

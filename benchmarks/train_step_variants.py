@@ -3,8 +3,9 @@
 Each variant trains the recipe's model through ``mnv2export.train.train_one_epoch`` with the pieces ``mnv2 train``
 wires for the recipe (``StepContext``: channels_last and amp; ``build_optimizer``, ``build_scheduler``, label
 smoothing; the recipe's thread count) on one fixed random batch, so only the step is timed, not the data: ``recipe``,
-``compile`` (``torch.compile`` of the model, inductor, compile time excluded), ``batchN`` (any batch size N: the
-recipe's own is 256, its earlier one 128), and the wider models ``width0.75`` / ``width1.0``. One warm-up segment per
+``compile`` (``torch.compile`` of the model, inductor, compile time excluded), ``bf16`` (``torch.autocast`` in
+bfloat16: ``--amp bf16``), ``batchN`` (any batch size N: the recipe's own is 256, its earlier one 128), and the wider
+models ``width0.75`` / ``width1.0``. Modifiers combine with ``+``: ``bf16+width0.75``. One warm-up segment per
 variant, then ``--rounds`` rounds in which the variants take turns; the table shows median images/s and the ratio to
 ``recipe``. Compare within one run.
 
@@ -22,8 +23,14 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-VARIANTS = ("recipe", "compile", "batch128", "batch512", "width0.75", "width1.0")  # the default list; any batchN works
-BATCH = re.compile(r"batch([1-9][0-9]*)")
+VARIANTS = ("recipe", "compile", "bf16", "batch128", "batch512", "width0.75", "width1.0")  # the default list
+MODIFIER = re.compile(r"recipe|compile|bf16|batch([1-9][0-9]*)|width(0\.[0-9]+|1\.[0-9]+)")  # any batchN, widthX
+
+
+def modifiers(variant: str) -> list[re.Match] | None:
+    """The ``+``-joined modifiers of ``variant``, or None if one is unknown."""
+    found = [MODIFIER.fullmatch(part) for part in variant.split("+")]
+    return None if None in found else found
 
 
 def make_segment(variant: str, recipe, steps: int):
@@ -35,19 +42,24 @@ def make_segment(variant: str, recipe, steps: int):
     from mnv2export.train import StepContext, amp_dtype, build_optimizer, build_scheduler, train_one_epoch
 
     cfg, t = recipe.model, recipe.train
-    m = BATCH.fullmatch(variant)
-    batch = int(m[1]) if m else t.batch_size
-    if variant.startswith("width"):
-        cfg = cfg.replace(width_mult=float(variant.removeprefix("width")))
+    batch, amp, compile_ = t.batch_size, t.amp, False
+    for m in modifiers(variant):
+        if m[1]:
+            batch = int(m[1])
+        elif m[2]:
+            cfg = cfg.replace(width_mult=float(m[2]))
+        elif m[0] == "bf16":
+            amp = "bf16"
+        compile_ = compile_ or m[0] == "compile"
     device = torch.device("cpu")
-    ctx = StepContext(device=device, dtype=amp_dtype(t.amp, device), channels_last=t.channels_last != "off")
+    ctx = StepContext(device=device, dtype=amp_dtype(amp, device), channels_last=t.channels_last != "off")
     model = build_model(cfg)
     if ctx.channels_last:
         model.to(memory_format=torch.channels_last)
     opt = build_optimizer(model, t)
     sched = build_scheduler(opt, t, steps_per_epoch=steps)
     criterion = nn.CrossEntropyLoss(label_smoothing=t.label_smoothing)
-    train_module = torch.compile(model) if variant == "compile" else model
+    train_module = torch.compile(model) if compile_ else model
     size = recipe.data.img_size
     x = torch.randn(batch, 3, size, size)  # NCHW, as the loader hands it over
     y = torch.randint(0, cfg.num_classes, (batch,))
@@ -61,12 +73,12 @@ def make_segment(variant: str, recipe, steps: int):
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--recipe", default=str(ROOT / "train" / "fashion_mnist_cpu.toml"))
-    p.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated, from {', '.join(VARIANTS)} or batchN")
+    p.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated, from {', '.join(VARIANTS)}, batchN, widthX, joined with +")
     p.add_argument("--steps", type=int, default=40, help="timed steps per variant and round")
     p.add_argument("--rounds", type=int, default=3)
     args = p.parse_args(argv)
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
-    unknown = sorted(v for v in set(variants) - set(VARIANTS) if not BATCH.fullmatch(v))
+    unknown = sorted(v for v in set(variants) if modifiers(v) is None)
     if unknown:
         p.error(f"unknown variant(s) {', '.join(unknown)}")
 

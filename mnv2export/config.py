@@ -204,6 +204,7 @@ class TrainConfig(_Config):
     nesterov: bool = True
     weight_decay: float = 4e-5
     warmup_epochs: float = 1.0
+    schedule: str = "cosine"  # after the warm-up, the rate falls to zero by the last step: cosine or linear
     label_smoothing: float = 0.1
     ema: bool = False
     ema_decay: float = 0.999
@@ -236,6 +237,7 @@ class TrainConfig(_Config):
         _in_range("label smoothing", self.label_smoothing, 0.0, 0.5)
         _in_range("EMA decay", self.ema_decay, 0.0, 0.99999, lo_open=True)
         _one_of("optimizer", self.optimizer, ("sgd", "adamw"))
+        _one_of("learning-rate schedule", self.schedule, ("cosine", "linear"))
         _one_of("mixed precision mode", self.amp, ("auto", "off", "bf16", "fp16"))
         _one_of("channels_last mode", self.channels_last, ("auto", "on", "off"))
         _one_of("device", self.device, ("auto", "cuda", "cpu"))

@@ -138,7 +138,7 @@ def _training(r: Any) -> str:
     best = s.get("best_val_acc", -1)
     lines += [
         f"{_plural(s.get('epoch', len(history)), 'epoch')} on {s.get('device', '?')} (mixed precision: {s.get('amp', 'off')}), batch size {t.batch_size}, "
-        f"{t.optimizer} lr {t.lr:g}, warm-up {t.warmup_epochs:g} epoch(s) then cosine, label smoothing {t.label_smoothing:g}"
+        f"{t.optimizer} lr {t.lr:g}, warm-up {t.warmup_epochs:g} epoch(s) then {t.schedule}, label smoothing {t.label_smoothing:g}"
         + (", EMA" if t.ema else "") + f", {_duration(s.get('wall_seconds'))}.",
         f"Best validation top-1: **{100 * best:.2f}%** (epoch {s.get('best_epoch')}); images skipped as unreadable: {s.get('images_skipped', 0)}.",
         "",

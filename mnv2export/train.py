@@ -87,14 +87,17 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer
 
 
 def build_scheduler(opt: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int) -> torch.optim.lr_scheduler.LRScheduler:
-    """Linear warm-up then cosine decay to zero, stepped every iteration."""
+    """Linear warm-up, then cosine or linear decay to zero at the last step (``cfg.schedule``), stepped every iteration."""
     total = max(1, cfg.epochs * steps_per_epoch)
     warmup = min(total - 1, int(round(cfg.warmup_epochs * steps_per_epoch)))
-    cosine = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, total - warmup))
+    if cfg.schedule == "linear":
+        decay = torch.optim.lr_scheduler.LinearLR(opt, start_factor=1.0, end_factor=0.0, total_iters=max(1, total - warmup))
+    else:
+        decay = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, total - warmup))
     if warmup <= 0:
-        return cosine
-    linear = torch.optim.lr_scheduler.LinearLR(opt, start_factor=1e-3, end_factor=1.0, total_iters=warmup)
-    return torch.optim.lr_scheduler.SequentialLR(opt, [linear, cosine], milestones=[warmup])
+        return decay
+    ramp = torch.optim.lr_scheduler.LinearLR(opt, start_factor=1e-3, end_factor=1.0, total_iters=warmup)
+    return torch.optim.lr_scheduler.SequentialLR(opt, [ramp, decay], milestones=[warmup])
 
 
 def seed_everything(seed: int) -> None:

@@ -320,3 +320,34 @@ def test_in_memory_training_resumes_exactly(tmp_path, monkeypatch):
     _cut_after_first_epoch_then_resume(cfg, tmp_path / "cut", monkeypatch)
     _same(_weights(tmp_path / "cut" / "last.pt"), _weights(whole.last))
     assert whole.history[-1]["val_acc"] == load_checkpoint(tmp_path / "cut" / "last.pt").train_summary["final"]["val_acc"]
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "linear"])
+def test_schedule_warms_up_then_decays_to_zero_at_the_last_step(schedule):
+    from mnv2export.config import TrainConfig
+    from mnv2export.train import build_scheduler
+
+    steps, epochs = 10, 4  # warm-up 0.5 epoch = 5 steps, then 35 steps of decay
+    opt = torch.optim.SGD(nn.Linear(2, 2).parameters(), lr=0.2)
+    sched = build_scheduler(opt, TrainConfig(epochs=epochs, lr=0.2, warmup_epochs=0.5, schedule=schedule), steps)
+    lrs = []
+    for _ in range(epochs * steps):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    lrs.append(opt.param_groups[0]["lr"])  # after the last step
+    assert lrs[0] == pytest.approx(0.2e-3) and lrs[5] == pytest.approx(0.2)
+    assert all(a < b for a, b in zip(lrs[:5], lrs[1:6])) and all(a > b for a, b in zip(lrs[5:], lrs[6:]))
+    assert lrs[-1] == pytest.approx(0.0, abs=1e-12)
+    drops = np.diff(lrs[5:])
+    if schedule == "linear":  # equal steps down: 0.2 / 35 each
+        assert np.allclose(drops, -0.2 / 35)
+    else:  # cosine: gentle at both ends, steepest in the middle
+        assert abs(drops[0]) < abs(drops[17]) > abs(drops[-1])
+
+
+def test_unknown_schedule_is_a_config_error():
+    from mnv2export.config import TrainConfig
+
+    with pytest.raises(ConfigError, match="schedule"):
+        TrainConfig(schedule="step")

@@ -42,16 +42,12 @@ def make_segment(variant: str, recipe, steps: int):
     from mnv2export.train import StepContext, amp_dtype, build_optimizer, build_scheduler, train_one_epoch
 
     cfg, t = recipe.model, recipe.train
-    batch, amp, compile_ = t.batch_size, t.amp, False
-    for m in modifiers(variant):
-        if m[1]:
-            batch = int(m[1])
-        elif m[2]:
-            cfg = cfg.replace(width_mult=float(m[2]))
-        elif m[0] == "bf16":
-            amp = "bf16"
-        compile_ = compile_ or m[0] == "compile"
+    found = modifiers(variant)
+    batch = next((int(m[1]) for m in found if m[1]), t.batch_size)
+    cfg = next((cfg.replace(width_mult=float(m[2])) for m in found if m[2]), cfg)
+    parts = {m[0] for m in found}
     device = torch.device("cpu")
+    amp = "bf16" if "bf16" in parts else t.amp
     ctx = StepContext(device=device, dtype=amp_dtype(amp, device), channels_last=t.channels_last != "off")
     model = build_model(cfg)
     if ctx.channels_last:
@@ -59,7 +55,7 @@ def make_segment(variant: str, recipe, steps: int):
     opt = build_optimizer(model, t)
     sched = build_scheduler(opt, t, steps_per_epoch=steps)
     criterion = nn.CrossEntropyLoss(label_smoothing=t.label_smoothing)
-    train_module = torch.compile(model) if compile_ else model
+    train_module = torch.compile(model) if "compile" in parts else model
     size = recipe.data.img_size
     x = torch.randn(batch, 3, size, size)  # NCHW, as the loader hands it over
     y = torch.randint(0, cfg.num_classes, (batch,))

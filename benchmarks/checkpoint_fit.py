@@ -1,7 +1,8 @@
 """How well trained checkpoints fit their data, without training: top-1 on the training images (un-augmented, through
 the evaluation preprocessing) beside top-1 on the validation set, and, with ``--bn-reestimate``, the validation top-1
-after the BatchNorm running statistics are re-estimated over one pass of the training images, clean and augmented
-(``torch.optim.swa_utils.update_bn``: every BatchNorm reset, then a cumulative average over the pass).
+after the BatchNorm running statistics are re-estimated over one pass of all the training images, clean and augmented
+(``torch.optim.swa_utils.update_bn``: every BatchNorm reset, then a cumulative average over the pass; unlike a
+training epoch, the pass keeps the last partial batch).
 
 Used for the Fashion-MNIST recipe (benchmarks/RESULTS.md): is the model underfitting or overfitting, and do the running
 statistics it was trained with (on padded, shifted crops) fit centred test images?
@@ -31,6 +32,7 @@ def main() -> None:
     from mnv2export.checkpoint import load_checkpoint
     from mnv2export.config import TrainConfig
     from mnv2export.data import MemoryImages, build_datasets
+    from mnv2export.data.memory import MemoryLoader
     from mnv2export.train import StepContext, evaluate, make_loader
 
     torch.set_num_threads(args.threads)
@@ -38,9 +40,13 @@ def main() -> None:
     ctx = StepContext(device=device, dtype=None, channels_last=True)
     cfg = TrainConfig(batch_size=args.batch_size)
 
-    def loader(memory, *, train: bool):
-        """The trainer's own loader over ``memory`` (shuffled when ``train``)."""
-        return make_loader(memory, cfg, D.DistInfo(), device, train=train, memory=memory)
+    def in_order(memory):
+        """The trainer's own evaluation loader over ``memory``."""
+        return make_loader(memory, cfg, D.DistInfo(), device, train=False, memory=memory)
+
+    def every_image(memory):
+        """Shuffled batches of every image, the last partial batch included (the training loader drops it)."""
+        return MemoryLoader(memory, torch.utils.data.RandomSampler(memory), cfg.batch_size, drop_last=False)
 
     first = load_checkpoint(args.checkpoints[0])
     data = build_datasets(first.data_config, augment=False)
@@ -51,7 +57,7 @@ def main() -> None:
     num_classes = first.model_config.num_classes
 
     def top1(model, memory) -> str:
-        return f"{100.0 * evaluate(model, loader(memory, train=False), ctx, num_classes)['val_acc']:.2f}%"
+        return f"{100.0 * evaluate(model, in_order(memory), ctx, num_classes)['val_acc']:.2f}%"
 
     header = "| checkpoint | train top-1 (clean) | val top-1 |"
     if args.bn_reestimate:
@@ -68,7 +74,7 @@ def main() -> None:
             model = ckpt.build_model().to(memory_format=torch.channels_last)
             torch.manual_seed(0)  # the crops and flips of the augmented pass
             t0 = time.perf_counter()
-            update_bn(loader(memory, train=True), model)  # takes each batch's first element: the images
+            update_bn(every_image(memory), model)  # takes each batch's first element: the images
             row.append(f"{top1(model, data.val_memory)} ({time.perf_counter() - t0:.0f} s)")
         print("| " + " | ".join(row) + " |", flush=True)
 

@@ -313,6 +313,9 @@ def _step_data(result: PipelineResult) -> list[str]:
 
     d = result.config.data
     bundle = build_datasets(d, augment=False)
+    n_classes = len(bundle.class_names)
+    if n_classes != result.config.model.num_classes:  # the data decides the class count, as fit() does: record that
+        result.config = RunConfig(model=result.config.model.replace(num_classes=n_classes), data=d, train=result.config.train)
     result.data = {
         **bundle.summary, "class_names": bundle.class_names, "img_size": d.img_size, "resize": d.resize,
         "interpolation": d.interpolation, "mean": d.mean, "std": d.std, "train_aug": d.train_aug, "fingerprint": bundle.fingerprint,

@@ -96,3 +96,30 @@ def test_readme_smoke_command_learns(tmp_path):
     for name in ("best.pt", "last.pt", "metrics.csv", "config.json", "loss_curve.png", "kernels.png", "feature_maps_shallow.png",
                  "feature_maps_deep.png", "confusion_matrix.png"):
         assert (tmp_path / "smoke" / name).is_file(), name
+
+
+def _commands(cmd, path=()):
+    yield path, cmd
+    if hasattr(cmd, "commands"):  # a group (typer's own click, not the click package's classes)
+        for name, sub in cmd.commands.items():
+            yield from _commands(sub, (*path, name))
+
+
+def test_help_text_keeps_its_square_brackets():
+    """Rich markup reads ``[model]`` as a style tag and drops it: every bracketed word a help text holds must be printed."""
+    import re
+
+    import typer
+
+    checked = 0
+    for path, cmd in _commands(typer.main.get_command(app)):
+        texts = [cmd.help or ""] + [getattr(p, "help", None) or "" for p in cmd.params]
+        tokens = {t for text in texts for t in re.findall(r"\[[a-z_]+\]", text.replace("\\[", "["))}
+        if not tokens:
+            continue
+        r = CliRunner().invoke(app, [*path, "--help"], env={"COLUMNS": "200", "TERMINAL_WIDTH": "200"})
+        assert r.exit_code == 0, r.output
+        for token in tokens:
+            assert token in r.output and "\\" + token not in r.output, (path, token)  # printed, and its escape not shown
+        checked += 1
+    assert checked  # the train command's --config help names [model], [data], [train]

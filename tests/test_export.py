@@ -19,6 +19,7 @@ from mnv2export.config import ModelConfig
 from mnv2export.errors import ConfigError, DataError, ExportError, OutputError
 from mnv2export.export import export_all, parse_formats
 from mnv2export.export.names import FP16_FILE, INT8_FILE, MANIFEST_FILE, ONNX_FILE, TORCHSCRIPT_FILE
+from mnv2export.export.onnx import max_opset, ort_max_opset
 from mnv2export.export.quantize import int8_recipe, quantize_onnx
 from mnv2export.fileio import sha256_file
 from mnv2export.fold import check_fold, fold_bn
@@ -276,6 +277,7 @@ def test_bad_options_and_calibration_data(trained_checkpoint, tmp_path, capsys):
         (["--quantize", "--calib-size", "0"], "calibration size"),
         (["--quantize", "--calib-method", "kl"], "unknown calibration method"),
         (["--opset", "12"], "opset 12 is not supported"),
+        (["--opset", str(max_opset() + 1)], f"opset {max_opset() + 1} is not supported"),  # beyond onnx or ONNX Runtime
         (["--format", "torchscript", "--quantize"], "make ONNX models"),
         (["--calib-data", empty], "only used for INT8"),
     ]
@@ -328,3 +330,24 @@ def test_zip_of_the_torchscript_file_holds_the_metadata(exported):
     with zipfile.ZipFile(exported.out_dir / TORCHSCRIPT_FILE) as z:
         entry = next(n for n in z.namelist() if n.endswith("/extra/mnv2_metadata.json"))
         assert json.loads(z.read(entry))["format"] == "torchscript"
+
+
+def test_the_opset_ceiling_is_the_newest_onnxruntime_loads():
+    """--opset is capped where ONNX Runtime stops loading models (onnx itself may define newer opsets: 28 against 26)."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    def loads(opset):
+        value = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [2]) for n in ("a", "b")]
+        graph = helper.make_graph([helper.make_node("Relu", ["a"], ["b"])], "g", value[:1], value[1:])
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=8)
+        try:
+            ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+            return True
+        except Exception:  # noqa: BLE001
+            return False
+
+    top = ort_max_opset()
+    assert 18 <= top <= onnx.defs.onnx_opset_version() and loads(top)
+    assert top == onnx.defs.onnx_opset_version() or not loads(top + 1)
+    assert max_opset() == min(top, onnx.defs.onnx_opset_version())

@@ -44,6 +44,7 @@ def test_every_step_runs_and_writes_its_outputs(tiny_pipeline):
     record = json.loads((run / "pipeline.json").read_text())
     assert record["passed"] and [s["status"] for s in record["steps"]] == ["ok"] * len(STEPS)
     assert record["config"]["model"]["width_mult"] == 0.35 and record["config"]["data"]["img_size"] == 32
+    assert record["config"]["model"]["num_classes"] == 4 == len(record["data"]["class_names"])  # the data's count, not the default
     threads = record["config"]["train"]["threads"]
     assert threads >= 1 and json.loads((run / "bench.json").read_text())["settings"]["threads"] == threads
     check = json.loads((run / "check.json").read_text())

@@ -20,7 +20,7 @@ def export(
     calib_data: Annotated[Optional[str], typer.Option("--calib-data", help="Calibration images: synth, fashion-mnist, an ImageFolder root or a folder of images (default: the checkpoint's own training data).")] = None,
     calib_size: Annotated[int, typer.Option("--calib-size", help="Number of calibration images.")] = 256,
     calib_method: Annotated[str, typer.Option("--calib-method", help="minmax, entropy or percentile.")] = "minmax",
-    opset: Annotated[Optional[int], typer.Option("--opset", help="ONNX opset (18 or newer; default 18).")] = None,
+    opset: Annotated[Optional[int], typer.Option("--opset", help="ONNX opset, 18 to the newest the installed ONNX Runtime loads (26 with onnxruntime 1.31); default 18.")] = None,
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Output folder (default export/<run>).")] = None,
 ) -> None:
     """Export a checkpoint: BatchNorm folded, TorchScript and ONNX, optionally INT8 and FP16, with manifest.json."""

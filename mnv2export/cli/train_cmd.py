@@ -16,7 +16,7 @@ app.add_typer(data_app, name="data")
 
 @app.command()
 def train(
-    config: Annotated[Optional[Path], typer.Option("--config", "-c", help="Recipe (TOML with [model], [data], [train]); flags override it.")] = None,
+    config: Annotated[Optional[Path], typer.Option("--config", "-c", help="Recipe (TOML with \\[model], \\[data], \\[train]); flags override it.")] = None,
     data: Data = None,
     data_dir: DataDir = None,
     class_index: Annotated[Optional[str], typer.Option(help="JSON naming the classes (wnid -> name, as imagenet_class_index.json).")] = None,

@@ -1,4 +1,5 @@
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -83,10 +84,13 @@ def test_failed_write_keeps_the_previous_file(tmp_path, monkeypatch):
     path = save_checkpoint(_ckpt(), tmp_path / "last.pt")
     before = path.read_bytes()
 
-    def boom(*a, **k):
+    real_write = Path.write_bytes
+
+    def half_then_interrupted(self, data):  # the process dies halfway through writing the file to disk
+        real_write(self, bytes(data)[: len(data) // 2])
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(torch, "save", boom)
+    monkeypatch.setattr(Path, "write_bytes", half_then_interrupted)
     with pytest.raises(KeyboardInterrupt):
         save_checkpoint(_ckpt(), path)
     assert path.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["last.pt"]

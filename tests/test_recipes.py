@@ -134,9 +134,15 @@ def test_fashion_recipe_trains_one_epoch_on_generated_idx(tmp_path):
 
     rows = list(csv.DictReader((out / "metrics.csv").open()))
     assert len(rows) == 1 and rows[0]["epoch"] == "1"
-    assert np.isfinite(float(rows[0]["train_loss"])) and 0.0 <= float(rows[0]["val_acc"]) <= 1.0
+    assert np.isfinite(float(rows[0]["train_loss"]))
     recipe = load_recipe(FASHION)
     best = load_checkpoint(out / "best.pt")
+    # 320 images at the recipe's batch 256 make one optimizer step: the residual blocks' last BatchNorm scales, which
+    # the recipe zero-initialises, have moved off zero by that one small step (1.0 if zero_init were not applied)
+    from torchvision.models.mobilenetv2 import InvertedResidual
+
+    scales = [b.conv[-1].weight.detach() for b in best.build_model().modules() if isinstance(b, InvertedResidual) and b.use_res_connect]
+    assert len(scales) == 10 and all(0 < float(g.abs().max()) < 0.1 for g in scales), [float(g.abs().max()) for g in scales]
     assert best.model_config == recipe.model
     assert best.data_config.source == "fashion-mnist" and best.data_config.img_size == 28
     assert best.train_summary["data"]["train_images"] == 320 and best.train_summary["data"]["val_images"] == 60

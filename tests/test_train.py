@@ -75,9 +75,21 @@ def _cut_after_first_epoch_then_resume(cfg, out, monkeypatch):
         m.setattr(T, "evaluate", evaluate_then_stop)
         with pytest.raises(KeyboardInterrupt):
             fit(cfg, run_dir=out)
-    assert load_checkpoint(out / "last.pt").train_summary["epoch"] == 1
+    first = load_checkpoint(out / "last.pt").train_summary
+    assert first["epoch"] == 1
     cfg2, ckpt = resume_config(out, {"train": {"epochs": None}})
-    return fit(cfg2, run_dir=out, resume_from=ckpt)
+    real_epoch, trained = T.train_one_epoch, []
+
+    def count_epochs(*a, **k):
+        trained.append(1)
+        return real_epoch(*a, **k)
+
+    with monkeypatch.context() as m:  # training is deterministic on CPU: starting over would end at the same weights
+        m.setattr(T, "train_one_epoch", count_epochs)
+        result = fit(cfg2, run_dir=out, resume_from=ckpt)
+    assert len(trained) == 1  # epoch 2 only: epoch 1 was not trained again
+    assert result.history[0] == first["history"][0]  # epoch 1's row (its seconds included) is the interrupted run's
+    return result
 
 
 def test_resume_continues_exactly(tmp_path, tiny_run, monkeypatch):
@@ -114,23 +126,29 @@ def _epochs_done(out):
 @pytest.mark.slow
 @pytest.mark.parametrize("when", ["start", "epoch1", "epoch2+jitter"])
 def test_sigkill_at_any_moment_then_resume(tmp_path, tiny_run, when):
-    """SIGKILL during start-up, right after epoch 1, a little into epoch 3; --resume always ends as the clean run."""
+    """SIGKILL during start-up, right after epoch 1, a little into epoch 2 (of 2); --resume continues from the last
+    finished epoch and always ends as the clean run."""
     out = tmp_path / "run"
     args = ["train", *TINY_FLAGS, "--epochs", "2", "--out", str(out)]
     proc = subprocess.Popen([sys.executable, "-m", "mnv2export", *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     if when == "start":
-        _wait_for(lambda: (out / "last.pt").exists(), proc)
-    elif when == "epoch1":
-        _wait_for(lambda: _epochs_done(out) >= 1, proc)
+        assert _wait_for(lambda: (out / "last.pt").exists(), proc)
     else:
-        _wait_for(lambda: _epochs_done(out) >= 1, proc)
-        time.sleep(np.random.default_rng().uniform(0.0, 0.5))
+        assert _wait_for(lambda: _epochs_done(out) >= 1, proc)
+        if when == "epoch2+jitter":  # up to half as long as epoch 1 took, so the kill lands inside epoch 2
+            epoch1_s = float((out / "metrics.csv").read_text().splitlines()[1].split(",")[-1])
+            time.sleep(np.random.default_rng().uniform(0.0, 0.5 * epoch1_s))
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert load_checkpoint(out / "last.pt")  # whole, whatever the moment
+    assert proc.returncode == -signal.SIGKILL  # the kill hit a running trainer, not one that had finished
+    done = load_checkpoint(out / "last.pt").train_summary["epoch"]  # whole, whatever the moment
+    assert done < 2 and _epochs_done(out) >= done
+    rows_before = (out / "metrics.csv").read_text().splitlines()[: done + 1] if done else []
     r = mnv2("train", "--resume", "--out", str(out), "--no-progress")
     assert r.returncode == 0, r.stderr
+    assert f"at epoch {done + 1} of 2" in r.stderr  # continued from the last finished epoch, not from scratch
     assert _epochs_done(out) == 2
+    assert (out / "metrics.csv").read_text().splitlines()[: len(rows_before)] == rows_before  # earlier rows kept as written
     assert load_checkpoint(out / "best.pt").train_summary["best_val_acc"] >= 0
     _same(_weights(out / "last.pt"), _weights(tiny_run.last))
     assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]

@@ -137,9 +137,13 @@ def test_every_kind_of_image_in_one_predict(capsys, files, exported):
 def test_checkpoints_of_another_architecture_or_class_count(capsys, files, exported):
     fails(capsys, "export", files / "resnet.pt", match="another architecture")
     fails(capsys, "info", files / "resnet.pt", match="another architecture")
-    code, out, err = cli(capsys, "check", files / "three.pt", "--artifacts", exported.out_dir, "--samples", "16")
+    report = files / "three-check.json"
+    code, out, err = cli(capsys, "check", files / "three.pt", "--artifacts", exported.out_dir, "--samples", "16", "--json", report)
     assert code == 1  # the artifacts do not belong to this checkpoint: every row fails, and says why
-    assert "class" in (out + err).lower()
+    rows = json.loads(report.read_text())["rows"]
+    assert rows and {r["artifact"] for r in rows} >= set(exported.artifacts)
+    for r in rows:
+        assert r["status"] == "fail" and any(f.startswith("metadata class_names is") for f in r["failures"]), r
 
 
 @pytest.mark.parametrize(

@@ -160,8 +160,9 @@ class DataConfig(_Config):
         for name in ("mean", "std"):
             values = getattr(self, name)
             _check(
-                isinstance(values, (list, tuple)) and len(values) == 3 and all(isinstance(v, (int, float)) for v in values),
-                f"{name} must have 3 numbers (R, G, B), got {values!r}",
+                isinstance(values, (list, tuple)) and len(values) == 3
+                and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values),
+                f"{name} must have 3 finite numbers (R, G, B), got {values!r}",
                 f"pass --{name} R,G,B",
             )
             object.__setattr__(self, name, [float(v) for v in values])

@@ -168,7 +168,7 @@ def test_corrupted_artifacts_fail_and_are_named(exported, trained_checkpoint, tm
     assert not json.loads(out.read_text())["passed"]
 
     weight = rows["weight.onnx"]
-    assert weight["status"] == "fail" and weight["failures"][0].split(" logits exceed both atol 0.0001 and rtol 0.001")[0].split(" of ")[0].isdigit()
+    assert weight["status"] == "fail" and " logits exceed both atol 0.0001 and rtol 0.001" in weight["failures"][0]
     assert weight["metrics"]["max_abs"] > 1e-4 and "x atol" in weight["failures"][0]
     bn = rows["bn.torchscript.pt"]
     assert bn["status"] == "fail" and any("exceed both atol" in f for f in bn["failures"]) and bn["metrics"]["max_abs"] > 1e-3
@@ -331,3 +331,132 @@ def test_a_model_trained_by_mnv2_train_passes_every_row(tmp_path):
     assert len(rows) == 4 and all(r["status"] == "pass" for r in rows.values())
     for name in (TORCHSCRIPT_FILE, ONNX_FILE):
         assert rows[name]["metrics"]["max_abs"] < 1e-4 and rows[name]["metrics"]["top1_agreement"] == 100.0
+
+# --------------------------------------------------------------------------------------------------- the judgement itself, on made-up logits and hand-made artifacts
+def _logits(pred: np.ndarray, n_classes: int = 4) -> np.ndarray:
+    """Logits whose argmax is ``pred`` (clear margins)."""
+    out = np.zeros((len(pred), n_classes), np.float32)
+    out[np.arange(len(pred)), pred] = 5.0
+    return out
+
+
+def _int8_case(change: str):
+    """100 labelled real images; the reference gets 95 right. The artifact changes 3 answers: 'worse' turns 3 right
+    answers wrong, 'better' turns 3 wrong answers right (agreement 97% either way)."""
+    labels = np.arange(100) % 4
+    ref_pred = labels.copy()
+    ref_pred[:5] = (labels[:5] + 1) % 4  # 5 wrong
+    art_pred = ref_pred.copy()
+    if change == "worse":
+        art_pred[10:13] = (labels[10:13] + 1) % 4
+    else:
+        art_pred[:3] = labels[:3]
+    return _logits(ref_pred), _logits(art_pred), labels
+
+
+@pytest.mark.parametrize("change, drop, fails", [("worse", 3.0, True), ("better", -3.0, False)])
+def test_int8_accuracy_drop_is_judged_and_signed(change, drop, fails):
+    """With the agreement bar lowered to 90% (so that it does not decide), a 3-point accuracy loss must fail the
+    default 1-point bound, and a 3-point gain must not (drop = reference - artifact)."""
+    ref, out, labels = _int8_case(change)
+    tol = parity.with_overrides(min_top1_agreement=90)["int8"]
+    m = parity.compare(ref, out, n_real=100, labels=labels, used=np.full(100, 64), tol=tol)
+    assert m["top1_agreement"] == 97.0 and m["acc_drop_pts"] == pytest.approx(drop)
+    failures = parity.judge(m, tol, "int8")
+    assert bool(failures) is fails, failures
+    if fails:
+        assert failures[0].startswith("accuracy drop 3.00 points > 1")
+
+
+def test_int8_without_real_images_fails_with_pass_data():
+    """README: 'Without any real images, INT8 fails with "pass --data"' (even if the generated tensors agree)."""
+    ref = _logits(np.arange(20) % 4)
+    tol = parity.DEFAULT_TOLERANCES["int8"]
+    m = parity.compare(ref, ref.copy(), n_real=0, labels=None, used=np.full(20, 7), tol=tol)
+    failures = parity.judge(m, tol, "int8")
+    assert len(failures) == 1 and "pass --data" in failures[0]
+
+
+def test_nonfinite_logits_fail_every_precision():
+    """A NaN logit must fail a row even where no elementwise bound applies (INT8), and say so."""
+    ref = _logits(np.arange(8) % 4)
+    out = ref.copy()
+    out[3, 3] = np.nan  # on the top class: np.argmax still picks it, so agreement and accuracy stay 100%
+    for precision in ("fp32", "fp16", "int8"):
+        tol = parity.DEFAULT_TOLERANCES[precision]
+        m = parity.compare(ref, out, n_real=8, labels=np.arange(8) % 4, used=np.full(8, 7), tol=tol)
+        failures = parity.judge(m, tol, precision)
+        assert any("NaN or infinite" in f for f in failures), (precision, failures)
+
+
+def test_error_rows_fail_the_check():
+    """A row that could not run (damaged file, static batch axis) is not a pass."""
+    assert not parity.ParityRow("m.onnx", "onnx", "fp32", "cpu", status="error", reason="x").passed
+    assert not parity.ParityRow("m.onnx", "onnx", "fp32", "cpu", status="fail").passed
+    assert parity.ParityRow("m.onnx", "onnx", "fp32", "cuda", status="unavailable").passed
+
+
+def test_an_error_row_alone_makes_the_check_fail(exported, trained_checkpoint, tmp_path):
+    folder = tmp_path / "art"
+    folder.mkdir()
+    manifest = json.loads((exported.out_dir / MANIFEST_FILE).read_text())
+    manifest["artifacts"] = {ONNX_FILE: manifest["artifacts"][ONNX_FILE]}  # listed, file missing
+    (folder / MANIFEST_FILE).write_text(json.dumps(manifest))
+    report = parity.check(trained_checkpoint, folder, samples=4)
+    assert [r.status for r in report.rows] == ["error"] and report.passed is False
+
+
+def _small_ckpt():
+    from mnv2export.checkpoint import Checkpoint
+    from mnv2export.config import DataConfig, ModelConfig
+    from mnv2export.model import build_model
+
+    cfg = ModelConfig(num_classes=3, width_mult=0.35)
+    return Checkpoint(cfg, DataConfig(img_size=32), ["a", "b", "c"], build_model(cfg).state_dict(), {"epoch": 1}, {})
+
+
+@pytest.mark.parametrize("class_names", [["c", "b", "a"], ["a", "b"], ["a", "b", "c", "d"]])
+def test_metadata_class_names_must_match_the_checkpoint(class_names):
+    """Wrong or missing class names do not change a logit, so only the metadata check can catch them."""
+    ckpt = _small_ckpt()
+    meta = {**ckpt.metadata(), "class_names": class_names}
+    problems = parity.metadata_problems(meta, ckpt)
+    assert len(problems) == 1 and problems[0].startswith("metadata class_names is"), problems
+    assert parity.metadata_problems(ckpt.metadata(), ckpt) == []
+
+
+def test_default_tolerances_are_the_documented_ones():
+    """README's table: FP32 atol 1e-4 / rtol 1e-3 / 100%; FP16 atol 2e-2 (scaled) / rtol 5e-2 / 99%; INT8 99% / 1 point."""
+    T = parity.Tolerance
+    assert parity.DEFAULT_TOLERANCES == {
+        "fp32": T(atol=1e-4, rtol=1e-3, min_top1_agreement=100.0),
+        "fp16": T(atol=2e-2, rtol=5e-2, atol_scaled=True, min_top1_agreement=99.0),
+        "int8": T(min_top1_agreement=99.0, max_acc_drop_pts=1.0),
+    }
+
+
+def _torchscript_with(trained_checkpoint, exported, dst, *, num_classes=None, meta_changes=None):
+    """The checkpoint's model (or a fresh one with ``num_classes``) traced, with the export's metadata (changed)."""
+    from mnv2export.checkpoint import load_checkpoint
+    from mnv2export.config import ModelConfig
+    from mnv2export.export.torchscript import export_torchscript
+    from mnv2export.model import build_model
+    from mnv2export.runtime import read_metadata
+
+    model = load_checkpoint(trained_checkpoint).build_model()
+    if num_classes is not None:
+        model = build_model(ModelConfig(num_classes=num_classes, width_mult=0.35, dropout=0.0)).eval()
+    meta = {**read_metadata(exported.out_dir / TORCHSCRIPT_FILE), **(meta_changes or {})}
+    export_torchscript(model, torch.zeros(2, 3, 32, 32), meta, dst)
+
+
+def test_wrong_input_size_and_class_count_are_failed_rows_not_crashes(exported, trained_checkpoint, tmp_path):
+    folder = _folder(exported, tmp_path / "art", {"size.torchscript.pt": TORCHSCRIPT_FILE, "classes.torchscript.pt": TORCHSCRIPT_FILE})
+    _torchscript_with(trained_checkpoint, exported, folder / "size.torchscript.pt", meta_changes={"input_size": [3, 64, 64]})
+    _torchscript_with(trained_checkpoint, exported, folder / "classes.torchscript.pt", num_classes=5)
+    report = parity.check(trained_checkpoint, folder, samples=8)
+    rows = {r.artifact: r for r in report.rows}
+    size, classes = rows["size.torchscript.pt"], rows["classes.torchscript.pt"]
+    assert size.status == "fail" and size.failures == ["metadata input_size is [3, 64, 64], the checkpoint's [3, 32, 32]"], size
+    assert classes.status == "fail" and any("logits have shape (5,), the reference (4,)" in f for f in classes.failures), classes
+    assert not report.passed

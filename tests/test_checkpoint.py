@@ -94,3 +94,23 @@ def test_failed_write_keeps_the_previous_file(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         save_checkpoint(_ckpt(), path)
     assert path.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["last.pt"]
+
+
+@pytest.mark.parametrize(
+    "change, match",
+    [
+        ({"schema_version": 2}, "newer"),
+        ({"schema_version": None}, "schema version None is not valid"),
+        ({"schema_version": "1"}, "schema version"),
+        ({"schema_version": 0}, "schema version 0 is not valid"),
+        ({"schema_version": True}, "schema version True is not valid"),
+        ({"state_dict": {"features.0.0.weight": [1.0, 2.0]}}, "not a state dict of tensors"),
+    ],
+)
+def test_bad_schema_versions_and_weights(tmp_path, change, match):
+    payload = {**_ckpt().to_payload(), **change}
+    if change.get("schema_version", 0) is None:
+        del payload["schema_version"]
+    torch.save(payload, tmp_path / "c.pt")
+    with pytest.raises(CheckpointError, match=match):
+        load_checkpoint(tmp_path / "c.pt")

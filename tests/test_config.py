@@ -67,3 +67,35 @@ def test_bad_recipes(tmp_path):
     with pytest.raises(ConfigError, match="epoch") as info:
         load_recipe(typo)
     assert info.value.path == str(typo)
+
+
+def test_bounds_are_inclusive_where_documented():
+    from mnv2export.config import ModelConfig, TrainConfig
+
+    assert ModelConfig(width_mult=1.4).width_mult == 1.4 and ModelConfig(width_mult=0.35).width_mult == 0.35
+    assert ModelConfig(dropout=0.95).dropout == 0.95 and TrainConfig(momentum=0.999).momentum == 0.999
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda c: c.DataConfig(img_size=64, resize_size=257),
+        lambda c: c.DataConfig(img_size=64, pad=33),
+        lambda c: c.DataConfig(rrc_scale=[0.0, 1.0]),
+        lambda c: c.DataConfig(rrc_scale=[0.8, 0.5]),
+        lambda c: c.DataConfig(rrc_scale=[0.5, 1.5]),
+        lambda c: c.TrainConfig(momentum=1.0),
+        lambda c: c.TrainConfig(ema_decay=0.0),
+        lambda c: c.TrainConfig(ema_decay=1.0),
+        lambda c: c.ModelConfig(dropout=-0.1),
+        lambda c: c.DataConfig(mean=[float("nan"), 0.5, 0.5]),
+        lambda c: c.DataConfig(std=[float("inf"), 0.2, 0.2]),  # would normalise every image to 0
+        lambda c: c.DataConfig(mean=[True, 0.5, 0.5]),
+    ],
+)
+def test_more_out_of_range_values(make):
+    from mnv2export import config
+
+    with pytest.raises(ConfigError) as info:
+        make(config)
+    assert info.value.hint

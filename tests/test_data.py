@@ -220,3 +220,34 @@ def test_in_memory_path_only_where_it_gives_the_same_tensors(tmp_path, monkeypat
     rrc = build_datasets(_fashion(tmp_path, monkeypatch, train_aug="rrc"))
     assert rrc.train_memory is None and rrc.val_memory is not None
     assert build_datasets(DataConfig(source="synth", img_size=32, synth_train_per_class=2, synth_val_per_class=1)).train_memory is None
+
+
+def _tree(root, layout: dict[str, list[str]], ext=".png"):
+    from PIL import Image
+
+    for split, classes in layout.items():
+        for c in classes:
+            d = root / split / c
+            d.mkdir(parents=True, exist_ok=True)
+            for i in range(2):
+                Image.new("RGB", (36, 36), (40 * i, 80, 120)).save(d / f"{i}{ext}")
+    return root
+
+
+def test_val_with_an_extra_class_is_a_data_error(tmp_path):
+    from mnv2export.config import DataConfig
+    from mnv2export.data import build_datasets
+
+    root = _tree(tmp_path / "d", {"train": ["a", "b"], "val": ["a", "b", "c"]})
+    with pytest.raises(DataError, match=r"only in val: c\)"):
+        build_datasets(DataConfig(source=str(root), img_size=32))
+
+
+def test_hidden_folders_are_not_classes_and_upper_case_extensions_count(tmp_path):
+    from mnv2export.config import DataConfig
+    from mnv2export.data import build_datasets
+
+    root = _tree(tmp_path / "d", {"train": ["a", "b"], "val": ["a", "b"]}, ext=".JPG")
+    (root / "train" / ".ipynb_checkpoints").mkdir()
+    bundle = build_datasets(DataConfig(source=str(root), img_size=32))
+    assert bundle.class_names == ["a", "b"] and len(bundle.train) == 4

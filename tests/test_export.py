@@ -352,3 +352,73 @@ def test_the_opset_ceiling_is_the_newest_onnxruntime_loads():
     assert 18 <= top <= onnx.defs.onnx_opset_version() and loads(top)
     assert top == onnx.defs.onnx_opset_version() or not loads(top + 1)
     assert max_opset() == min(top, onnx.defs.onnx_opset_version())
+
+# --------------------------------------------------------------------------------------------------- the fold check, calibration and the manifest's INT8 agreement
+def test_fold_check_refuses_nan_and_a_diff_just_over_the_limit():
+    from mnv2export.fold import FOLD_ATOL, check_fold_logits
+
+    ref = torch.zeros(2, 4)
+    with pytest.raises(ExportError, match="differs"):
+        check_fold_logits(ref, torch.full((2, 4), float("nan")))  # the docstring: "also catches NaN"
+    with pytest.raises(ExportError, match="differs"):
+        check_fold_logits(ref, ref + 2e-4)
+    assert FOLD_ATOL == 1e-4 and check_fold_logits(ref, ref + 5e-5) == pytest.approx(5e-5)
+
+
+def test_export_refuses_a_wrong_fold(trained_checkpoint, tmp_path, monkeypatch):
+    """export_all checks the folded model against the unfolded one before writing anything."""
+    import mnv2export.fold as fold
+
+    real = fold.fold_bn
+
+    def wrong(model):
+        folded = real(model)
+        with torch.no_grad():
+            folded.features[18][0].weight.mul_(1.05)
+        return folded
+
+    monkeypatch.setattr(fold, "fold_bn", wrong)
+    from mnv2export.export import export_all
+
+    with pytest.raises(ExportError, match="BatchNorm-folded model differs"):
+        export_all(trained_checkpoint, tmp_path / "o", formats="torchscript")
+    assert not (tmp_path / "o" / TORCHSCRIPT_FILE).exists()
+
+
+def test_calibration_reader_feeds_every_image():
+    from mnv2export.export.quantize import CalibrationReader
+
+    images = np.random.default_rng(0).standard_normal((40, 3, 8, 8)).astype(np.float32)
+    reader = CalibrationReader(images, batch=16)
+    fed = np.concatenate([b["input"] for b in reader])
+    assert len(reader) == 3 and np.array_equal(fed, images)
+
+
+def test_calibration_method_is_really_used(exported, tmp_path):
+    """entropy / percentile must give other activation scales than minmax (not only another label in the settings)."""
+    import onnx
+    from onnx import numpy_helper
+
+    from mnv2export.export.quantize import quantize_onnx
+    from mnv2export.runtime import read_metadata
+
+    x = _val_images(32)
+    meta = read_metadata(exported.out_dir / ONNX_FILE)
+    scales = {}
+    for method in ("minmax", "entropy", "percentile"):
+        quantize_onnx(exported.out_dir / ONNX_FILE, tmp_path / f"{method}.onnx", x, meta, method=method)
+        model = onnx.load(str(tmp_path / f"{method}.onnx"))
+        inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+        scales[method] = np.array([float(inits[n.input[1]]) for n in model.graph.node if n.op_type == "QuantizeLinear"])
+    assert not np.allclose(scales["minmax"], scales["entropy"]) and not np.allclose(scales["minmax"], scales["percentile"])
+
+
+def test_manifest_int8_agreement_is_int8_against_fp32(exported, trained_checkpoint):
+    """README: 'The manifest records the INT8 model's top-1 agreement with FP32 on up to 64 calibration images.'"""
+    from mnv2export.checkpoint import load_checkpoint
+    from mnv2export.export.calib import load_calibration
+    from mnv2export.export.quantize import top1_agreement
+
+    calib = load_calibration(load_checkpoint(trained_checkpoint), None, 96)  # as the `exported` fixture calibrated
+    want = top1_agreement(exported.out_dir / ONNX_FILE, exported.out_dir / INT8_FILE, calib.images[:64])
+    assert exported.artifacts[INT8_FILE]["export_settings"]["top1_agreement_fp32_calib"] == want

@@ -196,3 +196,58 @@ def test_manifest_names_match_what_the_runtime_reads(exported):
         meta = read_metadata(exported.out_dir / name)
         assert (meta["format"], meta["precision"]) == (entry["format"], entry["precision"])
     assert json.loads((exported.out_dir / "manifest.json").read_text())["artifacts"].keys() == exported.artifacts.keys()
+
+# --------------------------------------------------------------------------------------------------- no silent fallback when the pre-session check misses; metadata against the graph
+@no_cuda
+def test_no_silent_cpu_fallback_even_when_the_precheck_misses(exported, monkeypatch):
+    """If the pre-session check lets CUDA through, ONNX Runtime falls back to CPU on its own; the runtime must see
+    that in session.get_providers() and raise, not hand back a CPU session labelled cuda."""
+    import mnv2export.runtime as runtime
+
+    monkeypatch.setattr(runtime, "onnx_provider_problem", lambda provider: None)
+    monkeypatch.setattr(runtime, "_preload_cuda_libraries", lambda: None)
+    with pytest.raises(ProviderUnavailable, match="CUDA was asked for but"):
+        runtime.load_artifact(exported.out_dir / ONNX_FILE, "cuda")
+
+
+def test_shadowing_onnxruntime_packages_are_named(exported, monkeypatch):
+    """README: both onnxruntime and onnxruntime-gpu installed -> `--provider cuda` says so (before any session)."""
+    import mnv2export.runtime as runtime
+
+    monkeypatch.setattr(runtime, "installed_onnxruntime_packages", lambda: {"onnxruntime", "onnxruntime-gpu"})
+    with pytest.raises(ProviderUnavailable, match="shadow each other"):
+        runtime.load_artifact(exported.out_dir / ONNX_FILE, "cuda")
+
+
+def test_cuda_device_follows_the_local_rank(monkeypatch):
+    import mnv2export.device as device
+
+    monkeypatch.setattr(device, "cuda_unavailable_reason", lambda: None)
+    assert device.resolve_device("cuda", 1) == torch.device("cuda", 1)
+    assert device.resolve_device("auto", 3) == torch.device("cuda", 3)
+
+
+def test_onnx_graph_must_match_its_metadata(exported, tmp_path):
+    from test_check import _wrong_metadata
+
+    from mnv2export.runtime import _shape_fits, load_artifact
+
+    assert not _shape_fits(["batch", 3, 64, 64], [None, 3, 32, 32]) and _shape_fits(["batch", 3, 32, 32], [None, 3, 32, 32])
+    _wrong_metadata(exported.out_dir / ONNX_FILE, tmp_path / "m.onnx", ["input_size"], [3, 64, 64])
+    with pytest.raises(ArtifactError, match="does not match its metadata"):
+        load_artifact(tmp_path / "m.onnx")
+
+
+def test_metadata_lacking_a_key_is_an_artifact_error(exported, tmp_path):
+    from mnv2export.export.onnx import get_metadata, set_metadata
+    from mnv2export.runtime import read_metadata
+
+    import onnx
+
+    model = onnx.load(str(exported.out_dir / ONNX_FILE))
+    meta = get_metadata(model)
+    del meta["mean"]
+    set_metadata(model, meta)
+    onnx.save(model, str(tmp_path / "m.onnx"))
+    with pytest.raises(ArtifactError, match="lacks mean"):
+        read_metadata(tmp_path / "m.onnx")

@@ -332,7 +332,8 @@ def test_a_model_trained_by_mnv2_train_passes_every_row(tmp_path):
     for name in (TORCHSCRIPT_FILE, ONNX_FILE):
         assert rows[name]["metrics"]["max_abs"] < 1e-4 and rows[name]["metrics"]["top1_agreement"] == 100.0
 
-# --------------------------------------------------------------------------------------------------- the judgement itself, on made-up logits and hand-made artifacts
+
+# --------------------------------------------------------------------------------------------------- the judgement, by hand
 def _logits(pred: np.ndarray, n_classes: int = 4) -> np.ndarray:
     """Logits whose argmax is ``pred`` (clear margins)."""
     out = np.zeros((len(pred), n_classes), np.float32)

@@ -70,8 +70,6 @@ def test_bad_recipes(tmp_path):
 
 
 def test_bounds_are_inclusive_where_documented():
-    from mnv2export.config import ModelConfig, TrainConfig
-
     assert ModelConfig(width_mult=1.4).width_mult == 1.4 and ModelConfig(width_mult=0.35).width_mult == 0.35
     assert ModelConfig(dropout=0.95).dropout == 0.95 and TrainConfig(momentum=0.999).momentum == 0.999
 

@@ -223,8 +223,6 @@ def test_in_memory_path_only_where_it_gives_the_same_tensors(tmp_path, monkeypat
 
 
 def _tree(root, layout: dict[str, list[str]], ext=".png"):
-    from PIL import Image
-
     for split, classes in layout.items():
         for c in classes:
             d = root / split / c
@@ -235,18 +233,12 @@ def _tree(root, layout: dict[str, list[str]], ext=".png"):
 
 
 def test_val_with_an_extra_class_is_a_data_error(tmp_path):
-    from mnv2export.config import DataConfig
-    from mnv2export.data import build_datasets
-
     root = _tree(tmp_path / "d", {"train": ["a", "b"], "val": ["a", "b", "c"]})
     with pytest.raises(DataError, match=r"only in val: c\)"):
         build_datasets(DataConfig(source=str(root), img_size=32))
 
 
 def test_hidden_folders_are_not_classes_and_upper_case_extensions_count(tmp_path):
-    from mnv2export.config import DataConfig
-    from mnv2export.data import build_datasets
-
     root = _tree(tmp_path / "d", {"train": ["a", "b"], "val": ["a", "b"]}, ext=".JPG")
     (root / "train" / ".ipynb_checkpoints").mkdir()
     bundle = build_datasets(DataConfig(source=str(root), img_size=32))

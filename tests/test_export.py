@@ -353,7 +353,8 @@ def test_the_opset_ceiling_is_the_newest_onnxruntime_loads():
     assert top == onnx.defs.onnx_opset_version() or not loads(top + 1)
     assert max_opset() == min(top, onnx.defs.onnx_opset_version())
 
-# --------------------------------------------------------------------------------------------------- the fold check, calibration and the manifest's INT8 agreement
+
+# --------------------------------------------------------------------------------------------------- fold, calibration
 def test_fold_check_refuses_nan_and_a_diff_just_over_the_limit():
     from mnv2export.fold import FOLD_ATOL, check_fold_logits
 
@@ -378,8 +379,6 @@ def test_export_refuses_a_wrong_fold(trained_checkpoint, tmp_path, monkeypatch):
         return folded
 
     monkeypatch.setattr(fold, "fold_bn", wrong)
-    from mnv2export.export import export_all
-
     with pytest.raises(ExportError, match="BatchNorm-folded model differs"):
         export_all(trained_checkpoint, tmp_path / "o", formats="torchscript")
     assert not (tmp_path / "o" / TORCHSCRIPT_FILE).exists()
@@ -396,11 +395,9 @@ def test_calibration_reader_feeds_every_image():
 
 def test_calibration_method_is_really_used(exported, tmp_path):
     """entropy / percentile must give other activation scales than minmax (not only another label in the settings)."""
-    import onnx
     from onnx import numpy_helper
 
     from mnv2export.export.quantize import quantize_onnx
-    from mnv2export.runtime import read_metadata
 
     x = _val_images(32)
     meta = read_metadata(exported.out_dir / ONNX_FILE)

@@ -197,7 +197,8 @@ def test_manifest_names_match_what_the_runtime_reads(exported):
         assert (meta["format"], meta["precision"]) == (entry["format"], entry["precision"])
     assert json.loads((exported.out_dir / "manifest.json").read_text())["artifacts"].keys() == exported.artifacts.keys()
 
-# --------------------------------------------------------------------------------------------------- no silent fallback when the pre-session check misses; metadata against the graph
+
+# --------------------------------------------------------------------------------------------------- no fallback, metadata
 @no_cuda
 def test_no_silent_cpu_fallback_even_when_the_precheck_misses(exported, monkeypatch):
     """If the pre-session check lets CUDA through, ONNX Runtime falls back to CPU on its own; the runtime must see
@@ -240,9 +241,6 @@ def test_onnx_graph_must_match_its_metadata(exported, tmp_path):
 
 def test_metadata_lacking_a_key_is_an_artifact_error(exported, tmp_path):
     from mnv2export.export.onnx import get_metadata, set_metadata
-    from mnv2export.runtime import read_metadata
-
-    import onnx
 
     model = onnx.load(str(exported.out_dir / ONNX_FILE))
     meta = get_metadata(model)

@@ -21,6 +21,7 @@ import random
 import signal
 import threading
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -98,6 +99,14 @@ def build_scheduler(opt: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoc
         return decay
     ramp = torch.optim.lr_scheduler.LinearLR(opt, start_factor=1e-3, end_factor=1.0, total_iters=warmup)
     return torch.optim.lr_scheduler.SequentialLR(opt, [ramp, decay], milestones=[warmup])
+
+
+def _fast_forward(sched: torch.optim.lr_scheduler.LRScheduler, steps: int) -> None:
+    """Step ``sched`` ``steps`` times without training, as an uninterrupted run would have by then."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "lr_scheduler.step() before optimizer.step()": intended here
+        for _ in range(steps):
+            sched.step()
 
 
 def seed_everything(seed: int) -> None:
@@ -383,8 +392,17 @@ def _fit(cfg: RunConfig, info: D.DistInfo, run_dir, resume_from: Checkpoint | No
     if resume_from is not None:
         r = resume_from.extra["resume"]
         model.load_state_dict(r["model"])
-        opt.load_state_dict(r["optimizer"])
-        sched.load_state_dict(r["scheduler"])
+        planned = int(resume_from.extra.get("train_config", {}).get("epochs", t.epochs))
+        if planned == t.epochs:
+            opt.load_state_dict(r["optimizer"])
+            sched.load_state_dict(r["scheduler"])
+        else:  # extended (or shortened): the schedule of the new length, at the step the run has reached
+            _fast_forward(sched, int(resume_from.train_summary["epoch"]) * steps)
+            lrs = [g["lr"] for g in opt.param_groups]
+            opt.load_state_dict(r["optimizer"])  # momentum buffers; the learning rate is the new schedule's
+            for group, lr in zip(opt.param_groups, lrs):
+                group["lr"] = lr
+            log.info("learning-rate schedule of %d epochs (the run was planned for %d), continued at its step", t.epochs, planned)
         if ctx.scaler is not None and r.get("scaler"):
             ctx.scaler.load_state_dict(r["scaler"])
         if ema is not None and r.get("ema"):

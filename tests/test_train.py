@@ -100,6 +100,22 @@ def test_resume_continues_exactly(tmp_path, tiny_run, monkeypatch):
     _same(_weights(out / "last.pt"), _weights(tiny_run.last))
 
 
+def test_extending_a_run_follows_the_longer_schedule(tmp_path, tiny_run):
+    """--resume --epochs 4 on a finished 2-epoch run: epochs 3-4 run at the learning rates of a run planned for 4
+    epochs from the start (decaying to zero at its last step), not on the old schedule, which had ended at zero."""
+    import shutil
+
+    out = tmp_path / "run"
+    shutil.copytree(tiny_run.run_dir, out)
+    cfg, ckpt = resume_config(out, {"train": {"epochs": 4}})
+    extended = fit(cfg, run_dir=out, resume_from=ckpt)
+    planned = fit(tiny_run_config(epochs=4), run_dir=tmp_path / "planned")
+    lrs = [row["lr"] for row in extended.history]
+    assert lrs[:2] == [row["lr"] for row in tiny_run.history] and lrs[1] == pytest.approx(0.0, abs=1e-12)
+    assert lrs[2:] == pytest.approx([row["lr"] for row in planned.history[2:]], rel=1e-9, abs=1e-12)
+    assert lrs[2] == pytest.approx(0.05 * (1 + np.cos(0.75 * np.pi)) / 2) and lrs[3] == pytest.approx(0.0, abs=1e-12)  # cosine, no warm-up
+
+
 def test_resume_refuses_other_settings(tiny_run):
     with pytest.raises(ConfigError, match="model.width_mult"):
         resume_config(tiny_run.run_dir, {"model": {"width_mult": 0.5}})

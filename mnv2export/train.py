@@ -149,9 +149,11 @@ def make_loader(ds, cfg: TrainConfig, info: D.DistInfo, device: torch.device, *,
     """A loader for one epoch; its shuffling and worker seeds derive from (seed, epoch). With ``memory`` (the same
     split held in memory) batches are gathered and preprocessed batch-wise in this process, in the same order."""
     g = torch.Generator().manual_seed(_epoch_seed(cfg.seed, epoch))
-    if info.enabled:
-        sampler = DistributedSampler(ds, num_replicas=info.world_size, rank=info.rank, shuffle=train, seed=cfg.seed, drop_last=False)
+    if info.enabled and train:
+        sampler = DistributedSampler(ds, num_replicas=info.world_size, rank=info.rank, shuffle=True, seed=cfg.seed, drop_last=False)
         sampler.set_epoch(epoch)
+    elif info.enabled:  # evaluation: every image exactly once over the ranks (DistributedSampler pads with repeats,
+        sampler = range(info.rank, len(ds), info.world_size)  # which the reduced metrics would count twice)
     else:
         sampler = RandomSampler(ds, generator=g) if train else SequentialSampler(ds)
     per_rank = math.ceil(len(ds) / info.world_size)

@@ -11,6 +11,7 @@ import random
 import shutil
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -260,3 +261,36 @@ def test_cuda_rows_time_on_the_gpu_and_report_placement(exported):
             assert r.note.startswith("torch.autocast float16"), r.note
     assert result.row("eager+amp", "cuda", 4).note == "torch.autocast float16"
     assert result.machine["gpu"]["name"]
+
+
+# --------------------------------------------------------------------------------------------------- bench
+def test_the_synchronisation_is_inside_the_timer():
+    """On a GPU the sync follows each call inside the timer, so an asynchronous launch cannot look fast."""
+    from mnv2export.bench.timing import Plan, measure
+
+    def sync():
+        time.sleep(0.003)
+
+    for plan in (Plan(warmup=0, iters=3), Plan(warmup=0, duration=1e-6, min_iters=3)):
+        _, times = measure(lambda: None, sync, plan)
+        assert min(times) >= 2.5, plan
+
+
+def test_an_unexpected_exception_becomes_the_rows_error(exported, monkeypatch):
+    """Any failure of one row (not only the package's own errors) is carried by that row; the sweep goes on."""
+    import mnv2export.bench.targets as targets
+    from mnv2export import bench
+
+    real, calls = targets.bind, []
+
+    def flaky(*a, **k):
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("device lost\ndetails")
+        return real(*a, **k)
+
+    monkeypatch.setattr(targets, "bind", flaky)
+    result = bench.run(exported.out_dir, formats="onnx,int8", providers="cpu", batches=(1,), warmup=1, iters=3, threads=1)
+    first, second = result.rows
+    assert first.status == "error" and first.reason == "RuntimeError: device lost" and first.p50_ms is None
+    assert second.ok and second.iters == 3

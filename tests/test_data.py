@@ -243,3 +243,50 @@ def test_hidden_folders_are_not_classes_and_upper_case_extensions_count(tmp_path
     (root / "train" / ".ipynb_checkpoints").mkdir()
     bundle = build_datasets(DataConfig(source=str(root), img_size=32))
     assert bundle.class_names == ["a", "b"] and len(bundle.train) == 4
+
+
+# --------------------------------------------------------------------------------------------------- in-memory data
+def test_in_memory_training_batches_follow_hflip_and_train_aug(tmp_path, monkeypatch):
+    from mnv2export.data import build_datasets, collate
+
+    idx = torch.arange(64)
+    for settings in ({"pad": 0, "hflip": False}, {"train_aug": "none"}):  # neither moves a pixel
+        bundle = build_datasets(_fashion(tmp_path, monkeypatch, **settings))
+        assert bundle.train_memory is not None
+        torch.manual_seed(0)
+        x = bundle.train_memory.batch(idx)[0]
+        torch.manual_seed(0)
+        ref = collate([bundle.train[i] for i in range(64)])[0]  # the per-sample path
+        assert torch.equal(x, ref), settings
+
+
+def test_in_memory_validation_only_where_it_equals_the_per_sample_path(tmp_path, monkeypatch):
+    from mnv2export.data import build_datasets, collate
+
+    bundle = build_datasets(_fashion(tmp_path, monkeypatch, resize_size=32))  # resize 32, centre crop 28
+    idx = torch.arange(8)
+    ref = collate([bundle.val[i] for i in range(8)])[0]
+    assert bundle.val_memory is None or torch.equal(bundle.val_memory.batch(idx)[0], ref)
+
+
+def test_synth_seed_changes_the_images_and_the_fingerprint():
+    from mnv2export.data import build_datasets
+    from mnv2export.data.synth import SynthDataset
+
+    a, b = SynthDataset(3, 2, 32, "train", seed=0), SynthDataset(3, 2, 32, "train", seed=1)
+    assert not np.array_equal(np.asarray(a.image(0)), np.asarray(b.image(0)))
+    cfg = DataConfig(source="synth", img_size=32, synth_classes=3, synth_train_per_class=2, synth_val_per_class=1)
+    assert build_datasets(cfg).fingerprint != build_datasets(cfg.replace(synth_seed=1)).fingerprint
+
+
+def test_synth_validation_images_are_not_augmented():
+    """Validation goes through the eval transform only (resize, centre crop, normalise), never the train one."""
+    from mnv2export.data import build_datasets, eval_transform
+
+    cfg = DataConfig(source="synth", img_size=32, synth_classes=2, synth_train_per_class=2, synth_val_per_class=2)
+    val = build_datasets(cfg).val
+    torch.manual_seed(0)
+    a = val[1][0]
+    torch.manual_seed(1)
+    b = val[1][0]
+    assert torch.equal(a, b) and torch.equal(a, eval_transform(cfg)(val.image(1)))

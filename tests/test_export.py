@@ -411,3 +411,27 @@ def test_manifest_int8_agreement_is_int8_against_fp32(exported, trained_checkpoi
     calib = load_calibration(load_checkpoint(trained_checkpoint), None, 96)  # as the `exported` fixture calibrated
     want = top1_agreement(exported.out_dir / ONNX_FILE, exported.out_dir / INT8_FILE, calib.images[:64])
     assert exported.artifacts[INT8_FILE]["export_settings"]["top1_agreement_fp32_calib"] == want
+
+
+# --------------------------------------------------------------------------------------------------- export
+def test_torchscript_export_refuses_a_file_that_answers_differently(tmp_path):
+    from mnv2export.export.torchscript import export_torchscript
+    from mnv2export.model import build_model
+
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(num_classes=4, width_mult=0.35)).eval()
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        ref = model(x)
+    export_torchscript(model, x, {}, tmp_path / "ok.pt", reference=ref)
+    with pytest.raises(ExportError, match="answers differently"):
+        export_torchscript(model, x, {}, tmp_path / "bad.pt", reference=ref + 0.05)
+
+
+def test_torchscript_file_is_frozen(exported):
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        loaded = torch.jit.load(str(exported.out_dir / "model.torchscript.pt"), map_location="cpu")
+    assert list(loaded.parameters()) == []  # weights inlined as constants

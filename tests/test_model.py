@@ -70,3 +70,27 @@ def test_init_from_refuses_other_width_and_pickles(tmp_path):
         load_pretrained(build_model(ModelConfig(width_mult=0.35)), path)
     with pytest.raises(CheckpointError, match="not found"):
         load_pretrained(build_model(ModelConfig(width_mult=0.35)), tmp_path / "nope.pth")
+
+
+# --------------------------------------------------------------------------------------------------- model
+@pytest.mark.parametrize("stride", [8, 16, 32])
+def test_output_stride_is_the_total_stride(stride):
+    from mnv2export.model import build_model, output_stride
+
+    cfg = ModelConfig(num_classes=4, width_mult=0.35, output_stride=stride)
+    assert output_stride(cfg) == stride
+    assert build_model(cfg).features.eval()(torch.randn(1, 3, 64, 64)).shape[-1] == 64 // stride
+
+
+def test_init_from_refuses_missing_and_unexpected_tensors(tmp_path):
+    from mnv2export.model import build_model, load_pretrained
+
+    cfg = ModelConfig(num_classes=4, width_mult=0.35)
+    state = build_model(cfg).state_dict()
+    path = tmp_path / "w.pth"
+    torch.save({k: v for k, v in state.items() if k != "features.3.conv.0.0.weight"}, path)
+    with pytest.raises(CheckpointError, match="not a torchvision MobileNetV2"):
+        load_pretrained(build_model(cfg), path)
+    torch.save({**state, "head.weight": torch.zeros(2)}, path)
+    with pytest.raises(CheckpointError, match="unexpected tensor head.weight"):
+        load_pretrained(build_model(cfg), path)

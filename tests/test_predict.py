@@ -124,3 +124,32 @@ def test_cuda_provider_without_gpu_is_a_clear_error(exported, images, capsys):
         pytest.skip("a GPU is present")
     code = main(["predict", str(images), "--model", str(exported.out_dir / "model.onnx"), "--provider", "cuda"])
     assert code == 1 and "CUDA was asked for" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------------------------------- predict
+def test_softmax_is_stable_for_large_logits():
+    from mnv2export.predict import softmax
+
+    p = softmax(np.array([[1000.0, 0.0, -1000.0], [0.0, 0.0, 0.0]], np.float32))
+    assert np.all(np.isfinite(p)) and np.allclose(p.sum(1), 1.0)
+    assert p[0, 0] == pytest.approx(1.0) and np.allclose(p[1], 1 / 3)
+
+
+def test_hidden_files_in_folders_are_left_out(tmp_path):
+    from mnv2export.predict import collect_images
+
+    (tmp_path / "d" / ".cache").mkdir(parents=True)
+    for name in ("d/a.png", "d/.b.png", "d/.cache/c.png"):
+        (tmp_path / name).write_bytes(b"")
+    files, skipped = collect_images([tmp_path / "d"])
+    assert [f.name for f in files] == ["a.png"] and not skipped
+
+
+def test_more_images_than_one_batch_are_all_classified(exported, tmp_path):
+    from mnv2export.data.synth import write_synth
+    from mnv2export.predict import predict
+
+    write_synth(tmp_path / "s", num_classes=4, per_class=2, size=32, val_per_class=1)
+    files = sorted((tmp_path / "s" / "train").rglob("*.png"))
+    result = predict([tmp_path / "s" / "train"], exported.out_dir / "model.onnx", batch_size=3)
+    assert [p.path for p in result.predictions] == [str(f) for f in files] and len(files) == 8

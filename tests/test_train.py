@@ -13,11 +13,12 @@ import numpy as np
 import pytest
 import torch
 from torch import nn
+from torch.nn import functional as F
 from PIL import Image
 
 from conftest import TINY_FLAGS, tiny_run_config
 from mnv2export.checkpoint import load_checkpoint
-from mnv2export.config import RunConfig
+from mnv2export.config import ModelConfig, RunConfig, TrainConfig
 from mnv2export.errors import ConfigError, ProviderUnavailable
 from mnv2export.train import fit, resume_config
 
@@ -385,3 +386,244 @@ def test_unknown_schedule_is_a_config_error():
 
     with pytest.raises(ConfigError, match="schedule"):
         TrainConfig(schedule="step")
+
+
+# --------------------------------------------------------------------------------------------------- optimizer set-up
+@pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
+def test_weight_decay_on_conv_and_linear_weights_only(optimizer):
+    """README: 'no weight decay on norm and bias parameters' (SGD and AdamW alike)."""
+    from mnv2export.model import build_model
+    from mnv2export.train import build_optimizer
+
+    model = build_model(ModelConfig(num_classes=4, width_mult=0.35))
+    names = {id(p): n for n, p in model.named_parameters()}
+    opt = build_optimizer(model, TrainConfig(optimizer=optimizer, weight_decay=0.01))
+    seen = {}
+    for group in opt.param_groups:
+        for p in group["params"]:
+            seen[names[id(p)]] = group["weight_decay"]
+    assert set(seen) == set(names.values())  # every parameter trained, once
+    norm_weights = [n for n, p in model.named_parameters() if p.ndim == 1 and not n.endswith(".bias")]
+    assert norm_weights  # BatchNorm scales
+    for n, p in model.named_parameters():
+        expected = 0.0 if (p.ndim <= 1 or n.endswith(".bias")) else 0.01
+        assert seen[n] == expected, n
+
+
+def test_sgd_momentum_and_nesterov_are_passed_through():
+    from mnv2export.train import build_optimizer
+
+    model = nn.Linear(3, 2)
+    opt = build_optimizer(model, TrainConfig(momentum=0.8, nesterov=True))
+    assert isinstance(opt, torch.optim.SGD)
+    assert all(g["momentum"] == 0.8 and g["nesterov"] is True for g in opt.param_groups)
+    opt = build_optimizer(model, TrainConfig(momentum=0.8, nesterov=False))
+    assert all(g["nesterov"] is False for g in opt.param_groups)
+    opt = build_optimizer(model, TrainConfig(momentum=0.0, nesterov=True))  # Nesterov needs momentum: quietly off
+    assert all(g["momentum"] == 0.0 and g["nesterov"] is False for g in opt.param_groups)
+
+
+def test_label_smoothing_reaches_the_training_loss(tmp_path, monkeypatch):
+    import mnv2export.train as T
+
+    real, criteria = T.train_one_epoch, []
+
+    def spy(model, loader, opt, sched, criterion, *a, **k):
+        criteria.append(criterion)
+        return real(model, loader, opt, sched, criterion, *a, **k)
+
+    monkeypatch.setattr(T, "train_one_epoch", spy)
+    T.fit(tiny_run_config(label_smoothing=0.2), run_dir=tmp_path / "run")
+    assert len(criteria) == 1 and isinstance(criteria[0], nn.CrossEntropyLoss)
+    assert criteria[0].label_smoothing == 0.2
+
+
+# --------------------------------------------------------------------------------------------------- the loops
+def _batches(x, y, sizes):
+    out, i = [], 0
+    for s in sizes:
+        out.append((x[i:i + s], y[i:i + s], []))
+        i += s
+    return out
+
+
+def test_train_one_epoch_sums_the_loss_over_samples():
+    """(sum of losses over samples, count): with unequal batches a per-batch mean summed is not that."""
+    from mnv2export.train import StepContext, train_one_epoch
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(12, 3))
+    x, y = torch.randn(10, 3, 2, 2), torch.randint(0, 3, (10,))
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)  # weights stay put: the expected losses are computable
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0)
+    with torch.no_grad():
+        expected = F.cross_entropy(model(x), y, reduction="sum").item()
+    loss_sum, n = train_one_epoch(model, _batches(x, y, [4, 4, 2]), opt, sched, nn.CrossEntropyLoss(), StepContext(torch.device("cpu"), None, False))
+    assert n == 10 and loss_sum == pytest.approx(expected, rel=1e-5)
+
+
+def test_evaluate_loss_accuracy_confusion_and_their_sum_over_ranks(monkeypatch):
+    import mnv2export.distributed as D
+    from mnv2export.train import StepContext, evaluate
+
+    torch.manual_seed(1)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(12, 3))
+    x, y = torch.randn(11, 3, 2, 2), torch.tensor([0, 1, 2, 0, 1, 2, 0, 1, 2, 0, 0])
+    with torch.no_grad():
+        logits = model(x)
+    pred = logits.argmax(1)
+    confusion = np.zeros((3, 3), int)
+    for t, p in zip(y.tolist(), pred.tolist()):
+        confusion[t, p] += 1  # rows: true class, columns: predicted
+    assert not np.array_equal(confusion, confusion.T)  # so that a transposed matrix is told apart
+    ctx, loader = StepContext(torch.device("cpu"), None, False), _batches(x, y, [4, 4, 3])
+    m = evaluate(model, loader, ctx, 3)
+    assert m["count"] == 11 and m["confusion"] == confusion.tolist()
+    assert m["val_loss"] == pytest.approx(F.cross_entropy(logits, y).item(), rel=1e-6)  # mean over samples
+    assert m["val_acc"] == pytest.approx((pred == y).float().mean().item())
+
+    # two ranks holding the same shard: every sum doubles, the means do not move
+    monkeypatch.setattr(D, "all_reduce_sum", lambda values, info: values * 2)
+    m2 = evaluate(model, loader, ctx, 3)
+    assert m2["count"] == 22 and m2["confusion"] == (2 * confusion).tolist()
+    assert m2["val_loss"] == pytest.approx(m["val_loss"]) and m2["val_acc"] == pytest.approx(m["val_acc"])
+
+
+def test_train_loss_is_summed_over_ranks(tmp_path, monkeypatch):
+    """The epoch's train_loss is (loss sum, count) reduced over ranks: a second rank is faked here."""
+    import mnv2export.distributed as D
+    import mnv2export.train as T
+
+    real, local = T.train_one_epoch, []
+
+    def spy(*a, **k):
+        local.append(real(*a, **k))
+        return local[-1]
+
+    def fake_reduce(values, info):
+        if sys._getframe(1).f_code.co_name == "_fit":  # the trainer's (loss sum, count)
+            return values + torch.tensor([100.0, 4.0], dtype=values.dtype)
+        return values
+
+    monkeypatch.setattr(T, "train_one_epoch", spy)
+    monkeypatch.setattr(D, "all_reduce_sum", fake_reduce)
+    result = T.fit(tiny_run_config(), run_dir=tmp_path / "run")
+    loss_sum, n = local[0]
+    assert result.history[0]["train_loss"] == pytest.approx((loss_sum + 100.0) / (n + 4))
+
+
+def test_only_rank_0_writes(tmp_path, monkeypatch):
+    import mnv2export.distributed as D
+    import mnv2export.train as T
+
+    monkeypatch.setattr(D, "init", lambda device_type: D.DistInfo(rank=1, local_rank=0, world_size=1))
+    result = T.fit(tiny_run_config(), run_dir=tmp_path / "run")
+    assert not result.is_main and len(result.history) == 1
+    assert not (tmp_path / "run").exists()
+
+
+def test_the_last_partial_training_batch_is_dropped():
+    """A training batch of one image would break BatchNorm (one value per channel at the 1 x 1 head); the
+    validation loader keeps every image."""
+    from mnv2export.distributed import DistInfo
+    from mnv2export.train import make_loader
+
+    ds = [(torch.zeros(3, 2, 2), i % 2) for i in range(17)]
+    cfg = TrainConfig(batch_size=8, workers=0)
+    train = list(make_loader(ds, cfg, DistInfo(), torch.device("cpu"), train=True))
+    assert [len(y) for _, y, _ in train] == [8, 8]
+    val = list(make_loader(ds, cfg, DistInfo(), torch.device("cpu"), train=False))
+    assert [len(y) for _, y, _ in val] == [8, 8, 1]
+
+
+# --------------------------------------------------------------------------------------------------- EMA, best.pt, resume
+def test_ema_weights_are_what_is_evaluated_and_saved(tmp_path):
+    """README: 'the EMA weights are evaluated and saved'; the EMA is updated once per step."""
+    from mnv2export.train import fit
+
+    result = fit(tiny_run_config(ema=True), run_dir=tmp_path / "run")
+    last = load_checkpoint(result.last)
+    ema, model = last.extra["resume"]["ema"], last.extra["resume"]["model"]
+    assert int(ema["n_averaged"]) == 192 // 16  # one update per step of the epoch
+    for ckpt in (load_checkpoint(result.best), last):
+        for k, v in ckpt.state_dict.items():
+            assert torch.equal(v, ema[f"module.{k}"]), k
+    assert any(not torch.equal(model[k], ema[f"module.{k}"]) for k in model if model[k].is_floating_point())
+
+
+def test_ema_update_moves_the_average_by_one_minus_the_decay():
+    """EMA: average <- decay * average + (1 - decay) * current, decay = min(ema_decay, (1 + n) / (10 + n))."""
+    from mnv2export.train import ema_update_fn
+
+    update = ema_update_fn(0.999)
+    for n, decay in ((1, 2 / 11), (90, 0.91), (10**6, 0.999)):
+        averaged, current = [torch.zeros(3)], [torch.ones(3)]
+        update(averaged, current, torch.tensor(n))
+        assert torch.allclose(averaged[0], torch.full((3,), 1 - decay)), n
+
+
+def _interrupt_after_first_epoch(T, cfg, out, monkeypatch, accs=None):
+    real, calls = T.evaluate, []
+
+    def evaluate_then_stop(*a, **k):
+        if calls:
+            raise KeyboardInterrupt
+        calls.append(1)
+        m = real(*a, **k)
+        if accs is not None:
+            m["val_acc"] = accs[0]
+        return m
+
+    with monkeypatch.context() as m:
+        m.setattr(T, "evaluate", evaluate_then_stop)
+        with pytest.raises(KeyboardInterrupt):
+            T.fit(cfg, run_dir=out)
+
+
+def _scripted(T, monkeypatch, accs):
+    real, it = T.evaluate, iter(accs)
+
+    def scripted(*a, **k):
+        m = real(*a, **k)
+        m["val_acc"] = next(it)
+        return m
+
+    monkeypatch.setattr(T, "evaluate", scripted)
+
+
+def test_resume_with_ema_continues_exactly(tmp_path, monkeypatch):
+    """last.pt carries the EMA for --resume: the resumed run ends with the uninterrupted run's EMA (and best.pt)."""
+    import mnv2export.train as T
+
+    cfg = tiny_run_config(epochs=2, ema=True)
+    whole = T.fit(cfg, run_dir=tmp_path / "whole")
+    _interrupt_after_first_epoch(T, cfg, tmp_path / "cut", monkeypatch)
+    cfg2, ckpt = T.resume_config(tmp_path / "cut", {"train": {"epochs": None}})
+    T.fit(cfg2, run_dir=tmp_path / "cut", resume_from=ckpt)
+    a, b = load_checkpoint(whole.last), load_checkpoint(tmp_path / "cut" / "last.pt")
+    for k, v in a.extra["resume"]["ema"].items():
+        assert torch.equal(v, b.extra["resume"]["ema"][k]), k
+    for k, v in a.state_dict.items():
+        assert torch.equal(v, b.state_dict[k]), k
+
+
+def test_best_pt_is_the_epoch_with_the_best_val_accuracy(tmp_path, monkeypatch):
+    import mnv2export.train as T
+
+    _scripted(T, monkeypatch, [0.9, 0.5])
+    result = T.fit(tiny_run_config(epochs=2), run_dir=tmp_path / "run")
+    best = load_checkpoint(result.best)
+    assert best.train_summary["epoch"] == 1 and best.train_summary["best_epoch"] == 1
+    assert best.train_summary["best_val_acc"] == 0.9 and result.summary["best_epoch"] == 1
+
+
+def test_resume_keeps_the_best_epoch_of_before_the_interruption(tmp_path, monkeypatch):
+    import mnv2export.train as T
+
+    cfg, out = tiny_run_config(epochs=3), tmp_path / "run"
+    _interrupt_after_first_epoch(T, cfg, out, monkeypatch, accs=[0.9])
+    cfg2, ckpt = T.resume_config(out, {"train": {"epochs": None}})
+    _scripted(T, monkeypatch, [0.5, 0.7])  # epochs 2 and 3: worse than epoch 1
+    result = T.fit(cfg2, run_dir=out, resume_from=ckpt)
+    assert result.summary["best_epoch"] == 1 and result.summary["best_val_acc"] == 0.9
+    assert load_checkpoint(result.best).train_summary["epoch"] == 1

@@ -129,7 +129,7 @@ class PipelineError(Mnv2Error):
 
 # --------------------------------------------------------------------------------------------------- settings
 def pipeline_config(
-    data: str = "synth", *, epochs: int | None = None, width: float | None = None, img_size: int | None = None,
+    data: str | None = None, *, epochs: int | None = None, width: float | None = None, img_size: int | None = None,
     device: str | None = None, data_dir: str | None = None, recipe: RunConfig | None = None,
     model: dict[str, Any] | None = None, data_settings: dict[str, Any] | None = None, train: dict[str, Any] | None = None,
 ) -> RunConfig:
@@ -221,7 +221,7 @@ def run_folder(name: str | None, out: str | Path | None, source: str, overwrite:
 
 # --------------------------------------------------------------------------------------------------- the pipeline
 def run_pipeline(
-    data: str = "synth", *, epochs: int | None = None, width: float | None = None, img_size: int | None = None,
+    data: str | None = None, *, epochs: int | None = None, width: float | None = None, img_size: int | None = None,
     device: str | None = None, data_dir: str | None = None, name: str | None = None, out: str | Path | None = None,
     overwrite: bool = False, recipe: RunConfig | None = None, model: dict[str, Any] | None = None,
     data_settings: dict[str, Any] | None = None, train: dict[str, Any] | None = None,
@@ -260,8 +260,12 @@ def _check_options(o: PipelineOptions) -> None:
         raise ConfigError(f"bench batch sizes {list(o.bench_batches)!r} are invalid", hint="use whole numbers >= 1, e.g. 1,32")
     if o.threads is not None and (isinstance(o.threads, bool) or not isinstance(o.threads, int) or o.threads < 1):
         raise ConfigError(f"threads = {o.threads!r} is out of range", hint="use a whole number >= 1")
-    if o.check_samples is not None and (not isinstance(o.check_samples, int) or o.check_samples < 1):
+    if o.check_samples is not None and (isinstance(o.check_samples, bool) or not isinstance(o.check_samples, int) or o.check_samples < 1):
         raise ConfigError(f"check samples = {o.check_samples!r} is out of range", hint="use a whole number >= 1")
+    from .bench.sweep import FORMATS, _check_plan, parse_list  # the bench step's own checks, before any step runs
+
+    parse_list(o.bench_formats, FORMATS, FORMATS, "format")
+    _check_plan(o.bench_warmup, None, o.bench_iters, o.bench_duration)
 
 
 def _run_step(result: PipelineResult, step: str, t0: float) -> None:

@@ -233,6 +233,7 @@ def _nums(values: list[float]) -> str:
 def _duration(seconds: float | None) -> str:
     if seconds is None:
         return "?"
-    if seconds < 60:
+    if round(seconds, 1) < 60:
         return f"{seconds:.1f} s"
-    return f"{int(seconds // 60)} min {seconds % 60:.0f} s"
+    minutes, rest = divmod(round(seconds), 60)  # rounded once: never "1 min 60 s"
+    return f"{minutes} min {rest} s"

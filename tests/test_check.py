@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
 import torch
 from onnx import numpy_helper
+from PIL import Image
 
 from mnv2export import parity
 from mnv2export.cli import main
@@ -461,3 +463,107 @@ def test_wrong_input_size_and_class_count_are_failed_rows_not_crashes(exported, 
     assert size.status == "fail" and size.failures == ["metadata input_size is [3, 64, 64], the checkpoint's [3, 32, 32]"], size
     assert classes.status == "fail" and any("logits have shape (5,), the reference (4,)" in f for f in classes.failures), classes
     assert not report.passed
+
+
+def _png(path: Path, seed: int) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(path)
+
+
+# --------------------------------------------------------------------------------------------------- parity_inputs
+@pytest.fixture(scope="module")
+def ckpt(trained_checkpoint):
+    from mnv2export.checkpoint import load_checkpoint
+
+    return load_checkpoint(trained_checkpoint)
+
+
+def test_an_imagefolder_root_uses_its_val_split(ckpt, tmp_path):
+    """Module docstring: 'a folder in ImageFolder layout (its ``val/`` split ...)'."""
+    from mnv2export.parity_inputs import load_real_images
+
+    root = tmp_path / "folder"
+    for c, name in enumerate(ckpt.class_names):
+        for i in range(3):
+            _png(root / "train" / name / f"{i}.png", 100 * c + i)
+        _png(root / "val" / name / "0.png", 1000 + c)
+    real = load_real_images(ckpt, str(root), samples=100)
+    assert len(real) == len(ckpt.class_names) and real.labels is not None
+    assert all(Path(k).parent.parent.name == "val" for k in real.keys)
+    assert real.source == str(root / "val")
+
+
+def test_labels_stay_with_their_images_when_some_are_unreadable(ckpt, tmp_path):
+    """Unreadable images are skipped; the labels of the others must still be their own class folders'."""
+    from mnv2export.parity_inputs import load_real_images
+
+    root = tmp_path / "labelled"
+    for c, name in enumerate(ckpt.class_names):
+        for i in range(2):
+            _png(root / name / f"{i}.png", 10 * c + i)
+    (root / ckpt.class_names[0] / "0broken.jpg").write_bytes(b"\xff\xd8 not really")
+    real = load_real_images(ckpt, str(root), samples=100)
+    assert len(real) == 2 * len(ckpt.class_names)
+    assert real.labels is not None and len(real.labels) == len(real)
+    assert [ckpt.class_names[label] for label in real.labels] == [Path(k).parent.name for k in real.keys]
+    assert "1 unreadable skipped" in real.note
+
+
+def test_images_are_drawn_without_repeats(ckpt, tmp_path):
+    """'Up to ``samples`` readable images', drawn at random: each at most once."""
+    from mnv2export.parity_inputs import load_real_images
+
+    root = tmp_path / "flat"
+    for i in range(10):
+        _png(root / f"{i}.png", i)
+    everything = load_real_images(ckpt, str(root), samples=10)
+    assert len(everything) == 10 and len(set(everything.keys)) == 10
+    some = load_real_images(ckpt, str(root), samples=4)
+    assert len(some) == 4 and len(set(some.keys)) == 4
+
+
+# --------------------------------------------------------------------------------------------------- parity_int8
+def test_the_8bit_ideal_is_the_documented_one():
+    from mnv2export.parity_int8 import IDEAL_8BIT_SQNR_DB
+
+    assert IDEAL_8BIT_SQNR_DB == pytest.approx(6.02 * 8 + 1.76)
+
+
+def test_upstream_sqnr_is_the_lowest_of_the_nearest_compared_inputs():
+    """'dB lost here: the lowest SQNR vs FP32 among the tensor's nearest compared inputs'; None when only the model
+    input lies upstream; weightless nodes in between are walked through."""
+    from onnx import helper
+
+    from mnv2export.parity_int8 import _upstream_sqnr
+
+    nodes = [helper.make_node("Conv", ["x", "wa"], ["a"]), helper.make_node("Conv", ["x", "wb"], ["b"]),
+             helper.make_node("Add", ["a", "b"], ["c"]), helper.make_node("Relu", ["c"], ["d"]),
+             helper.make_node("Conv", ["d", "we"], ["e"])]
+    graph = helper.make_graph(nodes, "g", [], [])
+    up = _upstream_sqnr(graph, {"a": 40.0, "b": 30.0, "c": 25.0, "e": 20.0})
+    assert up == {"a": None, "b": None, "c": 30.0, "e": 25.0}
+
+
+def test_debug_int8_without_real_images_says_pass_data(tmp_path):
+    from mnv2export.parity_inputs import RealImages
+    from mnv2export.parity_int8 import debug_int8
+
+    entries = {"model.int8.onnx": {"precision": "int8", "format": "onnx"}, "model.onnx": {"precision": "fp32", "format": "onnx"}}
+    res = debug_int8(tmp_path, entries, RealImages([], lambda k: None, None, "none", ""))
+    assert res["layers"] == [] and "pass --data" in res["note"]
+
+
+def test_debug_int8_ranks_layers_and_caps_the_samples(exported, ckpt):
+    """Layers ranked by dB lost (worst first), weights by SQNR (worst first), at most ``samples`` images."""
+    from mnv2export.parity_inputs import load_real_images
+    from mnv2export.parity_int8 import debug_int8
+
+    real = load_real_images(ckpt, None, 12)
+    entries = {n: {"format": a["format"], "precision": a["precision"]} for n, a in exported.artifacts.items()}
+    res = debug_int8(exported.out_dir, entries, real, samples=6, top=5)
+    assert res["samples"] == 6 and len(res["layers"]) == 5 and res["tensors_compared"] > 5, res["note"]
+    lost = [t["lost_db"] for t in res["layers"]]
+    assert lost == sorted(lost, reverse=True)
+    sqnr = [w["sqnr_db"] for w in res["weights"]]
+    assert sqnr == sorted(sqnr)

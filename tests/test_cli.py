@@ -123,3 +123,15 @@ def test_help_text_keeps_its_square_brackets():
             assert token in r.output and "\\" + token not in r.output, (path, token)  # printed, and its escape not shown
         checked += 1
     assert checked  # the train command's --config help names [model], [data], [train]
+
+
+# --------------------------------------------------------------------------------------------------- cli/options
+def test_csv_list_and_floats():
+    import typer
+
+    from mnv2export.cli.options import csv_list, floats
+
+    assert csv_list("1, ,32,") == ["1", "32"]
+    assert floats("0.5,0.25,1", "--mean") == [0.5, 0.25, 1.0] and floats(None, "--mean") is None
+    with pytest.raises(typer.BadParameter):
+        floats("0.5,x", "--mean")

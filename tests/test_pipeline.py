@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from PIL import Image
@@ -145,3 +146,172 @@ def test_a_recipe_device_is_not_replaced_by_auto(tmp_path):
     with pytest.raises(Mnv2Error, match="(?i)cuda"):
         run_pipeline(None, recipe=recipe, out=tmp_path / "r")
     assert not (tmp_path / "r").exists()
+
+
+# --------------------------------------------------------------------------------------------------- pipeline
+def test_pipeline_options_are_checked():
+    from mnv2export.pipeline import PipelineOptions, _check_options
+
+    _check_options(PipelineOptions(bench_batches=(1,), threads=1, check_samples=1))
+    for bad in (dict(bench_batches=(0,)), dict(threads=0), dict(check_samples=0)):
+        with pytest.raises(ConfigError):
+            _check_options(PipelineOptions(**bad))
+
+
+def test_run_folder_names_and_overwrite(tmp_path):
+    from mnv2export.pipeline import run_folder
+
+    for bad in ("..", ".", "a/b", ""):
+        with pytest.raises(ConfigError, match="plain folder name"):
+            run_folder(bad, None, "synth", False)
+    other = tmp_path / "mine"
+    other.mkdir()
+    (other / "precious.txt").write_text("x")
+    with pytest.raises(ConfigError, match="not a pipeline run"):
+        run_folder(None, other, "synth", True)
+    assert (other / "precious.txt").is_file()
+
+
+def test_providers_are_checked_and_deduplicated():
+    from mnv2export.pipeline import resolve_providers
+
+    assert resolve_providers("cpu", ("cpu", "cpu")) == (("cpu",), [])
+    with pytest.raises(ConfigError, match="unknown provider"):
+        resolve_providers("cpu", ("tpu",))
+
+
+def test_an_interrupted_step_is_the_failed_step(tmp_path):
+    from mnv2export.pipeline import STEPS, PipelineOptions, PipelineResult, StepRecord, pipeline_config
+
+    steps = [StepRecord(s, "ok" if i < 2 else "not run") for i, s in enumerate(STEPS)]
+    steps[2].status = "interrupted"
+    r = PipelineResult(tmp_path, pipeline_config(device="cpu"), PipelineOptions(), ("cpu",), steps, "now")
+    assert r.failed_step == STEPS[2] and not r.passed
+
+
+def test_explicit_zero_and_false_settings_are_kept():
+    """'explicit values over ... the pipeline's defaults': an explicit 0 or False is a value, not 'unset'."""
+    from mnv2export.pipeline import pipeline_config
+
+    cfg = pipeline_config(device="cpu", train={"label_smoothing": 0.0, "workers": 0, "ema": False})
+    assert cfg.train.label_smoothing == 0.0 and cfg.train.workers == 0 and cfg.train.ema is False
+
+
+def test_a_recipe_is_not_overridden_by_the_pipeline_defaults():
+    """PIPELINE_DEFAULTS: 'under explicit flags (and a recipe, when one is given none of these apply)'."""
+    from mnv2export.config import run_config
+    from mnv2export.pipeline import pipeline_config
+
+    recipe = run_config(None, {"width_mult": 1.0}, {"source": "synth", "img_size": 32, "synth_classes": 3}, {"epochs": 7, "device": "cpu"})
+    cfg = pipeline_config(recipe=recipe)
+    assert cfg.model.width_mult == 1.0 and cfg.train.epochs == 7 and cfg.data.synth_classes == 3
+
+
+def test_default_threads_leaves_one_core(monkeypatch):
+    import os
+
+    from mnv2export import pipeline
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
+    assert pipeline.default_threads() == 3
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0}, raising=False)
+    assert pipeline.default_threads() == 1
+
+
+def test_the_check_is_a_gate(monkeypatch, tmp_path):
+    """Module docstring: 'A check that runs but finds an artifact out of tolerance is a failed ``check`` step'."""
+    from mnv2export import parity, pipeline
+    from mnv2export.errors import ParityError
+
+    bad_row = SimpleNamespace(passed=False, artifact="model.int8.onnx", provider="cpu")
+    report = SimpleNamespace(passed=False, rows=[bad_row], to_json=lambda path: Path(path).write_text("{}"))
+    monkeypatch.setattr(parity, "check", lambda *a, **k: report)
+    result = SimpleNamespace(train=SimpleNamespace(best="best.pt"), run_dir=tmp_path, providers=("cpu",),
+                             options=pipeline.PipelineOptions(), config=pipeline.pipeline_config(device="cpu"),
+                             step=lambda name: SimpleNamespace(outputs=[]), parity=None)
+    with pytest.raises(ParityError, match="1 of 1 artifact checks"):
+        pipeline._step_check(result)
+
+
+# --------------------------------------------------------------------------------------------------- report
+def _result(tmp_path, statuses):
+    from mnv2export.pipeline import STEPS, PipelineOptions, PipelineResult, StepRecord, pipeline_config
+
+    steps = [StepRecord(s, st, 1.0 if st != "not run" else None) for s, st in zip(STEPS, statuses)]
+    return PipelineResult(tmp_path, pipeline_config(device="cpu"), PipelineOptions(), ("cpu",), steps, "now", wall_seconds=75.0)
+
+
+def test_report_header_says_passed_failed_or_incomplete(tmp_path):
+    from mnv2export import report
+
+    assert "**Result: passed.** Every step finished in 1 min 15 s" in report._header(_result(tmp_path, ["ok"] * 6))
+    assert "**Result: incomplete**" in report._header(_result(tmp_path, ["ok", "ok", "not run", "not run", "not run", "not run"]))
+    failed = _result(tmp_path, ["ok", "failed", "not run", "not run", "not run", "not run"])
+    failed.steps[1].error = "boom"
+    assert "**Result: FAILED at step 'train'** - boom" in report._header(failed)
+
+
+def test_report_durations():
+    from mnv2export.report import _duration
+
+    assert _duration(None) == "?" and _duration(59.94) == "59.9 s" and _duration(60) == "1 min 0 s" and _duration(125.4) == "2 min 5 s"
+
+
+def test_report_files_and_usage_list_only_what_exists(tmp_path):
+    from mnv2export import report
+
+    r = _result(tmp_path, ["ok"] * 6)
+    (tmp_path / "check.json").write_text("{}")
+    files = report._files(r)
+    assert "[report.md](report.md)" in files and "[check.json](check.json)" in files
+    assert "bench.png" not in files and "weights/best.pt" not in files
+    assert report._usage(r) == ""  # no export/model.onnx: no commands to use it
+    (tmp_path / "export").mkdir()
+    (tmp_path / "export" / "model.onnx").write_bytes(b"")
+    assert "mnv2 predict" in report._usage(r)
+
+
+def test_report_data_and_training_sections(tmp_path):
+    from mnv2export import report
+
+    r = _result(tmp_path, ["ok"] * 6)
+    names = [f"c{i}" for i in range(25)]
+    r.data = {"class_names": names, "num_classes": 25, "train_images": 1, "val_images": 1, "resize": 36, "interpolation": "bilinear",
+              "img_size": 32, "mean": [0.5] * 3, "std": [0.25] * 3, "train_aug": "none"}
+    data = report._data(r)
+    assert "`c19`, ... (5 more)" in data and "`c20`" not in data
+    r.data["class_names"] = names[:20]
+    assert "more)" not in report._data(r)
+    r.train = SimpleNamespace(summary={"epoch": 1, "best_val_acc": 0.95, "best_epoch": 1, "wall_seconds": 3.0},
+                              history=[{"epoch": 1, "train_loss": 1.0, "val_loss": 1.0, "val_acc": 0.95, "lr": 0.1, "seconds": 3.0}])
+    training = report._training(r)
+    assert "Best validation top-1: **95.00%**" in training and "1 epoch on" in training
+
+
+# --------------------------------------------------------------------------------------------------- found by a mutation sweep
+def test_a_recipe_keeps_its_own_data_source():
+    """pipeline_config: 'explicit values over the recipe'. The Python default ``data='synth'`` is not an explicit value,
+    yet ``pipeline_config(recipe=r)`` (and ``run_pipeline(recipe=r)``) turns a fashion-mnist recipe into synth at 28 px.
+    The CLI is not affected (it passes ``data=None``)."""
+    from mnv2export.config import run_config
+    from mnv2export.pipeline import pipeline_config
+
+    recipe = run_config(None, {}, {"source": "fashion-mnist"}, {"device": "cpu"})
+    assert pipeline_config(recipe=recipe).data.source == "fashion-mnist"
+
+
+def test_report_duration_never_shows_60_seconds():
+    from mnv2export.report import _duration
+
+    assert _duration(119.6) == "2 min 0 s"
+
+
+@pytest.mark.parametrize("bad", [dict(bench_iters=0), dict(bench_warmup=-1), dict(bench_formats=("nope",)), dict(bench_duration=2.0)])
+def test_bench_settings_are_checked_before_any_step(tmp_path, bad):
+    """pipeline docstring: 'Settings are all checked before the first step (a bad flag is a plain ConfigError)'.
+    Here the data step runs (and fails on a missing folder) before the bad bench setting is ever looked at; with
+    real data the pipeline would train, export and check first."""
+    from mnv2export.pipeline import PipelineOptions, run_pipeline
+
+    with pytest.raises(ConfigError):
+        run_pipeline(str(tmp_path / "no-such-folder"), out=tmp_path / "r", device="cpu", options=PipelineOptions(**bad))

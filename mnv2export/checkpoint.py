@@ -160,15 +160,15 @@ def _from_payload(payload: Any, p: Path) -> Checkpoint:
             )
         raise CheckpointError("file is not an mnv2export checkpoint", path=p, hint="pass a best.pt or last.pt written by `mnv2 train`")
     version = payload.get("schema_version")
-    if isinstance(version, int) and not isinstance(version, bool) and version > SCHEMA_VERSION:
-        raise CheckpointError(
-            f"checkpoint schema version {version!r} is newer than this tool understands ({SCHEMA_VERSION})", path=p,
-            hint="upgrade mnv2export",
-        )
     if not isinstance(version, int) or isinstance(version, bool) or version < 1:
         raise CheckpointError(
             f"checkpoint schema version {version!r} is not valid (this tool writes {SCHEMA_VERSION})", path=p,
             hint="the file was not written by `mnv2 train`, or was edited; pass a best.pt or last.pt written by it",
+        )
+    if version > SCHEMA_VERSION:
+        raise CheckpointError(
+            f"checkpoint schema version {version} is newer than this tool understands ({SCHEMA_VERSION})", path=p,
+            hint="upgrade mnv2export",
         )
     arch = (payload.get("model_config") or {}).get("arch")
     if arch != "mobilenet_v2":

@@ -266,6 +266,10 @@ class RunConfig:
             train=TrainConfig.from_dict(values.get("train", {})),
         )
 
+    def with_classes(self, n: int) -> RunConfig:
+        """This configuration for data of ``n`` classes: the data decides the class count."""
+        return self if n == self.model.num_classes else RunConfig(self.model.replace(num_classes=n), self.data, self.train)
+
     def override(self, model: dict[str, Any], data: dict[str, Any], train: dict[str, Any]) -> RunConfig:
         """Apply explicit flags (only those given, i.e. not None) over the recipe's values."""
 

@@ -256,16 +256,13 @@ def run_pipeline(
 
 
 def _check_options(o: PipelineOptions) -> None:
-    if not o.bench_batches or any(not isinstance(b, int) or isinstance(b, bool) or b < 1 for b in o.bench_batches):
-        raise ConfigError(f"bench batch sizes {list(o.bench_batches)!r} are invalid", hint="use whole numbers >= 1, e.g. 1,32")
     if o.threads is not None and (isinstance(o.threads, bool) or not isinstance(o.threads, int) or o.threads < 1):
         raise ConfigError(f"threads = {o.threads!r} is out of range", hint="use a whole number >= 1")
     if o.check_samples is not None and (isinstance(o.check_samples, bool) or not isinstance(o.check_samples, int) or o.check_samples < 1):
         raise ConfigError(f"check samples = {o.check_samples!r} is out of range", hint="use a whole number >= 1")
-    from .bench.sweep import FORMATS, _check_plan, parse_list  # the bench step's own checks, before any step runs
+    from .bench.sweep import check_settings
 
-    parse_list(o.bench_formats, FORMATS, FORMATS, "format")
-    _check_plan(o.bench_warmup, None, o.bench_iters, o.bench_duration)
+    check_settings(o.bench_formats, o.bench_batches, o.bench_warmup, None, o.bench_iters, o.bench_duration)  # the bench step's own
 
 
 def _run_step(result: PipelineResult, step: str, t0: float) -> None:
@@ -317,9 +314,7 @@ def _step_data(result: PipelineResult) -> list[str]:
 
     d = result.config.data
     bundle = build_datasets(d, augment=False)
-    n_classes = len(bundle.class_names)
-    if n_classes != result.config.model.num_classes:  # the data decides the class count, as fit() does: record that
-        result.config = RunConfig(model=result.config.model.replace(num_classes=n_classes), data=d, train=result.config.train)
+    result.config = result.config.with_classes(len(bundle.class_names))  # as fit() does: recorded in pipeline.json
     result.data = {
         **bundle.summary, "class_names": bundle.class_names, "img_size": d.img_size, "resize": d.resize,
         "interpolation": d.interpolation, "mean": d.mean, "std": d.std, "train_aug": d.train_aug, "fingerprint": bundle.fingerprint,

@@ -350,7 +350,7 @@ def _fit(cfg: RunConfig, info: D.DistInfo, run_dir, resume_from: Checkpoint | No
         if len(data.class_names) != cfg.model.num_classes:
             if resume_from is not None:
                 raise DataError(f"the data now has {len(data.class_names)} classes, the run was started with {cfg.model.num_classes}", path=cfg.data.source, hint="resume with the same data")
-            cfg = RunConfig(model=cfg.model.replace(num_classes=len(data.class_names)), data=cfg.data, train=t)
+            cfg = cfg.with_classes(len(data.class_names))
         model = build_model(cfg.model)
         if t.init_from and resume_from is None:
             load_pretrained(model, t.init_from)

@@ -69,12 +69,10 @@ def run(
 
     from .machine import machine_info, physical_cores
 
-    fmts, _ = parse_list(formats, FORMATS, FORMATS, "format")
+    fmts, sizes, plan = check_settings(formats, batches, warmup, warmup_s, iters, duration)
     if amp:
         fmts = [g for f in fmts for g in ((f, f + AMP) if f in TORCH_FORMATS else (f,))]
     provs, explicit = parse_list(providers, PROVIDERS, ALL_PROVIDERS, "provider")
-    sizes = _check_batches(batches)
-    plan = _check_plan(warmup, warmup_s, iters, duration)
     for name, value in (("threads", threads), ("rounds", rounds)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
             raise ConfigError(f"{name} = {value!r} is out of range", hint="use a whole number >= 1")
@@ -173,10 +171,19 @@ def _family(fmt: str) -> str:
     return "torch" if _base(fmt) in TORCH_FORMATS else "onnx"
 
 
+def check_settings(
+    formats: str | Iterable[str], batches: Iterable[int], warmup: int, warmup_s: float | None, iters: int | None, duration: float | None,
+) -> tuple[list[str], list[int], Plan]:
+    """The sweep's formats, batch sizes and timing plan, checked (a ConfigError names the bad one): what :func:`run`
+    and the pipeline check before any work."""
+    fmts, _ = parse_list(formats, FORMATS, FORMATS, "format")
+    return fmts, _check_batches(batches), _check_plan(warmup, warmup_s, iters, duration)
+
+
 def _check_batches(batches: Iterable[int]) -> list[int]:
     sizes = [batches] if isinstance(batches, int) else list(batches)
     if not sizes or any(isinstance(b, bool) or not isinstance(b, int) or b < 1 for b in sizes):
-        raise ConfigError(f"batch sizes {sizes!r} are not whole numbers >= 1", hint="e.g. --batch 1,8,32")
+        raise ConfigError(f"batch sizes {sizes!r} are not whole numbers >= 1", hint="use whole numbers >= 1, e.g. 1,8,32")
     return list(dict.fromkeys(sizes))
 
 

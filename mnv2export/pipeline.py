@@ -194,7 +194,8 @@ def resolve_providers(device: str, providers: tuple[str, ...] | None) -> tuple[t
 
 def run_folder(name: str | None, out: str | Path | None, source: str, overwrite: bool) -> Path:
     """``out``, else ``runs/<name>``, else ``runs/<data>-<time>``; an existing non-empty folder needs ``overwrite``
-    and must be a pipeline run folder (holding pipeline.json), whose own outputs are then removed."""
+    and must be a pipeline run folder (holding pipeline.json). Checks only: :func:`clear_run_folder` removes an
+    earlier run's outputs once every other setting has been checked."""
     if name is not None and out is not None:
         raise ConfigError("--name and --out both given", hint="pass --name NAME (for runs/NAME) or --out DIR, not both")
     if name is not None and (not name or "/" in name or name in (".", "..")):
@@ -212,11 +213,18 @@ def run_folder(name: str | None, out: str | Path | None, source: str, overwrite:
         if not (run_dir / PIPELINE_FILE).is_file():
             raise ConfigError("folder is not a pipeline run (no pipeline.json): refusing to overwrite it", path=run_dir,
                               hint="choose another --name or --out")
-        for f in OWN_OUTPUTS:
-            (run_dir / f).unlink(missing_ok=True)
-        for d in OWN_FOLDERS:
-            shutil.rmtree(run_dir / d, ignore_errors=True)
     return run_dir
+
+
+def clear_run_folder(run_dir: Path) -> Path:
+    """Remove an earlier pipeline run's own outputs from ``run_dir`` (other files stay); create it if missing."""
+    from .fileio import ensure_dir
+
+    for f in OWN_OUTPUTS:
+        (run_dir / f).unlink(missing_ok=True)
+    for d in OWN_FOLDERS:
+        shutil.rmtree(run_dir / d, ignore_errors=True)
+    return ensure_dir(run_dir)
 
 
 # --------------------------------------------------------------------------------------------------- the pipeline
@@ -228,23 +236,24 @@ def run_pipeline(
     options: PipelineOptions | None = None,
 ) -> PipelineResult:
     """Run every step into the run folder; returns the result, or raises :class:`PipelineError` naming the step."""
-    from .export.calib import check_calib_size
-    from .fileio import ensure_dir
-
     t0 = time.perf_counter()
     options = options or PipelineOptions()
     _check_options(options)
+    # The run folder is checked first, before anything imports torch: a name already taken answers at once.
+    run_dir = run_folder(name, out, data or (recipe.data.source if recipe else "synth"), overwrite)
     if options.threads is not None:
         train = {**(train or {}), "threads": options.threads}
     cfg = pipeline_config(data, epochs=epochs, width=width, img_size=img_size, device=device, data_dir=data_dir, recipe=recipe,
                           model=model, data_settings=data_settings, train=train)
     if not cfg.train.threads:  # neither --threads nor the recipe set it: the pipeline's default
         cfg = RunConfig(model=cfg.model, data=cfg.data, train=cfg.train.replace(threads=default_threads()))
+    from .export.calib import check_calib_size
+
     check_calib_size(options.calib_size)
     providers, notes = resolve_providers(cfg.train.device, options.providers)
     notes.append(f"{cfg.train.threads} intra-op thread(s) for training on a CPU, the check's PyTorch models and the benchmark "
                  f"(--threads; default: every usable core but one), {cfg.train.workers} data-loader worker(s)")
-    run_dir = ensure_dir(run_folder(name, out, cfg.data.source, overwrite))
+    run_dir = clear_run_folder(run_dir)
     result = PipelineResult(run_dir=run_dir, config=cfg, options=options, providers=providers, steps=[StepRecord(s) for s in STEPS],
                             started=time.strftime("%Y-%m-%dT%H:%M:%S%z"), notes=notes)
     _save_record(result, t0)

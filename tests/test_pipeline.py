@@ -109,6 +109,44 @@ def test_settings_are_checked_before_any_step(tmp_path):
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists() and not (tmp_path / "c").exists()
 
 
+def test_overwrite_removes_nothing_until_every_setting_is_checked(tmp_path):
+    from mnv2export.pipeline import PIPELINE_FILE
+
+    earlier = tmp_path / "earlier"
+    (earlier / "weights").mkdir(parents=True)
+    (earlier / "weights" / "best.pt").write_bytes(b"earlier run")
+    (earlier / PIPELINE_FILE).write_text("{}")
+    with pytest.raises(ConfigError, match="calibration size"):
+        run_pipeline(out=earlier, overwrite=True, device="cpu", options=PipelineOptions(calib_size=0))
+    assert (earlier / "weights" / "best.pt").read_bytes() == b"earlier run"
+
+
+def test_a_taken_run_folder_is_refused_before_torch_is_imported(tmp_path):
+    """The run folder is the first thing checked: `--name` / `--out` mistakes answer without the seconds torch's
+    import costs."""
+    import subprocess
+    import sys
+
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "x").write_text("x")
+    code = f"""
+import sys
+from mnv2export.errors import ConfigError
+from mnv2export.pipeline import run_pipeline
+for kwargs in (dict(name="a", out="b"), dict(out={str(tmp_path / "taken")!r})):
+    try:
+        run_pipeline(**kwargs)
+    except ConfigError as e:
+        print(e)
+    else:
+        raise SystemExit("no error")
+assert "torch" not in sys.modules, "torch was imported"
+"""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert "--name and --out both given" in r.stdout and "run folder exists and is not empty" in r.stdout
+
+
 def test_cli_failing_export_names_the_step_and_keeps_the_training(tmp_path, capsys):
     out = tmp_path / "run"
     code = main(["pipeline", *TINY_FLAGS, "--out", str(out), "--calib-data", str(tmp_path / "no-calibration-images")])

@@ -98,6 +98,9 @@ def test_files_and_manifest(exported, trained_checkpoint):
     q = on_disk["artifacts"][INT8_FILE]["export_settings"]
     assert q["per_channel"] is True and q["format"] == "QDQ" and q["calibration_method"] == "minmax" and q["calibration_images"] == 96
     assert on_disk["bn_fold"]["max_abs_diff"] < 1e-4
+    run = on_disk["settings"]  # the export command's own settings, as given
+    assert (run["quantize"], run["fp16"], run["opset"], run["calib_size"], run["calib_method"]) == (True, True, 18, 96, "minmax")
+    assert run["calib_data"] and set(run["formats"]) == {"torchscript", "onnx"}
 
 
 def test_onnx_graph_has_no_batchnorm_named_io_and_passes_the_checker(exported):
@@ -400,6 +403,15 @@ def test_other_calibration_methods(exported, tmp_path, capsys):
         inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
         scales[method] = np.array([float(inits[n.input[1]]) for n in model.graph.node if n.op_type == "QuantizeLinear"])
     assert not np.allclose(scales["minmax"], scales["entropy"]) and not np.allclose(scales["minmax"], scales["percentile"])
+
+
+def test_export_uses_and_records_the_calibration_method_asked_for(trained_checkpoint, tmp_path):
+    from mnv2export.export import export_all
+
+    m = export_all(trained_checkpoint, tmp_path / "pct", formats="onnx", quantize=True, calib_size=32, calib_method="percentile")
+    assert m.data["settings"]["calib_method"] == "percentile" and m.data["settings"]["calib_size"] == 32
+    assert m.artifacts[INT8_FILE]["export_settings"]["calibration_method"] == "percentile"
+    assert read_metadata(tmp_path / "pct" / INT8_FILE)["quantization"]["calibration_method"] == "percentile"
 
 
 def test_manifest_int8_agreement_is_int8_against_fp32(exported, trained_checkpoint):

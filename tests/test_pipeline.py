@@ -271,6 +271,28 @@ def test_the_check_is_a_gate(monkeypatch, tmp_path):
         pipeline._step_check(result)
 
 
+def test_the_bench_step_needs_one_measured_row_not_all(monkeypatch, tmp_path):
+    """A row that could not run (named in bench.json) does not fail the step while another row was measured; a
+    sweep in which no row could be measured does, naming the first row's reason."""
+    from mnv2export import bench, pipeline
+    from mnv2export.bench.result import BenchResult, BenchRow
+    from mnv2export.errors import Mnv2Error
+
+    failed = BenchRow("int8", "cpu", 1, status="error", reason="ORT refused the model")
+    good = BenchRow("onnx", "cpu", 1, p50_ms=1.0, p90_ms=1.1, p95_ms=1.2, p99_ms=1.3, min_ms=0.9, max_ms=1.4, mean_ms=1.05,
+                    std_ms=0.1, iters=3, throughput=950.0)
+    step = SimpleNamespace(outputs=[])
+    result = SimpleNamespace(run_dir=tmp_path, providers=("cpu",), options=pipeline.PipelineOptions(),
+                             config=pipeline.pipeline_config(device="cpu"), step=lambda name: step, bench=None)
+    monkeypatch.setattr(bench, "run", lambda *a, **k: BenchResult([failed, good], machine={}))
+    assert pipeline._step_bench(result) == ["bench.json", "bench.csv", "bench.png"]
+    assert (tmp_path / "bench.png").is_file()
+    monkeypatch.setattr(bench, "run", lambda *a, **k: BenchResult([failed], machine={}))
+    with pytest.raises(Mnv2Error, match="no benchmark row could be measured .int8/cpu: ORT refused the model"):
+        pipeline._step_bench(result)
+    assert step.outputs == ["bench.json", "bench.csv"]
+
+
 # --------------------------------------------------------------------------------------------------- report
 def _result(tmp_path, statuses):
     from mnv2export.pipeline import STEPS, PipelineOptions, PipelineResult, StepRecord, pipeline_config

@@ -11,7 +11,7 @@ import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from .errors import OutputError
+from .errors import ConfigError, OutputError
 
 
 def ensure_dir(path: str | Path) -> Path:
@@ -89,6 +89,21 @@ def atomic_files(folder: str | Path) -> Iterator[Callable[[str], Path]]:
     finally:
         for tmp, _ in staged:
             tmp.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def folder_lock(folder: str | Path, busy: str, hint: str) -> Iterator[None]:
+    """Hold an exclusive lock on ``folder`` (flock on the folder itself, so no lock file is left behind) for the
+    block; a folder another process holds raises ``ConfigError(busy)`` at once instead of waiting."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ConfigError(busy, path=Path(folder), hint=hint) from None
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def output_error(exc: OSError, path: Path) -> Exception:

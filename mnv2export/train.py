@@ -18,6 +18,7 @@ import io
 import logging
 import math
 import random
+import shutil
 import signal
 import threading
 import time
@@ -38,7 +39,7 @@ from .data import DataBundle, SkipTracker, build_datasets, collate
 from .data.memory import MemoryImages, MemoryLoader
 from .device import cpu_threads, resolve_device
 from .errors import CheckpointError, ConfigError, DataError
-from .fileio import ensure_dir, write_text
+from .fileio import ensure_dir, folder_lock, write_text
 from .model import build_model, load_pretrained, zero_init_residual
 
 log = logging.getLogger(__name__)
@@ -315,21 +316,69 @@ def resume_config(run_dir: Path, flags: dict[str, dict[str, Any]]) -> tuple[RunC
     return stored.override({}, {}, train), ckpt
 
 
-def fit(cfg: RunConfig, *, run_dir: str | Path | None = None, resume_from: Checkpoint | None = None) -> TrainResult:
+# what a run writes into its folder (--overwrite removes these and nothing else)
+RUN_OUTPUTS = ("best.pt", "last.pt", "metrics.csv", "config.json", "loss_curve.png", "kernels.png", "feature_maps_shallow.png",
+               "feature_maps_deep.png", "confusion_matrix.png")
+RUN_FOLDERS = ("visualize",)  # `mnv2 visualize best.pt` writes here by default
+
+
+def fit(cfg: RunConfig, *, run_dir: str | Path | None = None, resume_from: Checkpoint | None = None, overwrite: bool = False) -> TrainResult:
     """Train ``cfg``; files go to ``run_dir`` (default ``weights/<source>-<time>/``).
 
-    ``resume_from`` (see :func:`resume_config`) continues that run's ``last.pt`` from its last completed epoch.
+    ``resume_from`` (see :func:`resume_config`) continues that run's ``last.pt`` from its last completed epoch. A new run
+    refuses a folder that already holds files unless ``overwrite`` (then the folder must hold a run, whose outputs are
+    removed once the data and model are ready). The folder is locked for the run: a second ``fit`` into it fails at once.
     """
+    if overwrite and resume_from is not None:
+        raise ConfigError("--overwrite and --resume contradict each other", hint="--resume continues the run, --overwrite replaces it: pass one")
+    run_dir = Path(run_dir or cfg.train.out or default_run_dir(cfg))
     device_type = "cuda" if cfg.train.device in ("auto", "cuda") and torch.cuda.is_available() else "cpu"
     info = D.init(device_type)
     try:
-        with cpu_threads(cfg.train.threads if device_type == "cpu" else 0):
-            return _fit(cfg, info, run_dir, resume_from)
+        with contextlib.ExitStack() as stack:
+            if info.is_main:
+                created = check_run_folder(run_dir, new=resume_from is None, overwrite=overwrite)
+                stack.enter_context(folder_lock(run_dir, "another process is training into this run folder",
+                                                "wait for it to finish, or choose another --out"))
+            else:
+                created = False
+            stack.enter_context(cpu_threads(cfg.train.threads if device_type == "cpu" else 0))
+            try:
+                return _fit(cfg, info, run_dir, resume_from, overwrite)
+            except BaseException:
+                if created and run_dir.is_dir() and not any(run_dir.iterdir()):
+                    run_dir.rmdir()  # a run that fails before writing anything (bad data, device, weights) leaves no folder
+                raise
     finally:
         D.shutdown()
 
 
-def _fit(cfg: RunConfig, info: D.DistInfo, run_dir, resume_from: Checkpoint | None) -> TrainResult:
+def check_run_folder(run_dir: Path, *, new: bool, overwrite: bool) -> bool:
+    """Check (and create) ``run_dir`` before any work; returns whether it was created. A new run needs a missing or
+    empty folder, or ``overwrite`` and a folder holding a run (its outputs go once the data and model are ready)."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ConfigError("run folder path is a file", path=run_dir, hint="choose another --out")
+    if new and run_dir.is_dir() and any(run_dir.iterdir()):
+        if not overwrite:
+            raise ConfigError("run folder already holds files", path=run_dir,
+                              hint="--resume continues the run in it, --overwrite replaces it; or choose another --out")
+        if not any((run_dir / f).is_file() for f in ("last.pt", "best.pt", "config.json", "metrics.csv")):
+            raise ConfigError("folder is not a training run (no last.pt, best.pt, config.json or metrics.csv): refusing to overwrite it",
+                              path=run_dir, hint="choose another --out")
+    created = not run_dir.exists()
+    ensure_dir(run_dir)  # an unwritable output is found before the data is read
+    return created
+
+
+def _clear_run_folder(run_dir: Path) -> None:
+    for name in RUN_OUTPUTS:
+        (run_dir / name).unlink(missing_ok=True)
+    for name in RUN_FOLDERS:
+        shutil.rmtree(run_dir / name, ignore_errors=True)
+    log.info("--overwrite: removed the earlier run's files from %s", run_dir)
+
+
+def _fit(cfg: RunConfig, info: D.DistInfo, run_dir: Path, resume_from: Checkpoint | None, overwrite: bool) -> TrainResult:
     t = cfg.train
     device = resolve_device(t.device, info.local_rank)
     if device.type == "cuda":
@@ -339,29 +388,22 @@ def _fit(cfg: RunConfig, info: D.DistInfo, run_dir, resume_from: Checkpoint | No
         torch.backends.cudnn.allow_tf32 = True
     if not info.is_main:
         logging.getLogger("mnv2export").setLevel(logging.WARNING)
-    run_dir = Path(run_dir or t.out or default_run_dir(cfg))
-    created = info.is_main and not run_dir.exists()
-    if info.is_main:
-        ensure_dir(run_dir)  # an unwritable output is found before the data is read
     seed_everything(t.seed)
 
-    try:
-        data: DataBundle = build_datasets(cfg.data)
-        if len(data.class_names) != cfg.model.num_classes:
-            if resume_from is not None:
-                raise DataError(f"the data now has {len(data.class_names)} classes, the run was started with {cfg.model.num_classes}", path=cfg.data.source, hint="resume with the same data")
-            cfg = cfg.with_classes(len(data.class_names))
-        model = build_model(cfg.model)
-        if t.init_from and resume_from is None:
-            load_pretrained(model, t.init_from)
-            if t.zero_init_residual:
-                log.info("zero_init_residual not applied: the weights come from %s", t.init_from)
-        elif t.zero_init_residual and resume_from is None:
-            log.info("zero-initialised the last BatchNorm of %d residual blocks", zero_init_residual(model))
-    except BaseException:
-        if created and not any(run_dir.iterdir()):
-            run_dir.rmdir()  # bad data or initial weights leave no empty run folder behind
-        raise
+    data: DataBundle = build_datasets(cfg.data)
+    if len(data.class_names) != cfg.model.num_classes:
+        if resume_from is not None:
+            raise DataError(f"the data now has {len(data.class_names)} classes, the run was started with {cfg.model.num_classes}", path=cfg.data.source, hint="resume with the same data")
+        cfg = cfg.with_classes(len(data.class_names))
+    model = build_model(cfg.model)
+    if t.init_from and resume_from is None:
+        load_pretrained(model, t.init_from)
+        if t.zero_init_residual:
+            log.info("zero_init_residual not applied: the weights come from %s", t.init_from)
+    elif t.zero_init_residual and resume_from is None:
+        log.info("zero-initialised the last BatchNorm of %d residual blocks", zero_init_residual(model))
+    if overwrite and info.is_main:
+        _clear_run_folder(run_dir)
     if t.sync_bn and info.enabled:
         if device.type != "cuda":
             raise ConfigError("SyncBatchNorm runs on CUDA only", hint="drop --sync-bn for a CPU (gloo) run")

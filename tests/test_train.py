@@ -284,6 +284,51 @@ def test_bad_data_or_weights_leave_no_run_folder(tmp_path):
     assert not (tmp_path / "runs" / "w").exists()
 
 
+def test_a_new_run_never_lands_silently_in_a_used_folder(tmp_path):
+    """A second run into a run folder is refused (the first run's files intact) unless --overwrite, which replaces
+    the run's own files only once the data and model are ready; a folder that holds no run is never overwritten."""
+    from mnv2export.errors import ConfigError, DataError
+
+    out = tmp_path / "run"
+    first = fit(tiny_run_config(), run_dir=out)
+    (out / "confusion_matrix.png").write_bytes(b"a picture of the first run")
+    (out / "notes.md").write_text("mine")
+    before = first.best.read_bytes()
+    with pytest.raises(ConfigError, match="already holds files"):
+        fit(tiny_run_config(seed=1), run_dir=out)
+    assert first.best.read_bytes() == before
+    empty_data = tmp_path / "d"
+    (empty_data / "train" / "a").mkdir(parents=True)
+    (empty_data / "val" / "a").mkdir(parents=True)
+    with pytest.raises(DataError, match="no images"):  # bad data: the earlier run is not touched
+        fit(tiny_run_config().override({}, {"source": str(empty_data)}, {}), run_dir=out, overwrite=True)
+    assert first.best.read_bytes() == before and (out / "confusion_matrix.png").is_file()
+    second = fit(tiny_run_config(seed=1), run_dir=out, overwrite=True)
+    assert second.best.read_bytes() != before
+    assert not (out / "confusion_matrix.png").exists()  # the first run's picture would describe another model
+    assert (out / "notes.md").read_text() == "mine"  # not the run's file: kept
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "thesis.tex").write_text("x")
+    with pytest.raises(ConfigError, match="not a training run"):
+        fit(tiny_run_config(), run_dir=mine, overwrite=True)
+    with pytest.raises(ConfigError, match="contradict"):
+        fit(tiny_run_config(), run_dir=out, overwrite=True, resume_from=load_checkpoint(out / "last.pt"))
+
+
+def test_two_runs_cannot_write_one_folder_at_once(tmp_path):
+    from mnv2export.errors import ConfigError
+    from mnv2export.fileio import folder_lock
+
+    out = tmp_path / "run"
+    out.mkdir()
+    with folder_lock(out, "held by the test", "-"):  # as another process's fit holds it (flock: per open file)
+        with pytest.raises(ConfigError, match="another process is training into this run folder"):
+            fit(tiny_run_config(), run_dir=out)
+    assert not any(out.iterdir())
+    assert fit(tiny_run_config(), run_dir=out).best.is_file()  # free again once the holder is done
+
+
 def test_zero_init_residual_applies_to_a_fresh_model_only(tmp_path):
     # lr 1e-9: one epoch leaves every weight where it started, so the saved weights show the initialisation
     residual_bns = [f"features.{i}.conv.3.weight" for i in (3, 5, 6, 8, 9, 10, 12, 13, 15, 16)]

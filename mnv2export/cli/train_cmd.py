@@ -50,6 +50,7 @@ def train(
     zero_init_residual: Annotated[Optional[bool], typer.Option("--zero-init-residual/--no-zero-init-residual", help="Start each residual block as the identity (its last BatchNorm scale 0); not with --init-from.")] = None,
     out: Annotated[Optional[str], typer.Option("--out", "-o", help="Run folder (default weights/<data>-<time>).")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its last.pt.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace the run already in --out (without it, a folder holding files is refused).")] = False,
     plots: Annotated[Optional[bool], typer.Option("--plots/--no-plots", help="Write the training pictures at the end.")] = None,
     progress: Annotated[Optional[bool], typer.Option("--progress/--no-progress", help="Show a progress bar per epoch.")] = None,
 ) -> None:
@@ -71,13 +72,15 @@ def train(
     from ..train import fit, resume_config
 
     if resume:
+        if overwrite:
+            raise ConfigError("--overwrite and --resume contradict each other", hint="--resume continues the run, --overwrite replaces it: pass one")
         if not out:
             raise ConfigError("--resume needs the run folder", hint="pass --out weights/<run>")
         cfg, ckpt = resume_config(Path(out), {"model": model, "data": data_flags, "train": train_flags})
         result = fit(cfg, run_dir=out, resume_from=ckpt)
     else:
         cfg = run_config(load_recipe(config) if config else None, model, data_flags, train_flags)
-        result = fit(cfg)
+        result = fit(cfg, overwrite=overwrite)
     s = result.summary
     if result.is_main:
         typer.echo(

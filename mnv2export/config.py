@@ -302,7 +302,15 @@ def run_config(recipe: RunConfig | None, model: dict[str, Any], data: dict[str, 
     if recipe is None:
         extra = SOURCE_DEFAULTS.get(source, {"model": {}, "data": {}})
         base = base.override(extra["model"], {**extra["data"], "source": source}, {})
-    return base.override(model, data, train)
+    elif data.get("img_size") is not None and data.get("resize_size") is None:
+        # a recipe's validation resize belongs to its own image size: another size derives its own (0.875 ratio)
+        base = RunConfig(base.model, base.data.replace(resize_size=None), base.train)
+    try:
+        return base.override(model, data, train)
+    except ConfigError as exc:
+        if recipe is None:
+            raise
+        raise ConfigError(exc.what, path=exc.path, hint=f"{exc.hint} (the recipe's value applies unless its flag overrides it)") from None
 
 
 def load_recipe(path: str | Path) -> RunConfig:

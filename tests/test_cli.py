@@ -41,6 +41,9 @@ def _one_error_line(stderr):
         (["train", "--epochs", "1"], "no data given"),
         (["train", "--config", "/nonexistent.toml"], "recipe file not found"),
         (["train", "--resume", "--out", "/nonexistent/run"], "nothing to resume"),
+        (["train", "--resume", "--overwrite", "--out", "/nonexistent/run"], "--overwrite and --resume contradict each other"),
+        (["train", "--config", "train/imagenet20_224.toml", "--data", "synth", "--epochs", "2"],
+         "warm-up epochs = 3.0 is out of range (train/imagenet20_224.toml)"),
     ],
 )
 def test_user_errors_are_one_line_exit_1(args, expect):

@@ -97,3 +97,24 @@ def test_more_out_of_range_values(make):
     with pytest.raises(ConfigError) as info:
         make(config)
     assert info.value.hint
+
+
+def test_another_image_size_derives_its_own_resize_over_a_recipe(tmp_path):
+    """The imagenet20 recipe's resize_size = 256 belongs to its 224 px: --img-size 64 must not resize to 256 and crop
+    the central 64 px (a quarter of the width); an explicit resize flag still wins."""
+    recipe = load_recipe("train/imagenet20_224.toml")
+    assert recipe.data.resize == 256
+    assert run_config(recipe, {}, {"img_size": 64}, {}).data.resize == 64
+    assert run_config(recipe, {}, {"img_size": 160}, {}).data.resize == 182
+    assert run_config(recipe, {}, {"img_size": 160, "resize_size": 200}, {}).data.resize == 200
+    assert run_config(recipe, {}, {}, {"epochs": 90}).data.resize == 256  # the recipe's own size keeps its resize
+
+
+def test_a_recipe_value_out_of_range_says_where_it_comes_from():
+    recipe = load_recipe("train/imagenet20_224.toml")  # warmup_epochs = 3.0
+    with pytest.raises(ConfigError, match="warm-up epochs = 3.0") as info:
+        run_config(recipe, {}, {}, {"epochs": 2})
+    assert "the recipe's value applies unless its flag overrides it" in info.value.hint
+    with pytest.raises(ConfigError) as plain:
+        run_config(None, {}, {"source": "synth"}, {"epochs": 2, "warmup_epochs": 3.0})
+    assert "recipe" not in plain.value.hint

@@ -21,6 +21,7 @@ def train(
     data_dir: DataDir = None,
     class_index: Annotated[Optional[str], typer.Option(help="JSON naming the classes (wnid -> name, as imagenet_class_index.json).")] = None,
     img_size: ImgSize = None,
+    resize_size: Annotated[Optional[int], typer.Option(help="Validation resize of the shorter side before the centre crop (default img_size / 0.875; none at 64 px and below).")] = None,
     width: Width = None,
     small_input: Annotated[Optional[bool], typer.Option("--small-input/--no-small-input", help="Keep resolution for 28-64 px inputs (total stride 8).")] = None,
     output_stride: Annotated[Optional[int], typer.Option(help="Total stride 8, 16 or 32: the last stride-2 stages run at stride 1 (larger deep maps, more compute).")] = None,
@@ -60,7 +61,7 @@ def train(
 
     model = {"width_mult": width, "small_input": small_input, "output_stride": output_stride, "dropout": dropout}
     data_flags = {
-        "source": data, "data_dir": data_dir, "class_index": class_index, "img_size": img_size, "mean": floats(mean, "--mean"),
+        "source": data, "data_dir": data_dir, "class_index": class_index, "img_size": img_size, "resize_size": resize_size, "mean": floats(mean, "--mean"),
         "std": floats(std, "--std"), "train_aug": train_aug, "synth_classes": synth_classes, "synth_train_per_class": synth_per_class,
     }
     train_flags = {
@@ -79,7 +80,11 @@ def train(
         cfg, ckpt = resume_config(Path(out), {"model": model, "data": data_flags, "train": train_flags})
         result = fit(cfg, run_dir=out, resume_from=ckpt)
     else:
-        cfg = run_config(load_recipe(config) if config else None, model, data_flags, train_flags)
+        recipe = load_recipe(config) if config else None
+        try:
+            cfg = run_config(recipe, model, data_flags, train_flags)
+        except ConfigError as exc:
+            raise ConfigError(exc.what, path=exc.path or config, hint=exc.hint) from None
         result = fit(cfg, overwrite=overwrite)
     s = result.summary
     if result.is_main:

@@ -224,12 +224,12 @@ class TrainConfig(_Config):
     progress: bool = True
 
     def __post_init__(self) -> None:
-        for name, lo, hi in (("epochs", 1, 100_000), ("batch size", 1, 65_536), ("workers", 0, 256), ("threads", 0, 1024)):
+        for name, lo, hi in (("epochs", 1, 100_000), ("batch size", 2, 65_536), ("workers", 0, 256), ("threads", 0, 1024)):
             value = getattr(self, name.replace(" ", "_"))
             _check(
                 isinstance(value, int) and not isinstance(value, bool) and lo <= value <= hi,
                 f"{name} = {value!r} is out of range",
-                f"use a whole number between {lo} and {hi}",
+                f"use a whole number between {lo} and {hi}" + (" (BatchNorm trains on 2 images or more)" if name == "batch size" else ""),
             )
         _in_range("lr", self.lr, 0.0, 10.0, lo_open=True)
         _in_range("momentum", self.momentum, 0.0, 0.999)

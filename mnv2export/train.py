@@ -199,7 +199,10 @@ def train_one_epoch(
     for images, labels, skipped in loader:
         if skips is not None:
             skips.add(skipped)
-        if labels.numel() == 0:
+        if labels.numel() < 2:  # every image unreadable, or one left, which BatchNorm cannot train on (1x1 maps)
+            with warnings.catch_warnings():  # before the first optimizer step torch warns; the order is intended
+                warnings.simplefilter("ignore", UserWarning)
+                sched.step()  # the schedule counts batches: it still reaches its last step at the end
             continue
         images, labels = ctx.to_device(images, labels)
         with ctx.autocast():

@@ -21,6 +21,7 @@ from mnv2export.errors import ConfigError
         lambda: TrainConfig(epochs=0),
         lambda: TrainConfig(epochs=-3),
         lambda: TrainConfig(batch_size=0),
+        lambda: TrainConfig(batch_size=1),  # BatchNorm cannot train on one image (1x1 maps: an error mid-epoch)
         lambda: TrainConfig(lr=0.0),
         lambda: TrainConfig(lr=float("nan")),
         lambda: TrainConfig(lr=-1e-3),
@@ -72,6 +73,7 @@ def test_bad_recipes(tmp_path):
 def test_bounds_are_inclusive_where_documented():
     assert ModelConfig(width_mult=1.4).width_mult == 1.4 and ModelConfig(width_mult=0.35).width_mult == 0.35
     assert ModelConfig(dropout=0.95).dropout == 0.95 and TrainConfig(momentum=0.999).momentum == 0.999
+    assert TrainConfig(batch_size=2).batch_size == 2
 
 
 @pytest.mark.parametrize(

@@ -2,6 +2,7 @@
 
 import csv
 import json
+import math
 import os
 import signal
 import subprocess
@@ -505,6 +506,23 @@ def test_train_one_epoch_sums_the_loss_over_samples():
         expected = F.cross_entropy(model(x), y, reduction="sum").item()
     loss_sum, n = train_one_epoch(model, _batches(x, y, [4, 4, 2]), opt, sched, nn.CrossEntropyLoss(), StepContext(torch.device("cpu"), None, False))
     assert n == 10 and loss_sum == pytest.approx(expected, rel=1e-5)
+
+
+def test_batches_too_small_to_train_still_step_the_schedule():
+    """A batch left with one image (the others unreadable) cannot train BatchNorm (at 1x1 maps it raises mid-epoch)
+    and an empty one has nothing to learn: both are passed over, but the schedule still counts them, so it ends at
+    its last step (lr 0 with cosine)."""
+    from mnv2export.train import StepContext, train_one_epoch
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(12, 4), nn.BatchNorm1d(4), nn.Linear(4, 3))
+    x, y = torch.randn(7, 3, 2, 2), torch.randint(0, 3, (7,))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0 - step / 4)  # 4 batches: lr 0 after the last
+    loader = [(x[:1], y[:1], []), (x[1:4], y[1:4], []), (x[:0], y[:0], []), (x[4:7], y[4:7], [])]
+    loss_sum, n = train_one_epoch(model, loader, opt, sched, nn.CrossEntropyLoss(), StepContext(torch.device("cpu"), None, False))
+    assert n == 6 and math.isfinite(loss_sum)
+    assert sched.last_epoch == 4 and opt.param_groups[0]["lr"] == 0.0
 
 
 def test_evaluate_loss_accuracy_confusion_and_their_sum_over_ranks(monkeypatch):

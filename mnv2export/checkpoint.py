@@ -30,7 +30,7 @@ from torch import nn
 from . import __version__
 from .config import DataConfig, ModelConfig
 from .errors import CheckpointError, ConfigError
-from .fileio import atomic_path, sha256_file
+from .fileio import atomic_path, sha256_file, text_kind
 
 log = logging.getLogger(__name__)
 
@@ -136,10 +136,13 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         raise CheckpointError("checkpoint path is a folder, not a file", path=p, hint=hint)
     if p.stat().st_size == 0:
         raise CheckpointError("checkpoint file is empty", path=p, hint=hint)
+    kind = text_kind(p)
+    if kind:
+        raise CheckpointError(f"file is {kind}, not a torch checkpoint", path=p, hint=hint)
     try:
         payload = torch.load(p, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        if "weights_only" in str(exc) or "Unsupported global" in str(exc):
+        if "global" in str(exc).lower():  # a class or function to import (GLOBAL): what weights_only exists to refuse
             raise CheckpointError(
                 "checkpoint carries a pickled Python object and is refused (loading it could run code)",
                 path=p, hint="re-save it with tensors and primitives only, or re-train with `mnv2 train`",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import errno
 import fcntl
@@ -150,3 +151,18 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
         while block := fh.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+def text_kind(path: str | Path) -> str | None:
+    """``"a JSON file"`` or ``"a text file"`` when ``path`` holds text rather than a binary model (a manifest,
+    config.json, a recipe passed where a model belongs), else None. Reads the first 4 KiB."""
+    with open(path, "rb") as fh:
+        head = fh.read(4096)
+    try:
+        text = codecs.getincrementaldecoder("utf-8")().decode(head)  # a character cut at 4 KiB is not an error
+    except UnicodeDecodeError:
+        return None
+    if not text or any(c in text for c in "\x00\x01\x02\x03\x04\x05\x06\x07\x08"):
+        return None
+    return "a JSON file" if text.lstrip()[:1] in ("{", "[") else "a text file"
+

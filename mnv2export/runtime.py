@@ -31,6 +31,7 @@ import numpy as np
 
 from .errors import ArtifactError, ConfigError, DataError, ProviderUnavailable
 from .export.names import INPUT_NAME, ONNX_METADATA, OUTPUT_NAME, TORCHSCRIPT_METADATA
+from .fileio import text_kind
 
 log = logging.getLogger(__name__)
 
@@ -122,6 +123,9 @@ def detect_format(path: str | Path) -> str:
         if any(n.endswith("/data.pkl") for n in names):
             return "pytorch"
         raise ArtifactError("zip archive is neither a TorchScript file nor a torch checkpoint", path=p, hint=hint)
+    kind = text_kind(p)
+    if kind:  # onnx.load would read a .json or .txt file as ONNX's text formats and fail in its own words
+        raise ArtifactError(f"file is {kind}, not a model", path=p, hint=hint)
     return "onnx"  # anything else must parse as ONNX; _load_onnx_model says so when it does not
 
 

@@ -1,6 +1,8 @@
 import os
 from pathlib import Path
 
+import pickle
+
 import pytest
 import torch
 
@@ -54,7 +56,10 @@ def test_pickled_objects_are_refused(tmp_path):
         (lambda p: None, "not found"),
         (lambda p: p.mkdir(), "is a folder"),
         (lambda p: p.write_bytes(b""), "empty"),
-        (lambda p: p.write_bytes(b"hello, not a zip"), "not a readable torch file"),
+        (lambda p: p.write_bytes(b"hello, not a zip"), "is a text file, not a torch checkpoint"),
+        (lambda p: p.write_text('{"artifacts": {}}'), "is a JSON file, not a torch checkpoint"),  # a manifest, config.json
+        (lambda p: p.write_bytes(bytes(range(256)) * 4), "not a readable torch file"),
+        (lambda p: p.write_bytes(pickle.dumps({"epoch": 3}, protocol=4)), "not a readable torch file"),  # no class: no alarm
         (lambda p: (save_checkpoint(_ckpt(), p), p.write_bytes(p.read_bytes()[:5000])), "not a readable torch file"),
         (lambda p: torch.save(build_model(ModelConfig(width_mult=0.35)).state_dict(), p), "bare state dict"),
         (lambda p: torch.save({"epoch": 3}, p), "not an mnv2export checkpoint"),

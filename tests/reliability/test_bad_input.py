@@ -106,6 +106,19 @@ def test_empty_files_and_folders_where_files_belong(capsys, files, exported):
     fails(capsys, "bench", files / "no_images", match="manifest")
 
 
+def test_a_text_file_where_a_model_belongs_is_named_as_such(capsys, files, exported):
+    """A manifest or config.json passed as the model: said plainly, not as a pickled-object alarm or an ONNX parser's
+    error (onnx.load reads *.json as ONNX's JSON text format)."""
+    manifest = exported.out_dir / "manifest.json"
+    (files / "notes.txt").write_text("not a model")
+    fails(capsys, "export", manifest, match="is a JSON file, not a torch checkpoint")
+    fails(capsys, "check", manifest, match="is a JSON file, not a torch checkpoint")
+    fails(capsys, "info", manifest, match="is a JSON file, not a model")
+    fails(capsys, "predict", files / "images" / "good.png", "--model", manifest, match="is a JSON file, not a model")
+    fails(capsys, "visualize", manifest, match="is a JSON file, not a model")
+    fails(capsys, "info", files / "notes.txt", match="is a text file, not a model")
+
+
 def test_malformed_onnx_is_an_error_not_a_crash(capsys, files, trained_checkpoint):
     for name in ("truncated.onnx", "garbage.onnx"):
         fails(capsys, "info", files / name, match="onnx")

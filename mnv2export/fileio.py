@@ -15,6 +15,16 @@ from pathlib import Path
 from .errors import ConfigError, OutputError
 
 
+def check_output_file(path: str | Path, option: str) -> Path:
+    """Refuse an output file path that cannot be a file (a folder, or under a file) before any work is done."""
+    p = Path(path)
+    if p.is_dir():
+        raise ConfigError(f"{option} names a folder, not a file", path=p, hint="give a file's name (in that folder, or another)")
+    if any(parent.exists() and not parent.is_dir() for parent in p.parents):
+        raise ConfigError(f"{option} lies under a file, not a folder", path=p, hint="choose another path")
+    return p
+
+
 def ensure_dir(path: str | Path) -> Path:
     """Create ``path`` (and parents); a clear error when that is impossible or it is not writable."""
     p = Path(path)

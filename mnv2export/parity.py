@@ -26,6 +26,7 @@ import logging
 import math
 import os
 from dataclasses import asdict, dataclass, field, replace
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -106,6 +107,7 @@ class ParityRow:
     failures: list[str] = field(default_factory=list)  # each broken tolerance, with by how much
     tolerance: dict[str, Any] = field(default_factory=dict)  # the bounds this row was judged by
     session_providers: list[str] | None = None  # ONNX Runtime: the providers the session really got
+    sha256: str | None = None  # of the file on disk when the check ran
 
     @property
     def passed(self) -> bool:
@@ -123,11 +125,15 @@ class ParityReport:
     inputs: dict[str, Any] = field(default_factory=dict)
     tolerances: dict[str, dict[str, Any]] = field(default_factory=dict)
     int8_debug: dict[str, Any] | None = None
+    checkpoint_sha256: str | None = None
+    created: str | None = None  # when the check ran, ISO 8601 with the UTC offset
+    versions: dict[str, Any] = field(default_factory=dict)  # mnv2export, torch, torchvision, python, onnx, onnxruntime
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready (non-finite numbers become None)."""
         d = {
-            "passed": self.passed, "checkpoint": self.checkpoint, "artifacts_dir": self.artifacts_dir, "inputs": self.inputs,
+            "passed": self.passed, "created": self.created, "versions": self.versions, "checkpoint": self.checkpoint,
+            "checkpoint_sha256": self.checkpoint_sha256, "artifacts_dir": self.artifacts_dir, "inputs": self.inputs,
             "tolerances": self.tolerances, "notes": list(self.notes),
             "units": {"top1_agreement": "percent", "top5_agreement": "percent", "acc_reference": "percent", "acc_artifact": "percent",
                       "acc_drop_pts": "points (reference - artifact)", "cosine": "lowest per-sample cosine similarity"},
@@ -207,9 +213,10 @@ def check(
     broken artifact is a row (``fail`` or ``error``) and makes ``passed`` false.
     """
     from .checkpoint import load_checkpoint
-    from .export import default_out_dir
+    from .export import default_out_dir, toolchain_versions
     from .parity_inputs import generated_inputs, load_real_images
 
+    created = datetime.now(timezone.utc).astimezone().isoformat(timespec="seconds")
     wanted = parse_providers(providers)
     samples = DEFAULT_SAMPLES if samples is None else samples
     if not isinstance(samples, int) or isinstance(samples, bool) or not 1 <= samples <= MAX_SAMPLES:
@@ -230,7 +237,7 @@ def check(
     with tf32_disabled() if uses_cuda else contextlib.nullcontext():
         real = load_real_images(ckpt, data, samples)  # before any session: bad data fails fast
         notes.append(real.note)
-        runners, rows = _load_runners(out_dir, entries, wanted, tols)
+        runners, rows = _load_runners(out_dir, entries, wanted, tols, ckpt)
         gen = generated_inputs(ckpt.data_config.img_size, sum(sizes))
         notes.append(f"{len(gen)} generated N(0, 1) tensors in the normalised input space follow the real images; artifacts run them "
                      f"in batches cycling through sizes {', '.join(map(str, sizes))}; the reference runs on CPU in batches of 64")
@@ -248,6 +255,7 @@ def check(
         if uses_cuda and any(r.provider == "cuda" and r.status in ("pass", "fail") for r in rows):
             notes.append("TF32 disabled for the CUDA runs (torch fp32_precision = 'ieee'; NVIDIA_TF32_OVERRIDE=0 for ONNX Runtime), "
                          "so FP32 is held to the same bounds as on CPU")
+    rows += unlisted_rows(out_dir, entries)
     for r in rows:
         if r.provider == "cuda" and r.status == "unavailable":
             notes.append(f"CUDA rows not run (--provider all): {r.reason}")
@@ -259,7 +267,7 @@ def check(
         rows=rows, passed=all(r.passed for r in rows), notes=notes, checkpoint=str(ckpt.path), artifacts_dir=str(out_dir),
         inputs={"real": len(real), "labelled": real.labels is not None, "real_source": real.source, "generated": len(gen),
                 "batch_sizes": list(sizes)},
-        tolerances={p: asdict(t) for p, t in tols.items()},
+        tolerances={p: asdict(t) for p, t in tols.items()}, checkpoint_sha256=ckpt.sha256, created=created, versions=toolchain_versions(),
     )
     if debug_int8:
         from .parity_int8 import debug_int8 as run_debug
@@ -309,23 +317,29 @@ def read_manifest(out_dir: Path, default: bool, ckpt) -> tuple[dict[str, dict[st
     return artifacts, bool(source and ckpt.sha256 and source != ckpt.sha256)
 
 
-def _load_runners(out_dir: Path, entries: dict[str, dict[str, Any]], wanted: list[tuple[str, bool]], tols: dict[str, Tolerance]):
+def _load_runners(out_dir: Path, entries: dict[str, dict[str, Any]], wanted: list[tuple[str, bool]], tols: dict[str, Tolerance], ckpt):
+    """A row (and a runner, or None) per listed artifact and provider. The file must be the one the manifest records
+    (size, sha256); once loaded it is judged by its *own* metadata (format, precision), which must agree with the
+    manifest and name ``ckpt`` as its source."""
+    from .fileio import sha256_file
     from .runtime import load_artifact
 
     runners, rows = [], []
     for name, entry in entries.items():
+        path = out_dir / name
+        sha = sha256_file(path) if path.is_file() else None
+        changed = changed_since_export(entry, path, sha) if sha else None
         for provider, explicit in wanted:
-            precision = str(entry.get("precision", "fp32"))
-            row = ParityRow(artifact=name, format=str(entry.get("format", "?")), precision=precision, provider=provider,
-                            tolerance=asdict(tols.get(precision, Tolerance())))
+            row = ParityRow(artifact=name, format=str(entry.get("format", "?")), precision=str(entry.get("precision", "?")), provider=provider,
+                            sha256=sha)
             runner = None
-            if precision not in tols:
-                row.status, row.reason = "error", f"no tolerance defined for precision {precision!r}"
-            elif not (out_dir / name).is_file():
+            if sha is None:
                 row.status, row.reason = "error", "listed in manifest.json but missing from the folder"
+            elif changed:
+                row.status, row.failures = "fail", [changed]
             else:
                 try:
-                    runner = load_artifact(out_dir / name, provider)
+                    runner = load_artifact(path, provider)
                     if getattr(runner, "session", None) is not None:
                         row.session_providers = list(runner.session.get_providers())
                 except ProviderUnavailable as exc:
@@ -334,9 +348,53 @@ def _load_runners(out_dir: Path, entries: dict[str, dict[str, Any]], wanted: lis
                     row.status, row.reason = "unavailable", exc.what
                 except Mnv2Error as exc:
                     row.status, row.reason = "error", exc.one_line()
+            if runner is not None:
+                row.format, row.precision = str(runner.metadata.get("format")), str(runner.metadata.get("precision"))
+                row.failures = provenance_problems(entry, runner.metadata, ckpt)  # the row fails, and is still compared
+                if row.precision not in tols:
+                    row.status, row.reason, runner = "error", f"no tolerance defined for precision {row.precision!r}", None
+                else:
+                    row.tolerance = asdict(tols[row.precision])
             rows.append(row)
             runners.append(runner)
     return runners, rows
+
+
+def changed_since_export(entry: dict[str, Any], path: Path, sha: str) -> str | None:
+    """Why the file on disk is not the one the manifest records (size, then sha256), or None."""
+    size = path.stat().st_size
+    if entry.get("size_bytes") != size:
+        return f"changed since export: size_bytes {entry.get('size_bytes')} in manifest.json, {size} on disk"
+    if entry.get("sha256") != sha:
+        return f"changed since export: sha256 {_hash(entry.get('sha256'))} in manifest.json, {_hash(sha)} on disk"
+    return None
+
+
+def provenance_problems(entry: dict[str, Any], meta: dict[str, Any], ckpt) -> list[str]:
+    """Disagreements between the manifest entry and the file's own metadata (format, precision), and between the
+    checkpoint the file says it was exported from and ``ckpt``."""
+    out = [f"manifest.json says {key} {entry.get(key)!r}, the file's metadata {meta.get(key)!r}"
+           for key in ("format", "precision") if entry.get(key) != meta.get(key)]
+    if meta.get("source_checkpoint_sha256") != ckpt.sha256:
+        out.append(f"exported from another checkpoint: source_checkpoint_sha256 {_hash(meta.get('source_checkpoint_sha256'))} in its "
+                   f"metadata, {_hash(ckpt.sha256)} for {ckpt.path.name if ckpt.path else 'the checkpoint'}")
+    return out
+
+
+ARTIFACT_SUFFIXES = (".onnx", ".pt")  # what `mnv2 export` writes; manifest.json and check outputs are not artifacts
+
+
+def unlisted_rows(out_dir: Path, entries: dict[str, dict[str, Any]]) -> list[ParityRow]:
+    """A failing row for each file in the folder that is an artifact by its name but is not in manifest.json."""
+    from .fileio import sha256_file
+
+    names = sorted(p.name for p in out_dir.iterdir() if p.suffix in ARTIFACT_SUFFIXES and p.is_file() and p.name not in entries)
+    return [ParityRow(artifact=n, format="?", precision="?", provider="-", status="fail", sha256=sha256_file(out_dir / n),
+                      failures=["in the folder but not in manifest.json: not checked; export again or remove it"]) for n in names]
+
+
+def _hash(sha: Any) -> str:
+    return sha[:12] if isinstance(sha, str) and sha else repr(sha)
 
 
 _PROVIDER_HINT = ("run on a machine with an NVIDIA GPU and onnxruntime-gpu, or use --provider cpu "
@@ -381,7 +439,7 @@ def run_batched(runner, x: np.ndarray, sizes: tuple[int, ...]) -> tuple[np.ndarr
 
 
 def _compare_row(row: ParityRow, runner, ckpt, x_real, gen, ref_real, ref_gen, labels, sizes, tol: Tolerance) -> None:
-    meta_problems = metadata_problems(runner.metadata, ckpt)
+    meta_problems = row.failures + metadata_problems(runner.metadata, ckpt)  # after what loading found (provenance)
     if tuple(runner.input_shape) != tuple(gen.shape[1:]):
         row.status, row.failures = "fail", meta_problems or [f"input size {runner.input_shape} differs from the checkpoint's"]
         return
@@ -413,9 +471,9 @@ def compare(ref: np.ndarray, out: np.ndarray, *, n_real: int, labels: np.ndarray
         bad = ~finite | ((d > atol) & (d > tol.rtol * np.abs(r)))
         m["elementwise_failures"] = int(bad.sum())
         # how much of the bound the worst logit uses: min(abs/atol, abs/(rtol*|ref|)); a logit fails above 1
-        m["tol_ratio"] = float(np.max(np.where(finite, np.minimum(d / atol, d / np.maximum(tol.rtol * np.abs(r), 1e-30)), np.inf)))
-        if bad.any():
-            excess = np.where(bad, d / atol, 0.0)
+        m["tol_ratio"] = float(np.max(np.where(finite, np.minimum(_ratio(d, atol), _ratio(d, tol.rtol * np.abs(r))), np.inf)))
+        if bad.any():  # the worst: a NaN / inf first, else the largest multiple of atol (of the difference itself at atol 0)
+            excess = np.where(~finite, np.inf, np.where(bad, d / atol if tol.atol else d, 0.0))
             i, c = np.unravel_index(int(np.argmax(excess)), d.shape)
             m["worst"] = {"sample": int(i), "generated": bool(i >= n_real), "class": int(c), "abs": float(d[i, c]), "atol": float(atol[i, 0]),
                           "reference": float(r[i, c]), "artifact": float(a[i, c]), "batch_size": int(used[i])}
@@ -434,6 +492,12 @@ def compare(ref: np.ndarray, out: np.ndarray, *, n_real: int, labels: np.ndarray
     return m
 
 
+def _ratio(d: np.ndarray, bound: np.ndarray) -> np.ndarray:
+    """``d / bound``, where a zero bound makes any difference infinitely over it and none 0 (atol or rtol 0)."""
+    bound = np.broadcast_to(bound, d.shape)
+    return np.divide(d, bound, out=np.where(d > 0, np.inf, 0.0), where=bound > 0)
+
+
 def judge(m: dict[str, Any], tol: Tolerance, precision: str) -> list[str]:
     """Each tolerance ``m`` breaks, with by how much."""
     out = []
@@ -443,9 +507,14 @@ def judge(m: dict[str, Any], tol: Tolerance, precision: str) -> list[str]:
         w = m["worst"]
         by_batch = ", ".join(f"batch {b}: {v:.2g}" for b, v in m["max_abs_by_batch"].items())
         scaled = " x max(1, largest |logit|)" if tol.atol_scaled else ""
+        if not math.isfinite(w["artifact"]):
+            worst = f"the worst logit is {w['artifact']} (NaN/inf), the reference {w['reference']:.3g}"
+        else:
+            times = f" = {w['abs'] / w['atol']:.3g}x atol" if w["atol"] > 0 else ""
+            rel = f"{w['abs'] / abs(w['reference']):.3g}" if w["reference"] else "inf"
+            worst = f"worst abs diff {w['abs']:.3g}{times}, relative {rel}"
         out.append(f"{m['elementwise_failures']} of {m['n_logits']} logits exceed both atol {tol.atol:g}{scaled} "
-                   f"and rtol {tol.rtol:g} (worst abs diff {w['abs']:.3g} = {w['abs'] / w['atol']:.3g}x atol, relative "
-                   f"{w['abs'] / max(abs(w['reference']), 1e-30):.3g}, on {'generated' if w['generated'] else 'real'} sample {w['sample']}, "
+                   f"and rtol {tol.rtol:g} ({worst}, on {'generated' if w['generated'] else 'real'} sample {w['sample']}, "
                    f"class {w['class']}; max abs by {by_batch})")
     real_only = precision == "int8"
     if real_only and m["n_real"] == 0:
@@ -471,13 +540,28 @@ def metadata_problems(meta: dict[str, Any], ckpt) -> list[str]:
     want = ckpt.metadata()
     out = []
     for key in _META_KEYS:
-        if not _same(meta.get(key), want.get(key)):
+        if key == "class_names" and isinstance(meta.get(key), list) and isinstance(want.get(key), list):
+            out += _list_difference(key, meta[key], want[key])
+        elif not _same(meta.get(key), want.get(key)):
             out.append(f"metadata {key} is {_short(meta.get(key))}, the checkpoint's {_short(want.get(key))}")
     dc, wdc = meta.get("data_config") or {}, want["data_config"]
     for key in ("img_size", "mean", "std", "resize_size", "interpolation"):
         if not _same(dc.get(key), wdc.get(key)):
             out.append(f"metadata data_config.{key} is {_short(dc.get(key))}, the checkpoint's {_short(wdc.get(key))}")
     return out
+
+
+def _list_difference(key: str, got: list[Any], want: list[Any]) -> list[str]:
+    """The first index where two lists differ, with both values, and both lengths when they differ ([] if equal)."""
+    i = next((i for i, (a, b) in enumerate(zip(got, want)) if not _same(a, b)), min(len(got), len(want)))
+    if i == len(got) == len(want):
+        return []
+
+    def at(values: list[Any]) -> str:
+        return _short(values[i]) if i < len(values) else "absent"
+
+    sizes = f" ({len(got)} entries, the checkpoint's {len(want)})" if len(got) != len(want) else ""
+    return [f"metadata {key} differs first at index {i}: {at(got)}, the checkpoint's {at(want)}{sizes}"]
 
 
 def _same(a: Any, b: Any) -> bool:

@@ -46,6 +46,17 @@ def _folder(exported, dest, files: dict[str, str]):
     return dest
 
 
+def _reseal(folder):
+    """Record each listed file's current size and sha256 in the manifest, as an export that wrote these (broken) files
+    would: the check must then catch them by what they answer, not by a changed hash."""
+    from mnv2export.fileio import sha256_file
+
+    manifest = json.loads((folder / MANIFEST_FILE).read_text())
+    for name, entry in manifest["artifacts"].items():
+        entry.update(size_bytes=(folder / name).stat().st_size, sha256=sha256_file(folder / name))
+    (folder / MANIFEST_FILE).write_text(json.dumps(manifest))
+
+
 def _one_error_line(err: str) -> str:
     lines = [line for line in err.splitlines() if line.strip() and not line.startswith("data ")]  # the data log line
     assert len(lines) == 1 and lines[0].startswith("error: "), err
@@ -160,6 +171,7 @@ def test_corrupted_artifacts_fail_and_are_named(exported, trained_checkpoint, tm
     _wrong_metadata(folder / "mean.onnx", folder / "mean.onnx", ["data_config", "mean"], wrong_mean)  # as a broken export writes it
     _wrong_metadata(src / ONNX_FILE, folder / "toplevel_std.onnx", ["std"], [0.5, 0.5, 0.5])  # what a non-Python consumer reads
     _static_batch(src / ONNX_FILE, folder / "static.onnx")
+    _reseal(folder)
 
     out = tmp_path / "check.json"
     code = main(["check", str(trained_checkpoint), "--artifacts", str(folder), "--samples", "32", "--json", str(out)])
@@ -424,8 +436,22 @@ def test_metadata_class_names_must_match_the_checkpoint(class_names):
     ckpt = _small_ckpt()
     meta = {**ckpt.metadata(), "class_names": class_names}
     problems = parity.metadata_problems(meta, ckpt)
-    assert len(problems) == 1 and problems[0].startswith("metadata class_names is"), problems
+    assert len(problems) == 1 and problems[0].startswith("metadata class_names differs first at index"), problems
     assert parity.metadata_problems(ckpt.metadata(), ckpt) == []
+
+
+def test_class_name_mismatch_names_the_first_differing_index_and_both_lengths():
+    """Long names with a common prefix: the message must show where they differ, not two equal truncated prefixes."""
+    ckpt = _small_ckpt()
+    names = [f"a_rather_long_class_name_number_{i:03d}" for i in range(3)]
+    ckpt.class_names = names
+    swapped = [names[0], names[2], names[1]]
+    assert parity.metadata_problems({**ckpt.metadata(), "class_names": swapped}, ckpt) == [
+        f'metadata class_names differs first at index 1: "{names[2]}", the checkpoint\'s "{names[1]}"']
+    assert parity.metadata_problems({**ckpt.metadata(), "class_names": names[:2]}, ckpt) == [
+        f'metadata class_names differs first at index 2: absent, the checkpoint\'s "{names[2]}" (2 entries, the checkpoint\'s 3)']
+    assert parity.metadata_problems({**ckpt.metadata(), "class_names": [*names, "extra"]}, ckpt) == [
+        'metadata class_names differs first at index 3: "extra", the checkpoint\'s absent (4 entries, the checkpoint\'s 3)']
 
 
 def test_default_tolerances_are_the_documented_ones():
@@ -457,6 +483,7 @@ def test_wrong_input_size_and_class_count_are_failed_rows_not_crashes(exported, 
     folder = _folder(exported, tmp_path / "art", {"size.torchscript.pt": TORCHSCRIPT_FILE, "classes.torchscript.pt": TORCHSCRIPT_FILE})
     _torchscript_with(trained_checkpoint, exported, folder / "size.torchscript.pt", meta_changes={"input_size": [3, 64, 64]})
     _torchscript_with(trained_checkpoint, exported, folder / "classes.torchscript.pt", num_classes=5)
+    _reseal(folder)
     report = parity.check(trained_checkpoint, folder, samples=8)
     rows = {r.artifact: r for r in report.rows}
     size, classes = rows["size.torchscript.pt"], rows["classes.torchscript.pt"]
@@ -567,3 +594,147 @@ def test_debug_int8_ranks_layers_and_caps_the_samples(exported, ckpt):
     assert lost == sorted(lost, reverse=True)
     sqnr = [w["sqnr_db"] for w in res["weights"]]
     assert sqnr == sorted(sqnr)
+
+
+# --------------------------------------------------------------------------------------------------- what may not pass a release gate
+def test_the_file_not_the_manifest_decides_the_precision(exported, trained_checkpoint, tmp_path):
+    """A perturbed FP32 model that the manifest calls INT8 would pass INT8's agreement bounds: it is judged as FP32
+    (its own metadata), and the disagreement fails the row, naming both values."""
+    folder = _folder(exported, tmp_path / "art", {ONNX_FILE: ONNX_FILE})
+    _corrupt_weight(exported.out_dir / ONNX_FILE, folder / ONNX_FILE)
+    _reseal(folder)
+    manifest = json.loads((folder / MANIFEST_FILE).read_text())
+    manifest["artifacts"][ONNX_FILE]["precision"] = "int8"
+    (folder / MANIFEST_FILE).write_text(json.dumps(manifest))
+    report = parity.check(trained_checkpoint, folder, samples=16)
+    row = report.rows[0]
+    assert row.status == "fail" and not report.passed
+    assert row.precision == "fp32" and row.tolerance == report.tolerances["fp32"]
+    assert row.failures[0] == "manifest.json says precision 'int8', the file's metadata 'fp32'"
+    assert any("exceed both atol 0.0001" in f for f in row.failures[1:])
+
+
+def test_a_file_changed_since_export_fails(exported, trained_checkpoint, tmp_path):
+    """Still a working model, but not the file the manifest records: by sha256 (same size) or by size."""
+    from mnv2export.fileio import sha256_file
+
+    folder = _folder(exported, tmp_path / "art", {ONNX_FILE: ONNX_FILE, "sized.onnx": ONNX_FILE})
+    model = onnx.load(str(folder / ONNX_FILE))
+    model.producer_name = "x" * len(model.producer_name)  # same size, other bytes
+    onnx.save(model, str(folder / ONNX_FILE))
+    manifest = json.loads((folder / MANIFEST_FILE).read_text())
+    recorded = manifest["artifacts"][ONNX_FILE]["sha256"]
+    manifest["artifacts"]["sized.onnx"]["size_bytes"] += 1
+    (folder / MANIFEST_FILE).write_text(json.dumps(manifest))
+    assert (folder / ONNX_FILE).stat().st_size == manifest["artifacts"][ONNX_FILE]["size_bytes"]
+    report = parity.check(trained_checkpoint, folder, samples=4)
+    rows = {r.artifact: r for r in report.rows}
+    on_disk = sha256_file(folder / ONNX_FILE)
+    assert rows[ONNX_FILE].status == "fail" and rows[ONNX_FILE].sha256 == on_disk
+    assert rows[ONNX_FILE].failures == [f"changed since export: sha256 {recorded[:12]} in manifest.json, {on_disk[:12]} on disk"]
+    size = (folder / "sized.onnx").stat().st_size
+    assert rows["sized.onnx"].failures == [f"changed since export: size_bytes {size + 1} in manifest.json, {size} on disk"]
+    assert not report.passed
+
+
+def test_artifacts_of_another_checkpoint_fail(exported, trained_checkpoint, tmp_path):
+    """A sibling checkpoint (here: the same weights, another file) did not produce these artifacts: every row fails,
+    naming both short hashes, even though they answer alike."""
+    from dataclasses import replace
+
+    from mnv2export.checkpoint import load_checkpoint, save_checkpoint
+
+    ckpt = load_checkpoint(trained_checkpoint)
+    sibling = save_checkpoint(replace(ckpt, train_summary={**ckpt.train_summary, "epoch": 5}), tmp_path / "run" / "best.pt")
+    other = load_checkpoint(sibling).sha256
+    folder = _folder(exported, tmp_path / "art", {ONNX_FILE: ONNX_FILE, TORCHSCRIPT_FILE: TORCHSCRIPT_FILE})
+    report = parity.check(sibling, folder, samples=8)
+    assert not report.passed and any("exported from another checkpoint" in n for n in report.notes)
+    for row in report.rows:
+        assert row.status == "fail" and row.failures == [
+            f"exported from another checkpoint: source_checkpoint_sha256 {ckpt.sha256[:12]} in its metadata, {other[:12]} for best.pt"], row
+        assert row.metrics["max_abs"] < 1e-4  # it was compared all the same: the numbers alone would have passed
+    assert parity.check(trained_checkpoint, folder, samples=8).passed  # against its own checkpoint it passes
+
+
+def test_artifacts_in_the_folder_but_not_in_the_manifest_fail(exported, trained_checkpoint, tmp_path, capsys):
+    folder = _folder(exported, tmp_path / "art", {ONNX_FILE: ONNX_FILE})
+    shutil.copy(exported.out_dir / INT8_FILE, folder / INT8_FILE)
+    (folder / "old.torchscript.pt").write_bytes(b"corrupt")
+    (folder / "check.json").write_text("{}")  # the check's own output, and other files, are not artifacts
+    (folder / "README.txt").write_text("notes")
+    out = tmp_path / "check.json"
+    assert main(["check", str(trained_checkpoint), "--artifacts", str(folder), "--samples", "8", "--json", str(out)]) == 1
+    rows = {r["artifact"]: r for r in json.loads(out.read_text())["rows"]}
+    assert set(rows) == {ONNX_FILE, INT8_FILE, "old.torchscript.pt"} and rows[ONNX_FILE]["status"] == "pass"
+    for name in (INT8_FILE, "old.torchscript.pt"):
+        assert rows[name]["status"] == "fail" and rows[name]["failures"] == [
+            "in the folder but not in manifest.json: not checked; export again or remove it"]
+    assert "FAILED" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("atol, rtol", [(0.0, 1e-3), (1e-4, 0.0), (0.0, 0.0)])
+def test_a_zero_atol_or_rtol_is_judged_not_a_crash(atol, rtol):
+    """0 disables that bound's slack: a logit then fails past the other bound alone (past any difference when both are 0)."""
+    ref = _logits(np.arange(8) % 4)
+    for precision in ("fp32", "fp16"):
+        tol = parity.with_overrides(atol=atol, rtol=rtol)[precision]
+        same = parity.compare(ref, ref.copy(), n_real=8, labels=None, used=np.full(8, 7), tol=tol)
+        assert parity.judge(same, tol, precision) == [] and same["tol_ratio"] == 0.0
+        out = ref.copy()
+        out[2, 0] += 1e-2  # on a zero logit: fails any zero-slack bound
+        out[5, 1] += 1e-6 if (atol or rtol) else 0.0  # within the bound that is not 0 (relative 2e-7 of 5, or 1e-6 < 1e-4)
+        m = parity.compare(ref, out, n_real=8, labels=None, used=np.full(8, 7), tol=tol)
+        failures = parity.judge(m, tol, precision)
+        assert m["elementwise_failures"] == 1 and m["worst"]["sample"] == 2, m
+        assert len(failures) == 1 and failures[0].startswith(f"1 of 32 logits exceed both atol {atol:g}"), failures
+        assert ("x atol" in failures[0]) is (atol > 0)
+
+
+def test_zero_atol_on_the_command_line(exported, trained_checkpoint, tmp_path, capsys):
+    folder = _folder(exported, tmp_path / "art", {ONNX_FILE: ONNX_FILE})
+    out = tmp_path / "c.json"
+    code = main(["check", str(trained_checkpoint), "--artifacts", str(folder), "--samples", "8", "--atol", "0", "--rtol", "0", "--json", str(out)])
+    captured = capsys.readouterr()
+    assert code == 1 and "unexpected" not in captured.err, captured.err
+    row = json.loads(out.read_text())["rows"][0]
+    assert row["status"] == "fail" and row["failures"][0].split(" (")[0].endswith("logits exceed both atol 0 and rtol 0")
+
+
+def test_a_nan_logit_is_named_as_such():
+    ref = _logits(np.arange(8) % 4)
+    out = ref.copy()
+    out[6, 2] += 1.0
+    out[3, 1] = np.nan
+    tol = parity.DEFAULT_TOLERANCES["fp32"]
+    failures = parity.judge(parity.compare(ref, out, n_real=8, labels=None, used=np.full(8, 7), tol=tol), tol, "fp32")
+    assert failures[0] == "1 logits are NaN or infinite"
+    assert "the worst logit is nan (NaN/inf), the reference 0, on real sample 3, class 1" in failures[1], failures
+    assert "nanx" not in failures[1] and "diff nan" not in failures[1]
+
+
+def test_the_report_is_an_audit_trail(exported, trained_checkpoint, tmp_path):
+    from datetime import datetime
+
+    import onnxruntime
+
+    import mnv2export
+    from mnv2export.fileio import sha256_file
+
+    folder = _folder(exported, tmp_path / "art", {ONNX_FILE: ONNX_FILE})
+    d = parity.check(trained_checkpoint, folder, samples=4).to_dict()
+    assert datetime.fromisoformat(d["created"]).tzinfo is not None
+    v = d["versions"]
+    assert v["mnv2export"] == mnv2export.__version__ and v["torch"] == str(torch.__version__) and v["onnx"] == onnx.__version__
+    assert v["onnxruntime"] == onnxruntime.__version__ and v["python"].count(".") == 2
+    assert d["checkpoint_sha256"] == sha256_file(trained_checkpoint)
+    assert d["rows"][0]["sha256"] == sha256_file(folder / ONNX_FILE)
+
+
+def test_json_into_a_folder_is_refused_before_the_check(tmp_path, capsys):
+    (tmp_path / "a_file").write_text("")
+    for path, expect in ((tmp_path, "--json names a folder, not a file"), (tmp_path / "a_file" / "c.json", "--json lies under a file")):
+        # the checkpoint does not exist: the output path is refused before anything else is read
+        assert main(["check", str(tmp_path / "missing.pt"), "--json", str(path)]) == 1
+        line = _one_error_line(capsys.readouterr().err)
+        assert expect in line and str(path) in line, line

@@ -28,7 +28,10 @@ def check(
 ) -> None:
     """Compare every artifact with the checkpoint's PyTorch model: logits, top-1/top-5 agreement, accuracy."""
     from .. import parity
+    from ..fileio import check_output_file
 
+    if json_out is not None:
+        check_output_file(json_out, "--json")
     tolerances = parity.with_overrides(atol=atol, rtol=rtol, min_top1_agreement=min_top1_agreement, max_acc_drop_pts=max_acc_drop)
     report = parity.check(checkpoint, artifacts, data=data, providers=provider, samples=samples, tolerances=tolerances, debug_int8=debug_int8)
     if json_out is not None:

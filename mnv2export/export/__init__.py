@@ -54,6 +54,17 @@ def parse_formats(formats: str | Iterable[str]) -> list[str]:
     return [f for f in FORMATS if f in items]
 
 
+def toolchain_versions() -> dict[str, str]:
+    """What the manifest and the check record: the checkpoint's versions (mnv2export, torch, torchvision, python) plus
+    onnx and onnxruntime."""
+    import onnx
+    import onnxruntime
+
+    from ..checkpoint import versions
+
+    return {**versions(), "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__}
+
+
 def default_out_dir(checkpoint: str | Path) -> Path:
     """``export/<run>``, ``<run>`` being the name of the folder the checkpoint sits in."""
     run = Path(checkpoint).resolve().parent.name or "model"
@@ -132,10 +143,7 @@ def _export(ckpt, out: Path, fmts, quantize, fp16, calib, calib_method, opset, s
     size = ckpt.data_config.img_size
     base = {**ckpt.metadata(), "input_name": INPUT_NAME, "output_name": OUTPUT_NAME, "input_shape": ["batch", 3, size, size], "bn_folded": True}
     if "onnx" in fmts:
-        import onnx
-        import onnxruntime
-
-        base["versions"] = {**base["versions"], "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__}
+        base["versions"] = toolchain_versions()
     written: dict[str, tuple[Path, dict[str, Any], float]] = {}
 
     def record(name: str, tmp: Path, entry: dict[str, Any], t0: float) -> None:

@@ -156,7 +156,8 @@ def test_checkpoints_of_another_architecture_or_class_count(capsys, files, expor
     rows = json.loads(report.read_text())["rows"]
     assert rows and {r["artifact"] for r in rows} >= set(exported.artifacts)
     for r in rows:
-        assert r["status"] == "fail" and any(f.startswith("metadata class_names is") for f in r["failures"]), r
+        assert r["status"] == "fail" and any(f.startswith("metadata class_names differs first at index 0") for f in r["failures"]), r
+        assert r["failures"][0].startswith("exported from another checkpoint: source_checkpoint_sha256 "), r
 
 
 @pytest.mark.parametrize(

@@ -8,7 +8,7 @@ import fcntl
 import hashlib
 import os
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 from .errors import OutputError
@@ -54,12 +54,13 @@ def atomic_path(final: str | Path) -> Iterator[Path]:
 
 
 @contextlib.contextmanager
-def atomic_files(folder: str | Path) -> Iterator[Callable[[str], Path]]:
+def atomic_files(folder: str | Path, owned: Iterable[str] = ()) -> Iterator[Callable[[str], Path]]:
     """Write several files into ``folder`` as one change: ``stage(name)`` gives a temporary path for each; when the
     block ends without error they are renamed to their final names, in the order staged, while holding an exclusive
-    lock on the folder itself. Two writers of the same folder therefore never leave a mix: each one's
-    renames happen together, and the later one wins whole. On error or interruption every temporary file is removed
-    and no final name is touched.
+    lock on the folder itself, and then every name of ``owned`` that was not staged this time is removed (under the
+    same lock), so that no file of an earlier writer's set outlives it. Two writers of the same folder therefore
+    never leave a mix: each one's renames happen together, and the later one wins whole. Files of other names stay.
+    On error or interruption every temporary file is removed and no final name is touched.
     """
     folder = ensure_dir(folder)
     staged: list[tuple[Path, Path]] = []
@@ -82,6 +83,10 @@ def atomic_files(folder: str | Path) -> Iterator[Callable[[str], Path]]:
             fcntl.flock(lock, fcntl.LOCK_EX)
             for tmp, final in staged:
                 os.replace(tmp, final)
+            written = {final.name for _, final in staged}
+            for name in owned:
+                if name not in written:
+                    (folder / name).unlink(missing_ok=True)
         finally:
             os.close(lock)  # releases the lock
     except OSError as exc:

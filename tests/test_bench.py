@@ -173,6 +173,22 @@ def test_a_broken_artifact_does_not_stop_the_others(exported, tmp_path):
         assert status[fmt].ok and status[fmt].iters == 2 * FAST["iters"]  # two rounds pooled
 
 
+def test_only_the_files_the_manifest_lists_are_timed_and_each_must_be_unchanged(exported, tmp_path):
+    """A file of a fixed name that the manifest does not list (left by an earlier export) is not timed; a listed file
+    that differs from its manifest entry (here: replaced by another valid model) is an error row, not timed."""
+    folder = tmp_path / "stale"
+    shutil.copytree(exported.out_dir, folder)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    del manifest["artifacts"][INT8_FILE]  # what a later export without --quantize wrote beside the old INT8 file
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    shutil.copy(folder / FP16_FILE, folder / ONNX_FILE)  # loads and runs fine, but it is not the exported FP32 model
+    result = bench.run(folder, formats="onnx,int8,fp16", providers="cpu", batches=(1,), **FAST)
+    onnx, int8, fp16 = result.rows
+    assert int8.status == "unavailable" and "not listed" in int8.reason and int8.p50_ms is None
+    assert onnx.status == "error" and "changed since export" in onnx.reason and ONNX_FILE in onnx.reason and onnx.p50_ms is None
+    assert fp16.ok
+
+
 def test_checkpoint_target_finds_its_export(exported, trained_checkpoint, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     alone = bench.run(trained_checkpoint, formats="eager,onnx", batches=(1,), **FAST)

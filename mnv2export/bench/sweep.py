@@ -94,6 +94,8 @@ def run(
         why = src.missing.get(_base(row.format)) or problems[(row.provider, _family(row.format))]
         if why:
             row.status, row.reason = "unavailable", why
+        elif _base(row.format) in src.errors:
+            row.status, row.reason = "error", src.errors[_base(row.format)]
         else:
             row.path = str(src.files[_base(row.format)])
             samples[key] = _Samples()

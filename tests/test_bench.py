@@ -207,6 +207,28 @@ def test_bad_settings_are_config_errors(exported):
         bench.run(exported.out_dir / ONNX_FILE)
 
 
+def test_endless_or_overflowing_seconds_are_refused_before_any_work():
+    """--warmup inf would warm up forever; --duration inf / 1e300 overflowed in every row: all refused up front."""
+    from mnv2export.bench.sweep import check_settings
+
+    for warmup_s, duration in ((math.inf, None), (math.nan, None), (None, math.inf), (None, 1e300), (None, math.nan)):
+        with pytest.raises(ConfigError, match="out of range"):
+            check_settings("onnx", (1,), 0, warmup_s, None, duration)
+    assert check_settings("onnx", (1,), 0, 2.0, None, 3600.0)[2].duration == 3600.0
+
+
+def test_cli_refuses_endless_seconds_and_never_says_others_were_measured_when_none_was(exported, tmp_path):
+    for args in (("--warmup", "infs"), ("--duration", "inf"), ("--duration", "1e300")):
+        r = cli(exported.out_dir, "--formats", "onnx", "--provider", "cpu", "--batch", "1", *args)
+        lines = [line for line in r.stderr.splitlines() if line.strip()]
+        assert r.returncode == 1 and len(lines) == 1 and "out of range" in lines[0] and "row(s) failed" not in r.stdout, (args, r.stderr)
+    folder = tmp_path / "changed"
+    shutil.copytree(exported.out_dir, folder)
+    shutil.copy(folder / FP16_FILE, folder / ONNX_FILE)  # the only row asked for fails
+    r = cli(folder, "--formats", "onnx", "--provider", "cpu", "--batch", "1", "--iters", "2", "--threads", "1")
+    assert r.returncode == 1 and "no row could be measured" in r.stderr and "the others were measured" not in r.stdout, r.stdout
+
+
 # ----------------------------------------------------------------------------------------------------- providers
 @no_cuda
 def test_explicit_cuda_without_a_gpu_is_an_error(exported):

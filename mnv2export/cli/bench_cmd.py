@@ -101,5 +101,5 @@ def _print(result) -> None:
     console.print(table)
     console.print(result.summary_line(), soft_wrap=True, highlight=False)
     failed = sum(r.status == "error" for r in result.rows)
-    if failed:
+    if failed and any(r.ok for r in result.rows):  # none measured: the command's error line says so instead
         console.print(f"[red]{failed} row(s) failed[/red]; the others were measured", highlight=False)

@@ -11,7 +11,7 @@ import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
-from .errors import OutputError
+from .errors import ConfigError, OutputError
 
 
 def ensure_dir(path: str | Path) -> Path:
@@ -96,13 +96,32 @@ def atomic_files(folder: str | Path, owned: Iterable[str] = ()) -> Iterator[Call
             tmp.unlink(missing_ok=True)
 
 
-def output_error(exc: OSError, path: Path) -> Exception:
-    """An :class:`OutputError` a person can act on for the usual reasons a write fails; other errors unchanged."""
+def output_error(exc: OSError, path: Path) -> OutputError:
+    """An :class:`OutputError` a person can act on, naming ``path``, for any reason a write fails."""
     if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
         return OutputError("disk full while writing", path=path, hint="free some space and run again; earlier files are intact")
     if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
         return OutputError(f"cannot write output file ({exc.strerror})", path=path, hint="choose a writable --out")
-    return exc
+    return OutputError(f"cannot write output file ({exc.strerror or type(exc).__name__})", path=path, hint="choose another output path")
+
+
+def check_output_file(path: str | Path, option: str) -> Path:
+    """Check, before any work, that ``path`` can be written as a file (what ``option``, e.g. ``--json``, names): a
+    folder is a :class:`ConfigError`; a folder that cannot hold a new file is an :class:`OutputError`. Nothing is
+    created, except a temporary probe file, removed at once, where the parent folder exists."""
+    p = Path(path)
+    if p.is_dir():
+        raise ConfigError(f"{option} names a folder, not a file", path=p, hint=f"give {option} a file path")
+    parent = p.parent
+    while not parent.exists() and parent != parent.parent:  # missing folders are created at write time: ask the nearest one there
+        parent = parent.parent
+    if not parent.is_dir():
+        raise OutputError(f"{option}: {parent} is not a folder", path=p, hint=f"choose another {option} path")
+    try:
+        _temp_beside(parent / p.name).unlink()
+    except OSError as exc:
+        raise OutputError(f"{option} cannot be written ({exc.strerror or type(exc).__name__})", path=p, hint=f"choose another {option} path") from None
+    return p
 
 
 def _temp_beside(final: Path) -> Path:

@@ -286,6 +286,24 @@ def test_cli_usage_errors(exported):
     assert r.returncode == 2 and "--warmup" in r.stderr
 
 
+def test_output_paths_are_checked_before_any_work_and_a_late_write_failure_is_one_line(exported, tmp_path):
+    from mnv2export.errors import OutputError
+
+    for args, message in ((("--json", tmp_path), "--json names a folder"), (("--csv", "/proc/x.csv"), "--csv cannot be written"),
+                          (("--plot", tmp_path), "--plot names a folder")):
+        r = cli(exported.out_dir, "--formats", "onnx", "--provider", "cpu", "--batch", "1", "--iters", "2", *args)
+        lines = [line for line in r.stderr.splitlines() if line.strip()]
+        assert r.returncode == 1 and len(lines) == 1 and message in lines[0] and "unexpected" not in r.stderr, (args, r.stderr)
+        assert "vs eager" not in r.stdout  # refused before the sweep, not after it
+    result = bench.BenchResult(rows=[bench.BenchRow("onnx", "cpu", 1)], machine={})
+    for path in (tmp_path, "/proc/x.json"):  # what a folder appearing, or a file system refusing, at the end looks like
+        with pytest.raises(OutputError, match="cannot write output file") as err:
+            result.to_json(path)
+        assert str(path) in str(err.value)
+        with pytest.raises(OutputError):
+            result.to_csv(path)
+
+
 # ----------------------------------------------------------------------------------------------------- GPU only
 @pytest.mark.cuda
 def test_cuda_rows_time_on_the_gpu_and_report_placement(exported):

@@ -49,8 +49,12 @@ def bench(
     """Time each format (eager, TorchScript, ONNX FP32 / INT8 / FP16) on each provider and batch size."""
     from ..bench import run
     from ..errors import Mnv2Error
+    from ..fileio import check_output_file
 
     count, seconds = _warmup(warmup)
+    for path, option in ((json_out, "--json"), (csv_out, "--csv"), (plot_out, "--plot")):
+        if path:  # before minutes of timing, not after
+            check_output_file(path, option)
     result = run(
         target, formats=formats, providers=provider, batches=_batches(batch), warmup=count, warmup_s=seconds, iters=iters,
         duration=duration, threads=threads, include_copies=include_copies, rounds=rounds, amp=amp,

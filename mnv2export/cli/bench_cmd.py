@@ -13,7 +13,7 @@ from .options import JsonOut, Provider, csv_list
 
 def _batches(text: str) -> list[int]:
     try:
-        return [int(b) for b in csv_list(text)]
+        return [int(b) for b in csv_list(text, "--batch")]
     except ValueError:
         raise typer.BadParameter(f"expected comma-separated whole numbers, got {text!r}", param_hint="--batch") from None
 

@@ -87,6 +87,18 @@ def test_host_memory_is_the_rows_peak_rss():
     assert peak.added_mb() < 60
 
 
+def test_a_busy_machine_is_flagged_from_the_1_or_5_minute_load_and_says_which():
+    from mnv2export.bench.machine import busy
+
+    machine = {"logical_cpus": 2, "versions": {"torch": "t", "onnxruntime": "o"}}
+    assert busy({**machine, "load_average": [1.9, 1.5, 1.0]}) is None and busy({**machine, "load_average": None}) is None
+    assert busy({**machine, "load_average": [4.4, 1.2, 0.8]}) == "1-minute load average 4.4 on 2 CPUs"  # a burst the 5-minute figure hid
+    assert busy({**machine, "load_average": [1.5, 2.5, 2.0]}) == "5-minute load average 2.5 on 2 CPUs"
+    assert busy({**machine, "load_average": [3.0, 2.5, 2.0]}) == "1-minute load average 3 and 5-minute load average 2.5 on 2 CPUs"
+    line = bench.BenchResult(rows=[], machine={**machine, "load_average": [4.4, 1.2, 0.8]}).summary_line()
+    assert "BUSY MACHINE: 1-minute load average 4.4 on 2 CPUs" in line
+
+
 # ----------------------------------------------------------------------------------------------------- the sweep
 @pytest.fixture(scope="module")
 def sweep(exported):

@@ -318,6 +318,19 @@ def test_output_paths_are_checked_before_any_work_and_a_late_write_failure_is_on
             result.to_csv(path)
 
 
+def test_strict_makes_a_failed_row_fatal_but_not_an_unavailable_one(exported, tmp_path):
+    folder = tmp_path / "changed"
+    shutil.copytree(exported.out_dir, folder)
+    shutil.copy(folder / FP16_FILE, folder / ONNX_FILE)  # the onnx row fails, eager is measured
+    args = (folder, "--formats", "eager,onnx", "--provider", "cpu", "--batch", "1", "--iters", "2", "--threads", "1")
+    assert cli(*args).returncode == 0  # documented: without --strict only "no row measured" is fatal
+    r = cli(*args, "--strict")
+    lines = [line for line in r.stderr.splitlines() if line.startswith("error: ")]
+    assert r.returncode == 1 and len(lines) == 1 and "1 row(s) failed (onnx/cpu batch 1: " in lines[0] and "changed since export" in lines[0]
+    r = cli(exported.out_dir, "--formats", "int8", "--provider", "all", "--batch", "1", "--iters", "2", "--threads", "1", "--strict")
+    assert r.returncode == 0, r.stderr  # cuda rows unavailable where there is no GPU: not failures
+
+
 # ----------------------------------------------------------------------------------------------------- GPU only
 @pytest.mark.cuda
 def test_cuda_rows_time_on_the_gpu_and_report_placement(exported):

@@ -45,6 +45,7 @@ def bench(
     json_out: JsonOut = None,
     csv_out: Annotated[Optional[Path], typer.Option("--csv", help="Also write the rows (and machine columns) as CSV.")] = None,
     plot_out: Annotated[Optional[Path], typer.Option("--plot", help="Also write a PNG of latency by format and provider.")] = None,
+    strict: Annotated[bool, typer.Option("--strict", help="Exit 1 when any row failed (error), not only when none was measured; unavailable rows do not count.")] = False,
 ) -> None:
     """Time each format (eager, TorchScript, ONNX FP32 / INT8 / FP16) on each provider and batch size."""
     from ..bench import run
@@ -74,6 +75,10 @@ def bench(
         first = result.rows[0] if result.rows else None
         raise Mnv2Error(f"no row could be measured ({first.label} batch {first.batch}: {first.reason})" if first else "nothing to measure",
                         path=target, hint="see each row's reason above")
+    failed = [r for r in result.rows if r.status == "error"]
+    if strict and failed:
+        raise Mnv2Error(f"{len(failed)} row(s) failed ({failed[0].label} batch {failed[0].batch}: {failed[0].reason})", path=target,
+                        hint="--strict makes a failed row fatal; see each row's reason above")
 
 
 def _print(result) -> None:

@@ -9,20 +9,10 @@ import fcntl
 import hashlib
 import os
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 from .errors import ConfigError, OutputError
-
-
-def check_output_file(path: str | Path, option: str) -> Path:
-    """Refuse an output file path that cannot be a file (a folder, or under a file) before any work is done."""
-    p = Path(path)
-    if p.is_dir():
-        raise ConfigError(f"{option} names a folder, not a file", path=p, hint="give a file's name (in that folder, or another)")
-    if any(parent.exists() and not parent.is_dir() for parent in p.parents):
-        raise ConfigError(f"{option} lies under a file, not a folder", path=p, hint="choose another path")
-    return p
 
 
 def ensure_dir(path: str | Path) -> Path:
@@ -65,12 +55,13 @@ def atomic_path(final: str | Path) -> Iterator[Path]:
 
 
 @contextlib.contextmanager
-def atomic_files(folder: str | Path) -> Iterator[Callable[[str], Path]]:
+def atomic_files(folder: str | Path, owned: Iterable[str] = ()) -> Iterator[Callable[[str], Path]]:
     """Write several files into ``folder`` as one change: ``stage(name)`` gives a temporary path for each; when the
     block ends without error they are renamed to their final names, in the order staged, while holding an exclusive
-    lock on the folder itself. Two writers of the same folder therefore never leave a mix: each one's
-    renames happen together, and the later one wins whole. On error or interruption every temporary file is removed
-    and no final name is touched.
+    lock on the folder itself, and then every name of ``owned`` that was not staged this time is removed (under the
+    same lock), so that no file of an earlier writer's set outlives it. Two writers of the same folder therefore
+    never leave a mix: each one's renames happen together, and the later one wins whole. Files of other names stay.
+    On error or interruption every temporary file is removed and no final name is touched.
     """
     folder = ensure_dir(folder)
     staged: list[tuple[Path, Path]] = []
@@ -93,6 +84,10 @@ def atomic_files(folder: str | Path) -> Iterator[Callable[[str], Path]]:
             fcntl.flock(lock, fcntl.LOCK_EX)
             for tmp, final in staged:
                 os.replace(tmp, final)
+            written = {final.name for _, final in staged}
+            for name in owned:
+                if name not in written:
+                    (folder / name).unlink(missing_ok=True)
         finally:
             os.close(lock)  # releases the lock
     except OSError as exc:
@@ -117,13 +112,32 @@ def folder_lock(folder: str | Path, busy: str, hint: str) -> Iterator[None]:
         os.close(fd)  # releases the lock
 
 
-def output_error(exc: OSError, path: Path) -> Exception:
-    """An :class:`OutputError` a person can act on for the usual reasons a write fails; other errors unchanged."""
+def output_error(exc: OSError, path: Path) -> OutputError:
+    """An :class:`OutputError` a person can act on, naming ``path``, for any reason a write fails."""
     if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
         return OutputError("disk full while writing", path=path, hint="free some space and run again; earlier files are intact")
     if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
         return OutputError(f"cannot write output file ({exc.strerror})", path=path, hint="choose a writable --out")
-    return exc
+    return OutputError(f"cannot write output file ({exc.strerror or type(exc).__name__})", path=path, hint="choose another output path")
+
+
+def check_output_file(path: str | Path, option: str) -> Path:
+    """Check, before any work, that ``path`` can be written as a file (what ``option``, e.g. ``--json``, names): a
+    folder is a :class:`ConfigError`; a folder that cannot hold a new file is an :class:`OutputError`. Nothing is
+    created, except a temporary probe file, removed at once, where the parent folder exists."""
+    p = Path(path)
+    if p.is_dir():
+        raise ConfigError(f"{option} names a folder, not a file", path=p, hint=f"give {option} a file path")
+    parent = p.parent
+    while not parent.exists() and parent != parent.parent:  # missing folders are created at write time: ask the nearest one there
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ConfigError(f"{option} lies under a file, not a folder ({parent})", path=p, hint=f"choose another {option} path")
+    try:
+        _temp_beside(parent / p.name).unlink()
+    except OSError as exc:
+        raise OutputError(f"{option} cannot be written ({exc.strerror or type(exc).__name__})", path=p, hint=f"choose another {option} path") from None
+    return p
 
 
 def _temp_beside(final: Path) -> Path:

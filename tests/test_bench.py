@@ -87,6 +87,18 @@ def test_host_memory_is_the_rows_peak_rss():
     assert peak.added_mb() < 60
 
 
+def test_a_busy_machine_is_flagged_from_the_1_or_5_minute_load_and_says_which():
+    from mnv2export.bench.machine import busy
+
+    machine = {"logical_cpus": 2, "versions": {"torch": "t", "onnxruntime": "o"}}
+    assert busy({**machine, "load_average": [1.9, 1.5, 1.0]}) is None and busy({**machine, "load_average": None}) is None
+    assert busy({**machine, "load_average": [4.4, 1.2, 0.8]}) == "1-minute load average 4.4 on 2 CPUs"  # a burst the 5-minute figure hid
+    assert busy({**machine, "load_average": [1.5, 2.5, 2.0]}) == "5-minute load average 2.5 on 2 CPUs"
+    assert busy({**machine, "load_average": [3.0, 2.5, 2.0]}) == "1-minute load average 3 and 5-minute load average 2.5 on 2 CPUs"
+    line = bench.BenchResult(rows=[], machine={**machine, "load_average": [4.4, 1.2, 0.8]}).summary_line()
+    assert "BUSY MACHINE: 1-minute load average 4.4 on 2 CPUs" in line
+
+
 # ----------------------------------------------------------------------------------------------------- the sweep
 @pytest.fixture(scope="module")
 def sweep(exported):
@@ -173,6 +185,22 @@ def test_a_broken_artifact_does_not_stop_the_others(exported, tmp_path):
         assert status[fmt].ok and status[fmt].iters == 2 * FAST["iters"]  # two rounds pooled
 
 
+def test_only_the_files_the_manifest_lists_are_timed_and_each_must_be_unchanged(exported, tmp_path):
+    """A file of a fixed name that the manifest does not list (left by an earlier export) is not timed; a listed file
+    that differs from its manifest entry (here: replaced by another valid model) is an error row, not timed."""
+    folder = tmp_path / "stale"
+    shutil.copytree(exported.out_dir, folder)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    del manifest["artifacts"][INT8_FILE]  # what a later export without --quantize wrote beside the old INT8 file
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    shutil.copy(folder / FP16_FILE, folder / ONNX_FILE)  # loads and runs fine, but it is not the exported FP32 model
+    result = bench.run(folder, formats="onnx,int8,fp16", providers="cpu", batches=(1,), **FAST)
+    onnx, int8, fp16 = result.rows
+    assert int8.status == "unavailable" and "not listed" in int8.reason and int8.p50_ms is None
+    assert onnx.status == "error" and "changed since export" in onnx.reason and ONNX_FILE in onnx.reason and onnx.p50_ms is None
+    assert fp16.ok
+
+
 def test_checkpoint_target_finds_its_export(exported, trained_checkpoint, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     alone = bench.run(trained_checkpoint, formats="eager,onnx", batches=(1,), **FAST)
@@ -189,6 +217,28 @@ def test_bad_settings_are_config_errors(exported):
             bench.run(exported.out_dir, **kwargs)
     with pytest.raises(ConfigError, match="single onnx artifact"):
         bench.run(exported.out_dir / ONNX_FILE)
+
+
+def test_endless_or_overflowing_seconds_are_refused_before_any_work():
+    """--warmup inf would warm up forever; --duration inf / 1e300 overflowed in every row: all refused up front."""
+    from mnv2export.bench.sweep import check_settings
+
+    for warmup_s, duration in ((math.inf, None), (math.nan, None), (None, math.inf), (None, 1e300), (None, math.nan)):
+        with pytest.raises(ConfigError, match="out of range"):
+            check_settings("onnx", (1,), 0, warmup_s, None, duration)
+    assert check_settings("onnx", (1,), 0, 2.0, None, 3600.0)[2].duration == 3600.0
+
+
+def test_cli_refuses_endless_seconds_and_never_says_others_were_measured_when_none_was(exported, tmp_path):
+    for args in (("--warmup", "infs"), ("--duration", "inf"), ("--duration", "1e300")):
+        r = cli(exported.out_dir, "--formats", "onnx", "--provider", "cpu", "--batch", "1", *args)
+        lines = [line for line in r.stderr.splitlines() if line.strip()]
+        assert r.returncode == 1 and len(lines) == 1 and "out of range" in lines[0] and "row(s) failed" not in r.stdout, (args, r.stderr)
+    folder = tmp_path / "changed"
+    shutil.copytree(exported.out_dir, folder)
+    shutil.copy(folder / FP16_FILE, folder / ONNX_FILE)  # the only row asked for fails
+    r = cli(folder, "--formats", "onnx", "--provider", "cpu", "--batch", "1", "--iters", "2", "--threads", "1")
+    assert r.returncode == 1 and "no row could be measured" in r.stderr and "the others were measured" not in r.stdout, r.stdout
 
 
 # ----------------------------------------------------------------------------------------------------- providers
@@ -246,6 +296,39 @@ def test_cli_usage_errors(exported):
     assert r.returncode == 2 and "--batch" in r.stderr
     r = cli(exported.out_dir, "--warmup", "soon")
     assert r.returncode == 2 and "--warmup" in r.stderr
+    r = cli(exported.out_dir, "--batch", "1,,2")
+    assert r.returncode == 2 and "--batch" in r.stderr and "empty item" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_output_paths_are_checked_before_any_work_and_a_late_write_failure_is_one_line(exported, tmp_path):
+    from mnv2export.errors import OutputError
+
+    for args, message in ((("--json", tmp_path), "--json names a folder"), (("--csv", "/proc/x.csv"), "--csv cannot be written"),
+                          (("--plot", tmp_path), "--plot names a folder")):
+        r = cli(exported.out_dir, "--formats", "onnx", "--provider", "cpu", "--batch", "1", "--iters", "2", *args)
+        lines = [line for line in r.stderr.splitlines() if line.strip()]
+        assert r.returncode == 1 and len(lines) == 1 and message in lines[0] and "unexpected" not in r.stderr, (args, r.stderr)
+        assert "vs eager" not in r.stdout  # refused before the sweep, not after it
+    result = bench.BenchResult(rows=[bench.BenchRow("onnx", "cpu", 1)], machine={})
+    for path in (tmp_path, "/proc/x.json"):  # what a folder appearing, or a file system refusing, at the end looks like
+        with pytest.raises(OutputError, match="cannot write output file") as err:
+            result.to_json(path)
+        assert str(path) in str(err.value)
+        with pytest.raises(OutputError):
+            result.to_csv(path)
+
+
+def test_strict_makes_a_failed_row_fatal_but_not_an_unavailable_one(exported, tmp_path):
+    folder = tmp_path / "changed"
+    shutil.copytree(exported.out_dir, folder)
+    shutil.copy(folder / FP16_FILE, folder / ONNX_FILE)  # the onnx row fails, eager is measured
+    args = (folder, "--formats", "eager,onnx", "--provider", "cpu", "--batch", "1", "--iters", "2", "--threads", "1")
+    assert cli(*args).returncode == 0  # documented: without --strict only "no row measured" is fatal
+    r = cli(*args, "--strict")
+    lines = [line for line in r.stderr.splitlines() if line.startswith("error: ")]
+    assert r.returncode == 1 and len(lines) == 1 and "1 row(s) failed (onnx/cpu batch 1: " in lines[0] and "changed since export" in lines[0]
+    r = cli(exported.out_dir, "--formats", "int8", "--provider", "all", "--batch", "1", "--iters", "2", "--threads", "1", "--strict")
+    assert r.returncode == 0, r.stderr  # cuda rows unavailable where there is no GPU: not failures
 
 
 # ----------------------------------------------------------------------------------------------------- GPU only

@@ -134,7 +134,10 @@ def test_csv_list_and_floats():
 
     from mnv2export.cli.options import csv_list, floats
 
-    assert csv_list("1, ,32,") == ["1", "32"]
+    assert csv_list(" 1, 8,32", "--batch") == ["1", "8", "32"]
+    for text in ("1,,2", "1, ,32", "1,8,", ",1", ""):  # an empty item is an error, not silently dropped
+        with pytest.raises(typer.BadParameter, match="empty item"):
+            csv_list(text, "--batch")
     assert floats("0.5,0.25,1", "--mean") == [0.5, 0.25, 1.0] and floats(None, "--mean") is None
     with pytest.raises(typer.BadParameter):
         floats("0.5,x", "--mean")

@@ -319,6 +319,19 @@ def test_interrupted_export_leaves_no_partial_artifact(trained_checkpoint, tmp_p
     assert torch.get_num_threads() == threads
 
 
+def test_an_export_removes_an_earlier_exports_artifacts_it_did_not_write(exported, tmp_path):
+    """Into a folder holding a fuller export (INT8, FP16...): the artifact names this export did not write are gone
+    after it, so nothing (bench, predict) can pick up another model's file; files of other names stay."""
+    import shutil
+
+    out = tmp_path / "o"
+    shutil.copytree(exported.out_dir, out)
+    (out / "notes.txt").write_text("mine")
+    manifest = export_all(exported.data["source_checkpoint"]["path"], out, formats="torchscript")
+    assert sorted(p.name for p in out.iterdir()) == sorted([MANIFEST_FILE, TORCHSCRIPT_FILE, "notes.txt"])
+    assert list(manifest.artifacts) == [TORCHSCRIPT_FILE] and (out / "notes.txt").read_text() == "mine"
+
+
 def test_zip_of_the_torchscript_file_holds_the_metadata(exported):
     with zipfile.ZipFile(exported.out_dir / TORCHSCRIPT_FILE) as z:
         entry = next(n for n in z.namelist() if n.endswith("/extra/mnv2_metadata.json"))

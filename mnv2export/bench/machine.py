@@ -103,12 +103,16 @@ def load_average() -> list[float] | None:
         return None
 
 
-def busy(machine: dict[str, Any]) -> bool:
-    """Whether other work competed for the CPUs: a 5-minute load average above 1.5 per CPU (a run alone keeps at
-    most about one runnable thread per CPU)."""
+def busy(machine: dict[str, Any]) -> str | None:
+    """Why the timings are suspect, or None: a 1-minute or 5-minute load average above the number of CPUs means
+    other work competed for them (a run alone keeps at most about one runnable thread per CPU). The 1-minute figure
+    catches a burst during a run of a minute or two that the 5-minute one still averages away."""
     load = machine.get("load_average")
     cpus = machine.get("logical_cpus") or 1
-    return bool(load) and load[1] > cpus + 0.5 * cpus
+    if not load:
+        return None
+    over = [f"{name} load average {value:g}" for name, value in (("1-minute", load[0]), ("5-minute", load[1])) if value > cpus]
+    return f"{' and '.join(over)} on {cpus} CPUs" if over else None
 
 
 def _status_bytes(field: str) -> int | None:

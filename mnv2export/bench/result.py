@@ -125,9 +125,8 @@ class BenchResult:
         s = self.settings
         from .machine import busy
 
-        load = m.get("load_average")
-        warn = (f"; BUSY MACHINE: load average {load[1]:g} on {m.get('logical_cpus')} CPUs, timings inflated and noisy"
-                if busy(m) else "")
+        why = busy(m)
+        warn = f"; BUSY MACHINE: {why}, timings inflated and noisy" if why else ""
         return (f"{m.get('cpu_model')}, {m.get('physical_cores')} physical cores, {m.get('threads')} threads used; GPU: {gpu}; "
                 f"torch {m['versions']['torch']}, onnxruntime {m['versions']['onnxruntime']}; {s.get('plan', '')}{warn}")
 

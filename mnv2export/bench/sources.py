@@ -1,7 +1,9 @@
 """Which file each format comes from: an artifacts folder (with ``manifest.json``) or a checkpoint.
 
-* A folder written by ``mnv2 export``: its fixed file names; eager from the checkpoint the manifest names, if it
-  is still there and unchanged (same SHA-256), since speed-ups against a different model would mean nothing.
+* A folder written by ``mnv2 export``: the artifacts its manifest lists (a file of a fixed name that the manifest
+  does not list belongs to no export of this folder and is not timed; a listed file whose SHA-256 differs from its
+  manifest entry is an ``error`` row); eager from the checkpoint the manifest names, if it is still there and
+  unchanged (same SHA-256), since speed-ups against a different model would mean nothing.
 * A checkpoint: eager, plus the artifacts of ``export/<run>`` (``mnv2 export``'s default folder for it) when that
   folder's manifest says it was exported from this very checkpoint.
 
@@ -27,6 +29,7 @@ HOW = {"torchscript": "`mnv2 export` writes it", "onnx": "`mnv2 export` writes i
 class Sources:
     files: dict[str, Path] = field(default_factory=dict)  # format -> file to load
     missing: dict[str, str] = field(default_factory=dict)  # format -> why there is none
+    errors: dict[str, str] = field(default_factory=dict)  # format -> why its file must not be timed
     folder: Path | None = None  # the artifacts folder
     checkpoint: Path | None = None
 
@@ -100,11 +103,18 @@ def _from_checkpoint(path: Path) -> Sources:
 
 
 def _artifacts(folder: Path, manifest: dict, src: Sources) -> None:
+    """The files the manifest lists, each checked against its recorded SHA-256."""
+    from ..fileio import sha256_file
+
     for fmt, name in FILES.items():
-        f = folder / name
-        if f.is_file():
-            src.files[fmt] = f
-        elif name in manifest["artifacts"]:
-            src.missing[fmt] = f"{name} is listed in the manifest but missing from {folder}"
-        else:
+        f, entry = folder / name, manifest["artifacts"].get(name)
+        if not isinstance(entry, dict) and f.exists():
+            src.missing[fmt] = f"{name} is not listed in {folder / MANIFEST_FILE}: it is left from another export, not timed"
+        elif not isinstance(entry, dict):
             src.missing[fmt] = f"no {name} in {folder} ({HOW[fmt]})"
+        elif not f.is_file():
+            src.missing[fmt] = f"{name} is listed in the manifest but missing from {folder}"
+        elif entry.get("sha256") and sha256_file(f) != entry["sha256"]:
+            src.errors[fmt] = f"{name} changed since export (SHA-256 differs from manifest.json): export again"
+        else:
+            src.files[fmt] = f

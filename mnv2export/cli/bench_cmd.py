@@ -13,7 +13,7 @@ from .options import JsonOut, Provider, csv_list
 
 def _batches(text: str) -> list[int]:
     try:
-        return [int(b) for b in csv_list(text)]
+        return [int(b) for b in csv_list(text, "--batch")]
     except ValueError:
         raise typer.BadParameter(f"expected comma-separated whole numbers, got {text!r}", param_hint="--batch") from None
 
@@ -45,12 +45,17 @@ def bench(
     json_out: JsonOut = None,
     csv_out: Annotated[Optional[Path], typer.Option("--csv", help="Also write the rows (and machine columns) as CSV.")] = None,
     plot_out: Annotated[Optional[Path], typer.Option("--plot", help="Also write a PNG of latency by format and provider.")] = None,
+    strict: Annotated[bool, typer.Option("--strict", help="Exit 1 when any row failed (error), not only when none was measured; unavailable rows do not count.")] = False,
 ) -> None:
     """Time each format (eager, TorchScript, ONNX FP32 / INT8 / FP16) on each provider and batch size."""
     from ..bench import run
     from ..errors import Mnv2Error
+    from ..fileio import check_output_file
 
     count, seconds = _warmup(warmup)
+    for path, option in ((json_out, "--json"), (csv_out, "--csv"), (plot_out, "--plot")):
+        if path:  # before minutes of timing, not after
+            check_output_file(path, option)
     result = run(
         target, formats=formats, providers=provider, batches=_batches(batch), warmup=count, warmup_s=seconds, iters=iters,
         duration=duration, threads=threads, include_copies=include_copies, rounds=rounds, amp=amp,
@@ -70,6 +75,10 @@ def bench(
         first = result.rows[0] if result.rows else None
         raise Mnv2Error(f"no row could be measured ({first.label} batch {first.batch}: {first.reason})" if first else "nothing to measure",
                         path=target, hint="see each row's reason above")
+    failed = [r for r in result.rows if r.status == "error"]
+    if strict and failed:
+        raise Mnv2Error(f"{len(failed)} row(s) failed ({failed[0].label} batch {failed[0].batch}: {failed[0].reason})", path=target,
+                        hint="--strict makes a failed row fatal; see each row's reason above")
 
 
 def _print(result) -> None:
@@ -101,5 +110,5 @@ def _print(result) -> None:
     console.print(table)
     console.print(result.summary_line(), soft_wrap=True, highlight=False)
     failed = sum(r.status == "error" for r in result.rows)
-    if failed:
+    if failed and any(r.ok for r in result.rows):  # none measured: the command's error line says so instead
         console.print(f"[red]{failed} row(s) failed[/red]; the others were measured", highlight=False)

@@ -28,5 +28,9 @@ def floats(text: str | None, name: str) -> list[float] | None:
         raise typer.BadParameter(f"expected comma-separated numbers, got {text!r}", param_hint=name) from None
 
 
-def csv_list(text: str) -> list[str]:
-    return [v.strip() for v in text.split(",") if v.strip()]
+def csv_list(text: str, name: str) -> list[str]:
+    """``"1, 8,32"`` -> ``["1", "8", "32"]``; an empty item (``1,,2``, a trailing comma) is a usage error, not dropped."""
+    items = [v.strip() for v in text.split(",")]
+    if not all(items):
+        raise typer.BadParameter(f"empty item in the comma-separated list {text!r}", param_hint=name)
+    return items

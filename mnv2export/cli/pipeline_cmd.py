@@ -45,12 +45,12 @@ def pipeline(
     from ..pipeline import PipelineOptions, run_pipeline
 
     try:
-        batches = tuple(int(b) for b in csv_list(bench_batch))
+        batches = tuple(int(b) for b in csv_list(bench_batch, "--bench-batch"))
     except ValueError:
         raise typer.BadParameter(f"expected comma-separated whole numbers, got {bench_batch!r}", param_hint="--bench-batch") from None
     options = PipelineOptions(
         calib_data=calib_data, calib_size=calib_size, check_samples=samples,
-        providers=tuple(p.lower() for p in csv_list(provider)) if provider else None,
+        providers=tuple(p.lower() for p in csv_list(provider, "--provider")) if provider else None,
         bench_batches=batches, bench_iters=bench_iters, bench_warmup=bench_warmup, threads=threads,
     )
     result = run_pipeline(

@@ -3,13 +3,13 @@
 Order of work: every option and input is checked first (formats, opset, calibration size and method, the
 checkpoint, the output folder, the calibration images), then the model is built, its BatchNorms folded and the
 folded model checked against the original on real images, then each artifact is written and verified. Every file is
-written under a temporary name and all of them are renamed together at the very end, ``manifest.json`` last: an
-export that fails or is interrupted leaves no new file with a final name, and the previous export intact.
+written under a temporary name and all of them are renamed together at the very end, ``manifest.json`` last, and any
+artifact name this export did not write is removed then: an export that fails or is interrupted leaves no new file
+with a final name, and the previous export intact; one that succeeds leaves no earlier export's artifact behind.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import time
@@ -20,7 +20,7 @@ from typing import Any
 
 from ..errors import ConfigError
 from .names import (
-    CALIB_METHODS, FORMATS, FP16_FILE, INPUT_NAME, INT8_FILE, MANIFEST_FILE, MANIFEST_FORMAT, MANIFEST_VERSION, ONNX_FILE,
+    ARTIFACT_FILES, CALIB_METHODS, FORMATS, FP16_FILE, INPUT_NAME, INT8_FILE, MANIFEST_FILE, MANIFEST_FORMAT, MANIFEST_VERSION, ONNX_FILE,
     OUTPUT_NAME, TORCHSCRIPT_FILE,
 )
 
@@ -119,7 +119,9 @@ def _export_all(checkpoint_path, out_dir, fmts, quantize, fp16, calib_data, cali
     }
     from ..fileio import atomic_files
 
-    with atomic_files(out) as staged:  # every file renamed together at the end, in order: manifest last
+    # every file renamed together at the end, in order, manifest last; an artifact name not written this time (an
+    # earlier export's model.int8.onnx...) is removed in the same commit, so the folder holds one export only
+    with atomic_files(out, owned=ARTIFACT_FILES) as staged:
         return _export(ckpt, out, fmts, quantize, fp16, calib, calib_method, opset, settings, staged)
 
 

@@ -7,6 +7,7 @@ ONNX_FILE = "model.onnx"
 INT8_FILE = "model.int8.onnx"
 FP16_FILE = "model.fp16.onnx"
 MANIFEST_FILE = "manifest.json"
+ARTIFACT_FILES = (TORCHSCRIPT_FILE, ONNX_FILE, INT8_FILE, FP16_FILE)  # what an export owns in its folder (with the manifest)
 
 TORCHSCRIPT_METADATA = "mnv2_metadata.json"  # the `_extra_files` entry of a TorchScript file
 ONNX_METADATA = "mnv2_metadata"  # the `metadata_props` key of an ONNX file

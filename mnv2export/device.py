@@ -3,12 +3,32 @@
 from __future__ import annotations
 
 import contextlib
+import logging
+import os
 
 import torch
 
 from .errors import ConfigError, ProviderUnavailable
 
 DEVICES = ("auto", "cuda", "cpu")
+log = logging.getLogger(__name__)
+
+
+def usable_cpu_count() -> int:
+    """The CPUs this process may run on (its affinity mask), else the machine's count."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def warn_if_oversubscribed(threads: int | None) -> None:
+    """A warning when more intra-op threads are asked for than there are CPUs to run them: torch's and ONNX Runtime's
+    threads then wait for one another at every parallel region (many times slower, never faster)."""
+    cpus = usable_cpu_count()
+    if threads and threads > cpus:
+        log.warning("%d intra-op threads on %d usable CPU(s): more threads than CPUs slow torch and ONNX Runtime down; "
+                    "use --threads %d or fewer", threads, cpus, cpus)
 
 
 def cuda_unavailable_reason() -> str | None:
@@ -20,7 +40,9 @@ def cuda_unavailable_reason() -> str | None:
     return None
 
 
-def resolve_device(device: str, local_rank: int = 0) -> torch.device:
+def resolve_device(device: str, local_rank: int = 0, *, flag: str = "--device") -> torch.device:
+    """``auto``, ``cuda`` or ``cpu`` as a torch device; ``flag`` is the option the hints name (``--provider`` for
+    artifacts)."""
     if device not in DEVICES:
         raise ConfigError(f"unknown device {device!r}", hint=f"choose one of {', '.join(DEVICES)}")
     if device == "cpu":
@@ -29,7 +51,7 @@ def resolve_device(device: str, local_rank: int = 0) -> torch.device:
     if reason is None:
         return torch.device("cuda", local_rank)
     if device == "cuda":
-        raise ProviderUnavailable(f"CUDA was asked for but {reason}", hint="run on a machine with an NVIDIA GPU, or pass --device cpu")
+        raise ProviderUnavailable(f"CUDA was asked for but {reason}", hint=f"run on a machine with an NVIDIA GPU, or pass {flag} cpu")
     return torch.device("cpu")
 
 

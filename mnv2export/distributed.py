@@ -55,6 +55,17 @@ def all_reduce_sum(values: torch.Tensor, info: DistInfo) -> torch.Tensor:
     return values
 
 
+def fewest_over_ranks(n: int, device: torch.device) -> int:
+    """The smallest ``n`` over the ranks of the running process group (``n`` itself without one): lets every rank
+    take the same decision, e.g. to pass over a batch, without which the others would wait in DDP's gradient
+    all-reduce for the one that did not step."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return n
+    t = torch.tensor([n], dtype=torch.int64, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MIN)
+    return int(t.item())
+
+
 def barrier(info: DistInfo) -> None:
     if info.enabled:
         dist.barrier()

@@ -502,7 +502,7 @@ def judge(m: dict[str, Any], tol: Tolerance, precision: str) -> list[str]:
     """Each tolerance ``m`` breaks, with by how much."""
     out = []
     if m.get("nonfinite"):
-        out.append(f"{m['nonfinite']} logits are NaN or infinite")
+        out.append(f"{m['nonfinite']} logit{' is' if m['nonfinite'] == 1 else 's are'} NaN or infinite")
     if tol.elementwise and m.get("elementwise_failures"):
         w = m["worst"]
         by_batch = ", ".join(f"batch {b}: {v:.2g}" for b, v in m["max_abs_by_batch"].items())

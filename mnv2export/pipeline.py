@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
@@ -169,8 +168,9 @@ def default_threads() -> int:
     machine that other processes also use, each parallel region waits for the descheduled thread; MobileNetV2 at
     64 px was measured 300x slower in eager mode there (1.5 s per image against 5 ms on one thread).
     """
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 2)
-    return max(1, cpus - 1)
+    from .device import usable_cpu_count
+
+    return max(1, usable_cpu_count() - 1)
 
 
 def resolve_providers(device: str, providers: tuple[str, ...] | None) -> tuple[tuple[str, ...], list[str]]:

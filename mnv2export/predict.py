@@ -96,7 +96,9 @@ def predict(
         raise ConfigError("no images given", hint="pass image files or folders: mnv2 predict IMAGE... --model ARTIFACT")
     files, skipped = collect_images(images)
     if not files:
-        raise DataError("no image files found", path=", ".join(map(str, images)), hint="pass image files (.jpg, .png, ...) or folders holding them")
+        reasons = sorted({s["reason"] for s in skipped})
+        what = "not found" if reasons == ["file not found"] else "no image files found"
+        raise DataError(what, path=", ".join(map(str, images)), hint="pass image files (.jpg, .png, ...) or folders holding them")
     runner = load_artifact(model, provider, threads=threads)
     names = runner.class_names
     k = min(top_k, len(names))

@@ -238,7 +238,7 @@ def load_artifact(path: str | Path, provider: str = "cpu", *, threads: int | Non
 
     from .device import resolve_device
 
-    device = resolve_device(provider)  # ProviderUnavailable (with the reason) when cuda is asked for and absent
+    device = resolve_device(provider, flag="--provider")  # ProviderUnavailable (with the reason) when cuda is asked for and absent
     if threads is not None:
         torch.set_num_threads(threads)
     if ckpt is not None:

@@ -37,7 +37,7 @@ from .checkpoint import Checkpoint, load_checkpoint, provenance, save_checkpoint
 from .config import RunConfig, TrainConfig
 from .data import DataBundle, SkipTracker, build_datasets, collate
 from .data.memory import MemoryImages, MemoryLoader
-from .device import cpu_threads, resolve_device
+from .device import cpu_threads, resolve_device, warn_if_oversubscribed
 from .errors import CheckpointError, ConfigError, DataError
 from .fileio import ensure_dir, folder_lock, write_text
 from .model import build_model, load_pretrained, zero_init_residual
@@ -199,7 +199,8 @@ def train_one_epoch(
     for images, labels, skipped in loader:
         if skips is not None:
             skips.add(skipped)
-        if labels.numel() < 2:  # every image unreadable, or one left, which BatchNorm cannot train on (1x1 maps)
+        # every image unreadable, or one left, which BatchNorm cannot train on (1x1 maps): passed over, on every rank
+        if D.fewest_over_ranks(labels.numel(), ctx.device) < 2:
             with warnings.catch_warnings():  # before the first optimizer step torch warns; the order is intended
                 warnings.simplefilter("ignore", UserWarning)
                 sched.step()  # the schedule counts batches: it still reaches its last step at the end
@@ -345,6 +346,8 @@ def fit(cfg: RunConfig, *, run_dir: str | Path | None = None, resume_from: Check
                                                 "wait for it to finish, or choose another --out"))
             else:
                 created = False
+            if device_type == "cpu" and info.is_main:
+                warn_if_oversubscribed(cfg.train.threads)
             stack.enter_context(cpu_threads(cfg.train.threads if device_type == "cpu" else 0))
             try:
                 return _fit(cfg, info, run_dir, resume_from, overwrite)

@@ -708,7 +708,7 @@ def test_a_nan_logit_is_named_as_such():
     out[3, 1] = np.nan
     tol = parity.DEFAULT_TOLERANCES["fp32"]
     failures = parity.judge(parity.compare(ref, out, n_real=8, labels=None, used=np.full(8, 7), tol=tol), tol, "fp32")
-    assert failures[0] == "1 logits are NaN or infinite"
+    assert failures[0] == "1 logit is NaN or infinite"
     assert "the worst logit is nan (NaN/inf), the reference 0, on real sample 3, class 1" in failures[1], failures
     assert "nanx" not in failures[1] and "diff nan" not in failures[1]
 

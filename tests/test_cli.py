@@ -73,7 +73,8 @@ def test_cuda_without_gpu(tmp_path):
         pytest.skip("a GPU is present")
     r = run("train", "--data", "synth", "--device", "cuda", "--out", str(tmp_path / "r"))
     assert r.returncode == 1
-    assert "CUDA was asked for" in _one_error_line(r.stderr)
+    line = _one_error_line(r.stderr)
+    assert "CUDA was asked for" in line and "--device cpu" in line
 
 
 def test_data_synth_and_train_on_it(tmp_path):

@@ -249,7 +249,7 @@ def _bad_checkpoints(tmp_path: Path, good: Path) -> dict[str, Path]:
 
 
 def test_bad_checkpoints_are_one_line_errors(trained_checkpoint, tmp_path, capsys):
-    expect = {"missing": "not found", "truncated": "truncated", "not a checkpoint": "not a readable", "other architecture": "another architecture",
+    expect = {"missing": "not found", "truncated": "truncated", "not a checkpoint": "is a text file, not a torch checkpoint", "other architecture": "another architecture",
               "pickled object": "pickled"}
     for what, path in _bad_checkpoints(tmp_path, trained_checkpoint).items():
         out = tmp_path / f"out-{what.replace(' ', '-')}"

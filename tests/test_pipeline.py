@@ -169,6 +169,22 @@ def test_cli_usage(capsys):
     assert "report.md" in capsys.readouterr().out
 
 
+def test_cli_class_index_and_init_from_reach_the_run(monkeypatch):
+    """The fine-tuning journey (a wnid-named folder, ImageNet weights) through the pipeline: --class-index names the
+    classes, --init-from starts from the weights, as with `mnv2 train`."""
+    import mnv2export.pipeline as P
+
+    seen = {}
+
+    def fake_run_pipeline(data, **kwargs):
+        seen["cfg"] = P.pipeline_config(data, device=kwargs["device"], data_settings=kwargs["data_settings"], train=kwargs["train"])
+        raise ConfigError("stop here", hint="-")
+
+    monkeypatch.setattr(P, "run_pipeline", fake_run_pipeline)
+    assert main(["pipeline", "--data", "synth", "--device", "cpu", "--class-index", "idx.json", "--init-from", "w.pth"]) == 1
+    assert seen["cfg"].data.class_index == "idx.json" and seen["cfg"].train.init_from == "w.pth"
+
+
 def test_a_recipe_device_is_not_replaced_by_auto(tmp_path):
     """`mnv2 pipeline --config train/imagenet20_224.toml` trains where the recipe says (cuda): on a machine without a
     GPU that is an error before any step, never a quiet CPU run."""

@@ -92,6 +92,10 @@ def test_no_readable_image_is_an_error(exported, tmp_path, capsys):
     empty.mkdir()
     with pytest.raises(DataError, match="no image files found"):
         predict([empty], exported.out_dir / "model.onnx")
+    with pytest.raises(DataError, match=r"^not found \(.*nope\.jpg\)"):  # a mistyped path says so
+        predict([tmp_path / "nope.jpg"], exported.out_dir / "model.onnx")
+    with pytest.raises(DataError, match="no image files found"):  # a mix: the folder holds none either
+        predict([empty, tmp_path / "nope.jpg"], exported.out_dir / "model.onnx")
     code = main(["predict", str(bad), "--model", str(exported.out_dir / "model.onnx")])
     err = capsys.readouterr().err
     assert code == 1 and err.strip().splitlines()[-1].startswith("error: none of the 1 image(s) could be read")
@@ -124,6 +128,9 @@ def test_cuda_provider_without_gpu_is_a_clear_error(exported, images, capsys):
         pytest.skip("a GPU is present")
     code = main(["predict", str(images), "--model", str(exported.out_dir / "model.onnx"), "--provider", "cuda"])
     assert code == 1 and "CUDA was asked for" in capsys.readouterr().err
+    code = main(["predict", str(images), "--model", str(exported.out_dir / "model.torchscript.pt"), "--provider", "cuda"])
+    err = capsys.readouterr().err
+    assert code == 1 and "CUDA was asked for" in err and "--provider cpu" in err and "--device" not in err  # predict has no --device
 
 
 # --------------------------------------------------------------------------------------------------- predict

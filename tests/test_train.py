@@ -210,6 +210,43 @@ def test_two_process_ddp_on_cpu(tmp_path):
     assert _epochs_done(out) == 2
 
 
+_DDP_SHORT_BATCH = """
+import torch
+from torch import nn
+from mnv2export import distributed as D
+from mnv2export.train import StepContext, train_one_epoch
+
+info = D.init("cpu")
+torch.manual_seed(0)
+model = nn.parallel.DistributedDataParallel(nn.Sequential(nn.Flatten(), nn.Linear(12, 4), nn.BatchNorm1d(4), nn.Linear(4, 3)))
+x, y = torch.randn(8, 3, 2, 2), torch.randint(0, 3, (8,))
+sizes = [4, 4] if info.rank == 0 else [4, 1]  # rank 1's second batch lost all but one image (unreadable files)
+loader, i = [], 0
+for size in sizes:
+    loader.append((x[i:i + size], y[i:i + size], []))
+    i += size
+opt = torch.optim.SGD(model.parameters(), lr=0.1)
+sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0)
+loss, n = train_one_epoch(model, loader, opt, sched, nn.CrossEntropyLoss(), StepContext(torch.device("cpu"), None, False))
+print(f"rank {info.rank}: {n} images, {sched.last_epoch} steps", flush=True)
+D.shutdown()
+"""
+
+
+def test_a_batch_too_small_on_one_rank_is_passed_over_on_every_rank(tmp_path):
+    """Under DDP a rank that passed over a batch alone would leave the others waiting in the gradient all-reduce
+    (a hang): every rank passes over it together."""
+    script = tmp_path / "short_batch.py"
+    script.write_text(_DDP_SHORT_BATCH)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    r = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(30500 + os.getpid() % 1000), str(script)],
+        capture_output=True, text=True, env=env, timeout=180,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "rank 0: 4 images, 2 steps" in r.stdout and "rank 1: 4 images, 2 steps" in r.stdout, r.stdout
+
+
 def test_cuda_asked_without_gpu_is_an_error(tmp_path):
     if torch.cuda.is_available():
         pytest.skip("a GPU is present")

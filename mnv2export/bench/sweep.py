@@ -67,6 +67,7 @@ def run(
     """
     import torch
 
+    from ..device import warn_if_oversubscribed
     from .machine import machine_info, physical_cores
 
     fmts, sizes, plan = check_settings(formats, batches, warmup, warmup_s, iters, duration)
@@ -99,6 +100,7 @@ def run(
         else:
             row.path = str(src.files[_base(row.format)])
             samples[key] = _Samples()
+    warn_if_oversubscribed(n_threads)
     saved_threads = torch.get_num_threads()
     torch.set_num_threads(n_threads)
     placements: dict[tuple[str, str], dict | None] = {}

@@ -31,7 +31,7 @@ def _warmup(text: str) -> tuple[int, Optional[float]]:
 
 @app.command()
 def bench(
-    target: Annotated[Path, typer.Argument(help="An artifacts folder written by `mnv2 export` (with manifest.json), or a checkpoint.", show_default=False)],
+    target: Annotated[Path, typer.Argument(metavar="TARGET", help="An artifacts folder written by `mnv2 export` (with manifest.json), or a checkpoint.", show_default=False)],
     formats: Annotated[str, typer.Option("--formats", "-f", help="eager, torchscript, onnx, int8, fp16 or all (comma-separated).")] = "all",
     provider: Provider = "all",
     batch: Annotated[str, typer.Option("--batch", "-b", help="Batch sizes, comma-separated.")] = "1,8,32",

@@ -14,7 +14,7 @@ from .options import JsonOut
 
 @app.command()
 def info(
-    artifact: Annotated[Path, typer.Argument(help="A checkpoint (best.pt), TorchScript file or ONNX model (FP32, INT8, FP16).", show_default=False)],
+    artifact: Annotated[Path, typer.Argument(metavar="ARTIFACT", help="A checkpoint (best.pt), TorchScript file or ONNX model (FP32, INT8, FP16).", show_default=False)],
     layers: Annotated[bool, typer.Option("--layers/--no-layers", help="Show the per-layer table.")] = True,
     json_out: JsonOut = None,
 ) -> None:

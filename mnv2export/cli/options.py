@@ -15,7 +15,7 @@ ImgSize = Annotated[Optional[int], typer.Option("--img-size", help="Input size i
 Data = Annotated[Optional[str], typer.Option("--data", help="synth, fashion-mnist, or an ImageFolder folder (train/<class>/, val/<class>/).")]
 DataDir = Annotated[Optional[str], typer.Option("--data-dir", help="Folder holding the Fashion-MNIST IDX files (default: Debian's dataset-fashion-mnist).")]
 JsonOut = Annotated[Optional[Path], typer.Option("--json", help="Also write the result as JSON to this file.")]
-CheckpointArg = Annotated[Path, typer.Argument(help="A checkpoint written by `mnv2 train` (best.pt / last.pt).", show_default=False)]
+CheckpointArg = Annotated[Path, typer.Argument(metavar="CHECKPOINT", help="A checkpoint written by `mnv2 train` (best.pt / last.pt).", show_default=False)]
 
 
 def floats(text: str | None, name: str) -> list[float] | None:

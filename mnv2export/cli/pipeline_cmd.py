@@ -21,6 +21,8 @@ def pipeline(
     img_size: ImgSize = None,
     device: Device = None,
     batch_size: Annotated[Optional[int], typer.Option("--batch-size", "-b", help="Training batch size.")] = None,
+    class_index: Annotated[Optional[str], typer.Option(help="JSON naming the classes (wnid -> name, as imagenet_class_index.json).")] = None,
+    init_from: Annotated[Optional[str], typer.Option(help="Start from a torchvision MobileNetV2 state dict (fine-tuning; classifier replaced if the class count differs).")] = None,
     synth_classes: Annotated[Optional[int], typer.Option(help="synth: number of classes (default 10).")] = None,
     synth_per_class: Annotated[Optional[int], typer.Option(help="synth: training images per class (default 150).")] = None,
     name: Annotated[Optional[str], typer.Option("--name", help="Run name: the run goes to runs/NAME (default <data>-<time>).")] = None,
@@ -56,8 +58,8 @@ def pipeline(
     result = run_pipeline(
         data, epochs=epochs, width=width, img_size=img_size, device=device,
         data_dir=data_dir, name=name, out=out, overwrite=overwrite, recipe=load_recipe(config) if config else None,
-        data_settings={"synth_classes": synth_classes, "synth_train_per_class": synth_per_class},
-        train={"batch_size": batch_size, "progress": progress}, options=options,
+        data_settings={"synth_classes": synth_classes, "synth_train_per_class": synth_per_class, "class_index": class_index},
+        train={"batch_size": batch_size, "progress": progress, "init_from": init_from}, options=options,
     )
     for s in result.steps:
         typer.echo(f"  {s.name:<7} {s.status:<4} {s.seconds:7.1f} s")

@@ -13,9 +13,9 @@ from . import app
 
 @app.command()
 def predict(
-    images: Annotated[list[Path], typer.Argument(help="Image files and/or folders (searched recursively).", show_default=False)],
+    images: Annotated[list[Path], typer.Argument(metavar="IMAGES", help="Image files and/or folders (searched recursively).", show_default=False)],
     model: Annotated[Path, typer.Option("--model", "-m", help="Checkpoint, TorchScript or ONNX file (FP32, INT8, FP16).", show_default=False)],
-    provider: Annotated[str, typer.Option("--provider", help="cpu or cuda. Asking for cuda where it cannot run is an error.")] = "cpu",
+    provider: Annotated[str, typer.Option("--provider", help="cpu, cuda or tensorrt (ONNX only). Asking for one that cannot run is an error, never a fallback.")] = "cpu",
     top_k: Annotated[int, typer.Option("--top-k", "-k", help="How many classes to show per image (at most the class count).")] = 5,
     batch_size: Annotated[int, typer.Option("--batch-size", "-b", help="Images per inference call.")] = 32,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON instead of text.")] = False,

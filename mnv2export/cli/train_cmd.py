@@ -96,7 +96,7 @@ def train(
 
 @data_app.command("synth")
 def data_synth(
-    out: Annotated[Path, typer.Argument(help="Output folder (ImageFolder layout: train/<class>/, val/<class>/).")],
+    out: Annotated[Path, typer.Argument(metavar="OUT", help="Output folder (ImageFolder layout: train/<class>/, val/<class>/).")],
     classes: Annotated[int, typer.Option("--classes", help="Number of classes.")] = 10,
     per_class: Annotated[int, typer.Option("--per-class", help="Training images per class.")] = 100,
     val_per_class: Annotated[Optional[int], typer.Option("--val-per-class", help="Validation images per class (default 30% of --per-class).")] = None,

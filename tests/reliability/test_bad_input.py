@@ -90,7 +90,7 @@ def test_nonexistent_paths(capsys, exported, trained_checkpoint, files, tmp_path
     fails(capsys, "bench", nope, match="not found")
     fails(capsys, "info", nope / "model.onnx", match="not found")
     fails(capsys, "visualize", nope / "best.pt", match="not found")
-    fails(capsys, "predict", nope / "x.png", "--model", exported.out_dir / "model.onnx", match="no image")
+    fails(capsys, "predict", nope / "x.png", "--model", exported.out_dir / "model.onnx", match="not found")
     fails(capsys, "predict", files / "images" / "good.png", "--model", nope / "model.onnx", match="not found")
     fails(capsys, "train", "--data", nope, match="data folder not found")
     fails(capsys, "train", "--data", "synth", "--init-from", nope / "w.pth", match="initial weights not found")

@@ -24,6 +24,16 @@ TRAIN_AUGMENTATIONS = ("rrc", "crop_pad", "none")
 T = TypeVar("T", bound="_Config")
 
 
+def split_items(value: Any, what: str) -> list[str]:
+    """``"a, b"`` or ``["a", "b"]`` -> ``["a", "b"]`` (stripped, lower case). An empty item beside others (``a,,b``, a
+    trailing comma) is an error, not dropped: it is a typo more often than not; nothing at all gives ``[]``."""
+    parts = [value] if isinstance(value, str) else [str(v) for v in value]
+    items = [item.strip().lower() for part in parts for item in part.split(",")]
+    if any(items) and not all(items):
+        raise ConfigError(f"empty item in the {what} list {','.join(items)!r}", hint="separate the items with single commas, no trailing one")
+    return [item for item in items if item]
+
+
 def _check(ok: bool, what: str, hint: str) -> None:
     if not ok:
         raise ConfigError(what, hint=hint)

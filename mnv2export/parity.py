@@ -280,8 +280,9 @@ def check(
 
 def parse_providers(providers: Any) -> list[tuple[str, bool]]:
     """``"all"``, ``"cpu,cuda"`` or a sequence -> [(provider, explicit)]; ``all`` asks for CUDA only where it exists."""
-    items = providers.split(",") if isinstance(providers, str) else list(providers)
-    items = [str(p).strip().lower() for p in items if str(p).strip()]
+    from .config import split_items
+
+    items = split_items(providers, "provider")
     bad = [p for p in items if p not in PROVIDER_CHOICES]
     if bad or not items:
         raise ConfigError(f"unknown provider {bad[0] if bad else '(none)'!r}", hint="choose cpu, cuda or all")

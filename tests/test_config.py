@@ -120,3 +120,18 @@ def test_a_recipe_value_out_of_range_says_where_it_comes_from():
     with pytest.raises(ConfigError) as plain:
         run_config(None, {}, {"source": "synth"}, {"epochs": 2, "warmup_epochs": 3.0})
     assert "recipe" not in plain.value.hint
+
+
+def test_list_options_refuse_an_empty_item():
+    """`--format onnx,,torchscript`, `--provider cpu,` (a typo) are errors, as `--batch 1,,2` is, not silently read as
+    fewer items; used by export's formats, check's providers and bench's formats and providers."""
+    from mnv2export.bench.sweep import parse_list
+    from mnv2export.config import split_items
+    from mnv2export.export import parse_formats
+    from mnv2export.parity import parse_providers
+
+    assert split_items(" ONNX, torchscript ", "x") == ["onnx", "torchscript"] and split_items("", "x") == []
+    for call in (lambda: parse_formats("onnx,,torchscript"), lambda: parse_providers("cpu,"),
+                 lambda: parse_list("eager,,onnx", ("eager", "onnx"), ("eager", "onnx"), "format"), lambda: split_items(["a", ""], "x")):
+        with pytest.raises(ConfigError, match="empty item"):
+            call()

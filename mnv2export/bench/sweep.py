@@ -38,8 +38,9 @@ TORCHSCRIPT = ("the exported file (traced, BatchNorm folded, frozen): torch.jit.
 
 def parse_list(value: str | Iterable[str], allowed: tuple[str, ...], everything: tuple[str, ...], what: str) -> tuple[list[str], bool]:
     """``"a,b"`` / ``["a", "b"]`` / ``"all"`` -> (items in canonical order, named explicitly)."""
-    parts = [value] if isinstance(value, str) else [str(v) for v in value]
-    items = [item.strip().lower() for part in parts for item in part.split(",") if item.strip()]
+    from ..config import split_items
+
+    items = split_items(value, what)
     bad = sorted({v for v in items if v not in (*allowed, "all")})
     if bad or not items:
         raise ConfigError(f"unknown {what} {', '.join(bad) or '(none)'}", hint=f"choose from {', '.join(allowed)} or all")

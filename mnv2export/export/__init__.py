@@ -45,7 +45,9 @@ class Manifest:
 
 def parse_formats(formats: str | Iterable[str]) -> list[str]:
     """``"all"``, ``"onnx"``, ``"torchscript,onnx"`` or a list of those -> a list in canonical order."""
-    items = [f.strip().lower() for f in (formats.split(",") if isinstance(formats, str) else formats) if f.strip()]
+    from ..config import split_items
+
+    items = split_items(formats, "export format")
     if "all" in items:
         items = [*items, *FORMATS]
     unknown = sorted({f for f in items if f not in (*FORMATS, "all")})

@@ -20,6 +20,7 @@ import logging
 import pickle
 import platform
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -140,7 +141,9 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     if kind:
         raise CheckpointError(f"file is {kind}, not a torch checkpoint", path=p, hint=hint)
     try:
-        payload = torch.load(p, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # a plain pickle (not torch.save's) draws a protocol warning before the error below
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            payload = torch.load(p, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         if "global" in str(exc).lower():  # a class or function to import (GLOBAL): what weights_only exists to refuse
             raise CheckpointError(

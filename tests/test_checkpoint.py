@@ -2,6 +2,7 @@ import os
 from pathlib import Path
 
 import pickle
+import warnings
 
 import pytest
 import torch
@@ -72,9 +73,11 @@ def test_pickled_objects_are_refused(tmp_path):
 def test_bad_checkpoints(tmp_path, make, match):
     path = tmp_path / "c.pt"
     make(path)
-    with pytest.raises(CheckpointError, match=match) as info:
+    with warnings.catch_warnings(record=True) as seen, pytest.raises(CheckpointError, match=match) as info:
+        warnings.simplefilter("always")
         load_checkpoint(path)
     assert info.value.hint
+    assert not [w for w in seen if "pickle protocol" in str(w.message)]  # the error is the one line a user sees
 
 
 def test_weights_of_another_model_are_an_error(tmp_path):

@@ -1,8 +1,7 @@
 import os
-from pathlib import Path
-
 import pickle
 import warnings
+from pathlib import Path
 
 import pytest
 import torch

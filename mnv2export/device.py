@@ -22,13 +22,14 @@ def usable_cpu_count() -> int:
         return os.cpu_count() or 1
 
 
-def warn_if_oversubscribed(threads: int | None) -> None:
+def warn_if_oversubscribed(threads: int | None, setting: str = "--threads") -> None:
     """A warning when more intra-op threads are asked for than there are CPUs to run them: torch's and ONNX Runtime's
-    threads then wait for one another at every parallel region (many times slower, never faster)."""
+    threads then wait for one another at every parallel region (many times slower, never faster). ``setting``: where
+    the count comes from, as the warning names it."""
     cpus = usable_cpu_count()
     if threads and threads > cpus:
         log.warning("%d intra-op threads on %d usable CPU(s): more threads than CPUs slow torch and ONNX Runtime down; "
-                    "use --threads %d or fewer", threads, cpus, cpus)
+                    "set %s to %d or fewer", threads, cpus, setting, cpus)
 
 
 def cuda_unavailable_reason() -> str | None:

@@ -9,6 +9,7 @@ import fcntl
 import hashlib
 import os
 import tempfile
+import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
@@ -98,15 +99,23 @@ def atomic_files(folder: str | Path, owned: Iterable[str] = ()) -> Iterator[Call
 
 
 @contextlib.contextmanager
-def folder_lock(folder: str | Path, busy: str, hint: str) -> Iterator[None]:
+def folder_lock(folder: str | Path, busy: str, hint: str, wait: float = 0.0) -> Iterator[None]:
     """Hold an exclusive lock on ``folder`` (flock on the folder itself, so no lock file is left behind) for the
-    block; a folder another process holds raises ``ConfigError(busy)`` at once instead of waiting."""
+    block; a folder another process still holds after ``wait`` seconds raises ``ConfigError(busy)``.
+
+    The lock belongs to the open folder, which forked children (DataLoader workers) share: after the holder is killed
+    it lasts until they notice and exit (PyTorch's workers check every 5 s), hence ``wait``."""
     fd = os.open(folder, os.O_RDONLY)
+    deadline = time.monotonic() + wait
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise ConfigError(busy, path=Path(folder), hint=hint) from None
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise ConfigError(busy, path=Path(folder), hint=hint) from None
+                time.sleep(0.2)
         yield
     finally:
         os.close(fd)  # releases the lock

@@ -324,6 +324,8 @@ def resume_config(run_dir: Path, flags: dict[str, dict[str, Any]]) -> tuple[RunC
 RUN_OUTPUTS = ("best.pt", "last.pt", "metrics.csv", "config.json", "loss_curve.png", "kernels.png", "feature_maps_shallow.png",
                "feature_maps_deep.png", "confusion_matrix.png")
 RUN_FOLDERS = ("visualize",)  # `mnv2 visualize best.pt` writes here by default
+# a killed run's DataLoader workers hold its folder lock until they notice (every 5 s): `--resume` at once waits for them
+RUN_LOCK_WAIT_S = 10.0
 
 
 def fit(cfg: RunConfig, *, run_dir: str | Path | None = None, resume_from: Checkpoint | None = None, overwrite: bool = False) -> TrainResult:
@@ -343,11 +345,11 @@ def fit(cfg: RunConfig, *, run_dir: str | Path | None = None, resume_from: Check
             if info.is_main:
                 created = check_run_folder(run_dir, new=resume_from is None, overwrite=overwrite)
                 stack.enter_context(folder_lock(run_dir, "another process is training into this run folder",
-                                                "wait for it to finish, or choose another --out"))
+                                                "wait for it to finish, or choose another --out", wait=RUN_LOCK_WAIT_S))
             else:
                 created = False
             if device_type == "cpu" and info.is_main:
-                warn_if_oversubscribed(cfg.train.threads)
+                warn_if_oversubscribed(cfg.train.threads, setting="the recipe's train.threads")
             stack.enter_context(cpu_threads(cfg.train.threads if device_type == "cpu" else 0))
             try:
                 return _fit(cfg, info, run_dir, resume_from, overwrite)
@@ -509,6 +511,9 @@ def _fit(cfg: RunConfig, info: D.DistInfo, run_dir: Path, resume_from: Checkpoin
             with _progress(info.is_main and t.progress, f"epoch {epoch + 1}/{t.epochs}", len(loader)) as advance:
                 loss_sum, n = train_one_epoch(train_module, loader, opt, sched, criterion, ctx, ema=ema, skips=skips, progress=advance)
             sums = D.all_reduce_sum(torch.tensor([loss_sum, float(n)], dtype=torch.float64, device=device), info)
+            if float(sums[1]) == 0:  # every batch passed over: nothing was trained, so no checkpoint may say it was
+                raise DataError(f"no training batch in epoch {epoch + 1} had two readable images: nothing was trained",
+                                path=cfg.data.source, hint="fix or remove the unreadable images (each was named in a warning above)")
             metrics = evaluate(eval_model, val_loader, ctx, cfg.model.num_classes, info, skips=skips)
             row = {
                 "epoch": epoch + 1, "train_loss": float(sums[0] / max(1.0, float(sums[1]))), "val_loss": metrics["val_loss"],

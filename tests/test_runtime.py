@@ -264,4 +264,4 @@ def test_more_threads_than_cpus_is_warned_about(monkeypatch, caplog):
         warn_if_oversubscribed(None)
         assert not caplog.records
         warn_if_oversubscribed(999)
-    assert "999 intra-op threads on 2 usable CPU(s)" in caplog.text and "--threads 2 or fewer" in caplog.text
+    assert "999 intra-op threads on 2 usable CPU(s)" in caplog.text and "set --threads to 2 or fewer" in caplog.text

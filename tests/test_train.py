@@ -354,17 +354,55 @@ def test_a_new_run_never_lands_silently_in_a_used_folder(tmp_path):
         fit(tiny_run_config(), run_dir=out, overwrite=True, resume_from=load_checkpoint(out / "last.pt"))
 
 
-def test_two_runs_cannot_write_one_folder_at_once(tmp_path):
+def test_two_runs_cannot_write_one_folder_at_once(tmp_path, monkeypatch):
+    import threading
+
+    import mnv2export.train as T
     from mnv2export.errors import ConfigError
     from mnv2export.fileio import folder_lock
 
     out = tmp_path / "run"
     out.mkdir()
+    monkeypatch.setattr(T, "RUN_LOCK_WAIT_S", 0.5)
     with folder_lock(out, "held by the test", "-"):  # as another process's fit holds it (flock: per open file)
         with pytest.raises(ConfigError, match="another process is training into this run folder"):
             fit(tiny_run_config(), run_dir=out)
     assert not any(out.iterdir())
-    assert fit(tiny_run_config(), run_dir=out).best.is_file()  # free again once the holder is done
+    # a holder that lets go within the wait (a killed run's DataLoader workers exiting) is waited for, not an error
+    monkeypatch.setattr(T, "RUN_LOCK_WAIT_S", 20.0)
+    held = threading.Event()
+
+    def hold_briefly():
+        with folder_lock(out, "-", "-"):
+            held.set()
+            time.sleep(1.5)
+
+    holder = threading.Thread(target=hold_briefly)
+    holder.start()
+    held.wait()
+    started = time.monotonic()
+    result = fit(tiny_run_config(), run_dir=out)
+    holder.join()
+    assert result.best.is_file() and time.monotonic() - started >= 1.0
+
+
+def test_an_epoch_that_trained_nothing_is_an_error(tmp_path):
+    """Every batch passed over (all but one image per batch unreadable): the epoch trained nothing, and no
+    'train_loss 0.0000 (best)' checkpoint may say otherwise."""
+    from mnv2export.errors import DataError
+
+    root = tmp_path / "d"
+    for split in ("train", "val"):
+        for cls in ("a", "b"):
+            (root / split / cls).mkdir(parents=True)
+            if split == "val" or cls == "a":  # one readable training image in all: no batch can have two
+                Image.new("RGB", (32, 32), (200, 0, 0) if cls == "a" else (0, 0, 200)).save(root / split / cls / "ok.png")
+    for i in range(7):
+        (root / "train" / ("a" if i < 3 else "b") / f"broken{i}.png").write_bytes(b"not a png")
+    cfg = tiny_run_config(batch_size=4).override({}, {"source": str(root)}, {})
+    with pytest.raises(DataError, match="no training batch in epoch 1 had two readable images"):
+        fit(cfg, run_dir=tmp_path / "run")
+    assert not (tmp_path / "run" / "best.pt").exists()
 
 
 def test_zero_init_residual_applies_to_a_fresh_model_only(tmp_path):

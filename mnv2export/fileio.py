@@ -7,6 +7,7 @@ import contextlib
 import errno
 import fcntl
 import hashlib
+import logging
 import os
 import tempfile
 import time
@@ -14,6 +15,8 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 from .errors import ConfigError, OutputError
+
+log = logging.getLogger(__name__)
 
 
 def ensure_dir(path: str | Path) -> Path:
@@ -87,8 +90,9 @@ def atomic_files(folder: str | Path, owned: Iterable[str] = ()) -> Iterator[Call
                 os.replace(tmp, final)
             written = {final.name for _, final in staged}
             for name in owned:
-                if name not in written:
-                    (folder / name).unlink(missing_ok=True)
+                if name not in written and (folder / name).exists():
+                    (folder / name).unlink()
+                    log.info("removed %s: an earlier write of %s left it, this one did not write it", folder / name, folder)
         finally:
             os.close(lock)  # releases the lock
     except OSError as exc:

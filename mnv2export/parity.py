@@ -386,12 +386,23 @@ ARTIFACT_SUFFIXES = (".onnx", ".pt")  # what `mnv2 export` writes; manifest.json
 
 
 def unlisted_rows(out_dir: Path, entries: dict[str, dict[str, Any]]) -> list[ParityRow]:
-    """A failing row for each file in the folder that is an artifact by its name but is not in manifest.json."""
+    """A failing row for each file in the folder that is an artifact by its name but is not in manifest.json. A
+    training checkpoint (best.pt / last.pt kept beside the export, the reference itself) is not an artifact."""
     from .fileio import sha256_file
 
-    names = sorted(p.name for p in out_dir.iterdir() if p.suffix in ARTIFACT_SUFFIXES and p.is_file() and p.name not in entries)
+    names = sorted(p.name for p in out_dir.iterdir()
+                   if p.suffix in ARTIFACT_SUFFIXES and p.is_file() and p.name not in entries and not _is_checkpoint(p))
     return [ParityRow(artifact=n, format="?", precision="?", provider="-", status="fail", sha256=sha256_file(out_dir / n),
                       failures=["in the folder but not in manifest.json: not checked; export again or remove it"]) for n in names]
+
+
+def _is_checkpoint(path: Path) -> bool:
+    from .runtime import detect_format
+
+    try:
+        return detect_format(path) == "pytorch"
+    except Mnv2Error:
+        return False  # unreadable: an artifact's name it has, so it fails as one
 
 
 def _hash(sha: Any) -> str:

@@ -663,8 +663,9 @@ def test_artifacts_in_the_folder_but_not_in_the_manifest_fail(exported, trained_
     (folder / "old.torchscript.pt").write_bytes(b"corrupt")
     (folder / "check.json").write_text("{}")  # the check's own output, and other files, are not artifacts
     (folder / "README.txt").write_text("notes")
+    shutil.copy(trained_checkpoint, folder / "best.pt")  # the reference kept beside its export: not an artifact
     out = tmp_path / "check.json"
-    assert main(["check", str(trained_checkpoint), "--artifacts", str(folder), "--samples", "8", "--json", str(out)]) == 1
+    assert main(["check", str(folder / "best.pt"), "--artifacts", str(folder), "--samples", "8", "--json", str(out)]) == 1
     rows = {r["artifact"]: r for r in json.loads(out.read_text())["rows"]}
     assert set(rows) == {ONNX_FILE, INT8_FILE, "old.torchscript.pt"} and rows[ONNX_FILE]["status"] == "pass"
     for name in (INT8_FILE, "old.torchscript.pt"):

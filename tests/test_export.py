@@ -330,6 +330,12 @@ def test_an_export_removes_an_earlier_exports_artifacts_it_did_not_write(exporte
     manifest = export_all(exported.data["source_checkpoint"]["path"], out, formats="torchscript")
     assert sorted(p.name for p in out.iterdir()) == sorted([MANIFEST_FILE, TORCHSCRIPT_FILE, "notes.txt"])
     assert list(manifest.artifacts) == [TORCHSCRIPT_FILE] and (out / "notes.txt").read_text() == "mine"
+    # only what an earlier manifest lists: a file of an artifact's name that no export of this folder wrote stays
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / FP16_FILE).write_text("someone's own file")
+    export_all(exported.data["source_checkpoint"]["path"], mine, formats="torchscript")
+    assert (mine / FP16_FILE).read_text() == "someone's own file"
 
 
 def test_zip_of_the_torchscript_file_holds_the_metadata(exported):

@@ -56,6 +56,16 @@ def parse_formats(formats: str | Iterable[str]) -> list[str]:
     return [f for f in FORMATS if f in items]
 
 
+def previous_artifacts(out: Path) -> list[str]:
+    """The artifact files an earlier export into ``out`` wrote (those its manifest.json lists, of this tool's names):
+    the ones this export may replace or remove. A file that no manifest lists is someone else's and stays."""
+    try:
+        listed = json.loads((out / MANIFEST_FILE).read_text(encoding="utf-8"))["artifacts"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return []
+    return [name for name in ARTIFACT_FILES if isinstance(listed, dict) and name in listed]
+
+
 def toolchain_versions() -> dict[str, str]:
     """What the manifest and the check record: the checkpoint's versions (mnv2export, torch, torchvision, python) plus
     onnx and onnxruntime."""
@@ -123,7 +133,7 @@ def _export_all(checkpoint_path, out_dir, fmts, quantize, fp16, calib_data, cali
 
     # every file renamed together at the end, in order, manifest last; an artifact name not written this time (an
     # earlier export's model.int8.onnx...) is removed in the same commit, so the folder holds one export only
-    with atomic_files(out, owned=ARTIFACT_FILES) as staged:
+    with atomic_files(out, owned=previous_artifacts(out)) as staged:
         return _export(ckpt, out, fmts, quantize, fp16, calib, calib_method, opset, settings, staged)
 
 

@@ -303,8 +303,11 @@ SOURCE_DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {
 }
 
 
-def run_config(recipe: RunConfig | None, model: dict[str, Any], data: dict[str, Any], train: dict[str, Any]) -> RunConfig:
-    """Resolve a run's settings: explicit flags (non-None) over the recipe, over the data source's defaults."""
+def run_config(recipe: RunConfig | None, model: dict[str, Any], data: dict[str, Any], train: dict[str, Any],
+               recipe_path: str | Path | None = None) -> RunConfig:
+    """Resolve a run's settings: explicit flags (non-None) over the recipe, over the data source's defaults. An error
+    that the recipe's values cause (alone or with a flag) names ``recipe_path`` and says a flag overrides them; an
+    error in a flag's own value does not blame the recipe."""
     source = data.get("source") or (recipe.data.source if recipe else None)
     if not source:
         raise ConfigError("no data given", hint="pass --data synth, --data fashion-mnist, --data FOLDER, or --config RECIPE")
@@ -318,9 +321,18 @@ def run_config(recipe: RunConfig | None, model: dict[str, Any], data: dict[str, 
     try:
         return base.override(model, data, train)
     except ConfigError as exc:
-        if recipe is None:
+        if recipe is None or _flags_alone_fail(exc, model, {**data, "source": source}, train):
             raise
-        raise ConfigError(exc.what, path=exc.path, hint=f"{exc.hint} (the recipe's value applies unless its flag overrides it)") from None
+        raise ConfigError(exc.what, path=exc.path or recipe_path, hint=f"{exc.hint} (the recipe's value applies unless its flag overrides it)") from None
+
+
+def _flags_alone_fail(exc: ConfigError, model: dict[str, Any], data: dict[str, Any], train: dict[str, Any]) -> bool:
+    """Whether the flags give the same error without the recipe: then a flag is wrong, not the recipe."""
+    try:
+        run_config(None, model, data, train)
+    except ConfigError as alone:
+        return alone.what == exc.what
+    return False
 
 
 def load_recipe(path: str | Path) -> RunConfig:

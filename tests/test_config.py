@@ -120,6 +120,13 @@ def test_a_recipe_value_out_of_range_says_where_it_comes_from():
     with pytest.raises(ConfigError) as plain:
         run_config(None, {}, {"source": "synth"}, {"epochs": 2, "warmup_epochs": 3.0})
     assert "recipe" not in plain.value.hint
+    with pytest.raises(ConfigError) as named:
+        run_config(recipe, {}, {}, {"epochs": 2}, recipe_path="r.toml")
+    assert str(named.value.path) == "r.toml"
+    for model, data, train in (({"width_mult": 5.0}, {}, {}), ({}, {}, {"batch_size": 1}), ({}, {"img_size": 32, "resize_size": 10}, {})):
+        with pytest.raises(ConfigError) as flag:  # the flag's own value is wrong: the recipe is not blamed
+            run_config(recipe, model, data, train, recipe_path="r.toml")
+        assert flag.value.path is None and "recipe" not in flag.value.hint, flag.value
 
 
 def test_list_options_refuse_an_empty_item():

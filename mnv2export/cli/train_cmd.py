@@ -80,11 +80,7 @@ def train(
         cfg, ckpt = resume_config(Path(out), {"model": model, "data": data_flags, "train": train_flags})
         result = fit(cfg, run_dir=out, resume_from=ckpt)
     else:
-        recipe = load_recipe(config) if config else None
-        try:
-            cfg = run_config(recipe, model, data_flags, train_flags)
-        except ConfigError as exc:
-            raise ConfigError(exc.what, path=exc.path or config, hint=exc.hint) from None
+        cfg = run_config(load_recipe(config) if config else None, model, data_flags, train_flags, recipe_path=config)
         result = fit(cfg, overwrite=overwrite)
     s = result.summary
     if result.is_main:

@@ -10,6 +10,7 @@ import torch
 import torch.distributed as dist
 
 log = logging.getLogger(__name__)
+_CONTROL = None  # the process group for CPU-side decisions (a gloo group beside NCCL; None: the default group)
 
 
 @dataclass(frozen=True)
@@ -35,10 +36,14 @@ def init(device_type: str) -> DistInfo:
     """Join the process group torchrun describes (env://); a single process when not launched by torchrun."""
     if not launched_by_torchrun():
         return DistInfo()
+    global _CONTROL
     if not dist.is_initialized():
         backend = "nccl" if device_type == "cuda" else "gloo"
         dist.init_process_group(backend=backend)
         log.info("joined process group: rank %d of %d (%s)", dist.get_rank(), dist.get_world_size(), backend)
+        # decisions every rank must share (pass over a batch, stop before training) travel as CPU tensors over gloo:
+        # under NCCL a GPU tensor and its .item() would make the CPU wait for the GPU at every step
+        _CONTROL = dist.new_group(backend="gloo") if backend == "nccl" else None
     return DistInfo(rank=dist.get_rank(), local_rank=int(os.environ.get("LOCAL_RANK", 0)), world_size=dist.get_world_size())
 
 
@@ -55,15 +60,24 @@ def all_reduce_sum(values: torch.Tensor, info: DistInfo) -> torch.Tensor:
     return values
 
 
-def fewest_over_ranks(n: int, device: torch.device) -> int:
+def _reduce_int(n: int, op) -> int:
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return n
+    t = torch.tensor([n], dtype=torch.int64)  # CPU, over gloo (see init)
+    dist.all_reduce(t, op=op, group=_CONTROL)
+    return int(t.item())
+
+
+def fewest_over_ranks(n: int) -> int:
     """The smallest ``n`` over the ranks of the running process group (``n`` itself without one): lets every rank
     take the same decision, e.g. to pass over a batch, without which the others would wait in DDP's gradient
     all-reduce for the one that did not step."""
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return n
-    t = torch.tensor([n], dtype=torch.int64, device=device)
-    dist.all_reduce(t, op=dist.ReduceOp.MIN)
-    return int(t.item())
+    return _reduce_int(n, dist.ReduceOp.MIN)
+
+
+def any_rank(flag: bool) -> bool:
+    """Whether ``flag`` holds on any rank (``flag`` itself in a single process)."""
+    return bool(_reduce_int(int(flag), dist.ReduceOp.MAX))
 
 
 def barrier(info: DistInfo) -> None:

@@ -38,7 +38,7 @@ from .config import RunConfig, TrainConfig
 from .data import DataBundle, SkipTracker, build_datasets, collate
 from .data.memory import MemoryImages, MemoryLoader
 from .device import cpu_threads, resolve_device, warn_if_oversubscribed
-from .errors import CheckpointError, ConfigError, DataError
+from .errors import CheckpointError, ConfigError, DataError, Mnv2Error
 from .fileio import ensure_dir, folder_lock, write_text
 from .model import build_model, load_pretrained, zero_init_residual
 
@@ -200,7 +200,7 @@ def train_one_epoch(
         if skips is not None:
             skips.add(skipped)
         # every image unreadable, or one left, which BatchNorm cannot train on (1x1 maps): passed over, on every rank
-        if D.fewest_over_ranks(labels.numel(), ctx.device) < 2:
+        if D.fewest_over_ranks(labels.numel()) < 2:
             with warnings.catch_warnings():  # before the first optimizer step torch warns; the order is intended
                 warnings.simplefilter("ignore", UserWarning)
                 sched.step()  # the schedule counts batches: it still reaches its last step at the end
@@ -342,12 +342,18 @@ def fit(cfg: RunConfig, *, run_dir: str | Path | None = None, resume_from: Check
     info = D.init(device_type)
     try:
         with contextlib.ExitStack() as stack:
+            created, refused = False, None
             if info.is_main:
-                created = check_run_folder(run_dir, new=resume_from is None, overwrite=overwrite)
-                stack.enter_context(folder_lock(run_dir, "another process is training into this run folder",
-                                                "wait for it to finish, or choose another --out", wait=RUN_LOCK_WAIT_S))
-            else:
-                created = False
+                try:
+                    created = check_run_folder(run_dir, new=resume_from is None, overwrite=overwrite)
+                    stack.enter_context(folder_lock(run_dir, "another process is training into this run folder",
+                                                    "wait for it to finish, or choose another --out", wait=RUN_LOCK_WAIT_S))
+                except Mnv2Error as exc:
+                    refused = exc
+            if D.any_rank(refused is not None):  # every rank stops; rank 0 alone says why
+                if refused is not None:
+                    raise refused
+                raise SystemExit(1)
             if device_type == "cpu" and info.is_main:
                 warn_if_oversubscribed(cfg.train.threads, setting="the recipe's train.threads")
             stack.enter_context(cpu_threads(cfg.train.threads if device_type == "cpu" else 0))

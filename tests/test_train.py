@@ -247,6 +247,24 @@ def test_a_batch_too_small_on_one_rank_is_passed_over_on_every_rank(tmp_path):
     assert "rank 0: 4 images, 2 steps" in r.stdout and "rank 1: 4 images, 2 steps" in r.stdout, r.stdout
 
 
+def test_a_refused_run_folder_under_torchrun_is_one_error_from_rank_0(tmp_path):
+    """Only rank 0 checks the folder; the other ranks learn that it refused and leave quietly, instead of each dying in
+    a collective with an 'unexpected RuntimeError: Connection closed by peer'."""
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "notes.md").write_text("someone's")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    r = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(31500 + os.getpid() % 1000),
+         "-m", "mnv2export", "train", *TINY_FLAGS, "--epochs", "1", "--out", str(out)],
+        capture_output=True, text=True, env=env, timeout=300,
+    )
+    errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]
+    assert r.returncode != 0 and errors == [f"error: run folder already holds files ({out}): --resume continues the run in it, "
+                                            "--overwrite replaces it; or choose another --out"], r.stderr[-3000:]
+    assert "unexpected" not in r.stderr and sorted(p.name for p in out.iterdir()) == ["notes.md"]
+
+
 def test_cuda_asked_without_gpu_is_an_error(tmp_path):
     if torch.cuda.is_available():
         pytest.skip("a GPU is present")

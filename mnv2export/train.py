@@ -297,8 +297,14 @@ def evaluate(model: nn.Module, loader: DataLoader, ctx: StepContext, num_classes
 
 # --------------------------------------------------------------------------------------------------- the run
 def default_run_dir(cfg: RunConfig) -> Path:
+    """``weights/<data>-<time>``; ``-2``, ``-3``... after it when a run of that second already has the name."""
     name = Path(cfg.data.source).name if not cfg.data.is_builtin else cfg.data.source
-    return Path("weights") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    base = Path("weights") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    path, n = base, 1
+    while path.exists():
+        n += 1
+        path = base.with_name(f"{base.name}-{n}")
+    return path
 
 
 def resume_config(run_dir: Path, flags: dict[str, dict[str, Any]]) -> tuple[RunConfig, Checkpoint]:

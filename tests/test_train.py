@@ -783,3 +783,17 @@ def test_resume_keeps_the_best_epoch_of_before_the_interruption(tmp_path, monkey
     result = T.fit(cfg2, run_dir=out, resume_from=ckpt)
     assert result.summary["best_epoch"] == 1 and result.summary["best_val_acc"] == 0.9
     assert load_checkpoint(result.best).train_summary["epoch"] == 1
+
+
+def test_default_run_folders_of_one_second_do_not_collide(tmp_path, monkeypatch):
+    """Two runs with the default --out started in the same second: the second gets weights/<data>-<time>-2, not the
+    first's folder (which it would be refused, or which it would have overwritten before the folder check)."""
+    from mnv2export.train import default_run_dir
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(time, "strftime", lambda fmt: "20261125-020000")
+    cfg = tiny_run_config()
+    first = default_run_dir(cfg)
+    assert first == Path("weights") / "synth-20261125-020000"
+    first.mkdir(parents=True)
+    assert default_run_dir(cfg) == Path("weights") / "synth-20261125-020000-2"

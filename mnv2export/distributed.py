@@ -41,15 +41,18 @@ def init(device_type: str) -> DistInfo:
         backend = "nccl" if device_type == "cuda" else "gloo"
         dist.init_process_group(backend=backend)
         log.info("joined process group: rank %d of %d (%s)", dist.get_rank(), dist.get_world_size(), backend)
+    if _CONTROL is None and dist.get_backend() == "nccl":
         # decisions every rank must share (pass over a batch, stop before training) travel as CPU tensors over gloo:
         # under NCCL a GPU tensor and its .item() would make the CPU wait for the GPU at every step
-        _CONTROL = dist.new_group(backend="gloo") if backend == "nccl" else None
+        _CONTROL = dist.new_group(backend="gloo")
     return DistInfo(rank=dist.get_rank(), local_rank=int(os.environ.get("LOCAL_RANK", 0)), world_size=dist.get_world_size())
 
 
 def shutdown() -> None:
+    global _CONTROL
     if dist.is_initialized():
         dist.destroy_process_group()
+    _CONTROL = None
 
 
 def all_reduce_sum(values: torch.Tensor, info: DistInfo) -> torch.Tensor:

@@ -339,7 +339,8 @@ def fit(cfg: RunConfig, *, run_dir: str | Path | None = None, resume_from: Check
 
     ``resume_from`` (see :func:`resume_config`) continues that run's ``last.pt`` from its last completed epoch. A new run
     refuses a folder that already holds files unless ``overwrite`` (then the folder must hold a run, whose outputs are
-    removed once the data and model are ready). The folder is locked for the run: a second ``fit`` into it fails at once.
+    removed once the data and model are ready). The folder is locked for the run: a second ``fit`` into it fails
+    (after waiting :data:`RUN_LOCK_WAIT_S` for a killed run's DataLoader workers to let go).
     """
     if overwrite and resume_from is not None:
         raise ConfigError("--overwrite and --resume contradict each other", hint="--resume continues the run, --overwrite replaces it: pass one")

@@ -9,6 +9,7 @@ import fcntl
 import hashlib
 import logging
 import os
+import shutil
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -17,6 +18,14 @@ from pathlib import Path
 from .errors import ConfigError, OutputError
 
 log = logging.getLogger(__name__)
+
+
+def remove_outputs(folder: Path, files: tuple[str, ...], folders: tuple[str, ...] = ()) -> None:
+    """Remove a command's own earlier outputs (these names only) from ``folder``; every other file stays."""
+    for name in files:
+        (folder / name).unlink(missing_ok=True)
+    for name in folders:
+        shutil.rmtree(folder / name, ignore_errors=True)
 
 
 def ensure_dir(path: str | Path) -> Path:

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -218,12 +217,9 @@ def run_folder(name: str | None, out: str | Path | None, source: str, overwrite:
 
 def clear_run_folder(run_dir: Path) -> Path:
     """Remove an earlier pipeline run's own outputs from ``run_dir`` (other files stay); create it if missing."""
-    from .fileio import ensure_dir
+    from .fileio import ensure_dir, remove_outputs
 
-    for f in OWN_OUTPUTS:
-        (run_dir / f).unlink(missing_ok=True)
-    for d in OWN_FOLDERS:
-        shutil.rmtree(run_dir / d, ignore_errors=True)
+    remove_outputs(run_dir, OWN_OUTPUTS, OWN_FOLDERS)
     return ensure_dir(run_dir)
 
 

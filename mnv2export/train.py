@@ -18,7 +18,6 @@ import io
 import logging
 import math
 import random
-import shutil
 import signal
 import threading
 import time
@@ -39,7 +38,7 @@ from .data import DataBundle, SkipTracker, build_datasets, collate
 from .data.memory import MemoryImages, MemoryLoader
 from .device import cpu_threads, resolve_device, warn_if_oversubscribed
 from .errors import CheckpointError, ConfigError, DataError, Mnv2Error
-from .fileio import ensure_dir, folder_lock, write_text
+from .fileio import ensure_dir, folder_lock, remove_outputs, write_text
 from .model import build_model, load_pretrained, zero_init_residual
 
 log = logging.getLogger(__name__)
@@ -391,14 +390,6 @@ def check_run_folder(run_dir: Path, *, new: bool, overwrite: bool) -> bool:
     return created
 
 
-def _clear_run_folder(run_dir: Path) -> None:
-    for name in RUN_OUTPUTS:
-        (run_dir / name).unlink(missing_ok=True)
-    for name in RUN_FOLDERS:
-        shutil.rmtree(run_dir / name, ignore_errors=True)
-    log.info("--overwrite: removed the earlier run's files from %s", run_dir)
-
-
 def _fit(cfg: RunConfig, info: D.DistInfo, run_dir: Path, resume_from: Checkpoint | None, overwrite: bool) -> TrainResult:
     t = cfg.train
     device = resolve_device(t.device, info.local_rank)
@@ -424,7 +415,8 @@ def _fit(cfg: RunConfig, info: D.DistInfo, run_dir: Path, resume_from: Checkpoin
     elif t.zero_init_residual and resume_from is None:
         log.info("zero-initialised the last BatchNorm of %d residual blocks", zero_init_residual(model))
     if overwrite and info.is_main:
-        _clear_run_folder(run_dir)
+        remove_outputs(run_dir, RUN_OUTPUTS, RUN_FOLDERS)
+        log.info("--overwrite: removed the earlier run's files from %s", run_dir)
     if t.sync_bn and info.enabled:
         if device.type != "cuda":
             raise ConfigError("SyncBatchNorm runs on CUDA only", hint="drop --sync-bn for a CPU (gloo) run")

@@ -77,7 +77,8 @@ def test_passing_artifacts_pass_with_every_metric(exported, trained_checkpoint, 
     assert set(rows) == {TORCHSCRIPT_FILE, ONNX_FILE, FP16_FILE}
     for name, row in rows.items():
         assert row["status"] == "pass" and row["passed"] and row["provider"] == "cpu" and row["failures"] == [], row
-        assert all(row["metrics"][k] is not None for k in METRICS), name
+        assert all(row["metrics"][k] is not None for k in METRICS if k != "top5_agreement"), name
+        assert row["metrics"]["top5_agreement"] is None  # 4 classes: all of them are in any top 5
         assert set(row["metrics"]["max_abs_by_batch"]) == {"1", "7", "64"}  # every batch size really ran
         assert row["tolerance"] == report["tolerances"][row["precision"]] and 0 < row["metrics"]["tol_ratio"] <= 1
     for name in (TORCHSCRIPT_FILE, ONNX_FILE):  # the issue's FP32 bar
@@ -381,6 +382,20 @@ def test_int8_accuracy_drop_is_judged_and_signed(change, drop, fails):
     assert bool(failures) is fails, failures
     if fails:
         assert failures[0].startswith("accuracy drop 3.00 points > 1")
+
+
+def test_top5_agreement_is_given_only_where_it_can_fall_below_100():
+    """With 4 classes every class is in the top 5, so the figure would be 100% whatever the artifact answers: it is
+    left out. With 10 it counts the samples whose reference class is in the artifact's top 5."""
+    tol = parity.DEFAULT_TOLERANCES["int8"]
+    ref4 = _logits(np.arange(8) % 4)
+    assert parity.compare(ref4, -ref4, n_real=8, labels=None, used=np.full(8, 7), tol=tol)["top5_agreement"] is None
+    ref = np.tile(np.arange(10.0), (4, 1))  # reference class 9 for every sample
+    out = ref.copy()
+    out[1] = ref[1, ::-1]           # class 9 last: out of the top 5
+    out[2, [9, 5]] = out[2, [5, 9]]  # class 9 fifth: in the top 5, not first
+    m = parity.compare(ref, out, n_real=4, labels=None, used=np.full(4, 7), tol=tol)
+    assert m["top1_agreement"] == 50.0 and m["top5_agreement"] == 75.0
 
 
 def test_int8_without_real_images_fails_with_pass_data():

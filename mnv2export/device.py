@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import logging
 import os
 
@@ -22,14 +23,33 @@ def usable_cpu_count() -> int:
         return os.cpu_count() or 1
 
 
+_warned_once: contextvars.ContextVar[set[int] | None] = contextvars.ContextVar("mnv2_oversubscription_warned", default=None)
+
+
 def warn_if_oversubscribed(threads: int | None, setting: str = "--threads") -> None:
     """A warning when more intra-op threads are asked for than there are CPUs to run them: torch's and ONNX Runtime's
     threads then wait for one another at every parallel region (many times slower, never faster). ``setting``: where
-    the count comes from, as the warning names it."""
+    the count comes from, as the warning names it. Inside :func:`warn_oversubscription_once`, a count is warned about
+    once."""
     cpus = usable_cpu_count()
     if threads and threads > cpus:
+        warned = _warned_once.get()
+        if warned is not None:
+            if threads in warned:
+                return
+            warned.add(threads)
         log.warning("%d intra-op threads on %d usable CPU(s): more threads than CPUs slow torch and ONNX Runtime down; "
                     "set %s to %d or fewer", threads, cpus, setting, cpus)
+
+
+@contextlib.contextmanager
+def warn_oversubscription_once():
+    """Within: one oversubscription warning per thread count (a command whose steps each set the same --threads)."""
+    token = _warned_once.set(set())
+    try:
+        yield
+    finally:
+        _warned_once.reset(token)
 
 
 def cuda_unavailable_reason() -> str | None:

@@ -254,8 +254,11 @@ def run_pipeline(
                             started=time.strftime("%Y-%m-%dT%H:%M:%S%z"), notes=notes)
     _save_record(result, t0)
     log.info("pipeline -> %s", run_dir)
-    for step in STEPS:
-        _run_step(result, step, t0)
+    from .device import warn_oversubscription_once
+
+    with warn_oversubscription_once():  # training and the benchmark both use --threads: one warning
+        for step in STEPS:
+            _run_step(result, step, t0)
     _save_record(result, t0)
     return result
 

@@ -361,7 +361,7 @@ def fit(cfg: RunConfig, *, run_dir: str | Path | None = None, resume_from: Check
                     raise refused
                 raise SystemExit(1)
             if device_type == "cpu" and info.is_main:
-                warn_if_oversubscribed(cfg.train.threads, setting="the recipe's train.threads")
+                warn_if_oversubscribed(cfg.train.threads, setting="--threads (train.threads in a recipe)")
             stack.enter_context(cpu_threads(cfg.train.threads if device_type == "cpu" else 0))
             try:
                 return _fit(cfg, info, run_dir, resume_from, overwrite)

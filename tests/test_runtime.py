@@ -265,3 +265,23 @@ def test_more_threads_than_cpus_is_warned_about(monkeypatch, caplog):
         assert not caplog.records
         warn_if_oversubscribed(999)
     assert "999 intra-op threads on 2 usable CPU(s)" in caplog.text and "set --threads to 2 or fewer" in caplog.text
+
+
+def test_a_command_of_several_steps_warns_about_its_threads_once(monkeypatch, caplog):
+    """`mnv2 pipeline --threads 8` on 2 cores warned twice, from training and from the benchmark: inside
+    warn_oversubscription_once (as the pipeline runs its steps) a thread count is warned about once."""
+    import logging
+    import os
+
+    from mnv2export.device import warn_if_oversubscribed, warn_oversubscription_once
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    with caplog.at_level(logging.WARNING, logger="mnv2export"):
+        with warn_oversubscription_once():
+            warn_if_oversubscribed(8)
+            warn_if_oversubscribed(8)
+            assert len(caplog.records) == 1
+            warn_if_oversubscribed(4)  # another count is news
+            assert len(caplog.records) == 2
+        warn_if_oversubscribed(8)  # outside: every call warns again
+        assert len(caplog.records) == 3

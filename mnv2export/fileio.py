@@ -154,7 +154,7 @@ def check_output_file(path: str | Path, option: str) -> Path:
     while not parent.exists() and parent != parent.parent:  # missing folders are created at write time: ask the nearest one there
         parent = parent.parent
     if not parent.is_dir():
-        raise ConfigError(f"{option} lies under a file, not a folder ({parent})", path=p, hint=f"choose another {option} path")
+        raise ConfigError(f"{option} lies under {parent}, which is a file, not a folder", path=p, hint=f"choose another {option} path")
     try:
         _temp_beside(parent / p.name).unlink()
     except OSError as exc:

@@ -749,7 +749,7 @@ def test_the_report_is_an_audit_trail(exported, trained_checkpoint, tmp_path):
 
 def test_json_into_a_folder_is_refused_before_the_check(tmp_path, capsys):
     (tmp_path / "a_file").write_text("")
-    for path, expect in ((tmp_path, "--json names a folder, not a file"), (tmp_path / "a_file" / "c.json", "--json lies under a file")):
+    for path, expect in ((tmp_path, "--json names a folder, not a file"), (tmp_path / "a_file" / "c.json", f"--json lies under {tmp_path / 'a_file'}, which is a file")):
         # the checkpoint does not exist: the output path is refused before anything else is read
         assert main(["check", str(tmp_path / "missing.pt"), "--json", str(path)]) == 1
         line = _one_error_line(capsys.readouterr().err)

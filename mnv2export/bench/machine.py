@@ -88,7 +88,8 @@ def machine_info(threads: int) -> dict[str, Any]:
             "onnx": _version("onnx"), "numpy": numpy.__version__, "torch_cuda": torch.version.cuda,
             "cudnn": torch.backends.cudnn.version() if torch.cuda.is_available() else None,
         },
-        "onnxruntime_providers": onnxruntime.get_available_providers(),
+        # what this onnxruntime build carries, not what works here (a row's provider is what it ran on)
+        "onnxruntime_providers_built": onnxruntime.get_available_providers(),
         "host_memory_method": HostPeak.method(),
         "load_average": load_average(),
     }

@@ -227,6 +227,10 @@ def test_endless_or_overflowing_seconds_are_refused_before_any_work():
         with pytest.raises(ConfigError, match="out of range"):
             check_settings("onnx", (1,), 0, warmup_s, None, duration)
     assert check_settings("onnx", (1,), 0, 2.0, None, 3600.0)[2].duration == 3600.0
+    for warmup, iters in ((10**12, None), (0, 10**12)):  # counts too: a typo of zeros, never a benchmark
+        with pytest.raises(ConfigError, match="out of range"):
+            check_settings("onnx", (1,), warmup, None, iters, None)
+    assert check_settings("onnx", (1,), 10_000_000, None, 10_000_000, None)[2].iters == 10_000_000
 
 
 def test_cli_refuses_endless_seconds_and_never_says_others_were_measured_when_none_was(exported, tmp_path):

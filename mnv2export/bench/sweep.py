@@ -193,17 +193,18 @@ def _check_batches(batches: Iterable[int]) -> list[int]:
 
 
 MAX_SECONDS = 86400.0  # warm-up or timed seconds per row: a day; more is a typo (inf, 1e300), not a benchmark
+MAX_CALLS = 10_000_000  # warm-up or timed calls per row: hours even at 1 ms a call, and 80 MB of timings
 
 
 def _check_plan(warmup: int, warmup_s: float | None, iters: int | None, duration: float | None) -> Plan:
     if iters is not None and duration is not None:
         raise ConfigError("--iters and --duration exclude each other", hint="give a number of calls or a number of seconds")
-    if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
-        raise ConfigError(f"warm-up = {warmup!r} is out of range", hint="use a whole number of calls >= 0, or seconds as e.g. 2s")
+    if isinstance(warmup, bool) or not isinstance(warmup, int) or not 0 <= warmup <= MAX_CALLS:
+        raise ConfigError(f"warm-up = {warmup!r} is out of range", hint=f"use a whole number of calls from 0 to {MAX_CALLS}, or seconds as e.g. 2s")
     if warmup_s is not None and not 0 <= warmup_s <= MAX_SECONDS:  # NaN and inf too: an endless warm-up
         raise ConfigError(f"warm-up = {warmup_s!r} s is out of range", hint=f"use seconds from 0 to {MAX_SECONDS:g}")
-    if iters is not None and (isinstance(iters, bool) or not isinstance(iters, int) or iters < 1):
-        raise ConfigError(f"iters = {iters!r} is out of range", hint="use a whole number >= 1")
+    if iters is not None and (isinstance(iters, bool) or not isinstance(iters, int) or not 1 <= iters <= MAX_CALLS):
+        raise ConfigError(f"iters = {iters!r} is out of range", hint=f"use a whole number from 1 to {MAX_CALLS}")
     if duration is not None and not 0 < duration <= MAX_SECONDS:  # NaN, inf, 1e300 (its nanoseconds overflow)
         raise ConfigError(f"duration = {duration!r} s is out of range", hint=f"use seconds > 0 and at most {MAX_SECONDS:g}")
     return Plan(warmup=warmup, warmup_s=warmup_s, iters=iters, duration=duration)

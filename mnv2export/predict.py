@@ -4,6 +4,10 @@ The artifact (a checkpoint, TorchScript file or ONNX model, FP32 / INT8 / FP16) 
 (resize, centre crop, mean / std, interpolation) and class names in its metadata, so nothing else is needed: a
 TorchScript or ONNX file works alone, without the checkpoint it came from.
 
+When the model sits in a folder written by ``mnv2 export`` (a ``manifest.json`` beside it), the file is compared with
+its manifest entry: a file the manifest does not list, or whose SHA-256 differs from it, is not what ``mnv2 check``
+vouched for, and ``warnings`` says so (it is still run: a TorchScript or ONNX file alone is a valid model).
+
 Inputs are image files and folders (searched recursively for image files by extension; hidden files are left out).
 An image that cannot be read (missing, empty, corrupt, not an image) is named in ``skipped`` with the reason and the
 others are still classified. When no image at all can be classified, :class:`~mnv2export.errors.DataError`.
@@ -11,6 +15,8 @@ others are still classified. When no image at all can be classified, :class:`~mn
 
 from __future__ import annotations
 
+import json
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,6 +26,7 @@ import numpy as np
 from .errors import ConfigError, DataError
 
 MAX_TOP_K = 1000
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -41,13 +48,37 @@ class PredictResult:
     top_k: int
     predictions: list[Prediction] = field(default_factory=list)
     skipped: list[dict[str, str]] = field(default_factory=list)  # [{"path": ..., "reason": ...}]
+    warnings: list[str] = field(default_factory=list)  # about the model file (see manifest_problem)
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "model": self.model, "format": self.format, "precision": self.precision, "provider": self.provider,
             "top_k": self.top_k, "predictions": [{"path": p.path, "top": p.top} for p in self.predictions],
-            "skipped": self.skipped,
+            "skipped": self.skipped, "warnings": self.warnings,
         }
+
+
+def manifest_problem(model: Path) -> str | None:
+    """Why the exported artifact ``model`` (not a checkpoint: manifests list what was exported from one) is not the
+    file the ``manifest.json`` beside it records, or None (also when there is no manifest: a file on its own)."""
+    from .export.names import MANIFEST_FILE
+    from .fileio import sha256_file
+
+    manifest = model.parent / MANIFEST_FILE
+    if not manifest.is_file():
+        return None
+    try:
+        entries = json.loads(manifest.read_text(encoding="utf-8"))["artifacts"]
+        entry = entries.get(model.name)
+    except (OSError, ValueError, UnicodeDecodeError, KeyError, TypeError, AttributeError):
+        return f"{manifest} is not a readable manifest: {model.name} could not be compared with its export record"
+    if not isinstance(entry, dict):
+        return (f"{model.name} is not listed in {manifest}: it is not from the export that folder records "
+                "(left from another export?), and `mnv2 check` of that folder does not cover it")
+    if entry.get("size_bytes") != model.stat().st_size or entry.get("sha256") != sha256_file(model):
+        return (f"{model.name} changed since export (its size or SHA-256 differs from {manifest}): it is not the file "
+                "`mnv2 check` verified; export again, or check it again")
+    return None
 
 
 def collect_images(inputs: list[str | Path]) -> tuple[list[Path], list[dict[str, str]]]:
@@ -103,6 +134,9 @@ def predict(
     names = runner.class_names
     k = min(top_k, len(names))
     result = PredictResult(model=str(model), format=runner.format, precision=runner.precision, provider=runner.provider, top_k=k, skipped=skipped)
+    if runner.format != "pytorch" and (problem := manifest_problem(Path(model))):
+        log.warning("%s", problem)
+        result.warnings.append(problem)
     for start in range(0, len(files), batch_size):
         chunk = files[start:start + batch_size]
         batch, kept, errors = preprocess(chunk, runner.metadata)

@@ -160,3 +160,23 @@ def test_more_images_than_one_batch_are_all_classified(exported, tmp_path):
     files = sorted((tmp_path / "s" / "train").rglob("*.png"))
     result = predict([tmp_path / "s" / "train"], exported.out_dir / "model.onnx", batch_size=3)
     assert [p.path for p in result.predictions] == [str(f) for f in files] and len(files) == 8
+
+
+def test_a_file_that_is_not_what_its_manifest_records_is_warned_about(trained_checkpoint, exported, images, tmp_path, capsys):
+    """predict served any file in an export folder: one changed since export, or one the manifest does not list (left
+    from another export), ran without a word, though `mnv2 check` never verified it. Now it is said (and still run)."""
+    folder = tmp_path / "export"
+    shutil.copytree(exported.out_dir, folder)
+    assert predict([images], folder / "model.onnx", top_k=1).warnings == []  # the exported file as it was written
+    shutil.copy(folder / "model.int8.onnx", folder / "model.onnx")  # another model under the listed name
+    shutil.copy(folder / "model.onnx", folder / "spare.onnx")
+    for name, expect in (("model.onnx", "model.onnx changed since export"), ("spare.onnx", "spare.onnx is not listed in")):
+        code = main(["predict", str(images), "--model", str(folder / name), "--json", "--top-k", "1"])
+        captured = capsys.readouterr()
+        assert code == 0 and len(json.loads(captured.out)["predictions"]) == 16
+        assert json.loads(captured.out)["warnings"][0].startswith(expect)
+        assert expect in captured.err  # on stderr too, as every warning
+    (folder / "manifest.json").write_text("{")
+    assert "not a readable manifest" in predict([images], folder / "model.onnx", top_k=1).warnings[0]
+    shutil.copy(trained_checkpoint, folder / "best.pt")  # a checkpoint kept beside its export is not one of its artifacts
+    assert predict([images], folder / "best.pt", top_k=1).warnings == []

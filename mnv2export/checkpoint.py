@@ -80,6 +80,8 @@ class Checkpoint:
 
     def metadata(self) -> dict[str, Any]:
         """What every exported artifact embeds about its source (JSON-ready)."""
+        from .data.transforms import preprocessing_spec
+
         d = self.data_config
         return {
             "class_names": list(self.class_names),
@@ -89,6 +91,7 @@ class Checkpoint:
             "interpolation": d.interpolation,
             "mean": list(d.mean),
             "std": list(d.std),
+            "preprocessing": preprocessing_spec(d),
             "model_config": self.model_config.to_dict(),
             "data_config": d.to_dict(),
             "source_checkpoint": self.path.name if self.path else None,

@@ -130,6 +130,9 @@ def predict(
         reasons = sorted({s["reason"] for s in skipped})
         what = "not found" if reasons == ["file not found"] else "no image files found"
         raise DataError(what, path=", ".join(map(str, images)), hint="pass image files (.jpg, .png, ...) or folders holding them")
+    from .device import warn_if_oversubscribed
+
+    warn_if_oversubscribed(threads)
     runner = load_artifact(model, provider, threads=threads)
     names = runner.class_names
     k = min(top_k, len(names))

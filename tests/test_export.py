@@ -179,6 +179,8 @@ def test_metadata_in_every_artifact(exported, trained_checkpoint):
         assert meta["class_names"] == ckpt.class_names and meta["mean"] == ckpt.data_config.mean
         assert meta["input_size"] == [3, 32, 32] and meta["precision"] == precision
         assert meta["source_checkpoint_sha256"] == sha256_file(trained_checkpoint)
+        pp = meta["preprocessing"]  # spelled out for a service without mnv2export (README; tested in test_predict)
+        assert pp["resize"]["size"] == ckpt.data_config.resize and pp["center_crop"] == [32, 32] and pp["std"] == ckpt.data_config.std
     props = {p.key for p in onnx.load(str(exported.out_dir / ONNX_FILE)).metadata_props}
     assert "mnv2_metadata" in props
     assert read_metadata(exported.out_dir / INT8_FILE)["quantization"]["per_channel"] is True

@@ -180,3 +180,76 @@ def test_a_file_that_is_not_what_its_manifest_records_is_warned_about(trained_ch
     assert "not a readable manifest" in predict([images], folder / "model.onnx", top_k=1).warnings[0]
     shutil.copy(trained_checkpoint, folder / "best.pt")  # a checkpoint kept beside its export is not one of its artifacts
     assert predict([images], folder / "best.pt", top_k=1).warnings == []
+
+
+def _readme_snippet(name: str) -> str:
+    text = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    block = text.split(f"<!-- snippet: {name} -->", 1)[1].split("<!-- end snippet -->", 1)[0]
+    return block.strip().removeprefix("```python").removesuffix("```")
+
+
+def _with_preprocessing(src: Path, dst: Path, **data) -> Path:
+    """A copy of an exported ONNX file whose metadata asks for another validation resize / interpolation (the weights
+    do not care): the same change in data_config, which mnv2 predict follows, and in the preprocessing entry."""
+    import onnx
+
+    from mnv2export.config import DataConfig
+    from mnv2export.data.transforms import preprocessing_spec
+
+    model = onnx.load(str(src))
+    prop = next(p for p in model.metadata_props if p.key == "mnv2_metadata")
+    meta = json.loads(prop.value)
+    cfg = DataConfig.from_dict({**meta["data_config"], **data})
+    meta.update(data_config=cfg.to_dict(), resize_size=cfg.resize, interpolation=cfg.interpolation, preprocessing=preprocessing_spec(cfg))
+    prop.value = json.dumps(meta)
+    onnx.save(model, str(dst))
+    return dst
+
+
+@pytest.mark.parametrize("data", [{}, {"resize_size": 41, "interpolation": "bicubic"}], ids=["as-exported", "resize-41-bicubic"])
+def test_the_readmes_standalone_serving_code_answers_like_predict(exported, images, tmp_path, data):
+    """README, 'Serving an artifact without mnv2export': its Pillow + NumPy + ONNX Runtime code, run as written, from
+    the metadata's preprocessing entry alone, gives mnv2 predict's classes and probabilities (1e-5), on square,
+    non-square, grayscale, RGBA and smaller-than-the-crop images, with and without a resize beyond the crop."""
+    from PIL import Image
+
+    assert read_onnx_preprocessing(exported.out_dir / "model.onnx")["center_crop"] == [32, 32]
+    model = _with_preprocessing(exported.out_dir / "model.onnx", tmp_path / "model.onnx", **data)
+    src = np.asarray(Image.open(sorted(images.rglob("*.png"))[0]).convert("RGB"))
+    extra = tmp_path / "extra"
+    extra.mkdir()
+    Image.fromarray(src).resize((50, 37)).save(extra / "wide.png")
+    Image.fromarray(src).resize((23, 61), Image.BICUBIC).convert("L").save(extra / "tall_gray.png")
+    Image.fromarray(src).resize((20, 20)).convert("RGBA").save(extra / "small_rgba.png")
+    Image.fromarray(src).resize((33, 32)).save(extra / "odd.jpg", quality=90)
+    files = [str(f) for f in sorted(images.rglob("*.png"))[:6]] + [str(f) for f in sorted(extra.iterdir())]
+    code = _readme_snippet("serve-onnx")
+    code = code.replace('"export/quickstart/model.onnx"', repr(str(model))).replace('["photo.jpg"]', repr(files))
+    namespace: dict = {}
+    exec(compile(code, "README.md:serve-onnx", "exec"), namespace)  # the README's code as written, its example included
+    session, meta = namespace["load_model"](str(model))
+    from mnv2export.runtime import preprocess as tool_preprocess
+
+    theirs_x, kept, errors = tool_preprocess(files, meta)
+    mine_x = np.stack([namespace["preprocess"](f, meta["preprocessing"]) for f in files])
+    assert kept == files and not errors and mine_x.dtype == np.float32
+    assert np.abs(mine_x - theirs_x).max() < 1e-5  # the very input tensor, not only what the model makes of it
+    mine = namespace["classify"](session, meta, files)
+    theirs = predict(files, model, top_k=1)
+    assert [p.path for p in theirs.predictions] == files and not theirs.skipped
+    for (label, prob), p in zip(mine, theirs.predictions):
+        assert label == p.label and abs(prob - p.top[0]["probability"]) < 1e-5, (p.path, label, prob, p.top[0])
+
+
+def read_onnx_preprocessing(path: Path) -> dict:
+    from mnv2export.runtime import read_metadata
+
+    return read_metadata(path)["preprocessing"]
+
+
+def test_threads_option(exported, images, capsys):
+    """`predict()` took threads, the command had no --threads: a service sharing a machine could not cap predict."""
+    assert main(["predict", str(images), "--model", str(exported.out_dir / "model.onnx"), "--threads", "1", "--json"]) == 0
+    assert len(json.loads(capsys.readouterr().out)["predictions"]) == 16
+    assert main(["predict", str(images), "--model", str(exported.out_dir / "model.onnx"), "--threads", "0"]) == 1
+    assert capsys.readouterr().err.strip().splitlines()[-1].startswith("error: threads = 0 is out of range")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Optional
 
 import typer
 
@@ -18,6 +18,7 @@ def predict(
     provider: Annotated[str, typer.Option("--provider", help="cpu, cuda or tensorrt (ONNX only). Asking for one that cannot run is an error, never a fallback.")] = "cpu",
     top_k: Annotated[int, typer.Option("--top-k", "-k", help="How many classes to show per image (at most the class count).")] = 5,
     batch_size: Annotated[int, typer.Option("--batch-size", "-b", help="Images per inference call.")] = 32,
+    threads: Annotated[Optional[int], typer.Option("--threads", help="Intra-op threads (default: torch's and ONNX Runtime's own).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON instead of text.")] = False,
 ) -> None:
     """Classify images with the artifact's own preprocessing and class names.
@@ -27,7 +28,7 @@ def predict(
     """
     from ..predict import predict as run_predict
 
-    result = run_predict(images, model, provider=provider.lower(), top_k=top_k, batch_size=batch_size)
+    result = run_predict(images, model, provider=provider.lower(), top_k=top_k, batch_size=batch_size, threads=threads)
     for s in result.skipped:
         typer.echo(f"skipped {s['path']}: {s['reason']}", err=True)
     if as_json:

@@ -20,6 +20,31 @@ def eval_transform(cfg: DataConfig) -> v2.Compose:
     return v2.Compose([v2.Resize(cfg.resize, interpolation=interp, antialias=True), v2.CenterCrop(cfg.img_size), *_to_normalised_tensor(cfg)])
 
 
+def preprocessing_spec(cfg: DataConfig) -> dict:
+    """What :func:`eval_transform` does to an image file, spelled out for a service that runs an exported artifact
+    without mnv2export (as Hugging Face's ``preprocessor_config.json`` does): every artifact embeds it as
+    ``preprocessing``. README, "Serving an artifact without mnv2export", implements it in a few lines of Pillow and
+    NumPy; a test runs that code against ``mnv2 predict``."""
+    return {
+        "library": "Pillow images through torchvision.transforms.v2 (Resize, CenterCrop, ToDtype, Normalize)",
+        "decode": ("Pillow, then 8-bit RGB: grayscale, palette and CMYK by Image.convert('RGB'); RGBA and LA: alpha "
+                   "dropped, not composited; 16-bit grayscale (I;16): value * 255 / 65535, rounded; EXIF orientation "
+                   "not applied (as torchvision's ImageFolder loader)"),
+        "channel_order": "RGB",
+        "resize": {"edge": "shorter", "size": cfg.resize, "interpolation": cfg.interpolation, "antialias": True,
+                   "longer_edge": "int(size * longer / shorter): truncated, not rounded"},
+        "center_crop": [cfg.img_size, cfg.img_size],
+        "crop_offset": "int(round((resized - crop) / 2)) on each axis, as torchvision's center_crop",
+        "rescale_factor": 1 / 255,
+        "mean": list(cfg.mean),
+        "std": list(cfg.std),
+        "normalize": "(pixel * rescale_factor - mean) / std, per channel",
+        "layout": "NCHW",
+        "dtype": "float32 (for the FP16 model too: it casts inside)",
+        "output": "logits, N x num_classes in class_names order: softmax over the classes gives probabilities",
+    }
+
+
 def train_transform(cfg: DataConfig) -> v2.Compose:
     interp = _INTERP[cfg.interpolation]
     steps: list = []

@@ -261,6 +261,8 @@ class RunConfig:
     model: ModelConfig
     data: DataConfig
     train: TrainConfig
+    # a recipe's own values, as its file gives them (load_recipe): the data source's defaults go under them
+    given: dict[str, Any] | None = field(default=None, compare=False, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
         return {"model": self.model.to_dict(), "data": self.data.to_dict(), "train": self.train.to_dict()}
@@ -312,10 +314,17 @@ def run_config(recipe: RunConfig | None, model: dict[str, Any], data: dict[str, 
     if not source:
         raise ConfigError("no data given", hint="pass --data synth, --data fashion-mnist, --data FOLDER, or --config RECIPE")
     base = recipe or RunConfig(ModelConfig(), DataConfig(source=source), TrainConfig())
-    if recipe is None:
+    if recipe is None or recipe.given is not None:
         extra = SOURCE_DEFAULTS.get(source, {"model": {}, "data": {}})
-        base = base.override(extra["model"], {**extra["data"], "source": source}, {})
-    elif data.get("img_size") is not None and data.get("resize_size") is None:
+        defaults = RunConfig(ModelConfig(), DataConfig(source=source), TrainConfig())
+        base = defaults.override(extra["model"], {**extra["data"], "source": source}, {})
+        if recipe is not None:  # the recipe's own values over the source's defaults (and the flags over both, below)
+            g = recipe.given
+            try:
+                base = base.override(g.get("model", {}), {**g.get("data", {}), "source": source}, g.get("train", {}))
+            except ConfigError as exc:
+                raise ConfigError(exc.what, path=exc.path or recipe_path, hint=exc.hint) from None
+    if recipe is not None and data.get("img_size") is not None and data.get("resize_size") is None:
         # a recipe's validation resize belongs to its own image size: another size derives its own (0.875 ratio)
         base = RunConfig(base.model, base.data.replace(resize_size=None), base.train)
     try:
@@ -345,6 +354,6 @@ def load_recipe(path: str | Path) -> RunConfig:
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"recipe is not valid TOML: {exc}", path=p, hint="fix the file's syntax") from None
     try:
-        return RunConfig.from_dict(values)
+        return dataclasses.replace(RunConfig.from_dict(values), given=values)
     except ConfigError as exc:
         raise ConfigError(exc.what, path=p, hint=exc.hint) from None

@@ -56,6 +56,20 @@ def test_run_config_precedence(tmp_path):
         run_config(None, {}, {}, {})
 
 
+def test_the_data_sources_defaults_go_under_a_recipe(tmp_path):
+    """README: flag, then recipe, then the data source's defaults. A recipe that set neither size nor augmentation
+    trained synth at 224 px with ImageNet's rrc scale (the general defaults), Fashion-MNIST without its small input."""
+    recipe = tmp_path / "r.toml"
+    recipe.write_text('[model]\nwidth_mult = 0.35\n[data]\nhflip = false\n[train]\nepochs = 1\nbatch_size = 8\n')
+    synth = run_config(load_recipe(recipe), {}, {"source": "synth"}, {})
+    assert (synth.data.img_size, synth.data.rrc_scale, synth.data.hflip, synth.model.width_mult, synth.train.epochs) == (64, [0.5, 1.0], False, 0.35, 1)
+    fm = run_config(load_recipe(recipe), {}, {"source": "fashion-mnist"}, {"epochs": 3})
+    assert fm.data.img_size == 28 and fm.model.small_input and fm.data.train_aug == "crop_pad" and fm.train.epochs == 3
+    recipe.write_text('[data]\nsource = "fashion-mnist"\nimg_size = 32\n[model]\nsmall_input = false\n')  # the recipe over the source
+    own = run_config(load_recipe(recipe), {}, {}, {})
+    assert own.data.img_size == 32 and not own.model.small_input and own.data.mean == [0.2860] * 3
+
+
 def test_bad_recipes(tmp_path):
     with pytest.raises(ConfigError, match="not found"):
         load_recipe(tmp_path / "missing.toml")

@@ -140,24 +140,30 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         raise CheckpointError("checkpoint path is a folder, not a file", path=p, hint=hint)
     if p.stat().st_size == 0:
         raise CheckpointError("checkpoint file is empty", path=p, hint=hint)
+    return _from_payload(torch_load_safely(p, "checkpoint", hint), p)
+
+
+def torch_load_safely(p: Path, what: str, hint: str) -> Any:
+    """``torch.load(weights_only=True)`` of an existing, non-empty file, every failure a :class:`CheckpointError`
+    that starts with ``what`` (``checkpoint``, ``initial weights``): a text file named as such, a pickled object
+    (a GLOBAL: code to import) refused as one, anything else unreadable."""
     kind = text_kind(p)
     if kind:
-        raise CheckpointError(f"file is {kind}, not a torch checkpoint", path=p, hint=hint)
+        raise CheckpointError(f"file is {kind}, not a torch {'checkpoint' if what == 'checkpoint' else 'file'}", path=p, hint=hint)
     try:
         with warnings.catch_warnings():  # a plain pickle (not torch.save's) draws a protocol warning before the error below
             warnings.filterwarnings("ignore", message="Detected pickle protocol")
-            payload = torch.load(p, map_location="cpu", weights_only=True)
+            return torch.load(p, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         if "global" in str(exc).lower():  # a class or function to import (GLOBAL): what weights_only exists to refuse
             raise CheckpointError(
-                "checkpoint carries a pickled Python object and is refused (loading it could run code)",
-                path=p, hint="re-save it with tensors and primitives only, or re-train with `mnv2 train`",
+                f"{what} carries a pickled Python object and is refused (loading it could run code)",
+                path=p, hint="re-save it with tensors and primitives only" + (", or re-train with `mnv2 train`" if what == "checkpoint" else ""),
             ) from None
-        raise CheckpointError("checkpoint is not a readable torch file (truncated or corrupt)", path=p, hint=hint) from None
+        raise CheckpointError(f"{what} is not a readable torch file (truncated or corrupt)", path=p, hint=hint) from None
     except Exception as exc:  # noqa: BLE001 - a corrupt file makes torch.load raise almost any type (KeyError, EOFError, ...)
         log.debug("torch.load failed: %r", exc)
-        raise CheckpointError("checkpoint is not a readable torch file (truncated or corrupt)", path=p, hint=hint) from None
-    return _from_payload(payload, p)
+        raise CheckpointError(f"{what} is not a readable torch file (truncated or corrupt)", path=p, hint=hint) from None
 
 
 def _from_payload(payload: Any, p: Path) -> Checkpoint:

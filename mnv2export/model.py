@@ -82,10 +82,11 @@ def load_pretrained(model: MobileNetV2, path: str | Path) -> list[str]:
     p = Path(path)
     if not p.is_file():
         raise CheckpointError("initial weights not found", path=p, hint="pass a torchvision MobileNetV2 state dict (.pth)")
-    try:
-        state = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - torch raises many types for unreadable / unsafe files
-        raise CheckpointError(f"cannot read initial weights: {_first_line(exc)}", path=p, hint="pass a state dict saved with torch.save(model.state_dict())") from None
+    from .checkpoint import torch_load_safely
+
+    if p.stat().st_size == 0:
+        raise CheckpointError("initial weights file is empty", path=p, hint="pass a state dict saved with torch.save(model.state_dict())")
+    state = torch_load_safely(p, "initial weights", "pass a state dict saved with torch.save(model.state_dict())")
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]  # our own checkpoints, and the common {"state_dict": ...} wrapper
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
@@ -117,7 +118,3 @@ def load_pretrained(model: MobileNetV2, path: str | Path) -> list[str]:
         log.info("initialised from %s; new classifier (%s)", p, ", ".join(sorted(set(skipped))))
     return sorted(set(skipped))
 
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__

@@ -313,7 +313,9 @@ def create_session(path: str | Path, provider: str = "cpu", *, threads: int | No
         if reason:
             raise ProviderUnavailable(f"{provider.upper()} was asked for but {reason}", path=p, hint=_GPU_HINT)
         _preload_cuda_libraries()
-    with _captured_stderr() as captured:
+    # ONNX Runtime logs a provider's failure on fd 2, and its Python wrapper prints an "EP Error" banner on stdout
+    # before falling back (which is caught below): both go into the reason, neither onto the user's stdout
+    with _captured_stderr() as captured, contextlib.redirect_stdout(captured):
         try:
             session = ort.InferenceSession(str(p), options or session_options(threads), providers=ORT_PROVIDERS[provider])
         except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own exception types

@@ -285,3 +285,20 @@ def test_a_command_of_several_steps_warns_about_its_threads_once(monkeypatch, ca
             assert len(caplog.records) == 2
         warn_if_oversubscribed(8)  # outside: every call warns again
         assert len(caplog.records) == 3
+
+
+@no_cuda
+def test_a_gpu_provider_that_fails_leaves_stdout_clean(exported, capfd):
+    """ONNX Runtime's Python wrapper prints a multi-line '*** EP Error ***' banner on stdout before it falls back to
+    the CPU: `mnv2 predict --json > out.json` then wrote it into the JSON file. It now goes into the reason only."""
+    import onnxruntime
+
+    from mnv2export.runtime import create_session
+
+    for provider in ("cuda", "tensorrt"):
+        if {"cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}[provider] not in onnxruntime.get_available_providers():
+            continue  # a CPU-only build: refused before any session, nothing printed either way
+        with pytest.raises(ProviderUnavailable):
+            create_session(exported.out_dir / "model.onnx", provider)
+        out, _ = capfd.readouterr()
+        assert out == "", (provider, out[:200])

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from . import app
-from .options import JsonOut, Provider, csv_list
+from .options import JsonOut, csv_list
 
 
 def _batches(text: str) -> list[int]:
@@ -33,7 +33,7 @@ def _warmup(text: str) -> tuple[int, Optional[float]]:
 def bench(
     target: Annotated[Path, typer.Argument(metavar="TARGET", help="An artifacts folder written by `mnv2 export` (with manifest.json), or a checkpoint.", show_default=False)],
     formats: Annotated[str, typer.Option("--formats", "-f", help="eager, torchscript, onnx, int8, fp16 or all (comma-separated).")] = "all",
-    provider: Provider = "all",
+    provider: Annotated[str, typer.Option("--provider", help="Execution provider(s): cpu, cuda, tensorrt (ONNX rows only) or all (cpu and cuda), comma-separated.")] = "all",
     batch: Annotated[str, typer.Option("--batch", "-b", help="Batch sizes, comma-separated.")] = "1,8,32",
     warmup: Annotated[str, typer.Option("--warmup", help="Warm-up before timing: calls (10) or seconds (2s).")] = "10",
     iters: Annotated[Optional[int], typer.Option("--iters", help="Timed calls per row (excludes --duration).")] = None,

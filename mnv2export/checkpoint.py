@@ -30,7 +30,7 @@ from torch import nn
 
 from . import __version__
 from .config import DataConfig, ModelConfig
-from .errors import CheckpointError, ConfigError
+from .errors import CheckpointError, ConfigError, first_line
 from .fileio import atomic_path, sha256_file, text_kind
 
 log = logging.getLogger(__name__)
@@ -73,7 +73,7 @@ class Checkpoint:
             model.load_state_dict(self.state_dict, strict=True)
         except RuntimeError as exc:
             raise CheckpointError(
-                f"weights do not fit the model its config describes: {str(exc).splitlines()[0]}",
+                f"weights do not fit the model its config describes: {first_line(exc)}",
                 path=self.path, hint="the checkpoint was edited or written by another tool",
             ) from None
         return model.eval()

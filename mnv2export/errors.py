@@ -60,3 +60,9 @@ class ProviderUnavailable(Mnv2Error):
 
 class OutputError(Mnv2Error):
     """An output folder or file cannot be written."""
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of what ``exc`` says (third-party errors run to pages), or its type's name when it says nothing."""
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__

@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import ArtifactError, ConfigError, DataError, ProviderUnavailable
+from .errors import ArtifactError, ConfigError, DataError, ProviderUnavailable, first_line
 from .export.names import INPUT_NAME, ONNX_METADATA, OUTPUT_NAME, TORCHSCRIPT_METADATA
 from .fileio import text_kind
 
@@ -149,7 +149,7 @@ def _check_onnx_model(model, p: Path) -> None:
     try:
         onnx.checker.check_model(model)
     except onnx.checker.ValidationError as exc:
-        raise ArtifactError(f"ONNX model fails onnx.checker: {str(exc).strip().splitlines()[0]}", path=p,
+        raise ArtifactError(f"ONNX model fails onnx.checker: {first_line(exc)}", path=p,
                             hint="the file is truncated or damaged; export it again") from None
 
 
@@ -251,7 +251,7 @@ def load_artifact(path: str | Path, provider: str = "cpu", *, threads: int | Non
                 warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated in torch 2.14 but works
                 module = torch.jit.load(str(p), map_location=device).eval()
         except (RuntimeError, ValueError, OSError, zipfile.BadZipFile) as exc:
-            raise ArtifactError(f"TorchScript file cannot be loaded: {str(exc).strip().splitlines()[0] if str(exc) else type(exc).__name__}",
+            raise ArtifactError(f"TorchScript file cannot be loaded: {first_line(exc)}",
                                 path=p, hint="the file is truncated or damaged; export it again") from None
     return TorchRunner(path=p, format=kind, precision="fp32", provider=device.type, metadata=meta, module=module, device=device)
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import onnx
 
-from ..errors import ExportError
+from ..errors import ExportError, first_line
 from .onnx import check_and_save, set_metadata, toposort
 
 
@@ -24,7 +24,7 @@ def convert_fp16(fp32: onnx.ModelProto, out: str | Path, metadata: dict[str, Any
     try:
         model = convert_float_to_float16(source, keep_io_types=True, disable_shape_infer=False)
     except Exception as exc:  # noqa: BLE001 - the converter raises many types
-        raise ExportError(f"FP16 conversion failed: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}", path=out) from exc
+        raise ExportError(f"FP16 conversion failed: {first_line(exc)}", path=out) from exc
     toposort(model.graph)
     set_metadata(model, metadata)
     model.doc_string = "MobileNetV2, FP16 weights and activations (float32 input and output) by mnv2export"

@@ -20,7 +20,7 @@ import onnx
 import torch
 from torch import nn
 
-from ..errors import ConfigError, ExportError
+from ..errors import ConfigError, ExportError, first_line
 from .names import INPUT_NAME, ONNX_METADATA, OUTPUT_NAME
 
 log = logging.getLogger(__name__)
@@ -77,7 +77,7 @@ def export_onnx(folded: nn.Module, example: torch.Tensor, metadata: dict[str, An
         )
         model = program.model_proto
     except Exception as exc:  # noqa: BLE001 - torch.export / onnxscript raise many types
-        raise ExportError(f"torch.onnx.export failed: {_first_line(exc)}", path=out, hint="report it with MNV2_DEBUG=1") from exc
+        raise ExportError(f"torch.onnx.export failed: {first_line(exc)}", path=out, hint="report it with MNV2_DEBUG=1") from exc
     version = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
     if version != opset:
         raise ExportError(f"the exporter wrote opset {version}, not the {opset} asked for", path=out, hint=f"use --opset {DEFAULT_OPSET}")
@@ -121,7 +121,7 @@ def check_and_save(model: onnx.ModelProto, out: str | Path) -> None:
     try:
         onnx.checker.check_model(model, full_check=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
-        raise ExportError(f"the ONNX model fails onnx.checker: {_first_line(exc)}", path=out, hint="report it with MNV2_DEBUG=1") from exc
+        raise ExportError(f"the ONNX model fails onnx.checker: {first_line(exc)}", path=out, hint="report it with MNV2_DEBUG=1") from exc
     onnx.save_model(model, str(out), save_as_external_data=False)
 
 
@@ -154,13 +154,8 @@ def verify_with_ort(path: str | Path, x: np.ndarray, reference: np.ndarray, *, r
         session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         got = session.run([OUTPUT_NAME], {INPUT_NAME: x})[0]
     except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own exception types
-        raise ExportError(f"ONNX Runtime cannot run the {what} model: {_first_line(exc)}", path=path, hint="report it with MNV2_DEBUG=1") from exc
+        raise ExportError(f"ONNX Runtime cannot run the {what} model: {first_line(exc)}", path=path, hint="report it with MNV2_DEBUG=1") from exc
     diff = float(np.abs(got.astype(np.float32) - reference).max())
     if not np.allclose(got, reference, rtol=rtol, atol=atol):
         raise ExportError(f"the {what} model answers differently from PyTorch (max abs diff {diff:.3g})", path=path, hint="report it with MNV2_DEBUG=1")
     return diff
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from ..errors import ConfigError, ExportError
+from ..errors import ConfigError, ExportError, first_line
 from .names import CALIB_METHODS, INPUT_NAME, OUTPUT_NAME
 from .onnx import check_and_save, op_count, set_metadata
 
@@ -155,7 +155,7 @@ def quantize_onnx(
         except (ConfigError, ExportError):
             raise
         except Exception as exc:  # noqa: BLE001 - onnxruntime.quantization raises many types
-            raise ExportError(f"INT8 quantization failed: {_first_line(exc)}", path=out, hint="report it with MNV2_DEBUG=1") from exc
+            raise ExportError(f"INT8 quantization failed: {first_line(exc)}", path=out, hint="report it with MNV2_DEBUG=1") from exc
         model = onnx.load(str(raw))
     if op_count(model, "QuantizeLinear") == 0:
         raise ExportError("the INT8 model holds no QuantizeLinear node", path=out, hint="report it with MNV2_DEBUG=1")
@@ -184,8 +184,3 @@ def top1_agreement(fp32: str | Path, int8: str | Path, images: np.ndarray) -> fl
         yb = b.run([OUTPUT_NAME], {INPUT_NAME: batch})[0]
         same += int((ya.argmax(1) == yb.argmax(1)).sum())
     return same / len(images)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__

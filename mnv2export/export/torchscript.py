@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import ExportError
+from ..errors import ExportError, first_line
 from .names import TORCHSCRIPT_METADATA
 
 log = logging.getLogger(__name__)
@@ -42,7 +42,7 @@ def export_torchscript(
             buffer = io.BytesIO()  # serialised in memory: writing straight to a full disk aborts the process in C++
             torch.jit.save(frozen, buffer, _extra_files={TORCHSCRIPT_METADATA: json.dumps(metadata)})
     except (RuntimeError, ValueError, TypeError) as exc:
-        raise ExportError(f"TorchScript tracing failed: {_first_line(exc)}", path=out, hint="report it with MNV2_DEBUG=1") from exc
+        raise ExportError(f"TorchScript tracing failed: {first_line(exc)}", path=out, hint="report it with MNV2_DEBUG=1") from exc
     out.write_bytes(buffer.getbuffer())  # a full disk is an OSError (ENOSPC) here, reported by the caller
     if reference is None:
         with torch.no_grad():
@@ -64,8 +64,3 @@ def _verify(path: Path, example: torch.Tensor, reference: torch.Tensor, atol: fl
         raise ExportError(f"the TorchScript file answers differently from the model (max abs diff {diff:.3g})", path=path,
                           hint="report it with MNV2_DEBUG=1")
     log.debug("TorchScript verified against the eager model (max abs diff %.2e)", diff)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__

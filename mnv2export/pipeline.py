@@ -177,10 +177,19 @@ def resolve_providers(device: str, providers: tuple[str, ...] | None) -> tuple[t
     from .device import resolve_device
 
     if providers:
-        bad = [p for p in providers if p not in ("cpu", "cuda")]
+        bad = [p for p in providers if p not in ("cpu", "cuda", "all")]
         if bad:
-            raise ConfigError(f"unknown provider {bad[0]!r}", hint="choose cpu or cuda")
-        return tuple(dict.fromkeys(providers)), []
+            raise ConfigError(f"unknown provider {bad[0]!r}", hint="choose cpu, cuda or all")
+        if "all" not in providers:
+            return tuple(dict.fromkeys(providers)), []
+        # all: cpu, and cuda where it can run (as bench and check take it); an explicit cuda beside it must run
+        from .device import cuda_unavailable_reason
+        from .runtime import onnx_provider_problem
+
+        problem = cuda_unavailable_reason() or onnx_provider_problem("cuda")
+        if problem and "cuda" not in providers:
+            return ("cpu",), [f"--provider all: check and bench on CPU only ({problem})"]
+        return ("cpu", "cuda"), []
     if resolve_device(device).type != "cuda":  # ProviderUnavailable for an explicit cuda where there is none
         return ("cpu",), []
     from .runtime import onnx_provider_problem

@@ -234,6 +234,20 @@ def test_providers_are_checked_and_deduplicated():
         resolve_providers("cpu", ("tpu",))
 
 
+def test_provider_all_means_cuda_only_where_it_runs(monkeypatch):
+    """bench and check take --provider all (cpu, and cuda where it exists); the pipeline refused it."""
+    from mnv2export import device, runtime
+    from mnv2export.pipeline import resolve_providers
+
+    monkeypatch.setattr(device, "cuda_unavailable_reason", lambda: "no GPU here")
+    providers, notes = resolve_providers("cpu", ("all",))
+    assert providers == ("cpu",) and notes == ["--provider all: check and bench on CPU only (no GPU here)"]
+    assert resolve_providers("cpu", ("all", "cuda"))[0] == ("cpu", "cuda")  # an explicit cuda stays, and must run
+    monkeypatch.setattr(device, "cuda_unavailable_reason", lambda: None)
+    monkeypatch.setattr(runtime, "onnx_provider_problem", lambda provider: None)
+    assert resolve_providers("cpu", ("all",)) == (("cpu", "cuda"), [])
+
+
 def test_an_interrupted_step_is_the_failed_step(tmp_path):
     from mnv2export.pipeline import STEPS, PipelineOptions, PipelineResult, StepRecord, pipeline_config
 

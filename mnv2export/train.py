@@ -348,6 +348,8 @@ def fit(cfg: RunConfig, *, run_dir: str | Path | None = None, resume_from: Check
     info = D.init(device_type)
     try:
         with contextlib.ExitStack() as stack:
+            if resume_from is not None:
+                check_same_world_size(resume_from, info)
             created, refused = False, None
             if info.is_main:
                 try:
@@ -371,6 +373,22 @@ def fit(cfg: RunConfig, *, run_dir: str | Path | None = None, resume_from: Check
                 raise
     finally:
         D.shutdown()
+
+
+def check_same_world_size(resume_from: Checkpoint, info: D.DistInfo) -> None:
+    """A run resumes with the number of processes it was trained with: its saved learning-rate schedule counts the
+    steps per epoch of that many processes, and its global batch is ``batch_size`` times that many."""
+    before = int(resume_from.train_summary.get("world_size", 1))
+    if before != info.world_size:
+        how = f"torchrun --nproc_per_node {before} -m mnv2export train --resume ..." if before > 1 else "mnv2 train --resume ... without torchrun"
+        raise ConfigError(
+            f"the run was trained by {_processes(before)}, this resume has {_processes(info.world_size)}: the learning-rate "
+            "schedule (steps per epoch) and the global batch would change", path=None,
+            hint=f"resume with the same number of processes ({how})")
+
+
+def _processes(n: int) -> str:
+    return f"{n} process" + ("es" if n != 1 else "")
 
 
 def check_run_folder(run_dir: Path, *, new: bool, overwrite: bool) -> bool:

@@ -125,6 +125,43 @@ def test_resume_refuses_other_settings(tiny_run):
     assert cfg.train.epochs == 5  # extending a run is allowed
 
 
+def test_resume_refuses_another_number_of_processes(tmp_path, tiny_run):
+    """A run trained by 2 processes and resumed by 1 (or the reverse) would continue a schedule counted in the other
+    steps per epoch (the lr reaching 0 at mid-run, or never decaying) at another global batch: refused before training."""
+    import dataclasses
+    import shutil
+
+    from mnv2export.checkpoint import save_checkpoint
+
+    out = tmp_path / "run"
+    shutil.copytree(tiny_run.run_dir, out)
+    ckpt = load_checkpoint(out / "last.pt")
+    save_checkpoint(dataclasses.replace(ckpt, train_summary={**ckpt.train_summary, "world_size": 2}), out / "last.pt")
+    before = (out / "last.pt").read_bytes()
+    cfg, ckpt = resume_config(out, {"train": {"epochs": 3}})
+    with pytest.raises(ConfigError, match=r"trained by 2 processes, this resume has 1 process.*nproc_per_node 2"):
+        fit(cfg, run_dir=out, resume_from=ckpt)
+    assert (out / "last.pt").read_bytes() == before
+
+
+def test_resume_under_torchrun_of_a_one_process_run_is_refused(tmp_path, tiny_run):
+    import shutil
+
+    out = tmp_path / "run"
+    shutil.copytree(tiny_run.run_dir, out)
+    before = (out / "last.pt").read_bytes()
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    r = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(32500 + os.getpid() % 1000),
+         "-m", "mnv2export", "train", "--resume", "--epochs", "3", "--out", str(out)],
+        capture_output=True, text=True, env=env, timeout=300,
+    )
+    errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]
+    assert r.returncode != 0 and errors, r.stderr[-3000:]
+    assert all("trained by 1 process, this resume has 2 processes" in e and "without torchrun" in e for e in errors), errors
+    assert (out / "last.pt").read_bytes() == before and "epoch 3/3" not in r.stderr
+
+
 def _wait_for(predicate, proc, timeout=240):
     end = time.time() + timeout
     while time.time() < end:

@@ -353,9 +353,7 @@ def fit(cfg: RunConfig, *, run_dir: str | Path | None = None, resume_from: Check
             created, refused = False, None
             if info.is_main:
                 try:
-                    created = check_run_folder(run_dir, new=resume_from is None, overwrite=overwrite)
-                    stack.enter_context(folder_lock(run_dir, "another process is training into this run folder",
-                                                    "wait for it to finish, or choose another --out", wait=RUN_LOCK_WAIT_S))
+                    created = claim_run_folder(run_dir, stack, resume_from=resume_from, overwrite=overwrite)
                 except Mnv2Error as exc:
                     refused = exc
             if D.any_rank(refused is not None):  # every rank stops; rank 0 alone says why
@@ -389,6 +387,26 @@ def check_same_world_size(resume_from: Checkpoint, info: D.DistInfo) -> None:
 
 def _processes(n: int) -> str:
     return f"{n} process" + ("es" if n != 1 else "")
+
+
+def claim_run_folder(run_dir: Path, stack: contextlib.ExitStack, *, resume_from: Checkpoint | None, overwrite: bool) -> bool:
+    """Create and lock ``run_dir`` for this run (the lock held until ``stack`` closes), then check it while holding the
+    lock: a run that waited for another one to finish finds the folder as that run left it, so a second new run into
+    it is refused and a --resume whose last.pt changed meanwhile does not train from the stale one. Returns whether
+    the folder was created."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ConfigError("run folder path is a file", path=run_dir, hint="choose another --out")
+    created = not run_dir.exists()
+    ensure_dir(run_dir)
+    stack.enter_context(folder_lock(run_dir, "another process is training into this run folder",
+                                    "wait for it to finish, or choose another --out", wait=RUN_LOCK_WAIT_S))
+    check_run_folder(run_dir, new=resume_from is None, overwrite=overwrite)
+    if resume_from is not None:
+        last = run_dir / "last.pt"
+        if not last.is_file() or load_checkpoint(last).train_summary != resume_from.train_summary:
+            raise ConfigError("the run changed since --resume read its last.pt (another process trained in it meanwhile)",
+                              path=last, hint="run the same --resume again to continue from where it is now")
+    return created
 
 
 def check_run_folder(run_dir: Path, *, new: bool, overwrite: bool) -> bool:

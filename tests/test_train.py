@@ -441,6 +441,45 @@ def test_two_runs_cannot_write_one_folder_at_once(tmp_path, monkeypatch):
     assert result.best.is_file() and time.monotonic() - started >= 1.0
 
 
+def test_a_run_that_waited_for_the_folder_lock_checks_the_folder_as_it_finds_it(tmp_path, monkeypatch):
+    """Two new runs into one folder started together: the second waits for the lock while the first trains, and once
+    the first is done it must find the folder holding a run and be refused, not replace it without a word. Likewise a
+    --resume whose last.pt another process advanced meanwhile. (The other run's work is done here while fit waits.)"""
+    import dataclasses
+    import shutil
+
+    import mnv2export.train as T
+    from mnv2export.checkpoint import save_checkpoint
+    from mnv2export.fileio import folder_lock
+
+    done = tmp_path / "done"
+    fit(tiny_run_config(), run_dir=done)
+
+    def first_run_finishes_while_waiting(folder, *a, **k):
+        if not (Path(folder) / "last.pt").exists():
+            for name in ("last.pt", "best.pt", "config.json", "metrics.csv"):
+                shutil.copy(done / name, Path(folder) / name)
+        return folder_lock(folder, *a, **k)
+
+    out = tmp_path / "run"
+    monkeypatch.setattr(T, "folder_lock", first_run_finishes_while_waiting)
+    with pytest.raises(ConfigError, match="already holds files"):
+        fit(tiny_run_config(seed=7), run_dir=out)
+    assert (out / "best.pt").read_bytes() == (done / "best.pt").read_bytes()
+
+    cfg, ckpt = resume_config(out, {"train": {"epochs": 2}})
+    advanced = dataclasses.replace(ckpt, train_summary={**ckpt.train_summary, "epoch": 2})
+
+    def other_resume_trains_while_waiting(folder, *a, **k):
+        save_checkpoint(advanced, Path(folder) / "last.pt")
+        return folder_lock(folder, *a, **k)
+
+    monkeypatch.setattr(T, "folder_lock", other_resume_trains_while_waiting)
+    with pytest.raises(ConfigError, match="changed since --resume read"):
+        fit(cfg, run_dir=out, resume_from=ckpt)
+    assert load_checkpoint(out / "last.pt").train_summary["epoch"] == 2
+
+
 def test_an_epoch_that_trained_nothing_is_an_error(tmp_path):
     """Every batch passed over (all but one image per batch unreadable): the epoch trained nothing, and no
     'train_loss 0.0000 (best)' checkpoint may say otherwise."""

@@ -348,18 +348,16 @@ def fit(cfg: RunConfig, *, run_dir: str | Path | None = None, resume_from: Check
     info = D.init(device_type)
     try:
         with contextlib.ExitStack() as stack:
-            if resume_from is not None:
-                check_same_world_size(resume_from, info)
             created, refused = False, None
-            if info.is_main:
-                try:
+            try:
+                check_settings(cfg, info, resume_from)  # before the data is read
+                if info.is_main:
                     created = claim_run_folder(run_dir, stack, resume_from=resume_from, overwrite=overwrite)
-                except Mnv2Error as exc:
-                    refused = exc
-            if D.any_rank(refused is not None):  # every rank stops; rank 0 alone says why
-                if refused is not None:
-                    raise refused
-                raise SystemExit(1)
+            except Mnv2Error as exc:
+                refused = exc
+            # every rank stops when one refused; an error of the settings (the same on every rank) is said by rank 0
+            # alone, one that a single rank met (its device) by that rank
+            D.stop_together(refused, info)
             if device_type == "cpu" and info.is_main:
                 warn_if_oversubscribed(cfg.train.threads, setting="--threads (train.threads in a recipe)")
             stack.enter_context(cpu_threads(cfg.train.threads if device_type == "cpu" else 0))
@@ -371,6 +369,15 @@ def fit(cfg: RunConfig, *, run_dir: str | Path | None = None, resume_from: Check
                 raise
     finally:
         D.shutdown()
+
+
+def check_settings(cfg: RunConfig, info: D.DistInfo, resume_from: Checkpoint | None) -> None:
+    """The checks of the settings that need no data: the device, SyncBatchNorm, a resume's number of processes."""
+    device = resolve_device(cfg.train.device, info.local_rank)  # ProviderUnavailable: cuda asked for, none here
+    if cfg.train.sync_bn and info.enabled and device.type != "cuda":
+        raise ConfigError("SyncBatchNorm runs on CUDA only", hint="drop --sync-bn for a CPU (gloo) run")
+    if resume_from is not None:
+        check_same_world_size(resume_from, info)
 
 
 def check_same_world_size(resume_from: Checkpoint, info: D.DistInfo) -> None:
@@ -453,9 +460,7 @@ def _fit(cfg: RunConfig, info: D.DistInfo, run_dir: Path, resume_from: Checkpoin
     if overwrite and info.is_main:
         remove_outputs(run_dir, RUN_OUTPUTS, RUN_FOLDERS)
         log.info("--overwrite: removed the earlier run's files from %s", run_dir)
-    if t.sync_bn and info.enabled:
-        if device.type != "cuda":
-            raise ConfigError("SyncBatchNorm runs on CUDA only", hint="drop --sync-bn for a CPU (gloo) run")
+    if t.sync_bn and info.enabled:  # on CUDA only (check_settings)
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     ctx = StepContext(device=device, dtype=amp_dtype(t.amp, device), channels_last=t.channels_last != "off")
     model.to(device)

@@ -157,8 +157,8 @@ def test_resume_under_torchrun_of_a_one_process_run_is_refused(tmp_path, tiny_ru
         capture_output=True, text=True, env=env, timeout=300,
     )
     errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]
-    assert r.returncode != 0 and errors, r.stderr[-3000:]
-    assert all("trained by 1 process, this resume has 2 processes" in e and "without torchrun" in e for e in errors), errors
+    assert r.returncode != 0 and len(errors) == 1, r.stderr[-3000:]  # rank 0 alone says it
+    assert "trained by 1 process, this resume has 2 processes" in errors[0] and "without torchrun" in errors[0], errors
     assert (out / "last.pt").read_bytes() == before and "epoch 3/3" not in r.stderr
 
 
@@ -300,6 +300,68 @@ def test_a_refused_run_folder_under_torchrun_is_one_error_from_rank_0(tmp_path):
     assert r.returncode != 0 and errors == [f"error: run folder already holds files ({out}): --resume continues the run in it, "
                                             "--overwrite replaces it; or choose another --out"], r.stderr[-3000:]
     assert "unexpected" not in r.stderr and sorted(p.name for p in out.iterdir()) == ["notes.md"]
+
+
+def _torchrun_train(tmp_path, *args, port=33500, timeout=300):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port + os.getpid() % 1000),
+         "-m", "mnv2export", "train", *args], capture_output=True, text=True, env=env, timeout=timeout, cwd=tmp_path,
+    )
+
+
+@pytest.mark.parametrize("flags, expected", [
+    (["--sync-bn"], "error: SyncBatchNorm runs on CUDA only"),
+    (["--device", "cuda"], "error: CUDA was asked for"),
+    (["--resume"], "error: nothing to resume"),
+])
+def test_an_error_of_the_flags_under_torchrun_is_said_once_before_the_data_is_read(tmp_path, flags, expected):
+    """Every rank meets the same error of the flags: rank 0 alone prints it, and a flag that needs no data is checked
+    before the data is read (the data here does not exist: its error would come first otherwise)."""
+    if "cuda" in flags and torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    missing = tmp_path / "no-such-data"
+    r = _torchrun_train(tmp_path, "--data", str(missing), "--img-size", "32", "--width", "0.35", "--epochs", "1",
+                        "--workers", "0", "--no-plots", "--no-progress", "--out", str(tmp_path / "run"), *flags)
+    errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]
+    assert r.returncode != 0 and len(errors) == 1 and errors[0].startswith(expected), r.stderr[-3000:]
+    assert "joined process group: rank 1" not in r.stderr  # only rank 0 logs
+
+
+_DDP_STOP_TOGETHER = """
+import sys
+from mnv2export import distributed as D
+from mnv2export.errors import ConfigError
+
+info = D.init("cpu")
+for case in ("same", "rank1", "none"):
+    error = {"same": ConfigError("bad flag"), "rank1": ConfigError("rank 1's own") if info.rank == 1 else None, "none": None}[case]
+    try:
+        D.stop_together(error, info)
+        said = "went on"
+    except ConfigError as exc:
+        said = f"raised {exc}"
+    except SystemExit:
+        said = "quiet"
+    print(f"{case} rank {info.rank}: {said}", flush=True)
+D.shutdown()
+"""
+
+
+def test_every_rank_stops_together_and_an_error_is_said_by_one_rank(tmp_path):
+    """An error every rank met alike is raised by rank 0 alone (the others exit quietly); an error of one rank is
+    raised by that rank, the others stop without a word; no error: every rank goes on."""
+    script = tmp_path / "stop_together.py"
+    script.write_text(_DDP_STOP_TOGETHER)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    r = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(34500 + os.getpid() % 1000), str(script)],
+        capture_output=True, text=True, env=env, timeout=180,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    for line in ("same rank 0: raised bad flag", "same rank 1: quiet", "rank1 rank 0: quiet", "rank1 rank 1: raised rank 1's own",
+                 "none rank 0: went on", "none rank 1: went on"):
+        assert line in r.stdout, r.stdout
 
 
 def test_cuda_asked_without_gpu_is_an_error(tmp_path):

@@ -319,9 +319,13 @@ def resume_config(run_dir: Path, flags: dict[str, dict[str, Any]]) -> tuple[RunC
         f"{section}.{k}" for section, values in flags.items() for k, v in values.items()
         if v is not None and not (section == "train" and k in RESUMABLE_CHANGES) and getattr(getattr(stored, section), k) != v
     ]
+    allowed = set(RESUMABLE_CHANGES)
+    if stored.train.sync_bn and str(ckpt.train_summary.get("device", "")).startswith("cpu"):
+        allowed.add("sync_bn")  # recorded by a CPU run, where it never applied (now refused up front): may be dropped
+        changed = [c for c in changed if c != "train.sync_bn"]
     if changed:
         raise ConfigError(f"cannot change {', '.join(changed)} when resuming", hint="resume with the run's own settings, or start a new run")
-    train = {k: v for k, v in flags.get("train", {}).items() if k in RESUMABLE_CHANGES and v is not None}
+    train = {k: v for k, v in flags.get("train", {}).items() if k in allowed and v is not None}
     return stored.override({}, {}, train), ckpt
 
 
@@ -374,8 +378,9 @@ def fit(cfg: RunConfig, *, run_dir: str | Path | None = None, resume_from: Check
 def check_settings(cfg: RunConfig, info: D.DistInfo, resume_from: Checkpoint | None) -> None:
     """The checks of the settings that need no data: the device, SyncBatchNorm, a resume's number of processes."""
     device = resolve_device(cfg.train.device, info.local_rank)  # ProviderUnavailable: cuda asked for, none here
-    if cfg.train.sync_bn and info.enabled and device.type != "cuda":
-        raise ConfigError("SyncBatchNorm runs on CUDA only", hint="drop --sync-bn for a CPU (gloo) run")
+    if cfg.train.sync_bn and device.type != "cuda":  # refused in one process too: else recorded, and not resumable under torchrun
+        raise ConfigError("SyncBatchNorm runs on CUDA only, this run is on the CPU",
+                          hint="drop --sync-bn (--resume of a CPU run that recorded it: pass --no-sync-bn)" if resume_from is not None else "drop --sync-bn")
     if resume_from is not None:
         check_same_world_size(resume_from, info)
 

@@ -364,6 +364,31 @@ def test_every_rank_stops_together_and_an_error_is_said_by_one_rank(tmp_path):
         assert line in r.stdout, r.stdout
 
 
+def test_sync_bn_on_cpu_is_refused_even_in_one_process(tmp_path, tiny_run):
+    """--sync-bn on a 1-process CPU run was recorded without a word, and that run could then not be resumed under
+    torchrun ('drop --sync-bn', while --no-sync-bn was refused as a change of the run): refused up front. A CPU run
+    that recorded it may drop it when resuming."""
+    import dataclasses
+    import shutil
+
+    from mnv2export.checkpoint import save_checkpoint
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    with pytest.raises(ConfigError, match="SyncBatchNorm runs on CUDA only.*: drop --sync-bn"):
+        fit(tiny_run_config(sync_bn=True), run_dir=tmp_path / "new")
+    assert not (tmp_path / "new").exists()
+    out = tmp_path / "run"
+    shutil.copytree(tiny_run.run_dir, out)
+    ckpt = load_checkpoint(out / "last.pt")
+    save_checkpoint(dataclasses.replace(ckpt, extra={**ckpt.extra, "train_config": {**ckpt.extra["train_config"], "sync_bn": True}}), out / "last.pt")
+    cfg, ckpt = resume_config(out, {"train": {"epochs": 3}})
+    with pytest.raises(ConfigError, match="pass --no-sync-bn"):
+        fit(cfg, run_dir=out, resume_from=ckpt)
+    cfg, ckpt = resume_config(out, {"train": {"epochs": 3, "sync_bn": False}})
+    assert fit(cfg, run_dir=out, resume_from=ckpt).summary["epoch"] == 3
+
+
 def test_cuda_asked_without_gpu_is_an_error(tmp_path):
     if torch.cuda.is_available():
         pytest.skip("a GPU is present")

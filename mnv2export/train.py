@@ -565,6 +565,11 @@ def _fit(cfg: RunConfig, info: D.DistInfo, run_dir: Path, resume_from: Checkpoin
             if float(sums[1]) == 0:  # every batch passed over: nothing was trained, so no checkpoint may say it was
                 raise DataError(f"no training batch in epoch {epoch + 1} had two readable images: nothing was trained",
                                 path=cfg.data.source, hint="fix or remove the unreadable images (each was named in a warning above)")
+            # rank 0's BatchNorm statistics (model and EMA) on every rank: each rank's are those of its own last
+            # batches, and rank 0's are saved, so the metrics logged are those of the saved weights
+            D.broadcast_buffers(model, info)
+            if ema is not None:
+                D.broadcast_buffers(ema, info)
             metrics = evaluate(eval_model, val_loader, ctx, cfg.model.num_classes, info, skips=skips)
             row = {
                 "epoch": epoch + 1, "train_loss": float(sums[0] / max(1.0, float(sums[1]))), "val_loss": metrics["val_loss"],

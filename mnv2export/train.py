@@ -491,7 +491,11 @@ def _fit(cfg: RunConfig, info: D.DistInfo, run_dir: Path, resume_from: Checkpoin
 
     history: list[dict[str, float]] = []
     start_epoch, best_acc, best_epoch = 0, -1.0, 0
-    skips = SkipTracker()
+    skips = SkipTracker(defer=info.enabled)  # under DDP: gathered from every rank to all after each pass (gather_skips)
+
+    def gather_skips() -> None:
+        if info.enabled:  # each rank met its own share of the images: the summary and warnings cover every rank's
+            skips.merge(D.all_gather_objects(skips.pending, info), warn=info.is_main)
     if resume_from is not None:
         r = resume_from.extra["resume"]
         model.load_state_dict(r["model"])
@@ -562,6 +566,7 @@ def _fit(cfg: RunConfig, info: D.DistInfo, run_dir: Path, resume_from: Checkpoin
             with _progress(info.is_main and t.progress, f"epoch {epoch + 1}/{t.epochs}", len(loader)) as advance:
                 loss_sum, n = train_one_epoch(train_module, loader, opt, sched, criterion, ctx, ema=ema, skips=skips, progress=advance)
             sums = D.all_reduce_sum(torch.tensor([loss_sum, float(n)], dtype=torch.float64, device=device), info)
+            gather_skips()
             if float(sums[1]) == 0:  # every batch passed over: nothing was trained, so no checkpoint may say it was
                 raise DataError(f"no training batch in epoch {epoch + 1} had two readable images: nothing was trained",
                                 path=cfg.data.source, hint="fix or remove the unreadable images (each was named in a warning above)")
@@ -571,6 +576,7 @@ def _fit(cfg: RunConfig, info: D.DistInfo, run_dir: Path, resume_from: Checkpoin
             if ema is not None:
                 D.broadcast_buffers(ema, info)
             metrics = evaluate(eval_model, val_loader, ctx, cfg.model.num_classes, info, skips=skips)
+            gather_skips()
             row = {
                 "epoch": epoch + 1, "train_loss": float(sums[0] / max(1.0, float(sums[1]))), "val_loss": metrics["val_loss"],
                 "val_acc": metrics["val_acc"], "lr": opt.param_groups[0]["lr"], "seconds": time.perf_counter() - t0,

@@ -280,6 +280,29 @@ def test_ddp_val_metrics_are_those_of_the_saved_weights(tmp_path, ema):
         assert val_acc == pytest.approx(logged["val_acc"], abs=1e-9), saved
 
 
+def test_ddp_counts_and_names_the_unreadable_images_of_every_rank(tmp_path):
+    """Each rank meets its own share of the images: the summary counted rank 0's alone (2 of 3 here), and a train image
+    was named again in epoch 2 when it moved to the other rank. Every rank's are gathered: each named once, all counted."""
+    from mnv2export.data.synth import write_synth
+
+    root = tmp_path / "d"
+    write_synth(root, num_classes=3, per_class=24, size=32, val_per_class=4)
+    bad = [root / "train" / "00-circle-solid" / "broken.png", root / "train" / "01-square-solid" / "broken.png",
+           root / "val" / "00-circle-solid" / "00000b.png"]  # the second val image: rank 1's
+    bad[0].write_bytes(b"\x89PNG\r\n\x1a\nnot really")
+    bad[1].write_bytes(b"\x89PNG\r\n\x1a\nnor this")
+    bad[2].write_bytes(b"")
+    out = tmp_path / "run"
+    r = _torchrun_train(tmp_path, "--data", str(root), "--img-size", "32", "--width", "0.35", "-b", "8", "--epochs", "2",
+                        "--workers", "0", "--no-plots", "--no-progress", "--out", str(out), port=36500)
+    assert r.returncode == 0, r.stderr[-3000:]
+    s = load_checkpoint(out / "last.pt").train_summary
+    assert s["images_skipped"] == 3 and sorted(s["skipped_images"]) == sorted(str(p) for p in bad), s["skipped_images"]
+    warned = [line for line in r.stderr.splitlines() if "skipped unreadable image" in line]
+    assert len(warned) == 3 and all(sum(str(p) + ":" in line for line in warned) == 1 for p in bad), warned
+    assert "3 images skipped" in r.stdout
+
+
 _DDP_SHORT_BATCH = """
 import torch
 from torch import nn

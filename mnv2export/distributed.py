@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from dataclasses import dataclass
 
 import torch
@@ -121,3 +122,22 @@ def broadcast_buffers(module: torch.nn.Module, info: DistInfo) -> None:
 def barrier(info: DistInfo) -> None:
     if info.enabled:
         dist.barrier()
+
+
+# what a collective raises when a peer process is gone (killed, interrupted, failed): gloo's "Connection closed / reset
+# by peer", a broken pipe, or torch's DistError family (NCCL errors, network errors)
+_PEER_GONE = re.compile(r"Connection (closed|reset) by peer|Broken pipe|NCCL communicator was aborted", re.IGNORECASE)
+
+
+def peer_failure(exc: BaseException) -> str | None:
+    """A short reason when ``exc`` is a collective that failed because another process of the job stopped, else None
+    (any other error is the caller's own and must be left as it is)."""
+    if not isinstance(exc, RuntimeError):
+        return None
+    text = str(exc)
+    if not (isinstance(exc, dist.DistError) or _PEER_GONE.search(text)):
+        return None
+    line = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+    line = re.sub(r"^\[[^\]]*\.(cc|cpp|h):\d+\]\s*", "", line)  # the C++ source location gloo puts first
+    line = re.split(r"(?<=\.)\s", line, maxsplit=1)[0].rstrip(".")  # its first sentence
+    return line[:160]

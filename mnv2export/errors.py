@@ -60,3 +60,7 @@ class ProviderUnavailable(Mnv2Error):
 
 class OutputError(Mnv2Error):
     """An output folder or file cannot be written."""
+
+
+class DistributedError(Mnv2Error):
+    """A multi-process (torchrun) job cannot go on: another of its processes stopped."""

@@ -37,7 +37,7 @@ from .config import RunConfig, TrainConfig
 from .data import DataBundle, SkipTracker, build_datasets, collate
 from .data.memory import MemoryImages, MemoryLoader
 from .device import cpu_threads, resolve_device, warn_if_oversubscribed
-from .errors import CheckpointError, ConfigError, DataError, Mnv2Error
+from .errors import CheckpointError, ConfigError, DataError, DistributedError, Mnv2Error
 from .fileio import ensure_dir, folder_lock, remove_outputs, write_text
 from .model import build_model, load_pretrained, zero_init_residual
 
@@ -367,12 +367,26 @@ def fit(cfg: RunConfig, *, run_dir: str | Path | None = None, resume_from: Check
             stack.enter_context(cpu_threads(cfg.train.threads if device_type == "cpu" else 0))
             try:
                 return _fit(cfg, info, run_dir, resume_from, overwrite)
+            except RuntimeError as exc:
+                reason = D.peer_failure(exc) if info.enabled else None
+                if reason is None:
+                    raise
+                raise DistributedError(f"another process of the job stopped ({reason})", hint=_resume_hint(run_dir / "last.pt")) from exc
             except BaseException:
                 if created and run_dir.is_dir() and not any(run_dir.iterdir()):
                     run_dir.rmdir()  # a run that fails before writing anything (bad data, device, weights) leaves no folder
                 raise
     finally:
         D.shutdown()
+
+
+def _resume_hint(last: Path) -> str:
+    """How to go on after the job stopped: from the epoch ``last`` holds (as rank 0 left it), or from the start."""
+    try:
+        epoch = int(load_checkpoint(last).train_summary["epoch"])
+    except Exception:  # noqa: BLE001 - a hint only: none readable (another node's file system, no last.pt yet)
+        return "see the other process's error above; no last.pt to resume from here: start the run again"
+    return f"{last} holds epoch {epoch}: continue with --resume (see the other process's error above)"
 
 
 def check_settings(cfg: RunConfig, info: D.DistInfo, resume_from: Checkpoint | None) -> None:

@@ -303,6 +303,51 @@ def test_ddp_counts_and_names_the_unreadable_images_of_every_rank(tmp_path):
     assert "3 images skipped" in r.stdout
 
 
+_DIES_IN_EPOCH_2 = """
+import os, sys
+import mnv2export.train as T
+from mnv2export.cli import main
+
+if os.environ["RANK"] == "1":
+    real, calls = T.evaluate, []
+
+    def evaluate(*a, **k):
+        calls.append(1)
+        if len(calls) == 2:
+            os._exit(9)  # as a kill -9 in epoch 2
+        return real(*a, **k)
+
+    T.evaluate = evaluate
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_a_process_that_dies_leaves_the_others_one_line_with_the_resume_hint(tmp_path):
+    """Rank 1 killed in epoch 2: rank 0's collective fails with gloo's 'Connection closed by peer', which was printed
+    as 'unexpected RuntimeError ... report it'. It is one line saying another process stopped and how to resume.
+    (The two processes are started here, not by torchrun, whose agent would end rank 0 before it says anything.)"""
+    from mnv2export.distributed import peer_failure
+
+    script = tmp_path / "dies.py"
+    script.write_text(_DIES_IN_EPOCH_2)
+    out = tmp_path / "run"
+    port = str(37500 + os.getpid() % 1000)
+    procs = []
+    for rank in (0, 1):
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2",
+               "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port}
+        procs.append(subprocess.Popen([sys.executable, str(script), "train", *TINY_FLAGS, "--epochs", "3", "--out", str(out)],
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env))
+    (_, err0), (_, _) = (p.communicate(timeout=300) for p in procs)
+    assert procs[1].returncode == 9
+    errors = [line for line in err0.splitlines() if line.startswith("error:")]
+    assert procs[0].returncode == 1 and len(errors) == 1, err0[-3000:]
+    assert errors[0].startswith("error: another process of the job stopped (") and "unexpected" not in err0
+    assert errors[0].endswith(f"{out / 'last.pt'} holds epoch 1: continue with --resume (see the other process's error above)")
+    # only a collective's failure is turned into it: any other error stays the error it is
+    assert peer_failure(RuntimeError("CUDA out of memory")) is None and peer_failure(ValueError("Connection reset by peer")) is None
+
+
 _DDP_SHORT_BATCH = """
 import torch
 from torch import nn

@@ -174,6 +174,8 @@ class StepContext:
     dtype: torch.dtype | None
     channels_last: bool
     scaler: torch.amp.GradScaler | None = None
+    # optimizer steps the gradient scaler passed over (inf/NaN gradients at fp16), counted on the device (no sync)
+    scaler_skipped: torch.Tensor | None = None
 
     def autocast(self):
         if self.dtype is None:
@@ -211,11 +213,19 @@ def train_one_epoch(
         if ctx.scaler is not None:
             ctx.scaler.scale(loss).backward()
             ctx.scaler.step(opt)
+            scale = ctx.scaler._scale  # private, but a tensor: reading it does not make the CPU wait for the GPU
+            before = scale.clone() if scale is not None else None
             ctx.scaler.update()
+            if before is not None:  # the scale drops exactly when the step was passed over
+                skipped = (ctx.scaler._scale < before).to(torch.int64)
+                ctx.scaler_skipped = skipped if ctx.scaler_skipped is None else ctx.scaler_skipped + skipped
+            with warnings.catch_warnings():  # a step the scaler passed over: torch's order warning is about our skip
+                warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)` before `optimizer\.step\(\)`")
+                sched.step()
         else:
             loss.backward()
             opt.step()
-        sched.step()
+            sched.step()
         if ema is not None:
             ema.update_parameters(model)
         loss_sum += loss.detach().double() * labels.shape[0]
@@ -596,6 +606,8 @@ def _fit(cfg: RunConfig, info: D.DistInfo, run_dir: Path, resume_from: Checkpoin
                 "val_acc": metrics["val_acc"], "lr": opt.param_groups[0]["lr"], "seconds": time.perf_counter() - t0,
             }
             history.append(row)
+            scaler_skipped = int(ctx.scaler_skipped.item()) if ctx.scaler_skipped is not None else 0
+            ctx.scaler_skipped = None
             summary["confusion"] = metrics["confusion"]
             if metrics["val_acc"] > best_acc:
                 best_acc, best_epoch = metrics["val_acc"], epoch + 1
@@ -604,6 +616,9 @@ def _fit(cfg: RunConfig, info: D.DistInfo, run_dir: Path, resume_from: Checkpoin
                 epoch + 1, t.epochs, row["train_loss"], row["val_loss"], 100 * row["val_acc"], row["lr"], row["seconds"],
                 "  (best)" if best_epoch == epoch + 1 else "",
             )
+            if scaler_skipped:
+                log.warning("epoch %d: the fp16 gradient scaler passed over the optimizer step of %d of %d batches (inf/NaN gradients while it "
+                            "lowers its scale): those batches did not train", epoch + 1, scaler_skipped, len(loader))
             update_summary(epoch + 1)
             if info.is_main:
                 # last.pt first, metrics.csv last: a metrics row means its epoch is in last.pt. Ctrl-C waits for the

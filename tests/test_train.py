@@ -490,6 +490,23 @@ def test_sync_bn_on_cpu_is_refused_even_in_one_process(tmp_path, tiny_run):
     assert fit(cfg, run_dir=out, resume_from=ckpt).summary["epoch"] == 3
 
 
+def test_fp16_steps_the_gradient_scaler_passed_over_are_told(tmp_path, caplog):
+    """At fp16 the gradient scaler passes over the optimizer step while its start-up scale overflows (most of a short
+    epoch here): the epoch was reported as trained without a word, beside torch's 'lr_scheduler.step() before
+    optimizer.step()' warning, which is about that skip of ours. The epoch log says how many; the warning is gone."""
+    import logging
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught, caplog.at_level(logging.WARNING, logger="mnv2export"):
+        warnings.simplefilter("always")
+        result = fit(tiny_run_config(amp="fp16", device="cpu"), run_dir=tmp_path / "run")
+    assert result.summary["epoch"] == 1
+    told = [r.getMessage() for r in caplog.records if "gradient scaler passed over" in r.getMessage()]
+    assert len(told) == 1 and told[0].startswith("epoch 1: the fp16 gradient scaler passed over the optimizer step of "), told
+    assert int(told[0].split(" of ")[1].split()[-1]) > 0
+    assert not [w for w in caught if "lr_scheduler.step()" in str(w.message)], [str(w.message) for w in caught]
+
+
 def test_cuda_asked_without_gpu_is_an_error(tmp_path):
     if torch.cuda.is_available():
         pytest.skip("a GPU is present")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from dataclasses import dataclass
 
 import torch
@@ -40,7 +41,8 @@ def init(device_type: str) -> DistInfo:
     if not dist.is_initialized():
         backend = "nccl" if device_type == "cuda" else "gloo"
         dist.init_process_group(backend=backend)
-        log.info("joined process group: rank %d of %d (%s)", dist.get_rank(), dist.get_world_size(), backend)
+        if dist.get_rank() == 0:  # the other ranks log nothing (only rank 0 logs)
+            log.info("joined process group: rank %d of %d (%s)", dist.get_rank(), dist.get_world_size(), backend)
     if _CONTROL is None and dist.get_backend() == "nccl":
         # decisions every rank must share (pass over a batch, stop before training) travel as CPU tensors over gloo:
         # under NCCL a GPU tensor and its .item() would make the CPU wait for the GPU at every step
@@ -83,6 +85,59 @@ def any_rank(flag: bool) -> bool:
     return bool(_reduce_int(int(flag), dist.ReduceOp.MAX))
 
 
+def stop_together(error: BaseException | None, info: DistInfo) -> None:
+    """Every rank learns whether any rank met an error in a check, and all stop together (no rank left waiting in a
+    collective for one that left). An error identical on every rank (a flag, a setting) is raised by rank 0 alone, the
+    other ranks exit 1 without a word; an error of one rank only (its own device, files) is raised by that rank."""
+    if not info.enabled:
+        if error is not None:
+            raise error
+        return
+    said: list[str | None] = [None] * info.world_size
+    dist.all_gather_object(said, None if error is None else f"{type(error).__name__}: {error}", group=_CONTROL)
+    if all(s is None for s in said):
+        return
+    if error is not None and (info.is_main or said[info.rank] != said[0]):
+        raise error
+    raise SystemExit(1)
+
+
+def all_gather_objects(obj, info: DistInfo) -> list:
+    """``obj`` of every rank, in rank order (picklable objects, over the CPU control group); ``[obj]`` alone."""
+    if not info.enabled:
+        return [obj]
+    out: list = [None] * info.world_size
+    dist.all_gather_object(out, obj, group=_CONTROL)
+    return out
+
+
+def broadcast_buffers(module: torch.nn.Module, info: DistInfo) -> None:
+    """Give every rank rank 0's buffers (BatchNorm running statistics): after the last training step each rank holds
+    those of its own batches (DDP broadcasts them only at the start of a forward), and rank 0's are the ones saved."""
+    if info.enabled:
+        for b in module.buffers():
+            dist.broadcast(b, src=0)
+
+
 def barrier(info: DistInfo) -> None:
     if info.enabled:
         dist.barrier()
+
+
+# what a collective raises when a peer process is gone (killed, interrupted, failed): gloo's "Connection closed / reset
+# by peer", a broken pipe, or torch's DistError family (NCCL errors, network errors)
+_PEER_GONE = re.compile(r"Connection (closed|reset) by peer|Broken pipe|NCCL communicator was aborted", re.IGNORECASE)
+
+
+def peer_failure(exc: BaseException) -> str | None:
+    """A short reason when ``exc`` is a collective that failed because another process of the job stopped, else None
+    (any other error is the caller's own and must be left as it is)."""
+    if not isinstance(exc, RuntimeError):
+        return None
+    text = str(exc)
+    if not (isinstance(exc, dist.DistError) or _PEER_GONE.search(text)):
+        return None
+    line = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+    line = re.sub(r"^\[[^\]]*\.(cc|cpp|h):\d+\]\s*", "", line)  # the C++ source location gloo puts first
+    line = re.split(r"(?<=\.)\s", line, maxsplit=1)[0].rstrip(".")  # its first sentence
+    return line[:160]

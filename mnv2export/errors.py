@@ -62,6 +62,10 @@ class OutputError(Mnv2Error):
     """An output folder or file cannot be written."""
 
 
+class DistributedError(Mnv2Error):
+    """A multi-process (torchrun) job cannot go on: another of its processes stopped."""
+
+
 def first_line(exc: BaseException) -> str:
     """The first line of what ``exc`` says (third-party errors run to pages), or its type's name when it says nothing."""
     text = str(exc).strip().splitlines()

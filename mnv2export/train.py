@@ -37,7 +37,7 @@ from .config import RunConfig, TrainConfig
 from .data import DataBundle, SkipTracker, build_datasets, collate
 from .data.memory import MemoryImages, MemoryLoader
 from .device import cpu_threads, resolve_device, warn_if_oversubscribed
-from .errors import CheckpointError, ConfigError, DataError, Mnv2Error
+from .errors import CheckpointError, ConfigError, DataError, DistributedError, Mnv2Error
 from .fileio import ensure_dir, folder_lock, remove_outputs, write_text
 from .model import build_model, load_pretrained, zero_init_residual
 
@@ -174,6 +174,8 @@ class StepContext:
     dtype: torch.dtype | None
     channels_last: bool
     scaler: torch.amp.GradScaler | None = None
+    # optimizer steps the gradient scaler passed over (inf/NaN gradients at fp16), counted on the device (no sync)
+    scaler_skipped: torch.Tensor | None = None
 
     def autocast(self):
         if self.dtype is None:
@@ -211,11 +213,19 @@ def train_one_epoch(
         if ctx.scaler is not None:
             ctx.scaler.scale(loss).backward()
             ctx.scaler.step(opt)
+            scale = ctx.scaler._scale  # private, but a tensor: reading it does not make the CPU wait for the GPU
+            before = scale.clone() if scale is not None else None
             ctx.scaler.update()
+            if before is not None:  # the scale drops exactly when the step was passed over
+                skipped = (ctx.scaler._scale < before).to(torch.int64)
+                ctx.scaler_skipped = skipped if ctx.scaler_skipped is None else ctx.scaler_skipped + skipped
+            with warnings.catch_warnings():  # a step the scaler passed over: torch's order warning is about our skip
+                warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)` before `optimizer\.step\(\)`")
+                sched.step()
         else:
             loss.backward()
             opt.step()
-        sched.step()
+            sched.step()
         if ema is not None:
             ema.update_parameters(model)
         loss_sum += loss.detach().double() * labels.shape[0]
@@ -319,9 +329,13 @@ def resume_config(run_dir: Path, flags: dict[str, dict[str, Any]]) -> tuple[RunC
         f"{section}.{k}" for section, values in flags.items() for k, v in values.items()
         if v is not None and not (section == "train" and k in RESUMABLE_CHANGES) and getattr(getattr(stored, section), k) != v
     ]
+    allowed = set(RESUMABLE_CHANGES)
+    if stored.train.sync_bn and str(ckpt.train_summary.get("device", "")).startswith("cpu"):
+        allowed.add("sync_bn")  # recorded by a CPU run, where it never applied (now refused up front): may be dropped
+        changed = [c for c in changed if c != "train.sync_bn"]
     if changed:
         raise ConfigError(f"cannot change {', '.join(changed)} when resuming", hint="resume with the run's own settings, or start a new run")
-    train = {k: v for k, v in flags.get("train", {}).items() if k in RESUMABLE_CHANGES and v is not None}
+    train = {k: v for k, v in flags.get("train", {}).items() if k in allowed and v is not None}
     return stored.override({}, {}, train), ckpt
 
 
@@ -349,28 +363,86 @@ def fit(cfg: RunConfig, *, run_dir: str | Path | None = None, resume_from: Check
     try:
         with contextlib.ExitStack() as stack:
             created, refused = False, None
-            if info.is_main:
-                try:
-                    created = check_run_folder(run_dir, new=resume_from is None, overwrite=overwrite)
-                    stack.enter_context(folder_lock(run_dir, "another process is training into this run folder",
-                                                    "wait for it to finish, or choose another --out", wait=RUN_LOCK_WAIT_S))
-                except Mnv2Error as exc:
-                    refused = exc
-            if D.any_rank(refused is not None):  # every rank stops; rank 0 alone says why
-                if refused is not None:
-                    raise refused
-                raise SystemExit(1)
+            try:
+                check_settings(cfg, info, resume_from)  # before the data is read
+                if info.is_main:
+                    created = claim_run_folder(run_dir, stack, resume_from=resume_from, overwrite=overwrite)
+            except Mnv2Error as exc:
+                refused = exc
+            # every rank stops when one refused; an error of the settings (the same on every rank) is said by rank 0
+            # alone, one that a single rank met (its device) by that rank
+            D.stop_together(refused, info)
             if device_type == "cpu" and info.is_main:
                 warn_if_oversubscribed(cfg.train.threads, setting="--threads (train.threads in a recipe)")
             stack.enter_context(cpu_threads(cfg.train.threads if device_type == "cpu" else 0))
             try:
                 return _fit(cfg, info, run_dir, resume_from, overwrite)
+            except RuntimeError as exc:
+                reason = D.peer_failure(exc) if info.enabled else None
+                if reason is None:
+                    raise
+                raise DistributedError(f"another process of the job stopped ({reason})", hint=_resume_hint(run_dir / "last.pt")) from exc
             except BaseException:
                 if created and run_dir.is_dir() and not any(run_dir.iterdir()):
                     run_dir.rmdir()  # a run that fails before writing anything (bad data, device, weights) leaves no folder
                 raise
     finally:
         D.shutdown()
+
+
+def _resume_hint(last: Path) -> str:
+    """How to go on after the job stopped: from the epoch ``last`` holds (as rank 0 left it), or from the start."""
+    try:
+        epoch = int(load_checkpoint(last).train_summary["epoch"])
+    except Exception:  # noqa: BLE001 - a hint only: none readable (another node's file system, no last.pt yet)
+        return "see the other process's error above; no last.pt to resume from here: start the run again"
+    return f"{last} holds epoch {epoch}: continue with --resume (see the other process's error above)"
+
+
+def check_settings(cfg: RunConfig, info: D.DistInfo, resume_from: Checkpoint | None) -> None:
+    """The checks of the settings that need no data: the device, SyncBatchNorm, a resume's number of processes."""
+    device = resolve_device(cfg.train.device, info.local_rank)  # ProviderUnavailable: cuda asked for, none here
+    if cfg.train.sync_bn and device.type != "cuda":  # refused in one process too: else recorded, and not resumable under torchrun
+        raise ConfigError("SyncBatchNorm runs on CUDA only, this run is on the CPU",
+                          hint="drop --sync-bn (--resume of a CPU run that recorded it: pass --no-sync-bn)" if resume_from is not None else "drop --sync-bn")
+    if resume_from is not None:
+        check_same_world_size(resume_from, info)
+
+
+def check_same_world_size(resume_from: Checkpoint, info: D.DistInfo) -> None:
+    """A run resumes with the number of processes it was trained with: its saved learning-rate schedule counts the
+    steps per epoch of that many processes, and its global batch is ``batch_size`` times that many."""
+    before = int(resume_from.train_summary.get("world_size", 1))
+    if before != info.world_size:
+        how = f"torchrun --nproc_per_node {before} -m mnv2export train --resume ..." if before > 1 else "mnv2 train --resume ... without torchrun"
+        raise ConfigError(
+            f"the run was trained by {_processes(before)}, this resume has {_processes(info.world_size)}: the learning-rate "
+            "schedule (steps per epoch) and the global batch would change", path=None,
+            hint=f"resume with the same number of processes ({how})")
+
+
+def _processes(n: int) -> str:
+    return f"{n} process" + ("es" if n != 1 else "")
+
+
+def claim_run_folder(run_dir: Path, stack: contextlib.ExitStack, *, resume_from: Checkpoint | None, overwrite: bool) -> bool:
+    """Create and lock ``run_dir`` for this run (the lock held until ``stack`` closes), then check it while holding the
+    lock: a run that waited for another one to finish finds the folder as that run left it, so a second new run into
+    it is refused and a --resume whose last.pt changed meanwhile does not train from the stale one. Returns whether
+    the folder was created."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ConfigError("run folder path is a file", path=run_dir, hint="choose another --out")
+    created = not run_dir.exists()
+    ensure_dir(run_dir)
+    stack.enter_context(folder_lock(run_dir, "another process is training into this run folder",
+                                    "wait for it to finish, or choose another --out", wait=RUN_LOCK_WAIT_S))
+    check_run_folder(run_dir, new=resume_from is None, overwrite=overwrite)
+    if resume_from is not None:
+        last = run_dir / "last.pt"
+        if not last.is_file() or load_checkpoint(last).train_summary != resume_from.train_summary:
+            raise ConfigError("the run changed since --resume read its last.pt (another process trained in it meanwhile)",
+                              path=last, hint="run the same --resume again to continue from where it is now")
+    return created
 
 
 def check_run_folder(run_dir: Path, *, new: bool, overwrite: bool) -> bool:
@@ -417,9 +489,7 @@ def _fit(cfg: RunConfig, info: D.DistInfo, run_dir: Path, resume_from: Checkpoin
     if overwrite and info.is_main:
         remove_outputs(run_dir, RUN_OUTPUTS, RUN_FOLDERS)
         log.info("--overwrite: removed the earlier run's files from %s", run_dir)
-    if t.sync_bn and info.enabled:
-        if device.type != "cuda":
-            raise ConfigError("SyncBatchNorm runs on CUDA only", hint="drop --sync-bn for a CPU (gloo) run")
+    if t.sync_bn and info.enabled:  # on CUDA only (check_settings)
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     ctx = StepContext(device=device, dtype=amp_dtype(t.amp, device), channels_last=t.channels_last != "off")
     model.to(device)
@@ -445,7 +515,11 @@ def _fit(cfg: RunConfig, info: D.DistInfo, run_dir: Path, resume_from: Checkpoin
 
     history: list[dict[str, float]] = []
     start_epoch, best_acc, best_epoch = 0, -1.0, 0
-    skips = SkipTracker()
+    skips = SkipTracker(defer=info.enabled)  # under DDP: gathered from every rank to all after each pass (gather_skips)
+
+    def gather_skips() -> None:
+        if info.enabled:  # each rank met its own share of the images: the summary and warnings cover every rank's
+            skips.merge(D.all_gather_objects(skips.pending, info), warn=info.is_main)
     if resume_from is not None:
         r = resume_from.extra["resume"]
         model.load_state_dict(r["model"])
@@ -516,15 +590,24 @@ def _fit(cfg: RunConfig, info: D.DistInfo, run_dir: Path, resume_from: Checkpoin
             with _progress(info.is_main and t.progress, f"epoch {epoch + 1}/{t.epochs}", len(loader)) as advance:
                 loss_sum, n = train_one_epoch(train_module, loader, opt, sched, criterion, ctx, ema=ema, skips=skips, progress=advance)
             sums = D.all_reduce_sum(torch.tensor([loss_sum, float(n)], dtype=torch.float64, device=device), info)
+            gather_skips()
             if float(sums[1]) == 0:  # every batch passed over: nothing was trained, so no checkpoint may say it was
                 raise DataError(f"no training batch in epoch {epoch + 1} had two readable images: nothing was trained",
                                 path=cfg.data.source, hint="fix or remove the unreadable images (each was named in a warning above)")
+            # rank 0's BatchNorm statistics (model and EMA) on every rank: each rank's are those of its own last
+            # batches, and rank 0's are saved, so the metrics logged are those of the saved weights
+            D.broadcast_buffers(model, info)
+            if ema is not None:
+                D.broadcast_buffers(ema, info)
             metrics = evaluate(eval_model, val_loader, ctx, cfg.model.num_classes, info, skips=skips)
+            gather_skips()
             row = {
                 "epoch": epoch + 1, "train_loss": float(sums[0] / max(1.0, float(sums[1]))), "val_loss": metrics["val_loss"],
                 "val_acc": metrics["val_acc"], "lr": opt.param_groups[0]["lr"], "seconds": time.perf_counter() - t0,
             }
             history.append(row)
+            scaler_skipped = int(ctx.scaler_skipped.item()) if ctx.scaler_skipped is not None else 0
+            ctx.scaler_skipped = None
             summary["confusion"] = metrics["confusion"]
             if metrics["val_acc"] > best_acc:
                 best_acc, best_epoch = metrics["val_acc"], epoch + 1
@@ -533,6 +616,9 @@ def _fit(cfg: RunConfig, info: D.DistInfo, run_dir: Path, resume_from: Checkpoin
                 epoch + 1, t.epochs, row["train_loss"], row["val_loss"], 100 * row["val_acc"], row["lr"], row["seconds"],
                 "  (best)" if best_epoch == epoch + 1 else "",
             )
+            if scaler_skipped:
+                log.warning("epoch %d: the fp16 gradient scaler passed over the optimizer step of %d of %d batches (inf/NaN gradients while it "
+                            "lowers its scale): those batches did not train", epoch + 1, scaler_skipped, len(loader))
             update_summary(epoch + 1)
             if info.is_main:
                 # last.pt first, metrics.csv last: a metrics row means its epoch is in last.pt. Ctrl-C waits for the

@@ -125,6 +125,43 @@ def test_resume_refuses_other_settings(tiny_run):
     assert cfg.train.epochs == 5  # extending a run is allowed
 
 
+def test_resume_refuses_another_number_of_processes(tmp_path, tiny_run):
+    """A run trained by 2 processes and resumed by 1 (or the reverse) would continue a schedule counted in the other
+    steps per epoch (the lr reaching 0 at mid-run, or never decaying) at another global batch: refused before training."""
+    import dataclasses
+    import shutil
+
+    from mnv2export.checkpoint import save_checkpoint
+
+    out = tmp_path / "run"
+    shutil.copytree(tiny_run.run_dir, out)
+    ckpt = load_checkpoint(out / "last.pt")
+    save_checkpoint(dataclasses.replace(ckpt, train_summary={**ckpt.train_summary, "world_size": 2}), out / "last.pt")
+    before = (out / "last.pt").read_bytes()
+    cfg, ckpt = resume_config(out, {"train": {"epochs": 3}})
+    with pytest.raises(ConfigError, match=r"trained by 2 processes, this resume has 1 process.*nproc_per_node 2"):
+        fit(cfg, run_dir=out, resume_from=ckpt)
+    assert (out / "last.pt").read_bytes() == before
+
+
+def test_resume_under_torchrun_of_a_one_process_run_is_refused(tmp_path, tiny_run):
+    import shutil
+
+    out = tmp_path / "run"
+    shutil.copytree(tiny_run.run_dir, out)
+    before = (out / "last.pt").read_bytes()
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    r = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(32500 + os.getpid() % 1000),
+         "-m", "mnv2export", "train", "--resume", "--epochs", "3", "--out", str(out)],
+        capture_output=True, text=True, env=env, timeout=300,
+    )
+    errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]
+    assert r.returncode != 0 and len(errors) == 1, r.stderr[-3000:]  # rank 0 alone says it
+    assert "trained by 1 process, this resume has 2 processes" in errors[0] and "without torchrun" in errors[0], errors
+    assert (out / "last.pt").read_bytes() == before and "epoch 3/3" not in r.stderr
+
+
 def _wait_for(predicate, proc, timeout=240):
     end = time.time() + timeout
     while time.time() < end:
@@ -210,6 +247,107 @@ def test_two_process_ddp_on_cpu(tmp_path):
     assert _epochs_done(out) == 2
 
 
+def _evaluate_in_one_process(path):
+    """val_loss and val_acc of the checkpoint at ``path``, evaluated by this one process on its whole val set."""
+    from mnv2export.data import build_datasets
+    from mnv2export.model import build_model
+    from mnv2export.train import StepContext, evaluate, make_loader
+    from mnv2export import distributed as D
+
+    ckpt = load_checkpoint(path)
+    data = build_datasets(ckpt.data_config)
+    model = build_model(ckpt.model_config)
+    model.load_state_dict(ckpt.state_dict)
+    model.to(memory_format=torch.channels_last)
+    cpu = torch.device("cpu")
+    loader = make_loader(data.val, TrainConfig(batch_size=16, workers=0), D.DistInfo(), cpu, train=False, memory=data.val_memory)
+    m = evaluate(model, loader, StepContext(cpu, None, True), ckpt.model_config.num_classes)
+    return m["val_loss"], m["val_acc"]
+
+
+@pytest.mark.parametrize("ema", [False, True], ids=["model", "ema"])
+def test_ddp_val_metrics_are_those_of_the_saved_weights(tmp_path, ema):
+    """Each rank ends an epoch with the BatchNorm statistics of its own last batches (DDP gives every rank rank 0's only
+    at the start of a forward), and rank 0's are saved: evaluated as they were, the two halves of the val set gave a
+    val_loss that was not the saved model's (0.762343 logged, 0.763063 of best.pt). The same for the EMA's buffers."""
+    out = tmp_path / "run"
+    r = _torchrun_train(tmp_path, *TINY_FLAGS, "--epochs", "1", "--ema" if ema else "--no-ema", "--out", str(out), port=35500)
+    assert r.returncode == 0, r.stderr[-3000:]
+    logged = load_checkpoint(out / "last.pt").train_summary["history"][-1]
+    for saved in ("last.pt", "best.pt"):
+        val_loss, val_acc = _evaluate_in_one_process(out / saved)
+        assert val_loss == pytest.approx(logged["val_loss"], rel=1e-5, abs=1e-7), saved
+        assert val_acc == pytest.approx(logged["val_acc"], abs=1e-9), saved
+
+
+def test_ddp_counts_and_names_the_unreadable_images_of_every_rank(tmp_path):
+    """Each rank meets its own share of the images: the summary counted rank 0's alone (2 of 3 here), and a train image
+    was named again in epoch 2 when it moved to the other rank. Every rank's are gathered: each named once, all counted."""
+    from mnv2export.data.synth import write_synth
+
+    root = tmp_path / "d"
+    write_synth(root, num_classes=3, per_class=24, size=32, val_per_class=4)
+    bad = [root / "train" / "00-circle-solid" / "broken.png", root / "train" / "01-square-solid" / "broken.png",
+           root / "val" / "00-circle-solid" / "00000b.png"]  # the second val image: rank 1's
+    bad[0].write_bytes(b"\x89PNG\r\n\x1a\nnot really")
+    bad[1].write_bytes(b"\x89PNG\r\n\x1a\nnor this")
+    bad[2].write_bytes(b"")
+    out = tmp_path / "run"
+    r = _torchrun_train(tmp_path, "--data", str(root), "--img-size", "32", "--width", "0.35", "-b", "8", "--epochs", "2",
+                        "--workers", "0", "--no-plots", "--no-progress", "--out", str(out), port=36500)
+    assert r.returncode == 0, r.stderr[-3000:]
+    s = load_checkpoint(out / "last.pt").train_summary
+    assert s["images_skipped"] == 3 and sorted(s["skipped_images"]) == sorted(str(p) for p in bad), s["skipped_images"]
+    warned = [line for line in r.stderr.splitlines() if "skipped unreadable image" in line]
+    assert len(warned) == 3 and all(sum(str(p) + ":" in line for line in warned) == 1 for p in bad), warned
+    assert "3 images skipped" in r.stdout
+
+
+_DIES_IN_EPOCH_2 = """
+import os, sys
+import mnv2export.train as T
+from mnv2export.cli import main
+
+if os.environ["RANK"] == "1":
+    real, calls = T.evaluate, []
+
+    def evaluate(*a, **k):
+        calls.append(1)
+        if len(calls) == 2:
+            os._exit(9)  # as a kill -9 in epoch 2
+        return real(*a, **k)
+
+    T.evaluate = evaluate
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_a_process_that_dies_leaves_the_others_one_line_with_the_resume_hint(tmp_path):
+    """Rank 1 killed in epoch 2: rank 0's collective fails with gloo's 'Connection closed by peer', which was printed
+    as 'unexpected RuntimeError ... report it'. It is one line saying another process stopped and how to resume.
+    (The two processes are started here, not by torchrun, whose agent would end rank 0 before it says anything.)"""
+    from mnv2export.distributed import peer_failure
+
+    script = tmp_path / "dies.py"
+    script.write_text(_DIES_IN_EPOCH_2)
+    out = tmp_path / "run"
+    port = str(37500 + os.getpid() % 1000)
+    procs = []
+    for rank in (0, 1):
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2",
+               "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port}
+        procs.append(subprocess.Popen([sys.executable, str(script), "train", *TINY_FLAGS, "--epochs", "3", "--out", str(out)],
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env))
+    (_, err0), (_, _) = (p.communicate(timeout=300) for p in procs)
+    assert procs[1].returncode == 9
+    errors = [line for line in err0.splitlines() if line.startswith("error:")]
+    assert procs[0].returncode == 1 and len(errors) == 1, err0[-3000:]
+    assert errors[0].startswith("error: another process of the job stopped (") and "unexpected" not in err0
+    assert errors[0].endswith(f"{out / 'last.pt'} holds epoch 1: continue with --resume (see the other process's error above)")
+    # only a collective's failure is turned into it: any other error stays the error it is
+    assert peer_failure(RuntimeError("CUDA out of memory")) is None and peer_failure(ValueError("Connection reset by peer")) is None
+
+
 _DDP_SHORT_BATCH = """
 import torch
 from torch import nn
@@ -263,6 +401,110 @@ def test_a_refused_run_folder_under_torchrun_is_one_error_from_rank_0(tmp_path):
     assert r.returncode != 0 and errors == [f"error: run folder already holds files ({out}): --resume continues the run in it, "
                                             "--overwrite replaces it; or choose another --out"], r.stderr[-3000:]
     assert "unexpected" not in r.stderr and sorted(p.name for p in out.iterdir()) == ["notes.md"]
+
+
+def _torchrun_train(tmp_path, *args, port=33500, timeout=300):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port + os.getpid() % 1000),
+         "-m", "mnv2export", "train", *args], capture_output=True, text=True, env=env, timeout=timeout, cwd=tmp_path,
+    )
+
+
+@pytest.mark.parametrize("flags, expected", [
+    (["--sync-bn"], "error: SyncBatchNorm runs on CUDA only"),
+    (["--device", "cuda"], "error: CUDA was asked for"),
+    (["--resume"], "error: nothing to resume"),
+])
+def test_an_error_of_the_flags_under_torchrun_is_said_once_before_the_data_is_read(tmp_path, flags, expected):
+    """Every rank meets the same error of the flags: rank 0 alone prints it, and a flag that needs no data is checked
+    before the data is read (the data here does not exist: its error would come first otherwise)."""
+    if "cuda" in flags and torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    missing = tmp_path / "no-such-data"
+    r = _torchrun_train(tmp_path, "--data", str(missing), "--img-size", "32", "--width", "0.35", "--epochs", "1",
+                        "--workers", "0", "--no-plots", "--no-progress", "--out", str(tmp_path / "run"), *flags)
+    errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]
+    assert r.returncode != 0 and len(errors) == 1 and errors[0].startswith(expected), r.stderr[-3000:]
+    assert "joined process group: rank 1" not in r.stderr  # only rank 0 logs
+
+
+_DDP_STOP_TOGETHER = """
+import sys
+from mnv2export import distributed as D
+from mnv2export.errors import ConfigError
+
+info = D.init("cpu")
+for case in ("same", "rank1", "none"):
+    error = {"same": ConfigError("bad flag"), "rank1": ConfigError("rank 1's own") if info.rank == 1 else None, "none": None}[case]
+    try:
+        D.stop_together(error, info)
+        said = "went on"
+    except ConfigError as exc:
+        said = f"raised {exc}"
+    except SystemExit:
+        said = "quiet"
+    print(f"{case} rank {info.rank}: {said}", flush=True)
+D.shutdown()
+"""
+
+
+def test_every_rank_stops_together_and_an_error_is_said_by_one_rank(tmp_path):
+    """An error every rank met alike is raised by rank 0 alone (the others exit quietly); an error of one rank is
+    raised by that rank, the others stop without a word; no error: every rank goes on."""
+    script = tmp_path / "stop_together.py"
+    script.write_text(_DDP_STOP_TOGETHER)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    r = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(34500 + os.getpid() % 1000), str(script)],
+        capture_output=True, text=True, env=env, timeout=180,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    for line in ("same rank 0: raised bad flag", "same rank 1: quiet", "rank1 rank 0: quiet", "rank1 rank 1: raised rank 1's own",
+                 "none rank 0: went on", "none rank 1: went on"):
+        assert line in r.stdout, r.stdout
+
+
+def test_sync_bn_on_cpu_is_refused_even_in_one_process(tmp_path, tiny_run):
+    """--sync-bn on a 1-process CPU run was recorded without a word, and that run could then not be resumed under
+    torchrun ('drop --sync-bn', while --no-sync-bn was refused as a change of the run): refused up front. A CPU run
+    that recorded it may drop it when resuming."""
+    import dataclasses
+    import shutil
+
+    from mnv2export.checkpoint import save_checkpoint
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    with pytest.raises(ConfigError, match="SyncBatchNorm runs on CUDA only.*: drop --sync-bn"):
+        fit(tiny_run_config(sync_bn=True), run_dir=tmp_path / "new")
+    assert not (tmp_path / "new").exists()
+    out = tmp_path / "run"
+    shutil.copytree(tiny_run.run_dir, out)
+    ckpt = load_checkpoint(out / "last.pt")
+    save_checkpoint(dataclasses.replace(ckpt, extra={**ckpt.extra, "train_config": {**ckpt.extra["train_config"], "sync_bn": True}}), out / "last.pt")
+    cfg, ckpt = resume_config(out, {"train": {"epochs": 3}})
+    with pytest.raises(ConfigError, match="pass --no-sync-bn"):
+        fit(cfg, run_dir=out, resume_from=ckpt)
+    cfg, ckpt = resume_config(out, {"train": {"epochs": 3, "sync_bn": False}})
+    assert fit(cfg, run_dir=out, resume_from=ckpt).summary["epoch"] == 3
+
+
+def test_fp16_steps_the_gradient_scaler_passed_over_are_told(tmp_path, caplog):
+    """At fp16 the gradient scaler passes over the optimizer step while its start-up scale overflows (most of a short
+    epoch here): the epoch was reported as trained without a word, beside torch's 'lr_scheduler.step() before
+    optimizer.step()' warning, which is about that skip of ours. The epoch log says how many; the warning is gone."""
+    import logging
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught, caplog.at_level(logging.WARNING, logger="mnv2export"):
+        warnings.simplefilter("always")
+        result = fit(tiny_run_config(amp="fp16", device="cpu"), run_dir=tmp_path / "run")
+    assert result.summary["epoch"] == 1
+    told = [r.getMessage() for r in caplog.records if "gradient scaler passed over" in r.getMessage()]
+    assert len(told) == 1 and told[0].startswith("epoch 1: the fp16 gradient scaler passed over the optimizer step of "), told
+    assert int(told[0].split(" of ")[1].split()[-1]) > 0
+    assert not [w for w in caught if "lr_scheduler.step()" in str(w.message)], [str(w.message) for w in caught]
 
 
 def test_cuda_asked_without_gpu_is_an_error(tmp_path):
@@ -402,6 +644,45 @@ def test_two_runs_cannot_write_one_folder_at_once(tmp_path, monkeypatch):
     result = fit(tiny_run_config(), run_dir=out)
     holder.join()
     assert result.best.is_file() and time.monotonic() - started >= 1.0
+
+
+def test_a_run_that_waited_for_the_folder_lock_checks_the_folder_as_it_finds_it(tmp_path, monkeypatch):
+    """Two new runs into one folder started together: the second waits for the lock while the first trains, and once
+    the first is done it must find the folder holding a run and be refused, not replace it without a word. Likewise a
+    --resume whose last.pt another process advanced meanwhile. (The other run's work is done here while fit waits.)"""
+    import dataclasses
+    import shutil
+
+    import mnv2export.train as T
+    from mnv2export.checkpoint import save_checkpoint
+    from mnv2export.fileio import folder_lock
+
+    done = tmp_path / "done"
+    fit(tiny_run_config(), run_dir=done)
+
+    def first_run_finishes_while_waiting(folder, *a, **k):
+        if not (Path(folder) / "last.pt").exists():
+            for name in ("last.pt", "best.pt", "config.json", "metrics.csv"):
+                shutil.copy(done / name, Path(folder) / name)
+        return folder_lock(folder, *a, **k)
+
+    out = tmp_path / "run"
+    monkeypatch.setattr(T, "folder_lock", first_run_finishes_while_waiting)
+    with pytest.raises(ConfigError, match="already holds files"):
+        fit(tiny_run_config(seed=7), run_dir=out)
+    assert (out / "best.pt").read_bytes() == (done / "best.pt").read_bytes()
+
+    cfg, ckpt = resume_config(out, {"train": {"epochs": 2}})
+    advanced = dataclasses.replace(ckpt, train_summary={**ckpt.train_summary, "epoch": 2})
+
+    def other_resume_trains_while_waiting(folder, *a, **k):
+        save_checkpoint(advanced, Path(folder) / "last.pt")
+        return folder_lock(folder, *a, **k)
+
+    monkeypatch.setattr(T, "folder_lock", other_resume_trains_while_waiting)
+    with pytest.raises(ConfigError, match="changed since --resume read"):
+        fit(cfg, run_dir=out, resume_from=ckpt)
+    assert load_checkpoint(out / "last.pt").train_summary["epoch"] == 2
 
 
 def test_an_epoch_that_trained_nothing_is_an_error(tmp_path):

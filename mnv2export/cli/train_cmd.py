@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -70,18 +71,26 @@ def train(
         "compile": compile, "device": device, "seed": seed, "workers": workers, "sync_bn": sync_bn, "init_from": init_from,
         "zero_init_residual": zero_init_residual, "out": out, "plots": plots, "progress": progress,
     }
+    from ..errors import Mnv2Error
     from ..train import fit, resume_config
 
-    if resume:
-        if overwrite:
-            raise ConfigError("--overwrite and --resume contradict each other", hint="--resume continues the run, --overwrite replaces it: pass one")
-        if not out:
-            raise ConfigError("--resume needs the run folder", hint="pass --out weights/<run>")
-        cfg, ckpt = resume_config(Path(out), {"model": model, "data": data_flags, "train": train_flags})
-        result = fit(cfg, run_dir=out, resume_from=ckpt)
-    else:
-        cfg = run_config(load_recipe(config) if config else None, model, data_flags, train_flags, recipe_path=config)
-        result = fit(cfg, overwrite=overwrite)
+    ckpt = None
+    try:
+        if resume:
+            if overwrite:
+                raise ConfigError("--overwrite and --resume contradict each other", hint="--resume continues the run, --overwrite replaces it: pass one")
+            if not out:
+                raise ConfigError("--resume needs the run folder", hint="pass --out weights/<run>")
+            cfg, ckpt = resume_config(Path(out), {"model": model, "data": data_flags, "train": train_flags})
+        else:
+            cfg = run_config(load_recipe(config) if config else None, model, data_flags, train_flags, recipe_path=config)
+    except Mnv2Error:
+        # the flags, recipe or run folder refused: every process of a torchrun job on this machine read the same, and
+        # the first says it; the others leave without a word (before joining the process group, so no collective)
+        if int(os.environ.get("LOCAL_RANK", "0")) != 0:
+            raise SystemExit(1) from None
+        raise
+    result = fit(cfg, run_dir=out, resume_from=ckpt) if resume else fit(cfg, overwrite=overwrite)
     s = result.summary
     if result.is_main:
         typer.echo(

@@ -100,16 +100,35 @@ def collate(batch: list[tuple[Any, int]]) -> tuple[torch.Tensor, torch.Tensor, l
 
 
 class SkipTracker:
-    """Names each unreadable image once in a warning and counts them."""
+    """Names each unreadable image once in a warning and counts them.
 
-    def __init__(self) -> None:
+    ``defer`` (under DDP, where each rank meets its own share of the images): :meth:`add` only notes the images this
+    rank had not met yet; :meth:`merge` takes every rank's notes (gathered by the caller) and names each new image once.
+    """
+
+    def __init__(self, defer: bool = False) -> None:
         self.paths: dict[str, str] = {}
+        self.defer = defer
+        self.pending: dict[str, str] = {}
 
     def add(self, skipped: list[SkippedImage]) -> None:
         for s in skipped:
-            if s.path not in self.paths:
+            if s.path not in self.paths and s.path not in self.pending:
+                if self.defer:
+                    self.pending[s.path] = s.reason
+                    continue
                 self.paths[s.path] = s.reason
                 log.warning("skipped unreadable image %s: %s", s.path, s.reason)
+
+    def merge(self, pending_of_every_rank: list[dict[str, str]], *, warn: bool) -> None:
+        """Add the images every rank noted since the last merge (in rank order), each named once when ``warn``."""
+        for pending in pending_of_every_rank:
+            for path, reason in pending.items():
+                if path not in self.paths:
+                    self.paths[path] = reason
+                    if warn:
+                        log.warning("skipped unreadable image %s: %s", path, reason)
+        self.pending = {}
 
     @property
     def count(self) -> int:

@@ -482,8 +482,8 @@ def _fit(cfg: RunConfig, info: D.DistInfo, run_dir: Path, resume_from: Checkpoin
     model = build_model(cfg.model)
     if t.init_from and resume_from is None:
         load_pretrained(model, t.init_from)
-        if t.zero_init_residual:
-            log.info("zero_init_residual not applied: the weights come from %s", t.init_from)
+        if t.zero_init_residual and info.is_main:  # asked for, and not done: said (it was a -v notice)
+            log.warning("--zero-init-residual not applied: the weights come from %s (it is for a fresh model only)", t.init_from)
     elif t.zero_init_residual and resume_from is None:
         log.info("zero-initialised the last BatchNorm of %d residual blocks", zero_init_residual(model))
     if overwrite and info.is_main:

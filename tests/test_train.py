@@ -23,8 +23,18 @@ from mnv2export.config import ModelConfig, RunConfig, TrainConfig
 from mnv2export.errors import ConfigError, ProviderUnavailable
 from mnv2export.train import fit, resume_config
 
+
 def mnv2(*args, **kw):
     return subprocess.run([sys.executable, "-m", "mnv2export", *args], capture_output=True, text=True, **kw)
+
+
+def _torchrun(*args, port: int, timeout: int, cwd=None) -> subprocess.CompletedProcess:
+    """``torchrun --nproc_per_node 2 ARGS`` on the CPU (one thread per process), on a port of its own per test."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port + os.getpid() % 1000), *args],
+        capture_output=True, text=True, env=env, timeout=timeout, cwd=cwd,
+    )
 
 
 def test_run_folder_holds_everything(tiny_run):
@@ -150,12 +160,7 @@ def test_resume_under_torchrun_of_a_one_process_run_is_refused(tmp_path, tiny_ru
     out = tmp_path / "run"
     shutil.copytree(tiny_run.run_dir, out)
     before = (out / "last.pt").read_bytes()
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    r = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(32500 + os.getpid() % 1000),
-         "-m", "mnv2export", "train", "--resume", "--epochs", "3", "--out", str(out)],
-        capture_output=True, text=True, env=env, timeout=300,
-    )
+    r = _torchrun("-m", "mnv2export", "train", "--resume", "--epochs", "3", "--out", str(out), port=32500, timeout=300)
     errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]
     assert r.returncode != 0 and len(errors) == 1, r.stderr[-3000:]  # rank 0 alone says it
     assert "trained by 1 process, this resume has 2 processes" in errors[0] and "without torchrun" in errors[0], errors
@@ -229,12 +234,7 @@ def test_ctrl_c_saves_and_exits_cleanly(tmp_path):
 @pytest.mark.slow
 def test_two_process_ddp_on_cpu(tmp_path):
     out = tmp_path / "run"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    r = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(29500 + os.getpid() % 1000),
-         "-m", "mnv2export", "train", *TINY_FLAGS, "--epochs", "2", "--out", str(out)],
-        capture_output=True, text=True, env=env, timeout=600,
-    )
+    r = _torchrun("-m", "mnv2export", "train", *TINY_FLAGS, "--epochs", "2", "--out", str(out), port=29500, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     assert r.stdout.count("best val_acc") == 1  # rank 0 alone reports
     ckpt = load_checkpoint(out / "last.pt")
@@ -376,11 +376,7 @@ def test_a_batch_too_small_on_one_rank_is_passed_over_on_every_rank(tmp_path):
     (a hang): every rank passes over it together."""
     script = tmp_path / "short_batch.py"
     script.write_text(_DDP_SHORT_BATCH)
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    r = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(30500 + os.getpid() % 1000), str(script)],
-        capture_output=True, text=True, env=env, timeout=180,
-    )
+    r = _torchrun(str(script), port=30500, timeout=180)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "rank 0: 4 images, 2 steps" in r.stdout and "rank 1: 4 images, 2 steps" in r.stdout, r.stdout
 
@@ -391,12 +387,7 @@ def test_a_refused_run_folder_under_torchrun_is_one_error_from_rank_0(tmp_path):
     out = tmp_path / "run"
     out.mkdir()
     (out / "notes.md").write_text("someone's")
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    r = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(31500 + os.getpid() % 1000),
-         "-m", "mnv2export", "train", *TINY_FLAGS, "--epochs", "1", "--out", str(out)],
-        capture_output=True, text=True, env=env, timeout=300,
-    )
+    r = _torchrun("-m", "mnv2export", "train", *TINY_FLAGS, "--epochs", "1", "--out", str(out), port=31500, timeout=300)
     errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]
     assert r.returncode != 0 and errors == [f"error: run folder already holds files ({out}): --resume continues the run in it, "
                                             "--overwrite replaces it; or choose another --out"], r.stderr[-3000:]
@@ -404,11 +395,7 @@ def test_a_refused_run_folder_under_torchrun_is_one_error_from_rank_0(tmp_path):
 
 
 def _torchrun_train(tmp_path, *args, port=33500, timeout=300):
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port + os.getpid() % 1000),
-         "-m", "mnv2export", "train", *args], capture_output=True, text=True, env=env, timeout=timeout, cwd=tmp_path,
-    )
+    return _torchrun("-m", "mnv2export", "train", *args, port=port, timeout=timeout, cwd=tmp_path)
 
 
 @pytest.mark.parametrize("flags, expected", [
@@ -454,11 +441,7 @@ def test_every_rank_stops_together_and_an_error_is_said_by_one_rank(tmp_path):
     raised by that rank, the others stop without a word; no error: every rank goes on."""
     script = tmp_path / "stop_together.py"
     script.write_text(_DDP_STOP_TOGETHER)
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    r = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(34500 + os.getpid() % 1000), str(script)],
-        capture_output=True, text=True, env=env, timeout=180,
-    )
+    r = _torchrun(str(script), port=34500, timeout=180)
     assert r.returncode == 0, r.stderr[-3000:]
     for line in ("same rank 0: raised bad flag", "same rank 1: quiet", "rank1 rank 0: quiet", "rank1 rank 1: raised rank 1's own",
                  "none rank 0: went on", "none rank 1: went on"):

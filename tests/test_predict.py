@@ -224,7 +224,7 @@ def test_the_readmes_standalone_serving_code_answers_like_predict(exported, imag
     Image.fromarray(src).resize((33, 32)).save(extra / "odd.jpg", quality=90)
     files = [str(f) for f in sorted(images.rglob("*.png"))[:6]] + [str(f) for f in sorted(extra.iterdir())]
     code = _readme_snippet("serve-onnx")
-    code = code.replace('"export/quickstart/model.onnx"', repr(str(model))).replace('["photo.jpg"]', repr(files))
+    code = code.replace('"runs/quickstart/export/model.onnx"', repr(str(model))).replace('["photo.jpg"]', repr(files))
     namespace: dict = {}
     exec(compile(code, "README.md:serve-onnx", "exec"), namespace)  # the README's code as written, its example included
     session, meta = namespace["load_model"](str(model))

@@ -300,8 +300,9 @@ def test_cli_usage_errors(exported):
     assert r.returncode == 2 and "--batch" in r.stderr
     r = cli(exported.out_dir, "--warmup", "soon")
     assert r.returncode == 2 and "--warmup" in r.stderr
-    r = cli(exported.out_dir, "--batch", "1,,2")
-    assert r.returncode == 2 and "--batch" in r.stderr and "empty item" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    for option, value in (("--batch", "1,,2"), ("--provider", "cpu,"), ("--formats", "onnx,")):  # every list alike: exit 2
+        r = cli(exported.out_dir, option, value)
+        assert r.returncode == 2 and option in r.stderr and "empty item" in r.stderr and len(r.stderr.strip().splitlines()) == 1, (option, r.stderr)
 
 
 def test_output_paths_are_checked_before_any_work_and_a_late_write_failure_is_one_line(exported, tmp_path):

@@ -278,6 +278,12 @@ def test_parse_providers():
             parity.parse_providers(bad)
 
 
+def test_an_empty_provider_item_is_a_usage_error(trained_checkpoint, exported, capsys):
+    """`--provider cpu,` is a usage error (exit 2), as bench's --batch / --provider and pipeline's lists are."""
+    assert main(["check", str(trained_checkpoint), "--artifacts", str(exported.out_dir), "--provider", "cpu,"]) == 2
+    assert "empty item" in capsys.readouterr().err
+
+
 @no_cuda
 def test_cuda_asked_for_on_a_cpu_machine(exported, trained_checkpoint, tmp_path, capsys):
     folder = _folder(exported, tmp_path / "art", {ONNX_FILE: ONNX_FILE, TORCHSCRIPT_FILE: TORCHSCRIPT_FILE})

@@ -57,7 +57,8 @@ def bench(
         if path:  # before minutes of timing, not after
             check_output_file(path, option)
     result = run(
-        target, formats=formats, providers=provider, batches=_batches(batch), warmup=count, warmup_s=seconds, iters=iters,
+        target, formats=csv_list(formats, "--formats"), providers=csv_list(provider, "--provider"), batches=_batches(batch),
+        warmup=count, warmup_s=seconds, iters=iters,
         duration=duration, threads=threads, include_copies=include_copies, rounds=rounds, amp=amp,
     )
     if json_out:

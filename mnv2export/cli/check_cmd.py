@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 import typer
 
 from . import app
-from .options import CheckpointArg, JsonOut, Provider
+from .options import CheckpointArg, JsonOut, Provider, csv_list
 
 
 @app.command()
@@ -33,7 +33,7 @@ def check(
     if json_out is not None:
         check_output_file(json_out, "--json")
     tolerances = parity.with_overrides(atol=atol, rtol=rtol, min_top1_agreement=min_top1_agreement, max_acc_drop_pts=max_acc_drop)
-    report = parity.check(checkpoint, artifacts, data=data, providers=provider, samples=samples, tolerances=tolerances, debug_int8=debug_int8)
+    report = parity.check(checkpoint, artifacts, data=data, providers=csv_list(provider, "--provider"), samples=samples, tolerances=tolerances, debug_int8=debug_int8)
     if json_out is not None:
         report.to_json(json_out)
     _print(report, parity)

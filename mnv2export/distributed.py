@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import re
@@ -51,8 +52,12 @@ def init(device_type: str) -> DistInfo:
 
 
 def shutdown() -> None:
+    """Leave the process group. A DistributedDataParallel model still alive then (held by a reference cycle) aborts
+    the process when it is freed later ('terminate called without an active exception', SIGABRT: a run that
+    succeeded fails under torchrun), so unreachable objects are collected first."""
     global _CONTROL
     if dist.is_initialized():
+        gc.collect()
         dist.destroy_process_group()
     _CONTROL = None
 

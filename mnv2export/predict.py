@@ -63,6 +63,7 @@ def manifest_problem(model: Path) -> str | None:
     file the ``manifest.json`` beside it records, or None (also when there is no manifest: a file on its own)."""
     from .export.names import MANIFEST_FILE
     from .fileio import sha256_file
+    from .parity import changed_since_export
 
     manifest = model.parent / MANIFEST_FILE
     if not manifest.is_file():
@@ -75,10 +76,8 @@ def manifest_problem(model: Path) -> str | None:
     if not isinstance(entry, dict):
         return (f"{model.name} is not listed in {manifest}: it is not from the export that folder records "
                 "(left from another export?), and `mnv2 check` of that folder does not cover it")
-    if entry.get("size_bytes") != model.stat().st_size or entry.get("sha256") != sha256_file(model):
-        return (f"{model.name} changed since export (its size or SHA-256 differs from {manifest}): it is not the file "
-                "`mnv2 check` verified; export again, or check it again")
-    return None
+    changed = changed_since_export(entry, model, sha256_file(model))  # what `mnv2 check` finds, in its words
+    return f"{model.name} {changed}: it is not the file `mnv2 check` verified; export again, or check it again" if changed else None
 
 
 def collect_images(inputs: list[str | Path]) -> tuple[list[Path], list[dict[str, str]]]:

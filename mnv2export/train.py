@@ -38,7 +38,7 @@ from .data import DataBundle, SkipTracker, build_datasets, collate
 from .data.memory import MemoryImages, MemoryLoader
 from .device import cpu_threads, resolve_device, warn_if_oversubscribed
 from .errors import CheckpointError, ConfigError, DataError, DistributedError, Mnv2Error
-from .fileio import ensure_dir, folder_lock, remove_outputs, write_text
+from .fileio import ensure_dir, folder_lock, remove_outputs, sha256_file, write_text
 from .model import build_model, load_pretrained, zero_init_residual
 
 log = logging.getLogger(__name__)
@@ -197,41 +197,41 @@ def train_one_epoch(
     model.train()
     loss_sum = torch.zeros((), dtype=torch.float64, device=ctx.device)
     count = 0
-    for images, labels, skipped in loader:
-        if skips is not None:
-            skips.add(skipped)
-        # every image unreadable, or one left, which BatchNorm cannot train on (1x1 maps): passed over, on every rank
-        if D.fewest_over_ranks(labels.numel()) < 2:
-            with warnings.catch_warnings():  # before the first optimizer step torch warns; the order is intended
-                warnings.simplefilter("ignore", UserWarning)
-                sched.step()  # the schedule counts batches: it still reaches its last step at the end
-            continue
-        images, labels = ctx.to_device(images, labels)
-        with ctx.autocast():
-            loss = criterion(model(images), labels)
-        opt.zero_grad(set_to_none=True)
-        if ctx.scaler is not None:
-            ctx.scaler.scale(loss).backward()
-            ctx.scaler.step(opt)
-            scale = ctx.scaler._scale  # private, but a tensor: reading it does not make the CPU wait for the GPU
-            before = scale.clone() if scale is not None else None
-            ctx.scaler.update()
-            if before is not None:  # the scale drops exactly when the step was passed over
-                skipped = (ctx.scaler._scale < before).to(torch.int64)
-                ctx.scaler_skipped = skipped if ctx.scaler_skipped is None else ctx.scaler_skipped + skipped
-            with warnings.catch_warnings():  # a step the scaler passed over: torch's order warning is about our skip
-                warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)` before `optimizer\.step\(\)`")
-                sched.step()
-        else:
-            loss.backward()
-            opt.step()
+    with warnings.catch_warnings():
+        if ctx.scaler is not None:  # a step the scaler passed over: torch's order warning is about that skip
+            warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)` before `optimizer\.step\(\)`")
+        for images, labels, skipped in loader:
+            if skips is not None:
+                skips.add(skipped)
+            # every image unreadable, or one left, which BatchNorm cannot train on (1x1 maps): passed over, on every rank
+            if D.fewest_over_ranks(labels.numel()) < 2:
+                with warnings.catch_warnings():  # before the first optimizer step torch warns; the order is intended
+                    warnings.simplefilter("ignore", UserWarning)
+                    sched.step()  # the schedule counts batches: it still reaches its last step at the end
+                continue
+            images, labels = ctx.to_device(images, labels)
+            with ctx.autocast():
+                loss = criterion(model(images), labels)
+            opt.zero_grad(set_to_none=True)
+            if ctx.scaler is not None:
+                ctx.scaler.scale(loss).backward()
+                ctx.scaler.step(opt)
+                scale = ctx.scaler._scale  # private, but a tensor: reading it does not make the CPU wait for the GPU
+                before = scale.clone() if scale is not None else None
+                ctx.scaler.update()
+                if before is not None:  # the scale drops exactly when the step was passed over
+                    passed_over = (ctx.scaler._scale < before).to(torch.int64)
+                    ctx.scaler_skipped = passed_over if ctx.scaler_skipped is None else ctx.scaler_skipped + passed_over
+            else:
+                loss.backward()
+                opt.step()
             sched.step()
-        if ema is not None:
-            ema.update_parameters(model)
-        loss_sum += loss.detach().double() * labels.shape[0]
-        count += labels.shape[0]
-        if progress is not None:
-            progress()
+            if ema is not None:
+                ema.update_parameters(model)
+            loss_sum += loss.detach().double() * labels.shape[0]
+            count += labels.shape[0]
+            if progress is not None:
+                progress()
     return float(loss_sum.item()), count
 
 
@@ -433,33 +433,29 @@ def claim_run_folder(run_dir: Path, stack: contextlib.ExitStack, *, resume_from:
     if run_dir.exists() and not run_dir.is_dir():
         raise ConfigError("run folder path is a file", path=run_dir, hint="choose another --out")
     created = not run_dir.exists()
-    ensure_dir(run_dir)
+    ensure_dir(run_dir)  # an unwritable output is found before the data is read
     stack.enter_context(folder_lock(run_dir, "another process is training into this run folder",
                                     "wait for it to finish, or choose another --out", wait=RUN_LOCK_WAIT_S))
-    check_run_folder(run_dir, new=resume_from is None, overwrite=overwrite)
-    if resume_from is not None:
+    if resume_from is None:
+        check_run_folder(run_dir, overwrite=overwrite)
+    else:
         last = run_dir / "last.pt"
-        if not last.is_file() or load_checkpoint(last).train_summary != resume_from.train_summary:
+        if not last.is_file() or sha256_file(last) != resume_from.sha256:
             raise ConfigError("the run changed since --resume read its last.pt (another process trained in it meanwhile)",
                               path=last, hint="run the same --resume again to continue from where it is now")
     return created
 
 
-def check_run_folder(run_dir: Path, *, new: bool, overwrite: bool) -> bool:
-    """Check (and create) ``run_dir`` before any work; returns whether it was created. A new run needs a missing or
-    empty folder, or ``overwrite`` and a folder holding a run (its outputs go once the data and model are ready)."""
-    if run_dir.exists() and not run_dir.is_dir():
-        raise ConfigError("run folder path is a file", path=run_dir, hint="choose another --out")
-    if new and run_dir.is_dir() and any(run_dir.iterdir()):
+def check_run_folder(run_dir: Path, *, overwrite: bool) -> None:
+    """A new run's folder (an existing one, locked): empty, or ``overwrite`` and a folder holding a run (its outputs go
+    once the data and model are ready)."""
+    if any(run_dir.iterdir()):
         if not overwrite:
             raise ConfigError("run folder already holds files", path=run_dir,
                               hint="--resume continues the run in it, --overwrite replaces it; or choose another --out")
         if not any((run_dir / f).is_file() for f in ("last.pt", "best.pt", "config.json", "metrics.csv")):
             raise ConfigError("folder is not a training run (no last.pt, best.pt, config.json or metrics.csv): refusing to overwrite it",
                               path=run_dir, hint="choose another --out")
-    created = not run_dir.exists()
-    ensure_dir(run_dir)  # an unwritable output is found before the data is read
-    return created
 
 
 def _fit(cfg: RunConfig, info: D.DistInfo, run_dir: Path, resume_from: Checkpoint | None, overwrite: bool) -> TrainResult:

@@ -214,6 +214,7 @@ class TrainConfig(_Config):
     momentum: float = 0.9
     nesterov: bool = True
     weight_decay: float = 4e-5
+    depthwise_weight_decay: float | None = None  # the depthwise convolutions' weights; None: weight_decay
     warmup_epochs: float = 1.0
     schedule: str = "cosine"  # after the warm-up, the rate falls to zero by the last step: cosine or linear
     label_smoothing: float = 0.1
@@ -244,6 +245,8 @@ class TrainConfig(_Config):
         _in_range("lr", self.lr, 0.0, 10.0, lo_open=True)
         _in_range("momentum", self.momentum, 0.0, 0.999)
         _in_range("weight decay", self.weight_decay, 0.0, 1.0)
+        if self.depthwise_weight_decay is not None:
+            _in_range("depthwise weight decay", self.depthwise_weight_decay, 0.0, 1.0)
         _in_range("warm-up epochs", self.warmup_epochs, 0.0, float(self.epochs))
         _in_range("label smoothing", self.label_smoothing, 0.0, 0.5)
         _in_range("EMA decay", self.ema_decay, 0.0, 0.99999, lo_open=True)

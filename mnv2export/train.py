@@ -70,18 +70,32 @@ def amp_dtype(mode: str, device: torch.device) -> torch.dtype | None:
     return torch.bfloat16 if mode == "bf16" else torch.float16
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """Weight decay on conv / linear weights only, not on norm parameters and biases."""
-    decay, no_decay = [], []
+def param_groups(model: nn.Module, weight_decay: float, depthwise_weight_decay: float | None = None) -> list[dict[str, Any]]:
+    """Weight decay on conv / linear weights only, not on norm parameters and biases. ``depthwise_weight_decay``
+    (None: the same as ``weight_decay``) gives the depthwise convolutions' weights their own rate: MobileNet's paper
+    puts "very little or no weight decay" on them, as they hold few parameters."""
+    depthwise = set()
+    if depthwise_weight_decay is not None:
+        depthwise = {
+            id(m.weight) for m in model.modules()
+            if isinstance(m, nn.Conv2d) and m.groups > 1 and m.groups == m.in_channels == m.out_channels
+        }
+    decay, dw, no_decay = [], [], []
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        (no_decay if p.ndim <= 1 or name.endswith(".bias") else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        if p.ndim <= 1 or name.endswith(".bias"):
+            no_decay.append(p)
+        else:
+            (dw if id(p) in depthwise else decay).append(p)
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if depthwise_weight_decay is not None:
+        groups.append({"params": dw, "weight_decay": depthwise_weight_decay})
+    return groups
 
 
 def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    groups = param_groups(model, cfg.weight_decay)
+    groups = param_groups(model, cfg.weight_decay, cfg.depthwise_weight_decay)
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0)
     return torch.optim.AdamW(groups, lr=cfg.lr)

@@ -37,6 +37,7 @@ def train(
     lr: Annotated[Optional[float], typer.Option(help="Peak learning rate.")] = None,
     optimizer: Annotated[Optional[str], typer.Option(help="sgd (momentum, nesterov) or adamw.")] = None,
     weight_decay: Annotated[Optional[float], typer.Option(help="Weight decay (not applied to norm and bias parameters).")] = None,
+    depthwise_weight_decay: Annotated[Optional[float], typer.Option(help="Weight decay of the depthwise convolutions' weights (default: --weight-decay).")] = None,
     warmup_epochs: Annotated[Optional[float], typer.Option(help="Linear warm-up length in epochs, then the decay of --schedule.")] = None,
     schedule: Annotated[Optional[str], typer.Option(help="Learning-rate decay to zero after the warm-up: cosine or linear.")] = None,
     label_smoothing: Annotated[Optional[float], typer.Option(help="Label smoothing.")] = None,
@@ -67,6 +68,7 @@ def train(
     }
     train_flags = {
         "epochs": epochs, "batch_size": batch_size, "lr": lr, "optimizer": optimizer, "weight_decay": weight_decay,
+        "depthwise_weight_decay": depthwise_weight_decay,
         "warmup_epochs": warmup_epochs, "schedule": schedule, "label_smoothing": label_smoothing, "ema": ema, "amp": amp, "channels_last": channels_last,
         "compile": compile, "device": device, "seed": seed, "workers": workers, "sync_bn": sync_bn, "init_from": init_from,
         "zero_init_residual": zero_init_residual, "out": out, "plots": plots, "progress": progress,

@@ -818,6 +818,35 @@ def test_weight_decay_on_conv_and_linear_weights_only(optimizer):
         assert seen[n] == expected, n
 
 
+def test_depthwise_weight_decay_applies_to_the_depthwise_convolutions_only():
+    """--depthwise-weight-decay: the 17 depthwise 3x3 convolutions of MobileNetV2 get their own rate; the stem, the
+    pointwise convolutions and the classifier keep --weight-decay, norm and bias parameters none."""
+    from mnv2export.model import build_model
+    from mnv2export.train import build_optimizer
+
+    model = build_model(ModelConfig(num_classes=4, width_mult=0.35))
+    depthwise = {
+        n + ".weight" for n, m in model.named_modules()
+        if isinstance(m, nn.Conv2d) and m.groups == m.in_channels == m.out_channels > 1
+    }
+    assert len(depthwise) == 17
+    names = {id(p): n for n, p in model.named_parameters()}
+    seen = {}
+    for group in build_optimizer(model, TrainConfig(weight_decay=0.01, depthwise_weight_decay=0.001)).param_groups:
+        for p in group["params"]:
+            seen[names[id(p)]] = group["weight_decay"]
+    assert set(seen) == set(names.values())
+    for n, p in model.named_parameters():
+        expected = 0.0 if (p.ndim <= 1 or n.endswith(".bias")) else 0.001 if n in depthwise else 0.01
+        assert seen[n] == expected, n
+    assert seen["features.0.0.weight"] == 0.01  # the stem: a full convolution on 3 channels
+    # unset: the depthwise weights decay as the others, in the same two groups as before the option existed
+    groups = build_optimizer(model, TrainConfig(weight_decay=0.01)).param_groups
+    assert [g["weight_decay"] for g in groups] == [0.01, 0.0]
+    with pytest.raises(ConfigError, match="depthwise weight decay"):
+        TrainConfig(depthwise_weight_decay=-0.1)
+
+
 def test_sgd_momentum_and_nesterov_are_passed_through():
     from mnv2export.train import build_optimizer
 

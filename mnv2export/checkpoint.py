@@ -18,6 +18,7 @@ from __future__ import annotations
 import io
 import logging
 import pickle
+import re
 import platform
 import time
 import warnings
@@ -93,12 +94,26 @@ class Checkpoint:
             "std": list(d.std),
             "preprocessing": preprocessing_spec(d),
             "model_config": self.model_config.to_dict(),
-            "data_config": d.to_dict(),
+            "data_config": without_paths(d.to_dict()),
             "source_checkpoint": self.path.name if self.path else None,
             "source_checkpoint_sha256": self.sha256,
-            "train_summary": {k: v for k, v in self.train_summary.items() if k in _SUMMARY_KEYS},
+            "train_summary": {k: without_paths(v) if k == "data" else v for k, v in self.train_summary.items() if k in _SUMMARY_KEYS},
             "versions": versions(),
         }
+
+
+def without_paths(values: Any) -> Any:
+    """A data config or data summary as a shipped artifact embeds it: a folder source, ``data_dir`` and ``class_index``
+    reduced to their last component (the training machine's directories stay in the checkpoint; the data fingerprint
+    still identifies the data)."""
+    if not isinstance(values, dict):
+        return values
+    out = dict(values)
+    for key in ("source", "data_dir", "class_index"):
+        value = out.get(key)
+        if isinstance(value, str) and not (key == "source" and value in ("synth", "fashion-mnist")):
+            out[key] = re.split(r"[\\/]", value.rstrip("\\/"))[-1] or value
+    return out
 
 
 # what an artifact carries of the training summary (not the history, confusion matrix or skipped paths)

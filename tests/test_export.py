@@ -468,3 +468,31 @@ def test_torchscript_file_is_frozen(exported):
         warnings.simplefilter("ignore", FutureWarning)
         loaded = torch.jit.load(str(exported.out_dir / "model.torchscript.pt"), map_location="cpu")
     assert list(loaded.parameters()) == []  # weights inlined as constants
+
+
+def test_artifacts_name_the_data_folder_without_the_training_machines_path(tmp_path):
+    """A checkpoint trained on a folder records its full path (its own machine's provenance); the artifacts that ship
+    embed only the folder's and the class index's names, and the data fingerprint."""
+    from mnv2export.checkpoint import Checkpoint, load_checkpoint, provenance, save_checkpoint
+    from mnv2export.config import DataConfig
+    from mnv2export.data import build_datasets
+    from mnv2export.data.synth import class_names, write_synth
+
+    private = tmp_path / "home" / "alice" / "client-x"
+    write_synth(private / "imnet4", num_classes=4, per_class=3, size=32, val_per_class=3)
+    (private / "idx.json").write_text(json.dumps({str(i): [wnid, f"c{i}"] for i, wnid in enumerate(class_names(4))}))
+    cfg = DataConfig(source=str(private / "imnet4"), class_index=str(private / "idx.json"), img_size=32)
+    bundle = build_datasets(cfg, augment=False)
+    model = build_model(ModelConfig(num_classes=4, width_mult=0.35)).eval()
+    ckpt = Checkpoint(model_config=ModelConfig(num_classes=4, width_mult=0.35), data_config=cfg, class_names=bundle.class_names,
+                      state_dict=model.state_dict(), train_summary={"epoch": 1, "epochs": 1, "data": bundle.summary},
+                      provenance=provenance(bundle.fingerprint))
+    path = save_checkpoint(ckpt, tmp_path / "run" / "best.pt")
+    assert load_checkpoint(path).data_config.source == str(private / "imnet4")  # the checkpoint keeps the path
+    manifest = export_all(path, tmp_path / "out", formats="torchscript,onnx", quantize=True, calib_size=8)
+    for name in (TORCHSCRIPT_FILE, ONNX_FILE, INT8_FILE):
+        meta = read_metadata(manifest.out_dir / name)
+        assert "alice" not in json.dumps(meta), name
+        assert meta["data_config"]["source"] == "imnet4" and meta["data_config"]["class_index"] == "idx.json"
+        assert meta["train_summary"]["data"]["source"] == "imnet4"
+        assert meta["class_names"] == ["c0", "c1", "c2", "c3"]

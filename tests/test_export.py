@@ -187,19 +187,22 @@ def test_metadata_in_every_artifact(exported, trained_checkpoint):
 
 
 def test_torchscript_loads_without_mnv2export_or_torchvision(exported):
-    """Plain ``torch.jit.load`` in a fresh interpreter where neither package can be imported."""
+    """Plain ``torch.jit.load`` in a fresh interpreter where neither package can be imported; called by the input name
+    the metadata gives, as an ONNX session is."""
     code = (
         "import sys, json; sys.modules['mnv2export'] = None; sys.modules['torchvision'] = None\n"
         "import torch\n"
         "extra = {'mnv2_metadata.json': ''}\n"
         f"m = torch.jit.load({str(exported.out_dir / TORCHSCRIPT_FILE)!r}, _extra_files=extra)\n"
-        "y = m(torch.zeros(3, 3, 32, 32))\n"
-        "print(json.dumps({'shape': list(y.shape), 'classes': json.loads(extra['mnv2_metadata.json'])['class_names']}))\n"
+        "meta = json.loads(extra['mnv2_metadata.json'])\n"
+        "y = m(**{meta['input_name']: torch.zeros(3, 3, 32, 32)})\n"  # the argument is named as the metadata says
+        "print(json.dumps({'shape': list(y.shape), 'classes': meta['class_names'], 'schema': str(m.forward.schema)}))\n"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd="/")
     assert done.returncode == 0, done.stderr[-2000:]
     answer = json.loads(done.stdout.strip().splitlines()[-1])
     assert answer["shape"] == [3, 4] and len(answer["classes"]) == 4
+    assert "Tensor input) -> Tensor" in answer["schema"]  # as the ONNX graph's input
 
 
 def test_int8_recipe_follows_the_cpu():

@@ -27,6 +27,18 @@ from .names import TORCHSCRIPT_METADATA
 log = logging.getLogger(__name__)
 
 
+class _NamedInput(nn.Module):
+    """The model with its forward argument named ``input``, as the ONNX graph's input and the metadata's
+    ``input_name`` are (torchvision's forward calls it ``x``; tracing keeps the Python argument's name)."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:  # noqa: A002 (the name is the point)
+        return self.model(input)
+
+
 def export_torchscript(
     folded: nn.Module, example: torch.Tensor, metadata: dict[str, Any], out: str | Path, *, reference: torch.Tensor | None = None,
 ) -> Path:
@@ -37,7 +49,7 @@ def export_torchscript(
     try:
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore", FutureWarning)
-            traced = torch.jit.trace(folded, example, check_trace=False)  # verified below against the eager model
+            traced = torch.jit.trace(_NamedInput(folded).eval(), example, check_trace=False)  # verified below against the eager model
             frozen = torch.jit.freeze(traced)
             buffer = io.BytesIO()  # serialised in memory: writing straight to a full disk aborts the process in C++
             torch.jit.save(frozen, buffer, _extra_files={TORCHSCRIPT_METADATA: json.dumps(metadata)})

@@ -18,8 +18,8 @@ from __future__ import annotations
 import io
 import logging
 import pickle
-import re
 import platform
+import re
 import time
 import warnings
 from dataclasses import dataclass, field

@@ -1,5 +1,7 @@
+import gzip
 import json
 import logging
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -290,3 +292,49 @@ def test_synth_validation_images_are_not_augmented():
     torch.manual_seed(1)
     b = val[1][0]
     assert torch.equal(a, b) and torch.equal(a, eval_transform(cfg)(val.image(1)))
+
+
+def test_fashion_mnist_cache_left_truncated_is_extracted_again(tmp_path, monkeypatch):
+    """Two runs started together on a new machine once shared one temporary name while extracting: one of them left a
+    0-byte train-images file in the cache, and every later run failed on it ('invalid literal for int()')."""
+    cfg = _fashion(tmp_path, monkeypatch)
+    build_datasets(cfg)
+    cached = next((tmp_path / "cache").glob("fashion-mnist-*/FashionMNIST/raw/train-images-idx3-ubyte"))
+    whole = cached.read_bytes()
+    cached.write_bytes(b"")  # what the race (or a kill mid-extraction) left
+    assert len(build_datasets(cfg).train) == 64
+    assert cached.read_bytes() == whole
+    assert not [p.name for p in cached.parent.iterdir() if p.name.startswith(".")]  # no temporary file left behind
+
+
+def test_fashion_mnist_runs_extracting_together_each_get_whole_files(tmp_path, monkeypatch):
+    import multiprocessing
+
+    from mnv2export.data import fashion
+
+    monkeypatch.setenv("MNV2_CACHE", str(tmp_path / "cache"))
+    files = fashion._find_files(write_fashion_idx(tmp_path / "fm", n_train=4000, n_test=2000))
+    with multiprocessing.get_context("spawn").Pool(4) as pool:
+        roots = pool.map(fashion._torchvision_root, [files] * 4)
+    assert len(set(roots)) == 1
+    raw = Path(roots[0]) / "FashionMNIST" / "raw"
+    for name, archive in files.items():
+        with gzip.open(archive, "rb") as fh:
+            assert (raw / name).read_bytes() == fh.read(), name
+    assert sorted(p.name for p in raw.iterdir()) == sorted(fashion.FILES)
+
+
+def test_fashion_mnist_damaged_archive_or_idx_file_is_a_data_error(tmp_path, monkeypatch):
+    cfg = _fashion(tmp_path, monkeypatch)
+    archive = Path(cfg.data_dir) / "train-images-idx3-ubyte.gz"
+    archive.write_bytes(archive.read_bytes()[:-40])  # cut short
+    with pytest.raises(DataError, match="archive cannot be read"):
+        build_datasets(cfg)
+    plain = tmp_path / "plain" / "FashionMNIST" / "raw"  # torchvision's own layout, uncompressed: read in place
+    plain.mkdir(parents=True)
+    for gz in sorted(Path(write_fashion_idx(tmp_path / "fm2")).glob("*.gz")):
+        with gzip.open(gz, "rb") as fh:
+            (plain / gz.name.removesuffix(".gz")).write_bytes(fh.read())
+    (plain / "t10k-images-idx3-ubyte").write_bytes(b"\x00\x00\x08")
+    with pytest.raises(DataError, match="IDX files cannot be read"):
+        build_datasets(cfg.replace(data_dir=str(tmp_path / "plain")))

@@ -8,13 +8,17 @@ Validation is the official 10,000-image test split.
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import logging
 import os
+import shutil
+import zlib
 from pathlib import Path
 
 from torch.utils.data import Dataset
 
+from .. import errors, fileio
 from ..errors import DataError
 
 log = logging.getLogger(__name__)
@@ -43,28 +47,54 @@ def _find_files(folder: Path) -> dict[str, Path] | None:
     return None
 
 
+def _gzip_size(path: Path) -> int:
+    """The uncompressed size a gzip file records in its last four bytes (ISIZE, modulo 2**32)."""
+    with open(path, "rb") as fh:
+        fh.seek(-4, os.SEEK_END)
+        return int.from_bytes(fh.read(4), "little")
+
+
+def _gunzip(path: Path, out: Path) -> None:
+    with gzip.open(path, "rb") as src, open(out, "wb") as dst:
+        shutil.copyfileobj(src, dst, 1 << 20)
+
+
+def _archive(path: Path, read):
+    """``read(path)``, a damaged or unreadable archive being the data's fault (DataError), not the cache's."""
+    try:
+        return read(path)
+    except (OSError, EOFError, zlib.error) as exc:
+        raise DataError(f"Fashion-MNIST archive cannot be read ({errors.first_line(exc)})", path=path,
+                        hint="replace the file (reinstall dataset-fashion-mnist, or fetch the IDX files again)") from None
+
+
 def _torchvision_root(files: dict[str, Path]) -> Path:
-    """A root in torchvision's layout (``<root>/FashionMNIST/raw/<uncompressed IDX>``) for these files."""
+    """A root in torchvision's layout (``<root>/FashionMNIST/raw/<uncompressed IDX>``) for these files.
+
+    Each file is extracted (or linked) under a temporary name and renamed into place, so runs started together on a
+    new machine each leave a whole file, and a cached file whose size is not the one its archive records (an
+    extraction killed midway by an older version) is extracted again."""
     first = next(iter(files.values()))
     if all(p.suffix != ".gz" for p in files.values()) and first.parent.name == "raw" and first.parent.parent.name == "FashionMNIST":
         return first.parent.parent.parent
-    from torchvision.datasets.utils import extract_archive
-
     digest = hashlib.sha256(str(first.parent.resolve()).encode()).hexdigest()[:12]
     root = cache_root() / f"fashion-mnist-{digest}"
-    raw = root / "FashionMNIST" / "raw"
-    raw.mkdir(parents=True, exist_ok=True)
+    raw = fileio.ensure_dir(root / "FashionMNIST" / "raw")
     for name, path in files.items():
         target = raw / name
-        if target.is_file():
-            continue
         if path.suffix == ".gz":
-            tmp = raw / f".{name}.gz"
-            tmp.write_bytes(path.read_bytes())
-            extract_archive(str(tmp), str(raw), remove_finished=True)  # writes raw/.<name>
-            os.replace(raw / f".{name}", target)
-        else:
-            target.symlink_to(path.resolve())
+            size = _archive(path, _gzip_size)
+            if target.is_file() and not target.is_symlink() and target.stat().st_size == size:
+                continue
+            if target.exists() or target.is_symlink():
+                log.warning("%s is not the %d bytes its archive holds: extracting it again", target, size)
+            with fileio.atomic_path(target) as tmp:
+                _archive(path, lambda p: _gunzip(p, tmp))
+        elif not (target.is_symlink() and target.resolve() == path.resolve()):
+            link = raw / f".{name}.{os.getpid()}.link"  # renamed into place: another run may be linking it too
+            link.unlink(missing_ok=True)
+            link.symlink_to(path.resolve())
+            os.replace(link, target)
     return root
 
 
@@ -91,8 +121,12 @@ def fashion_mnist(data_dir: str | None, train_transform, val_transform) -> tuple
         files = {name: Path(root) / "FashionMNIST" / "raw" / name for name in FILES}
     else:
         root = _torchvision_root(files)
-        train = FashionMNIST(str(root), train=True, download=False, transform=train_transform)
-        val = FashionMNIST(str(root), train=False, download=False, transform=val_transform)
+        try:
+            train = FashionMNIST(str(root), train=True, download=False, transform=train_transform)
+            val = FashionMNIST(str(root), train=False, download=False, transform=val_transform)
+        except (ValueError, RuntimeError, AssertionError, OSError) as exc:  # torchvision's IDX reader on a damaged file
+            raise DataError(f"Fashion-MNIST IDX files cannot be read ({type(exc).__name__}: {errors.first_line(exc)})",
+                            path=next(iter(files.values())).parent, hint="replace the damaged IDX file(s)") from None
     h = hashlib.sha256()
     for name in FILES:
         h.update(f"{name}\0{files[name].stat().st_size}\n".encode())

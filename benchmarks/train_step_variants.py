@@ -3,7 +3,8 @@
 Each variant trains the recipe's model through ``mnv2export.train.train_one_epoch`` with the pieces ``mnv2 train``
 wires for the recipe (``StepContext``: channels_last and amp; ``build_optimizer``, ``build_scheduler``, label
 smoothing; the recipe's thread count) on one fixed random batch, so only the step is timed, not the data: ``recipe``,
-``compile`` (``torch.compile`` of the model, inductor, compile time excluded), ``bf16`` (``torch.autocast`` in
+``compile`` (``torch.compile`` of the model, inductor, compile time excluded), ``nchw`` (contiguous NCHW instead of
+channels_last: ``channels_last = "off"``), ``bf16`` (``torch.autocast`` in
 bfloat16: ``--amp bf16``), ``batchN`` (any batch size N: the recipe's own is 256, its earlier one 128), and the wider
 models ``width0.75`` / ``width1.0``. Modifiers combine with ``+``: ``bf16+width0.75``. One warm-up segment per
 variant, then ``--rounds`` rounds in which the variants take turns; the table shows median images/s and the ratio to
@@ -23,8 +24,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-VARIANTS = ("recipe", "compile", "bf16", "batch128", "batch512", "width0.75", "width1.0")  # the default list
-MODIFIER = re.compile(r"recipe|compile|bf16|batch([1-9][0-9]*)|width(0\.[0-9]+|1\.[0-9]+)")  # any batchN, widthX
+VARIANTS = ("recipe", "compile", "nchw", "bf16", "batch128", "batch512", "width0.75", "width1.0")  # the default list
+MODIFIER = re.compile(r"recipe|compile|nchw|bf16|batch([1-9][0-9]*)|width(0\.[0-9]+|1\.[0-9]+)")  # any batchN, widthX
 
 
 def modifiers(variant: str) -> list[re.Match] | None:
@@ -48,7 +49,7 @@ def make_segment(variant: str, recipe, steps: int):
     parts = {m[0] for m in found}
     device = torch.device("cpu")
     amp = "bf16" if "bf16" in parts else t.amp
-    ctx = StepContext(device=device, dtype=amp_dtype(amp, device), channels_last=t.channels_last != "off")
+    ctx = StepContext(device=device, dtype=amp_dtype(amp, device), channels_last=t.channels_last != "off" and "nchw" not in parts)
     model = build_model(cfg)
     if ctx.channels_last:
         model.to(memory_format=torch.channels_last)

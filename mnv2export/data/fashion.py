@@ -8,12 +8,14 @@ Validation is the official 10,000-image test split.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
 import logging
 import os
 import shutil
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
 
 from torch.utils.data import Dataset
@@ -59,10 +61,11 @@ def _gunzip(path: Path, out: Path) -> None:
         shutil.copyfileobj(src, dst, 1 << 20)
 
 
-def _archive(path: Path, read):
-    """``read(path)``, a damaged or unreadable archive being the data's fault (DataError), not the cache's."""
+@contextlib.contextmanager
+def _archive_errors(path: Path) -> Iterator[None]:
+    """A damaged or unreadable archive is the data's fault (DataError), not the cache's."""
     try:
-        return read(path)
+        yield
     except (OSError, EOFError, zlib.error) as exc:
         raise DataError(f"Fashion-MNIST archive cannot be read ({errors.first_line(exc)})", path=path,
                         hint="replace the file (reinstall dataset-fashion-mnist, or fetch the IDX files again)") from None
@@ -83,13 +86,14 @@ def _torchvision_root(files: dict[str, Path]) -> Path:
     for name, path in files.items():
         target = raw / name
         if path.suffix == ".gz":
-            size = _archive(path, _gzip_size)
+            with _archive_errors(path):
+                size = _gzip_size(path)
             if target.is_file() and not target.is_symlink() and target.stat().st_size == size:
                 continue
             if target.exists() or target.is_symlink():
                 log.warning("%s is not the %d bytes its archive holds: extracting it again", target, size)
-            with fileio.atomic_path(target) as tmp:
-                _archive(path, lambda p: _gunzip(p, tmp))
+            with fileio.atomic_path(target) as tmp, _archive_errors(path):
+                _gunzip(path, tmp)
         elif not (target.is_symlink() and target.resolve() == path.resolve()):
             link = raw / f".{name}.{os.getpid()}.link"  # renamed into place: another run may be linking it too
             link.unlink(missing_ok=True)

@@ -12,6 +12,10 @@ variant, then ``--rounds`` rounds in which the variants take turns; the table sh
 
     python benchmarks/train_step_variants.py                  # all variants, 40 steps x 3 rounds
     python benchmarks/train_step_variants.py --variants recipe,batch128,compile --steps 40 --rounds 5
+    python benchmarks/train_step_variants.py --variants recipe --rounds 1 --profile 5   # where the step's time goes
+
+``--profile N`` then runs N more steps of the first variant under ``torch.profiler`` and lists the operators that
+took the most CPU time, by input shape (which layer), per step.
 """
 
 from __future__ import annotations
@@ -73,6 +77,8 @@ def main(argv=None) -> int:
     p.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated, from {', '.join(VARIANTS)}, batchN, widthX, joined with +")
     p.add_argument("--steps", type=int, default=40, help="timed steps per variant and round")
     p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--profile", type=int, default=0, metavar="N", help="then profile N steps of the first variant")
+    p.add_argument("--top", type=int, default=15, help="operators listed by --profile")
     args = p.parse_args(argv)
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     unknown = sorted(v for v in set(variants) if modifiers(v) is None)
@@ -101,6 +107,8 @@ def main(argv=None) -> int:
                 segment()
                 rates[v].append(args.steps * batch / (time.perf_counter() - t0))
         threads = torch.get_num_threads()
+        if args.profile > 0:
+            profiled = profile_table(segments[variants[0]][0], args.profile, args.top)
     base = statistics.median(rates["recipe"]) if "recipe" in rates else None
     print(f"recipe {args.recipe}, {threads} threads, {args.steps} steps x {args.rounds} rounds\n")
     print("| variant | images/s (median) | min | max | vs recipe |\n|---|---:|---:|---:|---:|")
@@ -108,7 +116,28 @@ def main(argv=None) -> int:
         med = statistics.median(rates[v])
         ratio = f"{med / base:.2f}x" if base else "-"
         print(f"| {v} | {med:.0f} | {min(rates[v]):.0f} | {max(rates[v]):.0f} | {ratio} |")
+    if args.profile > 0:
+        print(f"\n{variants[0]} under torch.profiler, {args.profile} steps: the {args.top} costliest operators\n")
+        print(profiled)
     return 0
+
+
+def profile_table(segment, steps: int, top: int) -> str:
+    """``steps`` steps of ``segment`` under ``torch.profiler``: its costliest operators by input shape, as a table."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+        segment(steps)
+    rows = prof.key_averages(group_by_input_shape=True)
+    total = sum(r.self_cpu_time_total for r in rows)
+    lines = ["| operator | input shapes | calls per step | self ms per step | share |", "|---|---|---:|---:|---:|"]
+    for r in sorted(rows, key=lambda r: r.self_cpu_time_total, reverse=True)[:top]:
+        shapes = ", ".join(str(list(s)) for s in r.input_shapes if s)
+        lines.append(
+            f"| {r.key} | {shapes} | {r.count / steps:g} | {r.self_cpu_time_total / 1000 / steps:.1f} | "
+            f"{r.self_cpu_time_total / total:.1%} |"
+        )
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

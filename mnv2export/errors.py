@@ -66,6 +66,16 @@ class DistributedError(Mnv2Error):
     """A multi-process (torchrun) job cannot go on: another of its processes stopped."""
 
 
+class Terminated(BaseException):
+    """SIGTERM during training (a cluster scheduler preempting the job, ``kill``, torchrun stopping its workers),
+    raised where the signal lands so that the run unwinds as Ctrl-C does: the epoch's files whole, a line saying how to
+    resume. Like KeyboardInterrupt it is no ``Exception`` (no ``except Exception`` swallows it), but it is not one
+    either: typer turns a KeyboardInterrupt into a silent exit 130, and this one exits 143 (128 + SIGTERM), as a
+    process the signal had killed reports, after ``error: terminated (SIGTERM)``."""
+
+    exit_code = 143
+
+
 def first_line(exc: BaseException) -> str:
     """The first line of what ``exc`` says (third-party errors run to pages), or its type's name when it says nothing."""
     text = str(exc).strip().splitlines()

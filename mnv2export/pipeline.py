@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import RunConfig, run_config
-from .errors import ConfigError, Mnv2Error, ParityError
+from .errors import ConfigError, Mnv2Error, ParityError, Terminated
 
 log = logging.getLogger(__name__)
 
@@ -289,8 +289,8 @@ def _run_step(result: PipelineResult, step: str, t0: float) -> None:
     try:
         record.outputs = STEP_FUNCTIONS[step](result)
         record.status = "ok"
-    except KeyboardInterrupt:
-        record.status, record.error = "interrupted", "interrupted (Ctrl-C)"
+    except (KeyboardInterrupt, Terminated) as exc:
+        record.status, record.error = "interrupted", "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted (Ctrl-C)"
         raise
     except Exception as exc:  # noqa: BLE001 - every failure of a step is reported as that step's failure
         error = PipelineError(step, exc, result)

@@ -17,6 +17,7 @@ import csv
 import io
 import logging
 import math
+import os
 import random
 import signal
 import threading
@@ -37,7 +38,7 @@ from .config import RunConfig, TrainConfig
 from .data import DataBundle, SkipTracker, build_datasets, collate
 from .data.memory import MemoryImages, MemoryLoader
 from .device import cpu_threads, resolve_device, warn_if_oversubscribed
-from .errors import CheckpointError, ConfigError, DataError, DistributedError, Mnv2Error
+from .errors import CheckpointError, ConfigError, DataError, DistributedError, Mnv2Error, Terminated
 from .fileio import ensure_dir, folder_lock, remove_outputs, sha256_file, write_text
 from .model import build_model, load_pretrained, zero_init_residual
 
@@ -177,8 +178,16 @@ def make_loader(ds, cfg: TrainConfig, info: D.DistInfo, device: torch.device, *,
     return DataLoader(
         ds, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.workers, collate_fn=collate,
         pin_memory=device.type == "cuda", drop_last=drop_last, generator=g,
-        persistent_workers=False,
+        persistent_workers=False, worker_init_fn=_worker_quiet_on_sigterm if cfg.workers else None,
     )
+
+
+def _worker_quiet_on_sigterm(worker_id: int) -> None:
+    """In a DataLoader worker: a SIGTERM from anyone ends it with status 0, as torch's own handler does only for one
+    its parent sends. When a whole process group is terminated (a pod, a Slurm job), the main process then says so
+    (:class:`Terminated`), not a 'DataLoader worker is killed by signal' traceback at its exit. A worker terminated
+    alone still fails the run: the main process finds it gone ('exited unexpectedly')."""
+    signal.signal(signal.SIGTERM, lambda signum, frame: os._exit(0))
 
 
 # --------------------------------------------------------------------------------------------------- the loops
@@ -215,6 +224,7 @@ def train_one_epoch(
         if ctx.scaler is not None:  # a step the scaler passed over: torch's order warning is about that skip
             warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)` before `optimizer\.step\(\)`")
         for images, labels, skipped in loader:
+            raise_if_terminated()
             if skips is not None:
                 skips.add(skipped)
             # every image unreadable, or one left, which BatchNorm cannot train on (1x1 maps): passed over, on every rank
@@ -293,6 +303,7 @@ def evaluate(model: nn.Module, loader: DataLoader, ctx: StepContext, num_classes
     confusion = torch.zeros(num_classes * num_classes, dtype=torch.float64, device=ctx.device)
     criterion = nn.CrossEntropyLoss(reduction="sum")
     for images, labels, skipped in loader:
+        raise_if_terminated()
         if skips is not None:
             skips.add(skipped)
         if labels.numel() == 0:
@@ -389,6 +400,7 @@ def fit(cfg: RunConfig, *, run_dir: str | Path | None = None, resume_from: Check
             if device_type == "cpu" and info.is_main:
                 warn_if_oversubscribed(cfg.train.threads, setting="--threads (train.threads in a recipe)")
             stack.enter_context(cpu_threads(cfg.train.threads if device_type == "cpu" else 0))
+            stack.enter_context(_sigterm_as_interrupt())
             try:
                 return _fit(cfg, info, run_dir, resume_from, overwrite)
             except RuntimeError as exc:
@@ -594,6 +606,7 @@ def _fit(cfg: RunConfig, info: D.DistInfo, run_dir: Path, resume_from: Checkpoin
     epoch = start_epoch
     try:
         for epoch in range(start_epoch, t.epochs):
+            raise_if_terminated()  # one that came while the last epoch's files were written
             t0 = time.perf_counter()
             torch.manual_seed(_epoch_seed(t.seed, epoch))  # augmentation and dropout randomness of this epoch
             loader = make_loader(data.train, t, info, device, train=True, epoch=epoch, memory=data.train_memory)
@@ -632,16 +645,25 @@ def _fit(cfg: RunConfig, info: D.DistInfo, run_dir: Path, resume_from: Checkpoin
             update_summary(epoch + 1)
             if info.is_main:
                 # last.pt first, metrics.csv last: a metrics row means its epoch is in last.pt. Ctrl-C waits for the
-                # three writes, so an interrupt never leaves them telling different epochs.
+                # three writes (a SIGTERM is acted on only between batches), so an interrupt never leaves them telling
+                # different epochs.
                 with _sigint_deferred():
                     save_checkpoint(snapshot(epoch + 1, True), last_path)
                     if best_epoch == epoch + 1:
                         save_checkpoint(snapshot(epoch + 1, False), best_path)
                     write_text(run_dir / "metrics.csv", _csv(history))
             D.barrier(info)
-    except KeyboardInterrupt:
+    except BaseException as exc:
+        # after a SIGTERM, an error is its consequence: the signal reached the DataLoader's workers (a process group
+        # terminated) or the other ranks too, and their end was seen before the next batch
+        terminated = isinstance(exc, Terminated) or (isinstance(exc, Exception) and _sigterm_received.is_set())
+        if not (terminated or isinstance(exc, KeyboardInterrupt)):
+            raise
         if info.is_main:
-            log.warning("interrupted in epoch %d; %s holds epoch %d: continue with --resume", epoch + 1, last_path, len(history))
+            log.warning("%s in epoch %d; %s holds epoch %d: continue with --resume", "terminated (SIGTERM)" if terminated
+                        else "interrupted", epoch + 1, last_path, len(history))
+        if terminated and not isinstance(exc, Terminated):
+            raise Terminated from exc
         raise
     update_summary(len(history))
     summary["wall_seconds"] = time.perf_counter() - started
@@ -652,6 +674,45 @@ def _fit(cfg: RunConfig, info: D.DistInfo, run_dir: Path, resume_from: Checkpoin
 
         training_pictures(run_dir, history, best_path, data, summary.get("confusion"))
     return TrainResult(run_dir=run_dir, best=best_path, last=last_path, summary=summary, history=history, is_main=info.is_main)
+
+
+_sigterm_received = threading.Event()
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """Inside: a SIGTERM (a scheduler preempting the job, ``kill``, torchrun stopping its workers) is noted, and the
+    training and evaluation loops raise :class:`Terminated` at their next batch (:func:`raise_if_terminated`), so the run
+    unwinds as Ctrl-C does: its epoch's files whole, a line saying how to resume, exit 143. The handler only notes it:
+    an exception raised from a signal handler lands wherever the process is, and where it lands in an at-fork hook or a
+    ``__del__`` Python drops it (seen: a SIGTERM lost in logging's fork hook as a DataLoader worker started, and the run
+    went on). Only in the main thread, and only where SIGTERM has its default action (a caller's handler is kept). A
+    process forked inside that gets SIGTERM before it sets its own handler dies of it, as it would have."""
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        yield
+        return
+    pid = os.getpid()
+
+    def handler(signum, frame):
+        if os.getpid() != pid:  # a forked child inherited this handler: the default action, as if it had none
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGTERM)
+            return
+        _sigterm_received.set()
+
+    _sigterm_received.clear()
+    signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        _sigterm_received.clear()
+
+
+def raise_if_terminated() -> None:
+    """Raise :class:`Terminated` once a SIGTERM has been noted (inside :func:`_sigterm_as_interrupt`)."""
+    if _sigterm_received.is_set():
+        raise Terminated
 
 
 @contextlib.contextmanager

@@ -231,6 +231,82 @@ def test_ctrl_c_saves_and_exits_cleanly(tmp_path):
     assert ckpt.train_summary["epoch"] >= 1 and "resume" in ckpt.extra
 
 
+def test_sigterm_is_noted_then_raised_at_the_next_batch():
+    """The SIGTERM handler only notes the signal; the loops raise Terminated at their next batch. Raised from the
+    handler itself, it was lost when it landed in an at-fork hook (logging's, as a DataLoader worker started)."""
+    from mnv2export.errors import Terminated
+    from mnv2export.train import _sigterm_as_interrupt, raise_if_terminated
+
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    with _sigterm_as_interrupt():
+        raise_if_terminated()  # nothing noted yet
+        os.kill(os.getpid(), signal.SIGTERM)
+        for _ in range(1000):  # the handler runs between bytecodes: it has run by now, and raised nothing
+            pass
+        with pytest.raises(Terminated):
+            raise_if_terminated()
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # restored
+    raise_if_terminated()  # and forgotten: the next run starts clean
+    # a caller's own SIGTERM handler is kept
+    mine = signal.signal(signal.SIGTERM, lambda signum, frame: None)
+    try:
+        with _sigterm_as_interrupt():
+            os.kill(os.getpid(), signal.SIGTERM)
+            for _ in range(1000):
+                pass
+            raise_if_terminated()
+    finally:
+        signal.signal(signal.SIGTERM, mine)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how", ["process", "process group, loader workers"])
+def test_sigterm_saves_and_exits_cleanly_then_resumes(tmp_path, how):
+    """`kill PID`, or a whole process group terminated (as a pod or a Slurm job is), used to kill the trainer wherever
+    it was: no word of what last.pt held, and possibly between the writes of last.pt and metrics.csv. Now it stops as
+    Ctrl-C does: one line saying how to resume, exit 143, files telling the same epoch; --resume goes on from there."""
+    out = tmp_path / "run"
+    workers = ["--workers", "1"] if "workers" in how else []
+    proc = subprocess.Popen([sys.executable, "-m", "mnv2export", "train", *TINY_FLAGS, *workers, "--epochs", "50", "--out", str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    assert _wait_for(lambda: _epochs_done(out) >= 1, proc)
+    if "group" in how:
+        os.killpg(proc.pid, signal.SIGTERM)
+    else:
+        proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err[-3000:]
+    assert "Traceback" not in err and err.strip().splitlines()[-1] == "error: terminated (SIGTERM)", err[-3000:]
+    done = load_checkpoint(out / "last.pt").train_summary["epoch"]
+    assert f"terminated (SIGTERM) in epoch {done + 1}; {out / 'last.pt'} holds epoch {done}: continue with --resume" in err, err[-3000:]
+    assert done >= 1 and _epochs_done(out) == done  # last.pt and metrics.csv tell the same epoch
+    r = mnv2("train", "--resume", "--out", str(out), "--epochs", str(done + 1), "--no-progress")
+    assert r.returncode == 0, r.stderr
+    assert f"at epoch {done + 1} of {done + 1}" in r.stderr and _epochs_done(out) == done + 1
+
+
+@pytest.mark.slow
+def test_sigterm_to_torchrun_stops_every_process_cleanly(tmp_path):
+    """A scheduler stopping a torchrun job sends SIGTERM to the agent, which sends it to every process: each stops at
+    its next batch, rank 0 says how to resume, and last.pt and metrics.csv tell the same epoch."""
+    out = tmp_path / "run"
+    port = 33500 + os.getpid() % 1000
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
+         "-m", "mnv2export", "train", *TINY_FLAGS, "--epochs", "50", "--out", str(out)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert _wait_for(lambda: _epochs_done(out) >= 1, proc, timeout=300)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode != 0
+    done = load_checkpoint(out / "last.pt").train_summary["epoch"]
+    assert err.count(f"terminated (SIGTERM) in epoch {done + 1}; {out / 'last.pt'} holds epoch {done}: continue with --resume") == 1, err[-3000:]
+    assert err.count("error: terminated (SIGTERM)") == 2, err[-3000:]  # each process was terminated, and says so
+    assert "exited unexpectedly" not in err and "Connection" not in err, err[-3000:]
+    assert done >= 1 and _epochs_done(out) == done
+
+
 @pytest.mark.slow
 def test_two_process_ddp_on_cpu(tmp_path):
     out = tmp_path / "run"

@@ -14,7 +14,7 @@ import traceback
 
 import typer
 
-from ..errors import Mnv2Error
+from ..errors import Mnv2Error, Terminated
 
 app = typer.Typer(
     name="mnv2",
@@ -92,6 +92,9 @@ def main(argv: list[str] | None = None) -> int:
         where = f" (try '{ctx.command_path} --help')" if ctx is not None else ""
         print(f"error: {exc.format_message()}{where}", file=sys.stderr)
         return int(getattr(exc, "exit_code", 2))
+    except Terminated:
+        print("error: terminated (SIGTERM)", file=sys.stderr)
+        return Terminated.exit_code
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130

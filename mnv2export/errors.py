@@ -68,7 +68,7 @@ class DistributedError(Mnv2Error):
 
 class Terminated(BaseException):
     """SIGTERM during training (a cluster scheduler preempting the job, ``kill``, torchrun stopping its workers),
-    raised where the signal lands so that the run unwinds as Ctrl-C does: the epoch's files whole, a line saying how to
+    raised at the next batch so that the run unwinds as Ctrl-C does: the epoch's files whole, a line saying how to
     resume. Like KeyboardInterrupt it is no ``Exception`` (no ``except Exception`` swallows it), but it is not one
     either: typer turns a KeyboardInterrupt into a silent exit 130, and this one exits 143 (128 + SIGTERM), as a
     process the signal had killed reports, after ``error: terminated (SIGTERM)``."""

@@ -686,8 +686,10 @@ def _sigterm_as_interrupt() -> Iterator[None]:
     unwinds as Ctrl-C does: its epoch's files whole, a line saying how to resume, exit 143. The handler only notes it:
     an exception raised from a signal handler lands wherever the process is, and where it lands in an at-fork hook or a
     ``__del__`` Python drops it (seen: a SIGTERM lost in logging's fork hook as a DataLoader worker started, and the run
-    went on). Only in the main thread, and only where SIGTERM has its default action (a caller's handler is kept). A
-    process forked inside that gets SIGTERM before it sets its own handler dies of it, as it would have."""
+    went on). One noted after the last batch is raised when the block ends, so that nothing run after training (the
+    pipeline's export) goes on. Only in the main thread, and only where SIGTERM has its default action (a caller's
+    handler is kept). A process forked inside that gets SIGTERM before it sets its own handler dies of it, as it would
+    have."""
     if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
         yield
         return
@@ -706,7 +708,10 @@ def _sigterm_as_interrupt() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        noted = _sigterm_received.is_set()
         _sigterm_received.clear()
+    if noted:  # one that came after the last batch (the last files, the pictures): never forgotten
+        raise Terminated
 
 
 def raise_if_terminated() -> None:

@@ -238,15 +238,30 @@ def test_sigterm_is_noted_then_raised_at_the_next_batch():
     from mnv2export.train import _sigterm_as_interrupt, raise_if_terminated
 
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
-    with _sigterm_as_interrupt():
-        raise_if_terminated()  # nothing noted yet
-        os.kill(os.getpid(), signal.SIGTERM)
-        for _ in range(1000):  # the handler runs between bytecodes: it has run by now, and raised nothing
-            pass
-        with pytest.raises(Terminated):
+    reached = []
+    with pytest.raises(Terminated):
+        with _sigterm_as_interrupt():
+            raise_if_terminated()  # nothing noted yet
+            os.kill(os.getpid(), signal.SIGTERM)
+            for _ in range(1000):  # the handler runs between bytecodes: it has run by now, and raised nothing
+                pass
+            reached.append("after the signal")
             raise_if_terminated()
+            reached.append("not reached")
+    assert reached == ["after the signal"]
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # restored
     raise_if_terminated()  # and forgotten: the next run starts clean
+    # one that comes after the last batch (the pictures, the last writes) is raised as the block ends, not forgotten:
+    # the pipeline would have gone on to export
+    after = []
+    with pytest.raises(Terminated):
+        with _sigterm_as_interrupt():
+            os.kill(os.getpid(), signal.SIGTERM)
+            for _ in range(1000):
+                pass
+            after.append("the rest of the block ran")
+    assert after == ["the rest of the block ran"] and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    raise_if_terminated()
     # a caller's own SIGTERM handler is kept
     mine = signal.signal(signal.SIGTERM, lambda signum, frame: None)
     try:

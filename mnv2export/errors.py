@@ -74,6 +74,7 @@ class Terminated(BaseException):
     process the signal had killed reports, after ``error: terminated (SIGTERM)``."""
 
     exit_code = 143
+    what = "terminated (SIGTERM)"  # how the trainer's log, the pipeline's step and the CLI's error line name it
 
 
 def first_line(exc: BaseException) -> str:

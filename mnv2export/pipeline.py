@@ -290,7 +290,7 @@ def _run_step(result: PipelineResult, step: str, t0: float) -> None:
         record.outputs = STEP_FUNCTIONS[step](result)
         record.status = "ok"
     except (KeyboardInterrupt, Terminated) as exc:
-        record.status, record.error = "interrupted", "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted (Ctrl-C)"
+        record.status, record.error = "interrupted", Terminated.what if isinstance(exc, Terminated) else "interrupted (Ctrl-C)"
         raise
     except Exception as exc:  # noqa: BLE001 - every failure of a step is reported as that step's failure
         error = PipelineError(step, exc, result)

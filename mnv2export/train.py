@@ -656,13 +656,14 @@ def _fit(cfg: RunConfig, info: D.DistInfo, run_dir: Path, resume_from: Checkpoin
     except BaseException as exc:
         # after a SIGTERM, an error is its consequence: the signal reached the DataLoader's workers (a process group
         # terminated) or the other ranks too, and their end was seen before the next batch
-        terminated = isinstance(exc, Terminated) or (isinstance(exc, Exception) and _sigterm_received.is_set())
+        consequence = isinstance(exc, Exception) and _sigterm_received.is_set()
+        terminated = consequence or isinstance(exc, Terminated)
         if not (terminated or isinstance(exc, KeyboardInterrupt)):
             raise
         if info.is_main:
-            log.warning("%s in epoch %d; %s holds epoch %d: continue with --resume", "terminated (SIGTERM)" if terminated
-                        else "interrupted", epoch + 1, last_path, len(history))
-        if terminated and not isinstance(exc, Terminated):
+            log.warning("%s in epoch %d; %s holds epoch %d: continue with --resume", Terminated.what if terminated else "interrupted",
+                        epoch + 1, last_path, len(history))
+        if consequence:
             raise Terminated from exc
         raise
     update_summary(len(history))

@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc.format_message()}{where}", file=sys.stderr)
         return int(getattr(exc, "exit_code", 2))
     except Terminated:
-        print("error: terminated (SIGTERM)", file=sys.stderr)
+        print(f"error: {Terminated.what}", file=sys.stderr)
         return Terminated.exit_code
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)

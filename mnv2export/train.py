@@ -17,15 +17,12 @@ import csv
 import io
 import logging
 import math
-import os
 import random
-import signal
-import threading
 import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -33,20 +30,20 @@ from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, SequentialSampler
 
 from . import distributed as D
-from .checkpoint import Checkpoint, load_checkpoint, provenance, save_checkpoint
+from .checkpoint import Checkpoint, provenance, save_checkpoint
 from .config import RunConfig, TrainConfig
 from .data import DataBundle, SkipTracker, build_datasets, collate
 from .data.memory import MemoryImages, MemoryLoader
 from .device import cpu_threads, resolve_device, warn_if_oversubscribed
-from .errors import CheckpointError, ConfigError, DataError, DistributedError, Mnv2Error, Terminated
-from .fileio import ensure_dir, folder_lock, remove_outputs, sha256_file, write_text
+from .errors import ConfigError, DataError, DistributedError, Mnv2Error, Terminated
+from .fileio import remove_outputs, write_text
 from .model import build_model, load_pretrained, zero_init_residual
+from .run_folder import RUN_FOLDERS, RUN_OUTPUTS, check_same_world_size, claim_run_folder, default_run_dir, resume_hint
+from .signals import raise_if_terminated, sigint_deferred, sigterm_as_interrupt, sigterm_noted, worker_quiet_on_sigterm
 
 log = logging.getLogger(__name__)
 
 METRIC_COLUMNS = ("epoch", "train_loss", "val_loss", "val_acc", "lr", "seconds")
-# what may change when resuming (anything else would not continue the same run)
-RESUMABLE_CHANGES = {"epochs", "workers", "threads", "progress", "plots", "device", "out"}
 
 
 @dataclass
@@ -178,16 +175,8 @@ def make_loader(ds, cfg: TrainConfig, info: D.DistInfo, device: torch.device, *,
     return DataLoader(
         ds, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.workers, collate_fn=collate,
         pin_memory=device.type == "cuda", drop_last=drop_last, generator=g,
-        persistent_workers=False, worker_init_fn=_worker_quiet_on_sigterm if cfg.workers else None,
+        persistent_workers=False, worker_init_fn=worker_quiet_on_sigterm if cfg.workers else None,
     )
-
-
-def _worker_quiet_on_sigterm(worker_id: int) -> None:
-    """In a DataLoader worker: a SIGTERM from anyone ends it with status 0, as torch's own handler does only for one
-    its parent sends. When a whole process group is terminated (a pod, a Slurm job), the main process then says so
-    (:class:`Terminated`), not a 'DataLoader worker is killed by signal' traceback at its exit. A worker terminated
-    alone still fails the run: the main process finds it gone ('exited unexpectedly')."""
-    signal.signal(signal.SIGTERM, lambda signum, frame: os._exit(0))
 
 
 # --------------------------------------------------------------------------------------------------- the loops
@@ -330,55 +319,13 @@ def evaluate(model: nn.Module, loader: DataLoader, ctx: StepContext, num_classes
 
 
 # --------------------------------------------------------------------------------------------------- the run
-def default_run_dir(cfg: RunConfig) -> Path:
-    """``weights/<data>-<time>``; ``-2``, ``-3``... after it when a run of that second already has the name."""
-    name = Path(cfg.data.source).name if not cfg.data.is_builtin else cfg.data.source
-    base = Path("weights") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    path, n = base, 1
-    while path.exists():
-        n += 1
-        path = base.with_name(f"{base.name}-{n}")
-    return path
-
-
-def resume_config(run_dir: Path, flags: dict[str, dict[str, Any]]) -> tuple[RunConfig, Checkpoint]:
-    """The configuration stored in ``run_dir/last.pt``, with the few flags that may change on resume."""
-    last = run_dir / "last.pt"
-    if not last.is_file():
-        raise CheckpointError("nothing to resume: no last.pt in the run folder", path=run_dir, hint="start a new run without --resume")
-    ckpt = load_checkpoint(last)
-    if "resume" not in ckpt.extra or "train_config" not in ckpt.extra:
-        raise CheckpointError("checkpoint has no training state to resume from (a best.pt?)", path=last, hint="resume from a run folder's last.pt")
-    stored = RunConfig.from_dict({"model": ckpt.model_config.to_dict(), "data": ckpt.data_config.to_dict(), "train": ckpt.extra["train_config"]})
-    changed = [
-        f"{section}.{k}" for section, values in flags.items() for k, v in values.items()
-        if v is not None and not (section == "train" and k in RESUMABLE_CHANGES) and getattr(getattr(stored, section), k) != v
-    ]
-    allowed = set(RESUMABLE_CHANGES)
-    if stored.train.sync_bn and str(ckpt.train_summary.get("device", "")).startswith("cpu"):
-        allowed.add("sync_bn")  # recorded by a CPU run, where it never applied (now refused up front): may be dropped
-        changed = [c for c in changed if c != "train.sync_bn"]
-    if changed:
-        raise ConfigError(f"cannot change {', '.join(changed)} when resuming", hint="resume with the run's own settings, or start a new run")
-    train = {k: v for k, v in flags.get("train", {}).items() if k in allowed and v is not None}
-    return stored.override({}, {}, train), ckpt
-
-
-# what a run writes into its folder (--overwrite removes these and nothing else)
-RUN_OUTPUTS = ("best.pt", "last.pt", "metrics.csv", "config.json", "loss_curve.png", "kernels.png", "feature_maps_shallow.png",
-               "feature_maps_deep.png", "confusion_matrix.png")
-RUN_FOLDERS = ("visualize",)  # `mnv2 visualize best.pt` writes here by default
-# a killed run's DataLoader workers hold its folder lock until they notice (every 5 s): `--resume` at once waits for them
-RUN_LOCK_WAIT_S = 10.0
-
-
 def fit(cfg: RunConfig, *, run_dir: str | Path | None = None, resume_from: Checkpoint | None = None, overwrite: bool = False) -> TrainResult:
     """Train ``cfg``; files go to ``run_dir`` (default ``weights/<source>-<time>/``).
 
-    ``resume_from`` (see :func:`resume_config`) continues that run's ``last.pt`` from its last completed epoch. A new run
+    ``resume_from`` (see :func:`~mnv2export.run_folder.resume_config`) continues that run's ``last.pt`` from its last completed epoch. A new run
     refuses a folder that already holds files unless ``overwrite`` (then the folder must hold a run, whose outputs are
     removed once the data and model are ready). The folder is locked for the run: a second ``fit`` into it fails
-    (after waiting :data:`RUN_LOCK_WAIT_S` for a killed run's DataLoader workers to let go).
+    (after waiting :data:`~mnv2export.run_folder.RUN_LOCK_WAIT_S` for a killed run's DataLoader workers to let go).
     """
     if overwrite and resume_from is not None:
         raise ConfigError("--overwrite and --resume contradict each other", hint="--resume continues the run, --overwrite replaces it: pass one")
@@ -400,29 +347,20 @@ def fit(cfg: RunConfig, *, run_dir: str | Path | None = None, resume_from: Check
             if device_type == "cpu" and info.is_main:
                 warn_if_oversubscribed(cfg.train.threads, setting="--threads (train.threads in a recipe)")
             stack.enter_context(cpu_threads(cfg.train.threads if device_type == "cpu" else 0))
-            stack.enter_context(_sigterm_as_interrupt())
+            stack.enter_context(sigterm_as_interrupt())
             try:
                 return _fit(cfg, info, run_dir, resume_from, overwrite)
             except RuntimeError as exc:
                 reason = D.peer_failure(exc) if info.enabled else None
                 if reason is None:
                     raise
-                raise DistributedError(f"another process of the job stopped ({reason})", hint=_resume_hint(run_dir / "last.pt")) from exc
+                raise DistributedError(f"another process of the job stopped ({reason})", hint=resume_hint(run_dir / "last.pt")) from exc
             except BaseException:
                 if created and run_dir.is_dir() and not any(run_dir.iterdir()):
                     run_dir.rmdir()  # a run that fails before writing anything (bad data, device, weights) leaves no folder
                 raise
     finally:
         D.shutdown()
-
-
-def _resume_hint(last: Path) -> str:
-    """How to go on after the job stopped: from the epoch ``last`` holds (as rank 0 left it), or from the start."""
-    try:
-        epoch = int(load_checkpoint(last).train_summary["epoch"])
-    except Exception:  # noqa: BLE001 - a hint only: none readable (another node's file system, no last.pt yet)
-        return "see the other process's error above; no last.pt to resume from here: start the run again"
-    return f"{last} holds epoch {epoch}: continue with --resume (see the other process's error above)"
 
 
 def check_settings(cfg: RunConfig, info: D.DistInfo, resume_from: Checkpoint | None) -> None:
@@ -433,55 +371,6 @@ def check_settings(cfg: RunConfig, info: D.DistInfo, resume_from: Checkpoint | N
                           hint="drop --sync-bn (--resume of a CPU run that recorded it: pass --no-sync-bn)" if resume_from is not None else "drop --sync-bn")
     if resume_from is not None:
         check_same_world_size(resume_from, info)
-
-
-def check_same_world_size(resume_from: Checkpoint, info: D.DistInfo) -> None:
-    """A run resumes with the number of processes it was trained with: its saved learning-rate schedule counts the
-    steps per epoch of that many processes, and its global batch is ``batch_size`` times that many."""
-    before = int(resume_from.train_summary.get("world_size", 1))
-    if before != info.world_size:
-        how = f"torchrun --nproc_per_node {before} -m mnv2export train --resume ..." if before > 1 else "mnv2 train --resume ... without torchrun"
-        raise ConfigError(
-            f"the run was trained by {_processes(before)}, this resume has {_processes(info.world_size)}: the learning-rate "
-            "schedule (steps per epoch) and the global batch would change", path=None,
-            hint=f"resume with the same number of processes ({how})")
-
-
-def _processes(n: int) -> str:
-    return f"{n} process" + ("es" if n != 1 else "")
-
-
-def claim_run_folder(run_dir: Path, stack: contextlib.ExitStack, *, resume_from: Checkpoint | None, overwrite: bool) -> bool:
-    """Create and lock ``run_dir`` for this run (the lock held until ``stack`` closes), then check it while holding the
-    lock: a run that waited for another one to finish finds the folder as that run left it, so a second new run into
-    it is refused and a --resume whose last.pt changed meanwhile does not train from the stale one. Returns whether
-    the folder was created."""
-    if run_dir.exists() and not run_dir.is_dir():
-        raise ConfigError("run folder path is a file", path=run_dir, hint="choose another --out")
-    created = not run_dir.exists()
-    ensure_dir(run_dir)  # an unwritable output is found before the data is read
-    stack.enter_context(folder_lock(run_dir, "another process is training into this run folder",
-                                    "wait for it to finish, or choose another --out", wait=RUN_LOCK_WAIT_S))
-    if resume_from is None:
-        check_run_folder(run_dir, overwrite=overwrite)
-    else:
-        last = run_dir / "last.pt"
-        if not last.is_file() or sha256_file(last) != resume_from.sha256:
-            raise ConfigError("the run changed since --resume read its last.pt (another process trained in it meanwhile)",
-                              path=last, hint="run the same --resume again to continue from where it is now")
-    return created
-
-
-def check_run_folder(run_dir: Path, *, overwrite: bool) -> None:
-    """A new run's folder (an existing one, locked): empty, or ``overwrite`` and a folder holding a run (its outputs go
-    once the data and model are ready)."""
-    if any(run_dir.iterdir()):
-        if not overwrite:
-            raise ConfigError("run folder already holds files", path=run_dir,
-                              hint="--resume continues the run in it, --overwrite replaces it; or choose another --out")
-        if not any((run_dir / f).is_file() for f in ("last.pt", "best.pt", "config.json", "metrics.csv")):
-            raise ConfigError("folder is not a training run (no last.pt, best.pt, config.json or metrics.csv): refusing to overwrite it",
-                              path=run_dir, hint="choose another --out")
 
 
 def _fit(cfg: RunConfig, info: D.DistInfo, run_dir: Path, resume_from: Checkpoint | None, overwrite: bool) -> TrainResult:
@@ -543,28 +432,8 @@ def _fit(cfg: RunConfig, info: D.DistInfo, run_dir: Path, resume_from: Checkpoin
         if info.enabled:  # each rank met its own share of the images: the summary and warnings cover every rank's
             skips.merge(D.all_gather_objects(skips.pending, info), warn=info.is_main)
     if resume_from is not None:
-        r = resume_from.extra["resume"]
-        model.load_state_dict(r["model"])
-        planned = int(resume_from.extra.get("train_config", {}).get("epochs", t.epochs))
-        if planned == t.epochs:
-            opt.load_state_dict(r["optimizer"])
-            sched.load_state_dict(r["scheduler"])
-        else:  # extended (or shortened): the schedule of the new length, at the step the run has reached
-            _fast_forward(sched, int(resume_from.train_summary["epoch"]) * steps)
-            lrs = [g["lr"] for g in opt.param_groups]
-            opt.load_state_dict(r["optimizer"])  # momentum buffers; the learning rate is the new schedule's
-            for group, lr in zip(opt.param_groups, lrs):
-                group["lr"] = lr
-            log.info("learning-rate schedule of %d epochs (the run was planned for %d), continued at its step", t.epochs, planned)
-        if ctx.scaler is not None and r.get("scaler"):
-            ctx.scaler.load_state_dict(r["scaler"])
-        if ema is not None and r.get("ema"):
-            ema.load_state_dict(r["ema"])
-        set_rng_state(r["rng"])
-        s = resume_from.train_summary
-        history = [dict(row) for row in s.get("history", [])]
-        start_epoch, best_acc, best_epoch = int(s["epoch"]), float(s.get("best_val_acc", -1.0)), int(s.get("best_epoch", 0))
-        skips.paths.update(s.get("skipped_images", {}))
+        history, start_epoch, best_acc, best_epoch = restore_training_state(resume_from, model, opt, sched, ctx.scaler, ema, steps, t.epochs)
+        skips.paths.update(resume_from.train_summary.get("skipped_images", {}))
         log.info("resuming %s at epoch %d of %d", run_dir, start_epoch + 1, t.epochs)
         if start_epoch >= t.epochs:
             log.info("the run already has %d epochs; pass a larger --epochs to train further", start_epoch)
@@ -647,7 +516,7 @@ def _fit(cfg: RunConfig, info: D.DistInfo, run_dir: Path, resume_from: Checkpoin
                 # last.pt first, metrics.csv last: a metrics row means its epoch is in last.pt. Ctrl-C waits for the
                 # three writes (a SIGTERM is acted on only between batches), so an interrupt never leaves them telling
                 # different epochs.
-                with _sigint_deferred():
+                with sigint_deferred():
                     save_checkpoint(snapshot(epoch + 1, True), last_path)
                     if best_epoch == epoch + 1:
                         save_checkpoint(snapshot(epoch + 1, False), best_path)
@@ -656,7 +525,7 @@ def _fit(cfg: RunConfig, info: D.DistInfo, run_dir: Path, resume_from: Checkpoin
     except BaseException as exc:
         # after a SIGTERM, an error is its consequence: the signal reached the DataLoader's workers (a process group
         # terminated) or the other ranks too, and their end was seen before the next batch
-        consequence = isinstance(exc, Exception) and _sigterm_received.is_set()
+        consequence = isinstance(exc, Exception) and sigterm_noted()
         terminated = consequence or isinstance(exc, Terminated)
         if not (terminated or isinstance(exc, KeyboardInterrupt)):
             raise
@@ -677,64 +546,32 @@ def _fit(cfg: RunConfig, info: D.DistInfo, run_dir: Path, resume_from: Checkpoin
     return TrainResult(run_dir=run_dir, best=best_path, last=last_path, summary=summary, history=history, is_main=info.is_main)
 
 
-_sigterm_received = threading.Event()
-
-
-@contextlib.contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
-    """Inside: a SIGTERM (a scheduler preempting the job, ``kill``, torchrun stopping its workers) is noted, and the
-    training and evaluation loops raise :class:`Terminated` at their next batch (:func:`raise_if_terminated`), so the run
-    unwinds as Ctrl-C does: its epoch's files whole, a line saying how to resume, exit 143. The handler only notes it:
-    an exception raised from a signal handler lands wherever the process is, and where it lands in an at-fork hook or a
-    ``__del__`` Python drops it (seen: a SIGTERM lost in logging's fork hook as a DataLoader worker started, and the run
-    went on). One noted after the last batch is raised when the block ends, so that nothing run after training (the
-    pipeline's export) goes on. Only in the main thread, and only where SIGTERM has its default action (a caller's
-    handler is kept). A process forked inside that gets SIGTERM before it sets its own handler dies of it, as it would
-    have."""
-    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
-        yield
-        return
-    pid = os.getpid()
-
-    def handler(signum, frame):
-        if os.getpid() != pid:  # a forked child inherited this handler: the default action, as if it had none
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
-            os.kill(os.getpid(), signal.SIGTERM)
-            return
-        _sigterm_received.set()
-
-    _sigterm_received.clear()
-    signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        noted = _sigterm_received.is_set()
-        _sigterm_received.clear()
-    if noted:  # one that came after the last batch (the last files, the pictures): never forgotten
-        raise Terminated
-
-
-def raise_if_terminated() -> None:
-    """Raise :class:`Terminated` once a SIGTERM has been noted (inside :func:`_sigterm_as_interrupt`)."""
-    if _sigterm_received.is_set():
-        raise Terminated
-
-
-@contextlib.contextmanager
-def _sigint_deferred() -> Iterator[None]:
-    """Hold a Ctrl-C (SIGINT) until the block ends, then raise it; no-op outside the main thread."""
-    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
-        yield  # not the main thread, or SIGINT ignored (a background job of a non-interactive shell): leave it so
-        return
-    caught: list[int] = []
-    previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
-    if caught:
-        raise KeyboardInterrupt
+def restore_training_state(resume_from: Checkpoint, model: nn.Module, opt: torch.optim.Optimizer, sched, scaler, ema,
+                           steps_per_epoch: int, epochs: int) -> tuple[list[dict[str, float]], int, float, int]:
+    """Load a ``last.pt``'s training state into the run's objects (model, optimizer, schedule, gradient scaler, EMA,
+    random generators); returns (history, epochs done, best validation accuracy, its epoch). With another ``epochs``
+    than the run planned, the schedule is the new length's, fast-forwarded to the step the run has reached."""
+    r = resume_from.extra["resume"]
+    model.load_state_dict(r["model"])
+    planned = int(resume_from.extra.get("train_config", {}).get("epochs", epochs))
+    if planned == epochs:
+        opt.load_state_dict(r["optimizer"])
+        sched.load_state_dict(r["scheduler"])
+    else:  # extended (or shortened): the schedule of the new length, at the step the run has reached
+        _fast_forward(sched, int(resume_from.train_summary["epoch"]) * steps_per_epoch)
+        lrs = [g["lr"] for g in opt.param_groups]
+        opt.load_state_dict(r["optimizer"])  # momentum buffers; the learning rate is the new schedule's
+        for group, lr in zip(opt.param_groups, lrs):
+            group["lr"] = lr
+        log.info("learning-rate schedule of %d epochs (the run was planned for %d), continued at its step", epochs, planned)
+    if scaler is not None and r.get("scaler"):
+        scaler.load_state_dict(r["scaler"])
+    if ema is not None and r.get("ema"):
+        ema.load_state_dict(r["ema"])
+    set_rng_state(r["rng"])
+    s = resume_from.train_summary
+    history = [dict(row) for row in s.get("history", [])]
+    return history, int(s["epoch"]), float(s.get("best_val_acc", -1.0)), int(s.get("best_epoch", 0))
 
 
 def _cpu_state(module: nn.Module) -> dict[str, torch.Tensor]:

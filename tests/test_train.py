@@ -21,7 +21,8 @@ from conftest import TINY_FLAGS, tiny_run_config
 from mnv2export.checkpoint import load_checkpoint
 from mnv2export.config import ModelConfig, RunConfig, TrainConfig
 from mnv2export.errors import ConfigError, ProviderUnavailable
-from mnv2export.train import fit, resume_config
+from mnv2export.run_folder import resume_config
+from mnv2export.train import fit
 
 
 def mnv2(*args, **kw):
@@ -235,12 +236,12 @@ def test_sigterm_is_noted_then_raised_at_the_next_batch():
     """The SIGTERM handler only notes the signal; the loops raise Terminated at their next batch. Raised from the
     handler itself, it was lost when it landed in an at-fork hook (logging's, as a DataLoader worker started)."""
     from mnv2export.errors import Terminated
-    from mnv2export.train import _sigterm_as_interrupt, raise_if_terminated
+    from mnv2export.signals import raise_if_terminated, sigterm_as_interrupt
 
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
     reached = []
     with pytest.raises(Terminated):
-        with _sigterm_as_interrupt():
+        with sigterm_as_interrupt():
             raise_if_terminated()  # nothing noted yet
             os.kill(os.getpid(), signal.SIGTERM)
             for _ in range(1000):  # the handler runs between bytecodes: it has run by now, and raised nothing
@@ -255,7 +256,7 @@ def test_sigterm_is_noted_then_raised_at_the_next_batch():
     # the pipeline would have gone on to export
     after = []
     with pytest.raises(Terminated):
-        with _sigterm_as_interrupt():
+        with sigterm_as_interrupt():
             os.kill(os.getpid(), signal.SIGTERM)
             for _ in range(1000):
                 pass
@@ -265,7 +266,7 @@ def test_sigterm_is_noted_then_raised_at_the_next_batch():
     # a caller's own SIGTERM handler is kept
     mine = signal.signal(signal.SIGTERM, lambda signum, frame: None)
     try:
-        with _sigterm_as_interrupt():
+        with sigterm_as_interrupt():
             os.kill(os.getpid(), signal.SIGTERM)
             for _ in range(1000):
                 pass
@@ -692,19 +693,19 @@ def test_a_new_run_never_lands_silently_in_a_used_folder(tmp_path):
 def test_two_runs_cannot_write_one_folder_at_once(tmp_path, monkeypatch):
     import threading
 
-    import mnv2export.train as T
+    import mnv2export.run_folder as R
     from mnv2export.errors import ConfigError
     from mnv2export.fileio import folder_lock
 
     out = tmp_path / "run"
     out.mkdir()
-    monkeypatch.setattr(T, "RUN_LOCK_WAIT_S", 0.5)
+    monkeypatch.setattr(R, "RUN_LOCK_WAIT_S", 0.5)
     with folder_lock(out, "held by the test", "-"):  # as another process's fit holds it (flock: per open file)
         with pytest.raises(ConfigError, match="another process is training into this run folder"):
             fit(tiny_run_config(), run_dir=out)
     assert not any(out.iterdir())
     # a holder that lets go within the wait (a killed run's DataLoader workers exiting) is waited for, not an error
-    monkeypatch.setattr(T, "RUN_LOCK_WAIT_S", 20.0)
+    monkeypatch.setattr(R, "RUN_LOCK_WAIT_S", 20.0)
     held = threading.Event()
 
     def hold_briefly():
@@ -728,7 +729,7 @@ def test_a_run_that_waited_for_the_folder_lock_checks_the_folder_as_it_finds_it(
     import dataclasses
     import shutil
 
-    import mnv2export.train as T
+    import mnv2export.run_folder as R
     from mnv2export.checkpoint import save_checkpoint
     from mnv2export.fileio import folder_lock
 
@@ -742,7 +743,7 @@ def test_a_run_that_waited_for_the_folder_lock_checks_the_folder_as_it_finds_it(
         return folder_lock(folder, *a, **k)
 
     out = tmp_path / "run"
-    monkeypatch.setattr(T, "folder_lock", first_run_finishes_while_waiting)
+    monkeypatch.setattr(R, "folder_lock", first_run_finishes_while_waiting)
     with pytest.raises(ConfigError, match="already holds files"):
         fit(tiny_run_config(seed=7), run_dir=out)
     assert (out / "best.pt").read_bytes() == (done / "best.pt").read_bytes()
@@ -754,7 +755,7 @@ def test_a_run_that_waited_for_the_folder_lock_checks_the_folder_as_it_finds_it(
         save_checkpoint(advanced, Path(folder) / "last.pt")
         return folder_lock(folder, *a, **k)
 
-    monkeypatch.setattr(T, "folder_lock", other_resume_trains_while_waiting)
+    monkeypatch.setattr(R, "folder_lock", other_resume_trains_while_waiting)
     with pytest.raises(ConfigError, match="changed since --resume read"):
         fit(cfg, run_dir=out, resume_from=ckpt)
     assert load_checkpoint(out / "last.pt").train_summary["epoch"] == 2
@@ -1143,7 +1144,7 @@ def test_resume_with_ema_continues_exactly(tmp_path, monkeypatch):
     cfg = tiny_run_config(epochs=2, ema=True)
     whole = T.fit(cfg, run_dir=tmp_path / "whole")
     _interrupt_after_first_epoch(T, cfg, tmp_path / "cut", monkeypatch)
-    cfg2, ckpt = T.resume_config(tmp_path / "cut", {"train": {"epochs": None}})
+    cfg2, ckpt = resume_config(tmp_path / "cut", {"train": {"epochs": None}})
     T.fit(cfg2, run_dir=tmp_path / "cut", resume_from=ckpt)
     a, b = load_checkpoint(whole.last), load_checkpoint(tmp_path / "cut" / "last.pt")
     for k, v in a.extra["resume"]["ema"].items():
@@ -1167,7 +1168,7 @@ def test_resume_keeps_the_best_epoch_of_before_the_interruption(tmp_path, monkey
 
     cfg, out = tiny_run_config(epochs=3), tmp_path / "run"
     _interrupt_after_first_epoch(T, cfg, out, monkeypatch, accs=[0.9])
-    cfg2, ckpt = T.resume_config(out, {"train": {"epochs": None}})
+    cfg2, ckpt = resume_config(out, {"train": {"epochs": None}})
     _scripted(T, monkeypatch, [0.5, 0.7])  # epochs 2 and 3: worse than epoch 1
     result = T.fit(cfg2, run_dir=out, resume_from=ckpt)
     assert result.summary["best_epoch"] == 1 and result.summary["best_val_acc"] == 0.9
@@ -1177,7 +1178,7 @@ def test_resume_keeps_the_best_epoch_of_before_the_interruption(tmp_path, monkey
 def test_default_run_folders_of_one_second_do_not_collide(tmp_path, monkeypatch):
     """Two runs with the default --out started in the same second: the second gets weights/<data>-<time>-2, not the
     first's folder (which it would be refused, or which it would have overwritten before the folder check)."""
-    from mnv2export.train import default_run_dir
+    from mnv2export.run_folder import default_run_dir
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(time, "strftime", lambda fmt: "20261125-020000")

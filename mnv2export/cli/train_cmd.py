@@ -74,7 +74,8 @@ def train(
         "zero_init_residual": zero_init_residual, "out": out, "plots": plots, "progress": progress,
     }
     from ..errors import Mnv2Error
-    from ..train import fit, resume_config
+    from ..run_folder import resume_config
+    from ..train import fit
 
     ckpt = None
     try:

@@ -47,6 +47,33 @@ def _in_range(name: str, value: float, lo: float, hi: float, *, lo_open: bool = 
     _check(not bad, f"{name} = {value!r} is out of range", f"use a value {low} and <= {hi}")
 
 
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+# what each field's annotation accepts, and how to say it (a recipe's `ema = "false"` is a string, and true)
+_KINDS: dict[str, tuple[Any, str, str]] = {
+    "bool": (lambda v: isinstance(v, bool), "true or false", "write true or false, without quotes"),
+    "int": (lambda v: isinstance(v, int) and not isinstance(v, bool), "a whole number", "write a whole number, such as 3"),
+    "float": (_is_number, "a number", "write a number, such as 0.1, without quotes"),
+    "str": (lambda v: isinstance(v, str), "text", "write it in quotes"),
+    "list[float]": (lambda v: isinstance(v, (list, tuple)) and all(_is_number(x) for x in v), "a list of numbers",
+                    "write a list of numbers, such as [0.5, 1.0]"),
+}
+SEED_MAX = 2**32 - 1  # numpy's seeds, and those of most tools (Lightning's seed_everything)
+
+
+def _check_types(obj: Any) -> None:
+    """Every field holds a value of its annotated type (``X | None``: None too), before any range check reads it."""
+    for f in dataclasses.fields(obj):
+        value, parts = getattr(obj, f.name), [p.strip() for p in str(f.type).split("|")]
+        base = next(p for p in parts if p != "None")
+        if value is None and "None" in parts:
+            continue
+        ok, kind, how = _KINDS[base]
+        _check(ok(value), f"{f.name} = {value!r} is not {kind}", how + (", or leave it out" if "None" in parts else ""))
+
+
 def _one_of(name: str, value: Any, choices: tuple[str, ...]) -> None:
     _check(value in choices, f"unknown {name} {value!r}", f"choose one of {', '.join(choices)}")
 
@@ -98,6 +125,7 @@ class ModelConfig(_Config):
     arch: str = "mobilenet_v2"
 
     def __post_init__(self) -> None:
+        _check_types(self)
         _one_of("architecture", self.arch, ("mobilenet_v2",))
         _check(
             isinstance(self.num_classes, int) and not isinstance(self.num_classes, bool) and 2 <= self.num_classes <= 100_000,
@@ -106,7 +134,6 @@ class ModelConfig(_Config):
         )
         _in_range("width", self.width_mult, 0.35, 1.4)
         _in_range("dropout", self.dropout, 0.0, 0.95)
-        _check(isinstance(self.small_input, bool), "small_input must be true or false", "use true or false")
         _check(
             self.stem_stride is None or (type(self.stem_stride) is int and self.stem_stride in (1, 2)),
             f"stem_stride = {self.stem_stride!r} is invalid", "use 1, 2, or leave it out (1 with small_input, else 2)",
@@ -156,7 +183,8 @@ class DataConfig(_Config):
     synth_seed: int = 0
 
     def __post_init__(self) -> None:
-        _check(isinstance(self.source, str) and self.source != "", "data source is empty", "pass --data synth, fashion-mnist or a folder")
+        _check_types(self)
+        _check(self.source != "", "data source is empty", "pass --data synth, fashion-mnist or a folder")
         _check(
             isinstance(self.img_size, int) and not isinstance(self.img_size, bool) and 16 <= self.img_size <= 1024,
             f"image size = {self.img_size!r} is out of range",
@@ -189,6 +217,7 @@ class DataConfig(_Config):
         _in_range("synthetic class count", self.synth_classes, 2, 64)
         _in_range("synthetic images per class (train)", self.synth_train_per_class, 1, 100_000)
         _in_range("synthetic images per class (val)", self.synth_val_per_class, 1, 100_000)
+        _in_range("synth_seed", self.synth_seed, 0, SEED_MAX)
 
     @property
     def resize(self) -> int:
@@ -235,6 +264,8 @@ class TrainConfig(_Config):
     progress: bool = True
 
     def __post_init__(self) -> None:
+        _check_types(self)
+        _in_range("seed", self.seed, 0, SEED_MAX)
         for name, lo, hi in (("epochs", 1, 100_000), ("batch size", 2, 65_536), ("workers", 0, 256), ("threads", 0, 1024)):
             value = getattr(self, name.replace(" ", "_"))
             _check(
@@ -275,6 +306,9 @@ class RunConfig:
         unknown = sorted(set(values) - {"model", "data", "train"})
         if unknown:
             raise ConfigError(f"unknown section(s) {', '.join(unknown)}", hint="a recipe has [model], [data] and [train] sections")
+        for section in ("model", "data", "train"):
+            _check(isinstance(values.get(section, {}), dict), f"{section} = {values.get(section)!r} is not a section",
+                   f"write [{section}] on a line of its own, its settings below it")
         return cls(
             model=ModelConfig.from_dict(values.get("model", {})),
             data=DataConfig.from_dict(values.get("data", {})),
@@ -313,9 +347,10 @@ def run_config(recipe: RunConfig | None, model: dict[str, Any], data: dict[str, 
     """Resolve a run's settings: explicit flags (non-None) over the recipe, over the data source's defaults. An error
     that the recipe's values cause (alone or with a flag) names ``recipe_path`` and says a flag overrides them; an
     error in a flag's own value does not blame the recipe."""
-    source = data.get("source") or (recipe.data.source if recipe else None)
+    source = data.get("source") or _recipe_source(recipe)
     if not source:
-        raise ConfigError("no data given", hint="pass --data synth, --data fashion-mnist, --data FOLDER, or --config RECIPE")
+        raise ConfigError("no data given", path=recipe_path if recipe is not None else None,
+                          hint="pass --data synth, --data fashion-mnist or --data FOLDER" + (", or set source in the recipe's [data]" if recipe is not None else ", or --config RECIPE"))
     base = recipe or RunConfig(ModelConfig(), DataConfig(source=source), TrainConfig())
     if recipe is None or recipe.given is not None:
         extra = SOURCE_DEFAULTS.get(source, {"model": {}, "data": {}})
@@ -336,6 +371,15 @@ def run_config(recipe: RunConfig | None, model: dict[str, Any], data: dict[str, 
         if recipe is None or _flags_alone_fail(exc, model, {**data, "source": source}, train):
             raise
         raise ConfigError(exc.what, path=exc.path or recipe_path, hint=f"{exc.hint} (the recipe's value applies unless its flag overrides it)") from None
+
+
+def _recipe_source(recipe: RunConfig | None) -> str | None:
+    """The data source a recipe names; None where it names none (its dataclass default is not a choice it made)."""
+    if recipe is None:
+        return None
+    if recipe.given is not None:
+        return recipe.given.get("data", {}).get("source")
+    return recipe.data.source
 
 
 def _flags_alone_fail(exc: ConfigError, model: dict[str, Any], data: dict[str, Any], train: dict[str, Any]) -> bool:

@@ -6,15 +6,21 @@ resume refuses a ``last.pt`` that changed under it, or another number of process
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import distributed as D
 from .checkpoint import Checkpoint, load_checkpoint
 from .config import RunConfig
-from .errors import CheckpointError, ConfigError
+from .errors import CheckpointError, ConfigError, DataError
 from .fileio import ensure_dir, folder_lock, sha256_file
+
+if TYPE_CHECKING:
+    from .data import DataBundle
+
+log = logging.getLogger(__name__)
 
 # what may change when resuming (anything else would not continue the same run)
 RESUMABLE_CHANGES = {"epochs", "workers", "threads", "progress", "plots", "device", "out"}
@@ -50,6 +56,10 @@ def resume_config(run_dir: Path, flags: dict[str, dict[str, Any]]) -> tuple[RunC
         changed = [c for c in changed if c != "train.sync_bn"]
     if changed:
         raise ConfigError(f"cannot change {', '.join(changed)} when resuming", hint="resume with the run's own settings, or start a new run")
+    done, epochs = int(ckpt.train_summary.get("epoch", 0)), flags.get("train", {}).get("epochs")
+    if epochs is not None and epochs < done:
+        raise ConfigError(f"--epochs {epochs} is fewer than the {done} the run has done", path=last,
+                          hint=f"pass --epochs {done + 1} or more to train further (best.pt and last.pt hold the run as it is)")
     train = {k: v for k, v in flags.get("train", {}).items() if k in allowed and v is not None}
     return stored.override({}, {}, train), ckpt
 
@@ -118,3 +128,22 @@ def check_run_folder(run_dir: Path, *, overwrite: bool) -> None:
         if not any((run_dir / f).is_file() for f in ("last.pt", "best.pt", "config.json", "metrics.csv")):
             raise ConfigError("folder is not a training run (no last.pt, best.pt, config.json or metrics.csv): refusing to overwrite it",
                               path=run_dir, hint="choose another --out")
+
+
+def check_same_data(resume_from: Checkpoint, data: DataBundle, source: str) -> None:
+    """A run resumes on the data it was trained on: the same classes (a renamed class folder would give every label
+    after it another meaning) and as many training images (the learning-rate schedule counts its steps per epoch).
+    Other changes (a re-encoded image, one swapped for another) are warned about, not refused."""
+    before, now = list(resume_from.class_names), list(data.class_names)
+    hint = "resume with the run's data, or start a new run (--init-from RUN/best.pt starts from its weights)"
+    if before != now:
+        gone, new = [c for c in before if c not in now], [c for c in now if c not in before]
+        what = "; ".join(part for part in (f"gone: {', '.join(gone)}" if gone else "", f"new: {', '.join(new)}" if new else "") if part)
+        raise DataError(f"the classes changed since the run started ({what or 'the same names in another order'})", path=source, hint=hint)
+    trained_on = (resume_from.train_summary.get("data") or {}).get("train_images")
+    if trained_on is not None and int(trained_on) != len(data.train):
+        raise DataError(f"the training set changed since the run started ({trained_on} images, now {len(data.train)}): "
+                        "its learning-rate schedule and data order count the images", path=source, hint=hint)
+    fingerprint = resume_from.provenance.get("data_fingerprint")
+    if fingerprint and fingerprint != data.fingerprint:
+        log.warning("the data changed since the run started (the same classes and image count, but a file's name or size differs): resuming on it")

@@ -38,7 +38,7 @@ from .device import cpu_threads, resolve_device, warn_if_oversubscribed
 from .errors import ConfigError, DataError, DistributedError, Mnv2Error, Terminated
 from .fileio import remove_outputs, write_text
 from .model import build_model, load_pretrained, zero_init_residual
-from .run_folder import RUN_FOLDERS, RUN_OUTPUTS, check_same_world_size, claim_run_folder, default_run_dir, resume_hint
+from .run_folder import RUN_FOLDERS, RUN_OUTPUTS, check_same_data, check_same_world_size, claim_run_folder, default_run_dir, resume_hint
 from .signals import raise_if_terminated, sigint_deferred, sigterm_as_interrupt, sigterm_noted, worker_quiet_on_sigterm
 
 log = logging.getLogger(__name__)
@@ -386,10 +386,9 @@ def _fit(cfg: RunConfig, info: D.DistInfo, run_dir: Path, resume_from: Checkpoin
     seed_everything(t.seed)
 
     data: DataBundle = build_datasets(cfg.data)
-    if len(data.class_names) != cfg.model.num_classes:
-        if resume_from is not None:
-            raise DataError(f"the data now has {len(data.class_names)} classes, the run was started with {cfg.model.num_classes}", path=cfg.data.source, hint="resume with the same data")
-        cfg = cfg.with_classes(len(data.class_names))
+    if resume_from is not None:
+        check_same_data(resume_from, data, cfg.data.source)
+    cfg = cfg.with_classes(len(data.class_names))
     model = build_model(cfg.model)
     if t.init_from and resume_from is None:
         load_pretrained(model, t.init_from)
@@ -493,6 +492,9 @@ def _fit(cfg: RunConfig, info: D.DistInfo, run_dir: Path, resume_from: Checkpoin
                 D.broadcast_buffers(ema, info)
             metrics = evaluate(eval_model, val_loader, ctx, cfg.model.num_classes, info, skips=skips)
             gather_skips()
+            if metrics["count"] == 0:  # no accuracy to judge the epoch by: no checkpoint may say 'val_acc 0.00% (best)'
+                raise DataError(f"no validation image could be read in epoch {epoch + 1}: nothing was validated", path=cfg.data.source,
+                                hint="fix or remove the unreadable images (each was named in a warning above)")
             row = {
                 "epoch": epoch + 1, "train_loss": float(sums[0] / max(1.0, float(sums[1]))), "val_loss": metrics["val_loss"],
                 "val_acc": metrics["val_acc"], "lr": opt.param_groups[0]["lr"], "seconds": time.perf_counter() - t0,

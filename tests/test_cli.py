@@ -42,6 +42,8 @@ def _one_error_line(stderr):
         (["train", "--config", "/nonexistent.toml"], "recipe file not found"),
         (["train", "--resume", "--out", "/nonexistent/run"], "nothing to resume"),
         (["train", "--resume", "--overwrite", "--out", "/nonexistent/run"], "--overwrite and --resume contradict each other"),
+        (["train", "--resume", "--out", "/nonexistent/run", "--config", "train/fashion_mnist_cpu.toml"], "--config is not read with --resume"),
+        (["train", "--data", "synth", "--threads", "-1"], "threads = -1 is out of range"),
         (["train", "--config", "train/imagenet20_224.toml", "--data", "synth", "--epochs", "2"],
          "warm-up epochs = 3.0 is out of range (train/imagenet20_224.toml)"),
     ],
@@ -59,6 +61,21 @@ def test_usage_errors_exit_2():
     assert "--epochs" in _one_error_line(r.stderr)
     r = run("train", "--no-such-flag")
     assert r.returncode == 2 and "no-such-flag" in _one_error_line(r.stderr)
+
+
+def test_an_unexpected_error_is_one_line_too(monkeypatch, capsys):
+    """An error of no known kind (a bug, or one from a DataLoader worker, which quotes the worker's whole traceback in
+    its message) prints its first line only, and how to see the rest."""
+    import mnv2export.train as T
+
+    def boom(*a, **k):
+        raise ValueError("Caught ValueError in DataLoader worker process 0.\nOriginal Traceback (most recent call last):\n  File ...")
+
+    monkeypatch.setattr(T, "fit", boom)
+    code = main(["train", "--data", "synth", "--epochs", "1", "--no-progress"])
+    line = _one_error_line(capsys.readouterr().err)
+    assert code == 1 and line == ("error: unexpected ValueError: Caught ValueError in DataLoader worker process 0. "
+                                  "(set MNV2_DEBUG=1 for the traceback, and report it)")
 
 
 def test_debug_shows_the_traceback():

@@ -156,3 +156,54 @@ def test_list_options_refuse_an_empty_item():
                  lambda: parse_list("eager,,onnx", ("eager", "onnx"), ("eager", "onnx"), "format"), lambda: split_items(["a", ""], "x")):
         with pytest.raises(ConfigError, match="empty item"):
             call()
+
+
+@pytest.mark.parametrize(
+    "section, values, message",
+    [
+        ("train", {"ema": "false"}, "ema = 'false' is not true or false"),  # a non-empty string: was read as true
+        ("train", {"compile": "no"}, "compile = 'no' is not true or false"),
+        ("data", {"hflip": "no"}, "hflip = 'no' is not true or false"),
+        ("model", {"small_input": 1}, "small_input = 1 is not true or false"),
+        ("train", {"seed": 1.5}, "seed = 1.5 is not a whole number"),
+        ("train", {"seed": 10**20}, "seed = 100000000000000000000 is out of range"),
+        ("train", {"seed": -1}, "seed = -1 is out of range"),
+        ("data", {"synth_seed": -1}, "synth_seed = -1 is out of range"),
+        ("data", {"synth_classes": 2.5}, "synth_classes = 2.5 is not a whole number"),
+        ("data", {"pad": 2.5}, "pad = 2.5 is not a whole number"),
+        ("data", {"rrc_scale": [0.5, "a"]}, "rrc_scale = [0.5, 'a'] is not a list of numbers"),
+        ("data", {"class_index": 5}, "class_index = 5 is not text"),
+        ("train", {"out": 5}, "out = 5 is not text"),
+        ("train", {"init_from": 5}, "init_from = 5 is not text"),
+        ("train", {"lr": "0.1"}, "lr = '0.1' is not a number"),
+        ("model", {"stem_stride": 1.0}, "stem_stride = 1.0 is not a whole number"),
+    ],
+)
+def test_a_recipe_value_of_the_wrong_type_is_an_error(tmp_path, section, values, message):
+    """TOML has types: `ema = "false"` is a string, which Python reads as true (torch.compile ran for `compile =
+    "false"`); `seed = 1.5` crashed numpy. Each is a one-line error naming the setting, from a recipe or anywhere."""
+    import tomllib
+
+    recipe = tmp_path / "r.toml"
+    body = "\n".join(f"{k} = {v!r}".replace("'", '"') if not isinstance(v, list) else f"{k} = {str(v).replace(chr(39), chr(34))}" for k, v in values.items())
+    recipe.write_text(f'[data]\nsource = "synth"\n' + (f"[{section}]\n{body}\n" if section != "data" else f"{body}\n"))
+    assert tomllib.loads(recipe.read_text())[section] == {**({"source": "synth"} if section == "data" else {}), **values}
+    with pytest.raises(ConfigError) as info:
+        run_config(load_recipe(recipe), {}, {}, {})
+    assert info.value.what == message and info.value.hint
+
+
+def test_whole_numbers_are_numbers_and_a_section_must_be_a_table(tmp_path):
+    assert TrainConfig(lr=1).lr == 1 and ModelConfig(width_mult=1).width_mult == 1  # `lr = 1` in TOML is an int
+    with pytest.raises(ConfigError, match="model = 3 is not a section"):
+        RunConfig.from_dict({"model": 3})
+
+
+def test_a_recipe_without_a_data_source_needs_data(tmp_path):
+    """A recipe naming no source trained on synth without a word (the dataclass default)."""
+    recipe = tmp_path / "r.toml"
+    recipe.write_text("[train]\nepochs = 2\n")
+    with pytest.raises(ConfigError, match="no data given") as info:
+        run_config(load_recipe(recipe), {}, {}, {}, recipe_path=recipe)
+    assert "source in the recipe" in info.value.hint and info.value.path == str(recipe)
+    assert run_config(load_recipe(recipe), {}, {"source": "synth"}, {}).train.epochs == 2

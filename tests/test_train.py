@@ -780,6 +780,77 @@ def test_an_epoch_that_trained_nothing_is_an_error(tmp_path):
     assert not (tmp_path / "run" / "best.pt").exists()
 
 
+def test_an_epoch_that_validated_nothing_is_an_error(tmp_path):
+    """No validation image readable: there is no accuracy to judge the epoch by, and no 'val_acc 0.00% (best)'
+    checkpoint may say otherwise."""
+    from mnv2export.errors import DataError
+
+    root = tmp_path / "d"
+    for split in ("train", "val"):
+        for cls in ("a", "b"):
+            (root / split / cls).mkdir(parents=True)
+            for i in range(4 if split == "train" else 2):
+                if split == "train":
+                    Image.new("RGB", (32, 32), (200, 0, 0) if cls == "a" else (0, 0, 200)).save(root / split / cls / f"{i}.png")
+                else:
+                    (root / split / cls / f"{i}.png").write_bytes(b"not a png")
+    cfg = tiny_run_config(batch_size=4).override({}, {"source": str(root)}, {})
+    with pytest.raises(DataError, match="no validation image could be read in epoch 1"):
+        fit(cfg, run_dir=tmp_path / "run")
+    assert not (tmp_path / "run" / "best.pt").exists()
+
+
+def _two_class_folder(root, per_class=4):
+    for split in ("train", "val"):
+        for cls, colour in (("a", (200, 0, 0)), ("b", (0, 0, 200))):
+            (root / split / cls).mkdir(parents=True, exist_ok=True)
+            for i in range(per_class if split == "train" else 2):
+                Image.new("RGB", (32, 32), colour).save(root / split / cls / f"{i}.png")
+
+
+def test_resume_refuses_other_classes_or_another_training_set(tmp_path, caplog):
+    """A run resumes on its own data. A renamed class folder (same count) gave every label after it another meaning;
+    more training images made the saved schedule run past its end (its cosine rising again). Both are refused, naming
+    the change; a file changed in place is warned about and the run goes on."""
+    import logging
+    import shutil
+
+    from mnv2export.errors import DataError
+
+    root, out = tmp_path / "d", tmp_path / "run"
+    _two_class_folder(root)
+    cfg = tiny_run_config(epochs=1, batch_size=4).override({}, {"source": str(root)}, {})
+    fit(cfg, run_dir=out)
+
+    def resume():
+        c, ckpt = resume_config(out, {"train": {"epochs": 2}})
+        return fit(c, run_dir=out, resume_from=ckpt)
+
+    for split in ("train", "val"):
+        (root / split / "b").rename(root / split / "c")
+    with pytest.raises(DataError, match=r"the classes changed since the run started \(gone: b; new: c\)"):
+        resume()
+    for split in ("train", "val"):
+        (root / split / "c").rename(root / split / "b")
+    shutil.copy(root / "train" / "a" / "0.png", root / "train" / "a" / "extra.png")
+    with pytest.raises(DataError, match=r"the training set changed since the run started \(8 images, now 9\)"):
+        resume()
+    (root / "train" / "a" / "extra.png").unlink()
+    Image.new("RGB", (32, 32), (190, 10, 0)).save(root / "train" / "a" / "0.png", compress_level=0)  # another size, same name
+    with caplog.at_level(logging.WARNING, logger="mnv2export"):
+        assert resume().summary["epoch"] == 2
+    assert "the data changed since the run started" in caplog.text
+    assert load_checkpoint(out / "last.pt").train_summary["epoch"] == 2
+
+
+def test_resume_refuses_fewer_epochs_than_done(tiny_run):
+    """--epochs below what the run has done would rewrite config.json with a length last.pt does not have."""
+    with pytest.raises(ConfigError, match="--epochs 1 is fewer than the 2 the run has done"):
+        resume_config(tiny_run.run_dir, {"train": {"epochs": 1}})
+    cfg, _ = resume_config(tiny_run.run_dir, {"train": {"epochs": 2}})  # as many: nothing to train, not an error
+    assert cfg.train.epochs == 2
+
+
 def test_zero_init_residual_applies_to_a_fresh_model_only(tmp_path, caplog):
     import logging
 

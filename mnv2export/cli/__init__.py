@@ -14,7 +14,7 @@ import traceback
 
 import typer
 
-from ..errors import Mnv2Error, Terminated
+from ..errors import Mnv2Error, Terminated, first_line
 
 app = typer.Typer(
     name="mnv2",
@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # noqa: BLE001 - the last line of defence: one line unless debugging
         if debug:
             raise
-        print(f"error: unexpected {type(exc).__name__}: {exc} (set MNV2_DEBUG=1 for the traceback, and report it)", file=sys.stderr)
+        print(f"error: unexpected {type(exc).__name__}: {first_line(exc)} (set MNV2_DEBUG=1 for the traceback, and report it)", file=sys.stderr)
         return 1
 
 

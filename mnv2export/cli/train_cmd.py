@@ -48,6 +48,7 @@ def train(
     device: Device = None,
     seed: Annotated[Optional[int], typer.Option(help="Random seed.")] = None,
     workers: Annotated[Optional[int], typer.Option(help="Data loader worker processes.")] = None,
+    threads: Annotated[Optional[int], typer.Option(help="CPU: intra-op threads of the training process (0: torch's default, one per core).")] = None,
     sync_bn: Annotated[Optional[bool], typer.Option("--sync-bn/--no-sync-bn", help="SyncBatchNorm under torchrun.")] = None,
     init_from: Annotated[Optional[str], typer.Option(help="Start from a torchvision MobileNetV2 state dict (classifier replaced if the class count differs).")] = None,
     zero_init_residual: Annotated[Optional[bool], typer.Option("--zero-init-residual/--no-zero-init-residual", help="Start each residual block as the identity (its last BatchNorm scale 0); not with --init-from.")] = None,
@@ -70,7 +71,7 @@ def train(
         "epochs": epochs, "batch_size": batch_size, "lr": lr, "optimizer": optimizer, "weight_decay": weight_decay,
         "depthwise_weight_decay": depthwise_weight_decay,
         "warmup_epochs": warmup_epochs, "schedule": schedule, "label_smoothing": label_smoothing, "ema": ema, "amp": amp, "channels_last": channels_last,
-        "compile": compile, "device": device, "seed": seed, "workers": workers, "sync_bn": sync_bn, "init_from": init_from,
+        "compile": compile, "device": device, "seed": seed, "workers": workers, "threads": threads, "sync_bn": sync_bn, "init_from": init_from,
         "zero_init_residual": zero_init_residual, "out": out, "plots": plots, "progress": progress,
     }
     from ..errors import Mnv2Error
@@ -84,6 +85,9 @@ def train(
                 raise ConfigError("--overwrite and --resume contradict each other", hint="--resume continues the run, --overwrite replaces it: pass one")
             if not out:
                 raise ConfigError("--resume needs the run folder", hint="pass --out weights/<run>")
+            if config:
+                raise ConfigError("--config is not read with --resume: a run continues with its own settings", path=config,
+                                  hint="drop --config (--epochs, --workers, --threads, --device and the progress and plot switches may change)")
             cfg, ckpt = resume_config(Path(out), {"model": model, "data": data_flags, "train": train_flags})
         else:
             cfg = run_config(load_recipe(config) if config else None, model, data_flags, train_flags, recipe_path=config)

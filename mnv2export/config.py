@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -314,6 +315,17 @@ class RunConfig:
             data=DataConfig.from_dict(values.get("data", {})),
             train=TrainConfig.from_dict(values.get("train", {})),
         )
+
+    def with_absolute_paths(self) -> RunConfig:
+        """The data folder, ``data_dir``, ``class_index`` and ``init_from`` as absolute paths: a checkpoint records where
+        its data is, and ``export`` / ``check`` run from another directory find it there (they read it for calibration
+        and accuracy). Built-in sources and unset paths are kept."""
+        def absolute(path: str | None) -> str | None:
+            return os.path.abspath(path) if path else path
+
+        d = self.data
+        data = d.replace(source=d.source if d.is_builtin else absolute(d.source), data_dir=absolute(d.data_dir), class_index=absolute(d.class_index))
+        return RunConfig(self.model, data, self.train.replace(init_from=absolute(self.train.init_from)), self.given)
 
     def with_classes(self, n: int) -> RunConfig:
         """This configuration for data of ``n`` classes: the data decides the class count."""

@@ -93,7 +93,8 @@ def load_pretrained(model: MobileNetV2, path: str | Path) -> list[str]:
         raise CheckpointError("initial weights are not a state dict of tensors", path=p, hint="pass torch.save(model.state_dict()) output")
     state = {k.removeprefix("module."): v for k, v in state.items()}
     own = model.state_dict()
-    missing = sorted(set(own) - set(state))
+    # BatchNorm's step counters: older torchvision files lack them, and load_state_dict itself accepts their absence
+    missing = sorted(k for k in set(own) - set(state) if not k.endswith(".num_batches_tracked"))
     if any(not k.startswith("classifier.") for k in missing):
         raise CheckpointError(
             f"initial weights are not a torchvision MobileNetV2 (missing {missing[0]})", path=p,

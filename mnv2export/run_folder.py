@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -48,7 +49,7 @@ def resume_config(run_dir: Path, flags: dict[str, dict[str, Any]]) -> tuple[RunC
     stored = RunConfig.from_dict({"model": ckpt.model_config.to_dict(), "data": ckpt.data_config.to_dict(), "train": ckpt.extra["train_config"]})
     changed = [
         f"{section}.{k}" for section, values in flags.items() for k, v in values.items()
-        if v is not None and not (section == "train" and k in RESUMABLE_CHANGES) and getattr(getattr(stored, section), k) != v
+        if v is not None and not (section == "train" and k in RESUMABLE_CHANGES) and not _same(k, getattr(getattr(stored, section), k), v)
     ]
     allowed = set(RESUMABLE_CHANGES)
     if stored.train.sync_bn and str(ckpt.train_summary.get("device", "")).startswith("cpu"):
@@ -128,6 +129,16 @@ def check_run_folder(run_dir: Path, *, overwrite: bool) -> None:
         if not any((run_dir / f).is_file() for f in ("last.pt", "best.pt", "config.json", "metrics.csv")):
             raise ConfigError("folder is not a training run (no last.pt, best.pt, config.json or metrics.csv): refusing to overwrite it",
                               path=run_dir, hint="choose another --out")
+
+
+PATH_SETTINGS = ("source", "data_dir", "class_index", "init_from")  # recorded as absolute paths (RunConfig.with_absolute_paths)
+
+
+def _same(key: str, stored: Any, given: Any) -> bool:
+    """A flag's value is the run's: a path given relative to here names the same file as the absolute one recorded."""
+    if key in PATH_SETTINGS and isinstance(stored, str) and isinstance(given, str) and given not in ("synth", "fashion-mnist"):
+        return os.path.abspath(stored) == os.path.abspath(given)
+    return stored == given
 
 
 def check_same_data(resume_from: Checkpoint, data: DataBundle, source: str) -> None:

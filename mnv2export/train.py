@@ -330,6 +330,7 @@ def fit(cfg: RunConfig, *, run_dir: str | Path | None = None, resume_from: Check
     if overwrite and resume_from is not None:
         raise ConfigError("--overwrite and --resume contradict each other", hint="--resume continues the run, --overwrite replaces it: pass one")
     run_dir = Path(run_dir or cfg.train.out or default_run_dir(cfg))
+    cfg = cfg.with_absolute_paths()  # the checkpoint says where the data is, wherever export and check run from
     device_type = "cuda" if cfg.train.device in ("auto", "cuda") and torch.cuda.is_available() else "cpu"
     info = D.init(device_type)
     try:

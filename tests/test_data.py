@@ -61,6 +61,23 @@ def test_write_synth_is_an_imagefolder(tmp_path):
     assert x.shape == (3, 32, 32) and x.dtype == torch.float32
 
 
+def test_write_synth_refuses_a_folder_holding_files_and_bad_counts(tmp_path):
+    """A second `mnv2 data synth` into the same folder left the first set's images beside its own (a 2-class set
+    trained as 3 classes); `--val-per-class 0` silently became the default; `--seed -1` crashed numpy."""
+    from mnv2export.errors import ConfigError, OutputError
+
+    write_synth(tmp_path / "s", num_classes=3, per_class=2, size=24, val_per_class=1)
+    with pytest.raises(OutputError, match="output folder already holds files"):
+        write_synth(tmp_path / "s", num_classes=2, per_class=2, size=24)
+    assert sorted(p.name for p in (tmp_path / "s" / "train").iterdir()) == ["00-circle-solid", "01-square-solid", "02-triangle-solid"]
+    (tmp_path / "empty").mkdir()
+    assert write_synth(tmp_path / "empty", num_classes=2, per_class=3, size=24) == {"train": 6, "val": 2}  # an empty folder is fine
+    for kwargs, match in (({"val_per_class": 0}, "synthetic images per class \\(val\\) = 0 is out of range"), ({"seed": -1}, "synth_seed = -1 is out of range")):
+        with pytest.raises(ConfigError, match=match):
+            write_synth(tmp_path / "t", num_classes=2, per_class=2, size=24, **kwargs)
+        assert not (tmp_path / "t").exists()
+
+
 def test_folder_preprocessing_and_class_index(tmp_path):
     root = _folder(tmp_path / "d", classes=("n01", "n02"))
     (tmp_path / "idx.json").write_text(json.dumps({"0": ["n01", "tench"], "1": ["n02", "goldfish"]}))
@@ -245,6 +262,12 @@ def test_hidden_folders_are_not_classes_and_upper_case_extensions_count(tmp_path
     (root / "train" / ".ipynb_checkpoints").mkdir()
     bundle = build_datasets(DataConfig(source=str(root), img_size=32))
     assert bundle.class_names == ["a", "b"] and len(bundle.train) == 4
+    # nor are hidden files and folders inside a class folder its images (they were trained on)
+    copy = next((root / "train" / "a").iterdir())
+    (root / "train" / "a" / ".ipynb_checkpoints").mkdir()
+    (root / "train" / "a" / ".ipynb_checkpoints" / copy.name).write_bytes(copy.read_bytes())
+    (root / "train" / "a" / f"._{copy.name}").write_bytes(b"\x00\x05\x16\x07 AppleDouble")  # macOS's resource fork
+    assert len(build_datasets(DataConfig(source=str(root), img_size=32)).train) == 4
 
 
 # --------------------------------------------------------------------------------------------------- in-memory data

@@ -97,3 +97,18 @@ def test_init_from_refuses_missing_and_unexpected_tensors(tmp_path):
     torch.save({**state, "head.weight": torch.zeros(2)}, path)
     with pytest.raises(CheckpointError, match="unexpected tensor head.weight"):
         load_pretrained(build_model(cfg), path)
+
+
+def test_init_from_takes_weights_without_batchnorm_step_counters(tmp_path):
+    """Older torchvision files have no `num_batches_tracked` (torch's own load_state_dict accepts that); they were
+    refused as 'not a torchvision MobileNetV2'."""
+    from mnv2export.model import build_model, load_pretrained
+
+    cfg = ModelConfig(num_classes=4, width_mult=0.35)
+    source = build_model(cfg)
+    torch.nn.init.normal_(source.features[0][0].weight)
+    path = tmp_path / "w.pth"
+    torch.save({k: v for k, v in source.state_dict().items() if not k.endswith("num_batches_tracked")}, path)
+    model = build_model(cfg)
+    assert load_pretrained(model, path) == []
+    assert torch.equal(model.features[0][0].weight, source.features[0][0].weight)

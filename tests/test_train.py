@@ -843,6 +843,20 @@ def test_resume_refuses_other_classes_or_another_training_set(tmp_path, caplog):
     assert load_checkpoint(out / "last.pt").train_summary["epoch"] == 2
 
 
+def test_a_relative_data_folder_is_recorded_as_an_absolute_path(tmp_path, monkeypatch):
+    """`mnv2 train --data ds` recorded 'ds': `mnv2 export` / `check` run from another directory then found no
+    calibration or labelled data. The checkpoint records where the data is; a resume may still name it relatively."""
+    monkeypatch.chdir(tmp_path)
+    _two_class_folder(tmp_path / "ds")
+    result = fit(tiny_run_config(epochs=1, batch_size=4).override({}, {"source": "ds"}, {}), run_dir="run")
+    assert load_checkpoint(result.best).data_config.source == str(tmp_path / "ds")
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["data"]["source"] == str(tmp_path / "ds")
+    cfg, _ = resume_config(tmp_path / "run", {"data": {"source": "ds"}, "train": {"epochs": 2}})
+    assert cfg.data.source == str(tmp_path / "ds")
+    with pytest.raises(ConfigError, match="cannot change data.source"):
+        resume_config(tmp_path / "run", {"data": {"source": "other"}})
+
+
 def test_resume_refuses_fewer_epochs_than_done(tiny_run):
     """--epochs below what the run has done would rewrite config.json with a length last.pt does not have."""
     with pytest.raises(ConfigError, match="--epochs 1 is fewer than the 2 the run has done"):

@@ -16,6 +16,7 @@ import numpy as np
 from PIL import Image
 from torch.utils.data import Dataset
 
+from ..errors import OutputError
 from ..fileio import ensure_dir
 
 SHAPES = ("circle", "square", "triangle", "cross", "ring", "diamond", "bar", "star")
@@ -114,8 +115,11 @@ def write_synth(out: str | Path, num_classes: int, per_class: int, size: int, va
     """Write the synthetic set to disk as an ImageFolder (``out/train/<class>/*.png``, ``out/val/<class>/*.png``)."""
     from ..config import DataConfig  # validates the numbers with the same bounds as --data synth
 
-    val_per_class = val_per_class or max(1, per_class * 3 // 10)
-    DataConfig(synth_classes=num_classes, synth_train_per_class=per_class, synth_val_per_class=val_per_class, img_size=size)
+    if val_per_class is None:
+        val_per_class = max(1, per_class * 3 // 10)
+    DataConfig(synth_classes=num_classes, synth_train_per_class=per_class, synth_val_per_class=val_per_class, img_size=size, synth_seed=seed)
+    if Path(out).is_dir() and any(Path(out).iterdir()):  # another set's images would stay and mix with these
+        raise OutputError("output folder already holds files", path=out, hint="choose a new or empty folder (or remove this one first)")
     root = ensure_dir(out)
     counts = {}
     for split, n in (("train", per_class), ("val", val_per_class)):

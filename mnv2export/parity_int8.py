@@ -134,25 +134,24 @@ def _upstream_sqnr(graph, xmodel: dict[str, float]) -> dict[str, float | None]:
 
 def _layer_names(graph) -> dict[str, str]:
     """Tensor name -> "<op> <module path>" from the producing node's weight (``features.5.conv.1.0.weight``), walking
-    back through weightless nodes (Clip, Add) to the nearest layer with weights."""
+    back through weightless nodes (Clip, Add) to the nearest layer with weights; of several inputs, the one from the
+    latest layer: a residual Add is named after its own block's projection, not after the shortcut from the block
+    before."""
     inits = {i.name for i in graph.initializer}
-    producer = {out: node for node in graph.node for out in node.output}
+    producer = {out: (k, node) for k, node in enumerate(graph.node) for out in node.output}
 
-    def module(node, depth: int = 0) -> str | None:
+    def layer(k: int, node, depth: int = 0) -> tuple[int, str] | None:
         weight = next((i for i in node.input if i in inits and i.endswith(".weight")), None)
         if weight:
-            return weight[: -len(".weight")]
+            return k, weight[: -len(".weight")]
         if depth > 3:
             return None
-        for i in node.input:
-            if i in producer:
-                found = module(producer[i], depth + 1)
-                if found:
-                    return f"after {found}"
-        return None
+        found = [f for f in (layer(*producer[i], depth + 1) for i in node.input if i in producer) if f]
+        return max(found) if found else None  # nodes are in topological order: the largest index is the latest layer
 
     out = {}
-    for tensor, node in producer.items():
-        where = module(node)
+    for tensor, (k, node) in producer.items():
+        found = layer(k, node)
+        where = None if found is None else found[1] if found[0] == k else f"after {found[1]}"
         out[tensor] = f"{node.op_type} {where}" if where else node.op_type
     return out

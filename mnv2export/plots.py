@@ -68,6 +68,9 @@ def kernels(model: nn.Module, path: Path, limit: int = 32) -> Path:
     return _save(fig, path)
 
 
+FEATURE_MAP_FILES = ("feature_maps_shallow.png", "feature_maps_deep.png")  # feature_maps() writes feature_maps_<block>.png
+
+
 def feature_blocks(model: nn.Module) -> dict[str, nn.Module]:
     """A shallow and a deep block of MobileNetV2's ``features``."""
     features = model.features  # type: ignore[attr-defined]
@@ -185,7 +188,7 @@ def visualize(checkpoint: str | Path, image: str | Path | None = None, out_dir: 
     from .checkpoint import load_checkpoint
     from .data import build_datasets, load_images
     from .errors import ArtifactError, DataError
-    from .fileio import ensure_dir
+    from .fileio import ensure_dir, remove_outputs
     from .runtime import detect_format
 
     p = Path(checkpoint)
@@ -197,7 +200,6 @@ def visualize(checkpoint: str | Path, image: str | Path | None = None, out_dir: 
     ckpt = load_checkpoint(p)
     model = ckpt.build_model()
     cfg = ckpt.data_config
-    out = ensure_dir(out_dir if out_dir is not None else p.parent / "visualize")
     notes: list[str] = []
     tensor, source = None, None
     if image is not None:
@@ -215,8 +217,11 @@ def visualize(checkpoint: str | Path, image: str | Path | None = None, out_dir: 
             log.debug("validation data not at hand: %s", exc)
         if tensor is None:
             notes.append(f"feature maps not drawn: the checkpoint's validation data ({cfg.source}) is not at hand; pass --image FILE")
+    out = ensure_dir(out_dir if out_dir is not None else p.parent / "visualize")  # once the image is read: no empty folder on an error
     files = [kernels(model, out / "kernels.png")]
-    if tensor is not None:
+    if tensor is None:  # an earlier call's pictures of another image would stay beside these kernels
+        remove_outputs(out, ("input.png", *FEATURE_MAP_FILES))
+    else:
         files.append(input_picture(tensor, cfg.mean, cfg.std, out / "input.png", title=Path(source).name if image else "validation image"))
         files += feature_maps(model, tensor, out)
     return Visualization(out_dir=out, files=files, image=source, notes=notes)

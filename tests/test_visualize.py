@@ -45,10 +45,16 @@ def test_data_not_at_hand_draws_the_kernels_and_says_why(tmp_path):
     ckpt = Checkpoint(model_config=cfg, data_config=DataConfig(source=str(tmp_path / "gone"), img_size=32), class_names=["a", "b", "c"],
                       state_dict=build_model(cfg).state_dict())
     path = save_checkpoint(ckpt, tmp_path / "run" / "best.pt")
+    stale = tmp_path / "run" / "visualize"
+    stale.mkdir(parents=True)
+    for name in ("input.png", "feature_maps_shallow.png", "feature_maps_deep.png", "notes.txt"):
+        (stale / name).write_bytes(b"an earlier call's picture of another image")
     result = visualize(path)
     assert result.out_dir == tmp_path / "run" / "visualize"
     assert [p.name for p in result.files] == ["kernels.png"] and _is_png(result.files[0])
     assert result.image is None and "--image" in result.notes[0]
+    # the earlier pictures of an image are gone (they would sit beside these kernels as if drawn with them); others stay
+    assert sorted(p.name for p in stale.iterdir()) == ["kernels.png", "notes.txt"]
 
 
 def test_bad_inputs_are_one_line_errors(trained_checkpoint, exported, tmp_path, capsys):
@@ -59,3 +65,4 @@ def test_bad_inputs_are_one_line_errors(trained_checkpoint, exported, tmp_path, 
     assert main(["visualize", str(trained_checkpoint), "--image", str(bad), "--out", str(tmp_path / "o")]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: image cannot be read") and "bad.png" in err[0]
+    assert not (tmp_path / "o").exists()  # nothing written on a refused command

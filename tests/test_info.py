@@ -93,3 +93,11 @@ def test_not_an_artifact_is_one_error_line(tmp_path, capsys):
     assert main(["info", str(bad)]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and "weights.bin" in err[0]
+
+
+def test_a_json_path_that_cannot_be_written_is_refused_before_the_report(exported, tmp_path, capsys):
+    """`--json FOLDER` printed the whole report, then the error."""
+    (tmp_path / "folder").mkdir()
+    assert main(["info", str(exported.out_dir / "model.onnx"), "--json", str(tmp_path / "folder")]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err.strip() == f"error: --json names a folder, not a file ({tmp_path / 'folder'}): give --json a file path"

@@ -19,9 +19,11 @@ def info(
     json_out: JsonOut = None,
 ) -> None:
     """Parameters (total, per block), MACs at the artifact's input size, per-layer table, file and graph details."""
-    from ..fileio import write_text
+    from ..fileio import check_output_file, write_text
     from ..info import describe
 
+    if json_out is not None:
+        check_output_file(json_out, "--json")  # before the report: not a whole report, then the error
     result = describe(artifact)
     _print(result, layers)
     if json_out is not None:

@@ -173,21 +173,26 @@ def default_threads() -> int:
 
 
 def resolve_providers(device: str, providers: tuple[str, ...] | None) -> tuple[tuple[str, ...], list[str]]:
-    """Check / bench providers: as given, else cpu, plus cuda when training runs on CUDA and ONNX Runtime can use it."""
+    """Check / bench providers: as given, else cpu, plus cuda when training runs on CUDA and ONNX Runtime can use it.
+
+    A provider named (``cuda``, ``cpu,cuda``; ``all`` names only cpu) must run here: checked now, as ``mnv2 bench``
+    checks it before measuring, so a missing CUDA is a :class:`ProviderUnavailable` before training, never a failed
+    ``check`` step hours later nor a CPU fallback. ``all`` takes CUDA only where it can run, and says so."""
     from .device import resolve_device
 
-    if providers:
-        bad = [p for p in providers if p not in ("cpu", "cuda", "all")]
-        if bad:
-            raise ConfigError(f"unknown provider {bad[0]!r}", hint="choose cpu, cuda or all")
-        if "all" not in providers:
-            return tuple(dict.fromkeys(providers)), []
-        # all: cpu, and cuda where it can run (as bench and check take it); an explicit cuda beside it must run
+    if providers is not None:
+        from .parity import parse_providers
+
+        wanted = parse_providers(providers)  # the check step's own parsing: an unknown provider, or none, is a ConfigError
+        _require_providers([p for p, explicit in wanted if explicit])
+        if all(explicit for _, explicit in wanted):
+            return tuple(p for p, _ in wanted), []
+        # all (without cuda named beside it): cpu, and cuda where it can run (as bench and check take it)
         from .device import cuda_unavailable_reason
         from .runtime import onnx_provider_problem
 
         problem = cuda_unavailable_reason() or onnx_provider_problem("cuda")
-        if problem and "cuda" not in providers:
+        if problem:
             return ("cpu",), [f"--provider all: check and bench on CPU only ({problem})"]
         return ("cpu", "cuda"), []
     if resolve_device(device).type != "cuda":  # ProviderUnavailable for an explicit cuda where there is none
@@ -198,6 +203,14 @@ def resolve_providers(device: str, providers: tuple[str, ...] | None) -> tuple[t
     if problem:
         return ("cpu",), [f"check and bench on CPU only: {problem}"]
     return ("cpu", "cuda"), []
+
+
+def _require_providers(providers: list[str]) -> None:
+    """Every provider in ``providers`` can run both the PyTorch and the ONNX artifacts here, else the
+    :class:`ProviderUnavailable` (same line) that ``mnv2 bench --provider cuda`` raises before measuring."""
+    from .bench.sweep import provider_problems, require_providers
+
+    require_providers(provider_problems(providers, ("torch", "onnx")))
 
 
 def run_folder(name: str | None, out: str | Path | None, source: str, overwrite: bool) -> Path:
@@ -255,6 +268,7 @@ def run_pipeline(
     from .export.calib import check_calib_size
 
     check_calib_size(options.calib_size)
+    _check_calib_data(options.calib_data)
     providers, notes = resolve_providers(cfg.train.device, options.providers)
     notes.append(f"{cfg.train.threads} intra-op thread(s) for training on a CPU, the check's PyTorch models and the benchmark "
                  f"(--threads; default: every usable core but one), {cfg.train.workers} data-loader worker(s)")
@@ -275,11 +289,24 @@ def run_pipeline(
 def _check_options(o: PipelineOptions) -> None:
     if o.threads is not None and (isinstance(o.threads, bool) or not isinstance(o.threads, int) or o.threads < 1):
         raise ConfigError(f"threads = {o.threads!r} is out of range", hint="use a whole number >= 1")
-    if o.check_samples is not None and (isinstance(o.check_samples, bool) or not isinstance(o.check_samples, int) or o.check_samples < 1):
-        raise ConfigError(f"check samples = {o.check_samples!r} is out of range", hint="use a whole number >= 1")
+    from .parity import MAX_SAMPLES
+
+    if o.check_samples is not None and (isinstance(o.check_samples, bool) or not isinstance(o.check_samples, int)
+                                        or not 1 <= o.check_samples <= MAX_SAMPLES):  # the check step's own range
+        raise ConfigError(f"samples = {o.check_samples!r} is out of range", hint=f"use a whole number between 1 and {MAX_SAMPLES}")
     from .bench.sweep import check_settings
 
     check_settings(o.bench_formats, o.bench_batches, o.bench_warmup, None, o.bench_iters, o.bench_duration)  # the bench step's own
+
+
+def _check_calib_data(calib_data: str | None) -> None:
+    """A ``--calib-data`` folder must exist before training, not only when the export step loads it (the export's own
+    check; the images in it are read by the export)."""
+    if calib_data is None or calib_data in ("synth", "fashion-mnist"):
+        return
+    from .data.folder import require_image_folder
+
+    require_image_folder(Path(calib_data), "calibration data", "pass --calib-data with a folder of images (or synth)")
 
 
 def _run_step(result: PipelineResult, step: str, t0: float) -> None:

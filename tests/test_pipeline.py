@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from mnv2export.cli import main
-from mnv2export.errors import ConfigError
+from mnv2export.errors import ConfigError, DataError, ProviderUnavailable
 from mnv2export.pipeline import STEPS, PipelineError, PipelineOptions, run_pipeline
 
 # synth, 4 classes, 32 px, width 0.35, small-input variant (stride 8: at 32 px the standard stride 32 ends at 1x1 and
@@ -131,7 +131,7 @@ def test_a_taken_run_folder_is_refused_before_torch_is_imported(tmp_path):
     (tmp_path / "taken" / "x").write_text("x")
     code = f"""
 import sys
-from mnv2export.errors import ConfigError
+from mnv2export.errors import ConfigError, DataError, ProviderUnavailable
 from mnv2export.pipeline import run_pipeline
 for kwargs in (dict(name="a", out="b"), dict(out={str(tmp_path / "taken")!r})):
     try:
@@ -149,10 +149,12 @@ assert "torch" not in sys.modules, "torch was imported"
 
 def test_cli_failing_export_names_the_step_and_keeps_the_training(tmp_path, capsys):
     out = tmp_path / "run"
-    code = main(["pipeline", *TINY_FLAGS, "--out", str(out), "--calib-data", str(tmp_path / "no-calibration-images")])
+    empty = tmp_path / "no-calibration-images"  # a folder (a missing one is refused before any step), holding no image
+    empty.mkdir()
+    code = main(["pipeline", *TINY_FLAGS, "--out", str(out), "--calib-data", str(empty)])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 1
-    assert err[-1].startswith("error: pipeline step 'export' failed: calibration data not found"), err[-1]
+    assert err[-1].startswith("error: pipeline step 'export' failed: calibration data holds no images"), err[-1]
     assert str(out) in err[-1]  # where the earlier outputs are
     assert (out / "weights" / "best.pt").is_file() and (out / "data_samples.png").is_file()
     assert not (out / "export" / "manifest.json").exists() and not (out / "check.json").exists()
@@ -203,6 +205,89 @@ def test_a_recipe_device_is_not_replaced_by_auto(tmp_path):
 
 
 # --------------------------------------------------------------------------------------------------- pipeline
+@pytest.fixture
+def no_step_runs(monkeypatch):
+    """Every step replaced by one that fails the test: a setting found only by a step (after minutes of training)
+    shows as a PipelineError naming that step instead of the settings error, and no test trains by mistake."""
+    import mnv2export.pipeline as P
+
+    def ran(result):
+        raise AssertionError("a step ran before the settings were all checked")
+
+    for step in STEPS:
+        monkeypatch.setitem(P.STEP_FUNCTIONS, step, ran)
+
+
+@pytest.mark.parametrize("providers", [("cpu", "cuda"), ("cuda",), ("all", "cuda")])
+def test_an_explicit_cuda_is_checked_before_any_step(tmp_path, monkeypatch, no_step_runs, providers):
+    """`mnv2 pipeline --provider cpu,cuda` without CUDA trained and exported, then failed its check step. Now it is the
+    benchmark's own up-front error (`mnv2 bench --provider cuda`), before anything is trained or the folder made."""
+    from mnv2export import device
+
+    monkeypatch.setattr(device, "cuda_unavailable_reason", lambda: "no GPU here")
+    out = tmp_path / "r"
+    with pytest.raises(ProviderUnavailable) as info:
+        run_pipeline(out=out, device="cpu", options=PipelineOptions(providers=providers))
+    assert info.value.one_line().startswith("CUDA was asked for but no GPU here"), info.value.one_line()
+    assert info.value.one_line().endswith("or use --provider cpu")
+    assert not out.exists()
+
+
+def test_cli_explicit_cuda_is_one_line_before_any_step(tmp_path, monkeypatch, capsys, no_step_runs):
+    from mnv2export import device
+
+    monkeypatch.setattr(device, "cuda_unavailable_reason", lambda: "no GPU here")
+    out = tmp_path / "r"
+    assert main(["pipeline", *TINY_FLAGS, "--provider", "cpu,cuda", "--out", str(out)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: CUDA was asked for but no GPU here"), err
+    assert "pipeline step" not in err[0] and not out.exists()
+
+
+def test_a_missing_calibration_folder_is_checked_before_any_step(tmp_path, no_step_runs):
+    """`--calib-data nodir` trained first, then failed the export step."""
+    out = tmp_path / "r"
+    with pytest.raises(DataError, match="calibration data not found"):
+        run_pipeline(out=out, device="cpu", options=PipelineOptions(calib_data=str(tmp_path / "nodir")))
+    (tmp_path / "a-file.png").write_bytes(b"x")
+    with pytest.raises(DataError, match="calibration data is a file"):
+        run_pipeline(out=out, device="cpu", options=PipelineOptions(calib_data=str(tmp_path / "a-file.png")))
+    assert not out.exists()
+
+
+def test_cli_missing_calibration_folder_is_one_line_before_any_step(tmp_path, capsys, no_step_runs):
+    out = tmp_path / "r"
+    assert main(["pipeline", *TINY_FLAGS, "--calib-data", str(tmp_path / "nodir"), "--out", str(out)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"error: calibration data not found ({tmp_path / 'nodir'}): pass --calib-data with a folder of images (or synth)"]
+    assert not out.exists()
+
+
+def test_check_samples_have_the_check_steps_range(tmp_path, no_step_runs):
+    """`--samples 200000` trained and exported, then failed the check step ('samples = 200000 is out of range')."""
+    from mnv2export.parity import MAX_SAMPLES
+    from mnv2export.pipeline import _check_options
+
+    _check_options(PipelineOptions(check_samples=MAX_SAMPLES))
+    with pytest.raises(ConfigError, match=f"samples = {MAX_SAMPLES + 1} is out of range.*between 1 and {MAX_SAMPLES}"):
+        _check_options(PipelineOptions(check_samples=MAX_SAMPLES + 1))
+    with pytest.raises(ConfigError, match="samples = "):
+        run_pipeline(out=tmp_path / "r", device="cpu", options=PipelineOptions(check_samples=MAX_SAMPLES + 1))
+    assert not (tmp_path / "r").exists()
+
+
+def test_an_empty_provider_is_a_usage_error_as_in_bench_and_check(tmp_path, capsys, no_step_runs):
+    """`--provider ""` silently meant the default; `mnv2 bench` / `mnv2 check` reject it (exit 2)."""
+    from mnv2export.pipeline import resolve_providers
+
+    out = tmp_path / "r"
+    assert main(["pipeline", *TINY_FLAGS, "--provider", "", "--out", str(out)]) == 2
+    assert "--provider" in capsys.readouterr().err
+    assert not out.exists()
+    with pytest.raises(ConfigError, match="unknown provider"):  # the library alike: no provider is not the default
+        resolve_providers("cpu", ())
+
+
 def test_pipeline_options_are_checked():
     from mnv2export.pipeline import PipelineOptions, _check_options
 
@@ -242,10 +327,16 @@ def test_provider_all_means_cuda_only_where_it_runs(monkeypatch):
     monkeypatch.setattr(device, "cuda_unavailable_reason", lambda: "no GPU here")
     providers, notes = resolve_providers("cpu", ("all",))
     assert providers == ("cpu",) and notes == ["--provider all: check and bench on CPU only (no GPU here)"]
-    assert resolve_providers("cpu", ("all", "cuda"))[0] == ("cpu", "cuda")  # an explicit cuda stays, and must run
+    with pytest.raises(ProviderUnavailable, match="CUDA was asked for but no GPU here"):  # an explicit cuda must run: checked now
+        resolve_providers("cpu", ("all", "cuda"))
     monkeypatch.setattr(device, "cuda_unavailable_reason", lambda: None)
     monkeypatch.setattr(runtime, "onnx_provider_problem", lambda provider: None)
     assert resolve_providers("cpu", ("all",)) == (("cpu", "cuda"), [])
+    from mnv2export.bench import sweep
+
+    monkeypatch.setattr(sweep, "_provider_problem", lambda provider, family: None)  # the benchmark's own check passes
+    assert resolve_providers("cpu", ("all", "cuda")) == (("cpu", "cuda"), [])
+    assert resolve_providers("cpu", ("cuda", "cpu")) == (("cuda", "cpu"), [])
 
 
 def test_an_interrupted_step_is_the_failed_step(tmp_path):

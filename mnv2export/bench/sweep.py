@@ -81,12 +81,9 @@ def run(
     n_threads = threads or physical_cores()
     src = resolve(target)
 
-    problems = {(p, fam): _provider_problem(p, fam) for p in provs for fam in {_family(f) for f in fmts}}
+    problems = provider_problems(provs, {_family(f) for f in fmts})
     if explicit:
-        # what this machine lacks stops an explicit request; TensorRT not running torch models is only a row's reason
-        bad = list(dict.fromkeys(why for (p, fam), why in problems.items() if why and not (p == "tensorrt" and fam == "torch")))
-        if bad:
-            raise ProviderUnavailable(_join_reasons(bad), hint="run on a machine with an NVIDIA GPU (and onnxruntime-gpu), or use --provider cpu")
+        require_providers(problems)
 
     keys = [(p, f, b, io) for p in provs for f in fmts for b in sizes
             for io in (("resident", "copies") if include_copies and p != "cpu" else ("resident",))]
@@ -211,6 +208,19 @@ def _check_plan(warmup: int, warmup_s: float | None, iters: int | None, duration
 
 
 _PROBES: dict[tuple[str, str], str | None] = {}
+
+
+def provider_problems(providers, families) -> dict[tuple[str, str], str | None]:
+    """Why each provider cannot run each family of formats (``torch``, ``onnx``) here; None where it can."""
+    return {(p, fam): _provider_problem(p, fam) for p in providers for fam in families}
+
+
+def require_providers(problems: dict[tuple[str, str], str | None]) -> None:
+    """Stop an explicit request for what this machine lacks (:func:`provider_problems`), before anything runs: one
+    :class:`ProviderUnavailable` naming every reason. TensorRT not running torch models is only a row's reason."""
+    bad = list(dict.fromkeys(why for (p, fam), why in problems.items() if why and not (p == "tensorrt" and fam == "torch")))
+    if bad:
+        raise ProviderUnavailable(_join_reasons(bad), hint="run on a machine with an NVIDIA GPU (and onnxruntime-gpu), or use --provider cpu")
 
 
 def _provider_problem(provider: str, family: str) -> str | None:

@@ -52,7 +52,7 @@ def pipeline(
         raise typer.BadParameter(f"expected comma-separated whole numbers, got {bench_batch!r}", param_hint="--bench-batch") from None
     options = PipelineOptions(
         calib_data=calib_data, calib_size=calib_size, check_samples=samples,
-        providers=tuple(p.lower() for p in csv_list(provider, "--provider")) if provider else None,
+        providers=tuple(p.lower() for p in csv_list(provider, "--provider")) if provider is not None else None,  # "" is a usage error
         bench_batches=batches, bench_iters=bench_iters, bench_warmup=bench_warmup, threads=threads,
     )
     result = run_pipeline(

@@ -31,7 +31,7 @@ from torch import nn
 
 from . import __version__
 from .config import DataConfig, ModelConfig
-from .errors import CheckpointError, ConfigError, first_line
+from .errors import ArtifactError, CheckpointError, ConfigError, Mnv2Error, first_line
 from .fileio import atomic_path, sha256_file, text_kind
 
 log = logging.getLogger(__name__)
@@ -165,6 +165,7 @@ def torch_load_safely(p: Path, what: str, hint: str) -> Any:
     kind = text_kind(p)
     if kind:
         raise CheckpointError(f"file is {kind}, not a torch {'checkpoint' if what == 'checkpoint' else 'file'}", path=p, hint=hint)
+    _refuse_artifact(p, what, hint)
     try:
         with warnings.catch_warnings():  # a plain pickle (not torch.save's) draws a protocol warning before the error below
             warnings.filterwarnings("ignore", message="Detected pickle protocol")
@@ -179,6 +180,42 @@ def torch_load_safely(p: Path, what: str, hint: str) -> Any:
     except Exception as exc:  # noqa: BLE001 - a corrupt file makes torch.load raise almost any type (KeyError, EOFError, ...)
         log.debug("torch.load failed: %r", exc)
         raise CheckpointError(f"{what} is not a readable torch file (truncated or corrupt)", path=p, hint=hint) from None
+
+
+def _refuse_artifact(p: Path, what: str, hint: str) -> None:
+    """An exported TorchScript or ONNX file passed where a checkpoint (or weights) belongs, said as such, before
+    ``torch.load`` (which would warn and dispatch a TorchScript archive to ``torch.jit.load``, then fail as if the file
+    were corrupt). The formats are told apart by :func:`mnv2export.runtime.detect_format`; a file it cannot place is
+    left to ``torch.load``, whose failure says the rest (corrupt, pickled object, legacy format)."""
+    from .runtime import detect_format
+
+    try:
+        kind = detect_format(p)
+    except ArtifactError:
+        return
+    if kind == "pytorch":
+        return
+    name = {"torchscript": "a TorchScript", "onnx": "an ONNX"}.get(kind, f"a {kind}")
+    if what == "checkpoint":
+        source = _exported_from(p)
+        hint = (f"pass the checkpoint it was exported from ({source}, as its manifest.json says)" if source else
+                "pass the checkpoint it was exported from (the best.pt that the export's manifest.json names)")
+    raise CheckpointError(f"file is {name} artifact, not a {'checkpoint' if what == 'checkpoint' else 'state dict'}", path=p, hint=hint)
+
+
+def _exported_from(p: Path) -> str | None:
+    """The source checkpoint that the manifest.json beside ``p`` records for it, if that manifest lists ``p``."""
+    from .export.names import MANIFEST_FILE
+    from .parity import parse_manifest
+
+    if not (p.parent / MANIFEST_FILE).is_file():
+        return None
+    try:
+        manifest = parse_manifest(p.parent / MANIFEST_FILE)
+    except Mnv2Error:
+        return None
+    path = (manifest.get("source_checkpoint") or {}).get("path")
+    return path if p.name in manifest["artifacts"] and path else None
 
 
 def _from_payload(payload: Any, p: Path) -> Checkpoint:

@@ -219,6 +219,96 @@ def test_bad_settings_are_config_errors(exported):
         bench.run(exported.out_dir / ONNX_FILE)
 
 
+def test_a_file_that_is_no_model_is_one_error_saying_what_it_is_not(trained_checkpoint, tmp_path):
+    """Any binary that is not a zip used to be taken for ONNX ("some.jpg is a single onnx artifact")."""
+    from PIL import Image
+
+    from mnv2export.errors import ArtifactError
+    from mnv2export.runtime import detect_format
+
+    Image.new("RGB", (8, 8)).save(tmp_path / "some.jpg")
+    (tmp_path / "truncated.pt").write_bytes(trained_checkpoint.read_bytes()[:5000])
+    (tmp_path / "noise.bin").write_bytes(b"\x08\x07" + bytes(range(256)) * 20)  # starts like an ONNX file, parses as none
+    (tmp_path / "tiny.bin").write_bytes(b"\x08\x07")  # a valid protobuf message (ir_version 7), but no model: no graph
+    for name, match in (("some.jpg", "not an ONNX model, a TorchScript file or a checkpoint (it looks like a JPEG image)"),
+                        ("truncated.pt", "damaged zip archive (truncated?), not a readable checkpoint or TorchScript file"),
+                        ("noise.bin", "not an ONNX model, a TorchScript file or a checkpoint"),
+                        ("tiny.bin", "not an ONNX model, a TorchScript file or a checkpoint")):
+        with pytest.raises(ArtifactError) as info:
+            bench.run(tmp_path / name, **FAST)
+        assert match in info.value.what and "artifacts folder" in info.value.hint, (name, info.value.one_line())
+        with pytest.raises(ArtifactError, match="not"):
+            detect_format(tmp_path / name)
+
+
+def test_a_checkpoint_target_is_validated_before_anything_is_timed(trained_checkpoint, tmp_path, monkeypatch):
+    """A bare state dict or a pickled object used to give a whole table of error rows, then the error."""
+    import argparse
+
+    import mnv2export.bench.sweep as sweep_module
+    from mnv2export.errors import CheckpointError
+
+    payload = torch.load(trained_checkpoint, weights_only=True)
+    torch.save(payload["state_dict"], tmp_path / "bare.pt")
+    torch.save({**payload, "train_summary": {"args": argparse.Namespace(lr=0.1)}}, tmp_path / "pickled.pt")  # as old recipes saved
+    monkeypatch.setattr(sweep_module, "_measure_row", lambda *a, **k: pytest.fail("a row was timed"))
+    with pytest.raises(CheckpointError, match="bare state dict"):
+        bench.run(tmp_path / "bare.pt", formats="eager", batches=(1,), **FAST)
+    with pytest.raises(CheckpointError, match="pickled Python object"):
+        bench.run(tmp_path / "pickled.pt", formats="eager", batches=(1,), **FAST)
+    r = cli(tmp_path / "bare.pt", "--formats", "eager", "--provider", "cpu", "--batch", "1", "--iters", "2", "--threads", "1")
+    lines = [line for line in r.stderr.splitlines() if line.strip()]
+    assert r.returncode == 1 and len(lines) == 1 and lines[0].startswith("error: file is a bare state dict"), r.stderr
+    assert "vs eager" not in r.stdout and "eager/cpu" not in r.stderr  # no table, no row's log line
+
+
+def test_a_manifest_entry_without_its_size_and_hash_is_not_timed(exported, tmp_path):
+    """As `mnv2 check` fails such an entry: nothing says the file is the one that was exported."""
+    folder = tmp_path / "unsealed"
+    shutil.copytree(exported.out_dir, folder)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["artifacts"][ONNX_FILE] = {}
+    del manifest["artifacts"][FP16_FILE]["sha256"]
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    result = bench.run(folder, formats="onnx,int8,fp16", providers="cpu", batches=(1,), **FAST)
+    onnx, int8, fp16 = result.rows
+    assert onnx.status == "error" and onnx.reason == f"{ONNX_FILE} changed since export: size_bytes None in manifest.json, " \
+        f"{(folder / ONNX_FILE).stat().st_size} on disk; export again" and onnx.p50_ms is None
+    assert fp16.status == "error" and "sha256 None in manifest.json" in fp16.reason and fp16.p50_ms is None
+    assert int8.ok
+
+
+@pytest.mark.parametrize("change, problem", [
+    ({"source_checkpoint": "abc"}, "\"source_checkpoint\" is a string ('abc'), not an object"),
+    ({"source_checkpoint": {"path": 5}}, "source_checkpoint['path'] is a number (5), not a string"),
+    ({"source_checkpoint": {"path": "/x/best.pt", "sha256": ["a"]}}, "source_checkpoint['sha256'] is a list, not a string"),
+    ({"artifacts": [ONNX_FILE]}, "\"artifacts\" is a list, not an object"),
+    ({"artifacts": {ONNX_FILE: "model"}}, f"artifacts['{ONNX_FILE}'] is a string ('model'), not an object"),
+    ({"artifacts": {ONNX_FILE: {"size_bytes": "12"}}}, f"artifacts['{ONNX_FILE}']['size_bytes'] is a string ('12'), not a whole number"),
+    ({"artifacts": {"../model.onnx": {}}}, "artifact name '../model.onnx' is not a file name"),
+])
+def test_a_hand_edited_manifest_is_one_error_not_a_crash(exported, tmp_path, change, problem):
+    from mnv2export.errors import ArtifactError
+
+    folder = tmp_path / "edited"
+    shutil.copytree(exported.out_dir, folder)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    (folder / "manifest.json").write_text(json.dumps({**manifest, **change}))
+    with pytest.raises(ArtifactError) as info:
+        bench.run(folder, formats="eager,onnx", batches=(1,), **FAST)
+    assert info.value.what == f"manifest.json is not a valid manifest ({problem})", info.value.what
+
+
+def test_eager_needs_the_source_checkpoints_recorded_hash(exported, tmp_path):
+    folder = tmp_path / "nohash"
+    shutil.copytree(exported.out_dir, folder)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    del manifest["source_checkpoint"]["sha256"]
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    row = bench.run(folder, formats="eager", batches=(1,), **FAST).rows[0]
+    assert row.status == "unavailable" and "records no SHA-256" in row.reason, row.reason
+
+
 def test_endless_or_overflowing_seconds_are_refused_before_any_work():
     """--warmup inf would warm up forever; --duration inf / 1e300 overflowed in every row: all refused up front."""
     from mnv2export.bench.sweep import check_settings

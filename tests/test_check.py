@@ -760,3 +760,36 @@ def test_json_into_a_folder_is_refused_before_the_check(tmp_path, capsys):
         assert main(["check", str(tmp_path / "missing.pt"), "--json", str(path)]) == 1
         line = _one_error_line(capsys.readouterr().err)
         assert expect in line and str(path) in line, line
+
+
+# --------------------------------------------------------------------------------------------------- hand-edited manifest
+@pytest.mark.parametrize("change, problem", [
+    ({"source_checkpoint": "abc"}, "\"source_checkpoint\" is a string ('abc'), not an object"),
+    ({"source_checkpoint": {"path": 5, "sha256": "x"}}, "source_checkpoint['path'] is a number (5), not a string"),
+    ({"artifacts": {ONNX_FILE: {"sha256": 7}}}, f"artifacts['{ONNX_FILE}']['sha256'] is a number (7), not a string"),
+    ({"artifacts": {"../../best.pt": {}}}, "artifact name '../../best.pt' is not a file name"),
+    ([], "a list at the top, not an object"),
+])
+def test_a_hand_edited_manifest_is_one_line_exit_1(exported, trained_checkpoint, tmp_path, capsys, change, problem):
+    """It used to be `unexpected AttributeError: 'str' object has no attribute 'get'`; the structure is checked by the
+    same function as `mnv2 bench` uses (parity.parse_manifest)."""
+    folder = tmp_path / "edited"
+    shutil.copytree(exported.out_dir, folder)
+    manifest = json.loads((folder / MANIFEST_FILE).read_text())
+    (folder / MANIFEST_FILE).write_text(json.dumps({**manifest, **change} if isinstance(change, dict) else change))
+    assert main(["check", str(trained_checkpoint), "--artifacts", str(folder), "--samples", "4"]) == 1
+    line = _one_error_line(capsys.readouterr().err)
+    assert line.startswith(f"error: manifest.json is not a valid manifest ({problem}) ({folder / MANIFEST_FILE}): "), line
+    assert "unexpected" not in line
+
+
+def test_an_artifact_passed_as_the_checkpoint_is_named(exported, tmp_path, capsys):
+    import warnings
+
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        assert main(["check", str(exported.out_dir / TORCHSCRIPT_FILE), "--artifacts", str(exported.out_dir)]) == 1
+    line = _one_error_line(capsys.readouterr().err)
+    assert "file is a TorchScript artifact, not a checkpoint" in line, line
+    assert exported.data["source_checkpoint"]["path"] in line
+    assert not [w for w in seen if "torch.load" in str(w.message) or "TorchScript" in str(w.message)], [str(w.message) for w in seen]

@@ -121,3 +121,39 @@ def test_bad_schema_versions_and_weights(tmp_path, change, match):
     torch.save(payload, tmp_path / "c.pt")
     with pytest.raises(CheckpointError, match=match):
         load_checkpoint(tmp_path / "c.pt")
+
+
+def test_an_exported_artifact_is_named_as_such_not_called_corrupt(exported, tmp_path):
+    """A TorchScript or ONNX file passed where a checkpoint belongs: one error saying what it is and what to pass (the
+    checkpoint its manifest names), and no torch warning about dispatching a TorchScript archive to torch.jit.load."""
+    from mnv2export.checkpoint import torch_load_safely
+    from mnv2export.export.names import ONNX_FILE, TORCHSCRIPT_FILE
+
+    source = exported.data["source_checkpoint"]["path"]
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    for name, kind in ((TORCHSCRIPT_FILE, "a TorchScript artifact"), (ONNX_FILE, "an ONNX artifact")):
+        (alone / name).write_bytes((exported.out_dir / name).read_bytes())  # no manifest beside it
+        for path, hint in ((exported.out_dir / name, source), (alone / name, "the best.pt that the export's manifest.json names")):
+            with warnings.catch_warnings(record=True) as seen, pytest.raises(CheckpointError) as info:
+                warnings.simplefilter("always")
+                load_checkpoint(path)
+            assert info.value.what == f"file is {kind}, not a checkpoint", info.value.what
+            assert hint in info.value.hint and info.value.path == str(path)
+            assert not [w for w in seen if "torch.load" in str(w.message) or "TorchScript" in str(w.message)], [str(w.message) for w in seen]
+        with pytest.raises(CheckpointError, match=f"{kind}, not a state dict"):  # train --init-from
+            torch_load_safely(exported.out_dir / name, "initial weights", "pass a state dict")
+
+
+def test_the_cli_says_so_in_one_line_without_torchs_warning(exported, tmp_path):
+    import subprocess
+    import sys
+
+    from mnv2export.export.names import TORCHSCRIPT_FILE
+
+    r = subprocess.run([sys.executable, "-m", "mnv2export", "export", str(exported.out_dir / TORCHSCRIPT_FILE), "--out", str(tmp_path / "x")],
+                       capture_output=True, text=True)
+    lines = [line for line in r.stderr.splitlines() if line.strip()]
+    assert r.returncode == 1 and len(lines) == 1, r.stderr
+    assert lines[0].startswith("error: file is a TorchScript artifact") and "truncated or corrupt" not in lines[0], lines[0]
+    assert exported.data["source_checkpoint"]["path"] in lines[0] and not (tmp_path / "x").exists()

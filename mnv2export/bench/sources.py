@@ -1,18 +1,18 @@
 """Which file each format comes from: an artifacts folder (with ``manifest.json``) or a checkpoint.
 
 * A folder written by ``mnv2 export``: the artifacts its manifest lists (a file of a fixed name that the manifest
-  does not list belongs to no export of this folder and is not timed; a listed file whose SHA-256 differs from its
-  manifest entry is an ``error`` row); eager from the checkpoint the manifest names, if it is still there and
-  unchanged (same SHA-256), since speed-ups against a different model would mean nothing.
-* A checkpoint: eager, plus the artifacts of ``export/<run>`` (``mnv2 export``'s default folder for it) when that
-  folder's manifest says it was exported from this very checkpoint.
+  does not list belongs to no export of this folder and is not timed; a listed file whose size or SHA-256 differs
+  from its manifest entry, or whose entry records neither, is an ``error`` row, as in ``mnv2 check``); eager from the
+  checkpoint the manifest names, if it is still there and unchanged (same SHA-256), since speed-ups against a
+  different model would mean nothing. A manifest of the wrong structure is an error (``parity.parse_manifest``).
+* A checkpoint: loaded (and so validated) before anything is timed; eager, plus the artifacts of ``export/<run>``
+  (``mnv2 export``'s default folder for it) when that folder's manifest says it was exported from this very checkpoint.
 
 A format without a file is not an error: its rows say ``unavailable`` and why.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -40,26 +40,28 @@ def resolve(target: str | Path) -> Sources:
         raise ConfigError("benchmark target not found", path=p, hint="pass an artifacts folder (with manifest.json) or a checkpoint")
     if p.is_dir():
         return _from_folder(p)
+    from ..checkpoint import load_checkpoint
     from ..runtime import detect_format
 
-    kind = detect_format(p)
+    hint = "pass an artifacts folder (with manifest.json) or a checkpoint"
+    try:
+        kind = detect_format(p)
+    except ArtifactError as exc:  # not a model at all: say what it is not, with bench's own advice
+        raise ArtifactError(exc.what, path=exc.path, hint=hint) from None
     if kind != "pytorch":
         raise ConfigError(f"{p.name} is a single {kind} artifact", path=p,
                           hint="pass the folder holding it (with manifest.json), or the checkpoint, to compare every format")
-    return _from_checkpoint(p)
+    ckpt = load_checkpoint(p)  # before any timing: a bare state dict or a pickled object is one line, not a table of errors
+    return _from_checkpoint(p, ckpt.sha256)
 
 
 def _read_manifest(folder: Path) -> dict:
+    from ..parity import parse_manifest
+
     path = folder / MANIFEST_FILE
     if not path.is_file():
         raise ConfigError("the folder holds no manifest.json", path=folder, hint="pass a folder written by `mnv2 export`, or a checkpoint")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-        if not isinstance(data, dict) or not isinstance(data.get("artifacts"), dict):
-            raise ValueError
-    except (ValueError, UnicodeDecodeError):
-        raise ArtifactError("manifest.json is not a valid manifest", path=path, hint="export again with `mnv2 export`") from None
-    return data
+    return parse_manifest(path)
 
 
 def _from_folder(folder: Path) -> Sources:
@@ -74,7 +76,9 @@ def _from_folder(folder: Path) -> Sources:
         src.missing["eager"] = "the manifest names no source checkpoint"
     elif not ckpt_path.is_file():
         src.missing["eager"] = f"the source checkpoint {ckpt_path} is gone (pass the checkpoint itself to bench eager)"
-    elif ckpt.get("sha256") and sha256_file(ckpt_path) != ckpt["sha256"]:
+    elif not ckpt.get("sha256"):
+        src.missing["eager"] = f"the manifest records no SHA-256 of {ckpt_path}: eager could be another model (pass the checkpoint itself)"
+    elif sha256_file(ckpt_path) != ckpt["sha256"]:
         src.missing["eager"] = f"{ckpt_path} changed since the export (SHA-256 differs): eager would be another model"
     else:
         src.files["eager"] = ckpt_path
@@ -82,9 +86,8 @@ def _from_folder(folder: Path) -> Sources:
     return src
 
 
-def _from_checkpoint(path: Path) -> Sources:
+def _from_checkpoint(path: Path, sha256: str | None) -> Sources:
     from ..export import default_out_dir
-    from ..fileio import sha256_file
 
     src = Sources(checkpoint=path, files={"eager": path})
     folder = default_out_dir(path)
@@ -93,7 +96,7 @@ def _from_checkpoint(path: Path) -> Sources:
             src.missing[fmt] = f"no export of this checkpoint in {folder} (run `mnv2 export {path}`, or pass the artifacts folder)"
         return src
     manifest = _read_manifest(folder)
-    if (manifest.get("source_checkpoint") or {}).get("sha256") != sha256_file(path):
+    if (manifest.get("source_checkpoint") or {}).get("sha256") != sha256:
         for fmt in FILES:
             src.missing[fmt] = f"{folder} was exported from another checkpoint (pass the artifacts folder itself)"
         return src
@@ -103,18 +106,20 @@ def _from_checkpoint(path: Path) -> Sources:
 
 
 def _artifacts(folder: Path, manifest: dict, src: Sources) -> None:
-    """The files the manifest lists, each checked against its recorded SHA-256."""
+    """The files the manifest lists, each checked against its recorded size and SHA-256 as ``mnv2 check`` checks them
+    (an entry without them fails: nothing says the file is the one exported)."""
     from ..fileio import sha256_file
+    from ..parity import changed_since_export
 
     for fmt, name in FILES.items():
         f, entry = folder / name, manifest["artifacts"].get(name)
-        if not isinstance(entry, dict) and f.exists():
+        if entry is None and f.exists():
             src.missing[fmt] = f"{name} is not listed in {folder / MANIFEST_FILE}: it is left from another export, not timed"
-        elif not isinstance(entry, dict):
+        elif entry is None:
             src.missing[fmt] = f"no {name} in {folder} ({HOW[fmt]})"
         elif not f.is_file():
             src.missing[fmt] = f"{name} is listed in the manifest but missing from {folder}"
-        elif entry.get("sha256") and sha256_file(f) != entry["sha256"]:
-            src.errors[fmt] = f"{name} changed since export (SHA-256 differs from manifest.json): export again"
+        elif changed := changed_since_export(entry, f, sha256_file(f)):
+            src.errors[fmt] = f"{name} {changed}; export again"
         else:
             src.files[fmt] = f

@@ -206,7 +206,7 @@ def _refuse_artifact(p: Path, what: str, hint: str) -> None:
 def _exported_from(p: Path) -> str | None:
     """The source checkpoint that the manifest.json beside ``p`` records for it, if that manifest lists ``p``."""
     from .export.names import MANIFEST_FILE
-    from .parity import parse_manifest
+    from .manifest import parse_manifest
 
     if not (p.parent / MANIFEST_FILE).is_file():
         return None

@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from .errors import ArtifactError, ConfigError, Mnv2Error, ProviderUnavailable
+from .manifest import changed_since_export, parse_manifest, short_hash
 
 log = logging.getLogger(__name__)
 
@@ -313,70 +314,6 @@ def read_manifest(out_dir: Path, default: bool, ckpt) -> tuple[dict[str, dict[st
     return artifacts, bool(source and ckpt.sha256 and source != ckpt.sha256)
 
 
-def parse_manifest(path: Path, hint: str = "export again with `mnv2 export`") -> dict[str, Any]:
-    """``manifest.json`` read and its structure checked, for every command that reads one (``check``, ``bench``): what
-    they look up has the type an export writes, so a hand-edited manifest is one :class:`ArtifactError`,
-    ``manifest.json is not a valid manifest (<what is wrong>)``, never a crash inside the command. A missing size or
-    hash is no structural fault: the artifact's row fails (:func:`changed_since_export`)."""
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ArtifactError(f"manifest.json cannot be read ({exc.strerror or type(exc).__name__})", path=path, hint=hint) from None
-    except (ValueError, UnicodeDecodeError):  # JSONDecodeError is a ValueError
-        problem = "not JSON"
-    else:
-        problem = manifest_problem(data)
-    if problem:
-        raise ArtifactError(f"manifest.json is not a valid manifest ({problem})", path=path, hint=hint)
-    return data
-
-
-# the fields of a manifest that commands read, and the JSON type each must have where it is given (null: not given)
-_ENTRY_TYPES = {"size_bytes": int, "sha256": str, "format": str, "precision": str}
-_SOURCE_TYPES = {"path": str, "sha256": str}
-
-
-def manifest_problem(data: Any) -> str | None:
-    """What makes ``data`` (a parsed manifest.json) structurally invalid, in words, or None."""
-    if not isinstance(data, dict):
-        return f"{_json_type(data)} at the top, not an object"
-    artifacts = data.get("artifacts")
-    if not isinstance(artifacts, dict):
-        return "no \"artifacts\" object" if artifacts is None else f"\"artifacts\" is {_json_type(artifacts)}, not an object"
-    for name, entry in artifacts.items():
-        if not name or name in (".", "..") or "/" in name or "\\" in name:  # check and bench open folder / name
-            return f"artifact name {name!r} is not a file name"
-        if not isinstance(entry, dict):
-            return f"artifacts[{name!r}] is {_json_type(entry)}, not an object"
-        if bad := _wrong_type(entry, _ENTRY_TYPES):
-            return f"artifacts[{name!r}][{bad!r}] is {_json_type(entry[bad])}, not {_json_name(_ENTRY_TYPES[bad])}"
-    source = data.get("source_checkpoint")
-    if source is not None and not isinstance(source, dict):
-        return f"\"source_checkpoint\" is {_json_type(source)}, not an object"
-    if source and (bad := _wrong_type(source, _SOURCE_TYPES)):
-        return f"source_checkpoint[{bad!r}] is {_json_type(source[bad])}, not {_json_name(_SOURCE_TYPES[bad])}"
-    return None
-
-
-def _wrong_type(entry: dict[str, Any], types: dict[str, type]) -> str | None:
-    return next((k for k, t in types.items() if entry.get(k) is not None
-                 and (not isinstance(entry[k], t) or (t is int and isinstance(entry[k], bool)))), None)
-
-
-def _json_name(t: type) -> str:
-    return {int: "a whole number", str: "a string"}[t]
-
-
-def _json_type(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return f"a number ({value!r})"
-    if isinstance(value, str):
-        return f"a string ({value[:40]!r})"
-    return {type(None): "null", list: "a list", dict: "an object"}.get(type(value), type(value).__name__)
-
-
 def _load_runners(out_dir: Path, entries: dict[str, dict[str, Any]], wanted: list[tuple[str, bool]], tols: dict[str, Tolerance], ckpt):
     """A row (and a runner, or None) per listed artifact and provider. The file must be the one the manifest records
     (size, sha256); once loaded it is judged by its *own* metadata (format, precision), which must agree with the
@@ -420,24 +357,14 @@ def _load_runners(out_dir: Path, entries: dict[str, dict[str, Any]], wanted: lis
     return runners, rows
 
 
-def changed_since_export(entry: dict[str, Any], path: Path, sha: str) -> str | None:
-    """Why the file on disk is not the one the manifest records (size, then sha256), or None."""
-    size = path.stat().st_size
-    if entry.get("size_bytes") != size:
-        return f"changed since export: size_bytes {entry.get('size_bytes')} in manifest.json, {size} on disk"
-    if entry.get("sha256") != sha:
-        return f"changed since export: sha256 {_hash(entry.get('sha256'))} in manifest.json, {_hash(sha)} on disk"
-    return None
-
-
 def provenance_problems(entry: dict[str, Any], meta: dict[str, Any], ckpt) -> list[str]:
     """Disagreements between the manifest entry and the file's own metadata (format, precision), and between the
     checkpoint the file says it was exported from and ``ckpt``."""
     out = [f"manifest.json says {key} {entry.get(key)!r}, the file's metadata {meta.get(key)!r}"
            for key in ("format", "precision") if entry.get(key) != meta.get(key)]
     if meta.get("source_checkpoint_sha256") != ckpt.sha256:
-        out.append(f"exported from another checkpoint: source_checkpoint_sha256 {_hash(meta.get('source_checkpoint_sha256'))} in its "
-                   f"metadata, {_hash(ckpt.sha256)} for {ckpt.path.name if ckpt.path else 'the checkpoint'}")
+        out.append(f"exported from another checkpoint: source_checkpoint_sha256 {short_hash(meta.get('source_checkpoint_sha256'))} in its "
+                   f"metadata, {short_hash(ckpt.sha256)} for {ckpt.path.name if ckpt.path else 'the checkpoint'}")
     return out
 
 
@@ -462,10 +389,6 @@ def _is_checkpoint(path: Path) -> bool:
         return detect_format(path) == "pytorch"
     except Mnv2Error:
         return False  # unreadable: an artifact's name it has, so it fails as one
-
-
-def _hash(sha: Any) -> str:
-    return sha[:12] if isinstance(sha, str) and sha else repr(sha)
 
 
 _PROVIDER_HINT = ("run on a machine with an NVIDIA GPU and onnxruntime-gpu, or use --provider cpu "

@@ -15,7 +15,6 @@ others are still classified. When no image at all can be classified, :class:`~mn
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,17 +60,17 @@ class PredictResult:
 def manifest_problem(model: Path) -> str | None:
     """Why the exported artifact ``model`` (not a checkpoint: manifests list what was exported from one) is not the
     file the ``manifest.json`` beside it records, or None (also when there is no manifest: a file on its own)."""
+    from .errors import ArtifactError
     from .export.names import MANIFEST_FILE
     from .fileio import sha256_file
-    from .parity import changed_since_export
+    from .manifest import changed_since_export, parse_manifest
 
     manifest = model.parent / MANIFEST_FILE
     if not manifest.is_file():
         return None
     try:
-        entries = json.loads(manifest.read_text(encoding="utf-8"))["artifacts"]
-        entry = entries.get(model.name)
-    except (OSError, ValueError, UnicodeDecodeError, KeyError, TypeError, AttributeError):
+        entry = parse_manifest(manifest)["artifacts"].get(model.name)
+    except ArtifactError:
         return f"{manifest} is not a readable manifest: {model.name} could not be compared with its export record"
     if not isinstance(entry, dict):
         return (f"{model.name} is not listed in {manifest}: it is not from the export that folder records "
@@ -82,14 +81,14 @@ def manifest_problem(model: Path) -> str | None:
 
 def collect_images(inputs: list[str | Path]) -> tuple[list[Path], list[dict[str, str]]]:
     """Image files named or found (recursively) in folders, in order; and the inputs that hold no image."""
-    from .data.images import is_image_file
+    from .data.images import find_images
 
     files: list[Path] = []
     skipped: list[dict[str, str]] = []
     for item in inputs:
         p = Path(item)
         if p.is_dir():
-            found = sorted(f for f in p.rglob("*") if f.is_file() and is_image_file(f) and not _hidden(f, p))
+            found = find_images(p)
             if not found:
                 skipped.append({"path": str(p), "reason": "folder holds no image files"})
             files += found
@@ -98,10 +97,6 @@ def collect_images(inputs: list[str | Path]) -> tuple[list[Path], list[dict[str,
         else:
             skipped.append({"path": str(p), "reason": "file not found"})
     return files, skipped
-
-
-def _hidden(f: Path, root: Path) -> bool:
-    return any(part.startswith(".") for part in f.relative_to(root).parts)
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:

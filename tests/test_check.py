@@ -772,7 +772,7 @@ def test_json_into_a_folder_is_refused_before_the_check(tmp_path, capsys):
 ])
 def test_a_hand_edited_manifest_is_one_line_exit_1(exported, trained_checkpoint, tmp_path, capsys, change, problem):
     """It used to be `unexpected AttributeError: 'str' object has no attribute 'get'`; the structure is checked by the
-    same function as `mnv2 bench` uses (parity.parse_manifest)."""
+    same function as `mnv2 bench` uses (manifest.parse_manifest)."""
     folder = tmp_path / "edited"
     shutil.copytree(exported.out_dir, folder)
     manifest = json.loads((folder / MANIFEST_FILE).read_text())

@@ -4,7 +4,7 @@
   does not list belongs to no export of this folder and is not timed; a listed file whose size or SHA-256 differs
   from its manifest entry, or whose entry records neither, is an ``error`` row, as in ``mnv2 check``); eager from the
   checkpoint the manifest names, if it is still there and unchanged (same SHA-256), since speed-ups against a
-  different model would mean nothing. A manifest of the wrong structure is an error (``parity.parse_manifest``).
+  different model would mean nothing. A manifest of the wrong structure is an error (``manifest.parse_manifest``).
 * A checkpoint: loaded (and so validated) before anything is timed; eager, plus the artifacts of ``export/<run>``
   (``mnv2 export``'s default folder for it) when that folder's manifest says it was exported from this very checkpoint.
 
@@ -56,7 +56,7 @@ def resolve(target: str | Path) -> Sources:
 
 
 def _read_manifest(folder: Path) -> dict:
-    from ..parity import parse_manifest
+    from ..manifest import parse_manifest
 
     path = folder / MANIFEST_FILE
     if not path.is_file():
@@ -109,7 +109,7 @@ def _artifacts(folder: Path, manifest: dict, src: Sources) -> None:
     """The files the manifest lists, each checked against its recorded size and SHA-256 as ``mnv2 check`` checks them
     (an entry without them fails: nothing says the file is the one exported)."""
     from ..fileio import sha256_file
-    from ..parity import changed_since_export
+    from ..manifest import changed_since_export
 
     for fmt, name in FILES.items():
         f, entry = folder / name, manifest["artifacts"].get(name)

@@ -15,7 +15,7 @@ from pathlib import Path
 from torch.utils.data import Dataset
 
 from ..errors import DataError
-from .images import ImageReadError, is_image_file, open_rgb
+from .images import ImageReadError, find_images, open_rgb
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +44,7 @@ def scan_split(root: Path, split: str) -> tuple[list[str], list[tuple[str, int]]
     samples: list[tuple[str, int]] = []
     empty = []
     for index, name in enumerate(classes):
-        files = sorted(p for p in (folder / name).rglob("*") if p.is_file() and is_image_file(p) and not _hidden(p, folder / name))
+        files = find_images(folder / name)
         if not files:
             empty.append(name)
         samples += [(str(f), index) for f in files]
@@ -56,12 +56,6 @@ def scan_split(root: Path, split: str) -> tuple[list[str], list[tuple[str, int]]
             hint="add images to them or remove them",
         )
     return classes, samples
-
-
-def _hidden(path: Path, under: Path) -> bool:
-    """A hidden file or one in a hidden folder (``.ipynb_checkpoints/``, macOS's ``._x.jpg``): not the class's images,
-    as hidden class folders are not classes."""
-    return any(part.startswith(".") for part in path.relative_to(under).parts)
 
 
 def check_same_classes(train: list[str], val: list[str], root: Path) -> None:

@@ -27,6 +27,13 @@ def is_image_file(path: Path) -> bool:
     return path.suffix.lower() in IMG_EXTENSIONS and not path.name.startswith(".")
 
 
+def find_images(folder: Path) -> list[Path]:
+    """The image files under ``folder`` (recursively), sorted; hidden files and those in hidden folders
+    (``.ipynb_checkpoints/``) are not images of the set."""
+    return sorted(p for p in folder.rglob("*") if p.is_file() and is_image_file(p)
+                  and not any(part.startswith(".") for part in p.relative_to(folder).parts))
+
+
 def to_rgb(img: Image.Image) -> Image.Image:
     """Convert any Pillow mode to 8-bit RGB: grayscale, palette, RGBA / LA (alpha dropped), CMYK, 16-bit, float."""
     if img.mode == "RGB":

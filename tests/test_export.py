@@ -499,3 +499,21 @@ def test_artifacts_name_the_data_folder_without_the_training_machines_path(tmp_p
         assert meta["data_config"]["source"] == "imnet4" and meta["data_config"]["class_index"] == "idx.json"
         assert meta["train_summary"]["data"]["source"] == "imnet4"
         assert meta["class_names"] == ["c0", "c1", "c2", "c3"]
+
+
+def test_a_pipeline_runs_checkpoint_exports_into_that_run(tmp_path, monkeypatch):
+    """`mnv2 check runs/x/weights/best.pt` looked in export/weights (shared by every pipeline run), not in runs/x/export
+    where the pipeline exported it; from inside the weights folder too."""
+    from mnv2export.export import default_out_dir
+
+    run = tmp_path / "runs" / "x"
+    (run / "weights").mkdir(parents=True)
+    (run / "weights" / "best.pt").write_bytes(b"")
+    monkeypatch.chdir(tmp_path)
+    assert default_out_dir("runs/x/weights/best.pt") == Path("export") / "weights"  # no pipeline.json: a plain folder
+    (run / "pipeline.json").write_text("{}")
+    assert default_out_dir("runs/x/weights/best.pt") == Path("runs/x/export")
+    monkeypatch.chdir(run / "weights")
+    assert default_out_dir("best.pt") == Path("../export")
+    (tmp_path / "weights").mkdir()  # a folder named weights elsewhere keeps the usual default
+    assert default_out_dir(tmp_path / "weights" / "best.pt") == Path("export") / "weights"

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -78,9 +79,15 @@ def toolchain_versions() -> dict[str, str]:
 
 
 def default_out_dir(checkpoint: str | Path) -> Path:
-    """``export/<run>``, ``<run>`` being the name of the folder the checkpoint sits in."""
-    run = Path(checkpoint).resolve().parent.name or "model"
-    return Path("export") / run
+    """``export/<run>``, ``<run>`` being the name of the folder the checkpoint sits in; for a checkpoint of a ``mnv2
+    pipeline`` run (``runs/<name>/weights/``), that run's own ``export/``, where the pipeline exported it (not an
+    ``export/weights`` shared by every pipeline run)."""
+    from ..pipeline import PIPELINE_FILE
+
+    folder = Path(checkpoint).parent
+    if folder.resolve().name == "weights" and (folder / ".." / PIPELINE_FILE).is_file():
+        return Path(os.path.normpath(folder / ".." / "export"))
+    return Path("export") / (folder.resolve().name or "model")
 
 
 def export_all(

@@ -61,6 +61,21 @@ def test_write_synth_is_an_imagefolder(tmp_path):
     assert x.shape == (3, 32, 32) and x.dtype == torch.float32
 
 
+def test_a_class_index_naming_two_classes_alike_keeps_them_apart(tmp_path, caplog):
+    """ImageNet's own index names n02012849 and n03126707 both "crane" (a bird, a machine): the checkpoint, the
+    confusion matrix and `mnv2 predict` could not tell them apart. They are named with their folder too."""
+    import logging
+
+    from mnv2export.data.folder import read_class_index
+
+    (tmp_path / "idx.json").write_text(json.dumps({"0": ["n02012849", "crane"], "1": ["n03126707", "crane"], "2": ["n01440764", "tench"]}))
+    with caplog.at_level(logging.WARNING, logger="mnv2export"):
+        names = read_class_index(tmp_path / "idx.json", ["n01440764", "n02012849", "n03126707"])
+    assert names == ["tench", "crane (n02012849)", "crane (n03126707)"]
+    assert "crane (n02012849), crane (n03126707)" in caplog.text
+    assert read_class_index(tmp_path / "idx.json", ["n01440764", "n02012849"]) == ["tench", "crane"]  # one crane: plain
+
+
 def test_write_synth_refuses_a_folder_holding_files_and_bad_counts(tmp_path):
     """A second `mnv2 data synth` into the same folder left the first set's images beside its own (a 2-class set
     trained as 3 classes); `--val-per-class 0` silently became the default; `--seed -1` crashed numpy."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from collections import Counter
 from pathlib import Path
 
 from torch.utils.data import Dataset
@@ -95,7 +96,13 @@ def read_class_index(path: str | Path, folders: list[str]) -> list[str]:
     unknown = [f for f in folders if f not in names]
     if unknown:
         log.warning("class index %s does not name %d folder(s) (e.g. %s); their folder names are kept", p, len(unknown), unknown[0])
-    return [names.get(f, f) for f in folders]
+    result = [names.get(f, f) for f in folders]
+    counts = Counter(result)
+    if any(n > 1 for n in counts.values()):  # ImageNet's own index names two classes "crane" (a bird, a machine)
+        result = [f"{name} ({folder})" if counts[name] > 1 else name for name, folder in zip(result, folders)]
+        log.warning("class index %s gives several folders the same name: those are told apart by their folder (%s)",
+                    p, ", ".join(n for n, f in zip(result, folders) if counts[names.get(f, f)] > 1))
+    return result
 
 
 def fingerprint(samples: list[tuple[str, int]], root: Path) -> str:

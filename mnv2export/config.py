@@ -8,6 +8,7 @@ whatever it was built from (CLI flags, a recipe file, a checkpoint): a bad value
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import os
 import tomllib
@@ -23,6 +24,7 @@ INTERPOLATIONS = ("nearest", "bilinear", "bicubic")
 TRAIN_AUGMENTATIONS = ("rrc", "crop_pad", "none")
 
 T = TypeVar("T", bound="_Config")
+log = logging.getLogger(__name__)
 
 
 def split_items(value: Any, what: str) -> list[str]:
@@ -378,11 +380,19 @@ def run_config(recipe: RunConfig | None, model: dict[str, Any], data: dict[str, 
         # a recipe's validation resize belongs to its own image size: another size derives its own (0.875 ratio)
         base = RunConfig(base.model, base.data.replace(resize_size=None), base.train)
     try:
-        return base.override(model, data, train)
+        cfg = base.override(model, data, train)
     except ConfigError as exc:
         if recipe is None or _flags_alone_fail(exc, model, {**data, "source": source}, train):
             raise
         raise ConfigError(exc.what, path=exc.path or recipe_path, hint=f"{exc.hint} (the recipe's value applies unless its flag overrides it)") from None
+    d, unused = cfg.data, {}
+    if d.class_index and d.is_builtin:
+        unused["class_index"] = "a data folder"
+    if d.data_dir and d.source == "synth":
+        unused["data_dir"] = "fashion-mnist"
+    for name, used_with in unused.items():  # a recipe's, under --data synth for a quick try: said, not an error
+        log.warning("%s = %r is not used with --data %s (only with %s)", name, getattr(d, name), d.source, used_with)
+    return cfg
 
 
 def _recipe_source(recipe: RunConfig | None) -> str | None:

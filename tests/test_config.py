@@ -207,3 +207,18 @@ def test_a_recipe_without_a_data_source_needs_data(tmp_path):
         run_config(load_recipe(recipe), {}, {}, {}, recipe_path=recipe)
     assert "source in the recipe" in info.value.hint and info.value.path == str(recipe)
     assert run_config(load_recipe(recipe), {}, {"source": "synth"}, {}).train.epochs == 2
+
+
+def test_settings_a_built_in_source_does_not_use_are_warned_about(caplog):
+    """`--class-index` and `--data-dir` with `--data synth` were ignored without a word."""
+    import logging
+
+    with caplog.at_level(logging.WARNING, logger="mnv2export"):
+        run_config(None, {}, {"source": "synth", "class_index": "idx.json", "data_dir": "/data/fm"}, {})
+    assert "class_index = 'idx.json' is not used with --data synth (only with a data folder)" in caplog.text
+    assert "data_dir = '/data/fm' is not used with --data synth (only with fashion-mnist)" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="mnv2export"):
+        run_config(None, {}, {"source": "fashion-mnist", "data_dir": "/data/fm"}, {})
+        run_config(None, {}, {"source": "some/folder", "class_index": "idx.json"}, {})
+    assert caplog.text == ""

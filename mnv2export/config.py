@@ -22,6 +22,7 @@ IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]
 INTERPOLATIONS = ("nearest", "bilinear", "bicubic")
 TRAIN_AUGMENTATIONS = ("rrc", "crop_pad", "none")
+BUILTIN_SOURCES = ("synth", "fashion-mnist")  # data sets the package reads itself; any other source is a folder
 
 T = TypeVar("T", bound="_Config")
 log = logging.getLogger(__name__)
@@ -232,7 +233,7 @@ class DataConfig(_Config):
 
     @property
     def is_builtin(self) -> bool:
-        return self.source in ("synth", "fashion-mnist")
+        return self.source in BUILTIN_SOURCES
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config import RunConfig, run_config
+from .config import BUILTIN_SOURCES, RunConfig, run_config
 from .errors import ConfigError, Mnv2Error, ParityError, Terminated
 
 log = logging.getLogger(__name__)
@@ -302,7 +302,7 @@ def _check_options(o: PipelineOptions) -> None:
 def _check_calib_data(calib_data: str | None) -> None:
     """A ``--calib-data`` folder must exist before training, not only when the export step loads it (the export's own
     check; the images in it are read by the export)."""
-    if calib_data is None or calib_data in ("synth", "fashion-mnist"):
+    if calib_data is None or calib_data in BUILTIN_SOURCES:
         return
     from .data.folder import require_image_folder
 

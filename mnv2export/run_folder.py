@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import distributed as D
 from .checkpoint import Checkpoint, load_checkpoint
-from .config import RunConfig
+from .config import BUILTIN_SOURCES, RunConfig
 from .errors import CheckpointError, ConfigError, DataError
 from .fileio import ensure_dir, folder_lock, sha256_file
 
@@ -136,7 +136,7 @@ PATH_SETTINGS = ("source", "data_dir", "class_index", "init_from")  # recorded a
 
 def _same(key: str, stored: Any, given: Any) -> bool:
     """A flag's value is the run's: a path given relative to here names the same file as the absolute one recorded."""
-    if key in PATH_SETTINGS and isinstance(stored, str) and isinstance(given, str) and given not in ("synth", "fashion-mnist"):
+    if key in PATH_SETTINGS and isinstance(stored, str) and isinstance(given, str) and given not in BUILTIN_SOURCES:
         return os.path.abspath(stored) == os.path.abspath(given)
     return stored == given
 

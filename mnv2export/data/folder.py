@@ -98,10 +98,12 @@ def read_class_index(path: str | Path, folders: list[str]) -> list[str]:
         log.warning("class index %s does not name %d folder(s) (e.g. %s); their folder names are kept", p, len(unknown), unknown[0])
     result = [names.get(f, f) for f in folders]
     counts = Counter(result)
-    if any(n > 1 for n in counts.values()):  # ImageNet's own index names two classes "crane" (a bird, a machine)
-        result = [f"{name} ({folder})" if counts[name] > 1 else name for name, folder in zip(result, folders)]
+    clashing = [i for i, name in enumerate(result) if counts[name] > 1]  # ImageNet's own index names two classes "crane"
+    for i in clashing:
+        result[i] = f"{result[i]} ({folders[i]})"
+    if clashing:
         log.warning("class index %s gives several folders the same name: those are told apart by their folder (%s)",
-                    p, ", ".join(n for n, f in zip(result, folders) if counts[names.get(f, f)] > 1))
+                    p, ", ".join(result[i] for i in clashing))
     return result
 
 

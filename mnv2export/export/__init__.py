@@ -85,9 +85,10 @@ def default_out_dir(checkpoint: str | Path) -> Path:
     from ..pipeline import PIPELINE_FILE
 
     folder = Path(checkpoint).parent
-    if folder.resolve().name == "weights" and (folder / ".." / PIPELINE_FILE).is_file():
+    name = folder.resolve().name
+    if name == "weights" and (folder / ".." / PIPELINE_FILE).is_file():
         return Path(os.path.normpath(folder / ".." / "export"))
-    return Path("export") / (folder.resolve().name or "model")
+    return Path("export") / (name or "model")
 
 
 def export_all(

@@ -64,6 +64,7 @@ class ModelSummary:
     blocks: list[BlockRow]
     layers: list[LayerRow]
     macs_note: str = MACS_NOTE
+    batchnorm_channels: int = 0  # what folding BatchNorm into the convolutions takes off ``params``
 
 
 @dataclass
@@ -137,8 +138,9 @@ def summarize_model(model, input_size: list[int] | tuple[int, int, int]) -> Mode
         BlockRow(name, _describe_block(name, m), shapes.get(name, []), _param_count(m), macs_by_module.get(name, 0))
         for name, m in _blocks(model)
     ]
+    bn = sum(m.num_features for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.affine)
     return ModelSummary(input_size=list(input_size), params=_param_count(model), macs=int(counter.get_total_flops()) // 2,
-                        blocks=blocks, layers=layers)
+                        blocks=blocks, layers=layers, batchnorm_channels=bn)
 
 
 def _param_count(module) -> int:
@@ -179,12 +181,18 @@ def describe(path: str | Path) -> ArtifactInfo:
     """Describe a checkpoint, TorchScript file or ONNX model (FP32, INT8, FP16)."""
     from .config import ModelConfig
     from .model import build_model
-    from .runtime import detect_format, load_artifact, read_metadata
+    from .runtime import _load_onnx_model, _onnx_metadata, check_onnx_signature, detect_format, load_artifact
 
     p = Path(path)
     kind = detect_format(p)
-    runner = None if kind == "onnx" else load_artifact(p, "cpu")  # a checkpoint or TorchScript file is read once
-    meta = runner.metadata if runner is not None else read_metadata(p)
+    runner = onnx_model = None
+    if kind == "onnx":  # parsed once, checked as load_artifact checks it (onnx.checker, graph against metadata)
+        onnx_model = _load_onnx_model(p)
+        meta = _onnx_metadata(onnx_model, p)
+        check_onnx_signature(onnx_model, meta, p)
+    else:
+        runner = load_artifact(p, "cpu")  # a checkpoint or TorchScript file is read once
+        meta = runner.metadata
     input_size = [int(v) for v in meta["input_size"]]
     onnx_info = None
     if kind == "pytorch":
@@ -200,9 +208,14 @@ def describe(path: str | Path) -> ArtifactInfo:
             params = _torchscript_constants(runner.module)  # type: ignore[union-attr]
             params_source = "the file's tensor constants (frozen TorchScript, BatchNorm folded)"
         else:
-            onnx_info = onnx_graph_info(p)
+            onnx_info = onnx_graph_info(onnx_model)
             params = onnx_info.weight_elements
             params_source = "the ONNX initializers holding weights and biases (BatchNorm folded; Q/DQ scales and zero points apart)"
+        folded = summary.params - summary.batchnorm_channels  # BatchNorm's scale and shift became one conv bias
+        if params != folded:
+            raise ArtifactError(f"the model_config in the file's metadata does not describe its weights ({params:,} weights and biases "
+                                f"in the file, {folded:,} in the model that model_config describes)",
+                                path=p, hint="the metadata was changed or belongs to another model: export it again with `mnv2 export`")
     return ArtifactInfo(
         path=p, format=kind, precision=str(meta.get("precision", "fp32")), file_size=p.stat().st_size, params=params,
         params_source=params_source, model=summary, model_source=model_source, metadata=meta, onnx=onnx_info,
@@ -219,13 +232,14 @@ def _torchscript_constants(module) -> int:
     return total
 
 
-def onnx_graph_info(path: str | Path) -> OnnxGraphInfo:
-    """Opset, inputs / outputs, op counts, quantized nodes and initializer sizes of an ONNX file."""
+def onnx_graph_info(source) -> OnnxGraphInfo:
+    """Opset, inputs / outputs, op counts, quantized nodes and initializer sizes of an ONNX file (a path, or the
+    ``onnx.ModelProto`` already read from it)."""
     import onnx
 
     from .runtime import _load_onnx_model
 
-    model = _load_onnx_model(Path(path), check=False)
+    model = _load_onnx_model(Path(source), check=False) if isinstance(source, (str, Path)) else source
     graph = model.graph
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
     ops = Counter(n.op_type for n in graph.node)

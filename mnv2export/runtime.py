@@ -210,12 +210,47 @@ def _parse_metadata(raw: str | bytes | None, p: Path, kind: str) -> dict[str, An
         meta = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise ArtifactError("artifact metadata is not valid JSON", path=p, hint="export it again with `mnv2 export`") from None
+    if not isinstance(meta, dict):
+        raise ArtifactError(f"artifact metadata is a JSON {type(meta).__name__}, not an object", path=p, hint="export it again with `mnv2 export`")
     missing = [k for k in ("input_size", "class_names", "mean", "std", "data_config") if k not in meta]
     if missing:
         raise ArtifactError(f"artifact metadata lacks {', '.join(missing)}", path=p, hint="export it again with `mnv2 export`")
+    problems = metadata_value_problems(meta)
+    if problems:
+        raise ArtifactError(f"artifact metadata is not valid: {'; '.join(problems)}", path=p, hint="export it again with `mnv2 export`")
     meta.setdefault("format", kind)
     meta.setdefault("precision", "fp32")
     return meta
+
+
+def metadata_value_problems(meta: dict[str, Any]) -> list[str]:
+    """What is wrong with the values an artifact's metadata holds (the keys are there): every reader (``predict``,
+    ``check``, ``bench``, ``info``) trusts these, so a hand-edited value is named here, not met later as a crash."""
+
+    def whole(v: Any) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool) and v > 0
+
+    def number(v: Any) -> bool:
+        return isinstance(v, (int, float)) and not isinstance(v, bool) and v == v and abs(v) != float("inf")
+
+    problems = []
+    size, names = meta["input_size"], meta["class_names"]
+    if not (isinstance(size, list) and len(size) == 3 and all(whole(v) for v in size) and size[0] == 3):
+        problems.append(f"input_size {json.dumps(size)} (expected [3, H, W], H and W whole numbers > 0)")
+    if not (isinstance(names, list) and names and all(isinstance(n, str) for n in names)):
+        problems.append("class_names is not a non-empty list of names")
+    elif "num_classes" in meta and meta["num_classes"] != len(names):
+        problems.append(f"num_classes {json.dumps(meta['num_classes'])} but {len(names)} class_names")
+    for key in ("mean", "std"):
+        v = meta[key]
+        if not (isinstance(v, list) and len(v) == 3 and all(number(x) for x in v) and (key == "mean" or all(x > 0 for x in v))):
+            problems.append(f"{key} {json.dumps(v)} (expected 3 numbers{', each > 0' if key == 'std' else ''})")
+    if not isinstance(meta["data_config"], dict):
+        problems.append("data_config is not an object")
+    for key in ("input_name", "output_name"):
+        if key in meta and not (isinstance(meta[key], str) and meta[key]):
+            problems.append(f"{key} {json.dumps(meta[key])} is not a name")
+    return problems
 
 
 def _load_checkpoint(p: Path):
@@ -259,9 +294,10 @@ def load_artifact(path: str | Path, provider: str = "cpu", *, threads: int | Non
     if kind == "onnx":
         model = _load_onnx_model(p, check=False)  # parsed once: metadata here, the checker in create_session
         meta = _onnx_metadata(model, p)
-        session, used = create_session(p, provider, threads=threads, model=model)
-        _check_onnx_signature(session, meta, p)
-        return OnnxRunner(path=p, format="onnx", precision=meta["precision"], provider=used, metadata=meta, session=session)
+        session, used = create_session(p, provider, threads=threads, model=model)  # onnx.checker first, then the session
+        check_onnx_signature(model, meta, p)
+        return OnnxRunner(path=p, format="onnx", precision=meta["precision"], provider=used, metadata=meta, session=session,
+                          input_name=meta.get("input_name", INPUT_NAME), output_name=meta.get("output_name", OUTPUT_NAME))
     meta = _checkpoint_metadata(ckpt) if ckpt is not None else read_metadata(p)
     if provider == "tensorrt":
         raise ConfigError("the tensorrt provider runs ONNX models only", path=p, hint="use --provider cuda for PyTorch / TorchScript")
@@ -287,24 +323,42 @@ def load_artifact(path: str | Path, provider: str = "cpu", *, threads: int | Non
     return TorchRunner(path=p, format=kind, precision="fp32", provider=device.type, metadata=meta, module=module, device=device)
 
 
-def _check_onnx_signature(session, meta: dict[str, Any], p: Path) -> None:
-    """The graph's input and output must be what the metadata describes: one input ``input`` of N x C x H x W with
-    the metadata's input size, one output ``logits`` of N x num_classes (a fixed dimension must match)."""
-    inputs, outputs = session.get_inputs(), session.get_outputs()
+def onnx_signature_problems(model, meta: dict[str, Any]) -> list[str]:
+    """How the graph of ``model`` (an ``onnx.ModelProto``) differs from what its metadata describes: one input named
+    as the metadata says (``input``) of N x C x H x W with the metadata's input size, one output (``logits``) of
+    N x num_classes; a fixed dimension must match, a symbolic one (the batch) may be anything. Read from the graph
+    itself, so ``info`` checks it without a session."""
+    graph = model.graph
+    initializers = {i.name for i in graph.initializer}
+    inputs = [v for v in graph.input if v.name not in initializers]
+    outputs = list(graph.output)
+    in_name, out_name = meta.get("input_name", INPUT_NAME), meta.get("output_name", OUTPUT_NAME)
     want_in = [None, *meta["input_size"]]
     want_out = [None, meta.get("num_classes", len(meta["class_names"]))]
     problems = []
-    if len(inputs) != 1 or inputs[0].name != INPUT_NAME:
-        problems.append(f"inputs {[i.name for i in inputs]} (expected one named {INPUT_NAME!r})")
-    elif not _shape_fits(inputs[0].shape, want_in):
-        problems.append(f"input shape {inputs[0].shape} (the metadata says N x {' x '.join(map(str, want_in[1:]))})")
-    if len(outputs) != 1 or outputs[0].name != OUTPUT_NAME:
-        problems.append(f"outputs {[o.name for o in outputs]} (expected one named {OUTPUT_NAME!r})")
-    elif not _shape_fits(outputs[0].shape, want_out):
-        problems.append(f"output shape {outputs[0].shape} (the metadata says N x {want_out[1]})")
+    if len(inputs) != 1 or inputs[0].name != in_name:
+        problems.append(f"inputs {[i.name for i in inputs]} (the metadata says one named {in_name!r})")
+    elif not _shape_fits(_dims(inputs[0]), want_in):
+        problems.append(f"input shape {_dims(inputs[0])} (the metadata says N x {' x '.join(map(str, want_in[1:]))})")
+    if len(outputs) != 1 or outputs[0].name != out_name:
+        problems.append(f"outputs {[o.name for o in outputs]} (the metadata says one named {out_name!r})")
+    elif not _shape_fits(_dims(outputs[0]), want_out):
+        problems.append(f"output shape {_dims(outputs[0])} (the metadata says N x {want_out[1]})")
+    return problems
+
+
+def check_onnx_signature(model, meta: dict[str, Any], p: Path) -> None:
+    """:func:`onnx_signature_problems` as an :class:`ArtifactError`."""
+    problems = onnx_signature_problems(model, meta)
     if problems:
         raise ArtifactError(f"ONNX graph does not match its metadata: {'; '.join(problems)}", path=p,
                             hint="export the model again with `mnv2 export`")
+
+
+def _dims(value_info) -> list[Any]:
+    """A value's shape: a fixed dimension as an int, a symbolic one as its name, an unknown one as None."""
+    dims = value_info.type.tensor_type.shape.dim
+    return [d.dim_value if d.HasField("dim_value") else (d.dim_param if d.HasField("dim_param") else None) for d in dims]
 
 
 def _shape_fits(shape: list[Any], want: list[Any]) -> bool:

@@ -101,3 +101,53 @@ def test_a_json_path_that_cannot_be_written_is_refused_before_the_report(exporte
     assert main(["info", str(exported.out_dir / "model.onnx"), "--json", str(tmp_path / "folder")]) == 1
     captured = capsys.readouterr()
     assert captured.out == "" and captured.err.strip() == f"error: --json names a folder, not a file ({tmp_path / 'folder'}): give --json a file path"
+
+
+@pytest.mark.parametrize(("key", "value", "says"), [
+    ("input_size", [3, 64, 64], "ONNX graph does not match its metadata: input shape ['batch', 3, 32, 32] (the metadata says N x 3 x 64 x 64)"),
+    ("input_name", "x", "ONNX graph does not match its metadata: inputs ['input'] (the metadata says one named 'x')"),
+    ("class_names", ["a", "b", "c"], "ONNX graph does not match its metadata: output shape ['batch', 4] (the metadata says N x 3)"),
+    ("input_size", [32, 32], "artifact metadata is not valid: input_size [32, 32] (expected [3, H, W], H and W whole numbers > 0)"),
+    ("std", [0.2, 0, 0.2], "artifact metadata is not valid: std [0.2, 0, 0.2] (expected 3 numbers, each > 0)"),
+])
+def test_info_checks_the_onnx_graph_against_its_metadata(exported, tmp_path, capsys, key, value, says):
+    """`mnv2 info` read ONNX metadata without a look at the graph: an edited input_size gave wrong MACs and exit 0, a
+    2-item input_size an unexpected RuntimeError. Now it checks the graph as load_artifact does, and names the field."""
+    from test_check import _wrong_metadata
+
+    from mnv2export.errors import ArtifactError
+    from mnv2export.runtime import load_artifact
+
+    edited = tmp_path / "m.onnx"
+    _wrong_metadata(exported.out_dir / "model.onnx", edited, [key], value)
+    if key == "class_names":  # num_classes stays 4: change both, as a hand edit that keeps them consistent would
+        _wrong_metadata(edited, edited, ["num_classes"], 3)
+    assert main(["info", str(edited)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"error: {says} ({edited}): export {'the model ' if 'graph' in says else 'it '}again with `mnv2 export`"]
+    with pytest.raises(ArtifactError, match=re_escape(says)):  # the runtime refuses it in the same words
+        load_artifact(edited)
+
+
+def re_escape(text: str) -> str:
+    import re
+
+    return re.escape(text)
+
+
+def test_info_refuses_metadata_whose_model_config_does_not_describe_the_weights(exported, tmp_path, capsys):
+    """MACs and the block table come from the metadata's model_config: a config of another width gave another
+    network's figures for the file, exit 0. The file's own weight count must be that config's, folded."""
+    import torch
+
+    from mnv2export.export.names import TORCHSCRIPT_METADATA
+
+    extra = {TORCHSCRIPT_METADATA: ""}
+    module = torch.jit.load(str(exported.out_dir / "model.torchscript.pt"), _extra_files=extra)
+    meta = json.loads(extra[TORCHSCRIPT_METADATA])
+    meta["model_config"]["width_mult"] = 0.5
+    torch.jit.save(module, str(tmp_path / "m.torchscript.pt"), _extra_files={TORCHSCRIPT_METADATA: json.dumps(meta)})
+    assert main(["info", str(tmp_path / "m.torchscript.pt")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: the model_config in the file's metadata does not describe its weights (") and "m.torchscript.pt" in err
+    assert "export it again" in err

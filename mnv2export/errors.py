@@ -62,6 +62,10 @@ class OutputError(Mnv2Error):
     """An output folder or file cannot be written."""
 
 
+class TrainingDiverged(Mnv2Error):
+    """The weights became NaN or infinite during training: the run stops before any checkpoint holds them."""
+
+
 class DistributedError(Mnv2Error):
     """A multi-process (torchrun) job cannot go on: another of its processes stopped."""
 

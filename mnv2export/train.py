@@ -35,7 +35,7 @@ from .config import RunConfig, TrainConfig
 from .data import DataBundle, SkipTracker, build_datasets, collate
 from .data.memory import MemoryImages, MemoryLoader
 from .device import cpu_threads, resolve_device, warn_if_oversubscribed
-from .errors import ConfigError, DataError, DistributedError, Mnv2Error, Terminated
+from .errors import ConfigError, DataError, DistributedError, Mnv2Error, Terminated, TrainingDiverged
 from .fileio import remove_outputs, write_text
 from .model import build_model, load_pretrained, zero_init_residual
 from .run_folder import RUN_FOLDERS, RUN_OUTPUTS, check_same_data, check_same_world_size, claim_run_folder, default_run_dir, resume_hint
@@ -491,6 +491,7 @@ def _fit(cfg: RunConfig, info: D.DistInfo, run_dir: Path, resume_from: Checkpoin
             D.broadcast_buffers(model, info)
             if ema is not None:
                 D.broadcast_buffers(ema, info)
+            check_finite(model, ema, epoch + 1, float(sums[0] / sums[1]), t, len(history))
             metrics = evaluate(eval_model, val_loader, ctx, cfg.model.num_classes, info, skips=skips)
             gather_skips()
             if metrics["count"] == 0:  # no accuracy to judge the epoch by: no checkpoint may say 'val_acc 0.00% (best)'
@@ -547,6 +548,23 @@ def _fit(cfg: RunConfig, info: D.DistInfo, run_dir: Path, resume_from: Checkpoin
 
         training_pictures(run_dir, history, best_path, data, summary.get("confusion"))
     return TrainResult(run_dir=run_dir, best=best_path, last=last_path, summary=summary, history=history, is_main=info.is_main)
+
+
+def check_finite(model: nn.Module, ema, epoch: int, train_loss: float, t: TrainConfig, epochs_saved: int) -> None:
+    """:class:`TrainingDiverged` when a weight or BatchNorm statistic of the model (or of its EMA) is NaN or infinite
+    after ``epoch``: such an epoch would be validated at chance, and saved as ``best.pt`` when it is the first. Raised
+    before any file of the epoch is written, on every rank alike (the weights are the same on every rank)."""
+    modules = [("model", model)] + ([("EMA", ema)] if ema is not None else [])
+    for name, module in modules:
+        tensors = [v for v in module.state_dict().values() if v.is_floating_point()]
+        bad = sum(int((~torch.isfinite(v)).sum()) for v in tensors)
+        if bad:
+            held = f"last.pt holds epoch {epochs_saved}" if epochs_saved else "no epoch was saved"
+            raise TrainingDiverged(
+                f"training diverged in epoch {epoch}: {bad:,} {name} weights and statistics are NaN or infinite "
+                f"(train_loss {train_loss:.4g}); {held}",
+                hint=f"lower the learning rate (lr = {t.lr:g}) or warm up longer (warmup_epochs = {t.warmup_epochs:g}), "
+                     "or train in fp32 (--amp off), and train again")
 
 
 def restore_training_state(resume_from: Checkpoint, model: nn.Module, opt: torch.optim.Optimizer, sched, scaler, ema,

@@ -61,6 +61,37 @@ def test_pictures_are_written(tmp_path):
             assert img.size[0] > 100 and img.size[1] > 100
 
 
+@pytest.mark.parametrize("ema", [False, True])
+def test_a_run_whose_weights_become_nan_stops_before_saving_them(tmp_path, monkeypatch, capsys, ema):
+    """A NaN loss (fp32: it makes every weight NaN at the next step) was trained on, validated at chance and, in a
+    first epoch, saved as best.pt without a word. Now the epoch stops with one error line naming the cause, and the
+    files hold the last finite epoch."""
+    from mnv2export.cli import main
+
+    calls = {"n": 0}
+    forward = nn.CrossEntropyLoss.forward
+
+    def nan_in_epoch_two(self, logits, target):  # 48 * 4 / 16 = 12 training batches an epoch
+        loss = forward(self, logits, target)
+        if self.reduction == "sum":  # the validation loss
+            return loss
+        calls["n"] += 1
+        return loss * float("nan") if calls["n"] == 15 else loss
+
+    monkeypatch.setattr(nn.CrossEntropyLoss, "forward", nan_in_epoch_two)
+    out = tmp_path / "run"
+    code = main(["train", *TINY_FLAGS, "--epochs", "3", "--out", str(out), "--amp", "off", *(["--ema"] if ema else [])])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1
+    assert err[-1].startswith("error: training diverged in epoch 2: ") and "NaN or infinite (train_loss nan); last.pt holds epoch 1" in err[-1]
+    assert err[-1].endswith("lower the learning rate (lr = 0.05) or warm up longer (warmup_epochs = 0), or train in fp32 (--amp off), and train again")
+    assert [r["epoch"] for r in csv.DictReader((out / "metrics.csv").open())] == ["1"]
+    for name in ("last.pt", "best.pt"):
+        ckpt = load_checkpoint(out / name)
+        assert ckpt.train_summary["epoch"] == 1, name
+        assert all(torch.isfinite(v).all() for v in ckpt.state_dict.values() if v.is_floating_point()), name
+
+
 def _weights(path):
     return load_checkpoint(path).extra["resume"]["model"]
 

@@ -160,7 +160,7 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
 
 def torch_load_safely(p: Path, what: str, hint: str) -> Any:
     """``torch.load(weights_only=True)`` of an existing, non-empty file, every failure a :class:`CheckpointError`
-    that starts with ``what`` (``checkpoint``, ``initial weights``): a text file named as such, a pickled object
+    that starts with ``what`` (``checkpoint``, ``initial weights file``): a text file named as such, a pickled object
     (a GLOBAL: code to import) refused as one, anything else unreadable."""
     kind = text_kind(p)
     if kind:

@@ -86,7 +86,7 @@ def load_pretrained(model: MobileNetV2, path: str | Path) -> list[str]:
 
     if p.stat().st_size == 0:
         raise CheckpointError("initial weights file is empty", path=p, hint="pass a state dict saved with torch.save(model.state_dict())")
-    state = torch_load_safely(p, "initial weights", "pass a state dict saved with torch.save(model.state_dict())")
+    state = torch_load_safely(p, "initial weights file", "pass a state dict saved with torch.save(model.state_dict())")
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]  # our own checkpoints, and the common {"state_dict": ...} wrapper
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):

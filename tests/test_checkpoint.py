@@ -142,7 +142,7 @@ def test_an_exported_artifact_is_named_as_such_not_called_corrupt(exported, tmp_
             assert hint in info.value.hint and info.value.path == str(path)
             assert not [w for w in seen if "torch.load" in str(w.message) or "TorchScript" in str(w.message)], [str(w.message) for w in seen]
         with pytest.raises(CheckpointError, match=f"{kind}, not a state dict"):  # train --init-from
-            torch_load_safely(exported.out_dir / name, "initial weights", "pass a state dict")
+            torch_load_safely(exported.out_dir / name, "initial weights file", "pass a state dict")
 
 
 def test_the_cli_says_so_in_one_line_without_torchs_warning(exported, tmp_path):

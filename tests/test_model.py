@@ -66,10 +66,10 @@ def test_init_from_refuses_other_width_and_pickles(tmp_path):
     with pytest.raises(CheckpointError, match="do not fit"):
         load_pretrained(build_model(ModelConfig(num_classes=10, width_mult=0.5)), path)
     torch.save({"model": build_model(ModelConfig(width_mult=0.35))}, path)  # a pickled module
-    with pytest.raises(CheckpointError, match="initial weights carries a pickled Python object and is refused"):
+    with pytest.raises(CheckpointError, match="initial weights file carries a pickled Python object and is refused"):
         load_pretrained(build_model(ModelConfig(width_mult=0.35)), path)
     path.write_bytes(path.read_bytes()[:100])  # truncated
-    with pytest.raises(CheckpointError, match="initial weights is not a readable torch file"):
+    with pytest.raises(CheckpointError, match="initial weights file is not a readable torch file"):
         load_pretrained(build_model(ModelConfig(width_mult=0.35)), path)
     with pytest.raises(CheckpointError, match="not found"):
         load_pretrained(build_model(ModelConfig(width_mult=0.35)), tmp_path / "nope.pth")

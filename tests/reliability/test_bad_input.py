@@ -216,5 +216,5 @@ def test_a_pickled_object_is_refused_by_every_command(capsys, tmp_path, trained_
     for args in (["export", evil], ["check", evil, "--artifacts", exported.out_dir], ["bench", evil, "--formats", "eager"],
                  ["info", evil], ["visualize", evil], ["predict", files / "images" / "good.png", "--model", evil]):
         fails(capsys, *args, match="pickled")
-    fails(capsys, "train", "--data", "synth", "--init-from", state, "--out", tmp_path / "t", match="initial weights carries a pickled Python object and is refused")  # not torch's raw text
+    fails(capsys, "train", "--data", "synth", "--init-from", state, "--out", tmp_path / "t", match="initial weights file carries a pickled Python object and is refused")  # not torch's raw text
     assert not os.path.exists("/tmp/mnv2-untrusted-ran")

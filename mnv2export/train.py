@@ -491,7 +491,12 @@ def _fit(cfg: RunConfig, info: D.DistInfo, run_dir: Path, resume_from: Checkpoin
             D.broadcast_buffers(model, info)
             if ema is not None:
                 D.broadcast_buffers(ema, info)
-            check_finite(model, ema, epoch + 1, float(sums[0] / sums[1]), t, len(history))
+            try:
+                check_finite(model, ema, epoch + 1, float(sums[0] / sums[1]), t, len(history))
+                diverged = None
+            except TrainingDiverged as exc:
+                diverged = exc
+            D.stop_together(diverged, info)  # the same weights on every rank: said once, by rank 0
             metrics = evaluate(eval_model, val_loader, ctx, cfg.model.num_classes, info, skips=skips)
             gather_skips()
             if metrics["count"] == 0:  # no accuracy to judge the epoch by: no checkpoint may say 'val_acc 0.00% (best)'

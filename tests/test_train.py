@@ -92,6 +92,39 @@ def test_a_run_whose_weights_become_nan_stops_before_saving_them(tmp_path, monke
         assert all(torch.isfinite(v).all() for v in ckpt.state_dict.values() if v.is_floating_point()), name
 
 
+_NAN_ON_RANK_1 = """
+import os, sys
+import torch
+from torch import nn
+from mnv2export.cli import main
+
+if os.environ["RANK"] == "1":  # one rank's loss NaN: DDP averages its NaN gradients into every rank's weights
+    forward, calls = nn.CrossEntropyLoss.forward, []
+
+    def nan_in_epoch_two(self, logits, target):
+        loss = forward(self, logits, target)
+        if self.reduction == "mean":
+            calls.append(1)
+            if len(calls) == 8:  # 48 * 4 / 16 / 2 = 6 batches a rank an epoch
+                return loss * float("nan")
+        return loss
+
+    nn.CrossEntropyLoss.forward = nan_in_epoch_two
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_a_diverged_ddp_run_says_so_once(tmp_path):
+    script = tmp_path / "nan.py"
+    script.write_text(_NAN_ON_RANK_1)
+    out = tmp_path / "run"
+    proc = _torchrun(str(script), "train", *TINY_FLAGS, "--epochs", "3", "--amp", "off", "--out", str(out), port=38500, timeout=300)
+    said = [line for line in (proc.stdout + proc.stderr).splitlines() if line.startswith("error:")]
+    assert proc.returncode != 0 and len(said) == 1, proc.stderr[-3000:]
+    assert said[0].startswith("error: training diverged in epoch 2: ") and "last.pt holds epoch 1" in said[0]
+    assert load_checkpoint(out / "last.pt").train_summary["epoch"] == 1
+
+
 def _weights(path):
     return load_checkpoint(path).extra["resume"]["model"]
 

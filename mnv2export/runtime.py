@@ -320,6 +320,7 @@ def load_artifact(path: str | Path, provider: str = "cpu", *, threads: int | Non
         except (RuntimeError, ValueError, OSError, zipfile.BadZipFile) as exc:
             raise ArtifactError(f"TorchScript file cannot be loaded: {first_line(exc)}",
                                 path=p, hint="the file is truncated or damaged; export it again") from None
+        check_torchscript_signature(module, meta, p)
     return TorchRunner(path=p, format=kind, precision="fp32", provider=device.type, metadata=meta, module=module, device=device)
 
 
@@ -353,6 +354,16 @@ def check_onnx_signature(model, meta: dict[str, Any], p: Path) -> None:
     if problems:
         raise ArtifactError(f"ONNX graph does not match its metadata: {'; '.join(problems)}", path=p,
                             hint="export the model again with `mnv2 export`")
+
+
+def check_torchscript_signature(module, meta: dict[str, Any], p: Path) -> None:
+    """A TorchScript file's ``forward`` takes one tensor, named as its metadata's ``input_name`` says (a caller may
+    pass it by that name). Its input size is not in the program (any size runs): the metadata's is taken."""
+    args = [a for a in module.forward.schema.arguments if a.name != "self"]
+    want = meta.get("input_name", INPUT_NAME)
+    if [a.name for a in args] != [want]:
+        raise ArtifactError(f"TorchScript program does not match its metadata: forward takes {[a.name for a in args]} "
+                            f"(the metadata says one input named {want!r})", path=p, hint="export the model again with `mnv2 export`")
 
 
 def _dims(value_info) -> list[Any]:

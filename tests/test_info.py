@@ -151,3 +151,23 @@ def test_info_refuses_metadata_whose_model_config_does_not_describe_the_weights(
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: the model_config in the file's metadata does not describe its weights (") and "m.torchscript.pt" in err
     assert "export it again" in err
+
+
+def test_a_torchscript_file_whose_input_name_differs_from_its_metadata_is_refused(exported, tmp_path, capsys):
+    import torch
+
+    from mnv2export.export.names import TORCHSCRIPT_METADATA
+
+    extra = {TORCHSCRIPT_METADATA: ""}
+    module = torch.jit.load(str(exported.out_dir / "model.torchscript.pt"), _extra_files=extra)
+    meta = json.loads(extra[TORCHSCRIPT_METADATA])
+    meta["input_name"] = "images"
+    torch.jit.save(module, str(tmp_path / "m.torchscript.pt"), _extra_files={TORCHSCRIPT_METADATA: json.dumps(meta)})
+    from PIL import Image
+
+    Image.new("RGB", (40, 40), "red").save(tmp_path / "red.png")
+    for command in (["info"], ["predict", str(tmp_path / "red.png"), "--model"]):
+        assert main([*command, str(tmp_path / "m.torchscript.pt")]) == 1
+        assert capsys.readouterr().err.strip().splitlines()[-1] == (
+            "error: TorchScript program does not match its metadata: forward takes ['input'] (the metadata says one input named "
+            f"'images') ({tmp_path / 'm.torchscript.pt'}): export the model again with `mnv2 export`")

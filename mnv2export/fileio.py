@@ -89,23 +89,27 @@ def atomic_files(folder: str | Path, owned: Iterable[str] = ()) -> Iterator[Call
         return tmp
 
     try:
-        yield stage
-        for tmp, _ in staged:
-            _fsync(tmp)
-        lock = os.open(folder, os.O_RDONLY)  # flock on the folder itself: no lock file left behind
         try:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            for tmp, final in staged:
-                os.replace(tmp, final)
-            written = {final.name for _, final in staged}
-            for name in owned:
-                if name not in written and (folder / name).exists():
-                    (folder / name).unlink()
-                    log.info("removed %s: an earlier write of %s left it, this one did not write it", folder / name, folder)
-        finally:
-            os.close(lock)  # releases the lock
-    except OSError as exc:
-        raise output_error(exc, folder) from None
+            yield stage
+        except OSError as exc:  # while a file was written (each is staged just before it is written): that file is named
+            raise output_error(exc, staged[-1][1] if staged else folder) from None
+        try:
+            for tmp, _ in staged:
+                _fsync(tmp)
+            lock = os.open(folder, os.O_RDONLY)  # flock on the folder itself: no lock file left behind
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX)
+                for tmp, final in staged:
+                    os.replace(tmp, final)
+                written = {final.name for _, final in staged}
+                for name in owned:
+                    if name not in written and (folder / name).exists():
+                        (folder / name).unlink()
+                        log.info("removed %s: an earlier write of %s left it, this one did not write it", folder / name, folder)
+            finally:
+                os.close(lock)  # releases the lock
+        except OSError as exc:
+            raise output_error(exc, folder) from None
     finally:
         for tmp, _ in staged:
             tmp.unlink(missing_ok=True)

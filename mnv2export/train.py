@@ -492,7 +492,7 @@ def _fit(cfg: RunConfig, info: D.DistInfo, run_dir: Path, resume_from: Checkpoin
             if ema is not None:
                 D.broadcast_buffers(ema, info)
             try:
-                check_finite(model, ema, epoch + 1, float(sums[0] / sums[1]), t, len(history))
+                check_finite(model, ema, epoch + 1, float(sums[0] / sums[1]), t, len(history), mixed=ctx.dtype is not None)
                 diverged = None
             except TrainingDiverged as exc:
                 diverged = exc
@@ -555,10 +555,11 @@ def _fit(cfg: RunConfig, info: D.DistInfo, run_dir: Path, resume_from: Checkpoin
     return TrainResult(run_dir=run_dir, best=best_path, last=last_path, summary=summary, history=history, is_main=info.is_main)
 
 
-def check_finite(model: nn.Module, ema, epoch: int, train_loss: float, t: TrainConfig, epochs_saved: int) -> None:
+def check_finite(model: nn.Module, ema, epoch: int, train_loss: float, t: TrainConfig, epochs_saved: int, *, mixed: bool = False) -> None:
     """:class:`TrainingDiverged` when a weight or BatchNorm statistic of the model (or of its EMA) is NaN or infinite
     after ``epoch``: such an epoch would be validated at chance, and saved as ``best.pt`` when it is the first. Raised
-    before any file of the epoch is written, on every rank alike (the weights are the same on every rank)."""
+    before any file of the epoch is written, on every rank alike (the weights are the same on every rank). ``mixed``:
+    the run trained under autocast (the hint then suggests fp32 too)."""
     modules = [("model", model)] + ([("EMA", ema)] if ema is not None else [])
     for name, module in modules:
         tensors = [v for v in module.state_dict().values() if v.is_floating_point()]
@@ -568,8 +569,8 @@ def check_finite(model: nn.Module, ema, epoch: int, train_loss: float, t: TrainC
             raise TrainingDiverged(
                 f"training diverged in epoch {epoch}: {bad:,} {name} weights and statistics are NaN or infinite "
                 f"(train_loss {train_loss:.4g}); {held}",
-                hint=f"lower the learning rate (lr = {t.lr:g}) or warm up longer (warmup_epochs = {t.warmup_epochs:g}), "
-                     "or train in fp32 (--amp off), and train again")
+                hint=f"lower the learning rate (lr = {t.lr:g}) or warm up longer (warmup_epochs = {t.warmup_epochs:g})"
+                     + (", or train in fp32 (--amp off)" if mixed else "") + ", and train again")
 
 
 def restore_training_state(resume_from: Checkpoint, model: nn.Module, opt: torch.optim.Optimizer, sched, scaler, ema,

@@ -64,7 +64,7 @@ class ModelSummary:
     blocks: list[BlockRow]
     layers: list[LayerRow]
     macs_note: str = MACS_NOTE
-    batchnorm_channels: int = 0  # what folding BatchNorm into the convolutions takes off ``params``
+    kernel_params: int = 0  # weights of rank 2 or more (convolution and linear kernels): what an export keeps as they are
 
 
 @dataclass
@@ -78,6 +78,7 @@ class OnnxGraphInfo:
     op_counts: dict[str, int]
     quantized_nodes: dict[str, int]  # QuantizeLinear / DequantizeLinear / QLinear* / *Integer -> count
     weight_elements: int  # weights and biases (float or integer)
+    kernel_elements: int  # of those, the ones of rank 2 or more (convolution and linear kernels)
     quant_param_elements: int  # scales and zero points of the Q/DQ nodes
     other_constant_elements: int  # int64 shape constants, clip bounds and the like
 
@@ -138,9 +139,9 @@ def summarize_model(model, input_size: list[int] | tuple[int, int, int]) -> Mode
         BlockRow(name, _describe_block(name, m), shapes.get(name, []), _param_count(m), macs_by_module.get(name, 0))
         for name, m in _blocks(model)
     ]
-    bn = sum(m.num_features for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.affine)
+    kernels = sum(p.numel() for p in model.parameters() if p.dim() >= 2)
     return ModelSummary(input_size=list(input_size), params=_param_count(model), macs=int(counter.get_total_flops()) // 2,
-                        blocks=blocks, layers=layers, batchnorm_channels=bn)
+                        blocks=blocks, layers=layers, kernel_params=kernels)
 
 
 def _param_count(module) -> int:
@@ -205,16 +206,17 @@ def describe(path: str | Path) -> ArtifactInfo:
         summary = summarize_model(build_model(ModelConfig.from_dict(meta["model_config"])), input_size)
         model_source = "the model rebuilt from the model_config in the file's metadata"
         if kind == "torchscript":
-            params = _torchscript_constants(runner.module)  # type: ignore[union-attr]
+            params, kernels = _torchscript_constants(runner.module)  # type: ignore[union-attr]
             params_source = "the file's tensor constants (frozen TorchScript, BatchNorm folded)"
         else:
             onnx_info = onnx_graph_info(onnx_model)
-            params = onnx_info.weight_elements
+            params, kernels = onnx_info.weight_elements, onnx_info.kernel_elements
             params_source = "the ONNX initializers holding weights and biases (BatchNorm folded; Q/DQ scales and zero points apart)"
-        folded = summary.params - summary.batchnorm_channels  # BatchNorm's scale and shift became one conv bias
-        if params != folded:
-            raise ArtifactError(f"the model_config in the file's metadata does not describe its weights ({params:,} weights and biases "
-                                f"in the file, {folded:,} in the model that model_config describes)",
+        # the kernels are exported as they are (folding scales them); biases are not compared: a bias folded from an
+        # untrained BatchNorm is all zeros, and the exporters leave such a bias out
+        if kernels != summary.kernel_params:
+            raise ArtifactError(f"the model_config in the file's metadata does not describe its weights ({kernels:,} convolution and "
+                                f"linear kernel weights in the file, {summary.kernel_params:,} in the model that model_config describes)",
                                 path=p, hint="the metadata was changed or belongs to another model: export it again with `mnv2 export`")
     return ArtifactInfo(
         path=p, format=kind, precision=str(meta.get("precision", "fp32")), file_size=p.stat().st_size, params=params,
@@ -222,14 +224,15 @@ def describe(path: str | Path) -> ArtifactInfo:
     )
 
 
-def _torchscript_constants(module) -> int:
-    """Parameters of a frozen TorchScript module: its state dict plus the tensor constants folded into the graph."""
-    total = sum(t.numel() for t in module.state_dict().values())
+def _torchscript_constants(module) -> tuple[int, int]:
+    """Parameters of a frozen TorchScript module: its state dict plus the tensor constants folded into the graph; and
+    of those, the elements of tensors of rank 2 or more (the kernels)."""
+    tensors = list(module.state_dict().values())
     for node in module.graph.nodes():
         out = node.output() if node.outputsSize() == 1 else None
         if node.kind() == "prim::Constant" and out is not None and out.type().kind() == "TensorType":
-            total += out.toIValue().numel()
-    return total
+            tensors.append(out.toIValue())
+    return sum(t.numel() for t in tensors), sum(t.numel() for t in tensors if t.dim() >= 2)
 
 
 def onnx_graph_info(source) -> OnnxGraphInfo:
@@ -249,7 +252,7 @@ def onnx_graph_info(source) -> OnnxGraphInfo:
         for i, name in enumerate(node.input):
             consumers.setdefault(name, []).append((node.op_type, i))
     initializers = {i.name for i in graph.initializer}
-    weights = quant = other = 0
+    weights = kernels = quant = other = 0
     for init in graph.initializer:
         n = math.prod(init.dims)
         uses = consumers.get(init.name, [])
@@ -259,11 +262,12 @@ def onnx_graph_info(source) -> OnnxGraphInfo:
             other += n  # shape constants, ReLU6's clip bounds
         else:
             weights += n
+            kernels += n if len(init.dims) >= 2 else 0
     return OnnxGraphInfo(
         opset=opset, ir_version=model.ir_version, producer=f"{model.producer_name} {model.producer_version}".strip(),
         inputs=[_value_info(v) for v in graph.input if v.name not in initializers],
         outputs=[_value_info(v) for v in graph.output], nodes=len(graph.node), op_counts=dict(ops.most_common()),
-        quantized_nodes=quantized, weight_elements=weights, quant_param_elements=quant, other_constant_elements=other,
+        quantized_nodes=quantized, weight_elements=weights, kernel_elements=kernels, quant_param_elements=quant, other_constant_elements=other,
     )
 
 

@@ -357,13 +357,18 @@ def check_onnx_signature(model, meta: dict[str, Any], p: Path) -> None:
 
 
 def check_torchscript_signature(module, meta: dict[str, Any], p: Path) -> None:
-    """A TorchScript file's ``forward`` takes one tensor, named as its metadata's ``input_name`` says (a caller may
-    pass it by that name). Its input size is not in the program (any size runs): the metadata's is taken."""
-    args = [a for a in module.forward.schema.arguments if a.name != "self"]
+    """A TorchScript file's ``forward`` takes one tensor (an :class:`ArtifactError` otherwise). Its name should be the
+    metadata's ``input_name`` (a caller may pass the input by name): files exported before the name was set call it
+    ``x`` (torchvision's argument); they run as before, with a warning for whoever calls them by name. The input size
+    is not in the program (any size runs): the metadata's is taken."""
+    args = [a.name for a in module.forward.schema.arguments if a.name != "self"]
     want = meta.get("input_name", INPUT_NAME)
-    if [a.name for a in args] != [want]:
-        raise ArtifactError(f"TorchScript program does not match its metadata: forward takes {[a.name for a in args]} "
-                            f"(the metadata says one input named {want!r})", path=p, hint="export the model again with `mnv2 export`")
+    if len(args) != 1:
+        raise ArtifactError(f"TorchScript program does not match its metadata: forward takes {args} (the metadata says one input "
+                            f"named {want!r})", path=p, hint="export the model again with `mnv2 export`")
+    if args[0] != want:
+        log.warning("%s: forward's input is named %r, its metadata says %r (an older export): pass the input by position, "
+                    "or export the model again", p, args[0], want)
 
 
 def _dims(value_info) -> list[Any]:

@@ -153,7 +153,9 @@ def test_info_refuses_metadata_whose_model_config_does_not_describe_the_weights(
     assert "export it again" in err
 
 
-def test_a_torchscript_file_whose_input_name_differs_from_its_metadata_is_refused(exported, tmp_path, capsys):
+def test_a_torchscript_file_whose_input_name_differs_from_its_metadata_is_named(exported, tmp_path, capsys):
+    """Exports before the name was set traced torchvision's forward(x) under metadata saying 'input': they still run
+    (the runners pass the input by position), with a warning naming both; a forward of another arity is refused."""
     import torch
 
     from mnv2export.export.names import TORCHSCRIPT_METADATA
@@ -166,8 +168,40 @@ def test_a_torchscript_file_whose_input_name_differs_from_its_metadata_is_refuse
     from PIL import Image
 
     Image.new("RGB", (40, 40), "red").save(tmp_path / "red.png")
-    for command in (["info"], ["predict", str(tmp_path / "red.png"), "--model"]):
-        assert main([*command, str(tmp_path / "m.torchscript.pt")]) == 1
-        assert capsys.readouterr().err.strip().splitlines()[-1] == (
-            "error: TorchScript program does not match its metadata: forward takes ['input'] (the metadata says one input named "
-            f"'images') ({tmp_path / 'm.torchscript.pt'}): export the model again with `mnv2 export`")
+    for command in (["info", "--no-layers"], ["predict", str(tmp_path / "red.png"), "--model"]):
+        assert main([*command, str(tmp_path / "m.torchscript.pt")]) == 0
+        assert "forward's input is named 'input', its metadata says 'images' (an older export)" in capsys.readouterr().err
+
+    class TwoInputs(torch.nn.Module):
+        def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+            return a + b
+
+    two = torch.jit.script(TwoInputs())
+    torch.jit.save(two, str(tmp_path / "two.torchscript.pt"), _extra_files={TORCHSCRIPT_METADATA: json.dumps(meta)})
+    assert main(["info", str(tmp_path / "two.torchscript.pt")]) == 1
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "error: TorchScript program does not match its metadata: forward takes ['a', 'b'] (the metadata says one input named "
+        f"'images') ({tmp_path / 'two.torchscript.pt'}): export the model again with `mnv2 export`")
+
+
+def test_an_export_of_an_untrained_checkpoint_is_described(tmp_path):
+    """A last.pt of epoch 0 (a run stopped in its first epoch) has BatchNorm at its initial values: folded, every
+    convolution's bias is all zeros, and both exporters leave such biases out. The check of the model_config against
+    the file's weights compares the kernels only, so this real export is described, not refused as edited."""
+    import torch
+
+    from conftest import TRAINED_DATA
+    from mnv2export.checkpoint import Checkpoint, provenance, save_checkpoint
+    from mnv2export.config import DataConfig, ModelConfig
+    from mnv2export.export import export_all
+    from mnv2export.model import build_model
+
+    torch.manual_seed(0)
+    model_cfg = ModelConfig(num_classes=4, width_mult=0.35)
+    ckpt = Checkpoint(model_config=model_cfg, data_config=DataConfig(**TRAINED_DATA), class_names=["a", "b", "c", "d"],
+                      state_dict=build_model(model_cfg).state_dict(), train_summary={"epoch": 0, "epochs": 2}, provenance=provenance(None))
+    export_all(save_checkpoint(ckpt, tmp_path / "last.pt"), tmp_path / "export", quantize=True, fp16=True, calib_size=16)
+    source = describe(tmp_path / "last.pt")
+    for name in ("model.torchscript.pt", "model.onnx", "model.int8.onnx", "model.fp16.onnx"):
+        info = describe(tmp_path / "export" / name)
+        assert info.model.macs == source.model.macs and info.params < source.params, name

@@ -274,9 +274,10 @@ def onnx_graph_info(source) -> OnnxGraphInfo:
 def _value_info(v) -> dict[str, Any]:
     import onnx
 
-    t = v.type.tensor_type
-    dims = [d.dim_param if d.HasField("dim_param") else (d.dim_value if d.HasField("dim_value") else "?") for d in t.shape.dim]
-    return {"name": v.name, "dtype": onnx.TensorProto.DataType.Name(t.elem_type).lower(), "shape": dims}
+    from .runtime import _dims
+
+    dims = ["?" if d is None else d for d in _dims(v)]
+    return {"name": v.name, "dtype": onnx.TensorProto.DataType.Name(v.type.tensor_type.elem_type).lower(), "shape": dims}
 
 
 def human(n: float) -> str:

@@ -19,6 +19,7 @@ import importlib.metadata
 import io
 import json
 import logging
+import math
 import os
 import re
 import tempfile
@@ -227,11 +228,13 @@ def metadata_value_problems(meta: dict[str, Any]) -> list[str]:
     """What is wrong with the values an artifact's metadata holds (the keys are there): every reader (``predict``,
     ``check``, ``bench``, ``info``) trusts these, so a hand-edited value is named here, not met later as a crash."""
 
+    from .config import _is_number
+
     def whole(v: Any) -> bool:
-        return isinstance(v, int) and not isinstance(v, bool) and v > 0
+        return _is_number(v) and isinstance(v, int) and v > 0
 
     def number(v: Any) -> bool:
-        return isinstance(v, (int, float)) and not isinstance(v, bool) and v == v and abs(v) != float("inf")
+        return _is_number(v) and math.isfinite(v)
 
     problems = []
     size, names = meta["input_size"], meta["class_names"]
@@ -324,11 +327,11 @@ def load_artifact(path: str | Path, provider: str = "cpu", *, threads: int | Non
     return TorchRunner(path=p, format=kind, precision="fp32", provider=device.type, metadata=meta, module=module, device=device)
 
 
-def onnx_signature_problems(model, meta: dict[str, Any]) -> list[str]:
-    """How the graph of ``model`` (an ``onnx.ModelProto``) differs from what its metadata describes: one input named
-    as the metadata says (``input``) of N x C x H x W with the metadata's input size, one output (``logits``) of
-    N x num_classes; a fixed dimension must match, a symbolic one (the batch) may be anything. Read from the graph
-    itself, so ``info`` checks it without a session."""
+def check_onnx_signature(model, meta: dict[str, Any], p: Path) -> None:
+    """An :class:`ArtifactError` where the graph of ``model`` (an ``onnx.ModelProto``) differs from what its metadata
+    describes: one input named as the metadata says (``input``) of N x C x H x W with the metadata's input size, one
+    output (``logits``) of N x num_classes; a fixed dimension must match, a symbolic one (the batch) may be anything.
+    Read from the graph itself, so ``info`` checks it without a session."""
     graph = model.graph
     initializers = {i.name for i in graph.initializer}
     inputs = [v for v in graph.input if v.name not in initializers]
@@ -345,12 +348,6 @@ def onnx_signature_problems(model, meta: dict[str, Any]) -> list[str]:
         problems.append(f"outputs {[o.name for o in outputs]} (the metadata says one named {out_name!r})")
     elif not _shape_fits(_dims(outputs[0]), want_out):
         problems.append(f"output shape {_dims(outputs[0])} (the metadata says N x {want_out[1]})")
-    return problems
-
-
-def check_onnx_signature(model, meta: dict[str, Any], p: Path) -> None:
-    """:func:`onnx_signature_problems` as an :class:`ArtifactError`."""
-    problems = onnx_signature_problems(model, meta)
     if problems:
         raise ArtifactError(f"ONNX graph does not match its metadata: {'; '.join(problems)}", path=p,
                             hint="export the model again with `mnv2 export`")

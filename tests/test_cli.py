@@ -3,6 +3,7 @@
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -19,6 +20,18 @@ def test_help_does_not_import_torch():
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert "train" in r.stdout
+
+
+def test_a_refused_flag_or_recipe_value_is_said_before_torch_is_imported():
+    """A mistyped value is answered at once (in the time --help takes), not after the seconds torch takes to import."""
+    code = ("import sys; from mnv2export.cli import main\n"
+            "for args in (['train', '--data', 'synth', '--epochs', '0'], ['train', '--config', 'train/imagenet20_224.toml', '--epochs', '2'],\n"
+            "             ['train', '--resume', '--overwrite', '--out', 'x']):\n"
+            "    assert main(args) == 1, args\n"
+            "assert 'torch' not in sys.modules, 'torch imported'")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=Path(__file__).parents[1])
+    assert r.returncode == 0, r.stderr
+    assert r.stderr.count("error: ") == 3 and "epochs = 0 is out of range" in r.stderr and "warm-up epochs" in r.stderr
 
 
 def _one_error_line(stderr):

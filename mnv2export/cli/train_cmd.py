@@ -75,8 +75,6 @@ def train(
         "zero_init_residual": zero_init_residual, "out": out, "plots": plots, "progress": progress,
     }
     from ..errors import Mnv2Error
-    from ..run_folder import resume_config
-    from ..train import fit
 
     ckpt = None
     try:
@@ -88,6 +86,8 @@ def train(
             if config:
                 raise ConfigError("--config is not read with --resume: a run continues with its own settings", path=config,
                                   hint="drop --config (--epochs, --workers, --threads, --device and the progress and plot switches may change)")
+            from ..run_folder import resume_config  # reads a checkpoint: imports torch
+
             cfg, ckpt = resume_config(Path(out), {"model": model, "data": data_flags, "train": train_flags})
         else:
             cfg = run_config(load_recipe(config) if config else None, model, data_flags, train_flags, recipe_path=config)
@@ -97,6 +97,8 @@ def train(
         if int(os.environ.get("LOCAL_RANK", "0")) != 0:
             raise SystemExit(1) from None
         raise
+    from ..train import fit  # torch is imported here, after the flags and the recipe passed: their errors come at once
+
     result = fit(cfg, run_dir=out, resume_from=ckpt) if resume else fit(cfg, overwrite=overwrite)
     s = result.summary
     if result.is_main:

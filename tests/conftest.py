@@ -142,6 +142,20 @@ def exported(trained_checkpoint, tmp_path_factory):
         torch.set_num_threads(threads)
 
 
+@pytest.fixture(scope="session")
+def smoke_run(tmp_path_factory) -> Path:
+    """The README's smoke run, through the console command as a user types it: ``mnv2 train --data synth --epochs 2``
+    (10 classes, 64 px, width 1.0). Returns the run folder; the test that asserts on it also checks the exit status."""
+    import subprocess
+    import sys
+
+    out = tmp_path_factory.mktemp("smoke") / "smoke"
+    r = subprocess.run([sys.executable, "-m", "mnv2export", "train", "--data", "synth", "--epochs", "2", "--out", str(out), "--no-progress"],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    return out
+
+
 def write_fashion_idx(folder: Path, n_train: int = 64, n_test: int = 32) -> Path:
     """Fashion-MNIST's four gzipped IDX files (big-endian magic and sizes, then raw uint8): label ``i % 10``, each class
     a bright band at its own height on noise, so a model can learn it."""

@@ -340,11 +340,10 @@ def test_debug_int8_names_layers(exported, trained_checkpoint, tmp_path, capsys)
 
 
 @pytest.mark.slow
-def test_a_model_trained_by_mnv2_train_passes_every_row(tmp_path):
+def test_a_model_trained_by_mnv2_train_passes_every_row(tmp_path, smoke_run):
     """The README's smoke run (synth, 10 classes, 64 px, width 1.0, 2 epochs), exported in every format: each row,
     INT8 included, passes the default tolerances (the synth figures in benchmarks/RESULTS.md come from this)."""
-    run, art = tmp_path / "smoke", tmp_path / "export"
-    assert main(["train", "--data", "synth", "--epochs", "2", "--out", str(run), "--no-progress", "--no-plots"]) == 0
+    run, art = smoke_run, tmp_path / "export"
     assert main(["export", str(run / "best.pt"), "--quantize", "--fp16", "--out", str(art)]) == 0
     out = tmp_path / "check.json"
     assert main(["check", str(run / "best.pt"), "--artifacts", str(art), "--samples", "200", "--json", str(out)]) == 0

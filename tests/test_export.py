@@ -170,6 +170,31 @@ def test_int8_graph_is_qdq_per_channel_u8s8(exported):
     assert q_zero_points and all(inits[z].data_type == want for z in q_zero_points)
 
 
+def test_every_onnx_file_imports_only_the_operator_sets_its_nodes_use(exported):
+    """ONNX Runtime's quantization pre-processing declares every domain ORT knows (com.microsoft.nchwc,
+    ai.onnx.training, ...); the INT8 file must not carry them to runtimes that do not."""
+    for name in (ONNX_FILE, INT8_FILE, FP16_FILE):
+        model = onnx.load(str(exported.out_dir / name))
+        declared = {o.domain for o in model.opset_import}
+        assert declared - {""} <= {n.domain for n in model.graph.node}, (name, declared)
+        assert "" in declared
+
+
+def test_drop_unused_domains_keeps_what_nodes_subgraphs_and_functions_use():
+    from onnx import TensorProto, helper
+
+    from mnv2export.export.onnx import drop_unused_domains
+
+    v = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1]) for n in ("x", "y")]
+    inner = helper.make_graph([helper.make_node("Gelu", ["x"], ["z"], domain="com.microsoft")], "then", [], [v[0]])
+    node = helper.make_node("If", ["c"], ["y"], then_branch=inner, else_branch=inner)
+    fn = helper.make_function("my.fn", "F", ["a"], ["b"], [helper.make_node("Relu", ["a"], ["b"])], [helper.make_opsetid("", 18)])
+    model = helper.make_model(helper.make_graph([node], "g", [v[0]], [v[1]]), functions=[fn], opset_imports=[
+        helper.make_opsetid(d, 1 if d else 18) for d in ("", "com.microsoft", "my.fn", "ai.onnx.ml", "com.microsoft.nchwc")])
+    assert drop_unused_domains(model) == ["ai.onnx.ml", "com.microsoft.nchwc"]
+    assert [o.domain for o in model.opset_import] == ["", "com.microsoft", "my.fn"]
+
+
 def test_metadata_in_every_artifact(exported, trained_checkpoint):
     from mnv2export.checkpoint import load_checkpoint
 

@@ -98,6 +98,31 @@ def op_count(model: onnx.ModelProto, op_type: str) -> int:
     return sum(1 for node in model.graph.node if node.op_type == op_type)
 
 
+def drop_unused_domains(model: onnx.ModelProto) -> list[str]:
+    """Remove the operator-set imports of domains no node uses (the default domain always stays); returns them.
+
+    ONNX Runtime's ``quant_pre_process`` saves through an ORT session, which declares every domain ORT knows
+    (``com.microsoft.nchwc``, ``ai.onnx.training``, ``org.pytorch.aten``, ...); other runtimes and converters need not
+    know those domains, and the INT8 graph uses none of them."""
+    def used(nodes) -> set[str]:
+        out = set()
+        for node in nodes:
+            out.add(node.domain)
+            for attr in node.attribute:  # control-flow subgraphs (none in MobileNetV2, but a graph may hold them)
+                for g in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
+                    out |= used(g.node)
+        return out
+
+    keep = used(model.graph.node) | {"", "ai.onnx"}
+    for f in model.functions:
+        keep |= {f.domain} | used(f.node)
+    dropped = [o.domain for o in model.opset_import if o.domain not in keep]
+    kept = [o for o in model.opset_import if o.domain in keep]
+    del model.opset_import[:]
+    model.opset_import.extend(kept)
+    return dropped
+
+
 def set_metadata(model: onnx.ModelProto, metadata: dict[str, Any]) -> None:
     """Put ``metadata`` (JSON) into ``metadata_props`` under :data:`ONNX_METADATA`, replacing an earlier value."""
     keep = [p for p in model.metadata_props if p.key != ONNX_METADATA]

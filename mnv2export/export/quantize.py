@@ -31,7 +31,7 @@ import onnx
 
 from ..errors import ConfigError, ExportError, first_line
 from .names import CALIB_METHODS, INPUT_NAME, OUTPUT_NAME
-from .onnx import check_and_save, op_count, set_metadata
+from .onnx import check_and_save, drop_unused_domains, op_count, set_metadata
 
 log = logging.getLogger(__name__)
 
@@ -164,6 +164,9 @@ def quantize_onnx(
         "calibration_batch": CALIB_BATCH, "pre_process": "quant_pre_process (ONNX shape inference + ORT basic optimisation)",
         "fp32_nodes": excluded,
     }
+    dropped = drop_unused_domains(model)
+    if dropped:
+        log.debug("INT8: dropped the unused operator-set imports %s", ", ".join(dropped))
     set_metadata(model, {**metadata, "quantization": settings})
     model.doc_string = "MobileNetV2, INT8 (QDQ) by mnv2export"
     check_and_save(model, out)

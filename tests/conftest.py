@@ -145,7 +145,7 @@ def exported(trained_checkpoint, tmp_path_factory):
 @pytest.fixture(scope="session")
 def smoke_run(tmp_path_factory) -> Path:
     """The README's smoke run, through the console command as a user types it: ``mnv2 train --data synth --epochs 2``
-    (10 classes, 64 px, width 1.0). Returns the run folder; the test that asserts on it also checks the exit status."""
+    (10 classes, 64 px, width 1.0), which must exit 0. Returns the run folder."""
     import subprocess
     import sys
 

@@ -32,7 +32,7 @@ from torch import nn
 from . import __version__
 from .config import DataConfig, ModelConfig
 from .errors import ArtifactError, CheckpointError, ConfigError, Mnv2Error, first_line
-from .fileio import atomic_path, sha256_file, text_kind
+from .fileio import CHECKPOINT_HINT, atomic_path, require_checkpoint_file, sha256_file, text_kind
 
 log = logging.getLogger(__name__)
 
@@ -147,15 +147,8 @@ def save_checkpoint(ckpt: Checkpoint, path: str | Path) -> Path:
 
 def load_checkpoint(path: str | Path) -> Checkpoint:
     """Load and validate a checkpoint, safely (``weights_only=True``). Every failure is a :class:`CheckpointError`."""
-    p = Path(path)
-    hint = "pass a best.pt or last.pt written by `mnv2 train`"
-    if not p.exists():
-        raise CheckpointError("checkpoint not found", path=p, hint=hint)
-    if p.is_dir():
-        raise CheckpointError("checkpoint path is a folder, not a file", path=p, hint=hint)
-    if p.stat().st_size == 0:
-        raise CheckpointError("checkpoint file is empty", path=p, hint=hint)
-    return _from_payload(torch_load_safely(p, "checkpoint", hint), p)
+    p = require_checkpoint_file(path)
+    return _from_payload(torch_load_safely(p, "checkpoint", CHECKPOINT_HINT), p)
 
 
 def torch_load_safely(p: Path, what: str, hint: str) -> Any:
@@ -225,7 +218,7 @@ def _from_payload(payload: Any, p: Path) -> Checkpoint:
                 "file is a bare state dict, not a self-describing checkpoint", path=p,
                 hint="use it with `mnv2 train --init-from`, or pass a checkpoint written by `mnv2 train`",
             )
-        raise CheckpointError("file is not an mnv2export checkpoint", path=p, hint="pass a best.pt or last.pt written by `mnv2 train`")
+        raise CheckpointError("file is not an mnv2export checkpoint", path=p, hint=CHECKPOINT_HINT)
     version = payload.get("schema_version")
     if not isinstance(version, int) or isinstance(version, bool) or version < 1:
         raise CheckpointError(

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
-from .errors import ConfigError, OutputError
+from .errors import ArtifactError, CheckpointError, ConfigError, Mnv2Error, OutputError
 
 log = logging.getLogger(__name__)
 
@@ -216,3 +216,31 @@ def text_kind(path: str | Path) -> str | None:
         return None
     return "a JSON file" if text.lstrip()[:1] in ("{", "[") else "a text file"
 
+
+
+def require_file(path: str | Path, what: str, hint: str, error: type[Mnv2Error]) -> Path:
+    """``path`` as a Path if it names a non-empty file, else ``error`` saying ``<what> not found``, ``<what> path is a
+    folder, not a file`` or ``<what> file is empty``, with ``hint``. The checks every loader of a model file makes first;
+    light, so that a command can make them before it imports torch or ONNX Runtime."""
+    p = Path(path)
+    if not p.exists():
+        raise error(f"{what} not found", path=p, hint=hint)
+    if p.is_dir():
+        raise error(f"{what} path is a folder, not a file", path=p, hint=hint)
+    if p.stat().st_size == 0:
+        raise error(f"{what} file is empty", path=p, hint=hint)
+    return p
+
+
+CHECKPOINT_HINT = "pass a best.pt or last.pt written by `mnv2 train`"
+ARTIFACT_HINT = "pass a checkpoint (best.pt) or a file written by `mnv2 export`"
+
+
+def require_checkpoint_file(path: str | Path) -> Path:
+    """The file checks of :func:`mnv2export.checkpoint.load_checkpoint`, without importing torch."""
+    return require_file(path, "checkpoint", CHECKPOINT_HINT, CheckpointError)
+
+
+def require_artifact_file(path: str | Path) -> Path:
+    """The file checks of :func:`mnv2export.runtime.detect_format`, without importing torch or ONNX Runtime."""
+    return require_file(path, "artifact", ARTIFACT_HINT, ArtifactError)

@@ -180,11 +180,14 @@ def _describe_block(name: str, m) -> str:
 # --------------------------------------------------------------------------------------------------- the files
 def describe(path: str | Path) -> ArtifactInfo:
     """Describe a checkpoint, TorchScript file or ONNX model (FP32, INT8, FP16)."""
+    from .fileio import require_artifact_file
+
+    p = require_artifact_file(path)  # before torch is imported: a wrong path is said at once
+
     from .config import ModelConfig
     from .model import build_model
     from .runtime import _load_onnx_model, _onnx_metadata, check_onnx_signature, detect_format, load_artifact
 
-    p = Path(path)
     kind = detect_format(p)
     runner = onnx_model = None
     if kind == "onnx":  # parsed once, checked as load_artifact checks it (onnx.checker, graph against metadata)

@@ -213,9 +213,7 @@ def check(
     (bad option, missing folder or manifest, unreadable checkpoint or data, an explicit provider that cannot be had); a
     broken artifact is a row (``fail`` or ``error``) and makes ``passed`` false.
     """
-    from .checkpoint import load_checkpoint
-    from .export import default_out_dir, toolchain_versions
-    from .parity_inputs import generated_inputs, load_real_images
+    from .fileio import require_checkpoint_file
 
     created = datetime.now(timezone.utc).astimezone().isoformat(timespec="seconds")
     wanted = parse_providers(providers)
@@ -226,6 +224,12 @@ def check(
     if not sizes or not all(isinstance(b, int) and not isinstance(b, bool) and b >= 1 for b in sizes):
         raise ConfigError(f"batch sizes {batch_sizes!r} are invalid", hint="use whole numbers >= 1, e.g. 1, 7, 64")
     tols = {**DEFAULT_TOLERANCES, **(tolerances or {})}
+    require_checkpoint_file(checkpoint)  # the options and the file checks before torch is imported: their errors come at once
+
+    from .checkpoint import load_checkpoint
+    from .export import default_out_dir, toolchain_versions
+    from .parity_inputs import generated_inputs, load_real_images
+
     ckpt = load_checkpoint(checkpoint)
     out_dir = Path(artifacts_dir) if artifacts_dir is not None else default_out_dir(checkpoint)
     entries, other_source = read_manifest(out_dir, artifacts_dir is None, ckpt)

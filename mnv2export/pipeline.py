@@ -141,8 +141,11 @@ def pipeline_config(
         data_defaults = {**PIPELINE_DEFAULTS["data"], **(SYNTH_DEFAULTS if source == "synth" else {})}
         model_flags = _under(PIPELINE_DEFAULTS["model"], model_flags)
         data_flags = _under(data_defaults, {**data_flags, "source": source})
-        train_flags = _under({**PIPELINE_DEFAULTS["train"], **_cpu_defaults(device)}, train_flags)
-    return run_config(recipe, model_flags, data_flags, train_flags)
+        train_flags = _under(PIPELINE_DEFAULTS["train"], train_flags)
+    cfg = run_config(recipe, model_flags, data_flags, train_flags)  # every setting checked before torch is imported below
+    if recipe is None and train_flags.get("workers") is None:
+        cfg = RunConfig(model=cfg.model, data=cfg.data, train=cfg.train.replace(**_cpu_defaults(device)))
+    return cfg
 
 
 def _under(defaults: dict[str, Any], flags: dict[str, Any]) -> dict[str, Any]:

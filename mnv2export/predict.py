@@ -111,6 +111,7 @@ def predict(
     threads: int | None = None,
 ) -> PredictResult:
     """Classify ``images`` (files or folders) with the artifact ``model`` on ``provider`` (cpu, cuda)."""
+    from .fileio import require_artifact_file
     from .runtime import load_artifact, preprocess
 
     if not isinstance(top_k, int) or isinstance(top_k, bool) or not 1 <= top_k <= MAX_TOP_K:
@@ -119,6 +120,7 @@ def predict(
         raise ConfigError(f"batch size = {batch_size!r} is out of range", hint="use a whole number >= 1")
     if not images:
         raise ConfigError("no images given", hint="pass image files or folders: mnv2 predict IMAGE... --model ARTIFACT")
+    require_artifact_file(model)  # before torch is imported (the image search imports it): a wrong path is said at once
     files, skipped = collect_images(images)
     if not files:
         reasons = sorted({s["reason"] for s in skipped})

@@ -32,7 +32,7 @@ import numpy as np
 
 from .errors import ArtifactError, ConfigError, DataError, ProviderUnavailable, first_line
 from .export.names import INPUT_NAME, ONNX_METADATA, OUTPUT_NAME, TORCHSCRIPT_METADATA
-from .fileio import text_kind
+from .fileio import ARTIFACT_HINT, require_artifact_file, text_kind
 
 log = logging.getLogger(__name__)
 
@@ -108,14 +108,8 @@ def detect_format(path: str | Path) -> str:
     """``pytorch`` (an mnv2 checkpoint), ``torchscript`` or ``onnx``, from the file's content; an :class:`ArtifactError`
     saying what the file is not (and what it looks like) for anything else. The one place that tells these formats
     apart: the checkpoint loader, ``bench``, ``info``, ``visualize`` and the runtime all ask it."""
-    p = Path(path)
-    hint = "pass a checkpoint (best.pt) or a file written by `mnv2 export`"
-    if not p.exists():
-        raise ArtifactError("artifact not found", path=p, hint=hint)
-    if p.is_dir():
-        raise ArtifactError("artifact path is a folder, not a file", path=p, hint=hint)
-    if p.stat().st_size == 0:
-        raise ArtifactError("artifact file is empty", path=p, hint=hint)
+    p = require_artifact_file(path)
+    hint = ARTIFACT_HINT
     damaged_zip = ArtifactError("file is a damaged zip archive (truncated?), not a readable checkpoint or TorchScript file", path=p,
                                 hint="it was cut short or damaged (an interrupted copy?): copy it again, or write it again")
     if zipfile.is_zipfile(p):

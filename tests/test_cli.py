@@ -34,6 +34,45 @@ def test_a_refused_flag_or_recipe_value_is_said_before_torch_is_imported():
     assert r.stderr.count("error: ") == 3 and "epochs = 0 is out of range" in r.stderr and "warm-up epochs" in r.stderr
 
 
+def test_a_wrong_path_or_option_of_any_command_is_said_before_torch_is_imported(tmp_path):
+    """Every command checks its options and the files it is given before it imports torch (or ONNX Runtime): a typo
+    is answered in the time --help takes, not after the seconds those imports take."""
+    empty = tmp_path / "empty.pt"
+    empty.touch()
+    cases = [
+        (["export", "/nonexistent.pt"], "checkpoint not found (/nonexistent.pt)"),
+        (["export", str(empty)], "checkpoint file is empty"),
+        (["export", "/nonexistent.pt", "--format", "bogus"], "unknown export format bogus"),
+        (["export", "/nonexistent.pt", "--calib-size", "0", "--quantize"], "calibration size 0 is out of range"),
+        (["check", "/nonexistent.pt"], "checkpoint not found (/nonexistent.pt)"),
+        (["check", str(tmp_path)], "checkpoint path is a folder, not a file"),
+        (["check", "/nonexistent.pt", "--samples", "0"], "samples = 0 is out of range"),
+        (["check", "/nonexistent.pt", "--provider", "bogus"], "unknown provider 'bogus'"),
+        (["bench", "/nonexistent"], "benchmark target not found (/nonexistent)"),
+        (["bench", "/nonexistent", "--threads", "0"], "threads = 0 is out of range"),
+        (["bench", "/nonexistent", "--formats", "bogus"], "unknown format bogus"),
+        (["info", "/nonexistent"], "artifact not found (/nonexistent)"),
+        (["info", str(tmp_path)], "artifact path is a folder, not a file"),
+        (["predict", "/nonexistent.png", "--model", "/nonexistent.pt"], "artifact not found (/nonexistent.pt)"),
+        (["predict", "/nonexistent.png", "--model", "/nonexistent.pt", "--top-k", "0"], "top-k = 0 is out of range"),
+        (["visualize", "/nonexistent.pt"], "checkpoint not found (/nonexistent.pt)"),
+        (["pipeline", "--epochs", "0", "--out", str(tmp_path / "run")], "epochs = 0 is out of range"),
+        (["pipeline", "--threads", "0", "--out", str(tmp_path / "run")], "threads = 0 is out of range"),
+    ]
+    code = ("import sys; from mnv2export.cli import main\n"
+            f"for args in {[args for args, _ in cases]!r}:\n"
+            "    assert main(args) == 1, args\n"
+            "    print('--', file=sys.stderr)\n"
+            "heavy = sorted(m for m in ('torch', 'torchvision', 'onnxruntime') if m in sys.modules)\n"
+            "assert not heavy, f'imported: {heavy}'")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=Path(__file__).parents[1])
+    assert r.returncode == 0, r.stderr
+    said = r.stderr.split("--\n")[:-1]
+    assert len(said) == len(cases), r.stderr
+    for (args, expect), text in zip(cases, said):
+        assert expect in _one_error_line(text), (args, text)
+
+
 def _one_error_line(stderr):
     lines = [line for line in stderr.splitlines() if line.strip()]
     assert len(lines) == 1, stderr

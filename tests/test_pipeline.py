@@ -356,6 +356,20 @@ def test_explicit_zero_and_false_settings_are_kept():
     assert cfg.train.label_smoothing == 0.0 and cfg.train.workers == 0 and cfg.train.ema is False
 
 
+def test_training_on_a_cpu_gets_one_loader_worker_unless_one_is_given(monkeypatch):
+    """The pipeline's CPU default (one data-loader worker beside the model's threads) is applied after the settings
+    are checked; an explicit --workers, a recipe, or CUDA keep theirs."""
+    import torch
+
+    from mnv2export.config import TrainConfig
+    from mnv2export.pipeline import pipeline_config
+
+    assert pipeline_config(device="cpu").train.workers == 1
+    assert pipeline_config(device="cpu", train={"workers": 3}).train.workers == 3
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert pipeline_config(device="auto").train.workers == TrainConfig().workers
+
+
 def test_a_recipe_is_not_overridden_by_the_pipeline_defaults():
     """PIPELINE_DEFAULTS: 'under explicit flags (and a recipe, when one is given none of these apply)'."""
     from mnv2export.config import run_config

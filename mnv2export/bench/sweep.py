@@ -66,11 +66,9 @@ def run(
     ``<format>+amp`` row timed under ``torch.autocast`` (FP16 on CUDA, BF16 on the CPU), said in the row's note, and
     said too when the autocast did not reach the model (its logits came out FP32).
     """
-    import torch
-
-    from ..device import warn_if_oversubscribed
     from .machine import machine_info, physical_cores
 
+    # the settings and the target's existence first, before torch is imported: their errors come at once
     fmts, sizes, plan = check_settings(formats, batches, warmup, warmup_s, iters, duration)
     if amp:
         fmts = [g for f in fmts for g in ((f, f + AMP) if f in TORCH_FORMATS else (f,))]
@@ -80,6 +78,10 @@ def run(
             raise ConfigError(f"{name} = {value!r} is out of range", hint="use a whole number >= 1")
     n_threads = threads or physical_cores()
     src = resolve(target)
+
+    import torch
+
+    from ..device import warn_if_oversubscribed
 
     problems = provider_problems(provs, {_family(f) for f in fmts})
     if explicit:

@@ -18,6 +18,9 @@ def visualize(
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Output folder (default <checkpoint folder>/visualize).")] = None,
 ) -> None:
     """Draw the first convolution's kernels and the feature maps of a shallow and a deep block."""
+    from ..fileio import require_checkpoint_file
+
+    require_checkpoint_file(checkpoint)  # before torch is imported (with ..plots): a wrong path is said at once
     from ..plots import visualize as draw
 
     result = draw(checkpoint, image=image, out_dir=out)

@@ -95,9 +95,11 @@ def export_all(
     checkpoint_path: str | Path, out_dir: str | Path | None = None, formats: str | Iterable[str] = "all", quantize: bool = False,
     fp16: bool = False, calib_data: str | None = None, calib_size: int = 256, calib_method: str = "minmax", opset: int | None = None,
 ) -> Manifest:
-    from .calib import check_calib_size
-    from .onnx import DEFAULT_OPSET, check_opset
+    from ..fileio import require_checkpoint_file
+    from .names import check_calib_size
+    from .opsets import DEFAULT_OPSET, check_opset
 
+    # the options and the checkpoint's file checks first, before torch is imported: their errors come at once
     fmts = parse_formats(formats)
     opset = check_opset(DEFAULT_OPSET if opset is None else opset)
     if (quantize or fp16) and "onnx" not in fmts:
@@ -107,6 +109,7 @@ def export_all(
     if calib_method not in CALIB_METHODS:
         raise ConfigError(f"unknown calibration method {calib_method!r}", hint=f"choose one of {', '.join(CALIB_METHODS)}")
     check_calib_size(calib_size)
+    require_checkpoint_file(checkpoint_path)
 
     from ..device import cpu_threads
 

@@ -20,22 +20,15 @@ from ..config import DataConfig
 from ..errors import ConfigError, DataError
 from ..data.folder import require_image_folder
 from ..data.images import is_image_file
+from .names import MAX_CALIB_SIZE, check_calib_size  # noqa: F401 - re-exported
 
 log = logging.getLogger(__name__)
-
-MAX_CALIB_SIZE = 10_000
 
 
 @dataclass
 class CalibrationSet:
     images: np.ndarray  # (N, 3, H, W) float32, normalised as the model expects
     source: str  # what they were drawn from, in words (goes into the manifest)
-
-
-def check_calib_size(n: int) -> int:
-    if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= MAX_CALIB_SIZE:
-        raise ConfigError(f"calibration size {n!r} is out of range", hint=f"use --calib-size between 1 and {MAX_CALIB_SIZE}")
-    return n
 
 
 def load_calibration(ckpt: Checkpoint, calib_data: str | None, size: int, *, seed: int = 0, split: str = "train") -> CalibrationSet:

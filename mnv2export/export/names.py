@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from ..errors import ConfigError
+
 TORCHSCRIPT_FILE = "model.torchscript.pt"
 ONNX_FILE = "model.onnx"
 INT8_FILE = "model.int8.onnx"
@@ -17,6 +19,13 @@ OUTPUT_NAME = "logits"  # N x num_classes, float32
 
 FORMATS = ("torchscript", "onnx")
 CALIB_METHODS = ("minmax", "entropy", "percentile")
+MAX_CALIB_SIZE = 10_000
+
+
+def check_calib_size(n: int) -> int:
+    if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= MAX_CALIB_SIZE:
+        raise ConfigError(f"calibration size {n!r} is out of range", hint=f"use --calib-size between 1 and {MAX_CALIB_SIZE}")
+    return n
 
 MANIFEST_FORMAT = "mnv2export.manifest"
 MANIFEST_VERSION = 1

@@ -9,7 +9,6 @@ folded first, which we do; zero ``BatchNormalization`` nodes is asserted on ever
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 from pathlib import Path
@@ -22,44 +21,9 @@ from torch import nn
 
 from ..errors import ConfigError, ExportError, first_line
 from .names import INPUT_NAME, ONNX_METADATA, OUTPUT_NAME
+from .opsets import DEFAULT_OPSET, MIN_OPSET, check_opset, max_opset, ort_max_opset  # noqa: F401 - re-exported
 
 log = logging.getLogger(__name__)
-
-MIN_OPSET = 18  # the dynamo exporter's own opset; it cannot convert this model lower
-DEFAULT_OPSET = 18  # every ONNX Runtime since 1.14 runs it fully, and no version conversion is involved
-
-
-def max_opset() -> int:
-    """The newest opset both installed onnx and ONNX Runtime support (onnx 1.23 defines 28, onnxruntime 1.31 runs 26)."""
-    return min(onnx.defs.onnx_opset_version(), ort_max_opset())
-
-
-@functools.cache
-def ort_max_opset() -> int:
-    """The newest default-domain opset the installed ONNX Runtime loads, found by loading a one-node model per opset,
-    newest first (ONNX Runtime exposes no such number; a newer opset fails at load, in ValidateOpsetForDomain)."""
-    import onnxruntime as ort
-    from onnx import TensorProto, helper
-
-    value = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1]) for n in ("x", "y")]
-    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "probe", value[:1], value[1:])
-    for opset in range(onnx.defs.onnx_opset_version(), MIN_OPSET, -1):
-        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=8)
-        try:
-            ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-            return opset
-        except Exception:  # noqa: BLE001 - onnxruntime's own Fail type
-            continue
-    return MIN_OPSET
-
-
-def check_opset(opset: int) -> int:
-    if not isinstance(opset, int) or isinstance(opset, bool) or not MIN_OPSET <= opset <= max_opset():
-        raise ConfigError(
-            f"opset {opset!r} is not supported", hint=f"choose an opset between {MIN_OPSET} and {max_opset()} (default {DEFAULT_OPSET})"
-        )
-    return opset
-
 
 def export_onnx(folded: nn.Module, example: torch.Tensor, metadata: dict[str, Any], out: str | Path, opset: int = DEFAULT_OPSET) -> onnx.ModelProto:
     """Export ``folded`` (BatchNorm folded, eval mode) with a dynamic batch axis, check it and write it to ``out``.

@@ -188,6 +188,8 @@ class StepContext:
     scaler: torch.amp.GradScaler | None = None
     # optimizer steps the gradient scaler passed over (inf/NaN gradients at fp16), counted on the device (no sync)
     scaler_skipped: torch.Tensor | None = None
+    # batches whose loss was NaN or infinite, and their images, counted on the device (no sync); left out of the mean
+    nonfinite_loss: torch.Tensor | None = None
 
     def autocast(self):
         if self.dtype is None:
@@ -205,7 +207,9 @@ def train_one_epoch(
     model: nn.Module, loader: DataLoader, opt: torch.optim.Optimizer, sched, criterion: nn.Module, ctx: StepContext,
     *, ema=None, skips: SkipTracker | None = None, progress=None,
 ) -> tuple[float, int]:
-    """One pass over ``loader``; returns (sum of losses over samples, sample count) for this rank."""
+    """One pass over ``loader``; returns (sum of losses over samples, sample count) for this rank. A batch whose loss is
+    NaN or infinite is counted in ``ctx.nonfinite_loss`` (batches, images) and adds nothing to the sum; its images are
+    in the count."""
     model.train()
     loss_sum = torch.zeros((), dtype=torch.float64, device=ctx.device)
     count = 0
@@ -241,7 +245,11 @@ def train_one_epoch(
             sched.step()
             if ema is not None:
                 ema.update_parameters(model)
-            loss_sum += loss.detach().double() * labels.shape[0]
+            finite = torch.isfinite(loss.detach())
+            loss_sum += torch.where(finite, loss.detach().double() * labels.shape[0], 0.0)
+            bad = (~finite).to(torch.int64)
+            bad = torch.stack((bad, bad * labels.shape[0]))  # device ops only: no host copy, no sync
+            ctx.nonfinite_loss = bad if ctx.nonfinite_loss is None else ctx.nonfinite_loss + bad
             count += labels.shape[0]
             if progress is not None:
                 progress()
@@ -481,7 +489,11 @@ def _fit(cfg: RunConfig, info: D.DistInfo, run_dir: Path, resume_from: Checkpoin
             loader = make_loader(data.train, t, info, device, train=True, epoch=epoch, memory=data.train_memory)
             with _progress(info.is_main and t.progress, f"epoch {epoch + 1}/{t.epochs}", len(loader)) as advance:
                 loss_sum, n = train_one_epoch(train_module, loader, opt, sched, criterion, ctx, ema=ema, skips=skips, progress=advance)
-            sums = D.all_reduce_sum(torch.tensor([loss_sum, float(n)], dtype=torch.float64, device=device), info)
+            nonfinite = ctx.nonfinite_loss.tolist() if ctx.nonfinite_loss is not None else [0, 0]
+            ctx.nonfinite_loss = None
+            sums = D.all_reduce_sum(torch.tensor([loss_sum, float(n), *map(float, nonfinite)], dtype=torch.float64, device=device), info)
+            nonfinite_batches, finite_images = int(sums[2]), float(sums[1] - sums[3])
+            train_loss = float(sums[0]) / finite_images if finite_images else math.nan
             gather_skips()
             if float(sums[1]) == 0:  # every batch passed over: nothing was trained, so no checkpoint may say it was
                 raise DataError(f"no training batch in epoch {epoch + 1} had two readable images: nothing was trained",
@@ -492,7 +504,8 @@ def _fit(cfg: RunConfig, info: D.DistInfo, run_dir: Path, resume_from: Checkpoin
             if ema is not None:
                 D.broadcast_buffers(ema, info)
             try:
-                check_finite(model, ema, epoch + 1, float(sums[0] / sums[1]), t, len(history), mixed=ctx.dtype is not None)
+                check_finite(model, ema, epoch + 1, train_loss, t, len(history), mixed=ctx.dtype is not None,
+                             nonfinite_batches=nonfinite_batches, every_batch_nonfinite=finite_images == 0, scaled=ctx.scaler is not None)
                 diverged = None
             except TrainingDiverged as exc:
                 diverged = exc
@@ -503,7 +516,7 @@ def _fit(cfg: RunConfig, info: D.DistInfo, run_dir: Path, resume_from: Checkpoin
                 raise DataError(f"no validation image could be read in epoch {epoch + 1}: nothing was validated", path=cfg.data.source,
                                 hint="fix or remove the unreadable images (each was named in a warning above)")
             row = {
-                "epoch": epoch + 1, "train_loss": float(sums[0] / max(1.0, float(sums[1]))), "val_loss": metrics["val_loss"],
+                "epoch": epoch + 1, "train_loss": train_loss, "val_loss": metrics["val_loss"],
                 "val_acc": metrics["val_acc"], "lr": opt.param_groups[0]["lr"], "seconds": time.perf_counter() - t0,
             }
             history.append(row)
@@ -517,6 +530,10 @@ def _fit(cfg: RunConfig, info: D.DistInfo, run_dir: Path, resume_from: Checkpoin
                 epoch + 1, t.epochs, row["train_loss"], row["val_loss"], 100 * row["val_acc"], row["lr"], row["seconds"],
                 "  (best)" if best_epoch == epoch + 1 else "",
             )
+            if nonfinite_batches:  # some only (every one raised above): the scaler passed over their steps
+                log.warning("epoch %d: the loss was NaN or infinite in %d batch(es) (%s; their optimizer steps were passed over): "
+                            "train_loss is the mean of the others", epoch + 1, nonfinite_batches,
+                            "fp16 overflow in the forward pass" if ctx.scaler is not None else "non-finite loss")
             if scaler_skipped:
                 log.warning("epoch %d: the fp16 gradient scaler passed over the optimizer step of %d of %d batches (inf/NaN gradients while it "
                             "lowers its scale): those batches did not train", epoch + 1, scaler_skipped, len(loader))
@@ -555,22 +572,32 @@ def _fit(cfg: RunConfig, info: D.DistInfo, run_dir: Path, resume_from: Checkpoin
     return TrainResult(run_dir=run_dir, best=best_path, last=last_path, summary=summary, history=history, is_main=info.is_main)
 
 
-def check_finite(model: nn.Module, ema, epoch: int, train_loss: float, t: TrainConfig, epochs_saved: int, *, mixed: bool = False) -> None:
+def check_finite(model: nn.Module, ema, epoch: int, train_loss: float, t: TrainConfig, epochs_saved: int, *, mixed: bool = False,
+                 nonfinite_batches: int = 0, every_batch_nonfinite: bool = False, scaled: bool = False) -> None:
     """:class:`TrainingDiverged` when a weight or BatchNorm statistic of the model (or of its EMA) is NaN or infinite
-    after ``epoch``: such an epoch would be validated at chance, and saved as ``best.pt`` when it is the first. Raised
-    before any file of the epoch is written, on every rank alike (the weights are the same on every rank). ``mixed``:
-    the run trained under autocast (the hint then suggests fp32 too)."""
+    after ``epoch``, or when the loss was NaN or infinite in every batch of it (``every_batch_nonfinite``; at fp16 the
+    gradient scaler then passes over every step, so the weights stay finite and nothing is trained): such an epoch
+    would be validated at chance, and saved as ``best.pt`` when it is the first. Raised before any file of the epoch is
+    written, on every rank alike (the weights and the summed counts are the same on every rank). ``mixed``: the run
+    trained under autocast (the hint then suggests fp32 too); ``scaled``: with fp16's gradient scaler."""
+    held = f"last.pt holds epoch {epochs_saved}" if epochs_saved else "no epoch was saved"
+    hint = (f"lower the learning rate (lr = {t.lr:g}) or warm up longer (warmup_epochs = {t.warmup_epochs:g})"
+            + (", or train in fp32 (--amp off)" if mixed else "") + ", and train again")
+    loss_note = f"the loss NaN or infinite in {nonfinite_batches:,} batches" if nonfinite_batches else f"train_loss {train_loss:.4g}"
     modules = [("model", model)] + ([("EMA", ema)] if ema is not None else [])
     for name, module in modules:
         tensors = [v for v in module.state_dict().values() if v.is_floating_point()]
         bad = sum(int((~torch.isfinite(v)).sum()) for v in tensors)
         if bad:
-            held = f"last.pt holds epoch {epochs_saved}" if epochs_saved else "no epoch was saved"
             raise TrainingDiverged(
                 f"training diverged in epoch {epoch}: {bad:,} {name} weights and statistics are NaN or infinite "
-                f"(train_loss {train_loss:.4g}); {held}",
-                hint=f"lower the learning rate (lr = {t.lr:g}) or warm up longer (warmup_epochs = {t.warmup_epochs:g})"
-                     + (", or train in fp32 (--amp off)" if mixed else "") + ", and train again")
+                f"({loss_note}); {held}", hint=hint)
+    if every_batch_nonfinite:
+        raise TrainingDiverged(
+            f"training diverged in epoch {epoch}: the loss was NaN or infinite in every one of its {nonfinite_batches:,} batches, "
+            f"so no step trained the model{' (the fp16 gradient scaler passed over each)' if scaled else ''}; {held}",
+            hint=("the model's outputs overflow fp16: train in fp32 (--amp off) or bf16 (--amp bf16), or start from smaller "
+                  "weights, and train again") if scaled else hint)
 
 
 def restore_training_state(resume_from: Checkpoint, model: nn.Module, opt: torch.optim.Optimizer, sched, scaler, ema,

@@ -83,7 +83,7 @@ def test_a_run_whose_weights_become_nan_stops_before_saving_them(tmp_path, monke
     code = main(["train", *TINY_FLAGS, "--epochs", "3", "--out", str(out), "--amp", "off", *(["--ema"] if ema else [])])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 1
-    assert err[-1].startswith("error: training diverged in epoch 2: ") and "NaN or infinite (train_loss nan); last.pt holds epoch 1" in err[-1]
+    assert err[-1].startswith("error: training diverged in epoch 2: ") and "NaN or infinite (the loss NaN or infinite in 10 batches); last.pt holds epoch 1" in err[-1]
     assert err[-1].endswith("lower the learning rate (lr = 0.05) or warm up longer (warmup_epochs = 0), and train again")  # fp32 already
     assert [r["epoch"] for r in csv.DictReader((out / "metrics.csv").open())] == ["1"]
     for name in ("last.pt", "best.pt"):
@@ -650,6 +650,57 @@ def test_fp16_steps_the_gradient_scaler_passed_over_are_told(tmp_path, caplog):
     assert not [w for w in caught if "lr_scheduler.step()" in str(w.message)], [str(w.message) for w in caught]
 
 
+def _overflowing_logits(monkeypatch, every: int):
+    """The model fit() builds, its training-mode logits multiplied by inf in every ``every``-th batch (0 * inf is
+    NaN): the loss of those batches is NaN, as when a model's outputs overflow fp16."""
+    import mnv2export.train as T
+
+    build = T.build_model
+    calls = {"n": 0}
+
+    def overflow(module, inputs, output):
+        if module.training:
+            calls["n"] += 1
+            if calls["n"] % every == 0:
+                return output * math.inf
+        return None
+
+    def build_overflowing(cfg):
+        model = build(cfg)
+        model.register_forward_hook(overflow)
+        return model
+
+    monkeypatch.setattr(T, "build_model", build_overflowing)
+
+
+def test_fp16_training_whose_loss_is_nan_in_every_batch_is_diverged_not_saved(tmp_path, monkeypatch):
+    """At fp16 a NaN loss in every batch trained nothing (the gradient scaler passed over every step, so the weights
+    stayed finite and the weight check saw nothing): the run was saved, 'best' at chance with train_loss nan. It is a
+    TrainingDiverged now, before any file of the epoch is written."""
+    from mnv2export.errors import TrainingDiverged
+
+    _overflowing_logits(monkeypatch, every=1)
+    run = tmp_path / "run"
+    with pytest.raises(TrainingDiverged, match=r"loss was NaN or infinite in every one of its 12 batches.*fp16 gradient scaler.*--amp off"):
+        fit(tiny_run_config(amp="fp16", device="cpu"), run_dir=run)
+    assert not (run / "best.pt").exists()
+    assert load_checkpoint(run / "last.pt").train_summary["epoch"] == 0
+
+
+def test_fp16_batches_with_a_nan_loss_are_told_and_left_out_of_the_mean(tmp_path, monkeypatch, caplog):
+    """Some batches' loss NaN at fp16 (their steps passed over): the epoch's train_loss was nan. It is now the mean of
+    the other batches, and a warning says how many were left out."""
+    import logging
+
+    _overflowing_logits(monkeypatch, every=3)
+    with caplog.at_level(logging.WARNING, logger="mnv2export"):
+        result = fit(tiny_run_config(amp="fp16", device="cpu"), run_dir=tmp_path / "run")
+    told = [r.getMessage() for r in caplog.records if "loss was NaN or infinite" in r.getMessage()]
+    assert told == ["epoch 1: the loss was NaN or infinite in 4 batch(es) (fp16 overflow in the forward pass; their optimizer steps "
+                    "were passed over): train_loss is the mean of the others"], told
+    assert math.isfinite(result.summary["final"]["train_loss"])
+
+
 def test_cuda_asked_without_gpu_is_an_error(tmp_path):
     if torch.cuda.is_available():
         pytest.skip("a GPU is present")
@@ -1188,7 +1239,8 @@ def test_evaluate_loss_accuracy_confusion_and_their_sum_over_ranks(monkeypatch):
 
 
 def test_train_loss_is_summed_over_ranks(tmp_path, monkeypatch):
-    """The epoch's train_loss is (loss sum, count) reduced over ranks: a second rank is faked here."""
+    """The epoch's train_loss is (loss sum, count) reduced over ranks, with the batches whose loss was not finite (none
+    here, and none on the faked second rank) and their images: a second rank is faked here."""
     import mnv2export.distributed as D
     import mnv2export.train as T
 
@@ -1199,8 +1251,8 @@ def test_train_loss_is_summed_over_ranks(tmp_path, monkeypatch):
         return local[-1]
 
     def fake_reduce(values, info):
-        if sys._getframe(1).f_code.co_name == "_fit":  # the trainer's (loss sum, count)
-            return values + torch.tensor([100.0, 4.0], dtype=values.dtype)
+        if sys._getframe(1).f_code.co_name == "_fit":  # the trainer's (loss sum, count, non-finite batches, their images)
+            return values + torch.tensor([100.0, 4.0, 0.0, 0.0], dtype=values.dtype)
         return values
 
     monkeypatch.setattr(T, "train_one_epoch", spy)

@@ -472,3 +472,28 @@ def test_an_unexpected_exception_becomes_the_rows_error(exported, monkeypatch):
     first, second = result.rows
     assert first.status == "error" and first.reason == "RuntimeError: device lost" and first.p50_ms is None
     assert second.ok and second.iters == 3
+
+
+def test_the_table_gives_each_row_that_did_not_run_its_full_reason_on_one_line_below(capsys):
+    """A reason folded into the table's narrow note column ran to 8 lines of 17 characters; the note now points to
+    the reason, said whole under the table (one line per provider and reason, the batches it covers)."""
+    from mnv2export.bench.result import BenchRow
+    from mnv2export.cli.bench_cmd import _print
+
+    why_cuda = "CUDA was asked for but no NVIDIA GPU driver was found on this machine (no /dev/nvidia*, or libcuda.so.1 missing)"
+    rows = [BenchRow("onnx", "cuda", b, status="unavailable", reason=why_cuda) for b in (1, 32)]
+    rows.append(BenchRow("int8", "cpu", 1, status="error", reason="model.int8.onnx changed since export [sha256]"))
+
+    class Result:
+        def __init__(self):
+            self.rows = rows
+
+        def summary_line(self):
+            return "machine line"
+
+    _print(Result())
+    out = capsys.readouterr().out.splitlines()
+    assert sum("unavailable [1]" in line for line in out) == 1 and sum("error [2]" in line for line in out) == 1, out
+    below = out[out.index(next(x for x in out if x.startswith("└"))) + 1:]
+    assert below[:2] == [f"[1] unavailable: onnx on cuda, batch 1, 32: {why_cuda}",
+                         "[2] error: int8 on cpu, batch 1: model.int8.onnx changed since export [sha256]"], below

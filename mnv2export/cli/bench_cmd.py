@@ -84,6 +84,7 @@ def bench(
 
 def _print(result) -> None:
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     table = Table(title="mnv2 bench: latency per call (ms), speed-up against PyTorch eager on the same provider and batch")
@@ -92,6 +93,7 @@ def _print(result) -> None:
                           ("load s", "right"), ("first s", "right"), ("peak RSS MB", "right"), ("GPU MB", "right"), ("note", "left")):
         table.add_column(name, justify=justify, overflow="fold")
     shown: set[tuple[str, str]] = set()
+    reasons: list[tuple[str, str]] = []  # (style, text) of each row that did not run, said in full under the table
     for r in result.rows:
         prov = r.provider_label
         if r.ok:
@@ -106,9 +108,12 @@ def _print(result) -> None:
         fmts = ", ".join(dict.fromkeys(x.format for x in same))
         batches = ", ".join(str(b) for b in dict.fromkeys(x.batch for x in same))
         style = "yellow" if r.status == "unavailable" else "red"
-        table.add_row(fmts, prov, batches, *[""] * 10, f"[{style}]{r.status}: {r.reason}[/{style}]")
+        reasons.append((style, f"{r.status}: {fmts} on {prov}, batch {batches}: {r.reason}"))
+        table.add_row(fmts, prov, batches, *[""] * 10, f"[{style}]{r.status} [{len(reasons)}][/{style}]")
     console = Console(width=max(160, Console().width))
     console.print(table)
+    for i, (style, text) in enumerate(reasons, 1):  # in full, not folded into the narrow note column
+        console.print(f"[{style}]\\[{i}][/{style}] {escape(text)}", soft_wrap=True, highlight=False)
     console.print(result.summary_line(), soft_wrap=True, highlight=False)
     failed = sum(r.status == "error" for r in result.rows)
     if failed and any(r.ok for r in result.rows):  # none measured: the command's error line says so instead

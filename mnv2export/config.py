@@ -161,7 +161,8 @@ class ModelConfig(_Config):
 class DataConfig(_Config):
     """Where the images come from and how they become tensors (stored in every checkpoint and artifact).
 
-    ``source`` is ``synth``, ``fashion-mnist`` or a folder in ImageFolder layout (``train/<class>/``, ``val/<class>/``).
+    ``source`` is ``synth``, ``fashion-mnist`` or a folder in ImageFolder layout (``train/<class>/``, ``val/<class>/``),
+    or of class folders alone (``<class>/``) split by ``val_split``.
     Validation preprocessing: resize the shorter side to ``resize`` (see there), centre-crop ``img_size``, scale to [0, 1],
     normalise with ``mean`` / ``std``. Images are always converted to RGB first.
     """
@@ -180,6 +181,9 @@ class DataConfig(_Config):
     pad: int = 4
     hflip: bool = True
     class_index: str | None = None
+    # a folder of class folders without train/ and val/: the share of each class's images held out for validation
+    # (chosen by a hash of each file's path: see data/folder.py, split_classes); 0: the folder must hold train/ and val/
+    val_split: float = 0.0
     # the built-in synthetic set
     synth_classes: int = 10
     synth_train_per_class: int = 200
@@ -218,6 +222,9 @@ class DataConfig(_Config):
         )
         object.__setattr__(self, "rrc_scale", [float(v) for v in self.rrc_scale])
         _in_range("pad", self.pad, 0, self.img_size // 2)
+        _in_range("val_split", self.val_split, 0.0, 0.5)
+        _check(self.val_split == 0 or self.source not in BUILTIN_SOURCES, f"val_split = {self.val_split!r} is for a folder of class folders",
+               f"{self.source} has its own validation split: leave --val-split out")
         _in_range("synthetic class count", self.synth_classes, 2, 64)
         _in_range("synthetic images per class (train)", self.synth_train_per_class, 1, 100_000)
         _in_range("synthetic images per class (val)", self.synth_val_per_class, 1, 100_000)

@@ -101,12 +101,17 @@ def _builtin(ckpt, source: str):
 
 
 def _folder(ckpt, root: Path, own: bool):
-    from .data.folder import read_class_index, require_image_folder
+    from .data.folder import own_split, read_class_index, require_image_folder
     from .data.images import is_image_file, open_rgb
 
     what = "the checkpoint's validation data" if own else "data folder"
     fix = "pass --data synth, fashion-mnist, an ImageFolder root or a folder of images"
     require_image_folder(root, what, fix)
+    cfg = ckpt.data_config
+    held_out = own_split(root, cfg.source, cfg.val_split, "val")
+    if held_out is not None:  # the run's own folder, split by --val-split: its validation images, labelled as it trained
+        return ([Path(path) for path, _ in held_out], open_rgb, np.asarray([label for _, label in held_out], dtype=np.int64),
+                f"{root} (the {len(held_out)} images --val-split {cfg.val_split:g} held out for validation)")
     split = root / "val" if (root / "val").is_dir() else root
     try:
         folders = sorted(p.name for p in split.iterdir() if p.is_dir() and not p.name.startswith("."))

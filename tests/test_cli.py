@@ -201,3 +201,29 @@ def test_csv_list_and_floats():
     assert floats("0.5,0.25,1", "--mean") == [0.5, 0.25, 1.0] and floats(None, "--mean") is None
     with pytest.raises(typer.BadParameter):
         floats("0.5,x", "--mean")
+
+
+def test_train_on_a_folder_of_class_folders_with_val_split(tmp_path, capsys):
+    """`mnv2 train --data PHOTOS --val-split 0.25` on <root>/<class>/*.png: the split is said, trained on, recorded in
+    config.json and the checkpoint (so export and check read the same split), and resumable."""
+    import json
+
+    import numpy as np
+    from PIL import Image
+
+    from mnv2export.checkpoint import load_checkpoint
+
+    rng = np.random.default_rng(0)
+    for c in ("a", "b"):
+        (tmp_path / "photos" / c).mkdir(parents=True)
+        for i in range(12):
+            Image.fromarray(rng.integers(0, 255, (24, 24, 3), dtype=np.uint8)).save(tmp_path / "photos" / c / f"{i}.png")
+    out = tmp_path / "run"
+    flags = ["--data", str(tmp_path / "photos"), "--val-split", "0.25", "--img-size", "32", "--width", "0.35", "--batch-size", "4",
+             "--workers", "0", "--no-plots", "--no-progress", "--out", str(out)]
+    assert main(["train", *flags, "--epochs", "1"]) == 0
+    assert json.loads((out / "config.json").read_text())["data"]["val_split"] == 0.25
+    summary = load_checkpoint(out / "best.pt").train_summary["data"]
+    assert summary["train_images"] + summary["val_images"] == 24 and 2 <= summary["val_images"] <= 12, summary
+    assert main(["train", "--resume", "--out", str(out), "--epochs", "2", "--no-progress", "--no-plots"]) == 0
+    assert load_checkpoint(out / "last.pt").train_summary["data"] == summary

@@ -376,3 +376,85 @@ def test_fashion_mnist_damaged_archive_or_idx_file_is_a_data_error(tmp_path, mon
     (plain / "t10k-images-idx3-ubyte").write_bytes(b"\x00\x00\x08")
     with pytest.raises(DataError, match="IDX files cannot be read"):
         build_datasets(cfg.replace(data_dir=str(tmp_path / "plain")))
+
+
+# ------------------------------------------------------------------------------------- a folder of class folders
+def _flat(root, counts=(("cat", 40), ("dog", 40), ("owl", 3))):
+    rng = np.random.default_rng(1)
+    for name, n in counts:
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            Image.fromarray(rng.integers(0, 255, (20, 20, 3), dtype=np.uint8)).save(root / name / f"{i:03d}.png")
+    return root
+
+
+def test_a_folder_of_class_folders_is_split_by_val_split_the_same_every_time(tmp_path):
+    """Users' own photos come as <root>/<class>/*.jpg. --val-split holds out that share of each class, by a hash of
+    each file's path: the same split every run, every class on both sides, and an added image moves no other."""
+    from mnv2export.data.folder import split_classes
+
+    root = _flat(tmp_path / "photos")
+    classes, train, val = split_classes(root, 0.25)
+    assert classes == ["cat", "dog", "owl"] and (classes, train, val) == split_classes(root, 0.25)
+    assert not set(train) & set(val) and len(train) + len(val) == 83
+    per_class = {c: sum(label == i for _, label in val) for i, c in enumerate(classes)}
+    assert 5 <= per_class["cat"] <= 16 and 5 <= per_class["dog"] <= 16, per_class  # about 10 of 40 (binomial spread)
+    assert per_class["owl"] in (1, 2) and sum(label == 2 for _, label in train) >= 1  # 3 images: one at least each side
+    assert all(Path(p).parent.name == classes[label] for p, label in train + val)
+    Image.new("RGB", (20, 20)).save(root / "cat" / "new.png")
+    _, train2, val2 = split_classes(root, 0.25)
+    assert set(val) <= set(val2) and set(train) <= set(train2)
+    bundle = build_datasets(_cfg(root, val_split=0.25))
+    assert bundle.class_names == classes and (len(bundle.train), len(bundle.val)) == (len(train2), len(val2))
+    assert bundle.fingerprint != build_datasets(_cfg(root, val_split=0.1)).fingerprint
+
+
+@pytest.mark.parametrize("setup, kw, match", [
+    (lambda r: _flat(r), {}, r"no 'train' folder in the data folder .* or hold out part of each class folder with --val-split 0\.1"),
+    (lambda r: _folder(r), {"val_split": 0.2}, r"val_split = 0\.2 is for a folder of class folders, but this one holds train/ and val/"),
+    (lambda r: _flat(r, (("cat", 5), ("dog", 1))), {"val_split": 0.2}, "a single image cannot be split into train and val: dog"),
+    (lambda r: _flat(r, (("cat", 5),)) and (r / "empty").mkdir(), {"val_split": 0.2}, r"class folder\(s\) with no images in the data folder: empty"),
+])
+def test_val_split_refusals(tmp_path, setup, kw, match):
+    root = tmp_path / "d"
+    root.mkdir()
+    setup(root)
+    with pytest.raises(DataError, match=match):
+        build_datasets(_cfg(root, **kw))
+
+
+def test_val_split_is_a_share_of_a_folder_not_of_a_built_in_set():
+    from mnv2export.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"val_split = 0\.6 is out of range"):
+        DataConfig(source="photos", val_split=0.6)
+    with pytest.raises(ConfigError, match="synth has its own validation split: leave --val-split out"):
+        DataConfig(source="synth", val_split=0.1)
+
+
+def test_the_check_and_the_calibration_read_the_run_s_own_split_of_its_folder(tmp_path, monkeypatch):
+    """A run trained on <root>/<class>/ with --val-split: its check draws the held-out images (labelled), its INT8
+    calibration the training ones; read as a plain folder, the check would have judged accuracy on training images."""
+    from types import SimpleNamespace
+
+    from mnv2export.data.folder import split_classes
+    from mnv2export.export.calib import load_calibration
+    from mnv2export.parity_inputs import load_real_images
+
+    root = _flat(tmp_path / "photos")
+    monkeypatch.chdir(tmp_path)
+    cfg = DataConfig(source="photos", img_size=16, val_split=0.25)  # relative, as `mnv2 train --data photos` stores it
+    ckpt = SimpleNamespace(data_config=cfg, class_names=["cat", "dog", "owl"])
+    _, train, val = split_classes(root, 0.25)
+
+    def files(keys):
+        return sorted(str(Path(k).resolve()) for k in keys)
+
+    real = load_real_images(ckpt, None, samples=500)
+    assert files(real.keys) == files(p for p, _ in val) and "held out for validation" in real.source
+    assert sorted(real.labels.tolist()) == sorted(label for _, label in val)
+    assert files(load_real_images(ckpt, str(root), samples=500).keys) == files(p for p, _ in val)  # the same folder, named
+    calib = load_calibration(ckpt, None, 500)
+    assert len(calib.images) == len(train) and "train split of --val-split 0.25" in calib.source
+    plain = load_real_images(SimpleNamespace(data_config=cfg.replace(val_split=0.0), class_names=ckpt.class_names), str(root), samples=500)
+    assert len(plain.keys) == 83  # a folder no run split: every image

@@ -1,4 +1,5 @@
-"""ImageFolder data (``<root>/train/<class>/*``, ``<root>/val/<class>/*``) that never crashes mid-epoch.
+"""ImageFolder data (``<root>/train/<class>/*``, ``<root>/val/<class>/*``, or ``<root>/<class>/*`` split by
+``val_split``) that never crashes mid-epoch.
 
 The layout is checked up front (missing folder, no images, an empty class, train and val naming different classes);
 an image that cannot be decoded is skipped when it is met: the batch goes on without it, the path is named once in a
@@ -31,17 +32,29 @@ def require_image_folder(root: Path, what: str, hint: str) -> None:
         raise DataError(f"{what} is a file, not a folder of images", path=root, hint=hint)
 
 
+def has_splits(root: Path) -> bool:
+    """Whether ``root`` holds a ``train/`` or ``val/`` folder (the split layout), rather than the class folders."""
+    return any((root / split).is_dir() for split in SPLITS)
+
+
 def scan_split(root: Path, split: str) -> tuple[list[str], list[tuple[str, int]]]:
     """Class folder names (sorted) and (path, class index) samples of one split, validated."""
     folder = root / split
     if not folder.is_dir():
         raise DataError(
             f"no '{split}' folder in the data folder", path=root,
-            hint="use the ImageFolder layout <root>/train/<class>/*.jpg and <root>/val/<class>/*.jpg",
+            hint="use the ImageFolder layout <root>/train/<class>/*.jpg and <root>/val/<class>/*.jpg"
+                 + ("" if has_splits(root) else ", or hold out part of each class folder with --val-split 0.1"),
         )
+    return scan_classes(folder, f"{split}/")
+
+
+def scan_classes(folder: Path, where: str) -> tuple[list[str], list[tuple[str, int]]]:
+    """Class folder names (sorted) and (path, class index) samples of ``folder``'s class sub-folders, validated."""
+    split = where.rstrip("/")
     classes = sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not classes:
-        raise DataError(f"no class folders in {split}/", path=folder, hint="put each class's images in its own sub-folder")
+        raise DataError(f"no class folders in {where}", path=folder, hint="put each class's images in its own sub-folder")
     samples: list[tuple[str, int]] = []
     empty = []
     for index, name in enumerate(classes):
@@ -50,13 +63,49 @@ def scan_split(root: Path, split: str) -> tuple[list[str], list[tuple[str, int]]
             empty.append(name)
         samples += [(str(f), index) for f in files]
     if len(empty) == len(classes):
-        raise DataError(f"no images in {split}/", path=folder, hint="add .jpg/.png images under each class folder")
+        raise DataError(f"no images in {where}", path=folder, hint="add .jpg/.png images under each class folder")
     if empty:
         raise DataError(
-            f"class folder(s) with no images in {split}/: {', '.join(empty)}", path=folder,
+            f"class folder(s) with no images in {where}: {', '.join(empty)}", path=folder,
             hint="add images to them or remove them",
         )
     return classes, samples
+
+
+def split_classes(root: Path, val_split: float) -> tuple[list[str], list[tuple[str, int]], list[tuple[str, int]]]:
+    """A folder of class folders (``<root>/<class>/*.jpg``, no ``train/`` or ``val/``) split into train and val: class
+    names and the (path, class index) samples of each split.
+
+    About ``val_split`` of each class's images go to val, chosen by a hash of each file's path relative to ``root``
+    (as TensorFlow's and Keras' hash-bucket splits do): the same on every machine and every run, and an image added
+    later never moves another between the splits. Each class keeps at least one image on each side."""
+    classes, samples = scan_classes(root, "the data folder")
+    by_class: dict[int, list[tuple[float, str]]] = {}
+    for path, label in samples:
+        digest = hashlib.sha256(Path(path).relative_to(root).as_posix().encode()).digest()
+        by_class.setdefault(label, []).append((int.from_bytes(digest[:8], "big") / 2**64, path))
+    train: list[tuple[str, int]] = []
+    val: list[tuple[str, int]] = []
+    few = [classes[label] for label, files in sorted(by_class.items()) if len(files) < 2]
+    if few:
+        raise DataError(f"class folder(s) with a single image cannot be split into train and val: {', '.join(few)}", path=root,
+                        hint="add images to them, or use the layout <root>/train/<class>/ and <root>/val/<class>/")
+    for label, files in sorted(by_class.items()):
+        files.sort()  # by hash: the held-out ones first
+        n_val = min(max(1, sum(h < val_split for h, _ in files)), len(files) - 1)
+        val += [(path, label) for _, path in files[:n_val]]
+        train += [(path, label) for _, path in files[n_val:]]
+    return classes, sorted(train), sorted(val)
+
+
+def own_split(root: Path, source: str, val_split: float, split: str) -> list[tuple[str, int]] | None:
+    """The (path, class index) samples of ``split`` (train or val) when ``root`` is the folder of class folders a run
+    split by ``val_split`` (its data config's ``source``): the images that run trained or validated on, for the
+    check's real images and the INT8 calibration. None for any other folder, which is read as it is."""
+    if not val_split or has_splits(root) or Path(source).resolve() != root.resolve():
+        return None
+    _, train, val = split_classes(root, val_split)
+    return train if split == "train" else val
 
 
 def check_same_classes(train: list[str], val: list[str], root: Path) -> None:

@@ -18,7 +18,7 @@ import torch
 from ..checkpoint import Checkpoint
 from ..config import DataConfig
 from ..errors import ConfigError, DataError
-from ..data.folder import require_image_folder
+from ..data.folder import own_split, require_image_folder
 from ..data.images import is_image_file
 from .names import MAX_CALIB_SIZE, check_calib_size  # noqa: F401 - re-exported
 
@@ -46,7 +46,9 @@ def load_calibration(ckpt: Checkpoint, calib_data: str | None, size: int, *, see
     fix = "pass --calib-data with a folder of images (or synth)"
     require_image_folder(root, what, fix)
     folder = root / split if (root / split).is_dir() else root
-    files = sorted(p for p in folder.rglob("*") if p.is_file() and is_image_file(p))
+    own_images = own_split(root, cfg.source, cfg.val_split, split)  # the run's own folder split by --val-split
+    files = ([Path(path) for path, _ in own_images] if own_images is not None
+             else sorted(p for p in folder.rglob("*") if p.is_file() and is_image_file(p)))
     if not files:
         raise DataError(f"{what} holds no images", path=folder, hint=fix)
     rng = np.random.default_rng(seed)
@@ -58,7 +60,8 @@ def load_calibration(ckpt: Checkpoint, calib_data: str | None, size: int, *, see
         log.warning("calibration: skipped unreadable image %s: %s", err.path, err.reason)
     if not kept:
         raise DataError(f"none of the {len(picked)} images drawn from {what} could be read", path=folder, hint=fix)
-    return CalibrationSet(batch.numpy().astype(np.float32, copy=False), f"{len(kept)} images from {folder}")
+    where = f"{folder} ({split} split of --val-split {cfg.val_split:g})" if own_images is not None else str(folder)
+    return CalibrationSet(batch.numpy().astype(np.float32, copy=False), f"{len(kept)} images from {where}")
 
 
 def _from_builtin(cfg: DataConfig, size: int, seed: int, split: str) -> CalibrationSet:

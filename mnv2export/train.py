@@ -442,9 +442,11 @@ def _fit(cfg: RunConfig, info: D.DistInfo, run_dir: Path, resume_from: Checkpoin
     if resume_from is not None:
         history, start_epoch, best_acc, best_epoch = restore_training_state(resume_from, model, opt, sched, ctx.scaler, ema, steps, t.epochs)
         skips.paths.update(resume_from.train_summary.get("skipped_images", {}))
-        log.info("resuming %s at epoch %d of %d", run_dir, start_epoch + 1, t.epochs)
         if start_epoch >= t.epochs:
-            log.info("the run already has %d epochs; pass a larger --epochs to train further", start_epoch)
+            log.info("the run in %s already has %d epoch(s) of %d: nothing to train; pass a larger --epochs to train further",
+                     run_dir, start_epoch, t.epochs)
+        else:
+            log.info("resuming %s at epoch %d of %d", run_dir, start_epoch + 1, t.epochs)
 
     eval_model = ema.module if ema is not None else model
     val_loader = make_loader(data.val, t, info, device, train=False, memory=data.val_memory)

@@ -983,6 +983,20 @@ def test_resume_refuses_fewer_epochs_than_done(tiny_run):
     assert cfg.train.epochs == 2
 
 
+def test_resuming_a_finished_run_says_there_is_nothing_to_train(tmp_path, tiny_run, caplog):
+    """It said 'resuming ... at epoch 3 of 2', then 'the run already has 2 epochs'; now the one line that is true."""
+    import logging
+    import shutil
+
+    run = shutil.copytree(tiny_run.run_dir, tmp_path / "run")
+    cfg, ckpt = resume_config(run, {"train": {"epochs": 2}})
+    with caplog.at_level(logging.INFO, logger="mnv2export"):
+        result = fit(cfg, run_dir=run, resume_from=ckpt)
+    said = [r.getMessage() for r in caplog.records]
+    assert f"the run in {run} already has 2 epoch(s) of 2: nothing to train; pass a larger --epochs to train further" in said
+    assert not [m for m in said if m.startswith(("resuming", "epoch "))] and result.summary["epoch"] == 2
+
+
 def test_zero_init_residual_applies_to_a_fresh_model_only(tmp_path, caplog):
     import logging
 

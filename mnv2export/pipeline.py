@@ -268,7 +268,7 @@ def run_pipeline(
                           model=model, data_settings=data_settings, train=train)
     if not cfg.train.threads:  # neither --threads nor the recipe set it: the pipeline's default
         cfg = RunConfig(model=cfg.model, data=cfg.data, train=cfg.train.replace(threads=default_threads()))
-    from .export.calib import check_calib_size
+    from .export.names import check_calib_size
 
     check_calib_size(options.calib_size)
     _check_calib_data(options.calib_data)

@@ -50,8 +50,8 @@ def scan_split(root: Path, split: str) -> tuple[list[str], list[tuple[str, int]]
 
 
 def scan_classes(folder: Path, where: str) -> tuple[list[str], list[tuple[str, int]]]:
-    """Class folder names (sorted) and (path, class index) samples of ``folder``'s class sub-folders, validated."""
-    split = where.rstrip("/")
+    """Class folder names (sorted) and (path, class index) samples of ``folder``'s class sub-folders, validated;
+    ``where`` names the folder in the errors (``train/``, ``the data folder``)."""
     classes = sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not classes:
         raise DataError(f"no class folders in {where}", path=folder, hint="put each class's images in its own sub-folder")

@@ -17,10 +17,10 @@ import torch
 
 from ..checkpoint import Checkpoint
 from ..config import DataConfig
-from ..errors import ConfigError, DataError
+from ..errors import DataError
 from ..data.folder import own_split, require_image_folder
 from ..data.images import is_image_file
-from .names import MAX_CALIB_SIZE, check_calib_size  # noqa: F401 - re-exported
+from .names import check_calib_size
 
 log = logging.getLogger(__name__)
 

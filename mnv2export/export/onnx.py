@@ -19,9 +19,9 @@ import onnx
 import torch
 from torch import nn
 
-from ..errors import ConfigError, ExportError, first_line
+from ..errors import ExportError, first_line
 from .names import INPUT_NAME, ONNX_METADATA, OUTPUT_NAME
-from .opsets import DEFAULT_OPSET, MIN_OPSET, check_opset, max_opset, ort_max_opset  # noqa: F401 - re-exported
+from .opsets import DEFAULT_OPSET, check_opset
 
 log = logging.getLogger(__name__)
 

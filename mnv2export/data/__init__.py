@@ -14,7 +14,7 @@ from torch.utils.data import Dataset
 
 from ..config import DataConfig
 from ..errors import DataError
-from .folder import FolderDataset, SkippedImage, check_same_classes, fingerprint, has_splits, read_class_index, scan_split, split_classes
+from .folder import FolderDataset, SkippedImage, check_same_classes, fingerprint, read_class_index, scan_split, split_classes
 from .images import ImageReadError, open_rgb, to_rgb
 from .memory import MemoryImages, memory_images
 from .transforms import eval_transform, train_transform
@@ -72,9 +72,6 @@ def build_datasets(cfg: DataConfig, *, augment: bool = True) -> DataBundle:
             raise DataError("data folder not found", path=root, hint="pass --data synth, --data fashion-mnist or an ImageFolder folder")
         if not root.is_dir():
             raise DataError("data path is a file, not a folder", path=root, hint="pass the folder that holds train/ and val/")
-        if cfg.val_split and has_splits(root):
-            raise DataError(f"val_split = {cfg.val_split:g} is for a folder of class folders, but this one holds train/ and val/",
-                            path=root, hint="leave --val-split out: its val/ folder is the validation split")
         if cfg.val_split:
             train_classes, train_samples, val_samples = split_classes(root, cfg.val_split)
             val_classes = train_classes

@@ -79,6 +79,9 @@ def split_classes(root: Path, val_split: float) -> tuple[list[str], list[tuple[s
     About ``val_split`` of each class's images go to val, chosen by a hash of each file's path relative to ``root``
     (as TensorFlow's and Keras' hash-bucket splits do): the same on every machine and every run, and an image added
     later never moves another between the splits. Each class keeps at least one image on each side."""
+    if has_splits(root):
+        raise DataError(f"val_split = {val_split:g} is for a folder of class folders, but this one holds train/ and val/",
+                        path=root, hint="leave --val-split out: its val/ folder is the validation split")
     classes, samples = scan_classes(root, "the data folder")
     by_class: dict[int, list[tuple[float, str]]] = {}
     for path, label in samples:

@@ -44,7 +44,8 @@ def make_segment(variant: str, recipe, steps: int):
     from torch import nn
 
     from mnv2export.model import build_model
-    from mnv2export.train import StepContext, amp_dtype, build_optimizer, build_scheduler, train_one_epoch
+    from mnv2export.optim import build_optimizer, build_scheduler
+    from mnv2export.train import StepContext, amp_dtype, train_one_epoch
 
     cfg, t = recipe.model, recipe.train
     found = modifiers(variant)

@@ -57,10 +57,10 @@ def main(argv=None) -> int:
     from mnv2export.config import load_recipe, run_config
     from mnv2export.data import build_datasets
     from mnv2export.distributed import DistInfo
+    from mnv2export.device import cpu_threads
     from mnv2export.model import build_model
-    from mnv2export.train import (
-        StepContext, amp_dtype, build_optimizer, build_scheduler, cpu_threads, make_ema, make_loader, train_one_epoch,
-    )
+    from mnv2export.optim import build_optimizer, build_scheduler, make_ema
+    from mnv2export.train import StepContext, amp_dtype, make_loader, train_one_epoch
 
     data_flags = {"data_dir": args.data_dir}
     cfg = run_config(load_recipe(args.recipe), {}, data_flags, {"batch_size": args.batch_size, "device": "cpu"})
@@ -173,8 +173,8 @@ def main(argv=None) -> int:
     print(f"mnv2 loop: channels_last={t.channels_last != 'off'} amp={t.amp} data={'in memory' if memory is not None else f'workers={t.workers}'} threads={t.threads or torch.get_num_threads()} "
           f"ema={t.ema} compile={t.compile}; torch {torch.__version__}, {os.cpu_count()} CPUs, {platform.processor() or platform.machine()}")
     print()
-    print(f"| loop | images/s (median) | min | max | vs plain |")
-    print(f"| --- | ---: | ---: | ---: | ---: |")
+    print("| loop | images/s (median) | min | max | vs plain |")
+    print("| --- | ---: | ---: | ---: | ---: |")
     for row in rows.values():
         if row["error"]:
             print(f"| {row['loop']} | error: {row['error']} | | | |")

@@ -7,7 +7,8 @@ rank 0 writes files and logs.
 
 Reproducibility: the data order and the augmentation / dropout randomness of epoch ``e`` are drawn from generators
 seeded by ``(seed, e)``, so a run resumed from ``last.pt`` at an epoch boundary continues exactly as the uninterrupted
-run would have (bit for bit on CPU).
+run would have (bit for bit on CPU; :mod:`~mnv2export.train_state`). The optimizer, schedule and EMA are built in
+:mod:`~mnv2export.optim`.
 """
 
 from __future__ import annotations
@@ -17,14 +18,12 @@ import csv
 import io
 import logging
 import math
-import random
 import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, SequentialSampler
@@ -38,8 +37,10 @@ from .device import cpu_threads, resolve_device, warn_if_oversubscribed
 from .errors import ConfigError, DataError, DistributedError, Mnv2Error, Terminated, TrainingDiverged
 from .fileio import remove_outputs, write_text
 from .model import build_model, load_pretrained, zero_init_residual
+from .optim import build_optimizer, build_scheduler, make_ema
 from .run_folder import RUN_FOLDERS, RUN_OUTPUTS, check_same_data, check_same_world_size, claim_run_folder, default_run_dir, resume_hint
 from .signals import raise_if_terminated, sigint_deferred, sigterm_as_interrupt, sigterm_noted, worker_quiet_on_sigterm
+from .train_state import epoch_seed, restore_training_state, rng_state, seed_everything
 
 log = logging.getLogger(__name__)
 
@@ -68,99 +69,10 @@ def amp_dtype(mode: str, device: torch.device) -> torch.dtype | None:
     return torch.bfloat16 if mode == "bf16" else torch.float16
 
 
-def param_groups(model: nn.Module, weight_decay: float, depthwise_weight_decay: float | None = None) -> list[dict[str, Any]]:
-    """Weight decay on conv / linear weights only, not on norm parameters and biases. ``depthwise_weight_decay``
-    (None: the same as ``weight_decay``) gives the depthwise convolutions' weights their own rate: MobileNet's paper
-    puts "very little or no weight decay" on them, as they hold few parameters."""
-    depthwise = set()
-    if depthwise_weight_decay is not None:
-        depthwise = {
-            id(m.weight) for m in model.modules()
-            if isinstance(m, nn.Conv2d) and m.groups > 1 and m.groups == m.in_channels == m.out_channels
-        }
-    decay, dw, no_decay = [], [], []
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        if p.ndim <= 1 or name.endswith(".bias"):
-            no_decay.append(p)
-        else:
-            (dw if id(p) in depthwise else decay).append(p)
-    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    if depthwise_weight_decay is not None:
-        groups.append({"params": dw, "weight_decay": depthwise_weight_decay})
-    return groups
-
-
-def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    groups = param_groups(model, cfg.weight_decay, cfg.depthwise_weight_decay)
-    if cfg.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0)
-    return torch.optim.AdamW(groups, lr=cfg.lr)
-
-
-def build_scheduler(opt: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int) -> torch.optim.lr_scheduler.LRScheduler:
-    """Linear warm-up, then cosine or linear decay to zero at the last step (``cfg.schedule``), stepped every iteration."""
-    total = max(1, cfg.epochs * steps_per_epoch)
-    warmup = min(total - 1, int(round(cfg.warmup_epochs * steps_per_epoch)))
-    if cfg.schedule == "linear":
-        decay = torch.optim.lr_scheduler.LinearLR(opt, start_factor=1.0, end_factor=0.0, total_iters=max(1, total - warmup))
-    else:
-        decay = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, total - warmup))
-    if warmup <= 0:
-        return decay
-    ramp = torch.optim.lr_scheduler.LinearLR(opt, start_factor=1e-3, end_factor=1.0, total_iters=warmup)
-    return torch.optim.lr_scheduler.SequentialLR(opt, [ramp, decay], milestones=[warmup])
-
-
-def _fast_forward(sched: torch.optim.lr_scheduler.LRScheduler, steps: int) -> None:
-    """Step ``sched`` ``steps`` times without training, as an uninterrupted run would have by then."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # "lr_scheduler.step() before optimizer.step()": intended here
-        for _ in range(steps):
-            sched.step()
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def rng_state() -> dict[str, Any]:
-    state: dict[str, Any] = {"torch": torch.get_rng_state(), "python": _listify(random.getstate())}
-    np_state = np.random.get_state()
-    state["numpy"] = [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]]
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    random.setstate(_tuplify(state["python"]))
-    kind, keys, *rest = state["numpy"]
-    np.random.set_state((kind, keys.numpy().astype(np.uint32), *rest))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def _listify(x: Any) -> Any:
-    return [_listify(v) for v in x] if isinstance(x, (tuple, list)) else x
-
-
-def _tuplify(x: Any) -> Any:
-    return tuple(_tuplify(v) for v in x) if isinstance(x, list) else x
-
-
-def _epoch_seed(seed: int, epoch: int) -> int:
-    return (seed * 1_000_003 + epoch) % 2**63
-
-
 def make_loader(ds, cfg: TrainConfig, info: D.DistInfo, device: torch.device, *, train: bool, epoch: int = 0, memory: MemoryImages | None = None) -> DataLoader | MemoryLoader:
     """A loader for one epoch; its shuffling and worker seeds derive from (seed, epoch). With ``memory`` (the same
     split held in memory) batches are gathered and preprocessed batch-wise in this process, in the same order."""
-    g = torch.Generator().manual_seed(_epoch_seed(cfg.seed, epoch))
+    g = torch.Generator().manual_seed(epoch_seed(cfg.seed, epoch))
     if info.enabled and train:
         sampler = DistributedSampler(ds, num_replicas=info.world_size, rank=info.rank, shuffle=True, seed=cfg.seed, drop_last=False)
         sampler.set_epoch(epoch)
@@ -254,41 +166,6 @@ def train_one_epoch(
             if progress is not None:
                 progress()
     return float(loss_sum.item()), count
-
-
-def ema_decay_at(decay: float, updates: int) -> float:
-    """The EMA decay after ``updates`` updates: ``min(decay, (1 + n) / (10 + n))``, TensorFlow's
-    ``ExponentialMovingAverage(num_updates=...)`` warm-up (timm's ``ModelEmaV3(use_warmup=True)`` does the like).
-
-    Without it the average starts at the random initial weights and, with the BatchNorm statistics averaged beside
-    weights they do not belong to, stays useless for thousands of steps: a 5-epoch Fashion-MNIST run (1,560 steps,
-    decay 0.998) evaluated its EMA at exactly 10% (chance) every epoch while the model itself was at 87%.
-    """
-    return min(decay, (1.0 + updates) / (10.0 + updates))
-
-
-def make_ema(model: nn.Module, t: TrainConfig):
-    """The EMA of ``model`` (weights and BatchNorm statistics) when ``t.ema``, else None."""
-    if not t.ema:
-        return None
-    from torch.optim.swa_utils import AveragedModel
-
-    return AveragedModel(model, multi_avg_fn=ema_update_fn(t.ema_decay), use_buffers=True)
-
-
-def ema_update_fn(decay: float):
-    """``multi_avg_fn`` for :class:`torch.optim.swa_utils.AveragedModel`: an EMA with :func:`ema_decay_at` warm-up."""
-
-    @torch.no_grad()
-    def update(averaged: list[torch.Tensor], current: list[torch.Tensor], n_averaged: torch.Tensor) -> None:
-        d = ema_decay_at(decay, int(n_averaged))
-        if averaged[0].is_floating_point():
-            torch._foreach_lerp_(averaged, current, 1.0 - d)
-        else:  # integer buffers (BatchNorm's num_batches_tracked): follow the model
-            for a, c in zip(averaged, current):
-                a.copy_(c)
-
-    return update
 
 
 @torch.no_grad()
@@ -487,7 +364,7 @@ def _fit(cfg: RunConfig, info: D.DistInfo, run_dir: Path, resume_from: Checkpoin
         for epoch in range(start_epoch, t.epochs):
             raise_if_terminated()  # one that came while the last epoch's files were written
             t0 = time.perf_counter()
-            torch.manual_seed(_epoch_seed(t.seed, epoch))  # augmentation and dropout randomness of this epoch
+            torch.manual_seed(epoch_seed(t.seed, epoch))  # augmentation and dropout randomness of this epoch
             loader = make_loader(data.train, t, info, device, train=True, epoch=epoch, memory=data.train_memory)
             with _progress(info.is_main and t.progress, f"epoch {epoch + 1}/{t.epochs}", len(loader)) as advance:
                 loss_sum, n = train_one_epoch(train_module, loader, opt, sched, criterion, ctx, ema=ema, skips=skips, progress=advance)
@@ -600,34 +477,6 @@ def check_finite(model: nn.Module, ema, epoch: int, train_loss: float, t: TrainC
             f"so no step trained the model{' (the fp16 gradient scaler passed over each)' if scaled else ''}; {held}",
             hint=("the model's outputs overflow fp16: train in fp32 (--amp off) or bf16 (--amp bf16), or start from smaller "
                   "weights, and train again") if scaled else hint)
-
-
-def restore_training_state(resume_from: Checkpoint, model: nn.Module, opt: torch.optim.Optimizer, sched, scaler, ema,
-                           steps_per_epoch: int, epochs: int) -> tuple[list[dict[str, float]], int, float, int]:
-    """Load a ``last.pt``'s training state into the run's objects (model, optimizer, schedule, gradient scaler, EMA,
-    random generators); returns (history, epochs done, best validation accuracy, its epoch). With another ``epochs``
-    than the run planned, the schedule is the new length's, fast-forwarded to the step the run has reached."""
-    r = resume_from.extra["resume"]
-    model.load_state_dict(r["model"])
-    planned = int(resume_from.extra.get("train_config", {}).get("epochs", epochs))
-    if planned == epochs:
-        opt.load_state_dict(r["optimizer"])
-        sched.load_state_dict(r["scheduler"])
-    else:  # extended (or shortened): the schedule of the new length, at the step the run has reached
-        _fast_forward(sched, int(resume_from.train_summary["epoch"]) * steps_per_epoch)
-        lrs = [g["lr"] for g in opt.param_groups]
-        opt.load_state_dict(r["optimizer"])  # momentum buffers; the learning rate is the new schedule's
-        for group, lr in zip(opt.param_groups, lrs):
-            group["lr"] = lr
-        log.info("learning-rate schedule of %d epochs (the run was planned for %d), continued at its step", epochs, planned)
-    if scaler is not None and r.get("scaler"):
-        scaler.load_state_dict(r["scaler"])
-    if ema is not None and r.get("ema"):
-        ema.load_state_dict(r["ema"])
-    set_rng_state(r["rng"])
-    s = resume_from.train_summary
-    history = [dict(row) for row in s.get("history", [])]
-    return history, int(s["epoch"]), float(s.get("best_val_acc", -1.0)), int(s.get("best_epoch", 0))
 
 
 def _cpu_state(module: nn.Module) -> dict[str, torch.Tensor]:

@@ -13,7 +13,7 @@ import torch
 from onnx import numpy_helper
 from PIL import Image
 
-from mnv2export import parity
+from mnv2export import parity, parity_report
 from mnv2export.cli import main
 from mnv2export.errors import ArtifactError, ConfigError, DataError, ProviderUnavailable
 from mnv2export.export.names import FP16_FILE, INT8_FILE, MANIFEST_FILE, ONNX_FILE, TORCHSCRIPT_FILE
@@ -201,13 +201,13 @@ def test_corrupted_artifacts_fail_and_are_named(exported, trained_checkpoint, tm
 
 
 def test_flags_override_the_default_tolerances(exported, trained_checkpoint, tmp_path, capsys):
-    tols = parity.with_overrides(atol=1e-3, min_top1_agreement=95, max_acc_drop_pts=0.5)
+    tols = parity_report.with_overrides(atol=1e-3, min_top1_agreement=95, max_acc_drop_pts=0.5)
     assert tols["fp32"].atol == 1e-3 and tols["fp16"].atol == 1e-3 and tols["fp32"].rtol == 1e-3 and tols["fp16"].rtol == 5e-2
     assert tols["fp16"].atol_scaled and not tols["fp32"].atol_scaled
     assert tols["int8"].atol is None and tols["int8"].max_acc_drop_pts == 0.5 and tols["fp32"].max_acc_drop_pts is None
     assert all(t.min_top1_agreement == 95 for t in tols.values())
     with pytest.raises(ConfigError, match="min top-1 agreement = 101"):
-        parity.with_overrides(min_top1_agreement=101)
+        parity_report.with_overrides(min_top1_agreement=101)
     folder = _folder(exported, tmp_path / "art", {ONNX_FILE: ONNX_FILE})
     code = main(["check", str(trained_checkpoint), "--artifacts", str(folder), "--samples", "8", "--atol", "1e-12", "--rtol", "1e-12",
                  "--json", str(tmp_path / "c.json")])
@@ -380,7 +380,7 @@ def test_int8_accuracy_drop_is_judged_and_signed(change, drop, fails):
     """With the agreement bar lowered to 90% (so that it does not decide), a 3-point accuracy loss must fail the
     default 1-point bound, and a 3-point gain must not (drop = reference - artifact)."""
     ref, out, labels = _int8_case(change)
-    tol = parity.with_overrides(min_top1_agreement=90)["int8"]
+    tol = parity_report.with_overrides(min_top1_agreement=90)["int8"]
     m = parity.compare(ref, out, n_real=100, labels=labels, used=np.full(100, 64), tol=tol)
     assert m["top1_agreement"] == 97.0 and m["acc_drop_pts"] == pytest.approx(drop)
     failures = parity.judge(m, tol, "int8")
@@ -392,7 +392,7 @@ def test_int8_accuracy_drop_is_judged_and_signed(change, drop, fails):
 def test_top5_agreement_is_given_only_where_it_can_fall_below_100():
     """With 4 classes every class is in the top 5, so the figure would be 100% whatever the artifact answers: it is
     left out. With 10 it counts the samples whose reference class is in the artifact's top 5."""
-    tol = parity.DEFAULT_TOLERANCES["int8"]
+    tol = parity_report.DEFAULT_TOLERANCES["int8"]
     ref4 = _logits(np.arange(8) % 4)
     assert parity.compare(ref4, -ref4, n_real=8, labels=None, used=np.full(8, 7), tol=tol)["top5_agreement"] is None
     ref = np.tile(np.arange(10.0), (4, 1))  # reference class 9 for every sample
@@ -406,7 +406,7 @@ def test_top5_agreement_is_given_only_where_it_can_fall_below_100():
 def test_int8_without_real_images_fails_with_pass_data():
     """README: 'Without any real images, INT8 fails with "pass --data"' (even if the generated tensors agree)."""
     ref = _logits(np.arange(20) % 4)
-    tol = parity.DEFAULT_TOLERANCES["int8"]
+    tol = parity_report.DEFAULT_TOLERANCES["int8"]
     m = parity.compare(ref, ref.copy(), n_real=0, labels=None, used=np.full(20, 7), tol=tol)
     failures = parity.judge(m, tol, "int8")
     assert len(failures) == 1 and "pass --data" in failures[0]
@@ -418,7 +418,7 @@ def test_nonfinite_logits_fail_every_precision():
     out = ref.copy()
     out[3, 3] = np.nan  # on the top class: np.argmax still picks it, so agreement and accuracy stay 100%
     for precision in ("fp32", "fp16", "int8"):
-        tol = parity.DEFAULT_TOLERANCES[precision]
+        tol = parity_report.DEFAULT_TOLERANCES[precision]
         m = parity.compare(ref, out, n_real=8, labels=np.arange(8) % 4, used=np.full(8, 7), tol=tol)
         failures = parity.judge(m, tol, precision)
         assert any("NaN or infinite" in f for f in failures), (precision, failures)
@@ -426,9 +426,9 @@ def test_nonfinite_logits_fail_every_precision():
 
 def test_error_rows_fail_the_check():
     """A row that could not run (damaged file, static batch axis) is not a pass."""
-    assert not parity.ParityRow("m.onnx", "onnx", "fp32", "cpu", status="error", reason="x").passed
-    assert not parity.ParityRow("m.onnx", "onnx", "fp32", "cpu", status="fail").passed
-    assert parity.ParityRow("m.onnx", "onnx", "fp32", "cuda", status="unavailable").passed
+    assert not parity_report.ParityRow("m.onnx", "onnx", "fp32", "cpu", status="error", reason="x").passed
+    assert not parity_report.ParityRow("m.onnx", "onnx", "fp32", "cpu", status="fail").passed
+    assert parity_report.ParityRow("m.onnx", "onnx", "fp32", "cuda", status="unavailable").passed
 
 
 def test_an_error_row_alone_makes_the_check_fail(exported, trained_checkpoint, tmp_path):
@@ -476,8 +476,8 @@ def test_class_name_mismatch_names_the_first_differing_index_and_both_lengths():
 
 def test_default_tolerances_are_the_documented_ones():
     """README's table: FP32 atol 1e-4 / rtol 1e-3 / 100%; FP16 atol 2e-2 (scaled) / rtol 5e-2 / 99%; INT8 99% / 1 point."""
-    T = parity.Tolerance
-    assert parity.DEFAULT_TOLERANCES == {
+    T = parity_report.Tolerance
+    assert parity_report.DEFAULT_TOLERANCES == {
         "fp32": T(atol=1e-4, rtol=1e-3, min_top1_agreement=100.0),
         "fp16": T(atol=2e-2, rtol=5e-2, atol_scaled=True, min_top1_agreement=99.0),
         "int8": T(min_top1_agreement=99.0, max_acc_drop_pts=1.0),
@@ -699,7 +699,7 @@ def test_a_zero_atol_or_rtol_is_judged_not_a_crash(atol, rtol):
     """0 disables that bound's slack: a logit then fails past the other bound alone (past any difference when both are 0)."""
     ref = _logits(np.arange(8) % 4)
     for precision in ("fp32", "fp16"):
-        tol = parity.with_overrides(atol=atol, rtol=rtol)[precision]
+        tol = parity_report.with_overrides(atol=atol, rtol=rtol)[precision]
         same = parity.compare(ref, ref.copy(), n_real=8, labels=None, used=np.full(8, 7), tol=tol)
         assert parity.judge(same, tol, precision) == [] and same["tol_ratio"] == 0.0
         out = ref.copy()
@@ -727,7 +727,7 @@ def test_a_nan_logit_is_named_as_such():
     out = ref.copy()
     out[6, 2] += 1.0
     out[3, 1] = np.nan
-    tol = parity.DEFAULT_TOLERANCES["fp32"]
+    tol = parity_report.DEFAULT_TOLERANCES["fp32"]
     failures = parity.judge(parity.compare(ref, out, n_real=8, labels=None, used=np.full(8, 7), tol=tol), tol, "fp32")
     assert failures[0] == "1 logit is NaN or infinite"
     assert "the worst logit is nan (NaN/inf), the reference 0, on real sample 3, class 1" in failures[1], failures

@@ -723,7 +723,7 @@ def test_training_goes_on_past_unreadable_images(tmp_path):
 
 
 def test_ema_decay_warms_up():
-    from mnv2export.train import ema_decay_at
+    from mnv2export.optim import ema_decay_at
 
     assert ema_decay_at(0.999, 0) == pytest.approx(0.1)
     assert ema_decay_at(0.999, 90) == pytest.approx(0.91)
@@ -738,7 +738,8 @@ def test_ema_model_answers_like_the_model_it_averages():
 
     from mnv2export.config import ModelConfig
     from mnv2export.model import build_model
-    from mnv2export.train import cpu_threads, ema_update_fn
+    from mnv2export.device import cpu_threads
+    from mnv2export.optim import ema_update_fn
 
     torch.manual_seed(0)
     model = build_model(ModelConfig(num_classes=10, width_mult=0.35, small_input=True, stem_stride=2))
@@ -1077,7 +1078,7 @@ def test_in_memory_training_resumes_exactly(tmp_path, monkeypatch):
 @pytest.mark.parametrize("schedule", ["cosine", "linear"])
 def test_schedule_warms_up_then_decays_to_zero_at_the_last_step(schedule):
     from mnv2export.config import TrainConfig
-    from mnv2export.train import build_scheduler
+    from mnv2export.optim import build_scheduler
 
     steps, epochs = 10, 4  # warm-up 0.5 epoch = 5 steps, then 35 steps of decay
     opt = torch.optim.SGD(nn.Linear(2, 2).parameters(), lr=0.2)
@@ -1110,7 +1111,7 @@ def test_unknown_schedule_is_a_config_error():
 def test_weight_decay_on_conv_and_linear_weights_only(optimizer):
     """README: 'no weight decay on norm and bias parameters' (SGD and AdamW alike)."""
     from mnv2export.model import build_model
-    from mnv2export.train import build_optimizer
+    from mnv2export.optim import build_optimizer
 
     model = build_model(ModelConfig(num_classes=4, width_mult=0.35))
     names = {id(p): n for n, p in model.named_parameters()}
@@ -1131,7 +1132,7 @@ def test_depthwise_weight_decay_applies_to_the_depthwise_convolutions_only():
     """--depthwise-weight-decay: the 17 depthwise 3x3 convolutions of MobileNetV2 get their own rate; the stem, the
     pointwise convolutions and the classifier keep --weight-decay, norm and bias parameters none."""
     from mnv2export.model import build_model
-    from mnv2export.train import build_optimizer
+    from mnv2export.optim import build_optimizer
 
     model = build_model(ModelConfig(num_classes=4, width_mult=0.35))
     depthwise = {
@@ -1157,7 +1158,7 @@ def test_depthwise_weight_decay_applies_to_the_depthwise_convolutions_only():
 
 
 def test_sgd_momentum_and_nesterov_are_passed_through():
-    from mnv2export.train import build_optimizer
+    from mnv2export.optim import build_optimizer
 
     model = nn.Linear(3, 2)
     opt = build_optimizer(model, TrainConfig(momentum=0.8, nesterov=True))
@@ -1317,7 +1318,7 @@ def test_ema_weights_are_what_is_evaluated_and_saved(tmp_path):
 
 def test_ema_update_moves_the_average_by_one_minus_the_decay():
     """EMA: average <- decay * average + (1 - decay) * current, decay = min(ema_decay, (1 + n) / (10 + n))."""
-    from mnv2export.train import ema_update_fn
+    from mnv2export.optim import ema_update_fn
 
     update = ema_update_fn(0.999)
     for n, decay in ((1, 2 / 11), (90, 0.91), (10**6, 0.999)):

@@ -27,28 +27,32 @@ def check(
     debug_int8: Annotated[bool, typer.Option("--debug-int8", help="Name the INT8 layers whose activations diverge most from FP32 (ONNX Runtime's QDQ debugger).")] = False,
 ) -> None:
     """Compare every artifact with the checkpoint's PyTorch model: logits, top-1/top-5 agreement, accuracy."""
-    from .. import parity
     from ..fileio import check_output_file
+    from ..parity_report import with_overrides
 
     if json_out is not None:
         check_output_file(json_out, "--json")
-    tolerances = parity.with_overrides(atol=atol, rtol=rtol, min_top1_agreement=min_top1_agreement, max_acc_drop_pts=max_acc_drop)
+    tolerances = with_overrides(atol=atol, rtol=rtol, min_top1_agreement=min_top1_agreement, max_acc_drop_pts=max_acc_drop)
+    from .. import parity
+
     report = parity.check(checkpoint, artifacts, data=data, providers=csv_list(provider, "--provider"), samples=samples, tolerances=tolerances, debug_int8=debug_int8)
     if json_out is not None:
         report.to_json(json_out)
-    _print(report, parity)
+    _print(report)
     if json_out is not None:
         typer.echo(f"-> {json_out}")
     if not report.passed:
         raise typer.Exit(code=1)
 
 
-def _print(report, parity) -> None:
+def _print(report) -> None:
     import sys
 
     from rich.console import Console
     from rich.markup import escape
     from rich.table import Table
+
+    from ..parity_report import details, format_metrics, num
 
     console = Console(width=None if sys.stdout.isatty() else 200, highlight=False)
     table = Table(title=f"parity against {Path(report.checkpoint).name} (PyTorch FP32, eval, CPU)", title_justify="left")
@@ -58,17 +62,17 @@ def _print(report, parity) -> None:
         table.add_column(name, justify=justify, no_wrap=name != "artifact")
     style = {"pass": "green", "fail": "bold red", "unavailable": "yellow", "error": "bold red"}
     for r in report.rows:
-        table.add_row(escape(r.artifact), r.precision, r.provider, f"[{style[r.status]}]{r.status}[/]", *parity.format_metrics(r.metrics))
+        table.add_row(escape(r.artifact), r.precision, r.provider, f"[{style[r.status]}]{r.status}[/]", *format_metrics(r.metrics))
     console.print(table)
     for r in report.rows:
-        if r.status != "pass" and parity.details(r):
-            console.print(f"[{style[r.status]}]{r.status}[/] {escape(r.artifact)} on {r.provider}: " + escape(parity.details(r)), soft_wrap=True)
+        if r.status != "pass" and details(r):
+            console.print(f"[{style[r.status]}]{r.status}[/] {escape(r.artifact)} on {r.provider}: " + escape(details(r)), soft_wrap=True)
     if report.int8_debug and report.int8_debug.get("layers"):
         dbg = Table(title=f"INT8 vs FP32 by tensor ({report.int8_debug['samples']} images; SQNR in dB, higher is better)", title_justify="left")
         for name in ("tensor", "layer", "SQNR vs FP32", "SQNR of its inputs", "dB lost here"):
             dbg.add_column(name, justify="left" if name in ("tensor", "layer") else "right")
         for t in report.int8_debug["layers"]:
-            dbg.add_row(escape(t["tensor"]), escape(t["layer"]), *(parity._num(t[k], ".1f") for k in ("xmodel_sqnr_db", "input_sqnr_db", "lost_db")))
+            dbg.add_row(escape(t["tensor"]), escape(t["layer"]), *(num(t[k], ".1f") for k in ("xmodel_sqnr_db", "input_sqnr_db", "lost_db")))
         console.print(dbg)
     for note in report.notes:
         console.print(f"- {note}", soft_wrap=True, markup=False)

@@ -164,7 +164,8 @@ class DataConfig(_Config):
     ``source`` is ``synth``, ``fashion-mnist`` or a folder in ImageFolder layout (``train/<class>/``, ``val/<class>/``),
     or of class folders alone (``<class>/``) split by ``val_split``.
     Validation preprocessing: resize the shorter side to ``resize`` (see there), centre-crop ``img_size``, scale to [0, 1],
-    normalise with ``mean`` / ``std``. Images are always converted to RGB first.
+    normalise with ``mean`` / ``std``. Images are always converted to RGB first; with ``exif_orientation``, turned
+    upright as their EXIF orientation tag says (phone photos), by every reader of the model alike.
     """
 
     section: ClassVar[str] = "data"
@@ -184,6 +185,8 @@ class DataConfig(_Config):
     # a folder of class folders without train/ and val/: the share of each class's images held out for validation
     # (chosen by a hash of each file's path: see data/folder.py, split_classes); 0: the folder must hold train/ and val/
     val_split: float = 0.0
+    # decode images upright as their EXIF orientation tag says (phone photos stored sideways); off: the pixels as stored
+    exif_orientation: bool = False
     # the built-in synthetic set
     synth_classes: int = 10
     synth_train_per_class: int = 200
@@ -225,6 +228,8 @@ class DataConfig(_Config):
         _in_range("val_split", self.val_split, 0.0, 0.5)
         _check(self.val_split == 0 or self.source not in BUILTIN_SOURCES, f"val_split = {self.val_split!r} is for a folder of class folders",
                f"{self.source} has its own validation split: leave --val-split out")
+        _check(not self.exif_orientation or self.source not in BUILTIN_SOURCES, "exif_orientation is for image files",
+               f"{self.source} is generated or read from arrays, with no EXIF tags: leave --exif-orientation out")
         _in_range("synthetic class count", self.synth_classes, 2, 64)
         _in_range("synthetic images per class (train)", self.synth_train_per_class, 1, 100_000)
         _in_range("synthetic images per class (val)", self.synth_val_per_class, 1, 100_000)

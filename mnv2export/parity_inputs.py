@@ -10,6 +10,7 @@ validation preprocessing a given ``data_config`` (an artifact's metadata) descri
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from collections.abc import Callable
@@ -108,9 +109,10 @@ def _folder(ckpt, root: Path, own: bool):
     fix = "pass --data synth, fashion-mnist, an ImageFolder root or a folder of images"
     require_image_folder(root, what, fix)
     cfg = ckpt.data_config
+    decode = functools.partial(open_rgb, exif_orientation=cfg.exif_orientation)  # as the model was trained
     held_out = own_split(root, cfg.source, cfg.val_split, "val")
     if held_out is not None:  # the run's own folder, split by --val-split: its validation images, labelled as it trained
-        return ([Path(path) for path, _ in held_out], open_rgb, np.asarray([label for _, label in held_out], dtype=np.int64),
+        return ([Path(path) for path, _ in held_out], decode, np.asarray([label for _, label in held_out], dtype=np.int64),
                 f"{root} (the {len(held_out)} images --val-split {cfg.val_split:g} held out for validation)")
     split = root / "val" if (root / "val").is_dir() else root
     try:
@@ -135,7 +137,7 @@ def _folder(ckpt, root: Path, own: bool):
         keys = sorted(p for p in split.rglob("*") if p.is_file() and is_image_file(p))
     if not keys:
         raise DataError(f"{what} holds no images", path=split, hint=fix)
-    return keys, open_rgb, (np.asarray(labels, dtype=np.int64) if labelled else None), str(split)
+    return keys, decode, (np.asarray(labels, dtype=np.int64) if labelled else None), str(split)
 
 
 def _readable(real: RealImages, cfg) -> tuple[RealImages, list[Any]]:

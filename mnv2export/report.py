@@ -89,7 +89,8 @@ def _data(r: Any) -> str:
     lines += [
         f"- Source: {source}",
         f"- {d.get('num_classes')} classes, {d.get('train_images')} training and {d.get('val_images')} validation images: {shown}",
-        f"- Preprocessing (validation, stored in every artifact): resize the shorter side to {d['resize']} px ({d['interpolation']}), "
+        f"- Preprocessing (validation, stored in every artifact): {'turn upright by the EXIF orientation tag, ' if cfg.exif_orientation else ''}"
+        f"resize the shorter side to {d['resize']} px ({d['interpolation']}), "
         f"centre crop {d['img_size']} px, scale to [0, 1], normalise with mean {_nums(d['mean'])}, std {_nums(d['std'])}",
         f"- Training augmentation: `{d['train_aug']}`",
         "",

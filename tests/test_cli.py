@@ -49,6 +49,7 @@ def test_a_wrong_path_or_option_of_any_command_is_said_before_torch_is_imported(
         (["visualize", "/nonexistent.pt"], "checkpoint not found (/nonexistent.pt)"),
         (["pipeline", "--epochs", "0", "--out", str(tmp_path / "run")], "epochs = 0 is out of range"),
         (["pipeline", "--threads", "0", "--out", str(tmp_path / "run")], "threads = 0 is out of range"),
+        (["train", "--data", "synth", "--exif-orientation"], "exif_orientation is for image files"),
     ]
     code = ("import sys; from mnv2export.cli import main\n"
             f"for args in {[args for args, _ in cases]!r}:\n"
@@ -204,8 +205,9 @@ def test_csv_list_and_floats():
 
 
 def test_train_on_a_folder_of_class_folders_with_val_split(tmp_path, capsys):
-    """`mnv2 train --data PHOTOS --val-split 0.25` on <root>/<class>/*.png: the split is said, trained on, recorded in
-    config.json and the checkpoint (so export and check read the same split), and resumable."""
+    """`mnv2 train --data PHOTOS --val-split 0.25 --exif-orientation` on <root>/<class>/*.png: the split is said,
+    trained on, recorded in config.json and the checkpoint with the EXIF setting (so export and check read the same
+    split, decoded alike), and resumable."""
     import json
 
     import numpy as np
@@ -219,10 +221,12 @@ def test_train_on_a_folder_of_class_folders_with_val_split(tmp_path, capsys):
         for i in range(12):
             Image.fromarray(rng.integers(0, 255, (24, 24, 3), dtype=np.uint8)).save(tmp_path / "photos" / c / f"{i}.png")
     out = tmp_path / "run"
-    flags = ["--data", str(tmp_path / "photos"), "--val-split", "0.25", "--img-size", "32", "--width", "0.35", "--batch-size", "4",
-             "--workers", "0", "--no-plots", "--no-progress", "--out", str(out)]
+    flags = ["--data", str(tmp_path / "photos"), "--val-split", "0.25", "--exif-orientation", "--img-size", "32", "--width", "0.35",
+             "--batch-size", "4", "--workers", "0", "--no-plots", "--no-progress", "--out", str(out)]
     assert main(["train", *flags, "--epochs", "1"]) == 0
-    assert json.loads((out / "config.json").read_text())["data"]["val_split"] == 0.25
+    data = json.loads((out / "config.json").read_text())["data"]
+    assert data["val_split"] == 0.25 and data["exif_orientation"] is True
+    assert load_checkpoint(out / "best.pt").data_config.exif_orientation is True
     summary = load_checkpoint(out / "best.pt").train_summary["data"]
     assert summary["train_images"] + summary["val_images"] == 24 and 2 <= summary["val_images"] <= 12, summary
     assert main(["train", "--resume", "--out", str(out), "--epochs", "2", "--no-progress", "--no-plots"]) == 0

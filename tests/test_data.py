@@ -458,3 +458,103 @@ def test_the_check_and_the_calibration_read_the_run_s_own_split_of_its_folder(tm
     assert len(calib.images) == len(train) and "train split of --val-split 0.25" in calib.source
     plain = load_real_images(SimpleNamespace(data_config=cfg.replace(val_split=0.0), class_names=ckpt.class_names), str(root), samples=500)
     assert len(plain.keys) == 83  # a folder no run split: every image
+
+
+# ------------------------------------------------------------------------------------- EXIF orientation
+# how a camera stores an upright scene for each EXIF orientation tag (EXIF 2.3, 0x0112): 6 = the stored image must be
+# turned 90 degrees clockwise to be upright, so it holds the scene turned 90 degrees counter-clockwise (ROTATE_90)
+_STORED_AS = {1: None, 2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+              5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_90, 7: Image.Transpose.TRANSVERSE, 8: Image.Transpose.ROTATE_270}
+
+
+def _save_as_camera(upright: Image.Image, path: Path, orientation: int, **kw) -> Path:
+    """``upright`` saved as a camera stores it with EXIF ``orientation``: the pixels turned, the tag saying how back."""
+    stored = upright if _STORED_AS[orientation] is None else upright.transpose(_STORED_AS[orientation])
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    path.parent.mkdir(parents=True, exist_ok=True)
+    stored.save(path, exif=exif, **kw)
+    return path
+
+
+def _scene(seed=0, h=12, w=20) -> Image.Image:
+    return Image.fromarray(np.random.default_rng(seed).integers(0, 255, (h, w, 3), dtype=np.uint8))
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_exif_orientation_turns_each_of_the_eight_tags_upright_only_when_asked(tmp_path, orientation):
+    """With exif_orientation the image comes out as the scene was (every one of the 8 tags, lossless PNG); without it,
+    the pixels as stored, as torchvision's ImageFolder loader gives them."""
+    upright = _scene()
+    path = _save_as_camera(upright, tmp_path / "p.png", orientation)
+    stored = np.asarray(Image.open(path).convert("RGB"))
+    assert np.array_equal(np.asarray(open_rgb(path, exif_orientation=True)), np.asarray(upright))
+    assert np.array_equal(np.asarray(open_rgb(path)), stored)
+    assert (stored.shape == np.asarray(upright).shape) == (orientation <= 4)  # tags 5-8 swap width and height
+
+
+def test_a_sideways_phone_jpeg_comes_out_upright_and_a_broken_exif_block_leaves_the_pixels(tmp_path, monkeypatch):
+    """A JPEG stored landscape with tag 6 (a phone held upright): red on the left as stored, on top once turned."""
+    scene = np.zeros((40, 20, 3), np.uint8)  # portrait: top half red, bottom half blue
+    scene[:20], scene[20:] = (255, 0, 0), (0, 0, 255)
+    path = _save_as_camera(Image.fromarray(scene), tmp_path / "phone.jpg", 6, quality=95)
+    stored, upright = np.asarray(open_rgb(path)), np.asarray(open_rgb(path, exif_orientation=True))
+    assert stored.shape == (20, 40, 3) and stored[10, 5, 0] > 200 and stored[10, 35, 2] > 200  # red left, blue right
+    assert upright.shape == (40, 20, 3)  # JPEG blurs the colour edge: compared away from it
+    assert np.abs(upright[:16].astype(int) - scene[:16]).max() < 16 and np.abs(upright[24:].astype(int) - scene[24:]).max() < 16
+
+    _scene().save(tmp_path / "garbage.jpg", exif=b"Exif\x00\x00not a TIFF header")  # Pillow reads no tag from it
+    assert np.asarray(open_rgb(tmp_path / "garbage.jpg", exif_orientation=True)).shape == (12, 20, 3)
+    import PIL.ImageOps
+
+    def broken(*args, **kwargs):
+        raise SyntaxError("corrupt EXIF")
+
+    monkeypatch.setattr(PIL.ImageOps, "exif_transpose", broken)  # one Pillow cannot read: the image is still read
+    assert np.array_equal(np.asarray(open_rgb(path, exif_orientation=True)), stored)
+
+
+def test_every_reader_of_a_model_decodes_its_photos_upright_alike(tmp_path, monkeypatch):
+    """exif_orientation is a data setting, so training (both splits), the check's real images, calibration and
+    predict (load_images) all decode a sideways photo as the same upright image; it is refused for built-in sets."""
+    from types import SimpleNamespace
+
+    from mnv2export.data import eval_transform
+    from mnv2export.data.transforms import preprocessing_spec
+    from mnv2export.errors import ConfigError
+    from mnv2export.export.calib import load_calibration
+    from mnv2export.parity_inputs import load_real_images
+
+    scenes = {}
+    for c, cls in enumerate(("cat", "dog")):
+        for i in range(6):
+            scenes[f"{cls}/{i}.png"] = _scene(seed=10 * c + i, h=24, w=40)
+            _save_as_camera(scenes[f"{cls}/{i}.png"], tmp_path / "photos" / cls / f"{i}.png", (6, 8, 3)[i % 3])
+    monkeypatch.chdir(tmp_path)
+    cfg = DataConfig(source="photos", img_size=16, val_split=0.25, exif_orientation=True, train_aug="crop_pad", pad=0, hflip=False)
+    to_tensor = eval_transform(cfg)
+
+    def upright(path) -> torch.Tensor:
+        return to_tensor(scenes[f"{Path(path).parent.name}/{Path(path).name}"])
+
+    bundle = build_datasets(cfg)
+    for ds in (bundle.train, bundle.val):
+        for i, (path, _) in enumerate(ds.samples):
+            assert np.array_equal(np.asarray(ds.image(i)), np.asarray(scenes[f"{Path(path).parent.name}/{Path(path).name}"]))
+    for i, (path, _) in enumerate(bundle.val.samples):
+        assert torch.equal(bundle.val[i][0], upright(path))
+    files = sorted((tmp_path / "photos").rglob("*.png"))
+    batch, kept, _ = load_images(files, cfg)  # predict's and calibration's decoding
+    assert torch.equal(batch, torch.stack([upright(f) for f in files]))
+    ckpt = SimpleNamespace(data_config=cfg, class_names=["cat", "dog"])
+    real = load_real_images(ckpt, None, samples=500)
+    assert len(real) == len(bundle.val) and np.array_equal(real.batch(cfg.to_dict()), np.stack([upright(k).numpy() for k in real.keys]))
+    assert len(load_calibration(ckpt, None, 500).images) == len(bundle.train)
+    as_stored = load_images(files, cfg.replace(exif_orientation=False))[0]
+    assert not torch.equal(as_stored, batch)  # the setting is what turns them
+
+    spec = preprocessing_spec(cfg)
+    assert spec["exif_orientation"] is True and "exif_transpose" in spec["decode"]
+    assert preprocessing_spec(cfg.replace(exif_orientation=False))["exif_orientation"] is False
+    with pytest.raises(ConfigError, match="exif_orientation is for image files.*leave --exif-orientation out"):
+        DataConfig(source="synth", exif_orientation=True)

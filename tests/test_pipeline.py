@@ -467,6 +467,8 @@ def test_report_files_and_usage_list_only_what_exists(tmp_path):
 
 
 def test_report_data_and_training_sections(tmp_path):
+    import dataclasses
+
     from mnv2export import report
 
     r = _result(tmp_path, ["ok"] * 6)
@@ -477,6 +479,9 @@ def test_report_data_and_training_sections(tmp_path):
     assert "`c19`, ... (5 more)" in data and "`c20`" not in data
     r.data["class_names"] = names[:20]
     assert "more)" not in report._data(r)
+    assert "EXIF" not in data
+    r.config = dataclasses.replace(r.config, data=r.config.data.replace(source="photos", exif_orientation=True))
+    assert "Preprocessing (validation, stored in every artifact): turn upright by the EXIF orientation tag, resize" in report._data(r)
     r.train = SimpleNamespace(summary={"epoch": 1, "best_val_acc": 0.95, "best_epoch": 1, "wall_seconds": 3.0},
                               history=[{"epoch": 1, "train_loss": 1.0, "val_loss": 1.0, "val_acc": 0.95, "lr": 0.1, "seconds": 3.0}])
     training = report._training(r)

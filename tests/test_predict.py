@@ -206,11 +206,13 @@ def _with_preprocessing(src: Path, dst: Path, **data) -> Path:
     return dst
 
 
-@pytest.mark.parametrize("data", [{}, {"resize_size": 41, "interpolation": "bicubic"}], ids=["as-exported", "resize-41-bicubic"])
+@pytest.mark.parametrize("data", [{}, {"resize_size": 41, "interpolation": "bicubic"}, {"source": "photos", "exif_orientation": True}],
+                         ids=["as-exported", "resize-41-bicubic", "exif-orientation"])
 def test_the_readmes_standalone_serving_code_answers_like_predict(exported, images, tmp_path, data):
     """README, 'Serving an artifact without mnv2export': its Pillow + NumPy + ONNX Runtime code, run as written, from
     the metadata's preprocessing entry alone, gives mnv2 predict's classes and probabilities (1e-5), on square,
-    non-square, grayscale, RGBA and smaller-than-the-crop images, with and without a resize beyond the crop."""
+    non-square, grayscale, RGBA and smaller-than-the-crop images and sideways phone photos (EXIF orientation 6 and 8),
+    with and without a resize beyond the crop, and for a model trained with --exif-orientation."""
     from PIL import Image
 
     assert read_onnx_preprocessing(exported.out_dir / "model.onnx")["center_crop"] == [32, 32]
@@ -222,6 +224,10 @@ def test_the_readmes_standalone_serving_code_answers_like_predict(exported, imag
     Image.fromarray(src).resize((23, 61), Image.BICUBIC).convert("L").save(extra / "tall_gray.png")
     Image.fromarray(src).resize((20, 20)).convert("RGBA").save(extra / "small_rgba.png")
     Image.fromarray(src).resize((33, 32)).save(extra / "odd.jpg", quality=90)
+    for tag, turn in ((6, Image.Transpose.ROTATE_90), (8, Image.Transpose.ROTATE_270)):  # stored sideways, as a phone does
+        exif = Image.Exif()
+        exif[0x0112] = tag
+        Image.fromarray(src).resize((30, 45)).transpose(turn).save(extra / f"phone_{tag}.jpg", exif=exif, quality=90)
     files = [str(f) for f in sorted(images.rglob("*.png"))[:6]] + [str(f) for f in sorted(extra.iterdir())]
     code = _readme_snippet("serve-onnx")
     code = code.replace('"runs/quickstart/export/model.onnx"', repr(str(model))).replace('["photo.jpg"]', repr(files))

@@ -14,6 +14,7 @@ Width = Annotated[Optional[float], typer.Option("--width", help="Width multiplie
 ImgSize = Annotated[Optional[int], typer.Option("--img-size", help="Input size in pixels (square).")]
 Data = Annotated[Optional[str], typer.Option("--data", help="synth, fashion-mnist, or an ImageFolder folder (train/<class>/, val/<class>/; or <class>/ alone with --val-split).")]
 ValSplit = Annotated[Optional[float], typer.Option("--val-split", help="A --data folder of class folders without train/ and val/: hold out this share of each class's images for validation (0 < x <= 0.5; chosen by a hash of each file's path, so the same every run).", show_default=False)]
+ExifOrientation = Annotated[Optional[bool], typer.Option("--exif-orientation/--no-exif-orientation", help="A --data folder of photos: decode each image upright as its EXIF orientation tag says (phone photos are often stored sideways); stored in the checkpoint, so check, export and predict decode alike (default: off, the pixels as stored).", show_default=False)]
 DataDir = Annotated[Optional[str], typer.Option("--data-dir", help="Folder holding the Fashion-MNIST IDX files (default: Debian's dataset-fashion-mnist).")]
 JsonOut = Annotated[Optional[Path], typer.Option("--json", help="Also write the result as JSON to this file.")]
 CheckpointArg = Annotated[Path, typer.Argument(metavar="CHECKPOINT", help="A checkpoint written by `mnv2 train` (best.pt / last.pt).", show_default=False)]

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from . import app
-from .options import Data, DataDir, Device, Epochs, ImgSize, ValSplit, Width, csv_list
+from .options import Data, DataDir, Device, Epochs, ExifOrientation, ImgSize, ValSplit, Width, csv_list
 
 
 @app.command()
@@ -16,6 +16,7 @@ def pipeline(
     data: Data = None,
     data_dir: DataDir = None,
     val_split: ValSplit = None,
+    exif_orientation: ExifOrientation = None,
     config: Annotated[Optional[Path], typer.Option("--config", "-c", help="Training recipe (TOML); flags override it. Without one, the pipeline's defaults apply.")] = None,
     epochs: Epochs = None,
     width: Width = None,
@@ -59,7 +60,8 @@ def pipeline(
     result = run_pipeline(
         data, epochs=epochs, width=width, img_size=img_size, device=device,
         data_dir=data_dir, name=name, out=out, overwrite=overwrite, recipe=load_recipe(config) if config else None,
-        data_settings={"synth_classes": synth_classes, "synth_train_per_class": synth_per_class, "class_index": class_index, "val_split": val_split},
+        data_settings={"synth_classes": synth_classes, "synth_train_per_class": synth_per_class, "class_index": class_index, "val_split": val_split,
+                       "exif_orientation": exif_orientation},
         train={"batch_size": batch_size, "progress": progress, "init_from": init_from}, options=options,
     )
     for s in result.steps:

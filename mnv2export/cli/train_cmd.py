@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 import typer
 
 from . import app
-from .options import Data, DataDir, Device, Epochs, ImgSize, ValSplit, Width, floats
+from .options import Data, DataDir, Device, Epochs, ExifOrientation, ImgSize, ValSplit, Width, floats
 
 data_app = typer.Typer(help="Data set helpers.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
@@ -21,6 +21,7 @@ def train(
     data: Data = None,
     data_dir: DataDir = None,
     val_split: ValSplit = None,
+    exif_orientation: ExifOrientation = None,
     class_index: Annotated[Optional[str], typer.Option(help="JSON naming the classes (wnid -> name, as imagenet_class_index.json).")] = None,
     img_size: ImgSize = None,
     resize_size: Annotated[Optional[int], typer.Option(help="Validation resize of the shorter side before the centre crop (default img_size / 0.875; none at 64 px and below).")] = None,
@@ -67,7 +68,7 @@ def train(
     data_flags = {
         "source": data, "data_dir": data_dir, "class_index": class_index, "img_size": img_size, "resize_size": resize_size, "mean": floats(mean, "--mean"),
         "std": floats(std, "--std"), "train_aug": train_aug, "synth_classes": synth_classes, "synth_train_per_class": synth_per_class,
-        "val_split": val_split,
+        "val_split": val_split, "exif_orientation": exif_orientation,
     }
     train_flags = {
         "epochs": epochs, "batch_size": batch_size, "lr": lr, "optimizer": optimizer, "weight_decay": weight_decay,

@@ -80,8 +80,8 @@ def build_datasets(cfg: DataConfig, *, augment: bool = True) -> DataBundle:
             val_classes, val_samples = scan_split(root, "val")
             check_same_classes(train_classes, val_classes, root)
         names = read_class_index(cfg.class_index, train_classes) if cfg.class_index else train_classes
-        train = FolderDataset(train_samples, train_classes, t_train)
-        val = FolderDataset(val_samples, val_classes, t_val)
+        train = FolderDataset(train_samples, train_classes, t_train, exif_orientation=cfg.exif_orientation)
+        val = FolderDataset(val_samples, val_classes, t_val, exif_orientation=cfg.exif_orientation)
         fp = fingerprint(train_samples + val_samples, root)
     summary = {"source": cfg.source, "num_classes": len(names), "train_images": len(train), "val_images": len(val)}
     log.info("data %s: %d classes, %d train / %d val images", cfg.source, len(names), len(train), len(val))
@@ -145,7 +145,7 @@ def load_images(paths: list[str | Path], cfg: DataConfig) -> tuple[torch.Tensor,
     tensors, kept, errors = [], [], []
     for path in paths:
         try:
-            tensors.append(transform(open_rgb(path)))
+            tensors.append(transform(open_rgb(path, exif_orientation=cfg.exif_orientation)))
             kept.append(str(path))
         except ImageReadError as exc:
             errors.append(exc)

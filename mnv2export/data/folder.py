@@ -171,20 +171,21 @@ def fingerprint(samples: list[tuple[str, int]], root: Path) -> str:
 class FolderDataset(Dataset):
     """Samples from :func:`scan_split`; an unreadable image yields ``None`` (the collate function drops it)."""
 
-    def __init__(self, samples: list[tuple[str, int]], classes: list[str], transform=None):
+    def __init__(self, samples: list[tuple[str, int]], classes: list[str], transform=None, *, exif_orientation: bool = False):
         self.samples, self.classes, self.transform = samples, classes, transform
+        self.exif_orientation = exif_orientation  # see DataConfig.exif_orientation
         self.targets = [label for _, label in samples]
 
     def __len__(self) -> int:
         return len(self.samples)
 
     def image(self, index: int):
-        return open_rgb(self.samples[index][0])
+        return open_rgb(self.samples[index][0], exif_orientation=self.exif_orientation)
 
     def __getitem__(self, index: int):
         path, label = self.samples[index]
         try:
-            img = open_rgb(path)
+            img = open_rgb(path, exif_orientation=self.exif_orientation)
         except ImageReadError as exc:
             return SkippedImage(exc.path, exc.reason), label
         return (self.transform(img) if self.transform else img), label

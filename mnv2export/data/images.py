@@ -1,6 +1,9 @@
 """Decoding one image file into an RGB PIL image, whatever its mode; a clear reason when it cannot be read.
 
-Pillow's decompression-bomb limit stays on: an image over it is refused like any unreadable file.
+Pillow's decompression-bomb limit stays on: an image over it is refused like any unreadable file. EXIF orientation
+(a phone photo stored sideways with a tag saying how to turn it) is applied only when asked (``exif_orientation``, the
+data config's setting of that name), as torchvision's ImageFolder loader leaves it and Hugging Face's ``load_image``
+applies it: every reader of one model (training, check, calibration, predict) decodes alike.
 """
 
 from __future__ import annotations
@@ -9,7 +12,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 
@@ -53,8 +56,9 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def open_rgb(path: str | Path) -> Image.Image:
-    """Open, fully decode and convert to RGB. Raises :class:`ImageReadError` for anything unreadable."""
+def open_rgb(path: str | Path, *, exif_orientation: bool = False) -> Image.Image:
+    """Open, fully decode and convert to RGB; with ``exif_orientation``, turned upright as its EXIF orientation tag says
+    (an unreadable EXIF block leaves the pixels as stored). Raises :class:`ImageReadError` for anything unreadable."""
     p = Path(path)
     try:
         with warnings.catch_warnings():
@@ -62,6 +66,8 @@ def open_rgb(path: str | Path) -> Image.Image:
             warnings.filterwarnings("error", message="Truncated File Read")  # TIFF: Pillow only warns
             with Image.open(p) as img:
                 img.load()
+                if exif_orientation:
+                    _exif_upright(img)
                 return to_rgb(img)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise ImageReadError(p, f"image is larger than Pillow's decompression-bomb limit ({Image.MAX_IMAGE_PIXELS} pixels)") from None
@@ -74,3 +80,13 @@ def open_rgb(path: str | Path) -> Image.Image:
     except (OSError, SyntaxError, ValueError, UserWarning) as exc:
         text = str(exc).strip().splitlines()
         raise ImageReadError(p, f"cannot decode ({text[0] if text else type(exc).__name__})") from None
+
+
+def _exif_upright(img: Image.Image) -> None:
+    """Turn ``img`` (loaded) upright in place as its EXIF orientation tag says; no tag, or a broken one: unchanged."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Pillow's "Corrupt EXIF data": a tag it cannot read is no tag
+            ImageOps.exif_transpose(img, in_place=True)
+    except Exception:  # noqa: BLE001 - a corrupt EXIF block is not a corrupt image: the pixels stay as stored
+        pass

@@ -27,9 +27,12 @@ def preprocessing_spec(cfg: DataConfig) -> dict:
     NumPy; a test runs that code against ``mnv2 predict``."""
     return {
         "library": "Pillow images through torchvision.transforms.v2 (Resize, CenterCrop, ToDtype, Normalize)",
-        "decode": ("Pillow, then 8-bit RGB: grayscale, palette and CMYK by Image.convert('RGB'); RGBA and LA: alpha "
-                   "dropped, not composited; 16-bit grayscale (I;16): value * 255 / 65535, rounded; EXIF orientation "
-                   "not applied (as torchvision's ImageFolder loader)"),
+        "decode": ("Pillow, " + ("turned upright by PIL.ImageOps.exif_transpose (the EXIF orientation tag; an unreadable "
+                                 "EXIF block: as stored), " if cfg.exif_orientation else "")
+                   + "then 8-bit RGB: grayscale, palette and CMYK by Image.convert('RGB'); RGBA and LA: alpha dropped, not "
+                   "composited; 16-bit grayscale (I;16): value * 255 / 65535, rounded"
+                   + ("" if cfg.exif_orientation else "; EXIF orientation not applied (as torchvision's ImageFolder loader)")),
+        "exif_orientation": cfg.exif_orientation,
         "channel_order": "RGB",
         "resize": {"edge": "shorter", "size": cfg.resize, "interpolation": cfg.interpolation, "antialias": True,
                    "longer_edge": "int(size * longer / shorter): truncated, not rounded"},

@@ -31,7 +31,7 @@ from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, Sequ
 from . import distributed as D
 from .checkpoint import Checkpoint, provenance, save_checkpoint
 from .config import RunConfig, TrainConfig
-from .data import DataBundle, SkipTracker, build_datasets, collate
+from .data import DataBundle, SkipTracker, build_datasets, collate, warn_if_sideways
 from .data.memory import MemoryImages, MemoryLoader
 from .device import cpu_threads, resolve_device, warn_if_oversubscribed
 from .errors import ConfigError, DataError, DistributedError, Mnv2Error, Terminated, TrainingDiverged
@@ -274,6 +274,8 @@ def _fit(cfg: RunConfig, info: D.DistInfo, run_dir: Path, resume_from: Checkpoin
     data: DataBundle = build_datasets(cfg.data)
     if resume_from is not None:
         check_same_data(resume_from, data, cfg.data.source)
+    elif info.is_main:
+        warn_if_sideways(data, cfg.data)  # a new run only: the setting cannot change on resume
     cfg = cfg.with_classes(len(data.class_names))
     model = build_model(cfg.model)
     if t.init_from and resume_from is None:

@@ -558,3 +558,16 @@ def test_every_reader_of_a_model_decodes_its_photos_upright_alike(tmp_path, monk
     assert preprocessing_spec(cfg.replace(exif_orientation=False))["exif_orientation"] is False
     with pytest.raises(ConfigError, match="exif_orientation is for image files.*leave --exif-orientation out"):
         DataConfig(source="synth", exif_orientation=True)
+
+
+def test_the_orientation_tag_is_read_from_the_header_and_sampled_over_the_classes(tmp_path):
+    from mnv2export.data.images import exif_orientation_of, sideways_photos
+
+    assert exif_orientation_of(_save_as_camera(_scene(), tmp_path / "six.jpg", 6)) == 6
+    assert exif_orientation_of(_save_as_camera(_scene(), tmp_path / "eight.png", 8)) == 8
+    _scene().save(tmp_path / "plain.jpg")
+    (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8 not a jpeg")
+    assert exif_orientation_of(tmp_path / "plain.jpg") == 1 and exif_orientation_of(tmp_path / "broken.jpg") == 1
+    paths = [str(tmp_path / "plain.jpg")] * 199 + [str(tmp_path / "six.jpg")]
+    assert sideways_photos(paths) == (1, 64)  # 64 spread over the list, its last entry among them
+    assert sideways_photos(paths[:3]) == (0, 3) and sideways_photos([]) == (0, 0)

@@ -722,6 +722,32 @@ def test_training_goes_on_past_unreadable_images(tmp_path):
     assert len(load_checkpoint(result.best).class_names) == 3  # num_classes follows the data
 
 
+def test_a_new_run_on_sideways_phone_photos_says_so_and_one_with_exif_orientation_does_not(tmp_path, caplog):
+    """Photos a phone stored sideways (an EXIF orientation tag) train as stored unless --exif-orientation: a new run
+    reads the tags of up to 64 training images and says how many are sideways, once, with the flag to pass."""
+    import logging
+
+    from mnv2export.data.synth import write_synth
+
+    root = tmp_path / "d"
+    write_synth(root, num_classes=3, per_class=8, size=32, val_per_class=4)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    for path in sorted((root / "train").rglob("*.png"))[::5]:  # 5 of the 24
+        Image.open(path).convert("RGB").save(path, exif=exif)
+    cfg = tiny_run_config()
+    cfg = RunConfig(cfg.model, cfg.data.replace(source=str(root)), cfg.train)
+    with caplog.at_level(logging.WARNING, logger="mnv2export"):
+        fit(cfg, run_dir=tmp_path / "run")
+    told = [r.getMessage() for r in caplog.records if "EXIF orientation tag" in r.getMessage()]
+    assert told == ["5 of 24 training images looked at carry an EXIF orientation tag (photos stored sideways, as phones do): "
+                    "they train as stored; pass --exif-orientation to train on them upright"], told
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="mnv2export"):
+        fit(RunConfig(cfg.model, cfg.data.replace(exif_orientation=True), cfg.train), run_dir=tmp_path / "run2")
+    assert not [r for r in caplog.records if "EXIF" in r.getMessage()]
+
+
 def test_ema_decay_warms_up():
     from mnv2export.optim import ema_decay_at
 

@@ -15,7 +15,7 @@ from torch.utils.data import Dataset
 from ..config import DataConfig
 from ..errors import DataError
 from .folder import FolderDataset, SkippedImage, check_same_classes, fingerprint, read_class_index, scan_split, split_classes
-from .images import ImageReadError, open_rgb, to_rgb
+from .images import ImageReadError, open_rgb, sideways_photos, to_rgb
 from .memory import MemoryImages, memory_images
 from .transforms import eval_transform, train_transform
 
@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "DataBundle", "ImageReadError", "SkipTracker", "build_datasets", "collate", "eval_transform", "open_rgb",
-    "train_transform", "load_images",
+    "train_transform", "load_images", "warn_if_sideways",
 ]
 
 
@@ -151,3 +151,15 @@ def load_images(paths: list[str | Path], cfg: DataConfig) -> tuple[torch.Tensor,
             errors.append(exc)
     batch = torch.stack(tensors) if tensors else torch.empty(0, 3, cfg.img_size, cfg.img_size)
     return batch, kept, errors
+
+
+def warn_if_sideways(bundle: DataBundle, cfg: DataConfig) -> None:
+    """Warn when a folder's training images carry EXIF orientation tags that will not be applied: photos a phone stored
+    sideways would train as stored, and ``--exif-orientation`` may be what the user wants. Reads up to
+    :data:`~mnv2export.data.images.SIDEWAYS_LOOK` file headers, spread over the classes."""
+    if cfg.exif_orientation or not isinstance(bundle.train, FolderDataset):
+        return
+    sideways, looked = sideways_photos([path for path, _ in bundle.train.samples])
+    if sideways:
+        log.warning("%d of %d training images looked at carry an EXIF orientation tag (photos stored sideways, as phones do): "
+                    "they train as stored; pass --exif-orientation to train on them upright", sideways, looked)

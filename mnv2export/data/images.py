@@ -90,3 +90,30 @@ def _exif_upright(img: Image.Image) -> None:
             ImageOps.exif_transpose(img, in_place=True)
     except Exception:  # noqa: BLE001 - a corrupt EXIF block is not a corrupt image: the pixels stay as stored
         pass
+
+
+EXIF_ORIENTATION_TAG = 0x0112
+SIDEWAYS_LOOK = 64  # images whose EXIF tag a training run reads to see whether the set holds sideways photos
+
+
+def exif_orientation_of(path: str | Path) -> int:
+    """The EXIF orientation tag of an image file (1: upright or no tag), read from its header without decoding the
+    pixels; 1 for a file Pillow cannot open or an EXIF block it cannot read."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(path) as img:
+                value = img.getexif().get(EXIF_ORIENTATION_TAG, 1)
+    except Exception:  # noqa: BLE001 - unreadable files are named when the data is read, not here
+        return 1
+    return value if isinstance(value, int) and 1 <= value <= 8 else 1
+
+
+def sideways_photos(paths: list[str], look: int = SIDEWAYS_LOOK) -> tuple[int, int]:
+    """(how many carry an EXIF orientation other than upright, how many were looked at) among up to ``look`` of
+    ``paths`` spread evenly over the list (a class-sorted list: every class is looked at)."""
+    if not paths:
+        return 0, 0
+    n = min(look, len(paths))
+    picked = sorted({round(i * (len(paths) - 1) / max(1, n - 1)) for i in range(n)})
+    return sum(exif_orientation_of(paths[i]) != 1 for i in picked), len(picked)

@@ -231,3 +231,19 @@ def test_train_on_a_folder_of_class_folders_with_val_split(tmp_path, capsys):
     assert summary["train_images"] + summary["val_images"] == 24 and 2 <= summary["val_images"] <= 12, summary
     assert main(["train", "--resume", "--out", str(out), "--epochs", "2", "--no-progress", "--no-plots"]) == 0
     assert load_checkpoint(out / "last.pt").train_summary["data"] == summary
+
+
+@pytest.mark.parametrize("command", ["train", "pipeline"])
+def test_every_option_of_train_and_pipeline_is_in_a_help_panel(command):
+    """45 training options read as one list; --help groups them (Data, Model, Training, Hardware, Run; the pipeline's
+    own in 'Export, check and bench'), as timm's train.py groups its arguments. An option added without a panel fails."""
+    import typer.main
+
+    from mnv2export.cli import app
+    from mnv2export.cli.options import CHECKS, DATA, HARDWARE, MODEL, RUN, TRAINING
+
+    cmd = typer.main.get_command(app).commands[command]
+    panels = {p.name: getattr(p, "rich_help_panel", None) for p in cmd.params}
+    assert not {name for name, panel in panels.items() if panel not in (DATA, MODEL, TRAINING, HARDWARE, RUN, CHECKS)}
+    assert panels["data"] == DATA and panels["width"] == MODEL and panels["lr" if command == "train" else "epochs"] == TRAINING
+    assert panels["device"] == HARDWARE and panels["out"] == RUN

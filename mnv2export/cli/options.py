@@ -7,15 +7,18 @@ from typing import Annotated, Optional
 
 import typer
 
-Device = Annotated[Optional[str], typer.Option("--device", help="auto (CUDA when present), cuda or cpu. Asking for cuda where there is none is an error.")]
+# --help panels of train and pipeline (as timm's train.py groups its arguments)
+DATA, MODEL, TRAINING, HARDWARE, RUN, CHECKS = "Data", "Model", "Training", "Hardware", "Run", "Export, check and bench"
+
+Device = Annotated[Optional[str], typer.Option("--device", help="auto (CUDA when present), cuda or cpu. Asking for cuda where there is none is an error.", rich_help_panel=HARDWARE)]
 Provider = Annotated[str, typer.Option("--provider", help="Execution provider(s): cpu, cuda or all (comma-separated).")]
-Epochs = Annotated[Optional[int], typer.Option("--epochs", help="Training epochs.")]
-Width = Annotated[Optional[float], typer.Option("--width", help="Width multiplier (0.35 to 1.4).")]
-ImgSize = Annotated[Optional[int], typer.Option("--img-size", help="Input size in pixels (square).")]
-Data = Annotated[Optional[str], typer.Option("--data", help="synth, fashion-mnist, or an ImageFolder folder (train/<class>/, val/<class>/; or <class>/ alone with --val-split).")]
-ValSplit = Annotated[Optional[float], typer.Option("--val-split", help="A --data folder of class folders without train/ and val/: hold out this share of each class's images for validation (0 < x <= 0.5; chosen by a hash of each file's path, so the same every run).", show_default=False)]
-ExifOrientation = Annotated[Optional[bool], typer.Option("--exif-orientation/--no-exif-orientation", help="A --data folder of photos: decode each image upright as its EXIF orientation tag says (phone photos are often stored sideways); stored in the checkpoint, so check, export and predict decode alike (default: off, the pixels as stored).", show_default=False)]
-DataDir = Annotated[Optional[str], typer.Option("--data-dir", help="Folder holding the Fashion-MNIST IDX files (default: Debian's dataset-fashion-mnist).")]
+Epochs = Annotated[Optional[int], typer.Option("--epochs", help="Training epochs.", rich_help_panel=TRAINING)]
+Width = Annotated[Optional[float], typer.Option("--width", help="Width multiplier (0.35 to 1.4).", rich_help_panel=MODEL)]
+ImgSize = Annotated[Optional[int], typer.Option("--img-size", help="Input size in pixels (square).", rich_help_panel=DATA)]
+Data = Annotated[Optional[str], typer.Option("--data", help="synth, fashion-mnist, or an ImageFolder folder (train/<class>/, val/<class>/; or <class>/ alone with --val-split).", rich_help_panel=DATA)]
+ValSplit = Annotated[Optional[float], typer.Option("--val-split", help="A --data folder of class folders without train/ and val/: hold out this share of each class's images for validation (0 < x <= 0.5; chosen by a hash of each file's path, so the same every run).", show_default=False, rich_help_panel=DATA)]
+ExifOrientation = Annotated[Optional[bool], typer.Option("--exif-orientation/--no-exif-orientation", help="A --data folder of photos: decode each image upright as its EXIF orientation tag says (phone photos are often stored sideways); stored in the checkpoint, so check, export and predict decode alike (default: off, the pixels as stored).", show_default=False, rich_help_panel=DATA)]
+DataDir = Annotated[Optional[str], typer.Option("--data-dir", help="Folder holding the Fashion-MNIST IDX files (default: Debian's dataset-fashion-mnist).", rich_help_panel=DATA)]
 JsonOut = Annotated[Optional[Path], typer.Option("--json", help="Also write the result as JSON to this file.")]
 CheckpointArg = Annotated[Path, typer.Argument(metavar="CHECKPOINT", help="A checkpoint written by `mnv2 train` (best.pt / last.pt).", show_default=False)]
 

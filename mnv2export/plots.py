@@ -57,15 +57,20 @@ def kernels(model: nn.Module, path: Path, limit: int = 32) -> Path:
     lo = w.amin(dim=(1, 2, 3), keepdim=True)
     hi = w.amax(dim=(1, 2, 3), keepdim=True)
     tiles = ((w - lo) / (hi - lo).clamp_min(1e-12)).permute(0, 2, 3, 1).numpy()
-    cols = 8
-    rows = (len(tiles) + cols - 1) // cols
-    fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.1, rows * 1.1))
-    for i, ax in enumerate(axes.flat):
-        ax.axis("off")
-        if i < len(tiles):
-            ax.imshow(tiles[i], interpolation="nearest")
+    fig = _tiles(plt, tiles, 1.1, interpolation="nearest")
     fig.suptitle(f"first-layer kernels ({len(tiles)} of {first_conv(model).out_channels})")
     return _save(fig, path)
+
+
+def _tiles(plt, images, inches: float, cols: int = 8, **imshow):
+    """A figure of ``images`` in rows of ``cols`` tiles, ``inches`` wide each, without axes."""
+    rows = (len(images) + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * inches, rows * inches), squeeze=False)
+    for i, ax in enumerate(axes.flat):
+        ax.axis("off")
+        if i < len(images):
+            ax.imshow(images[i], **imshow)
+    return fig
 
 
 FEATURE_MAP_FILES = ("feature_maps_shallow.png", "feature_maps_deep.png")  # feature_maps() writes feature_maps_<block>.png
@@ -91,13 +96,7 @@ def feature_maps(model: nn.Module, image: torch.Tensor, out_dir: Path, limit: in
     paths = []
     for name, act in captured.items():
         maps = act[0, :limit].cpu().numpy()
-        cols = 8
-        rows = (len(maps) + cols - 1) // cols
-        fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.3, rows * 1.3))
-        for i, ax in enumerate(axes.flat):
-            ax.axis("off")
-            if i < len(maps):
-                ax.imshow(maps[i], cmap="viridis")
+        fig = _tiles(plt, maps, 1.3, cmap="viridis")
         fig.suptitle(f"{name} block feature maps {tuple(act.shape[1:])} (first {len(maps)} channels)")
         paths.append(_save(fig, out_dir / f"feature_maps_{name}.png"))
     return paths

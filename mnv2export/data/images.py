@@ -12,7 +12,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 
@@ -92,7 +92,6 @@ def _exif_upright(img: Image.Image) -> None:
         pass
 
 
-EXIF_ORIENTATION_TAG = 0x0112
 SIDEWAYS_LOOK = 64  # images whose EXIF tag a training run reads to see whether the set holds sideways photos
 
 
@@ -103,7 +102,7 @@ def exif_orientation_of(path: str | Path) -> int:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             with Image.open(path) as img:
-                value = img.getexif().get(EXIF_ORIENTATION_TAG, 1)
+                value = img.getexif().get(ExifTags.Base.Orientation, 1)
     except Exception:  # noqa: BLE001 - unreadable files are named when the data is read, not here
         return 1
     return value if isinstance(value, int) and 1 <= value <= 8 else 1

@@ -22,6 +22,9 @@ IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]
 INTERPOLATIONS = ("nearest", "bilinear", "bicubic")
 TRAIN_AUGMENTATIONS = ("rrc", "crop_pad", "none")
+# torchvision's automatic augmentation policies, by the names its reference scripts give them (--auto-augment):
+# TrivialAugmentWide, RandAugment, AugMix, and AutoAugment with the policy learnt on ImageNet, CIFAR-10 or SVHN
+AUTO_AUGMENTATIONS = ("none", "ta_wide", "ra", "augmix", "imagenet", "cifar10", "svhn")
 BUILTIN_SOURCES = ("synth", "fashion-mnist")  # data sets the package reads itself; any other source is a folder
 
 T = TypeVar("T", bound="_Config")
@@ -181,6 +184,10 @@ class DataConfig(_Config):
     rrc_scale: list[float] = field(default_factory=lambda: [0.25, 1.0])
     pad: int = 4
     hflip: bool = True
+    # after the crop and flip of train_aug (training only): one of AUTO_AUGMENTATIONS, then Random Erasing with this
+    # probability (a rectangle of each normalised image set to 0, the mean)
+    auto_augment: str = "none"
+    random_erase: float = 0.0
     class_index: str | None = None
     # a folder of class folders without train/ and val/: the share of each class's images held out for validation
     # (chosen by a hash of each file's path: see data/folder.py, split_classes); 0: the folder must hold train/ and val/
@@ -218,6 +225,8 @@ class DataConfig(_Config):
         _check(all(s > 0 for s in self.std), f"std must be positive, got {self.std}", "pass positive numbers")
         _one_of("interpolation", self.interpolation, INTERPOLATIONS)
         _one_of("train augmentation", self.train_aug, TRAIN_AUGMENTATIONS)
+        _one_of("automatic augmentation", self.auto_augment, AUTO_AUGMENTATIONS)
+        _in_range("random_erase", self.random_erase, 0.0, 1.0)
         _check(
             len(self.rrc_scale) == 2 and 0 < self.rrc_scale[0] <= self.rrc_scale[1] <= 1,
             f"rrc_scale = {self.rrc_scale!r} is invalid",
@@ -263,6 +272,11 @@ class TrainConfig(_Config):
     warmup_epochs: float = 1.0
     schedule: str = "cosine"  # after the warm-up, the rate falls to zero by the last step: cosine or linear
     label_smoothing: float = 0.1
+    # batch mixing (torchvision's v2.MixUp / v2.CutMix; both > 0: one of the two per batch, at even odds): the Beta
+    # distribution's alpha, 0 off
+    mixup_alpha: float = 0.0
+    cutmix_alpha: float = 0.0
+    clip_grad_norm: float | None = None  # the gradients' total L2 norm is scaled down to at most this; None: no clipping
     ema: bool = False
     ema_decay: float = 0.999
     amp: str = "auto"
@@ -296,6 +310,10 @@ class TrainConfig(_Config):
             _in_range("depthwise weight decay", self.depthwise_weight_decay, 0.0, 1.0)
         _in_range("warm-up epochs", self.warmup_epochs, 0.0, float(self.epochs))
         _in_range("label smoothing", self.label_smoothing, 0.0, 0.5)
+        _in_range("mixup alpha", self.mixup_alpha, 0.0, 10.0)
+        _in_range("cutmix alpha", self.cutmix_alpha, 0.0, 10.0)
+        if self.clip_grad_norm is not None:
+            _in_range("gradient clipping norm", self.clip_grad_norm, 0.0, 1e6, lo_open=True)
         _in_range("EMA decay", self.ema_decay, 0.0, 0.99999, lo_open=True)
         _one_of("optimizer", self.optimizer, ("sgd", "adamw"))
         _one_of("learning-rate schedule", self.schedule, ("cosine", "linear"))

@@ -130,6 +130,16 @@ def _model(r: Any) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _regularisation(cfg: Any) -> list[str]:
+    """The training's optional augmentations and mixing, as ", ..." items (none: nothing)."""
+    d, t = cfg.data, cfg.train
+    return [text for on, text in (
+        (d.auto_augment != "none", f", auto-augment {d.auto_augment}"), (d.random_erase > 0, f", random erasing p={d.random_erase:g}"),
+        (t.mixup_alpha > 0, f", MixUp alpha {t.mixup_alpha:g}"), (t.cutmix_alpha > 0, f", CutMix alpha {t.cutmix_alpha:g}"),
+        (t.clip_grad_norm is not None, f", gradients clipped to norm {t.clip_grad_norm or 0:g}"),
+    ) if on]
+
+
 def _training(r: Any) -> str:
     if r.train is None:
         return ""
@@ -140,7 +150,7 @@ def _training(r: Any) -> str:
     lines += [
         f"{_plural(s.get('epoch', len(history)), 'epoch')} on {s.get('device', '?')} (mixed precision: {s.get('amp', 'off')}), batch size {t.batch_size}, "
         f"{t.optimizer} lr {t.lr:g}, warm-up {t.warmup_epochs:g} epoch(s) then {t.schedule}, label smoothing {t.label_smoothing:g}"
-        + (", EMA" if t.ema else "") + f", {_duration(s.get('wall_seconds'))}.",
+        + "".join(_regularisation(r.config)) + (", EMA" if t.ema else "") + f", {_duration(s.get('wall_seconds'))}.",
         f"Best validation top-1: **{100 * best:.2f}%** (epoch {s.get('best_epoch')}); images skipped as unreadable: {s.get('images_skipped', 0)}.",
         "",
         "| epoch | train loss | val loss | val top-1 | lr | seconds |", "|---:|---:|---:|---:|---:|---:|",

@@ -22,7 +22,7 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -33,6 +33,7 @@ from .checkpoint import Checkpoint, provenance, save_checkpoint
 from .config import RunConfig, TrainConfig
 from .data import DataBundle, SkipTracker, build_datasets, collate, warn_if_sideways
 from .data.memory import MemoryImages, MemoryLoader
+from .data.transforms import batch_mix
 from .device import cpu_threads, resolve_device, warn_if_oversubscribed
 from .errors import ConfigError, DataError, DistributedError, Mnv2Error, Terminated, TrainingDiverged
 from .fileio import remove_outputs, write_text
@@ -102,17 +103,31 @@ class StepContext:
     scaler_skipped: torch.Tensor | None = None
     # batches whose loss was NaN or infinite, and their images, counted on the device (no sync); left out of the mean
     nonfinite_loss: torch.Tensor | None = None
+    # training batches only: MixUp / CutMix of (images, labels) on the device (soft labels out), and the gradient norm
+    # to clip to before each optimizer step
+    mix: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None
+    clip_grad_norm: float | None = None
 
     def autocast(self):
         if self.dtype is None:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.dtype)
 
-    def to_device(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        images = images.to(self.device, non_blocking=True)
+    def to_device(self, images: torch.Tensor, labels: torch.Tensor, *, mix: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        images, labels = images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
+        if mix and self.mix is not None:
+            images, labels = self.mix(images, labels)  # before channels_last: the mix's roll gives a contiguous batch
         if self.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
-        return images, labels.to(self.device, non_blocking=True)
+        return images, labels
+
+    def clip(self, model: nn.Module, opt: torch.optim.Optimizer) -> None:
+        """Scale the gradients down to ``clip_grad_norm`` (their total L2 norm), after unscaling them at fp16."""
+        if self.clip_grad_norm is None:
+            return
+        if self.scaler is not None:
+            self.scaler.unscale_(opt)
+        nn.utils.clip_grad_norm_(model.parameters(), self.clip_grad_norm)
 
 
 def train_one_epoch(
@@ -138,12 +153,13 @@ def train_one_epoch(
                     warnings.simplefilter("ignore", UserWarning)
                     sched.step()  # the schedule counts batches: it still reaches its last step at the end
                 continue
-            images, labels = ctx.to_device(images, labels)
+            images, labels = ctx.to_device(images, labels, mix=True)
             with ctx.autocast():
                 loss = criterion(model(images), labels)
             opt.zero_grad(set_to_none=True)
             if ctx.scaler is not None:
                 ctx.scaler.scale(loss).backward()
+                ctx.clip(model, opt)
                 ctx.scaler.step(opt)
                 scale = ctx.scaler._scale  # private, but a tensor: reading it does not make the CPU wait for the GPU
                 before = scale.clone() if scale is not None else None
@@ -153,6 +169,7 @@ def train_one_epoch(
                     ctx.scaler_skipped = passed_over if ctx.scaler_skipped is None else ctx.scaler_skipped + passed_over
             else:
                 loss.backward()
+                ctx.clip(model, opt)
                 opt.step()
             sched.step()
             if ema is not None:
@@ -289,7 +306,8 @@ def _fit(cfg: RunConfig, info: D.DistInfo, run_dir: Path, resume_from: Checkpoin
         log.info("--overwrite: removed the earlier run's files from %s", run_dir)
     if t.sync_bn and info.enabled:  # on CUDA only (check_settings)
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    ctx = StepContext(device=device, dtype=amp_dtype(t.amp, device), channels_last=t.channels_last != "off")
+    ctx = StepContext(device=device, dtype=amp_dtype(t.amp, device), channels_last=t.channels_last != "off",
+                      mix=batch_mix(t.mixup_alpha, t.cutmix_alpha, len(data.class_names)), clip_grad_norm=t.clip_grad_norm)
     model.to(device)
     if ctx.channels_last:
         model.to(memory_format=torch.channels_last)

@@ -50,6 +50,10 @@ def test_a_wrong_path_or_option_of_any_command_is_said_before_torch_is_imported(
         (["pipeline", "--epochs", "0", "--out", str(tmp_path / "run")], "epochs = 0 is out of range"),
         (["pipeline", "--threads", "0", "--out", str(tmp_path / "run")], "threads = 0 is out of range"),
         (["train", "--data", "synth", "--exif-orientation"], "exif_orientation is for image files"),
+        (["train", "--data", "synth", "--auto-augment", "bogus"], "unknown automatic augmentation 'bogus': choose one of none, ta_wide"),
+        (["train", "--data", "synth", "--random-erase", "1.5"], "random_erase = 1.5 is out of range"),
+        (["train", "--data", "synth", "--mixup-alpha", "-1"], "mixup alpha = -1.0 is out of range"),
+        (["train", "--data", "synth", "--clip-grad-norm", "0"], "gradient clipping norm = 0.0 is out of range"),
     ]
     code = ("import sys; from mnv2export.cli import main\n"
             f"for args in {[args for args, _ in cases]!r}:\n"

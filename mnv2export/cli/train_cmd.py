@@ -32,6 +32,8 @@ def train(
     mean: Annotated[Optional[str], typer.Option(help="Normalisation mean R,G,B.", rich_help_panel=DATA)] = None,
     std: Annotated[Optional[str], typer.Option(help="Normalisation std R,G,B.", rich_help_panel=DATA)] = None,
     train_aug: Annotated[Optional[str], typer.Option(help="Train augmentation: rrc (random resized crop), crop_pad, none.", rich_help_panel=DATA)] = None,
+    auto_augment: Annotated[Optional[str], typer.Option(help="Automatic augmentation after the crop and flip (torchvision's): ta_wide (TrivialAugmentWide), ra (RandAugment), augmix, imagenet / cifar10 / svhn (AutoAugment's policies), none.", rich_help_panel=DATA)] = None,
+    random_erase: Annotated[Optional[float], typer.Option(help="Random Erasing probability (a rectangle of the normalised image set to 0).", rich_help_panel=DATA)] = None,
     synth_classes: Annotated[Optional[int], typer.Option(help="synth: number of classes.", rich_help_panel=DATA)] = None,
     synth_per_class: Annotated[Optional[int], typer.Option(help="synth: training images per class.", rich_help_panel=DATA)] = None,
     epochs: Epochs = None,
@@ -43,6 +45,9 @@ def train(
     warmup_epochs: Annotated[Optional[float], typer.Option(help="Linear warm-up length in epochs, then the decay of --schedule.", rich_help_panel=TRAINING)] = None,
     schedule: Annotated[Optional[str], typer.Option(help="Learning-rate decay to zero after the warm-up: cosine or linear.", rich_help_panel=TRAINING)] = None,
     label_smoothing: Annotated[Optional[float], typer.Option(help="Label smoothing.", rich_help_panel=TRAINING)] = None,
+    mixup_alpha: Annotated[Optional[float], typer.Option(help="MixUp of each batch, Beta(alpha, alpha) weights (0: off; 0.2 is usual).", rich_help_panel=TRAINING)] = None,
+    cutmix_alpha: Annotated[Optional[float], typer.Option(help="CutMix of each batch (0: off; 1.0 is usual); with --mixup-alpha, one of the two per batch.", rich_help_panel=TRAINING)] = None,
+    clip_grad_norm: Annotated[Optional[float], typer.Option(help="Clip the gradients' total L2 norm to this before each step (default: no clipping).", rich_help_panel=TRAINING)] = None,
     ema: Annotated[Optional[bool], typer.Option("--ema/--no-ema", help="Keep an exponential moving average of the weights (evaluated and saved).", rich_help_panel=TRAINING)] = None,
     amp: Annotated[Optional[str], typer.Option(help="Mixed precision: auto (bf16/fp16 on CUDA, off on CPU), off, bf16, fp16.", rich_help_panel=HARDWARE)] = None,
     channels_last: Annotated[Optional[str], typer.Option(help="channels_last memory format: auto, on, off.", rich_help_panel=HARDWARE)] = None,
@@ -67,13 +72,14 @@ def train(
     model = {"width_mult": width, "small_input": small_input, "output_stride": output_stride, "dropout": dropout}
     data_flags = {
         "source": data, "data_dir": data_dir, "class_index": class_index, "img_size": img_size, "resize_size": resize_size, "mean": floats(mean, "--mean"),
-        "std": floats(std, "--std"), "train_aug": train_aug, "synth_classes": synth_classes, "synth_train_per_class": synth_per_class,
+        "std": floats(std, "--std"), "train_aug": train_aug, "auto_augment": auto_augment, "random_erase": random_erase, "synth_classes": synth_classes, "synth_train_per_class": synth_per_class,
         "val_split": val_split, "exif_orientation": exif_orientation,
     }
     train_flags = {
         "epochs": epochs, "batch_size": batch_size, "lr": lr, "optimizer": optimizer, "weight_decay": weight_decay,
         "depthwise_weight_decay": depthwise_weight_decay,
-        "warmup_epochs": warmup_epochs, "schedule": schedule, "label_smoothing": label_smoothing, "ema": ema, "amp": amp, "channels_last": channels_last,
+        "warmup_epochs": warmup_epochs, "schedule": schedule, "label_smoothing": label_smoothing,
+        "mixup_alpha": mixup_alpha, "cutmix_alpha": cutmix_alpha, "clip_grad_norm": clip_grad_norm, "ema": ema, "amp": amp, "channels_last": channels_last,
         "compile": compile, "device": device, "seed": seed, "workers": workers, "threads": threads, "sync_bn": sync_bn, "init_from": init_from,
         "zero_init_residual": zero_init_residual, "out": out, "plots": plots, "progress": progress,
     }

@@ -77,8 +77,8 @@ def memory_images(ds, cfg: DataConfig, *, augment: bool) -> MemoryImages | None:
     h, w = data.shape[-2:]
     if not (h == w == cfg.img_size == cfg.resize):
         return None  # a resize or crop would be needed: the per-sample path does it with PIL
-    if augment and cfg.train_aug not in ("crop_pad", "none"):
-        return None
+    if augment and (cfg.train_aug not in ("crop_pad", "none") or cfg.auto_augment != "none" or cfg.random_erase > 0):
+        return None  # per-image augmentations: torchvision's transforms, image by image
     return MemoryImages(data[:, None], targets, cfg, augment=augment)
 
 

@@ -61,4 +61,31 @@ def train_transform(cfg: DataConfig) -> v2.Compose:
         steps += [v2.Resize(cfg.resize, interpolation=interp, antialias=True), v2.CenterCrop(cfg.img_size)]
     if cfg.hflip and cfg.train_aug != "none":
         steps.append(v2.RandomHorizontalFlip())
-    return v2.Compose([*steps, *_to_normalised_tensor(cfg)])
+    if cfg.auto_augment != "none":
+        steps.append(auto_augment(cfg.auto_augment, interp))
+    erase = [v2.RandomErasing(p=cfg.random_erase, value=0)] if cfg.random_erase > 0 else []
+    return v2.Compose([*steps, *_to_normalised_tensor(cfg), *erase])
+
+
+def auto_augment(name: str, interpolation: InterpolationMode) -> v2.Transform:
+    """torchvision's policy ``name`` (the names of its classification reference scripts), at its default strength; on
+    8-bit images, after the crop and flip."""
+    if name == "ta_wide":
+        return v2.TrivialAugmentWide(interpolation=interpolation)
+    if name == "ra":
+        return v2.RandAugment(interpolation=interpolation)
+    if name == "augmix":
+        return v2.AugMix(interpolation=interpolation)
+    return v2.AutoAugment(v2.AutoAugmentPolicy(name), interpolation=interpolation)
+
+
+def batch_mix(mixup_alpha: float, cutmix_alpha: float, num_classes: int) -> v2.Transform | None:
+    """MixUp, CutMix or one of the two per batch at even odds (as torchvision's classification reference does), for a
+    batch of normalised images and integer labels; it returns the mixed images and soft labels (B x num_classes),
+    which ``nn.CrossEntropyLoss`` takes as class probabilities (label smoothing still applies). None when both alphas
+    are 0. Its randomness is torch's global generator, which the trainer seeds and a resume restores."""
+    mixes = ([v2.MixUp(alpha=mixup_alpha, num_classes=num_classes)] if mixup_alpha > 0 else []) + (
+        [v2.CutMix(alpha=cutmix_alpha, num_classes=num_classes)] if cutmix_alpha > 0 else [])
+    if not mixes:
+        return None
+    return mixes[0] if len(mixes) == 1 else v2.RandomChoice(mixes)

@@ -239,7 +239,7 @@ def test_train_on_a_folder_of_class_folders_with_val_split(tmp_path, capsys):
 
 @pytest.mark.parametrize("command", ["train", "pipeline"])
 def test_every_option_of_train_and_pipeline_is_in_a_help_panel(command):
-    """45 training options read as one list; --help groups them (Data, Model, Training, Hardware, Run; the pipeline's
+    """Nearly 50 training options read as one list; --help groups them (Data, Model, Training, Hardware, Run; the pipeline's
     own in 'Export, check and bench'), as timm's train.py groups its arguments. An option added without a panel fails."""
     import typer.main
 

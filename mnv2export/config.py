@@ -25,6 +25,8 @@ TRAIN_AUGMENTATIONS = ("rrc", "crop_pad", "none")
 # torchvision's automatic augmentation policies, by the names its reference scripts give them (--auto-augment):
 # TrivialAugmentWide, RandAugment, AugMix, and AutoAugment with the policy learnt on ImageNet, CIFAR-10 or SVHN
 AUTO_AUGMENTATIONS = ("none", "ta_wide", "ra", "augmix", "imagenet", "cifar10", "svhn")
+# MobileNetV2's feature blocks (its ``features``): the stem, 17 inverted residual blocks, the last 1x1 convolution
+FEATURE_BLOCKS = 19
 BUILTIN_SOURCES = ("synth", "fashion-mnist")  # data sets the package reads itself; any other source is a folder
 
 T = TypeVar("T", bound="_Config")
@@ -289,6 +291,9 @@ class TrainConfig(_Config):
     sync_bn: bool = False
     init_from: str | None = None
     zero_init_residual: bool = False  # a fresh model's residual blocks start as identity (last BatchNorm scale 0)
+    # fine-tuning: the first N of the model's 19 feature blocks keep the --init-from weights and BatchNorm statistics
+    # (19: all of them, a linear probe of the classifier); 0 trains every layer
+    freeze_blocks: int = 0
     out: str | None = None  # the run folder; None: weights/<source>-<time>
     plots: bool = True
     progress: bool = True
@@ -310,6 +315,10 @@ class TrainConfig(_Config):
             _in_range("depthwise weight decay", self.depthwise_weight_decay, 0.0, 1.0)
         _in_range("warm-up epochs", self.warmup_epochs, 0.0, float(self.epochs))
         _in_range("label smoothing", self.label_smoothing, 0.0, 0.5)
+        _check(isinstance(self.freeze_blocks, int) and 0 <= self.freeze_blocks <= FEATURE_BLOCKS, f"freeze_blocks = {self.freeze_blocks!r} is out of range",
+               f"use a whole number between 0 and {FEATURE_BLOCKS} (the feature blocks of MobileNetV2; {FEATURE_BLOCKS}: all, the classifier alone trains)")
+        _check(self.freeze_blocks == 0 or self.init_from is not None, "freeze_blocks keeps the starting weights, and none are given",
+               "pass --init-from with pretrained weights (frozen random weights would stay random)")
         _in_range("mixup alpha", self.mixup_alpha, 0.0, 10.0)
         _in_range("cutmix alpha", self.cutmix_alpha, 0.0, 10.0)
         if self.clip_grad_norm is not None:

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 from torchvision.models.mobilenetv2 import InvertedResidual, MobileNetV2
 
-from .config import ModelConfig
+from .config import FEATURE_BLOCKS, ModelConfig
 from .errors import CheckpointError
 
 log = logging.getLogger(__name__)
@@ -63,6 +63,32 @@ def zero_init_residual(model: MobileNetV2) -> int:
             nn.init.zeros_(bn.weight)
             n += 1
     return n
+
+
+_FROZEN = "_mnv2_frozen"
+
+
+def freeze_blocks(model: MobileNetV2, n: int) -> int:
+    """Freeze ``model.features[:n]`` for fine-tuning: no gradients, and their BatchNorm layers kept in eval mode while
+    the rest trains (:func:`train_mode`), so that they normalise with the pretrained statistics and keep them, as
+    torchvision's detection models do with their frozen backbone layers. ``n = FEATURE_BLOCKS``: every feature block, a
+    linear probe (the classifier alone trains). Returns the number of parameters frozen."""
+    assert len(model.features) == FEATURE_BLOCKS, len(model.features)
+    frozen = 0
+    for block in model.features[:n]:
+        block.requires_grad_(False)
+        setattr(block, _FROZEN, True)
+        frozen += sum(p.numel() for p in block.parameters())
+    return frozen
+
+
+def train_mode(model: nn.Module) -> None:
+    """``model.train()``, except the blocks :func:`freeze_blocks` froze, which stay in eval mode (also through a DDP or
+    ``torch.compile`` wrapper)."""
+    model.train()
+    for m in model.modules():
+        if getattr(m, _FROZEN, False):
+            m.eval()
 
 
 def output_stride(cfg: ModelConfig) -> int:

@@ -131,12 +131,13 @@ def _model(r: Any) -> str:
 
 
 def _regularisation(cfg: Any) -> list[str]:
-    """The training's optional augmentations and mixing, as ", ..." items (none: nothing)."""
+    """The training's optional augmentations, mixing, clipping and freezing, as ", ..." items (none: nothing)."""
     d, t = cfg.data, cfg.train
     return [text for on, text in (
         (d.auto_augment != "none", f", auto-augment {d.auto_augment}"), (d.random_erase > 0, f", random erasing p={d.random_erase:g}"),
         (t.mixup_alpha > 0, f", MixUp alpha {t.mixup_alpha:g}"), (t.cutmix_alpha > 0, f", CutMix alpha {t.cutmix_alpha:g}"),
         (t.clip_grad_norm is not None, f", gradients clipped to norm {t.clip_grad_norm or 0:g}"),
+        (t.freeze_blocks > 0, f", the first {t.freeze_blocks} feature blocks frozen"),
     ) if on]
 
 

@@ -37,7 +37,7 @@ from .data.transforms import batch_mix
 from .device import cpu_threads, resolve_device, warn_if_oversubscribed
 from .errors import ConfigError, DataError, DistributedError, Mnv2Error, Terminated, TrainingDiverged
 from .fileio import remove_outputs, write_text
-from .model import build_model, load_pretrained, zero_init_residual
+from .model import build_model, freeze_blocks, load_pretrained, train_mode, zero_init_residual
 from .optim import build_optimizer, build_scheduler, make_ema
 from .run_folder import RUN_FOLDERS, RUN_OUTPUTS, check_same_data, check_same_world_size, claim_run_folder, default_run_dir, resume_hint
 from .signals import raise_if_terminated, sigint_deferred, sigterm_as_interrupt, sigterm_noted, worker_quiet_on_sigterm
@@ -137,7 +137,7 @@ def train_one_epoch(
     """One pass over ``loader``; returns (sum of losses over samples, sample count) for this rank. A batch whose loss is
     NaN or infinite is counted in ``ctx.nonfinite_loss`` (batches, images) and adds nothing to the sum; its images are
     in the count."""
-    model.train()
+    train_mode(model)  # blocks frozen for fine-tuning stay in eval mode
     loss_sum = torch.zeros((), dtype=torch.float64, device=ctx.device)
     count = 0
     with warnings.catch_warnings():
@@ -301,6 +301,12 @@ def _fit(cfg: RunConfig, info: D.DistInfo, run_dir: Path, resume_from: Checkpoin
             log.warning("--zero-init-residual not applied: the weights come from %s (it is for a fresh model only)", t.init_from)
     elif t.zero_init_residual and resume_from is None:
         log.info("zero-initialised the last BatchNorm of %d residual blocks", zero_init_residual(model))
+    if t.freeze_blocks:  # on resume too: the optimizer state and the training mode of the blocks depend on it
+        frozen = freeze_blocks(model, t.freeze_blocks)
+        if info.is_main:
+            total = sum(p.numel() for p in model.parameters())
+            log.info("froze the first %d of %d feature blocks (%s of %s parameters, BatchNorm statistics kept)",
+                     t.freeze_blocks, len(model.features), f"{frozen:,}", f"{total:,}")
     if overwrite and info.is_main:
         remove_outputs(run_dir, RUN_OUTPUTS, RUN_FOLDERS)
         log.info("--overwrite: removed the earlier run's files from %s", run_dir)

@@ -163,3 +163,5 @@ def test_the_report_names_what_the_training_used():
     assert _regularisation(_regularised()) == [", auto-augment ta_wide", ", random erasing p=0.25", ", MixUp alpha 0.2", ", CutMix alpha 1",
                                               ", gradients clipped to norm 2"]
     assert _regularisation(run_config(None, {}, {"source": "synth"}, {})) == []
+    assert _regularisation(run_config(None, {}, {"source": "synth"}, {"init_from": "w.pth", "freeze_blocks": 19})) == [
+        ", the first 19 feature blocks frozen"]

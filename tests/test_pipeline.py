@@ -173,7 +173,8 @@ def test_cli_usage(capsys):
 
 def test_cli_class_index_and_init_from_reach_the_run(monkeypatch):
     """The fine-tuning journey (a wnid-named folder, ImageNet weights) through the pipeline: --class-index names the
-    classes, --init-from starts from the weights, as with `mnv2 train`."""
+    classes, --init-from starts from the weights and --freeze-blocks keeps the first blocks as they are, as with
+    `mnv2 train`."""
     import mnv2export.pipeline as P
 
     seen = {}
@@ -183,8 +184,9 @@ def test_cli_class_index_and_init_from_reach_the_run(monkeypatch):
         raise ConfigError("stop here", hint="-")
 
     monkeypatch.setattr(P, "run_pipeline", fake_run_pipeline)
-    assert main(["pipeline", "--data", "synth", "--device", "cpu", "--class-index", "idx.json", "--init-from", "w.pth"]) == 1
+    assert main(["pipeline", "--data", "synth", "--device", "cpu", "--class-index", "idx.json", "--init-from", "w.pth", "--freeze-blocks", "19"]) == 1
     assert seen["cfg"].data.class_index == "idx.json" and seen["cfg"].train.init_from == "w.pth"
+    assert seen["cfg"].train.freeze_blocks == 19
 
 
 def test_a_recipe_device_is_not_replaced_by_auto(tmp_path):

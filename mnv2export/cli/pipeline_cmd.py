@@ -25,6 +25,7 @@ def pipeline(
     batch_size: Annotated[Optional[int], typer.Option("--batch-size", "-b", help="Training batch size.", rich_help_panel=TRAINING)] = None,
     class_index: Annotated[Optional[str], typer.Option(help="JSON naming the classes (wnid -> name, as imagenet_class_index.json).", rich_help_panel=DATA)] = None,
     init_from: Annotated[Optional[str], typer.Option(help="Start from a torchvision MobileNetV2 state dict (fine-tuning; classifier replaced if the class count differs).", rich_help_panel=MODEL)] = None,
+    freeze_blocks: Annotated[Optional[int], typer.Option(help="Fine-tuning: keep the first N of the 19 feature blocks as --init-from gave them; 19: the classifier alone trains.", rich_help_panel=MODEL)] = None,
     synth_classes: Annotated[Optional[int], typer.Option(help="synth: number of classes (default 10).", rich_help_panel=DATA)] = None,
     synth_per_class: Annotated[Optional[int], typer.Option(help="synth: training images per class (default 150).", rich_help_panel=DATA)] = None,
     name: Annotated[Optional[str], typer.Option("--name", help="Run name: the run goes to runs/NAME (default <data>-<time>).", rich_help_panel=RUN)] = None,
@@ -62,7 +63,7 @@ def pipeline(
         data_dir=data_dir, name=name, out=out, overwrite=overwrite, recipe=load_recipe(config) if config else None,
         data_settings={"synth_classes": synth_classes, "synth_train_per_class": synth_per_class, "class_index": class_index, "val_split": val_split,
                        "exif_orientation": exif_orientation},
-        train={"batch_size": batch_size, "progress": progress, "init_from": init_from}, options=options,
+        train={"batch_size": batch_size, "progress": progress, "init_from": init_from, "freeze_blocks": freeze_blocks}, options=options,
     )
     for s in result.steps:
         typer.echo(f"  {s.name:<7} {s.status:<4} {s.seconds:7.1f} s")

@@ -6,7 +6,9 @@ smoothing; the recipe's thread count) on one fixed random batch, so only the ste
 ``compile`` (``torch.compile`` of the model, inductor, compile time excluded), ``nchw`` (contiguous NCHW instead of
 channels_last: ``channels_last = "off"``), ``bf16`` (``torch.autocast`` in
 bfloat16: ``--amp bf16``), ``batchN`` (any batch size N: the recipe's own is 256, its earlier one 128), and the wider
-models ``width0.75`` / ``width1.0``. Modifiers combine with ``+``: ``bf16+width0.75``. One warm-up segment per
+models ``width0.75`` / ``width1.0``; ``freezeN`` (the first N feature blocks frozen, ``--freeze-blocks N``), ``mix``
+(MixUp and CutMix, alpha 0.2 and 1.0: ``--mixup-alpha 0.2 --cutmix-alpha 1.0``) and ``clip`` (``--clip-grad-norm 5``).
+Modifiers combine with ``+``: ``bf16+width0.75``. One warm-up segment per
 variant, then ``--rounds`` rounds in which the variants take turns; the table shows median images/s and the ratio to
 ``recipe``. Compare within one run.
 
@@ -29,7 +31,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 VARIANTS = ("recipe", "compile", "nchw", "bf16", "batch128", "batch512", "width0.75", "width1.0")  # the default list
-MODIFIER = re.compile(r"recipe|compile|nchw|bf16|batch([1-9][0-9]*)|width(0\.[0-9]+|1\.[0-9]+)")  # any batchN, widthX
+MODIFIER = re.compile(r"recipe|compile|nchw|bf16|mix|clip|batch([1-9][0-9]*)|width(0\.[0-9]+|1\.[0-9]+)|freeze([1-9][0-9]*)")  # any batchN, widthX, freezeN
 
 
 def modifiers(variant: str) -> list[re.Match] | None:
@@ -43,7 +45,8 @@ def make_segment(variant: str, recipe, steps: int):
     import torch
     from torch import nn
 
-    from mnv2export.model import build_model
+    from mnv2export.data.transforms import batch_mix
+    from mnv2export.model import build_model, freeze_blocks
     from mnv2export.optim import build_optimizer, build_scheduler
     from mnv2export.train import StepContext, amp_dtype, train_one_epoch
 
@@ -55,7 +58,14 @@ def make_segment(variant: str, recipe, steps: int):
     device = torch.device("cpu")
     amp = "bf16" if "bf16" in parts else t.amp
     ctx = StepContext(device=device, dtype=amp_dtype(amp, device), channels_last=t.channels_last != "off" and "nchw" not in parts)
+    if "mix" in parts:
+        ctx.mix = batch_mix(0.2, 1.0, cfg.num_classes)
+    if "clip" in parts:
+        ctx.clip_grad_norm = 5.0
     model = build_model(cfg)
+    for m in found:
+        if m[3]:
+            freeze_blocks(model, int(m[3]))
     if ctx.channels_last:
         model.to(memory_format=torch.channels_last)
     opt = build_optimizer(model, t)

@@ -1,5 +1,5 @@
 """Fine-tuning with frozen feature blocks (--freeze-blocks): the frozen blocks keep the --init-from weights and
-BatchNorm statistics, the rest trains, and a resumed run freezes the same blocks."""
+BatchNorm statistics, the rest trains, a resumed run freezes the same blocks, and so does each process under DDP."""
 
 import pytest
 import torch
@@ -83,3 +83,20 @@ def test_freezing_needs_starting_weights_and_a_block_count_in_range():
     with pytest.raises(ConfigError, match=f"use a whole number between 0 and {FEATURE_BLOCKS}"):
         TrainConfig(freeze_blocks=FEATURE_BLOCKS + 1, init_from="w.pth")
     assert len(build_model(ModelConfig(small_input=True, output_stride=8)).features) == FEATURE_BLOCKS
+
+
+def test_frozen_blocks_batch_mixing_and_clipping_under_ddp(tmp_path, pretrained):
+    """Two processes on gloo: DDP leaves the frozen parameters out of its gradient reduction, and the rest trains with
+    mixed batches and clipped gradients; the frozen blocks end as they started."""
+    from test_train import TINY_FLAGS, _torchrun
+
+    out = tmp_path / "run"
+    r = _torchrun("-m", "mnv2export", "train", *TINY_FLAGS, "--epochs", "1", "--init-from", str(pretrained), "--freeze-blocks", "8",
+                  "--mixup-alpha", "0.2", "--cutmix-alpha", "1.0", "--clip-grad-norm", "5", "--out", str(out), port=39500, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    ckpt = load_checkpoint(out / "last.pt")
+    assert ckpt.train_summary["world_size"] == 2
+    start, trained = torch.load(pretrained, weights_only=True), ckpt.state_dict
+    frozen = [k for k in trained if k.startswith("features.") and _block(k) < 8 and not k.endswith("num_batches_tracked")]
+    assert frozen and all(torch.equal(trained[k], start[k]) for k in frozen)
+    assert not torch.equal(trained["features.8.conv.0.0.weight"], start["features.8.conv.0.0.weight"])

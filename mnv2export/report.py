@@ -133,12 +133,13 @@ def _model(r: Any) -> str:
 def _regularisation(cfg: Any) -> list[str]:
     """The training's optional augmentations, mixing, clipping and freezing, as ", ..." items (none: nothing)."""
     d, t = cfg.data, cfg.train
-    return [text for on, text in (
-        (d.auto_augment != "none", f", auto-augment {d.auto_augment}"), (d.random_erase > 0, f", random erasing p={d.random_erase:g}"),
-        (t.mixup_alpha > 0, f", MixUp alpha {t.mixup_alpha:g}"), (t.cutmix_alpha > 0, f", CutMix alpha {t.cutmix_alpha:g}"),
-        (t.clip_grad_norm is not None, f", gradients clipped to norm {t.clip_grad_norm or 0:g}"),
-        (t.freeze_blocks > 0, f", the first {t.freeze_blocks} feature blocks frozen"),
-    ) if on]
+    items = [f", auto-augment {d.auto_augment}"] if d.auto_augment != "none" else []
+    items += [f", random erasing p={d.random_erase:g}"] if d.random_erase > 0 else []
+    items += [f", MixUp alpha {t.mixup_alpha:g}"] if t.mixup_alpha > 0 else []
+    items += [f", CutMix alpha {t.cutmix_alpha:g}"] if t.cutmix_alpha > 0 else []
+    items += [f", gradients clipped to norm {t.clip_grad_norm:g}"] if t.clip_grad_norm is not None else []
+    items += [f", the first {t.freeze_blocks} feature blocks frozen"] if t.freeze_blocks > 0 else []
+    return items
 
 
 def _training(r: Any) -> str:

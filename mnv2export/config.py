@@ -344,6 +344,17 @@ class RunConfig:
     def to_dict(self) -> dict[str, Any]:
         return {"model": self.model.to_dict(), "data": self.data.to_dict(), "train": self.train.to_dict()}
 
+    def training_extras(self) -> list[str]:
+        """The optional augmentations, batch mixing, clipping and freezing this run trains with, in words (none: [])."""
+        d, t = self.data, self.train
+        items = [f"auto-augment {d.auto_augment}"] if d.auto_augment != "none" else []
+        items += [f"random erasing p={d.random_erase:g}"] if d.random_erase > 0 else []
+        items += [f"MixUp alpha {t.mixup_alpha:g}"] if t.mixup_alpha > 0 else []
+        items += [f"CutMix alpha {t.cutmix_alpha:g}"] if t.cutmix_alpha > 0 else []
+        items += [f"gradients clipped to norm {t.clip_grad_norm:g}"] if t.clip_grad_norm is not None else []
+        items += [f"the first {t.freeze_blocks} feature blocks frozen"] if t.freeze_blocks > 0 else []
+        return items
+
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> RunConfig:
         unknown = sorted(set(values) - {"model", "data", "train"})

@@ -130,18 +130,6 @@ def _model(r: Any) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _regularisation(cfg: Any) -> list[str]:
-    """The training's optional augmentations, mixing, clipping and freezing, as ", ..." items (none: nothing)."""
-    d, t = cfg.data, cfg.train
-    items = [f", auto-augment {d.auto_augment}"] if d.auto_augment != "none" else []
-    items += [f", random erasing p={d.random_erase:g}"] if d.random_erase > 0 else []
-    items += [f", MixUp alpha {t.mixup_alpha:g}"] if t.mixup_alpha > 0 else []
-    items += [f", CutMix alpha {t.cutmix_alpha:g}"] if t.cutmix_alpha > 0 else []
-    items += [f", gradients clipped to norm {t.clip_grad_norm:g}"] if t.clip_grad_norm is not None else []
-    items += [f", the first {t.freeze_blocks} feature blocks frozen"] if t.freeze_blocks > 0 else []
-    return items
-
-
 def _training(r: Any) -> str:
     if r.train is None:
         return ""
@@ -152,7 +140,7 @@ def _training(r: Any) -> str:
     lines += [
         f"{_plural(s.get('epoch', len(history)), 'epoch')} on {s.get('device', '?')} (mixed precision: {s.get('amp', 'off')}), batch size {t.batch_size}, "
         f"{t.optimizer} lr {t.lr:g}, warm-up {t.warmup_epochs:g} epoch(s) then {t.schedule}, label smoothing {t.label_smoothing:g}"
-        + "".join(_regularisation(r.config)) + (", EMA" if t.ema else "") + f", {_duration(s.get('wall_seconds'))}.",
+        + "".join(f", {item}" for item in r.config.training_extras()) + (", EMA" if t.ema else "") + f", {_duration(s.get('wall_seconds'))}.",
         f"Best validation top-1: **{100 * best:.2f}%** (epoch {s.get('best_epoch')}); images skipped as unreadable: {s.get('images_skipped', 0)}.",
         "",
         "| epoch | train loss | val loss | val top-1 | lr | seconds |", "|---:|---:|---:|---:|---:|---:|",

@@ -356,7 +356,8 @@ def _fit(cfg: RunConfig, info: D.DistInfo, run_dir: Path, resume_from: Checkpoin
     summary: dict[str, Any] = {}
     started = time.perf_counter()
     tag = f"amp={ctx.dtype} channels_last={ctx.channels_last} world_size={info.world_size}"
-    log.info("training on %s (%s), %d steps per epoch", device, tag, steps)
+    extras = cfg.training_extras()
+    log.info("training on %s (%s), %d steps per epoch%s", device, tag, steps, f"; {', '.join(extras)}" if extras else "")
 
     def update_summary(epoch: int) -> None:
         summary.update({

@@ -157,11 +157,14 @@ def test_the_cli_flags_reach_the_run(tmp_path):
     assert (stored["train"]["mixup_alpha"], stored["train"]["cutmix_alpha"], stored["train"]["clip_grad_norm"]) == (0.3, 0.5, 5.0)
 
 
-def test_the_report_names_what_the_training_used():
-    from mnv2export.report import _regularisation
+def test_the_report_and_the_log_name_what_the_training_used(tmp_path, caplog):
+    import logging
 
-    assert _regularisation(_regularised()) == [", auto-augment ta_wide", ", random erasing p=0.25", ", MixUp alpha 0.2", ", CutMix alpha 1",
-                                              ", gradients clipped to norm 2"]
-    assert _regularisation(run_config(None, {}, {"source": "synth"}, {})) == []
-    assert _regularisation(run_config(None, {}, {"source": "synth"}, {"init_from": "w.pth", "freeze_blocks": 19})) == [
-        ", the first 19 feature blocks frozen"]
+    assert _regularised().training_extras() == ["auto-augment ta_wide", "random erasing p=0.25", "MixUp alpha 0.2", "CutMix alpha 1",
+                                                "gradients clipped to norm 2"]
+    assert run_config(None, {}, {"source": "synth"}, {}).training_extras() == []
+    assert run_config(None, {}, {"source": "synth"}, {"init_from": "w.pth", "freeze_blocks": 19}).training_extras() == [
+        "the first 19 feature blocks frozen"]
+    with caplog.at_level(logging.INFO, logger="mnv2export"):
+        fit(_regularised(epochs=1, workers=0), run_dir=tmp_path / "run")
+    assert "12 steps per epoch; auto-augment ta_wide, random erasing p=0.25, MixUp alpha 0.2, CutMix alpha 1, gradients clipped to norm 2" in caplog.text

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from . import app
-from .options import CHECKS, DATA, HARDWARE, MODEL, RUN, TRAINING, Data, DataDir, Device, Epochs, ExifOrientation, ImgSize, ValSplit, Width, csv_list
+from .options import CHECKS, DATA, HARDWARE, MODEL, RUN, TRAINING, Data, DataDir, Device, Epochs, ExifOrientation, FreezeBlocks, ImgSize, ValSplit, Width, csv_list
 
 
 @app.command()
@@ -25,7 +25,7 @@ def pipeline(
     batch_size: Annotated[Optional[int], typer.Option("--batch-size", "-b", help="Training batch size.", rich_help_panel=TRAINING)] = None,
     class_index: Annotated[Optional[str], typer.Option(help="JSON naming the classes (wnid -> name, as imagenet_class_index.json).", rich_help_panel=DATA)] = None,
     init_from: Annotated[Optional[str], typer.Option(help="Start from a torchvision MobileNetV2 state dict (fine-tuning; classifier replaced if the class count differs).", rich_help_panel=MODEL)] = None,
-    freeze_blocks: Annotated[Optional[int], typer.Option(help="Fine-tuning: keep the first N of the 19 feature blocks as --init-from gave them; 19: the classifier alone trains.", rich_help_panel=MODEL)] = None,
+    freeze_blocks: FreezeBlocks = None,
     synth_classes: Annotated[Optional[int], typer.Option(help="synth: number of classes (default 10).", rich_help_panel=DATA)] = None,
     synth_per_class: Annotated[Optional[int], typer.Option(help="synth: training images per class (default 150).", rich_help_panel=DATA)] = None,
     name: Annotated[Optional[str], typer.Option("--name", help="Run name: the run goes to runs/NAME (default <data>-<time>).", rich_help_panel=RUN)] = None,

@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 import typer
 
 from . import app
-from .options import DATA, HARDWARE, MODEL, RUN, TRAINING, Data, DataDir, Device, Epochs, ExifOrientation, ImgSize, ValSplit, Width, floats
+from .options import DATA, HARDWARE, MODEL, RUN, TRAINING, Data, DataDir, Device, Epochs, ExifOrientation, FreezeBlocks, ImgSize, ValSplit, Width, floats
 
 data_app = typer.Typer(help="Data set helpers.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
@@ -58,7 +58,7 @@ def train(
     threads: Annotated[Optional[int], typer.Option(help="CPU: intra-op threads of the training process (0: torch's default, one per core).", rich_help_panel=HARDWARE)] = None,
     sync_bn: Annotated[Optional[bool], typer.Option("--sync-bn/--no-sync-bn", help="SyncBatchNorm under torchrun.", rich_help_panel=HARDWARE)] = None,
     init_from: Annotated[Optional[str], typer.Option(help="Start from a torchvision MobileNetV2 state dict (classifier replaced if the class count differs).", rich_help_panel=MODEL)] = None,
-    freeze_blocks: Annotated[Optional[int], typer.Option(help="Fine-tuning: keep the first N of the 19 feature blocks as --init-from gave them (weights and BatchNorm statistics); 19: the classifier alone trains.", rich_help_panel=MODEL)] = None,
+    freeze_blocks: FreezeBlocks = None,
     zero_init_residual: Annotated[Optional[bool], typer.Option("--zero-init-residual/--no-zero-init-residual", help="Start each residual block as the identity (its last BatchNorm scale 0); not with --init-from.", rich_help_panel=MODEL)] = None,
     out: Annotated[Optional[str], typer.Option("--out", "-o", help="Run folder (default weights/<data>-<time>).", rich_help_panel=RUN)] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its last.pt.", rich_help_panel=RUN)] = False,

@@ -9,7 +9,7 @@ from PIL import Image
 from torch import nn
 from torchvision.transforms import v2
 
-from conftest import TINY_FLAGS
+from conftest import TINY_FLAGS, tiny_run_config
 from mnv2export.checkpoint import load_checkpoint
 from mnv2export.config import AUTO_AUGMENTATIONS, DataConfig, run_config
 from mnv2export.data.transforms import batch_mix, train_transform
@@ -107,10 +107,9 @@ def test_gradient_clipping_bounds_the_step_in_fp32_and_under_the_fp16_scaler():
 
 
 def _regularised(**train):
-    settings = {"epochs": 2, "batch_size": 16, "lr": 0.05, "workers": 0, "plots": False, "progress": False, "seed": 0, "warmup_epochs": 0.0,
-                "mixup_alpha": 0.2, "cutmix_alpha": 1.0, "clip_grad_norm": 2.0, **train}
-    return run_config(None, {"width_mult": 0.35}, {"source": "synth", "img_size": 32, "synth_classes": 4, "synth_train_per_class": 48,
-                                                   "auto_augment": "ta_wide", "random_erase": 0.25}, settings)
+    """The tiny run with every regularisation option on."""
+    settings = {"epochs": 2, "mixup_alpha": 0.2, "cutmix_alpha": 1.0, "clip_grad_norm": 2.0, **train}
+    return tiny_run_config(data={"auto_augment": "ta_wide", "random_erase": 0.25}, **settings)
 
 
 def test_a_regularised_run_resumes_exactly_and_records_its_settings(tmp_path, monkeypatch):

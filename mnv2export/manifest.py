@@ -1,5 +1,6 @@
 """``manifest.json``, as ``check``, ``bench`` and ``predict`` read it: its structure checked once
-(:func:`parse_manifest`), and whether a file on disk is the one an entry records (:func:`changed_since_export`).
+(:func:`parse_manifest`), whether a file on disk is the one an entry records (:func:`changed_since_export`), and the
+checkpoint the artifacts came from, if it is still there and unchanged (:func:`source_checkpoint`).
 """
 
 from __future__ import annotations
@@ -87,3 +88,22 @@ def changed_since_export(entry: dict[str, Any], path: Path, sha: str) -> str | N
 
 def short_hash(sha: Any) -> str:
     return sha[:12] if isinstance(sha, str) and sha else repr(sha)
+
+
+def source_checkpoint(manifest: dict[str, Any]) -> tuple[Path | None, str | None]:
+    """The checkpoint that ``manifest`` (parsed) records as its artifacts' source: ``(path, None)`` if that file is
+    still there with the SHA-256 recorded at export, else ``(None, why not)``. ``check`` and ``bench`` take it as the
+    reference model of an artifacts folder passed alone; a comparison with any other model would mean nothing."""
+    from .fileio import sha256_file
+
+    source = manifest.get("source_checkpoint") or {}
+    if not source.get("path"):
+        return None, "manifest.json names no source checkpoint"
+    path = Path(source["path"])
+    if not path.is_file():
+        return None, f"the source checkpoint {path} is gone"
+    if not source.get("sha256"):
+        return None, f"manifest.json records no SHA-256 of the source checkpoint {path}"
+    if sha256_file(path) != source["sha256"]:
+        return None, f"the source checkpoint {path} changed since the export (SHA-256 differs)"
+    return path, None

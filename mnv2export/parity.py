@@ -32,8 +32,8 @@ from typing import Any
 
 import numpy as np
 
-from .errors import ArtifactError, ConfigError, Mnv2Error, ProviderUnavailable
-from .manifest import changed_since_export, parse_manifest, short_hash
+from .errors import ArtifactError, CheckpointError, ConfigError, Mnv2Error, ProviderUnavailable
+from .manifest import changed_since_export, parse_manifest, short_hash, source_checkpoint
 from .parity_report import DEFAULT_TOLERANCES, ParityReport, ParityRow, Tolerance
 
 log = logging.getLogger(__name__)
@@ -51,6 +51,8 @@ def check(
     debug_int8: bool = False,
 ) -> ParityReport:
     """Compare every artifact listed in ``artifacts_dir/manifest.json`` (default ``export/<run>``) with the checkpoint.
+    ``checkpoint`` may also be an artifacts folder (with ``artifacts_dir`` None): its artifacts are compared with the
+    checkpoint its manifest names as their source, which must still be there, unchanged (:func:`resolve_target`).
 
     ``providers``: ``"cpu"``, ``"cuda"``, ``"all"``, comma-separated or a sequence. ``tolerances``: per precision,
     replacing the defaults (see :func:`with_overrides`). Raises a :class:`Mnv2Error` for what prevents the check itself
@@ -68,6 +70,8 @@ def check(
     if not sizes or not all(isinstance(b, int) and not isinstance(b, bool) and b >= 1 for b in sizes):
         raise ConfigError(f"batch sizes {batch_sizes!r} are invalid", hint="use whole numbers >= 1, e.g. 1, 7, 64")
     tols = {**DEFAULT_TOLERANCES, **(tolerances or {})}
+    from_folder = Path(checkpoint).is_dir()
+    checkpoint, artifacts_dir = resolve_target(checkpoint, artifacts_dir)
     require_checkpoint_file(checkpoint)  # the options and the file checks before torch is imported: their errors come at once
 
     from .checkpoint import load_checkpoint
@@ -78,6 +82,8 @@ def check(
     out_dir = Path(artifacts_dir) if artifacts_dir is not None else default_out_dir(checkpoint)
     entries, other_source = read_manifest(out_dir, artifacts_dir is None, ckpt)
     notes: list[str] = []
+    if from_folder:
+        notes.append(f"reference: {ckpt.path}, the source checkpoint that manifest.json names (the same file: same SHA-256)")
     if other_source:
         notes.append(f"manifest.json says these artifacts were exported from another checkpoint than {ckpt.path.name} "
                      "(sha256 differs); the numbers below say whether they still answer alike")
@@ -125,6 +131,28 @@ def check(
         report.notes.append(report.int8_debug["note"])
     log.info("parity: %s", "passed" if report.passed else "FAILED")
     return report
+
+
+def resolve_target(target: str | Path, artifacts_dir: str | Path | None) -> tuple[Path, str | Path | None]:
+    """The checkpoint and artifacts folder that ``check``'s target names: a checkpoint file as it is (with
+    ``artifacts_dir``); an artifacts folder, with the checkpoint its manifest records as the source (the same file,
+    by SHA-256). Light: no torch, so that a wrong target is an error at once."""
+    from .export.names import MANIFEST_FILE
+
+    p = Path(target)
+    if not p.is_dir():
+        return p, artifacts_dir
+    if not (p / MANIFEST_FILE).is_file():
+        raise CheckpointError("checkpoint path is a folder without manifest.json", path=p,
+                              hint="pass a best.pt or last.pt written by `mnv2 train`, or a folder written by `mnv2 export`")
+    if artifacts_dir is not None:
+        raise ConfigError("two artifacts folders: the target and --artifacts", path=p,
+                          hint="pass the checkpoint with --artifacts DIR, or the artifacts folder alone")
+    source, why = source_checkpoint(parse_manifest(p / MANIFEST_FILE))
+    if source is None:
+        raise ArtifactError(f"no reference model for this folder: {why}", path=p,
+                            hint=f"pass the checkpoint it was exported from, with --artifacts {p}")
+    return source, p
 
 
 def parse_providers(providers: Any) -> list[tuple[str, bool]]:

@@ -249,6 +249,50 @@ def test_default_artifacts_folder_is_export_run(trained_checkpoint, tmp_path, mo
     assert info.value.path == str(tmp_path.joinpath("export", "run").relative_to(tmp_path))
 
 
+def test_an_export_folder_alone_is_checked_against_the_checkpoint_its_manifest_names(exported, trained_checkpoint, tmp_path, capsys):
+    folder = _folder(exported, tmp_path / "art", {n: n for n in (TORCHSCRIPT_FILE, ONNX_FILE)})
+    out = tmp_path / "check.json"
+    assert main(["check", str(folder), "--samples", "16", "--json", str(out)]) == 0, capsys.readouterr().out
+    report = json.loads(out.read_text())
+    source = str(Path(trained_checkpoint).resolve())
+    assert report["passed"] and report["artifacts_dir"] == str(folder) and report["checkpoint"] == source
+    assert report["checkpoint_sha256"] == exported.data["source_checkpoint"]["sha256"]
+    assert {r["artifact"]: r["status"] for r in report["rows"]} == {TORCHSCRIPT_FILE: "pass", ONNX_FILE: "pass"}
+    assert f"reference: {source}, the source checkpoint that manifest.json names (the same file: same SHA-256)" in report["notes"]
+    assert "reference: " in capsys.readouterr().out
+
+
+def _orphan(exported, dest, change):
+    folder = _folder(exported, dest, {ONNX_FILE: ONNX_FILE})
+    manifest = json.loads((folder / MANIFEST_FILE).read_text())
+    change(manifest["source_checkpoint"])
+    (folder / MANIFEST_FILE).write_text(json.dumps(manifest))
+    return folder
+
+
+def test_an_export_folder_without_its_unchanged_source_checkpoint_is_refused(exported, trained_checkpoint, tmp_path):
+    """A folder alone has no reference model unless its recorded source is still there, byte for byte: never another
+    checkpoint that happens to sit at that path."""
+    changed = tmp_path / "edited" / "best.pt"
+    changed.parent.mkdir()
+    changed.write_bytes(Path(trained_checkpoint).read_bytes() + b"\0")
+    cases = {
+        "gone": (lambda s: s.update(path=str(tmp_path / "moved" / "best.pt")), f"the source checkpoint {tmp_path / 'moved' / 'best.pt'} is gone"),
+        "changed": (lambda s: s.update(path=str(changed)), f"the source checkpoint {changed} changed since the export (SHA-256 differs)"),
+        "unhashed": (lambda s: s.pop("sha256"), f"manifest.json records no SHA-256 of the source checkpoint {Path(trained_checkpoint).resolve()}"),
+        "unnamed": (lambda s: s.pop("path"), "manifest.json names no source checkpoint"),
+    }
+    for name, (change, why) in cases.items():
+        folder = _orphan(exported, tmp_path / name, change)
+        with pytest.raises(ArtifactError) as info:
+            parity.check(folder, samples=4)
+        assert info.value.what == f"no reference model for this folder: {why}", info.value.what
+        assert info.value.path == str(folder) and info.value.hint == f"pass the checkpoint it was exported from, with --artifacts {folder}"
+        assert parity.check(trained_checkpoint, folder, samples=4).passed  # with the checkpoint named, the same folder checks
+    with pytest.raises(ConfigError, match="two artifacts folders"):
+        parity.check(exported.out_dir, exported.out_dir, samples=4)
+
+
 def test_unlabelled_folder_and_unreadable_images(exported, trained_checkpoint, tmp_path):
     from PIL import Image
 

@@ -27,6 +27,9 @@ def test_a_wrong_path_or_option_of_any_command_is_said_before_torch_is_imported(
     is answered in the time --help takes, not after the seconds those imports take."""
     empty = tmp_path / "empty.pt"
     empty.touch()
+    orphan = tmp_path / "orphan"  # an export folder whose source checkpoint is gone
+    orphan.mkdir()
+    (orphan / "manifest.json").write_text('{"artifacts": {}, "source_checkpoint": {"path": "/nonexistent/best.pt", "sha256": "ab"}}')
     cases = [
         (["train", "--data", "synth", "--epochs", "0"], "epochs = 0 is out of range"),
         (["train", "--config", "train/imagenet20_224.toml", "--epochs", "2"], "warm-up epochs = 3.0 is out of range"),
@@ -36,7 +39,9 @@ def test_a_wrong_path_or_option_of_any_command_is_said_before_torch_is_imported(
         (["export", "/nonexistent.pt", "--format", "bogus"], "unknown export format bogus"),
         (["export", "/nonexistent.pt", "--calib-size", "0", "--quantize"], "calibration size 0 is out of range"),
         (["check", "/nonexistent.pt"], "checkpoint not found (/nonexistent.pt)"),
-        (["check", str(tmp_path)], "checkpoint path is a folder, not a file"),
+        (["check", str(tmp_path)], "checkpoint path is a folder without manifest.json"),
+        (["check", str(orphan)], "no reference model for this folder: the source checkpoint /nonexistent/best.pt is gone"),
+        (["check", str(orphan), "--artifacts", str(orphan)], "two artifacts folders: the target and --artifacts"),
         (["check", "/nonexistent.pt", "--samples", "0"], "samples = 0 is out of range"),
         (["check", "/nonexistent.pt", "--provider", "bogus"], "unknown provider 'bogus'"),
         (["bench", "/nonexistent"], "benchmark target not found (/nonexistent)"),

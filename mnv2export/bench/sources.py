@@ -65,21 +65,14 @@ def _read_manifest(folder: Path) -> dict:
 
 
 def _from_folder(folder: Path) -> Sources:
-    from ..fileio import sha256_file
+    from ..manifest import source_checkpoint
 
     manifest = _read_manifest(folder)
     src = Sources(folder=folder)
     _artifacts(folder, manifest, src)
-    ckpt = (manifest.get("source_checkpoint") or {})
-    ckpt_path = Path(ckpt["path"]) if ckpt.get("path") else None
+    ckpt_path, why = source_checkpoint(manifest)
     if ckpt_path is None:
-        src.missing["eager"] = "the manifest names no source checkpoint"
-    elif not ckpt_path.is_file():
-        src.missing["eager"] = f"the source checkpoint {ckpt_path} is gone (pass the checkpoint itself to bench eager)"
-    elif not ckpt.get("sha256"):
-        src.missing["eager"] = f"the manifest records no SHA-256 of {ckpt_path}: eager could be another model (pass the checkpoint itself)"
-    elif sha256_file(ckpt_path) != ckpt["sha256"]:
-        src.missing["eager"] = f"{ckpt_path} changed since the export (SHA-256 differs): eager would be another model"
+        src.missing["eager"] = f"{why}: eager would time another model or none (pass the checkpoint itself to bench eager)"
     else:
         src.files["eager"] = ckpt_path
         src.checkpoint = ckpt_path

@@ -9,13 +9,15 @@ from typing import Annotated, Optional
 import typer
 
 from . import app
-from .options import CheckpointArg, JsonOut, Provider, csv_list
+from .options import JsonOut, Provider, csv_list
 
 
 @app.command()
 def check(
-    checkpoint: CheckpointArg,
-    artifacts: Annotated[Optional[Path], typer.Option("--artifacts", "-a", help="Folder written by `mnv2 export` (with manifest.json); default export/<run>.")] = None,
+    checkpoint: Annotated[Path, typer.Argument(metavar="TARGET", show_default=False, help=(
+        "A checkpoint written by `mnv2 train` (best.pt / last.pt), or a folder written by `mnv2 export`: it is then "
+        "checked against the checkpoint its manifest.json names."))],
+    artifacts: Annotated[Optional[Path], typer.Option("--artifacts", "-a", help="With a checkpoint: the folder written by `mnv2 export` (with manifest.json); default export/<run>.")] = None,
     data: Annotated[Optional[str], typer.Option("--data", help="Real images: synth, fashion-mnist, an ImageFolder root (val/ is used) or a folder of images (default: the checkpoint's own validation data).")] = None,
     provider: Provider = "cpu",
     samples: Annotated[Optional[int], typer.Option("--samples", "-n", help="Real images to compare on (drawn at random, seeded; default 500).", show_default=False)] = None,

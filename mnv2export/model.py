@@ -98,6 +98,26 @@ def output_stride(cfg: ModelConfig) -> int:
     return stride
 
 
+def feature_map_size(cfg: ModelConfig, img_size: int) -> int:
+    """The side of the last feature map (before the classifier's pooling) for ``img_size`` px inputs: each stride-2
+    3x3 convolution (padding 1) takes a side n to ceil(n / 2)."""
+    side = img_size
+    for s in (cfg.effective_stem_stride, *(row[3] for row in inverted_residual_setting(cfg))):
+        side = -(-side // s)
+    return side
+
+
+def collapse_warning(cfg: ModelConfig, img_size: int) -> str | None:
+    """What to say when the inputs end at 1x1 before the pooling (the deep layers then see no spatial layout at all;
+    ``--small-input`` exists for 28-64 px images), else None."""
+    if feature_map_size(cfg, img_size) > 1:
+        return None
+    how = ("for 28-64 px images pass --small-input (total stride 8: 28 px ends at 4x4)" if not cfg.small_input else
+           "use larger images, or a smaller total stride (stem_stride 1, output_stride 8)")
+    return (f"the model's total stride is {output_stride(cfg)}: {img_size} px images end at 1x1 before the classifier's pooling, "
+            f"so its deepest layers see no spatial layout; {how}")
+
+
 def load_pretrained(model: MobileNetV2, path: str | Path) -> list[str]:
     """Initialise ``model`` from a torchvision-format MobileNetV2 state dict (e.g. ImageNet weights).
 

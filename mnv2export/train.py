@@ -37,7 +37,7 @@ from .data.transforms import batch_mix
 from .device import cpu_threads, resolve_device, warn_if_oversubscribed
 from .errors import ConfigError, DataError, DistributedError, Mnv2Error, Terminated, TrainingDiverged
 from .fileio import remove_outputs, write_text
-from .model import build_model, freeze_blocks, load_pretrained, train_mode, zero_init_residual
+from .model import build_model, collapse_warning, freeze_blocks, load_pretrained, train_mode, zero_init_residual
 from .optim import build_optimizer, build_scheduler, make_ema
 from .run_folder import RUN_FOLDERS, RUN_OUTPUTS, check_same_data, check_same_world_size, claim_run_folder, default_run_dir, resume_hint
 from .signals import raise_if_terminated, sigint_deferred, sigterm_as_interrupt, sigterm_noted, worker_quiet_on_sigterm
@@ -295,6 +295,8 @@ def _fit(cfg: RunConfig, info: D.DistInfo, run_dir: Path, resume_from: Checkpoin
         warn_if_sideways(data, cfg.data)  # a new run only: the setting cannot change on resume
     cfg = cfg.with_classes(len(data.class_names))
     model = build_model(cfg.model)
+    if info.is_main and resume_from is None and (collapsed := collapse_warning(cfg.model, cfg.data.img_size)):
+        log.warning(collapsed)
     if t.init_from and resume_from is None:
         load_pretrained(model, t.init_from)
         if t.zero_init_residual and info.is_main:  # asked for, and not done: said (it was a -v notice)

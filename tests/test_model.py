@@ -3,7 +3,7 @@ import torch
 
 from mnv2export.config import ModelConfig
 from mnv2export.errors import CheckpointError
-from mnv2export.model import build_model, load_pretrained, output_stride, zero_init_residual
+from mnv2export.model import build_model, collapse_warning, feature_map_size, load_pretrained, output_stride, zero_init_residual
 
 
 def test_matches_torchvision_parameter_count():
@@ -28,6 +28,23 @@ def test_small_input_keeps_resolution():
     feats = build_model(small).features.eval()
     assert feats(torch.randn(1, 3, 28, 28)).shape[-2:] == (4, 4)
     assert build_model(ModelConfig(width_mult=0.35)).features.eval()(torch.randn(1, 3, 28, 28)).shape[-2:] == (1, 1)
+
+
+@pytest.mark.parametrize("model, size", [
+    ({}, 224), ({}, 64), ({}, 33), ({}, 32), ({}, 28), ({}, 16),
+    ({"small_input": True}, 28), ({"small_input": True}, 16), ({"small_input": True}, 7),
+    ({"small_input": True, "stem_stride": 2}, 28), ({"small_input": True, "stem_stride": 2}, 16),
+    ({"output_stride": 16}, 28), ({"output_stride": 8}, 17),
+])
+def test_feature_map_size_is_the_built_models(model, size):
+    cfg = ModelConfig(num_classes=3, width_mult=0.35, **model)
+    side = build_model(cfg).features.eval()(torch.randn(1, 3, size, size)).shape[-1]
+    assert feature_map_size(cfg, size) == side
+    said = collapse_warning(cfg, size)
+    assert (said is not None) == (side == 1), said
+    if said:
+        assert said.startswith(f"the model's total stride is {output_stride(cfg)}: {size} px images end at 1x1 before")
+        assert ("pass --small-input" in said) == (not cfg.small_input), said
 
 
 def test_zero_init_residual_starts_each_residual_block_as_the_identity():

@@ -722,6 +722,28 @@ def test_training_goes_on_past_unreadable_images(tmp_path):
     assert len(load_checkpoint(result.best).class_names) == 3  # num_classes follows the data
 
 
+def test_a_new_run_whose_inputs_end_at_1x1_says_so_once(tmp_path, tiny_run, caplog):
+    """32 px through torchvision's total stride of 32 ends at 1x1 before the pooling: a new run says so once, with
+    --small-input; a resumed run does not say it again, and a small-input run (4x4) has nothing to say."""
+    import logging
+    import shutil
+
+    def told(cfg, **kw):
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="mnv2export"):
+            fit(cfg, **kw)
+        return [r.getMessage() for r in caplog.records if "end at 1x1" in r.getMessage()]
+
+    cfg = tiny_run_config()
+    assert told(cfg, run_dir=tmp_path / "new") == [
+        "the model's total stride is 32: 32 px images end at 1x1 before the classifier's pooling, so its deepest layers "
+        "see no spatial layout; for 28-64 px images pass --small-input (total stride 8: 28 px ends at 4x4)"]
+    shutil.copytree(tiny_run.run_dir, tmp_path / "resumed")
+    resumed, ckpt = resume_config(tmp_path / "resumed", {"train": {"epochs": 3}})
+    assert told(resumed, run_dir=tmp_path / "resumed", resume_from=ckpt) == []
+    assert told(RunConfig(cfg.model.replace(small_input=True), cfg.data, cfg.train), run_dir=tmp_path / "small") == []
+
+
 def test_a_new_run_on_sideways_phone_photos_says_so_and_one_with_exif_orientation_does_not(tmp_path, caplog):
     """Photos a phone stored sideways (an EXIF orientation tag) train as stored unless --exif-orientation: a new run
     reads the tags of up to 64 training images and says how many are sideways, once, with the flag to pass."""

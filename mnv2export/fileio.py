@@ -238,7 +238,15 @@ ARTIFACT_HINT = "pass a checkpoint (best.pt) or a file written by `mnv2 export`"
 
 def require_checkpoint_file(path: str | Path) -> Path:
     """The file checks of :func:`mnv2export.checkpoint.load_checkpoint`, without importing torch."""
-    return require_file(path, "checkpoint", CHECKPOINT_HINT, CheckpointError)
+    return require_file(path, "checkpoint", checkpoint_hint(path), CheckpointError)
+
+
+def checkpoint_hint(path: str | Path) -> str:
+    """:data:`CHECKPOINT_HINT`, naming the files for a run folder (``weights/<run>``) passed where a checkpoint goes."""
+    p = Path(path)
+    if p.is_dir() and (p / "best.pt").is_file():
+        return f"pass a checkpoint of that run: {p / 'best.pt'} (its best epoch) or {p / 'last.pt'}"
+    return CHECKPOINT_HINT
 
 
 def require_artifact_file(path: str | Path) -> Path:

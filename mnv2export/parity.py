@@ -138,13 +138,15 @@ def resolve_target(target: str | Path, artifacts_dir: str | Path | None) -> tupl
     ``artifacts_dir``); an artifacts folder, with the checkpoint its manifest records as the source (the same file,
     by SHA-256). Light: no torch, so that a wrong target is an error at once."""
     from .export.names import MANIFEST_FILE
+    from .fileio import CHECKPOINT_HINT, checkpoint_hint
 
     p = Path(target)
     if not p.is_dir():
         return p, artifacts_dir
     if not (p / MANIFEST_FILE).is_file():
+        hint = checkpoint_hint(p)
         raise CheckpointError("checkpoint path is a folder without manifest.json", path=p,
-                              hint="pass a best.pt or last.pt written by `mnv2 train`, or a folder written by `mnv2 export`")
+                              hint=hint if hint != CHECKPOINT_HINT else f"{hint}, or a folder written by `mnv2 export`")
     if artifacts_dir is not None:
         raise ConfigError("two artifacts folders: the target and --artifacts", path=p,
                           hint="pass the checkpoint with --artifacts DIR, or the artifacts folder alone")

@@ -27,6 +27,10 @@ def test_a_wrong_path_or_option_of_any_command_is_said_before_torch_is_imported(
     is answered in the time --help takes, not after the seconds those imports take."""
     empty = tmp_path / "empty.pt"
     empty.touch()
+    run = tmp_path / "trained"  # a run folder passed where a checkpoint goes: the hint names its files
+    run.mkdir()
+    (run / "best.pt").write_bytes(b"x")
+    said_run = f"pass a checkpoint of that run: {run / 'best.pt'} (its best epoch) or {run / 'last.pt'}"
     orphan = tmp_path / "orphan"  # an export folder whose source checkpoint is gone
     orphan.mkdir()
     (orphan / "manifest.json").write_text('{"artifacts": {}, "source_checkpoint": {"path": "/nonexistent/best.pt", "sha256": "ab"}}')
@@ -40,6 +44,10 @@ def test_a_wrong_path_or_option_of_any_command_is_said_before_torch_is_imported(
         (["export", "/nonexistent.pt", "--calib-size", "0", "--quantize"], "calibration size 0 is out of range"),
         (["check", "/nonexistent.pt"], "checkpoint not found (/nonexistent.pt)"),
         (["check", str(tmp_path)], "checkpoint path is a folder without manifest.json"),
+        (["export", str(run)], f"checkpoint path is a folder, not a file ({run}): {said_run}"),
+        (["check", str(run)], f"checkpoint path is a folder without manifest.json ({run}): {said_run}"),
+        (["bench", str(run)], f"the folder holds no manifest.json ({run}): {said_run}"),
+        (["visualize", str(run)], f"checkpoint path is a folder, not a file ({run}): {said_run}"),
         (["check", str(orphan)], "no reference model for this folder: the source checkpoint /nonexistent/best.pt is gone"),
         (["check", str(orphan), "--artifacts", str(orphan)], "two artifacts folders: the target and --artifacts"),
         (["check", "/nonexistent.pt", "--samples", "0"], "samples = 0 is out of range"),

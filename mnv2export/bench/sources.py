@@ -56,11 +56,14 @@ def resolve(target: str | Path) -> Sources:
 
 
 def _read_manifest(folder: Path) -> dict:
+    from ..fileio import CHECKPOINT_HINT, checkpoint_hint
     from ..manifest import parse_manifest
 
     path = folder / MANIFEST_FILE
     if not path.is_file():
-        raise ConfigError("the folder holds no manifest.json", path=folder, hint="pass a folder written by `mnv2 export`, or a checkpoint")
+        hint = checkpoint_hint(folder)
+        raise ConfigError("the folder holds no manifest.json", path=folder,
+                          hint="pass a folder written by `mnv2 export`, or a checkpoint" if hint == CHECKPOINT_HINT else hint)
     return parse_manifest(path)
 
 

@@ -205,3 +205,18 @@ def test_an_export_of_an_untrained_checkpoint_is_described(tmp_path):
     for name in ("model.torchscript.pt", "model.onnx", "model.int8.onnx", "model.fp16.onnx"):
         info = describe(tmp_path / "export" / name)
         assert info.model.macs == source.model.macs and info.params < source.params, name
+
+
+@pytest.mark.parametrize("summary, line", [
+    ({"epoch": 19, "epochs": 20, "best_val_acc": 0.9317, "best_epoch": 19, "final": {"epoch": 19, "val_acc": 0.9317}},
+     "epoch 19 of 20, val top-1 93.17% (the run's best)"),
+    ({"epoch": 20, "epochs": 20, "best_val_acc": 0.9317, "best_epoch": 19, "final": {"epoch": 20, "val_acc": 0.931}},
+     "epoch 20 of 20, val top-1 93.10% (the run's best: 93.17% at epoch 19)"),
+    ({"epoch": 0, "epochs": 2}, "epoch 0 of 2"),  # stopped in its first epoch: nothing scored yet
+    ({"epoch": 3, "epochs": 5, "best_val_acc": 0.5, "best_epoch": 2, "final": {"epoch": 2, "val_acc": 0.5}},
+     "epoch 3 of 5 (the run's best: 50.00% at epoch 2)"),  # metrics of another epoch are not this one's
+])
+def test_the_training_line_says_which_epoch_the_weights_are_from_and_the_runs_best(summary, line):
+    from mnv2export.cli.info_cmd import _training_line
+
+    assert _training_line(summary) == line

@@ -96,6 +96,7 @@ def _train_small(tmp_path_factory) -> Path:
     and left seed 0 at 72% on a Zen 3, which failed the tests that need a model that has learned."""
     import torch
     from torch import nn
+    from torch.optim.swa_utils import update_bn
 
     from mnv2export.checkpoint import Checkpoint, provenance, save_checkpoint
     from mnv2export.config import DataConfig, ModelConfig
@@ -125,7 +126,8 @@ def _train_small(tmp_path_factory) -> Path:
             opt.zero_grad()
             loss.backward()
             opt.step()
-        _reestimate_bn(model, x)
+        update_bn(x.split(64), model)  # BatchNorm statistics from one pass over the training images, as eval mode uses them
+        model.eval()
         with torch.no_grad():
             val_acc = (model(x_val).argmax(1) == y_val).float().mean().item()
     ckpt = Checkpoint(model_config=model_cfg, data_config=data_cfg, class_names=bundle.class_names,
@@ -134,23 +136,6 @@ def _train_small(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("trained") / "run" / "best.pt"
     path.parent.mkdir()
     return save_checkpoint(ckpt, path)
-
-
-def _reestimate_bn(model, x) -> None:
-    """Every BatchNorm's running statistics from one pass over ``x`` (a cumulative average), then eval mode: the model
-    answers in eval mode as in training mode."""
-    import torch
-    from torch import nn
-
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.reset_running_stats()
-            m.momentum = None  # cumulative average over the pass below
-    model.train()
-    with torch.no_grad():
-        for chunk in x.split(64):
-            model(chunk)
-    model.eval()
 
 
 @pytest.fixture(scope="session")

@@ -14,8 +14,9 @@ Agreement and accuracy are percentages of samples; accuracy drop is in points.
 
 Providers: ``cpu``, ``cuda`` or ``all``. An explicit ``cuda`` that cannot be had raises :class:`ProviderUnavailable`
 (runtime.py checks the providers a session really got: no silent CPU fallback). With ``all``, CUDA rows that cannot run
-are ``unavailable`` with the reason and do not fail the check. On CUDA, TF32 is disabled (torch's fp32_precision flags
-and ``NVIDIA_TF32_OVERRIDE=0`` before any CUDA session) so FP32 is held to the same 1e-4.
+are ``unavailable`` with the reason and do not fail the check. On CUDA, TF32 is disabled (torch's fp32_precision flags;
+``NVIDIA_TF32_OVERRIDE=0``, which runtime.py turns into the CUDA provider's ``use_tf32=0`` for each ONNX Runtime
+session) so FP32 is held to the same 1e-4.
 """
 
 from __future__ import annotations
@@ -108,7 +109,7 @@ def check(
                 row.status, row.reason = "error", exc.one_line()
             log.info("parity: %s on %s: %s", row.artifact, row.provider, row.status)
         if uses_cuda and any(r.provider == "cuda" and r.status in ("pass", "fail") for r in rows):
-            notes.append("TF32 disabled for the CUDA runs (torch fp32_precision = 'ieee'; NVIDIA_TF32_OVERRIDE=0 for ONNX Runtime), "
+            notes.append("TF32 disabled for the CUDA runs (torch fp32_precision = 'ieee'; use_tf32=0 for ONNX Runtime's CUDA provider), "
                          "so FP32 is held to the same bounds as on CPU")
     rows += unlisted_rows(out_dir, entries)
     for r in rows:
@@ -454,8 +455,10 @@ def _short(v: Any) -> str:
 @contextlib.contextmanager
 def tf32_disabled():
     """FP32 as IEEE float32 on CUDA for the duration: torch's new fp32_precision flags (not the legacy allow_tf32,
-    which torch 2.14 refuses to mix with them) and NVIDIA_TF32_OVERRIDE=0, read by cuBLAS / cuDNN when ONNX Runtime's
-    CUDA provider creates its handles (set before any CUDA session)."""
+    which torch 2.14 refuses to mix with them; the exported TorchScript file reads them, see
+    ``export.torchscript._convolutions_follow_torch_flags``) and NVIDIA_TF32_OVERRIDE=0. cuBLAS and cuDNN read that
+    variable only once per process, so ``runtime.ort_providers`` also gives each ONNX Runtime CUDA session created
+    meanwhile the provider option ``use_tf32=0``."""
     import torch
 
     flags = [torch.backends.cuda.matmul, torch.backends.cudnn.conv, torch.backends.cudnn.rnn]

@@ -384,6 +384,18 @@ def session_options(threads: int | None = None):
     return options
 
 
+def ort_providers(provider: str) -> list[Any]:
+    """The ``providers`` argument of an ONNX Runtime session on ``provider``: ``ORT_PROVIDERS[provider]``, with the
+    CUDA provider's ``use_tf32`` option off while ``NVIDIA_TF32_OVERRIDE=0`` is set (as ``mnv2 check`` sets it).
+
+    cuBLAS and cuDNN read that variable once, when the process first loads them, so it cannot switch TF32 off for a
+    process that has already run a CUDA session; the provider option applies to each new session."""
+    names = ORT_PROVIDERS[provider]
+    if os.environ.get("NVIDIA_TF32_OVERRIDE") != "0":
+        return list(names)
+    return [(n, {"use_tf32": "0"}) if n == "CUDAExecutionProvider" else n for n in names]
+
+
 def create_session(path: str | Path, provider: str = "cpu", *, threads: int | None = None, options=None, model=None):
     """A checked ONNX Runtime session for ``path`` on ``provider``: (session, provider obtained).
 
@@ -409,7 +421,7 @@ def create_session(path: str | Path, provider: str = "cpu", *, threads: int | No
     # before falling back (which is caught below): both go into the reason, neither onto the user's stdout
     with _captured_stderr() as captured, contextlib.redirect_stdout(captured):
         try:
-            session = ort.InferenceSession(str(p), options or session_options(threads), providers=ORT_PROVIDERS[provider])
+            session = ort.InferenceSession(str(p), options or session_options(threads), providers=ort_providers(provider))
         except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own exception types
             text = str(exc).strip().splitlines()
             raise ArtifactError(f"ONNX Runtime cannot load the model: {text[0] if text else type(exc).__name__}", path=p,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -228,6 +229,41 @@ def test_torchscript_loads_without_mnv2export_or_torchvision(exported):
     answer = json.loads(done.stdout.strip().splitlines()[-1])
     assert answer["shape"] == [3, 4] and len(answer["classes"]) == 4
     assert "Tensor input) -> Tensor" in answer["schema"]  # as the ONNX graph's input
+
+
+def test_torchscript_convolutions_read_torchs_flags_when_they_run(exported):
+    """The written graph calls ``aten::conv2d`` (which reads torch's cuDNN and TF32 flags at run time), not the traced
+    ``aten::_convolution`` with the tracing process's flags (allow_tf32=True) frozen in as constants; and
+    ``optimize_for_inference`` still turns every convolution into a oneDNN one on the CPU."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        module = torch.jit.load(str(exported.out_dir / TORCHSCRIPT_FILE), map_location="cpu")
+    graph = module.graph
+    convs = graph.findAllNodes("aten::conv2d")
+    assert len(convs) == 52 and not graph.findAllNodes("aten::_convolution")  # MobileNetV2: 52 convolutions
+    assert all(len(list(n.inputs())) == 7 for n in convs)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        optimized = torch.jit.optimize_for_inference(module)
+        assert len(optimized.graph.findAllNodes("prim::mkldnn_convolution")) == 52
+        assert torch.allclose(optimized(x), module(x), atol=1e-5)
+
+
+def _convolution_graph():
+    traced = torch.jit.trace(torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ConvTranspose2d(4, 2, 3)).eval(),
+                             torch.randn(1, 3, 8, 8))
+    return torch.jit.freeze(traced)
+
+
+def test_only_plain_2d_convolutions_are_rewritten():
+    from mnv2export.export.torchscript import _convolutions_follow_torch_flags
+
+    frozen = _convolution_graph()
+    x = torch.randn(1, 3, 8, 8)
+    before = frozen(x)
+    assert _convolutions_follow_torch_flags(frozen.graph) == 1  # the transposed one keeps its node
+    assert len(frozen.graph.findAllNodes("aten::conv2d")) == 1 and len(frozen.graph.findAllNodes("aten::_convolution")) == 1
+    assert torch.equal(frozen(x), before)
 
 
 def test_int8_recipe_follows_the_cpu():

@@ -7,7 +7,7 @@
   every convolution becomes ``prim::mkldnn_convolution`` with weights prepacked once, and the activations stay in
   oneDNN's blocked layout from the first convolution to the pooling, ReLU6 and Add included, instead of being
   reordered around every convolution; its time counts as loading); called under ``torch.inference_mode()``.
-  Without that step the file runs ``aten::_convolution`` op by op and is held back by it (benchmarks/RESULTS.md).
+  Without that step the file runs ``aten::conv2d`` op by op and is held back by it (benchmarks/RESULTS.md).
 * ONNX (FP32, INT8, FP16): an ONNX Runtime session (all graph optimisations). On the CPU ``session.run`` with a
   NumPy array (no copy: ONNX Runtime reads it in place). On CUDA two I/O modes: ``resident`` binds a GPU input
   and a pre-allocated GPU output with I/O binding (``run_with_iobinding``: no host-device traffic at all), and

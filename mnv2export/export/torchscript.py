@@ -51,6 +51,7 @@ def export_torchscript(
             warnings.simplefilter("ignore", FutureWarning)
             traced = torch.jit.trace(_NamedInput(folded).eval(), example, check_trace=False)  # verified below against the eager model
             frozen = torch.jit.freeze(traced)
+            _convolutions_follow_torch_flags(frozen.graph)
             buffer = io.BytesIO()  # serialised in memory: writing straight to a full disk aborts the process in C++
             torch.jit.save(frozen, buffer, _extra_files={TORCHSCRIPT_METADATA: json.dumps(metadata)})
     except (RuntimeError, ValueError, TypeError) as exc:
@@ -61,6 +62,31 @@ def export_torchscript(
             reference = folded(example)
     _verify(out, example, reference)
     return out
+
+
+def _convolutions_follow_torch_flags(graph) -> int:
+    """Replace each traced ``aten::_convolution`` (2-D, not transposed) by ``aten::conv2d``; returns how many.
+
+    Tracing records the internal ``aten::_convolution`` with the cuDNN flags of the tracing process as constants
+    (benchmark, deterministic, cudnn_enabled, allow_tf32 = True): the file would then use TF32 on CUDA whatever the
+    process running it sets, so ``mnv2 check`` could not hold it to FP32 (seen on an H200: max abs diff 0.025 with TF32
+    switched off in torch). ``aten::conv2d``, what the eager model calls, reads those flags when it runs, and is the form
+    ``torch.jit.optimize_for_inference`` turns into oneDNN convolutions on the CPU. A convolution of another kind keeps
+    its node."""
+    replaced = 0
+    for node in graph.findAllNodes("aten::_convolution"):
+        args = list(node.inputs())
+        weight, transposed = args[1].toIValue(), args[6].toIValue()
+        if transposed is not False or not isinstance(weight, torch.Tensor) or weight.dim() != 4:
+            continue
+        conv2d = graph.create("aten::conv2d", args[:6] + [args[8]])  # input, weight, bias, stride, padding, dilation, groups
+        conv2d.insertBefore(node)
+        conv2d.output().setType(node.output().type())
+        node.output().replaceAllUsesWith(conv2d.output())
+        node.destroy()
+        replaced += 1
+    torch._C._jit_pass_dce(graph)  # the flag constants left unused
+    return replaced
 
 
 @torch.no_grad()

@@ -101,10 +101,6 @@ def train(
             cfg, ckpt = resume_config(Path(out), {"model": model, "data": data_flags, "train": train_flags})
         else:
             cfg = run_config(load_recipe(config) if config else None, model, data_flags, train_flags, recipe_path=config)
-            if not cfg.data.is_builtin:
-                from ..fileio import require_data_folder
-
-                require_data_folder(cfg.data.source)  # a mistyped folder is said at once, not after torch's import
     except Mnv2Error:
         # the flags, recipe or run folder refused: every process of a torchrun job on this machine read the same, and
         # the first says it; the others leave without a word (before joining the process group, so no collective)

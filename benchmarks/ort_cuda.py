@@ -29,6 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
+from mnv2export.runtime import session_options  # what every mnv2export session uses: all graph optimisations, quiet logs
+
 FILES = ("model.onnx", "model.fp16.onnx", "model.int8.onnx")
 
 
@@ -47,15 +49,8 @@ def _ort():
     return ort
 
 
-def _options(ort):
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.log_severity_level = 3
-    return options
-
-
 def _session(ort, path: Path, provider_options: dict):
-    session = ort.InferenceSession(str(path), _options(ort), providers=[("CUDAExecutionProvider", provider_options),
+    session = ort.InferenceSession(str(path), session_options(), providers=[("CUDAExecutionProvider", provider_options),
                                                                         "CPUExecutionProvider"])
     if session.get_providers()[0] != "CUDAExecutionProvider":
         raise NoCuda(f"the session got {session.get_providers()}, not the CUDA provider (no GPU or CUDA libraries?)")
@@ -74,7 +69,7 @@ def speed(folder: Path, batches: list[int], rounds: int, iters: int) -> None:
         path = folder / name
         if not path.exists():
             continue
-        cpu = ort.InferenceSession(str(path), _options(ort), providers=["CPUExecutionProvider"])
+        cpu = ort.InferenceSession(str(path), session_options(), providers=["CPUExecutionProvider"])
         in_name, out_name = cpu.get_inputs()[0].name, cpu.get_outputs()[0].name
         for batch in batches:
             x = _input(cpu, batch)
@@ -111,7 +106,7 @@ def speed(folder: Path, batches: list[int], rounds: int, iters: int) -> None:
 def tf32_after_start(folder: Path, fresh: bool = False) -> None:
     ort = _ort()
     path = folder / "model.onnx"
-    cpu = ort.InferenceSession(str(path), _options(ort), providers=["CPUExecutionProvider"])
+    cpu = ort.InferenceSession(str(path), session_options(), providers=["CPUExecutionProvider"])
     x = _input(cpu, 8)
     ref = cpu.run(None, {cpu.get_inputs()[0].name: x})[0]
     scale = max(1.0, float(np.abs(ref).max()))

@@ -266,6 +266,35 @@ def test_only_plain_2d_convolutions_are_rewritten():
     assert torch.equal(frozen(x), before)
 
 
+def test_onnx_export_sees_out_of_place_activations_and_restores_them(tmp_path, monkeypatch):
+    """The exporter gets ReLU6(inplace=False) (aten.hardtanh, written as Clip without the slow decomposition of the
+    in-place op); the model's own modules are in place again afterwards, also when the exporter fails."""
+    from mnv2export.export import onnx as onnx_export
+
+    folded = fold_bn(build_model(ModelConfig(num_classes=3, width_mult=0.35)))
+    relus = [m for m in folded.modules() if isinstance(m, nn.ReLU6)]
+    assert len(relus) == 35 and all(m.inplace for m in relus)
+    real_export, seen = torch.onnx.export, []
+
+    def spy(model, *args, **kwargs):
+        seen.append(sorted({m.inplace for m in model.modules() if isinstance(m, nn.ReLU6)}))
+        return real_export(model, *args, **kwargs)
+
+    monkeypatch.setattr(torch.onnx, "export", spy)
+    written = onnx_export.export_onnx(folded, torch.randn(2, 3, 32, 32), {}, tmp_path / "m.onnx")
+    assert seen == [[False]] and all(m.inplace for m in relus)
+    ops = [n.op_type for n in written.graph.node]
+    assert ops.count("Clip") == 35 and ops.count("Conv") == 52
+
+    def broken(model, *args, **kwargs):
+        raise RuntimeError("exporter failed")
+
+    monkeypatch.setattr(torch.onnx, "export", broken)
+    with pytest.raises(ExportError, match="exporter failed"):
+        onnx_export.export_onnx(folded, torch.randn(2, 3, 32, 32), {}, tmp_path / "n.onnx")
+    assert all(m.inplace for m in relus)
+
+
 def test_int8_recipe_follows_the_cpu():
     assert int8_recipe({"avx2", "avx512f", "avx512_vnni"}, "x86_64")["reduce_range"] is False
     assert int8_recipe({"avx2", "avx_vnni"}, "x86_64")["reduce_range"] is False

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -35,10 +37,11 @@ def export_onnx(folded: nn.Module, example: torch.Tensor, metadata: dict[str, An
         raise ValueError("the example batch needs 2 images or more for a dynamic batch axis")
     batch = torch.export.Dim("batch", min=1)
     try:
-        program = torch.onnx.export(
-            folded.eval(), (example,), None, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], opset_version=opset,
-            dynamo=True, external_data=False, optimize=True, verbose=False, dynamic_shapes=({0: batch},),
-        )
+        with out_of_place(folded):
+            program = torch.onnx.export(
+                folded.eval(), (example,), None, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], opset_version=opset,
+                dynamo=True, external_data=False, optimize=True, verbose=False, dynamic_shapes=({0: batch},),
+            )
         model = program.model_proto
     except Exception as exc:  # noqa: BLE001 - torch.export / onnxscript raise many types
         raise ExportError(f"torch.onnx.export failed: {first_line(exc)}", path=out, hint="report it with MNV2_DEBUG=1") from exc
@@ -50,6 +53,25 @@ def export_onnx(folded: nn.Module, example: torch.Tensor, metadata: dict[str, An
     set_metadata(model, metadata)
     check_and_save(model, out)
     return model
+
+
+@contextmanager
+def out_of_place(model: nn.Module) -> Iterator[None]:
+    """Switch ``inplace`` off on the activations (torchvision builds ``ReLU6(inplace=True)``) while the model is exported.
+
+    The exporter keeps ``aten.hardtanh`` as it is and writes it as one ``Clip``; the in-place ``aten.hardtanh_`` must
+    first be functionalised and goes through torch's reference decomposition (``clamp`` with symbolic shapes for the
+    dynamic batch), which took a quarter of the export's time for the same graph (benchmarks/RESULTS.md, "Export
+    time"). The attributes are restored afterwards, also on an error.
+    """
+    switched = [m for m in model.modules() if getattr(m, "inplace", False) is True]
+    for m in switched:
+        m.inplace = False
+    try:
+        yield
+    finally:
+        for m in switched:
+            m.inplace = True
 
 
 def assert_no_batchnorm(model: onnx.ModelProto, path: str | Path | None = None) -> None:

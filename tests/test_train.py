@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -30,12 +31,16 @@ def mnv2(*args, **kw):
 
 
 def _torchrun(*args, port: int, timeout: int, cwd=None) -> subprocess.CompletedProcess:
-    """``torchrun --nproc_per_node 2 ARGS`` on the CPU (one thread per process), on a port of its own per test."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port + os.getpid() % 1000), *args],
-        capture_output=True, text=True, env=env, timeout=timeout, cwd=cwd,
-    )
+    """``torchrun --nproc_per_node 2 ARGS`` on the CPU (one thread per process), on a port of its own per test.
+
+    Its temporary files (the agent's ``torchelastic_*`` log folders, which it leaves behind) go to a folder removed
+    afterwards, not to /tmp."""
+    with tempfile.TemporaryDirectory(prefix="torchrun-") as tmp:
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "TMPDIR": tmp}
+        return subprocess.run(
+            [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port + os.getpid() % 1000), *args],
+            capture_output=True, text=True, env=env, timeout=timeout, cwd=cwd,
+        )
 
 
 def test_run_folder_holds_everything(tiny_run):
@@ -377,7 +382,7 @@ def test_sigterm_to_torchrun_stops_every_process_cleanly(tmp_path):
     proc = subprocess.Popen(
         [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
          "-m", "mnv2export", "train", *TINY_FLAGS, "--epochs", "50", "--out", str(out)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1", "TMPDIR": str(tmp_path)},
     )
     assert _wait_for(lambda: _epochs_done(out) >= 1, proc, timeout=300)
     proc.send_signal(signal.SIGTERM)
@@ -578,6 +583,7 @@ def test_an_error_of_the_flags_under_torchrun_is_said_once_before_the_data_is_re
 
 _DDP_STOP_TOGETHER = """
 import sys
+import tempfile
 from mnv2export import distributed as D
 from mnv2export.errors import ConfigError
 

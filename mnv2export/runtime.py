@@ -278,9 +278,10 @@ def preprocess(paths: list[str | Path], metadata: dict[str, Any]) -> tuple[np.nd
 
 
 # --------------------------------------------------------------------------------------------------- loading
-def load_artifact(path: str | Path, provider: str = "cpu", *, threads: int | None = None) -> Runner:
+def load_artifact(path: str | Path, provider: str = "cpu", *, threads: int | None = None, cuda_graph: bool = False) -> Runner:
     """Load ``path`` to run on ``provider`` (``cpu``, ``cuda``, ``tensorrt``); ``threads``: intra-op threads
-    (ONNX Runtime's session option; for PyTorch ``torch.set_num_threads``, which is process-wide)."""
+    (ONNX Runtime's session option; for PyTorch ``torch.set_num_threads``, which is process-wide). ``cuda_graph``: an
+    ONNX file's session on the CUDA provider with CUDA graphs (:func:`ort_providers`), to be run through I/O binding."""
     if provider not in PROVIDERS:
         raise ConfigError(f"unknown provider {provider!r}", hint=f"choose one of {', '.join(PROVIDERS)}")
     if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool) or threads < 1):
@@ -291,11 +292,13 @@ def load_artifact(path: str | Path, provider: str = "cpu", *, threads: int | Non
     if kind == "onnx":
         model = _load_onnx_model(p, check=False)  # parsed once: metadata here, the checker in create_session
         meta = _onnx_metadata(model, p)
-        session, used = create_session(p, provider, threads=threads, model=model)  # onnx.checker first, then the session
+        session, used = create_session(p, provider, threads=threads, model=model, cuda_graph=cuda_graph)  # onnx.checker first, then the session
         check_onnx_signature(model, meta, p)
         return OnnxRunner(path=p, format="onnx", precision=meta["precision"], provider=used, metadata=meta, session=session,
                           input_name=meta.get("input_name", INPUT_NAME), output_name=meta.get("output_name", OUTPUT_NAME))
     meta = _checkpoint_metadata(ckpt) if ckpt is not None else read_metadata(p)
+    if cuda_graph:
+        raise ConfigError(f"CUDA graphs are timed for ONNX files only, not {kind}", path=p, hint="ask for them with an ONNX artifact")
     if provider == "tensorrt":
         raise ConfigError("the tensorrt provider runs ONNX models only", path=p, hint="use --provider cuda for PyTorch / TorchScript")
     import torch
@@ -384,23 +387,33 @@ def session_options(threads: int | None = None):
     return options
 
 
-def ort_providers(provider: str) -> list[Any]:
+def ort_providers(provider: str, *, cuda_graph: bool = False) -> list[Any]:
     """The ``providers`` argument of an ONNX Runtime session on ``provider``: ``ORT_PROVIDERS[provider]``, with the
     CUDA provider's ``use_tf32`` option off while ``NVIDIA_TF32_OVERRIDE=0`` is set (as ``mnv2 check`` sets it).
 
     cuBLAS and cuDNN read that variable once, when the process first loads them, so it cannot switch TF32 off for a
-    process that has already run a CUDA session; the provider option applies to each new session."""
-    names = ORT_PROVIDERS[provider]
-    if os.environ.get("NVIDIA_TF32_OVERRIDE") != "0":
-        return list(names)
-    return [(n, {"use_tf32": "0"}) if n == "CUDAExecutionProvider" else n for n in names]
+    process that has already run a CUDA session; the provider option applies to each new session.
+
+    ``cuda_graph``: the CUDA provider's ``enable_cuda_graph`` (its first run captures the kernels into a CUDA graph,
+    later runs replay it). ONNX Runtime's conditions: every node on the CUDA provider, one input shape per session,
+    inputs and outputs bound to fixed device buffers (``run_with_iobinding``)."""
+    if cuda_graph and provider != "cuda":
+        raise ConfigError(f"CUDA graphs were asked for on the {provider} provider", hint="CUDA graphs run on --provider cuda only")
+    cuda: dict[str, str] = {}
+    if os.environ.get("NVIDIA_TF32_OVERRIDE") == "0":
+        cuda["use_tf32"] = "0"
+    if cuda_graph:
+        cuda["enable_cuda_graph"] = "1"
+    return [(n, dict(cuda)) if n == "CUDAExecutionProvider" and cuda else n for n in ORT_PROVIDERS[provider]]
 
 
-def create_session(path: str | Path, provider: str = "cpu", *, threads: int | None = None, options=None, model=None):
+def create_session(path: str | Path, provider: str = "cpu", *, threads: int | None = None, options=None, model=None,
+                   cuda_graph: bool = False):
     """A checked ONNX Runtime session for ``path`` on ``provider``: (session, provider obtained).
 
     The file is parsed (unless ``model``, its already parsed ``onnx.ModelProto``, is given) and checked with ``onnx``
-    first, so a damaged file is an :class:`ArtifactError`.
+    first, so a damaged file is an :class:`ArtifactError`. ``cuda_graph``: see :func:`ort_providers`; a model ONNX
+    Runtime will not capture (a node off the CUDA provider) is :class:`ProviderUnavailable` with its reason.
     """
     import onnxruntime as ort
 
@@ -411,6 +424,7 @@ def create_session(path: str | Path, provider: str = "cpu", *, threads: int | No
         _check_onnx_model(model, p)
     if provider not in PROVIDERS:
         raise ConfigError(f"unknown provider {provider!r}", hint=f"choose one of {', '.join(PROVIDERS)}")
+    providers = ort_providers(provider, cuda_graph=cuda_graph)
     wanted = ORT_PROVIDERS[provider][0]
     if provider != "cpu":
         reason = onnx_provider_problem(provider)
@@ -421,9 +435,12 @@ def create_session(path: str | Path, provider: str = "cpu", *, threads: int | No
     # before falling back (which is caught below): both go into the reason, neither onto the user's stdout
     with _captured_stderr() as captured, contextlib.redirect_stdout(captured):
         try:
-            session = ort.InferenceSession(str(p), options or session_options(threads), providers=ort_providers(provider))
+            session = ort.InferenceSession(str(p), options or session_options(threads), providers=providers)
         except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own exception types
             text = str(exc).strip().splitlines()
+            if cuda_graph and "graph capture" in str(exc):
+                raise ProviderUnavailable(f"ONNX Runtime does not capture this model in a CUDA graph: {first_line(exc)}", path=p,
+                                          hint="CUDA graphs need every node on the CUDA provider (an INT8 model keeps some on the CPU)") from None
             raise ArtifactError(f"ONNX Runtime cannot load the model: {text[0] if text else type(exc).__name__}", path=p,
                                 hint="export it again with `mnv2 export`") from None
     got = session.get_providers()

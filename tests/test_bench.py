@@ -124,6 +124,33 @@ def test_every_format_and_provider_runs_or_says_why_not(sweep, exported):
     assert sweep.row("int8", "cpu", 2).path.endswith(INT8_FILE)
 
 
+def test_cuda_graph_rows_sit_beside_the_onnx_formats_on_cuda_resident_only(exported):
+    result = bench.run(exported.out_dir, formats="torchscript,onnx,int8", providers="all", batches=(1,), include_copies=True,
+                       cuda_graph=True, **FAST)
+    labels = [(r.format, r.provider, r.io) for r in result.rows]
+    assert labels == [("torchscript", "cpu", "resident"), ("onnx", "cpu", "resident"), ("int8", "cpu", "resident")] + [
+        (f, "cuda", io) for f in ("torchscript", "onnx", "onnx+graph", "int8", "int8+graph")
+        for io in ("resident", "copies") if not (f.endswith("+graph") and io == "copies")]
+    assert "enable_cuda_graph=1" in result.settings["cuda_graph"]
+    for r in result.rows:
+        if r.provider == "cpu":
+            assert r.ok, (r.label, r.reason)
+        elif not torch.cuda.is_available():
+            assert r.status == "unavailable" and "CUDA was asked for but" in r.reason, (r.label, r.reason)
+    assert result.row("onnx+graph", "cuda").path == result.row("onnx", "cuda").path  # the same file, another session
+
+
+def test_cuda_graphs_need_the_cuda_provider_and_an_onnx_format(exported):
+    with pytest.raises(ConfigError, match="without the cuda provider"):
+        bench.run(exported.out_dir, providers="cpu", cuda_graph=True, **FAST)
+    with pytest.raises(ConfigError, match="ONNX formats only"):
+        bench.run(exported.out_dir, formats="eager,torchscript", providers="all", cuda_graph=True, **FAST)
+    r = cli(exported.out_dir, "--provider", "cpu", "--cuda-graph")
+    errors = [line for line in r.stderr.splitlines() if line.startswith("error: ")]
+    assert r.returncode == 1 and errors == ["error: CUDA graphs were asked for without the cuda provider: add --provider cuda (or all), "
+                                            "or drop --cuda-graph"], r.stderr
+
+
 def test_machine_and_threads_are_stated(sweep, exported):
     m = sweep.machine
     assert m["threads"] == 1 and m["physical_cores"] == physical_cores() and m["cpu_model"] and "1 threads used" in sweep.summary_line()
@@ -439,6 +466,32 @@ def test_cuda_rows_time_on_the_gpu_and_report_placement(exported):
             assert r.note.startswith("torch.autocast float16"), r.note
     assert result.row("eager+amp", "cuda", 4).note == "torch.autocast float16"
     assert result.machine["gpu"]["name"]
+
+
+@pytest.mark.cuda
+def test_cuda_graph_rows_replay_what_the_model_computes(exported):
+    """A CUDA-graph row is timed, says so, and its replayed output is the model's (against the CPU session); INT8,
+    whose weight DequantizeLinear nodes ONNX Runtime keeps on the CPU, is refused by ONNX Runtime and said to be."""
+    from mnv2export.bench.targets import bind, input_batch, load
+    from mnv2export.parity import tf32_disabled
+
+    result = bench.run(exported.out_dir, formats="onnx,int8,fp16", providers="cuda", batches=(1, 4), cuda_graph=True, **FAST)
+    for fmt in ("onnx+graph", "fp16+graph"):
+        for b in (1, 4):
+            row = result.row(fmt, "cuda", b)
+            assert row.ok and row.p50_ms > 0 and row.note.startswith("CUDA graph (enable_cuda_graph=1)"), (row.label, row.reason, row.note)
+    int8 = result.row("int8+graph", "cuda", 1)
+    assert int8.ok or (int8.status == "unavailable" and "CUDA graph" in int8.reason), (int8.status, int8.reason)
+    with tf32_disabled():
+        runner = load(exported.out_dir / ONNX_FILE, "cuda", 1, cuda_graph=True)
+        x = input_batch(runner, 4)
+        bound = bind(runner, x, "resident")
+        for _ in range(3):  # the capture, then replays
+            bound.call()
+        bound.sync()
+        got = bound.keep[1].numpy()
+    want = load(exported.out_dir / ONNX_FILE, "cpu", 1).run(x)
+    assert np.abs(got - want).max() <= 1e-3 * max(1.0, float(np.abs(want).max()))
 
 
 # --------------------------------------------------------------------------------------------------- bench

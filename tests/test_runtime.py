@@ -248,6 +248,60 @@ def test_check_creates_cuda_sessions_with_tf32_off(exported, monkeypatch):
                     [("CUDAExecutionProvider", {"use_tf32": "0"}), "CPUExecutionProvider"]]
 
 
+def test_cuda_graphs_are_the_cuda_providers_option_beside_tf32(monkeypatch):
+    from mnv2export.runtime import ort_providers
+
+    monkeypatch.delenv("NVIDIA_TF32_OVERRIDE", raising=False)
+    assert ort_providers("cuda", cuda_graph=True) == [("CUDAExecutionProvider", {"enable_cuda_graph": "1"}), "CPUExecutionProvider"]
+    monkeypatch.setenv("NVIDIA_TF32_OVERRIDE", "0")
+    assert ort_providers("cuda", cuda_graph=True) == [("CUDAExecutionProvider", {"use_tf32": "0", "enable_cuda_graph": "1"}),
+                                                      "CPUExecutionProvider"]
+    for provider in ("cpu", "tensorrt"):
+        with pytest.raises(ConfigError, match=f"CUDA graphs were asked for on the {provider} provider"):
+            ort_providers(provider, cuda_graph=True)
+
+
+def test_a_cuda_graph_session_gets_the_option_and_a_refusal_says_why(exported, monkeypatch):
+    """ONNX Runtime refuses to capture a model with nodes off the CUDA provider (INT8's DequantizeLinear on an H200,
+    benchmarks/RESULTS.md) when the session is created: that is said as the reason the row cannot run, not as a file
+    ONNX Runtime cannot load. (ONNX Runtime's session class is replaced by a recorder: there is no GPU here.)"""
+    import onnxruntime as ort
+
+    import mnv2export.runtime as runtime
+
+    seen, refuse = [], []
+
+    class Recorder:
+        def __init__(self, path, options, providers):
+            seen.append(providers)
+            if refuse:
+                raise RuntimeError("[ONNXRuntimeError] : 1 : FAIL : This session cannot use the graph capture feature as requested by "
+                                   "the user  as all compute graph nodes have not been partitioned to the CUDAExecutionProvider")
+
+        def get_providers(self):
+            return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+
+    monkeypatch.setattr(runtime, "onnx_provider_problem", lambda provider: None)
+    monkeypatch.setattr(runtime, "_preload_cuda_libraries", lambda: None)
+    monkeypatch.setattr(ort, "InferenceSession", Recorder)
+    monkeypatch.delenv("NVIDIA_TF32_OVERRIDE", raising=False)
+    runner = runtime.load_artifact(exported.out_dir / FP16_FILE, "cuda", cuda_graph=True)
+    assert runner.provider == "cuda" and seen == [[("CUDAExecutionProvider", {"enable_cuda_graph": "1"}), "CPUExecutionProvider"]]
+    refuse.append(True)
+    with pytest.raises(ProviderUnavailable, match="does not capture this model in a CUDA graph: .*not been partitioned") as info:
+        runtime.load_artifact(exported.out_dir / INT8_FILE, "cuda", cuda_graph=True)
+    assert "every node on the CUDA provider" in info.value.one_line()
+    with pytest.raises(ArtifactError, match="cannot load the model"):  # the same failure without CUDA graphs is the file's
+        runtime.load_artifact(exported.out_dir / INT8_FILE, "cuda")
+
+
+def test_cuda_graphs_are_for_onnx_files_on_cuda(exported):
+    with pytest.raises(ConfigError, match="CUDA graphs are timed for ONNX files only, not torchscript"):
+        load_artifact(exported.out_dir / TORCHSCRIPT_FILE, "cuda", cuda_graph=True)  # before any CUDA is asked for
+    with pytest.raises(ConfigError, match="on the cpu provider"):
+        load_artifact(exported.out_dir / ONNX_FILE, "cpu", cuda_graph=True)
+
+
 # --------------------------------------------------------------------------------------------------- no fallback, metadata
 @no_cuda
 def test_no_silent_cpu_fallback_even_when_the_precheck_misses(exported, monkeypatch):

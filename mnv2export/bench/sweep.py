@@ -28,6 +28,10 @@ PROVIDERS = ("cpu", "cuda", "tensorrt")
 ALL_PROVIDERS = ("cpu", "cuda")
 TORCH_FORMATS = ("eager", "torchscript")
 AMP = "+amp"  # suffix of the torch rows timed under torch.autocast (--amp)
+GRAPH = "+graph"  # suffix of the ONNX rows on the CUDA provider timed as CUDA graphs (--cuda-graph)
+GRAPH_NOTE = "CUDA graph (enable_cuda_graph=1): captured in the first call, replayed"
+GRAPH_ROWS = ("<format>+graph: the format's ONNX file on the CUDA provider with enable_cuda_graph=1, device-resident I/O "
+              "through I/O binding; the first call (warm-up) captures the kernels, the timed calls replay the graph")
 EAGER = ("torchvision MobileNetV2 built from the checkpoint, eval(), FP32, NCHW contiguous, BatchNorm not folded, no compile, "
          "called under torch.inference_mode() with torch.set_num_threads(threads)")
 AMP_ROWS = ("<format>+amp: the same module and input as the format's row, called under torch.autocast(device, dtype) "
@@ -53,7 +57,7 @@ def run(
     target: str | Path, *, formats: str | Iterable[str] = ("all",), providers: str | Iterable[str] = ("cpu",),
     batches: Iterable[int] = (1, 8, 32), warmup: int = 10, warmup_s: float | None = None, iters: int | None = None,
     duration: float | None = None, threads: int | None = None, include_copies: bool = False, rounds: int = 1, seed: int = 0,
-    amp: bool = False,
+    amp: bool = False, cuda_graph: bool = False,
 ) -> BenchResult:
     """Benchmark every requested format on every requested provider and batch size.
 
@@ -64,7 +68,9 @@ def run(
     ``rounds``: measure the whole sweep that many times, every other round in reverse order, and pool each row's
     timings, so that a load change on a shared machine hits every row alike. ``amp``: beside each torch format, a
     ``<format>+amp`` row timed under ``torch.autocast`` (FP16 on CUDA, BF16 on the CPU), said in the row's note, and
-    said too when the autocast did not reach the model (its logits came out FP32).
+    said too when the autocast did not reach the model (its logits came out FP32). ``cuda_graph``: beside each ONNX
+    format on the CUDA provider, a ``<format>+graph`` row timed as a CUDA graph (ONNX Runtime's ``enable_cuda_graph``,
+    device-resident I/O); a model ONNX Runtime will not capture (INT8: some nodes stay on the CPU) is ``unavailable``.
     """
     from .machine import machine_info, physical_cores
 
@@ -73,6 +79,12 @@ def run(
     if amp:
         fmts = [g for f in fmts for g in ((f, f + AMP) if f in TORCH_FORMATS else (f,))]
     provs, explicit = parse_list(providers, PROVIDERS, ALL_PROVIDERS, "provider")
+    if cuda_graph:
+        if "cuda" not in provs:
+            raise ConfigError("CUDA graphs were asked for without the cuda provider", hint="add --provider cuda (or all), or drop --cuda-graph")
+        if all(_family(f) == "torch" for f in fmts):
+            raise ConfigError("CUDA graphs are timed for the ONNX formats only", hint="add --formats onnx, fp16 or int8, or drop --cuda-graph")
+        fmts = [g for f in fmts for g in ((f, f + GRAPH) if _family(f) == "onnx" else (f,))]
     for name, value in (("threads", threads), ("rounds", rounds)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
             raise ConfigError(f"{name} = {value!r} is out of range", hint="use a whole number >= 1")
@@ -88,7 +100,8 @@ def run(
         require_providers(problems)
 
     keys = [(p, f, b, io) for p in provs for f in fmts for b in sizes
-            for io in (("resident", "copies") if include_copies and p != "cpu" else ("resident",))]
+            for io in (("resident", "copies") if include_copies and p != "cpu" else ("resident",))
+            if not f.endswith(GRAPH) or (p == "cuda" and io == "resident")]
     rows = {k: BenchRow(k[1], k[0], k[2], k[3]) for k in keys}
     samples: dict[tuple, _Samples] = {}
     for key, row in rows.items():
@@ -118,6 +131,8 @@ def run(
             samples[key].finish(row)
             if _family(row.format) == "onnx" and row.provider != "cpu":
                 _placement(row, Path(row.path), n_threads, placements)
+            if row.format.endswith(GRAPH):
+                row.note = "; ".join(filter(None, (GRAPH_NOTE, row.note)))
     result_rows = list(rows.values())
     _speedups(result_rows)
     settings = {
@@ -127,7 +142,7 @@ def run(
         "duration": duration, "rounds": rounds, "plan": plan.describe() + (f", {rounds} rounds pooled" if rounds > 1 else ""),
         "threads": n_threads, "threads_source": "--threads" if threads else "default: the machine's physical cores",
         "include_copies": include_copies, "input": f"random normal float32 N x C x H x W (seed {seed}), the artifact's input size",
-        "eager": EAGER, "torchscript": TORCHSCRIPT, "amp": AMP_ROWS if amp else None,
+        "eager": EAGER, "torchscript": TORCHSCRIPT, "amp": AMP_ROWS if amp else None, "cuda_graph": GRAPH_ROWS if cuda_graph else None,
         "timer": "time.perf_counter_ns around each call; on CUDA a device-wide synchronize inside the timer",
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
@@ -167,8 +182,8 @@ def _join_reasons(reasons: list[str]) -> str:
 
 
 def _base(fmt: str) -> str:
-    """The format whose file a row loads: ``torchscript+amp`` -> ``torchscript``."""
-    return fmt.removesuffix(AMP)
+    """The format whose file a row loads: ``torchscript+amp`` -> ``torchscript``, ``fp16+graph`` -> ``fp16``."""
+    return fmt.removesuffix(AMP).removesuffix(GRAPH)
 
 
 def _family(fmt: str) -> str:
@@ -280,7 +295,7 @@ def _measure_row(row: BenchRow, path: Path, threads: int, plan: Plan, seed: int,
         host.start()
         gpu = GpuPeak("torch" if _family(row.format) == "torch" else "onnx") if row.provider != "cpu" else None
         t0 = time.perf_counter()
-        runner = load(path, row.provider, threads)
+        runner = load(path, row.provider, threads, cuda_graph=row.format.endswith(GRAPH))
         session_s = time.perf_counter() - t0
         bound = bind(runner, input_batch(runner, row.batch, seed), row.io, amp=row.format.endswith(AMP))
         with bound.context():
@@ -314,7 +329,7 @@ def _measure_row(row: BenchRow, path: Path, threads: int, plan: Plan, seed: int,
 def _placement(row: BenchRow, path: Path, threads: int, cache: dict) -> None:
     from .placement import describe, node_placement
 
-    key = (row.format, row.provider)
+    key = (_base(row.format), row.provider)  # a +graph row's file places its nodes as the plain row's does
     if key not in cache:
         try:
             cache[key] = node_placement(path, row.provider, threads)

@@ -13,6 +13,8 @@
   and a pre-allocated GPU output with I/O binding (``run_with_iobinding``: no host-device traffic at all), and
   ``copies`` calls ``session.run`` with host arrays, so the host-to-device copy of the input and the copy of the
   logits back are timed too. Torch on CUDA has the same two modes (``x.to(device)`` and ``.cpu()`` in the timer).
+  A CUDA-graph row (``<format>+graph``) is the ``resident`` binding on a session created with the CUDA provider's
+  ``enable_cuda_graph``: its first call captures the graph (in the row's first-call time), the timed calls replay it.
 
 Threads: ``torch.set_num_threads`` (process-wide) for torch, the session's ``intra_op_num_threads`` for ONNX Runtime.
 """
@@ -44,8 +46,8 @@ class Bound:
     amp: Any = None  # torch rows under autocast: the reduced dtype (torch.float16 / torch.bfloat16)
 
 
-def load(path: Path, provider: str, threads: int) -> Runner:
-    runner = load_artifact(path, provider, threads=threads)
+def load(path: Path, provider: str, threads: int, *, cuda_graph: bool = False) -> Runner:
+    runner = load_artifact(path, provider, threads=threads, cuda_graph=cuda_graph)
     if isinstance(runner, TorchRunner) and runner.format == "torchscript" and runner.device.type == "cpu":
         import warnings
 

@@ -41,6 +41,7 @@ def bench(
     threads: Annotated[Optional[int], typer.Option("--threads", help="Intra-op threads (default: the machine's physical cores).")] = None,
     include_copies: Annotated[bool, typer.Option("--include-copies", help="On CUDA, also time with host arrays in and out (host-device copies inside the timer).")] = False,
     amp: Annotated[bool, typer.Option("--amp", help="Also time eager and TorchScript under torch.autocast (FP16 on CUDA, BF16 on the CPU) as <format>+amp rows.")] = False,
+    cuda_graph: Annotated[bool, typer.Option("--cuda-graph", help="On CUDA, also time each ONNX format as a CUDA graph (ONNX Runtime's enable_cuda_graph) as <format>+graph rows.")] = False,
     rounds: Annotated[int, typer.Option("--rounds", help="Repeat the sweep, alternating its order, and pool the timings (for shared machines).")] = 1,
     json_out: JsonOut = None,
     csv_out: Annotated[Optional[Path], typer.Option("--csv", help="Also write the rows (and machine columns) as CSV.")] = None,
@@ -59,7 +60,7 @@ def bench(
     result = run(
         target, formats=csv_list(formats, "--formats"), providers=csv_list(provider, "--provider"), batches=_batches(batch),
         warmup=count, warmup_s=seconds, iters=iters,
-        duration=duration, threads=threads, include_copies=include_copies, rounds=rounds, amp=amp,
+        duration=duration, threads=threads, include_copies=include_copies, rounds=rounds, amp=amp, cuda_graph=cuda_graph,
     )
     if json_out:
         result.to_json(json_out)

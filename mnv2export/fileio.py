@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
-from .errors import ArtifactError, CheckpointError, ConfigError, Mnv2Error, OutputError
+from .errors import ArtifactError, CheckpointError, ConfigError, DataError, Mnv2Error, OutputError
 
 log = logging.getLogger(__name__)
 
@@ -234,6 +234,25 @@ def require_file(path: str | Path, what: str, hint: str, error: type[Mnv2Error])
 
 CHECKPOINT_HINT = "pass a best.pt or last.pt written by `mnv2 train`"
 ARTIFACT_HINT = "pass a checkpoint (best.pt) or a file written by `mnv2 export`"
+
+
+def require_data_folder(path: str | Path) -> Path:
+    """A data source that is not a built-in name: it must be an existing folder (a :class:`DataError` otherwise).
+    Torch-free, so that ``mnv2 train`` can say so before its heavy imports."""
+    root = Path(path)
+    if not root.exists():
+        raise DataError("data folder not found", path=root, hint="pass --data synth, --data fashion-mnist or an ImageFolder folder")
+    if not root.is_dir():
+        raise DataError("data path is a file, not a folder", path=root, hint="pass the folder that holds train/ and val/")
+    return root
+
+
+INIT_WEIGHTS_HINT = "pass a torchvision MobileNetV2 state dict (.pth)"
+
+
+def require_init_weights(path: str | Path) -> Path:
+    """``--init-from``'s file checks (not found, a folder, empty), torch-free; the loader reads it later."""
+    return require_file(path, "initial weights", INIT_WEIGHTS_HINT, CheckpointError)
 
 
 def require_checkpoint_file(path: str | Path) -> Path:

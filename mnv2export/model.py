@@ -12,6 +12,7 @@ from torchvision.models.mobilenetv2 import InvertedResidual, MobileNetV2
 
 from .config import FEATURE_BLOCKS, ModelConfig
 from .errors import CheckpointError
+from .fileio import require_init_weights
 
 log = logging.getLogger(__name__)
 
@@ -125,13 +126,9 @@ def load_pretrained(model: MobileNetV2, path: str | Path) -> list[str]:
     mismatch (another width multiplier, another architecture) is an error. Returns the names of the tensors that
     were not taken from the file.
     """
-    p = Path(path)
-    if not p.is_file():
-        raise CheckpointError("initial weights not found", path=p, hint="pass a torchvision MobileNetV2 state dict (.pth)")
+    p = require_init_weights(path)  # not found, a folder, empty
     from .checkpoint import torch_load_safely
 
-    if p.stat().st_size == 0:
-        raise CheckpointError("initial weights file is empty", path=p, hint="pass a state dict saved with torch.save(model.state_dict())")
     state = torch_load_safely(p, "initial weights file", "pass a state dict saved with torch.save(model.state_dict())")
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]  # our own checkpoints, and the common {"state_dict": ...} wrapper

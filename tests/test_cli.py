@@ -69,6 +69,10 @@ def test_a_wrong_path_or_option_of_any_command_is_said_before_torch_is_imported(
         (["train", "--data", "synth", "--clip-grad-norm", "0"], "gradient clipping norm = 0.0 is out of range"),
         (["train", "--data", "synth", "--freeze-blocks", "5"], "freeze_blocks keeps the starting weights, and none are given"),
         (["train", "--data", "synth", "--freeze-blocks", "20", "--init-from", "w.pth"], "freeze_blocks = 20 is out of range"),
+        (["train", "--data", "/nonexistent/folder", "--epochs", "1"], "data folder not found (/nonexistent/folder)"),
+        (["train", "--data", str(Path(__file__)), "--epochs", "1"], f"data path is a file, not a folder ({Path(__file__)})"),
+        (["train", "--data", "synth", "--init-from", "/nonexistent/w.pth"], "initial weights not found (/nonexistent/w.pth)"),
+        (["train", "--data", "synth", "--init-from", str(Path(__file__).parent)], "initial weights path is a folder, not a file"),
     ]
     code = ("import sys; from mnv2export.cli import main\n"
             f"for args in {[args for args, _ in cases]!r}:\n"

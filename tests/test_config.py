@@ -186,7 +186,7 @@ def test_a_recipe_value_of_the_wrong_type_is_an_error(tmp_path, section, values,
 
     recipe = tmp_path / "r.toml"
     body = "\n".join(f"{k} = {v!r}".replace("'", '"') if not isinstance(v, list) else f"{k} = {str(v).replace(chr(39), chr(34))}" for k, v in values.items())
-    recipe.write_text(f'[data]\nsource = "synth"\n' + (f"[{section}]\n{body}\n" if section != "data" else f"{body}\n"))
+    recipe.write_text('[data]\nsource = "synth"\n' + (f"[{section}]\n{body}\n" if section != "data" else f"{body}\n"))
     assert tomllib.loads(recipe.read_text())[section] == {**({"source": "synth"} if section == "data" else {}), **values}
     with pytest.raises(ConfigError) as info:
         run_config(load_recipe(recipe), {}, {}, {})

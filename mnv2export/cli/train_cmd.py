@@ -101,6 +101,15 @@ def train(
             cfg, ckpt = resume_config(Path(out), {"model": model, "data": data_flags, "train": train_flags})
         else:
             cfg = run_config(load_recipe(config) if config else None, model, data_flags, train_flags, recipe_path=config)
+            if cfg.train.device != "cuda" and not cfg.train.sync_bn:
+                # the paths, said at once rather than after torch's import; --device cuda and --sync-bn have errors of
+                # their own that need torch and come first (in fit, before the data is read), so then the paths wait too
+                from ..fileio import require_data_folder, require_init_weights
+
+                if not cfg.data.is_builtin:
+                    require_data_folder(cfg.data.source)
+                if cfg.train.init_from:
+                    require_init_weights(cfg.train.init_from)
     except Mnv2Error:
         # the flags, recipe or run folder refused: every process of a torchrun job on this machine read the same, and
         # the first says it; the others leave without a word (before joining the process group, so no collective)

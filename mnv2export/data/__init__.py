@@ -13,7 +13,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ..config import DataConfig
-from ..errors import DataError
+from ..fileio import require_data_folder
 from .folder import FolderDataset, SkippedImage, check_same_classes, fingerprint, read_class_index, scan_split, split_classes
 from .images import ImageReadError, open_rgb, sideways_photos, to_rgb
 from .memory import MemoryImages, memory_images
@@ -67,11 +67,7 @@ def build_datasets(cfg: DataConfig, *, augment: bool = True) -> DataBundle:
         train, val, fp = fashion_mnist(cfg.data_dir, _RGB(t_train), _RGB(t_val))
         names = list(CLASS_NAMES)
     else:
-        root = Path(cfg.source)
-        if not root.exists():
-            raise DataError("data folder not found", path=root, hint="pass --data synth, --data fashion-mnist or an ImageFolder folder")
-        if not root.is_dir():
-            raise DataError("data path is a file, not a folder", path=root, hint="pass the folder that holds train/ and val/")
+        root = require_data_folder(cfg.source)
         if cfg.val_split:
             train_classes, train_samples, val_samples = split_classes(root, cfg.val_split)
             val_classes = train_classes

@@ -61,8 +61,8 @@ def out_of_place(model: nn.Module) -> Iterator[None]:
 
     The exporter keeps ``aten.hardtanh`` as it is and writes it as one ``Clip``; the in-place ``aten.hardtanh_`` must
     first be functionalised and goes through torch's reference decomposition (``clamp`` with symbolic shapes for the
-    dynamic batch), which took a quarter of the export's time for the same graph (benchmarks/RESULTS.md, "Export
-    time"). The attributes are restored afterwards, also on an error.
+    dynamic batch): the 224 px export took 10.2 s that way against 5.5 s, for the same graph (benchmarks/RESULTS.md,
+    "Export time"). The attributes are restored afterwards, also on an error.
     """
     switched = [m for m in model.modules() if getattr(m, "inplace", False) is True]
     for m in switched:

@@ -220,19 +220,21 @@ def test_tf32_override_reaches_the_cuda_provider_as_its_option(monkeypatch):
     assert ort_providers("cpu") == ["CPUExecutionProvider"]
 
 
-def test_check_creates_cuda_sessions_with_tf32_off(exported, monkeypatch):
-    """The sessions ``mnv2 check`` creates inside ``tf32_disabled`` get the option (ONNX Runtime's session class is
-    replaced by one that records its arguments: there is no GPU here)."""
+def _record_cuda_sessions(monkeypatch, refuse: list[str] | None = None) -> list:
+    """Replace ONNX Runtime's session class by one that records each session's ``providers`` argument and answers
+    that it got the CUDA provider (there is no GPU here); while ``refuse`` holds a message, creating one raises it.
+    Returns the list of recorded arguments."""
     import onnxruntime as ort
 
     import mnv2export.runtime as runtime
-    from mnv2export.parity import tf32_disabled
 
     seen = []
 
     class Recorder:
         def __init__(self, path, options, providers):
             seen.append(providers)
+            if refuse:
+                raise RuntimeError(refuse[-1])
 
         def get_providers(self):
             return ["CUDAExecutionProvider", "CPUExecutionProvider"]
@@ -241,6 +243,16 @@ def test_check_creates_cuda_sessions_with_tf32_off(exported, monkeypatch):
     monkeypatch.setattr(runtime, "_preload_cuda_libraries", lambda: None)
     monkeypatch.setattr(ort, "InferenceSession", Recorder)
     monkeypatch.delenv("NVIDIA_TF32_OVERRIDE", raising=False)
+    return seen
+
+
+def test_check_creates_cuda_sessions_with_tf32_off(exported, monkeypatch):
+    """The sessions ``mnv2 check`` creates inside ``tf32_disabled`` get the option (ONNX Runtime's session class is
+    replaced by one that records its arguments: there is no GPU here)."""
+    import mnv2export.runtime as runtime
+    from mnv2export.parity import tf32_disabled
+
+    seen = _record_cuda_sessions(monkeypatch)
     runtime.create_session(exported.out_dir / ONNX_FILE, "cuda")
     with tf32_disabled():
         runtime.create_session(exported.out_dir / ONNX_FILE, "cuda")
@@ -265,29 +277,14 @@ def test_a_cuda_graph_session_gets_the_option_and_a_refusal_says_why(exported, m
     """ONNX Runtime refuses to capture a model with nodes off the CUDA provider (INT8's DequantizeLinear on an H200,
     benchmarks/RESULTS.md) when the session is created: that is said as the reason the row cannot run, not as a file
     ONNX Runtime cannot load. (ONNX Runtime's session class is replaced by a recorder: there is no GPU here.)"""
-    import onnxruntime as ort
-
     import mnv2export.runtime as runtime
 
-    seen, refuse = [], []
-
-    class Recorder:
-        def __init__(self, path, options, providers):
-            seen.append(providers)
-            if refuse:
-                raise RuntimeError("[ONNXRuntimeError] : 1 : FAIL : This session cannot use the graph capture feature as requested by "
-                                   "the user  as all compute graph nodes have not been partitioned to the CUDAExecutionProvider")
-
-        def get_providers(self):
-            return ["CUDAExecutionProvider", "CPUExecutionProvider"]
-
-    monkeypatch.setattr(runtime, "onnx_provider_problem", lambda provider: None)
-    monkeypatch.setattr(runtime, "_preload_cuda_libraries", lambda: None)
-    monkeypatch.setattr(ort, "InferenceSession", Recorder)
-    monkeypatch.delenv("NVIDIA_TF32_OVERRIDE", raising=False)
+    refuse = []
+    seen = _record_cuda_sessions(monkeypatch, refuse)
     runner = runtime.load_artifact(exported.out_dir / FP16_FILE, "cuda", cuda_graph=True)
     assert runner.provider == "cuda" and seen == [[("CUDAExecutionProvider", {"enable_cuda_graph": "1"}), "CPUExecutionProvider"]]
-    refuse.append(True)
+    refuse.append("[ONNXRuntimeError] : 1 : FAIL : This session cannot use the graph capture feature as requested by the user  "
+                  "as all compute graph nodes have not been partitioned to the CUDAExecutionProvider")
     with pytest.raises(ProviderUnavailable, match="does not capture this model in a CUDA graph: .*not been partitioned") as info:
         runtime.load_artifact(exported.out_dir / INT8_FILE, "cuda", cuda_graph=True)
     assert "every node on the CUDA provider" in info.value.one_line()

@@ -288,6 +288,8 @@ def load_artifact(path: str | Path, provider: str = "cpu", *, threads: int | Non
         raise ConfigError(f"threads = {threads!r} is out of range", hint="use a whole number >= 1")
     p = Path(path)
     kind = detect_format(p)
+    if cuda_graph and kind != "onnx":  # before a checkpoint is loaded for nothing
+        raise ConfigError(f"CUDA graphs are timed for ONNX files only, not {kind}", path=p, hint="ask for them with an ONNX artifact")
     ckpt = _load_checkpoint(p) if kind == "pytorch" else None
     if kind == "onnx":
         model = _load_onnx_model(p, check=False)  # parsed once: metadata here, the checker in create_session
@@ -297,8 +299,6 @@ def load_artifact(path: str | Path, provider: str = "cpu", *, threads: int | Non
         return OnnxRunner(path=p, format="onnx", precision=meta["precision"], provider=used, metadata=meta, session=session,
                           input_name=meta.get("input_name", INPUT_NAME), output_name=meta.get("output_name", OUTPUT_NAME))
     meta = _checkpoint_metadata(ckpt) if ckpt is not None else read_metadata(p)
-    if cuda_graph:
-        raise ConfigError(f"CUDA graphs are timed for ONNX files only, not {kind}", path=p, hint="ask for them with an ONNX artifact")
     if provider == "tensorrt":
         raise ConfigError("the tensorrt provider runs ONNX models only", path=p, hint="use --provider cuda for PyTorch / TorchScript")
     import torch

@@ -183,7 +183,7 @@ def test_a_file_that_is_not_what_its_manifest_records_is_warned_about(trained_ch
 
 
 def _readme_snippet(name: str) -> str:
-    text = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    text = (Path(__file__).resolve().parent.parent / "docs" / "artifacts.md").read_text()
     block = text.split(f"<!-- snippet: {name} -->", 1)[1].split("<!-- end snippet -->", 1)[0]
     return block.strip().removeprefix("```python").removesuffix("```")
 

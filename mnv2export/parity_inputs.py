@@ -103,7 +103,7 @@ def _builtin(ckpt, source: str):
 
 def _folder(ckpt, root: Path, own: bool):
     from .data.folder import own_split, read_class_index, require_image_folder
-    from .data.images import is_image_file, open_rgb
+    from .data.images import find_images, open_rgb
 
     what = "the checkpoint's validation data" if own else "data folder"
     fix = "pass --data synth, fashion-mnist, an ImageFolder root or a folder of images"
@@ -128,13 +128,17 @@ def _folder(ckpt, root: Path, own: bool):
     index = {name: i for i, name in enumerate(ckpt.class_names)}
     labelled = bool(folders) and all(n in index for n in names)
     keys, labels = [], []
+    found = find_images(split)  # as training lists them; the files left out for their extension named in one warning
     if labelled:
+        by_folder: dict[str, list[Path]] = {}
+        for p in found:
+            by_folder.setdefault(p.relative_to(split).parts[0], []).append(p)
         for folder, name in zip(folders, names):
-            files = sorted(p for p in (split / folder).rglob("*") if p.is_file() and is_image_file(p))
+            files = by_folder.get(folder, [])
             keys += files
             labels += [index[name]] * len(files)
     else:
-        keys = sorted(p for p in split.rglob("*") if p.is_file() and is_image_file(p))
+        keys = found
     if not keys:
         raise DataError(f"{what} holds no images", path=split, hint=fix)
     return keys, decode, (np.asarray(labels, dtype=np.int64) if labelled else None), str(split)

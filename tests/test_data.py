@@ -571,3 +571,140 @@ def test_the_orientation_tag_is_read_from_the_header_and_sampled_over_the_classe
     paths = [str(tmp_path / "plain.jpg")] * 199 + [str(tmp_path / "six.jpg")]
     assert sideways_photos(paths) == (1, 64)  # 64 spread over the list, its last entry among them
     assert sideways_photos(paths[:3]) == (0, 3) and sideways_photos([]) == (0, 0)
+
+
+# ------------------------------------------------------------------------------------- formats and listing
+def _formats_tree(root: Path) -> Path:
+    """train/ and val/ of two classes: ``mixed`` (PNG, WebP, CMYK TIFF, 16-bit TIFF, an animated GIF, a palette GIF
+    with transparency) and ``gifs`` (only GIFs, as a digits set converted from the web is); a text file and a HEIC
+    photo beside them, which no reader here decodes."""
+    rng = np.random.default_rng(3)
+    for split in ("train", "val"):
+        mixed, gifs = root / split / "mixed", root / split / "gifs"
+        mixed.mkdir(parents=True)
+        gifs.mkdir(parents=True)
+        rgb = Image.fromarray(rng.integers(0, 255, (20, 24, 3), dtype=np.uint8))
+        rgb.save(mixed / "a.png")
+        rgb.save(mixed / "b.webp")
+        rgb.convert("CMYK").save(mixed / "c.tif")
+        Image.fromarray(rng.integers(0, 65535, (20, 24)).astype(np.uint16)).save(mixed / "d.tiff")
+        frames = [Image.new("RGB", (24, 20), colour) for colour in ((250, 0, 0), (0, 0, 250))]
+        frames[0].save(mixed / "anim.gif", save_all=True, append_images=frames[1:], duration=100)
+        palette = Image.fromarray(rng.integers(0, 4, (20, 24), dtype=np.uint8), mode="L").convert("P")
+        palette.save(mixed / "clear.gif", transparency=0)
+        for i in range(3):
+            Image.fromarray(rng.integers(0, 255, (20, 24), dtype=np.uint8)).convert("P").save(gifs / f"{i}.GIF")
+    (root / "train" / "mixed" / "notes.txt").write_text("where the photos came from")
+    (root / "val" / "gifs" / "photo.heic").write_bytes(b"\x00\x00\x00\x18ftypheic")
+    return root
+
+
+def test_gif_webp_and_tiff_images_are_read_and_other_files_named_in_one_warning(tmp_path, caplog):
+    """torchvision's extension list leaves .gif out: 17% of a digits set vanished and a class of GIFs was "no images".
+    GIF (its first frame), WebP and TIFF of every mode are read as RGB; a file left out for its extension is counted
+    and named, in one warning for the whole data folder."""
+    root = _formats_tree(tmp_path / "d")
+    with caplog.at_level(logging.WARNING, logger="mnv2export"):
+        bundle = build_datasets(_cfg(root))
+    assert bundle.class_names == ["gifs", "mixed"]
+    for ds in (bundle.train, bundle.val):
+        assert [ds.targets.count(k) for k in (0, 1)] == [3, 6]
+        for i in range(len(ds)):
+            assert ds.image(i).mode == "RGB" and ds[i][0].shape == (3, 32, 32)
+    anim = next(i for i, (p, _) in enumerate(bundle.train.samples) if p.endswith("anim.gif"))
+    assert np.asarray(bundle.train.image(anim))[0, 0].tolist() == [250, 0, 0]  # the first frame
+    warned = [r.getMessage() for r in caplog.records if "notes.txt" in r.getMessage() or "photo.heic" in r.getMessage()]
+    assert len(warned) == 1 and "skipped 2 file(s) with extension(s) .heic, .txt" in warned[0], caplog.text
+    assert "train/mixed/notes.txt" in warned[0] and "val/gifs/photo.heic" in warned[0]
+
+
+def test_a_class_of_files_no_reader_takes_says_which_extensions_it_holds(tmp_path):
+    root = _tree(tmp_path / "d", {"train": ["a", "b"], "val": ["a", "b"]})
+    for split in ("train", "val"):
+        for p in (root / split / "b").iterdir():
+            p.rename(p.with_suffix(".heic"))
+    with pytest.raises(DataError, match=r"with no images in train/: b \(they hold only files this tool does not read as images: \.heic\)"):
+        build_datasets(_cfg(root))
+
+
+def test_the_check_and_calibration_list_a_folder_as_training_does(tmp_path, caplog):
+    """The check's and the calibration's own listing read the GIFs too, and name the other files once each."""
+    from types import SimpleNamespace
+
+    from mnv2export.export.calib import load_calibration
+    from mnv2export.parity_inputs import load_real_images
+
+    root = _formats_tree(tmp_path / "d")
+    ckpt = SimpleNamespace(data_config=DataConfig(source="synth", img_size=16), class_names=["gifs", "mixed"])
+    with caplog.at_level(logging.WARNING, logger="mnv2export"):
+        real = load_real_images(ckpt, str(root), samples=500)
+        calib = load_calibration(ckpt, str(root), 9)
+    assert sorted(real.labels.tolist()) == [0] * 3 + [1] * 6 and len(calib.images) == 9
+    assert sum("photo.heic" in r.getMessage() for r in caplog.records) == 1  # val/, by the check
+    assert sum("notes.txt" in r.getMessage() for r in caplog.records) == 1  # train/, by the calibration
+
+
+# ------------------------------------------------------------------------------------- calibration size
+def _calib_folder(root: Path, readable: int, unreadable: int) -> Path:
+    root.mkdir(parents=True)
+    rng = np.random.default_rng(4)
+    for i in range(readable):
+        Image.fromarray(rng.integers(0, 255, (20, 20, 3), dtype=np.uint8)).save(root / f"ok{i:02d}.png")
+    for i in range(unreadable):
+        (root / f"bad{i:02d}.png").write_bytes(b"not a png")
+    return root
+
+
+def test_an_unreadable_calibration_image_is_replaced_and_fewer_are_said(tmp_path, caplog):
+    """256 asked, 256 used: an image that cannot be decoded is replaced by another of the folder; when the folder
+    holds fewer readable images than asked, a warning says how many were used."""
+    from types import SimpleNamespace
+
+    from mnv2export.export.calib import load_calibration
+
+    folder = _calib_folder(tmp_path / "calib", readable=40, unreadable=10)
+    ckpt = SimpleNamespace(data_config=DataConfig(source="synth", img_size=16), class_names=["a"])
+    with caplog.at_level(logging.WARNING, logger="mnv2export"):
+        calib = load_calibration(ckpt, str(folder), 36)
+    assert len(calib.images) == 36 and "unreadable replaced" in calib.source
+    assert "skipped unreadable image" in caplog.text and "asked" not in caplog.text
+    assert np.array_equal(load_calibration(ckpt, str(folder), 36).images, calib.images)  # repeatable
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="mnv2export"):
+        assert len(load_calibration(ckpt, str(folder), 45).images) == 40
+    assert "calibration on 40 images, 45 asked (--calib-size)" in caplog.text
+
+
+def test_a_calibration_size_below_the_minimum_is_warned_about(tmp_path, caplog):
+    """--calib-size 1 gave an INT8 model that failed its check, without a word."""
+    from types import SimpleNamespace
+
+    from mnv2export.export.calib import load_calibration
+
+    folder = _calib_folder(tmp_path / "calib", readable=40, unreadable=0)
+    ckpt = SimpleNamespace(data_config=DataConfig(source="synth", img_size=16), class_names=["a"])
+    with caplog.at_level(logging.WARNING, logger="mnv2export"):
+        assert len(load_calibration(ckpt, str(folder), 1).images) == 1
+    assert "--calib-size 1 is below 32" in caplog.text and "may fail its check" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="mnv2export"):
+        load_calibration(ckpt, str(folder), 32)
+        load_calibration(ckpt, str(folder), 40)
+    assert caplog.text == ""
+
+
+def test_a_class_index_naming_none_of_the_folders_is_an_error(tmp_path, caplog):
+    """Another data set's index (or one keyed by class number) left every class with its folder name and a warning
+    easily missed; a partial match stays a warning."""
+    from mnv2export.data.folder import read_class_index
+
+    (tmp_path / "idx.json").write_text(json.dumps({"0": ["n01440764", "tench"], "1": ["n01443537", "goldfish"]}))
+    with pytest.raises(DataError, match="names none of the 2 class folders") as info:
+        read_class_index(tmp_path / "idx.json", ["cat", "dog"])
+    assert "cat, dog" in info.value.what and "n01440764" in info.value.what and info.value.hint
+    root = _folder(tmp_path / "d", classes=("cat", "dog"))
+    with pytest.raises(DataError, match="names none"):
+        build_datasets(_cfg(root, class_index=str(tmp_path / "idx.json")))
+    with caplog.at_level(logging.WARNING, logger="mnv2export"):
+        assert read_class_index(tmp_path / "idx.json", ["cat", "n01440764"]) == ["cat", "tench"]
+    assert "does not name 1 folder(s)" in caplog.text

@@ -15,14 +15,14 @@ from torch.utils.data import Dataset
 from ..config import DataConfig
 from ..fileio import require_data_folder
 from .folder import FolderDataset, SkippedImage, check_same_classes, fingerprint, read_class_index, scan_split, split_classes
-from .images import ImageReadError, open_rgb, sideways_photos, to_rgb
+from .images import ImageReadError, find_images, open_rgb, sideways_photos, to_rgb, warn_not_images
 from .memory import MemoryImages, memory_images
 from .transforms import eval_transform, train_transform
 
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "DataBundle", "ImageReadError", "SkipTracker", "build_datasets", "collate", "eval_transform", "open_rgb",
+    "DataBundle", "ImageReadError", "SkipTracker", "build_datasets", "collate", "eval_transform", "find_images", "open_rgb",
     "train_transform", "load_images", "warn_if_sideways",
 ]
 
@@ -68,13 +68,15 @@ def build_datasets(cfg: DataConfig, *, augment: bool = True) -> DataBundle:
         names = list(CLASS_NAMES)
     else:
         root = require_data_folder(cfg.source)
+        not_images: list[Path] = []  # files left out for their extension, in both splits: named in one warning
         if cfg.val_split:
-            train_classes, train_samples, val_samples = split_classes(root, cfg.val_split)
+            train_classes, train_samples, val_samples = split_classes(root, cfg.val_split, not_images)
             val_classes = train_classes
         else:
-            train_classes, train_samples = scan_split(root, "train")
-            val_classes, val_samples = scan_split(root, "val")
+            train_classes, train_samples = scan_split(root, "train", not_images)
+            val_classes, val_samples = scan_split(root, "val", not_images)
             check_same_classes(train_classes, val_classes, root)
+        warn_not_images(not_images, root)
         names = read_class_index(cfg.class_index, train_classes) if cfg.class_index else train_classes
         train = FolderDataset(train_samples, train_classes, t_train, exif_orientation=cfg.exif_orientation)
         val = FolderDataset(val_samples, val_classes, t_val, exif_orientation=cfg.exif_orientation)

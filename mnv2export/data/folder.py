@@ -17,7 +17,7 @@ from pathlib import Path
 from torch.utils.data import Dataset
 
 from ..errors import DataError
-from .images import ImageReadError, find_images, open_rgb
+from .images import ImageReadError, list_files, open_rgb, warn_not_images
 
 log = logging.getLogger(__name__)
 
@@ -37,8 +37,9 @@ def has_splits(root: Path) -> bool:
     return any((root / split).is_dir() for split in SPLITS)
 
 
-def scan_split(root: Path, split: str) -> tuple[list[str], list[tuple[str, int]]]:
-    """Class folder names (sorted) and (path, class index) samples of one split, validated."""
+def scan_split(root: Path, split: str, others: list[Path] | None = None) -> tuple[list[str], list[tuple[str, int]]]:
+    """Class folder names (sorted) and (path, class index) samples of one split, validated; ``others``: see
+    :func:`scan_classes`."""
     folder = root / split
     if not folder.is_dir():
         raise DataError(
@@ -46,43 +47,54 @@ def scan_split(root: Path, split: str) -> tuple[list[str], list[tuple[str, int]]
             hint="use the ImageFolder layout <root>/train/<class>/*.jpg and <root>/val/<class>/*.jpg"
                  + ("" if has_splits(root) else ", or hold out part of each class folder with --val-split 0.1"),
         )
-    return scan_classes(folder, f"{split}/")
+    return scan_classes(folder, f"{split}/", others)
 
 
-def scan_classes(folder: Path, where: str) -> tuple[list[str], list[tuple[str, int]]]:
+def scan_classes(folder: Path, where: str, others: list[Path] | None = None) -> tuple[list[str], list[tuple[str, int]]]:
     """Class folder names (sorted) and (path, class index) samples of ``folder``'s class sub-folders, validated;
-    ``where`` names the folder in the errors (``train/``, ``the data folder``)."""
+    ``where`` names the folder in the errors (``train/``, ``the data folder``). The files left out for their extension
+    are added to ``others`` (the caller warns once for several folders), or named in a warning here when it is None."""
     classes = sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not classes:
         raise DataError(f"no class folders in {where}", path=folder, hint="put each class's images in its own sub-folder")
     samples: list[tuple[str, int]] = []
-    empty = []
+    empty, left_out = [], []
     for index, name in enumerate(classes):
-        files = find_images(folder / name)
+        files, not_images = list_files(folder / name)
         if not files:
             empty.append(name)
         samples += [(str(f), index) for f in files]
-    if len(empty) == len(classes):
-        raise DataError(f"no images in {where}", path=folder, hint="add .jpg/.png images under each class folder")
+        left_out += not_images
+    if others is None:
+        warn_not_images(left_out, folder)
+    else:
+        others += left_out
     if empty:
-        raise DataError(
-            f"class folder(s) with no images in {where}: {', '.join(empty)}", path=folder,
-            hint="add images to them or remove them",
-        )
+        exts = sorted({p.suffix.lower() or "(no extension)" for p in left_out
+                       if p.relative_to(folder).parts[0] in empty})
+        unread = f" (they hold only files this tool does not read as images: {', '.join(exts)})" if exts else ""
+        if len(empty) == len(classes):
+            raise DataError(f"no images in {where}{unread}", path=folder,
+                            hint="add .jpg/.png images under each class folder")
+        raise DataError(f"class folder(s) with no images in {where}: {', '.join(empty)}{unread}", path=folder,
+                        hint="add images to them or remove them")
     return classes, samples
 
 
-def split_classes(root: Path, val_split: float) -> tuple[list[str], list[tuple[str, int]], list[tuple[str, int]]]:
+def split_classes(
+    root: Path, val_split: float, others: list[Path] | None = None,
+) -> tuple[list[str], list[tuple[str, int]], list[tuple[str, int]]]:
     """A folder of class folders (``<root>/<class>/*.jpg``, no ``train/`` or ``val/``) split into train and val: class
     names and the (path, class index) samples of each split.
 
     About ``val_split`` of each class's images go to val, chosen by a hash of each file's path relative to ``root``
     (as TensorFlow's and Keras' hash-bucket splits do): the same on every machine and every run, and an image added
-    later never moves another between the splits. Each class keeps at least one image on each side."""
+    later never moves another between the splits. Each class keeps at least one image on each side. ``others``: see
+    :func:`scan_classes`."""
     if has_splits(root):
         raise DataError(f"val_split = {val_split:g} is for a folder of class folders, but this one holds train/ and val/",
                         path=root, hint="leave --val-split out: its val/ folder is the validation split")
-    classes, samples = scan_classes(root, "the data folder")
+    classes, samples = scan_classes(root, "the data folder", others)
     by_class: dict[int, list[tuple[float, str]]] = {}
     for path, label in samples:
         digest = hashlib.sha256(Path(path).relative_to(root).as_posix().encode()).digest()
@@ -127,7 +139,7 @@ def read_class_index(path: str | Path, folders: list[str]) -> list[str]:
     """Human class names for folder names (wnids) from a JSON such as ``imagenet_class_index.json``.
 
     Accepts ``{"0": ["n01440764", "tench"], ...}`` and ``{"n01440764": "tench", ...}``. A folder the file does not
-    name keeps its folder name.
+    name keeps its folder name (with a warning); a file that names none of the folders is a :class:`DataError`.
     """
     p = Path(path)
     try:
@@ -146,6 +158,11 @@ def read_class_index(path: str | Path, folders: list[str]) -> list[str]:
     if not names:
         raise DataError("class-index file maps no folder name to a class name", path=p, hint='use {"0": ["n01440764", "tench"]} or {"n01440764": "tench"}')
     unknown = [f for f in folders if f not in names]
+    if folders and len(unknown) == len(folders):  # another data set's index: every class would keep its folder name
+        raise DataError(f"class-index file names none of the {len(folders)} class folders (folders: {_some(folders)}; "
+                        f"the file names: {_some(sorted(names))})", path=p,
+                        hint="pass the class index of this data set (its keys are the folder names), "
+                             "or leave --class-index out")
     if unknown:
         log.warning("class index %s does not name %d folder(s) (e.g. %s); their folder names are kept", p, len(unknown), unknown[0])
     result = [names.get(f, f) for f in folders]
@@ -157,6 +174,10 @@ def read_class_index(path: str | Path, folders: list[str]) -> list[str]:
         log.warning("class index %s gives several folders the same name: those are told apart by their folder (%s)",
                     p, ", ".join(result[i] for i in clashing))
     return result
+
+
+def _some(names: list[str], n: int = 3) -> str:
+    return ", ".join(names[:n]) + (f", ... ({len(names)} in all)" if len(names) > n else "")
 
 
 def fingerprint(samples: list[tuple[str, int]], root: Path) -> str:

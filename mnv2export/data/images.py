@@ -8,13 +8,20 @@ applies it: every reader of one model (training, check, calibration, predict) de
 
 from __future__ import annotations
 
+import logging
 import warnings
 from pathlib import Path
 
 import numpy as np
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
-IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+# torchvision's ImageFolder list, and the formats it leaves out that Pillow reads as well: GIF (its first frame), the
+# other JPEG and Netpbm names. A file with any other extension is left out, and said so (see warn_not_images).
+IMG_EXTENSIONS = (".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".gif", ".bmp", ".ppm", ".pgm", ".pbm", ".pnm", ".tif",
+                  ".tiff", ".webp")
+EXAMPLES = 5  # files named in the warning about files that are not images
+
+log = logging.getLogger(__name__)
 
 
 class ImageReadError(Exception):
@@ -30,11 +37,35 @@ def is_image_file(path: Path) -> bool:
     return path.suffix.lower() in IMG_EXTENSIONS and not path.name.startswith(".")
 
 
-def find_images(folder: Path) -> list[Path]:
-    """The image files under ``folder`` (recursively), sorted; hidden files and those in hidden folders
-    (``.ipynb_checkpoints/``) are not images of the set."""
-    return sorted(p for p in folder.rglob("*") if p.is_file() and is_image_file(p)
-                  and not any(part.startswith(".") for part in p.relative_to(folder).parts))
+def list_files(folder: Path) -> tuple[list[Path], list[Path]]:
+    """The image files under ``folder`` (recursively) and the other files (their extension is none of
+    :data:`IMG_EXTENSIONS`), each sorted; hidden files and those in hidden folders (``.ipynb_checkpoints/``) are in
+    neither."""
+    images, others = [], []
+    for p in sorted(folder.rglob("*")):
+        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts):
+            (images if is_image_file(p) else others).append(p)
+    return images, others
+
+
+def warn_not_images(others: list[Path], root: Path) -> None:
+    """One warning naming how many files were left out for their extension, the extensions and a few of the files
+    (relative to ``root``): a format left out silently is a class or a share of the data missing without a word."""
+    if not others:
+        return
+    exts = sorted({p.suffix.lower() or "(none)" for p in others})
+    names = [str(p.relative_to(root)) if p.is_relative_to(root) else str(p) for p in others[:EXAMPLES]]
+    more = f" and {len(others) - EXAMPLES} more" if len(others) > EXAMPLES else ""
+    log.warning("skipped %d file(s) with extension(s) %s in %s, not read as images: %s%s "
+                "(images are the files ending in %s)", len(others), ", ".join(exts), root, ", ".join(names), more, " ".join(IMG_EXTENSIONS))
+
+
+def find_images(folder: Path, *, warn: bool = True) -> list[Path]:
+    """The image files under ``folder`` (see :func:`list_files`); the other files named in one warning when ``warn``."""
+    images, others = list_files(folder)
+    if warn:
+        warn_not_images(others, folder)
+    return images
 
 
 def to_rgb(img: Image.Image) -> Image.Image:

@@ -17,10 +17,10 @@ import torch
 
 from ..checkpoint import Checkpoint
 from ..config import DataConfig
-from ..errors import DataError
 from ..data.folder import own_split, require_image_folder
-from ..data.images import is_image_file
-from .names import check_calib_size
+from ..data.images import find_images
+from ..errors import DataError
+from .names import MIN_CALIB_SIZE, check_calib_size
 
 log = logging.getLogger(__name__)
 
@@ -32,8 +32,22 @@ class CalibrationSet:
 
 
 def load_calibration(ckpt: Checkpoint, calib_data: str | None, size: int, *, seed: int = 0, split: str = "train") -> CalibrationSet:
-    """``size`` images (fewer if the source holds fewer) from ``calib_data`` or the checkpoint's own data."""
+    """``size`` INT8 calibration images from ``calib_data`` or the checkpoint's own data (fewer, said in a warning, if
+    the source holds fewer readable ones); a warning below :data:`~.names.MIN_CALIB_SIZE`."""
     check_calib_size(size)
+    if size < MIN_CALIB_SIZE:
+        log.warning("--calib-size %d is below %d, the fewest images that give INT8 activation ranges to rely on (a new "
+                    "image exceeds the range of n images with probability 1/(n+1)): the INT8 model may fail its check; "
+                    "use --calib-size %d or more", size, MIN_CALIB_SIZE, MIN_CALIB_SIZE)
+    calib = _draw(ckpt, calib_data, size, seed=seed, split=split)
+    if len(calib.images) < size:
+        log.warning("calibration on %d images, %d asked (--calib-size): the source holds no more readable images (%s)",
+                    len(calib.images), size, calib.source)
+    return calib
+
+
+def _draw(ckpt: Checkpoint, calib_data: str | None, size: int, *, seed: int, split: str) -> CalibrationSet:
+    """``size`` readable images of ``split``, drawn at random (seeded), from ``calib_data`` or the checkpoint's data."""
     cfg = ckpt.data_config
     own = calib_data is None
     source = cfg.source if own else str(calib_data)
@@ -47,21 +61,37 @@ def load_calibration(ckpt: Checkpoint, calib_data: str | None, size: int, *, see
     require_image_folder(root, what, fix)
     folder = root / split if (root / split).is_dir() else root
     own_images = own_split(root, cfg.source, cfg.val_split, split)  # the run's own folder split by --val-split
-    files = ([Path(path) for path, _ in own_images] if own_images is not None
-             else sorted(p for p in folder.rglob("*") if p.is_file() and is_image_file(p)))
+    files = [Path(path) for path, _ in own_images] if own_images is not None else find_images(folder)
     if not files:
         raise DataError(f"{what} holds no images", path=folder, hint=fix)
-    rng = np.random.default_rng(seed)
-    picked = [files[i] for i in sorted(rng.choice(len(files), size=min(size, len(files)), replace=False))]
-    from ..data import load_images
-
-    batch, kept, errors = load_images(picked, cfg)
+    batch, errors = _decode_readable(files, size, seed, cfg)
     for err in errors[:5]:
         log.warning("calibration: skipped unreadable image %s: %s", err.path, err.reason)
-    if not kept:
-        raise DataError(f"none of the {len(picked)} images drawn from {what} could be read", path=folder, hint=fix)
+    if len(errors) > 5:
+        log.warning("calibration: %d more unreadable images skipped", len(errors) - 5)
+    if not len(batch):
+        raise DataError(f"none of the {len(files)} images of {what} could be read", path=folder, hint=fix)
     where = f"{folder} ({split} split of --val-split {cfg.val_split:g})" if own_images is not None else str(folder)
-    return CalibrationSet(batch.numpy().astype(np.float32, copy=False), f"{len(kept)} images from {where}")
+    replaced = f", {len(errors)} unreadable replaced" if errors and len(batch) == size else ""
+    return CalibrationSet(batch.numpy().astype(np.float32, copy=False), f"{len(batch)} images from {where}{replaced}")
+
+
+def _decode_readable(files: list[Path], size: int, seed: int, cfg: DataConfig) -> tuple[torch.Tensor, list]:
+    """Up to ``size`` of ``files`` drawn at random (seeded), decoded with the validation preprocessing; each one that
+    cannot be read is replaced by another, drawn from the rest in a seeded order, while any is left: (batch, errors)."""
+    from ..data import load_images
+
+    rng = np.random.default_rng(seed)
+    picked = [int(i) for i in sorted(rng.choice(len(files), size=min(size, len(files)), replace=False))]
+    taken = set(picked)
+    spare = [int(i) for i in rng.permutation(len(files)) if int(i) not in taken]  # after the draw: it stays as it was
+    batches, errors = [], []
+    while picked:
+        batch, _, failed = load_images([files[i] for i in picked], cfg)
+        batches.append(batch)
+        errors += failed
+        picked, spare = spare[:len(failed)], spare[len(failed):]
+    return torch.cat(batches), errors
 
 
 def _from_builtin(cfg: DataConfig, size: int, seed: int, split: str) -> CalibrationSet:
@@ -87,7 +117,7 @@ def verification_inputs(ckpt: Checkpoint, calib: CalibrationSet | None, n: int =
         images = calib.images[:n].copy()
         return torch.from_numpy(images), f"{len(images)} calibration images ({calib.source})"
     try:
-        own = load_calibration(ckpt, None, n, split="val")
+        own = _draw(ckpt, None, n, seed=0, split="val")
         if len(own.images) >= 2:
             return torch.from_numpy(own.images), own.source
     except DataError as exc:

@@ -20,6 +20,9 @@ OUTPUT_NAME = "logits"  # N x num_classes, float32
 FORMATS = ("torchscript", "onnx")
 CALIB_METHODS = ("minmax", "entropy", "percentile")
 MAX_CALIB_SIZE = 10_000
+# minmax calibration sets each activation's INT8 range to the extremes the calibration images reach, and a new image
+# exceeds the largest of n (exchangeable) images with probability 1/(n+1): half of all images for n = 1, ~3% for 32.
+MIN_CALIB_SIZE = 32  # fewer is accepted, with a warning (the INT8 model may fail its check)
 
 
 def check_calib_size(n: int) -> int:

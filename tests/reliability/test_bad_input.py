@@ -147,6 +147,45 @@ def test_every_kind_of_image_in_one_predict(capsys, files, exported):
     assert "decompression-bomb" in skipped["bomb.png"]
 
 
+def _formats(d, rng) -> None:
+    """GIF (animated; palette with transparency), WebP and CMYK / 16-bit TIFF images, and two files no reader takes."""
+    d.mkdir(parents=True)
+    rgb = Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8))
+    rgb.save(d / "photo.webp")
+    rgb.convert("CMYK").save(d / "print.tif")
+    Image.fromarray(rng.integers(0, 65535, (40, 40)).astype(np.uint16)).save(d / "scan.tiff")
+    rgb.save(d / "anim.gif", save_all=True, append_images=[rgb.rotate(90)], duration=100)
+    Image.fromarray(rng.integers(0, 4, (40, 40), dtype=np.uint8), mode="L").convert("P").save(d / "clear.gif", transparency=0)
+    (d / "notes.txt").write_text("where the images came from")
+    (d / "iphone.heic").write_bytes(b"\x00\x00\x00\x18ftypheic")
+
+
+def test_gif_webp_and_tiff_are_read_and_other_files_named_in_one_warning(capsys, tmp_path, exported):
+    """torchvision's extension list leaves .gif out: a folder's GIFs were neither predicted nor named anywhere."""
+    _formats(tmp_path / "formats", np.random.default_rng(1))
+    code, out, err = cli(capsys, "predict", tmp_path / "formats", "--model", exported.out_dir / "model.onnx", "--json")
+    assert code == 0, err
+    classified = sorted(p["path"].rsplit("/", 1)[-1] for p in json.loads(out)["predictions"])
+    assert classified == ["anim.gif", "clear.gif", "photo.webp", "print.tif", "scan.tiff"]
+    warned = [line for line in err.splitlines() if "notes.txt" in line or "iphone.heic" in line]
+    assert len(warned) == 1 and "skipped 2 file(s) with extension(s) .heic, .txt" in warned[0], err
+
+
+def test_a_class_index_naming_none_of_the_class_folders_is_an_error(capsys, tmp_path):
+    """It left every class named by its folder with a warning easily missed, and trained."""
+    rng = np.random.default_rng(2)
+    for split in ("train", "val"):
+        for c in ("cat", "dog"):
+            (tmp_path / "d" / split / c).mkdir(parents=True)
+            for i in range(2):
+                Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(tmp_path / "d" / split / c / f"{i}.png")
+    (tmp_path / "idx.json").write_text(json.dumps({"0": ["n01440764", "tench"], "1": ["n01443537", "goldfish"]}))
+    fails(capsys, "train", "--data", tmp_path / "d", "--class-index", tmp_path / "idx.json", "--img-size", "32", "--width", "0.35",
+          "--epochs", "1", "--workers", "0", "--no-plots", "--no-progress", "--out", tmp_path / "run",
+          match="class-index file names none of the 2 class folders")
+    assert not (tmp_path / "run" / "best.pt").exists()
+
+
 def test_checkpoints_of_another_architecture_or_class_count(capsys, files, exported):
     fails(capsys, "export", files / "resnet.pt", match="another architecture")
     fails(capsys, "info", files / "resnet.pt", match="another architecture")

@@ -211,6 +211,19 @@ def _exported_from(p: Path) -> str | None:
     return path if p.name in manifest["artifacts"] and path else None
 
 
+def refuse_non_finite(state: dict[str, torch.Tensor], what: str, p: Path, hint: str) -> None:
+    """A :class:`CheckpointError` naming the first tensor of ``state`` that holds NaN or infinite values, and how many:
+    such weights give NaN logits, which later steps would blame on something else (BatchNorm folding, the learning
+    rate)."""
+    counts = {name: int((~torch.isfinite(v)).sum()) for name, v in state.items() if v.is_floating_point() or v.is_complex()}
+    bad = [(name, n) for name, n in counts.items() if n]
+    if not bad:
+        return
+    (name, n), rest = bad[0], bad[1:]
+    more = f" (and {sum(k for _, k in rest):,} in {len(rest)} other tensor{'s' if len(rest) != 1 else ''})" if rest else ""
+    raise CheckpointError(f"{what} are not finite: {n:,} NaN or infinite value{'s' if n != 1 else ''} in {name}{more}", path=p, hint=hint)
+
+
 def _from_payload(payload: Any, p: Path) -> Checkpoint:
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         if isinstance(payload, dict) and payload and all(isinstance(v, torch.Tensor) for v in payload.values()):
@@ -249,6 +262,8 @@ def _from_payload(payload: Any, p: Path) -> Checkpoint:
         )
     if not isinstance(state_dict, dict) or not all(isinstance(v, torch.Tensor) for v in state_dict.values()):
         raise CheckpointError("checkpoint weights are not a state dict of tensors", path=p, hint="re-train with `mnv2 train`")
+    refuse_non_finite(state_dict, "checkpoint weights", p,
+                      "the run diverged before this file was saved, or it was edited: use another checkpoint, or train again")
     known = {"format", "schema_version", "model_config", "data_config", "class_names", "state_dict", "train_summary", "provenance"}
     return Checkpoint(
         model_config=model_cfg,

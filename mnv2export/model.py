@@ -119,15 +119,16 @@ def collapse_warning(cfg: ModelConfig, img_size: int) -> str | None:
             f"so its deepest layers see no spatial layout; {how}")
 
 
-def load_pretrained(model: MobileNetV2, path: str | Path) -> list[str]:
+def load_pretrained(model: MobileNetV2, path: str | Path, *, report: bool = True) -> list[str]:
     """Initialise ``model`` from a torchvision-format MobileNetV2 state dict (e.g. ImageNet weights).
 
     The classifier is replaced (left at its fresh initialisation) when the class count differs. Any other shape
-    mismatch (another width multiplier, another architecture) is an error. Returns the names of the tensors that
-    were not taken from the file.
+    mismatch (another width multiplier, another architecture) is an error, and so are NaN or infinite weights.
+    ``report``: log what was taken, and warn when the weights look untrained (one process of a torchrun job says
+    it). Returns the names of the tensors that were not taken from the file.
     """
     p = require_init_weights(path)  # not found, a folder, empty
-    from .checkpoint import torch_load_safely
+    from .checkpoint import refuse_non_finite, torch_load_safely
 
     state = torch_load_safely(p, "initial weights file", "pass a state dict saved with torch.save(model.state_dict())")
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
@@ -136,6 +137,20 @@ def load_pretrained(model: MobileNetV2, path: str | Path) -> list[str]:
         raise CheckpointError("initial weights are not a state dict of tensors", path=p, hint="pass torch.save(model.state_dict()) output")
     state = {k.removeprefix("module."): v for k, v in state.items()}
     own = model.state_dict()
+    taken, skipped = _fitting_tensors(state, own, p)
+    refuse_non_finite(taken, "initial weights", p, "their training diverged, or the file was edited: pass weights that are finite")
+    model.load_state_dict(taken, strict=False)
+    if report:
+        log.info(_init_summary(p, taken, skipped, state, own))
+        if _untrained(taken):
+            log.warning("the initial weights in %s look untrained: every BatchNorm layer holds its initial statistics (running_mean 0, "
+                        "running_var 1), so fine-tuning them is training from scratch; pass trained weights (e.g. ImageNet's)", p)
+    return skipped
+
+
+def _fitting_tensors(state: dict[str, torch.Tensor], own: dict[str, torch.Tensor], p: Path) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """The tensors of ``state`` to load into a model whose state dict is ``own``, and the names of the model's tensors
+    left as they are (the classifier, when the file lacks it or has it for another class count)."""
     # BatchNorm's step counters: older torchvision files lack them, and load_state_dict itself accepts their absence
     missing = sorted(k for k in set(own) - set(state) if not k.endswith(".num_batches_tracked"))
     if any(not k.startswith("classifier.") for k in missing):
@@ -157,8 +172,22 @@ def load_pretrained(model: MobileNetV2, path: str | Path) -> list[str]:
                 path=p, hint="use the same --width (and --small-input setting) as the weights were trained with",
             )
         taken[name] = tensor
-    model.load_state_dict(taken, strict=False)
-    if skipped:
-        log.info("initialised from %s; new classifier (%s)", p, ", ".join(sorted(set(skipped))))
-    return sorted(set(skipped))
+    return taken, sorted(set(skipped))
 
+
+def _init_summary(p: Path, taken: dict, skipped: list[str], state: dict, own: dict) -> str:
+    """What ``--init-from`` took, in one line."""
+    line = f"initialised from {p}: {len(taken)} tensors loaded"
+    if not skipped:
+        return line
+    file_w, own_w = state.get("classifier.1.weight"), own["classifier.1.weight"]
+    if file_w is not None and file_w.shape != own_w.shape:
+        return f"{line}; the classifier replaced ({', '.join(skipped)}: the file's is for {file_w.shape[0]} classes, this model has {own_w.shape[0]})"
+    return f"{line}; the classifier freshly initialised ({', '.join(skipped)}: not in the file)"
+
+
+def _untrained(taken: dict[str, torch.Tensor]) -> bool:
+    """Every BatchNorm's running statistics at their initial values (mean 0, variance 1): a model never trained."""
+    means = [v for k, v in taken.items() if k.endswith(".running_mean")]
+    variances = [v for k, v in taken.items() if k.endswith(".running_var")]
+    return bool(means) and all(bool((m == 0).all()) for m in means) and all(bool((v == 1).all()) for v in variances)

@@ -32,9 +32,18 @@ def _save(fig, path: Path) -> Path:
 
 
 def loss_curve(history: list[dict[str, float]], path: Path) -> Path:
+    return _save(loss_curve_figure(history), path)
+
+
+def loss_curve_figure(history: list[dict[str, float]]):
+    """The losses and the validation accuracy per epoch, side by side."""
     plt = _plt()
+    from matplotlib.ticker import MaxNLocator
+
     epochs = [r["epoch"] for r in history]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+    for ax in (ax1, ax2):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # whole epochs: a 3-epoch run had ticks at 1.5 and 2.5
     ax1.plot(epochs, [r["train_loss"] for r in history], "o-", label="train loss")
     ax1.plot(epochs, [r["val_loss"] for r in history], "o-", label="val loss")
     ax1.set_xlabel("epoch"), ax1.set_ylabel("cross-entropy"), ax1.legend(), ax1.grid(alpha=0.3)
@@ -42,7 +51,7 @@ def loss_curve(history: list[dict[str, float]], path: Path) -> Path:
     ax2.set_xlabel("epoch"), ax2.set_ylabel("val top-1 (%)"), ax2.grid(alpha=0.3)
     ax2.set_ylim(0, 100)
     fig.suptitle("training curves")
-    return _save(fig, path)
+    return fig
 
 
 def first_conv(model: nn.Module) -> nn.Conv2d:
@@ -74,6 +83,8 @@ def _tiles(plt, images, inches: float, cols: int = 8, **imshow):
 
 
 FEATURE_MAP_FILES = ("feature_maps_shallow.png", "feature_maps_deep.png")  # feature_maps() writes feature_maps_<block>.png
+VISUALIZE_DIR = "visualize"  # visualize()'s default folder, beside the checkpoint
+VISUALIZE_FILES = ("kernels.png", "input.png", *FEATURE_MAP_FILES)  # what visualize() writes there
 
 
 def feature_blocks(model: nn.Module) -> dict[str, nn.Module]:
@@ -216,7 +227,7 @@ def visualize(checkpoint: str | Path, image: str | Path | None = None, out_dir: 
             log.debug("validation data not at hand: %s", exc)
         if tensor is None:
             notes.append(f"feature maps not drawn: the checkpoint's validation data ({cfg.source}) is not at hand; pass --image FILE")
-    out = ensure_dir(out_dir if out_dir is not None else p.parent / "visualize")  # once the image is read: no empty folder on an error
+    out = ensure_dir(out_dir if out_dir is not None else p.parent / VISUALIZE_DIR)  # once the image is read: no empty folder on an error
     files = [kernels(model, out / "kernels.png")]
     if tensor is None:  # an earlier call's pictures of another image would stay beside these kernels
         remove_outputs(out, ("input.png", *FEATURE_MAP_FILES))

@@ -1,11 +1,13 @@
-"""A training run's folder: its default name, the configuration a ``--resume`` continues with, and claiming the
-folder for a run (created, locked, checked: a new run refuses another run's files unless told to overwrite them, a
-resume refuses a ``last.pt`` that changed under it, or another number of processes).
+"""A training run's folder: its default name, its ``config.json``, the configuration a ``--resume`` continues with,
+and claiming the folder for a run (created, locked, checked: a new run refuses another run's files unless told to
+overwrite them, and overwrites only a folder its config.json proves a run's; a resume refuses a ``last.pt`` that
+changed under it, or another number of processes).
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import time
@@ -16,7 +18,8 @@ from . import distributed as D
 from .checkpoint import Checkpoint, load_checkpoint
 from .config import BUILTIN_SOURCES, RunConfig
 from .errors import CheckpointError, ConfigError, DataError
-from .fileio import ensure_dir, folder_lock, sha256_file
+from .fileio import ensure_dir, folder_lock, remove_outputs, sha256_file
+from .plots import VISUALIZE_DIR, VISUALIZE_FILES
 
 if TYPE_CHECKING:
     from .data import DataBundle
@@ -38,25 +41,21 @@ def default_run_dir(cfg: RunConfig) -> Path:
     return path
 
 
-def resume_config(run_dir: Path, flags: dict[str, dict[str, Any]]) -> tuple[RunConfig, Checkpoint]:
-    """The configuration stored in ``run_dir/last.pt``, with the few flags that may change on resume."""
+def resume_config(run_dir: Path, flags: dict[str, dict[str, Any]]) -> tuple[RunConfig, Checkpoint | None]:
+    """The configuration stored in ``run_dir/last.pt``, with the few flags that may change on resume. A run that saved
+    no last.pt yet (see :func:`restart_config`) gives its config.json's configuration and no checkpoint: it starts
+    from epoch 0, as a new run into its folder."""
     last = run_dir / "last.pt"
     if not last.is_file():
-        raise CheckpointError("nothing to resume: no last.pt in the run folder", path=run_dir, hint="start a new run without --resume")
+        return restart_config(run_dir, flags), None
     ckpt = load_checkpoint(last)
     if "resume" not in ckpt.extra or "train_config" not in ckpt.extra:
         raise CheckpointError("checkpoint has no training state to resume from (a best.pt?)", path=last, hint="resume from a run folder's last.pt")
     stored = RunConfig.from_dict({"model": ckpt.model_config.to_dict(), "data": ckpt.data_config.to_dict(), "train": ckpt.extra["train_config"]})
-    changed = [
-        f"{section}.{k}" for section, values in flags.items() for k, v in values.items()
-        if v is not None and not (section == "train" and k in RESUMABLE_CHANGES) and not _same(k, getattr(getattr(stored, section), k), v)
-    ]
     allowed = set(RESUMABLE_CHANGES)
     if stored.train.sync_bn and str(ckpt.train_summary.get("device", "")).startswith("cpu"):
         allowed.add("sync_bn")  # recorded by a CPU run, where it never applied (now refused up front): may be dropped
-        changed = [c for c in changed if c != "train.sync_bn"]
-    if changed:
-        raise ConfigError(f"cannot change {', '.join(changed)} when resuming", hint="resume with the run's own settings, or start a new run")
+    _refuse_changes(stored, flags, allowed)
     done, epochs = int(ckpt.train_summary.get("epoch", 0)), flags.get("train", {}).get("epochs")
     if epochs is not None and epochs < done:
         raise ConfigError(f"--epochs {epochs} is fewer than the {done} the run has done", path=last,
@@ -65,10 +64,46 @@ def resume_config(run_dir: Path, flags: dict[str, dict[str, Any]]) -> tuple[RunC
     return stored.override({}, {}, train), ckpt
 
 
-# what a run writes into its folder (--overwrite removes these and nothing else)
-RUN_OUTPUTS = ("best.pt", "last.pt", "metrics.csv", "config.json", "loss_curve.png", "kernels.png", "feature_maps_shallow.png",
+def restart_config(run_dir: Path, flags: dict[str, dict[str, Any]]) -> RunConfig:
+    """The configuration of a run that stopped before its first checkpoint (killed while starting, the disk full at
+    the first write), which left its config.json alone in the folder: ``--resume`` starts it from epoch 0 with those
+    settings (and the flags that may change on resume). A folder whose run saved results but lost its last.pt is
+    refused: starting again would replace them."""
+    sections = read_run_config(run_dir)
+    if sections is None:
+        raise CheckpointError("nothing to resume: no last.pt in the run folder", path=run_dir, hint="start a new run without --resume")
+    saved = saved_results(run_dir)
+    if saved:
+        raise CheckpointError(f"nothing to resume: no last.pt, but the run saved {', '.join(saved)}", path=run_dir,
+                              hint="--overwrite starts the run again (those files go), or choose another --out")
+    try:
+        stored = RunConfig.from_dict(sections)
+    except ConfigError as exc:
+        raise ConfigError(f"the run's config.json holds a setting this version cannot read: {exc.what}", path=run_dir / RUN_CONFIG_FILE,
+                          hint="resume with the version that started the run, or start a new run") from None
+    _refuse_changes(stored, flags, set(RESUMABLE_CHANGES))
+    log.info("no last.pt in %s: the run stopped before its first checkpoint; starting it from epoch 0 with the settings of its %s",
+             run_dir, RUN_CONFIG_FILE)
+    return stored.override({}, {}, {k: v for k, v in flags.get("train", {}).items() if k in RESUMABLE_CHANGES and v is not None})
+
+
+def _refuse_changes(stored: RunConfig, flags: dict[str, dict[str, Any]], allowed: set[str]) -> None:
+    """A :class:`ConfigError` naming every flag given that differs from ``stored`` and is not ``allowed`` to."""
+    changed = [
+        f"{section}.{k}" for section, values in flags.items() for k, v in values.items()
+        if v is not None and not (section == "train" and k in allowed) and not _same(k, getattr(getattr(stored, section), k), v)
+    ]
+    if changed:
+        raise ConfigError(f"cannot change {', '.join(changed)} when resuming", hint="resume with the run's own settings, or start a new run")
+
+
+# what a run writes into its folder (--overwrite removes these and nothing else, and visualize's own pictures)
+RUN_CONFIG_FILE = "config.json"
+RUN_OUTPUTS = ("best.pt", "last.pt", "metrics.csv", RUN_CONFIG_FILE, "loss_curve.png", "kernels.png", "feature_maps_shallow.png",
                "feature_maps_deep.png", "confusion_matrix.png")
-RUN_FOLDERS = ("visualize",)  # `mnv2 visualize best.pt` writes here by default
+# config.json's schema marker: what proves a folder is a run's (and so whose files --overwrite may remove)
+RUN_CONFIG_FORMAT, RUN_CONFIG_SCHEMA = "mnv2export.run_config", 1
+_RUN_CONFIG_MAX_BYTES = 1 << 20  # a run's is a few KiB: a larger file is someone else's, not read whole
 # a killed run's DataLoader workers hold its folder lock until they notice (every 5 s): `--resume` at once waits for them
 RUN_LOCK_WAIT_S = 10.0
 
@@ -120,15 +155,85 @@ def claim_run_folder(run_dir: Path, stack: contextlib.ExitStack, *, resume_from:
 
 
 def check_run_folder(run_dir: Path, *, overwrite: bool) -> None:
-    """A new run's folder (an existing one, locked): empty, or ``overwrite`` and a folder holding a run (its outputs go
-    once the data and model are ready)."""
-    if any(run_dir.iterdir()):
-        if not overwrite:
-            raise ConfigError("run folder already holds files", path=run_dir,
-                              hint="--resume continues the run in it, --overwrite replaces it; or choose another --out")
-        if not any((run_dir / f).is_file() for f in ("last.pt", "best.pt", "config.json", "metrics.csv")):
-            raise ConfigError("folder is not a training run (no last.pt, best.pt, config.json or metrics.csv): refusing to overwrite it",
-                              path=run_dir, hint="choose another --out")
+    """A new run's folder (an existing one, locked): empty; or holding a run that saved nothing but its config.json;
+    or, with ``overwrite``, holding a run, as its config.json proves (its outputs go once the data and model are ready:
+    :func:`remove_run_outputs`). Partial files of a killed run's writes are removed."""
+    leftovers = [p for p in run_dir.iterdir() if _partial_write(p.name)]
+    if len(leftovers) == sum(1 for _ in run_dir.iterdir()):
+        _remove(leftovers)
+        return
+    is_run = read_run_config(run_dir) is not None
+    if is_run and not saved_results(run_dir):
+        # A run that stopped while starting (killed, or the disk full at its first checkpoint) left config.json alone.
+        # Nothing is lost by starting there: --resume starts it from epoch 0 with its own settings (restart_config),
+        # and a new run, with or without --overwrite, starts with the settings given, rewriting config.json. Refusing
+        # either would leave the folder stuck (each refusal pointing at the other).
+        log.info("%s holds the %s of a run that saved no checkpoint (nothing to lose): starting there", run_dir, RUN_CONFIG_FILE)
+    elif not overwrite:
+        raise ConfigError("run folder already holds files", path=run_dir,
+                          hint="--resume continues the run in it, --overwrite replaces it; or choose another --out")
+    elif not is_run and (run_dir / RUN_CONFIG_FILE).exists():
+        raise ConfigError(f"{RUN_CONFIG_FILE} is not a training run's (no mnv2export marker or run settings)", path=run_dir / RUN_CONFIG_FILE,
+                          hint="refusing to overwrite the folder; choose another --out")
+    elif not is_run:
+        raise ConfigError(f"folder is not a training run (no {RUN_CONFIG_FILE} written by `mnv2 train`): refusing to overwrite it",
+                          path=run_dir, hint="choose another --out")
+    _remove(leftovers)
+
+
+def run_config_json(cfg: RunConfig) -> str:
+    """``config.json`` as a run writes it: the schema marker that makes the folder a run's, then the three sections."""
+    return json.dumps({"format": RUN_CONFIG_FORMAT, "schema_version": RUN_CONFIG_SCHEMA, **cfg.to_dict()}, indent=2, allow_nan=False) + "\n"
+
+
+def read_run_config(run_dir: Path) -> dict[str, Any] | None:
+    """The sections of ``run_dir/config.json`` if a run wrote it: with this tool's schema marker, or (versions that wrote
+    none) exactly a model, data and train section with MobileNetV2's ``arch``, a data ``source`` and ``epochs``.
+    None for anything else (missing, not JSON, someone else's file)."""
+    path = run_dir / RUN_CONFIG_FILE
+    try:
+        if path.stat().st_size > _RUN_CONFIG_MAX_BYTES:
+            return None
+        values = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):  # missing, unreadable, not UTF-8 or not JSON
+        return None
+    if not isinstance(values, dict):
+        return None
+    if values.get("format") == RUN_CONFIG_FORMAT:  # a later schema version is a run's too (read by from_dict, or refused)
+        return {k: v for k, v in values.items() if k not in ("format", "schema_version")}
+    sections = [values.get(k) for k in ("model", "data", "train")]
+    if set(values) != {"model", "data", "train"} or not all(isinstance(v, dict) for v in sections):
+        return None
+    model, data, train = sections
+    return values if model.get("arch") == "mobilenet_v2" and "source" in data and "epochs" in train else None
+
+
+def saved_results(run_dir: Path) -> list[str]:
+    """The outputs a run writes from its first checkpoint on (all but config.json) that ``run_dir`` holds."""
+    found = [name for name in RUN_OUTPUTS if name != RUN_CONFIG_FILE and (run_dir / name).exists()]
+    return found + [f"{VISUALIZE_DIR}/{name}" for name in VISUALIZE_FILES if (run_dir / VISUALIZE_DIR / name).exists()]
+
+
+def remove_run_outputs(run_dir: Path) -> None:
+    """Remove the files a run (and ``mnv2 visualize`` into its folder) wrote, by name; every other file stays, and so
+    does config.json, which the new run replaces next (atomically): the folder is provably a run's at every moment,
+    so a kill in between leaves one that --overwrite, --resume or a new run still accepts."""
+    remove_outputs(run_dir, tuple(name for name in RUN_OUTPUTS if name != RUN_CONFIG_FILE))
+    pictures = run_dir / VISUALIZE_DIR
+    if pictures.is_dir():
+        remove_outputs(pictures, VISUALIZE_FILES)
+        with contextlib.suppress(OSError):  # still holding someone's files: kept
+            pictures.rmdir()
+
+
+def _partial_write(name: str) -> bool:
+    """A temporary file that a killed run left beside one of its outputs (fileio.atomic_path's ``.<name>.*.tmp``)."""
+    return name.endswith(".tmp") and any(name.startswith(f".{output}.") for output in RUN_OUTPUTS)
+
+
+def _remove(paths: list[Path]) -> None:
+    for path in paths:
+        path.unlink(missing_ok=True)
 
 
 PATH_SETTINGS = ("source", "data_dir", "class_index", "init_from")  # recorded as absolute paths (RunConfig.with_absolute_paths)

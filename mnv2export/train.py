@@ -36,10 +36,11 @@ from .data.memory import MemoryImages, MemoryLoader
 from .data.transforms import batch_mix
 from .device import cpu_threads, resolve_device, warn_if_oversubscribed
 from .errors import ConfigError, DataError, DistributedError, Mnv2Error, Terminated, TrainingDiverged
-from .fileio import remove_outputs, write_text
+from .fileio import write_text
 from .model import build_model, collapse_warning, freeze_blocks, load_pretrained, train_mode, zero_init_residual
 from .optim import build_optimizer, build_scheduler, make_ema
-from .run_folder import RUN_FOLDERS, RUN_OUTPUTS, check_same_data, check_same_world_size, claim_run_folder, default_run_dir, resume_hint
+from .run_folder import (RUN_CONFIG_FILE, check_same_data, check_same_world_size, claim_run_folder, default_run_dir, remove_run_outputs,
+                         resume_hint, run_config_json)
 from .signals import raise_if_terminated, sigint_deferred, sigterm_as_interrupt, sigterm_noted, worker_quiet_on_sigterm
 from .train_state import epoch_seed, restore_training_state, rng_state, seed_everything
 
@@ -225,9 +226,10 @@ def fit(cfg: RunConfig, *, run_dir: str | Path | None = None, resume_from: Check
     """Train ``cfg``; files go to ``run_dir`` (default ``weights/<source>-<time>/``).
 
     ``resume_from`` (see :func:`~mnv2export.run_folder.resume_config`) continues that run's ``last.pt`` from its last completed epoch. A new run
-    refuses a folder that already holds files unless ``overwrite`` (then the folder must hold a run, whose outputs are
-    removed once the data and model are ready). The folder is locked for the run: a second ``fit`` into it fails
-    (after waiting :data:`~mnv2export.run_folder.RUN_LOCK_WAIT_S` for a killed run's DataLoader workers to let go).
+    refuses a folder that already holds files unless ``overwrite`` (then the folder's config.json must prove it a run's,
+    whose outputs are removed once the data and model are ready), or unless the run there saved no checkpoint (stopped
+    while starting: :func:`~mnv2export.run_folder.check_run_folder`). The folder is locked for the run: a second
+    ``fit`` into it fails (after waiting :data:`~mnv2export.run_folder.RUN_LOCK_WAIT_S` for a killed run's DataLoader workers to let go).
     """
     if overwrite and resume_from is not None:
         raise ConfigError("--overwrite and --resume contradict each other", hint="--resume continues the run, --overwrite replaces it: pass one")
@@ -298,7 +300,7 @@ def _fit(cfg: RunConfig, info: D.DistInfo, run_dir: Path, resume_from: Checkpoin
     if info.is_main and resume_from is None and (collapsed := collapse_warning(cfg.model, cfg.data.img_size)):
         log.warning(collapsed)
     if t.init_from and resume_from is None:
-        load_pretrained(model, t.init_from)
+        load_pretrained(model, t.init_from, report=info.is_main)
         if t.zero_init_residual and info.is_main:  # asked for, and not done: said (it was a -v notice)
             log.warning("--zero-init-residual not applied: the weights come from %s (it is for a fresh model only)", t.init_from)
     elif t.zero_init_residual and resume_from is None:
@@ -309,9 +311,6 @@ def _fit(cfg: RunConfig, info: D.DistInfo, run_dir: Path, resume_from: Checkpoin
             total = sum(p.numel() for p in model.parameters())
             log.info("froze the first %d of %d feature blocks (%s of %s parameters, BatchNorm statistics kept)",
                      t.freeze_blocks, len(model.features), f"{frozen:,}", f"{total:,}")
-    if overwrite and info.is_main:
-        remove_outputs(run_dir, RUN_OUTPUTS, RUN_FOLDERS)
-        log.info("--overwrite: removed the earlier run's files from %s", run_dir)
     if t.sync_bn and info.enabled:  # on CUDA only (check_settings)
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     ctx = StepContext(device=device, dtype=amp_dtype(t.amp, device), channels_last=t.channels_last != "off",
@@ -385,7 +384,10 @@ def _fit(cfg: RunConfig, info: D.DistInfo, run_dir: Path, resume_from: Checkpoin
 
     last_path, best_path = run_dir / "last.pt", run_dir / "best.pt"
     if info.is_main:
-        write_text(run_dir / "config.json", _json(cfg.to_dict()))
+        if overwrite:  # only now that this run is ready: an error of its data or settings left the earlier run whole
+            remove_run_outputs(run_dir)
+            log.info("--overwrite: removed the earlier run's files from %s", run_dir)
+        write_text(run_dir / RUN_CONFIG_FILE, run_config_json(cfg))  # replaces the earlier run's (left by remove_run_outputs)
         if not last_path.exists():
             save_checkpoint(snapshot(start_epoch, True), last_path)  # a loadable last.pt from the first moment on
     epoch = start_epoch
@@ -519,12 +521,6 @@ def _csv(rows: list[dict[str, float]]) -> str:
     for row in rows:
         w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
     return buf.getvalue()
-
-
-def _json(obj: Any) -> str:
-    import json
-
-    return json.dumps(obj, indent=2) + "\n"
 
 
 @contextlib.contextmanager

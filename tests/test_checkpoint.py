@@ -157,3 +157,26 @@ def test_the_cli_says_so_in_one_line_without_torchs_warning(exported, tmp_path):
     assert r.returncode == 1 and len(lines) == 1, r.stderr
     assert lines[0].startswith("error: file is a TorchScript artifact") and "truncated or corrupt" not in lines[0], lines[0]
     assert exported.data["source_checkpoint"]["path"] in lines[0] and not (tmp_path / "x").exists()
+
+
+def test_non_finite_weights_are_refused_where_a_checkpoint_is_loaded(tmp_path, capsys):
+    """A checkpoint with NaN weights exported as 'degenerate BatchNorm statistics' (the folding check's guess), and
+    every other command ran it to NaN logits. The loader every command shares refuses it, naming the tensor and the
+    count of values."""
+    from mnv2export.cli import main
+
+    ckpt = _ckpt()
+    ckpt.state_dict = {k: v.clone() for k, v in ckpt.state_dict.items()}
+    ckpt.state_dict["features.0.0.weight"].view(-1)[:3] = float("nan")
+    ckpt.state_dict["features.1.conv.0.1.running_var"][0] = float("inf")
+    path = save_checkpoint(ckpt, tmp_path / "run" / "best.pt")
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(path)
+    assert info.value.what == ("checkpoint weights are not finite: 3 NaN or infinite values in features.0.0.weight "
+                               "(and 1 in 1 other tensor)"), info.value.what
+    assert info.value.hint
+    out = tmp_path / "export"
+    assert main(["export", str(path), "--format", "onnx", "--out", str(out)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: checkpoint weights are not finite: 3 NaN") and "BatchNorm" not in err[0], err
+    assert not out.exists()

@@ -100,3 +100,29 @@ def test_frozen_blocks_batch_mixing_and_clipping_under_ddp(tmp_path, pretrained)
     frozen = [k for k in trained if k.startswith("features.") and _block(k) < 8 and not k.endswith("num_batches_tracked")]
     assert frozen and all(torch.equal(trained[k], start[k]) for k in frozen)
     assert not torch.equal(trained["features.8.conv.0.0.weight"], start["features.8.conv.0.0.weight"])
+
+
+def test_loading_initial_weights_is_said_and_untrained_ones_are_warned_about(tmp_path, pretrained, caplog):
+    """One line says what --init-from took (how many tensors, the classifier replaced for another class count); a file
+    whose every BatchNorm holds its initial statistics (running_mean 0, running_var 1) is a model never trained (a
+    fresh torchvision model saved by mistake): fine-tuning it is training from scratch, so it is warned about."""
+    import logging
+
+    from mnv2export.model import load_pretrained
+
+    caplog.set_level(logging.INFO, logger="mnv2export")
+    model = build_model(ModelConfig(num_classes=4, width_mult=0.35))
+    load_pretrained(model, pretrained)
+    said = [r for r in caplog.records if r.name == "mnv2export.model"]
+    tensors = len(model.state_dict()) - 2
+    expected = (f"initialised from {pretrained}: {tensors} tensors loaded; the classifier replaced (classifier.1.bias, classifier.1.weight: "
+                "the file's is for 1000 classes, this model has 4)")
+    assert [r.getMessage() for r in said] == [expected], [r.getMessage() for r in said]
+    caplog.clear()
+    fresh = tmp_path / "fresh.pth"
+    torch.save(build_model(ModelConfig(num_classes=4, width_mult=0.35)).state_dict(), fresh)
+    load_pretrained(build_model(ModelConfig(num_classes=4, width_mult=0.35)), fresh)
+    said = [(r.levelname, r.getMessage()) for r in caplog.records if r.name == "mnv2export.model"]
+    assert said[0] == ("INFO", f"initialised from {fresh}: {tensors + 2} tensors loaded"), said
+    assert said[1][0] == "WARNING" and said[1][1].startswith(
+        f"the initial weights in {fresh} look untrained: every BatchNorm layer holds its initial statistics (running_mean 0, running_var 1)"), said

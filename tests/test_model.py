@@ -129,3 +129,18 @@ def test_init_from_takes_weights_without_batchnorm_step_counters(tmp_path):
     model = build_model(cfg)
     assert load_pretrained(model, path) == []
     assert torch.equal(model.features[0][0].weight, source.features[0][0].weight)
+
+
+def test_init_from_refuses_non_finite_weights(tmp_path):
+    """NaN initial weights trained into a run that diverged at once, and was told to lower its learning rate."""
+    from mnv2export.model import build_model, load_pretrained
+
+    cfg = ModelConfig(num_classes=4, width_mult=0.35)
+    state = build_model(cfg).state_dict()
+    state["features.2.conv.1.0.weight"][0, 0, 0, :2] = float("-inf")
+    path = tmp_path / "w.pth"
+    torch.save(state, path)
+    with pytest.raises(CheckpointError) as info:
+        load_pretrained(build_model(cfg), path)
+    assert info.value.what == "initial weights are not finite: 2 NaN or infinite values in features.2.conv.1.0.weight", info.value.what
+    assert info.value.path == str(path) and info.value.hint

@@ -48,7 +48,9 @@ def test_run_folder_holds_everything(tiny_run):
     rows = list(csv.DictReader((d / "metrics.csv").open()))
     assert [r["epoch"] for r in rows] == ["1", "2"]
     assert list(rows[0]) == ["epoch", "train_loss", "val_loss", "val_acc", "lr", "seconds"]
-    cfg = RunConfig.from_dict(json.loads((d / "config.json").read_text()))
+    stored = json.loads((d / "config.json").read_text())
+    assert stored["format"] == "mnv2export.run_config" and stored["schema_version"] == 1
+    cfg = RunConfig.from_dict({k: stored[k] for k in ("model", "data", "train")})
     assert cfg.model.width_mult == 0.35 and cfg.data.img_size == 32
     best, last = load_checkpoint(d / "best.pt"), load_checkpoint(d / "last.pt")
     assert {"optimizer", "scheduler", "scaler", "ema", "rng", "model"} <= set(last.extra["resume"])
@@ -840,6 +842,9 @@ def test_a_new_run_never_lands_silently_in_a_used_folder(tmp_path):
     first = fit(tiny_run_config(), run_dir=out)
     (out / "confusion_matrix.png").write_bytes(b"a picture of the first run")
     (out / "notes.md").write_text("mine")
+    (out / "visualize").mkdir()
+    for name in ("kernels.png", "notes.txt"):
+        (out / "visualize" / name).write_text("x")
     before = first.best.read_bytes()
     with pytest.raises(ConfigError, match="already holds files"):
         fit(tiny_run_config(seed=1), run_dir=out)
@@ -854,6 +859,7 @@ def test_a_new_run_never_lands_silently_in_a_used_folder(tmp_path):
     assert second.best.read_bytes() != before
     assert not (out / "confusion_matrix.png").exists()  # the first run's picture would describe another model
     assert (out / "notes.md").read_text() == "mine"  # not the run's file: kept
+    assert sorted(p.name for p in (out / "visualize").iterdir()) == ["notes.txt"]  # visualize's own pictures only went
     mine = tmp_path / "mine"
     mine.mkdir()
     (mine / "thesis.tex").write_text("x")
@@ -861,6 +867,94 @@ def test_a_new_run_never_lands_silently_in_a_used_folder(tmp_path):
         fit(tiny_run_config(), run_dir=mine, overwrite=True)
     with pytest.raises(ConfigError, match="contradict"):
         fit(tiny_run_config(), run_dir=out, overwrite=True, resume_from=load_checkpoint(out / "last.pt"))
+
+
+def _config_json(folder: Path, legacy: bool = False) -> Path:
+    """``folder/config.json`` as a run writes it at start-up (``legacy``: as versions before its schema marker did)."""
+    from mnv2export.run_folder import run_config_json
+
+    folder.mkdir(parents=True, exist_ok=True)
+    cfg = tiny_run_config().with_absolute_paths()
+    (folder / "config.json").write_text(json.dumps(cfg.to_dict()) if legacy else run_config_json(cfg))
+    return folder / "config.json"
+
+
+def test_overwrite_refuses_a_folder_whose_config_json_is_not_a_run(tmp_path, capsys):
+    """A folder holding someone's own config.json was taken for a run: --overwrite deleted it (and any best.pt or
+    metrics.csv beside it). Only a config.json a run wrote (its schema marker, or the keys an older version wrote)
+    proves the folder is a run; anything else is refused in one line, every file intact."""
+    from mnv2export.cli import main
+    from mnv2export.run_folder import check_run_folder
+
+    mine = tmp_path / "app"
+    mine.mkdir()
+    (mine / "config.json").write_text('{"name": "my app", "port": 8080}')
+    (mine / "metrics.csv").write_text("requests,latency\n")
+    code = main(["train", *TINY_FLAGS, "--epochs", "1", "--out", str(mine), "--overwrite"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1 and len(err) == 1, err
+    assert err[0].startswith(f"error: config.json is not a training run's (no mnv2export marker or run settings) ({mine / 'config.json'}): "), err
+    assert (mine / "config.json").read_text() == '{"name": "my app", "port": 8080}' and (mine / "metrics.csv").is_file()
+    (mine / "config.json").unlink()
+    with pytest.raises(ConfigError, match="folder is not a training run"):  # metrics.csv alone proves nothing
+        check_run_folder(mine, overwrite=True)
+    for legacy in (False, True):  # a run's config.json, with the marker or as older versions wrote it: a run
+        run = tmp_path / f"run-{legacy}"
+        _config_json(run, legacy)
+        (run / "metrics.csv").write_text("epoch\n")
+        check_run_folder(run, overwrite=True)
+
+
+def test_a_run_that_stopped_before_its_first_checkpoint_is_not_stuck(tmp_path, monkeypatch, capsys):
+    """A full disk at the first checkpoint write (or a kill during start-up) left config.json alone in the folder:
+    --resume said 'start a new run without --resume' and a new run said 'use --resume'. Now --resume starts the run
+    from epoch 0 with its config.json settings, and a new run may start there too (no checkpoint to lose)."""
+    import mnv2export.train as T
+    from mnv2export.cli import main
+    from mnv2export.errors import CheckpointError, OutputError
+    from mnv2export.run_folder import check_run_folder
+
+    def disk_full(*a, **k):
+        raise OutputError("disk full while writing", hint="free some space")
+
+    out = tmp_path / "run"
+    with monkeypatch.context() as m:
+        m.setattr(T, "save_checkpoint", disk_full)
+        with pytest.raises(OutputError):
+            fit(tiny_run_config(epochs=1, seed=3), run_dir=out)
+    assert sorted(p.name for p in out.iterdir()) == ["config.json"]
+    cfg, ckpt = resume_config(out, {"train": {"epochs": None}})
+    assert ckpt is None and cfg.train.seed == 3 and cfg.train.epochs == 1  # the run's own settings
+    with pytest.raises(ConfigError, match="cannot change train.seed"):
+        resume_config(out, {"train": {"seed": 4}})
+    check_run_folder(out, overwrite=False)  # a new run there is not refused either
+    (out / ".last.pt.k1ll3d.tmp").write_bytes(b"half a checkpoint")  # a kill during the write leaves one: no obstacle
+    assert main(["train", "--resume", "--out", str(out)]) == 0, capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == ["best.pt", "config.json", "last.pt", "metrics.csv"]
+    last = load_checkpoint(out / "last.pt")
+    assert last.train_summary["epoch"] == 1 and last.extra["train_config"]["seed"] == 3
+    # config.json and best.pt but no last.pt: results to lose, so not started again without --overwrite
+    (out / "last.pt").unlink()
+    with pytest.raises(CheckpointError, match="no last.pt, but the run saved best.pt, metrics.csv") as info:
+        resume_config(out, {})
+    assert "--overwrite" in info.value.hint
+    with pytest.raises(ConfigError, match="already holds files"):
+        check_run_folder(out, overwrite=False)
+
+
+def test_a_stopped_start_resumes_from_a_config_json_of_an_older_version(tmp_path):
+    """The config.json of a version that wrote no schema marker is recognised by its sections."""
+    from mnv2export.errors import CheckpointError
+    from mnv2export.run_folder import check_run_folder
+
+    out = tmp_path / "run"
+    _config_json(out, legacy=True)
+    cfg, ckpt = resume_config(out, {"train": {"epochs": 2}})
+    assert ckpt is None and cfg.train.epochs == 2 and cfg.model.width_mult == 0.35
+    check_run_folder(out, overwrite=False)
+    (out / "config.json").write_text('{"model": {}, "data": {}, "train": {}}')  # the sections, but no run's settings
+    with pytest.raises(CheckpointError, match="nothing to resume: no last.pt in the run folder"):
+        resume_config(out, {})
 
 
 def test_two_runs_cannot_write_one_folder_at_once(tmp_path, monkeypatch):

@@ -66,3 +66,19 @@ def test_bad_inputs_are_one_line_errors(trained_checkpoint, exported, tmp_path, 
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: image cannot be read") and "bad.png" in err[0]
     assert not (tmp_path / "o").exists()  # nothing written on a refused command
+
+
+def test_training_curves_tick_whole_epochs_only():
+    """A 3-epoch run's curves had ticks at epoch 1.5 and 2.5."""
+    from mnv2export.plots import loss_curve_figure
+
+    history = [{"epoch": e, "train_loss": 1.0 / e, "val_loss": 1.2 / e, "val_acc": 0.3 * e} for e in (1, 2, 3)]
+    fig = loss_curve_figure(history)
+    try:
+        for ax in fig.axes:
+            ticks = [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
+            assert {1.0, 2.0, 3.0} <= set(ticks) and all(float(t).is_integer() for t in ticks), ticks
+    finally:
+        import matplotlib.pyplot as plt
+
+        plt.close(fig)

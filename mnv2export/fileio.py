@@ -7,13 +7,17 @@ import contextlib
 import errno
 import fcntl
 import hashlib
+import json
 import logging
+import math
+import numbers
 import os
 import shutil
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 from .errors import ArtifactError, CheckpointError, ConfigError, DataError, Mnv2Error, OutputError
 
@@ -68,13 +72,14 @@ def atomic_path(final: str | Path) -> Iterator[Path]:
 
 
 @contextlib.contextmanager
-def atomic_files(folder: str | Path, owned: Iterable[str] = ()) -> Iterator[Callable[[str], Path]]:
+def atomic_files(folder: str | Path, owned: Iterable[str] = (), temp_dir: Path | None = None) -> Iterator[Callable[[str], Path]]:
     """Write several files into ``folder`` as one change: ``stage(name)`` gives a temporary path for each; when the
     block ends without error they are renamed to their final names, in the order staged, while holding an exclusive
     lock on the folder itself, and then every name of ``owned`` that was not staged this time is removed (under the
     same lock), so that no file of an earlier writer's set outlives it. Two writers of the same folder therefore
     never leave a mix: each one's renames happen together, and the later one wins whole. Files of other names stay.
-    On error or interruption every temporary file is removed and no final name is touched.
+    On error or interruption every temporary file is removed and no final name is touched. ``temp_dir`` (a folder on
+    the same file system, e.g. a :func:`work_folder` inside ``folder``) holds the temporary files instead of ``folder``.
     """
     folder = ensure_dir(folder)
     staged: list[tuple[Path, Path]] = []
@@ -82,7 +87,7 @@ def atomic_files(folder: str | Path, owned: Iterable[str] = ()) -> Iterator[Call
     def stage(name: str) -> Path:
         final = folder / name
         try:
-            tmp = _temp_beside(final)
+            tmp = _temp_beside(final if temp_dir is None else Path(temp_dir) / name)
         except OSError as exc:
             raise output_error(exc, final) from None
         staged.append((tmp, final))
@@ -138,13 +143,143 @@ def folder_lock(folder: str | Path, busy: str, hint: str, wait: float = 0.0) -> 
         os.close(fd)  # releases the lock
 
 
+DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
 def output_error(exc: OSError, path: Path) -> OutputError:
     """An :class:`OutputError` a person can act on, naming ``path``, for any reason a write fails."""
-    if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+    if exc.errno in DISK_FULL_ERRNOS:
         return OutputError("disk full while writing", path=path, hint="free some space and run again; earlier files are intact")
     if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
         return OutputError(f"cannot write output file ({exc.strerror})", path=path, hint="choose a writable --out")
     return OutputError(f"cannot write output file ({exc.strerror or type(exc).__name__})", path=path, hint="choose another output path")
+
+
+def is_disk_full(exc: BaseException, folder: str | Path | None = None, need: int = 0) -> bool:
+    """Whether ``exc`` comes from a full disk: an OSError of ENOSPC, EDQUOT or EFBIG anywhere in its chain (libraries
+    wrap it in their own types), or, with ``folder``, fewer than ``need`` bytes left on ``folder``'s file system when it
+    was raised. The second is for C++ writers (onnx's ``infer_shapes_path``, ONNX Runtime's optimised-model file) that
+    cut a file short without an error: what fails is the next reader ("Wire format was corrupt"), not the write."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno in DISK_FULL_ERRNOS:
+            return True
+        exc = exc.__cause__ or exc.__context__
+    if folder is None:
+        return False
+    try:
+        return shutil.disk_usage(folder).free < need
+    except OSError:
+        return False
+
+
+def write_bytes(path: str | Path, data: bytes | memoryview) -> Path:
+    """Write ``data`` to ``path`` and check that the file holds all of it: a file whose size is not what was written is
+    an ``OSError(ENOSPC)`` (as a full disk raises it, so :func:`output_error` says "disk full"), never a file to read."""
+    p = Path(path)
+    _write_all(p, data)
+    size = p.stat().st_size
+    if size != len(data):
+        raise OSError(errno.ENOSPC, f"the file holds {size:,} of the {len(data):,} bytes written (cut short)", str(p))
+    return p
+
+
+def _write_all(path: Path, data: bytes | memoryview) -> None:
+    with open(path, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())  # a delayed allocation failure (a full disk) shows here, not after the rename
+
+
+def json_text(obj: Any, indent: int | None = 2, default: Callable[[Any], Any] | None = None) -> str:
+    """Strict JSON of ``obj`` for a file or a person: a non-finite number (NaN, infinity) becomes ``null`` (bare
+    ``NaN`` is not JSON, and strict parsers refuse it); NumPy scalars become numbers. Every JSON the tool writes goes
+    through here."""
+    return json.dumps(finite_json(obj), indent=indent, allow_nan=False, default=default)
+
+
+def finite_json(obj: Any) -> Any:
+    """``obj`` with every non-finite float replaced by None, tuples as lists, NumPy numbers as Python numbers."""
+    if isinstance(obj, bool) or obj is None or isinstance(obj, str):
+        return obj
+    if isinstance(obj, numbers.Integral):
+        return int(obj)
+    if isinstance(obj, numbers.Real):
+        return float(obj) if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k if isinstance(k, str) else str(k): finite_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite_json(v) for v in obj]
+    return obj
+
+
+# --------------------------------------------------------------------------------------- a command's temporary files
+WORK_PREFIX = ".mnv2-work."  # a work folder inside an output folder: every temporary file of one export
+
+
+@contextlib.contextmanager
+def work_folder(folder: Path, legacy: Iterable[str] = ()) -> Iterator[Path]:
+    """A private hidden folder inside ``folder`` for one command's temporary files, removed when the block ends.
+
+    Its owner holds an exclusive flock on it while it lives; the kernel drops that lock when the owner dies, also of
+    SIGKILL. Each new one first removes the work folders of ``folder`` whose lock it can take (their owner is gone),
+    and the names matching the glob patterns ``legacy`` (temporaries of earlier versions), all under ``folder``'s own
+    lock, under which work folders are also created and locked: a live owner never loses its folder."""
+    try:
+        with _folder_locked(folder):
+            _remove_stale(folder, legacy)
+            work = Path(tempfile.mkdtemp(prefix=f"{WORK_PREFIX}{os.getpid()}.", dir=folder))
+            fd = os.open(work, os.O_RDONLY)
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # new, so free
+    except OSError as exc:
+        raise output_error(exc, folder) from None
+    try:
+        yield work
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def _folder_locked(folder: Path) -> Iterator[None]:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # a short hold: another writer's commit or its own clean-up
+        yield
+    finally:
+        os.close(fd)
+
+
+def _remove_stale(folder: Path, legacy: Iterable[str]) -> None:
+    stale = [p for pattern in legacy for p in folder.glob(pattern)]
+    for work in folder.glob(f"{WORK_PREFIX}*"):
+        try:
+            fd = os.open(work, os.O_RDONLY)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            stale.append(work)  # nobody holds it: its owner was killed
+        except BlockingIOError:
+            pass  # a live command's
+        finally:
+            os.close(fd)
+    for p in stale:
+        shutil.rmtree(p, ignore_errors=True) if p.is_dir() and not p.is_symlink() else p.unlink(missing_ok=True)
+        log.info("removed %s, left by a command that was killed", p)
+
+
+@contextlib.contextmanager
+def temp_files_in(folder: Path) -> Iterator[None]:
+    """Inside: Python's ``tempfile`` (and so the libraries that use it, e.g. ``onnxruntime.quantization``) puts its
+    temporary files in ``folder``, not in the system's temporary directory where a killed process would leave them."""
+    saved = tempfile.tempdir
+    tempfile.tempdir = str(folder)
+    try:
+        yield
+    finally:
+        tempfile.tempdir = saved
 
 
 def check_output_file(path: str | Path, option: str) -> Path:
@@ -191,7 +326,7 @@ def _umask() -> int:
 
 def write_text(path: str | Path, text: str) -> Path:
     with atomic_path(path) as tmp:
-        tmp.write_text(text, encoding="utf-8")
+        write_bytes(tmp, text.encode("utf-8"))
     return Path(path)
 
 

@@ -10,30 +10,29 @@ Where each number comes from (the result says so too, in ``params_source`` and `
   pass of a batch of one image; MACs = FLOPs / 2 (the counter counts a multiply-add as two FLOPs). It counts
   convolutions and matrix products, not element-wise work (BatchNorm, ReLU6, additions, pooling).
 - The per-block / per-layer tables and the MACs describe the network: for a checkpoint its own model, for TorchScript
-  and ONNX files the model rebuilt from the ``model_config`` in the file's metadata (weights do not change shapes or
-  counts). MobileNetV2 1.0 at 224 px with 1000 classes: 3,504,872 parameters, 300.8M MACs.
-- ``params`` is the artifact's own count: a checkpoint's trainable parameters; a TorchScript file's tensor constants
-  (frozen: the weights became graph constants); an ONNX file's initializer elements that are weights and biases
-  (quantization scales / zero points and shape constants are counted apart). Exported files have BatchNorm folded
-  into the convolutions, so they hold one bias per BatchNorm channel instead of its scale and shift.
+  and ONNX files the model rebuilt from the ``model_config`` in the file's metadata with its BatchNorm folded into the
+  convolutions, as every export is (one bias per BatchNorm channel instead of its scale and shift, no BatchNorm layer).
+  MobileNetV2 1.0 at 224 px with 1000 classes: 3,504,872 parameters, 300.8M MACs.
+- ``params`` is one count, that network's: a checkpoint's trainable parameters, an exported file's folded ones. The
+  file's weights are checked against it first (:func:`mnv2export.runtime.validate_artifact`, as every command that
+  loads an artifact does); an ONNX file's initializers by role (weights and biases, quantization scales / zero points,
+  shape constants) are in ``onnx``.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import ArtifactError
+from .runtime import QUANT_OPS
 
 log = logging.getLogger(__name__)
 
 MACS_NOTE = ("MACs = FLOPs / 2, FLOPs from torch.utils.flop_counter.FlopCounterMode on one image "
              "(convolutions and matrix products; element-wise ops not counted)")
-QUANT_OPS = ("QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear")
 
 
 @dataclass
@@ -133,7 +132,7 @@ def summarize_model(model, input_size: list[int] | tuple[int, int, int]) -> Mode
     }
     layers = [
         LayerRow(name, type(m).__name__, shapes.get(name, []), _param_count(m), macs_by_module.get(name, 0))
-        for name, m in model.named_modules() if name and not list(m.children())
+        for name, m in model.named_modules() if name and not list(m.children()) and type(m).__name__ != "Identity"  # a folded BatchNorm
     ]
     blocks = [
         BlockRow(name, _describe_block(name, m), shapes.get(name, []), _param_count(m), macs_by_module.get(name, 0))
@@ -185,92 +184,63 @@ def describe(path: str | Path) -> ArtifactInfo:
     p = require_artifact_file(path)  # before torch is imported: a wrong path is said at once
 
     from .config import ModelConfig
+    from .fold import fold_bn
     from .model import build_model
-    from .runtime import _load_onnx_model, _onnx_metadata, check_onnx_signature, detect_format, load_artifact
+    from .runtime import (
+        _load_onnx_model,
+        _onnx_metadata,
+        detect_format,
+        load_artifact,
+        validate_artifact,
+    )
 
     kind = detect_format(p)
     runner = onnx_model = None
-    if kind == "onnx":  # parsed once, checked as load_artifact checks it (onnx.checker, graph against metadata)
+    if kind == "onnx":  # parsed once, checked as load_artifact checks it, without a session
         onnx_model = _load_onnx_model(p)
         meta = _onnx_metadata(onnx_model, p)
-        check_onnx_signature(onnx_model, meta, p)
+        validate_artifact(kind, p, meta, onnx_model=onnx_model)
     else:
-        runner = load_artifact(p, "cpu")  # a checkpoint or TorchScript file is read once
+        runner = load_artifact(p, "cpu")  # a checkpoint or TorchScript file is read (and validated) once
         meta = runner.metadata
     input_size = [int(v) for v in meta["input_size"]]
     onnx_info = None
     if kind == "pytorch":
         summary = summarize_model(runner.module, input_size)  # type: ignore[union-attr]
-        params, params_source = summary.params, "the checkpoint's model parameters (BatchNorm scale and shift included)"
+        params_source = "the checkpoint's model parameters (BatchNorm scale and shift included)"
         model_source = "the checkpoint's own model"
     else:
-        if "model_config" not in meta:
-            raise ArtifactError("artifact metadata lacks model_config", path=p, hint="export it again with `mnv2 export`")
-        summary = summarize_model(build_model(ModelConfig.from_dict(meta["model_config"])), input_size)
-        model_source = "the model rebuilt from the model_config in the file's metadata"
-        if kind == "torchscript":
-            params, kernels = _torchscript_constants(runner.module)  # type: ignore[union-attr]
-            params_source = "the file's tensor constants (frozen TorchScript, BatchNorm folded)"
-        else:
+        # the network as the file holds it: BatchNorm folded into the convolutions (one bias per channel instead of a
+        # scale and a shift, and no BatchNorm layer); validate_artifact checked the file's weights are this network's
+        summary = summarize_model(fold_bn(build_model(ModelConfig.from_dict(meta["model_config"]))), input_size)
+        model_source = "the model_config in the file's metadata, BatchNorm folded as in every export"
+        params_source = "the BatchNorm-folded model (convolution kernels and biases, the classifier)"
+        if kind == "onnx":
             onnx_info = onnx_graph_info(onnx_model)
-            params, kernels = onnx_info.weight_elements, onnx_info.kernel_elements
-            params_source = "the ONNX initializers holding weights and biases (BatchNorm folded; Q/DQ scales and zero points apart)"
-        # the kernels are exported as they are (folding scales them); biases are not compared: a bias folded from an
-        # untrained BatchNorm is all zeros, and the exporters leave such a bias out
-        if kernels != summary.kernel_params:
-            raise ArtifactError(f"the model_config in the file's metadata does not describe its weights ({kernels:,} convolution and "
-                                f"linear kernel weights in the file, {summary.kernel_params:,} in the model that model_config describes)",
-                                path=p, hint="the metadata was changed or belongs to another model: export it again with `mnv2 export`")
     return ArtifactInfo(
-        path=p, format=kind, precision=str(meta.get("precision", "fp32")), file_size=p.stat().st_size, params=params,
+        path=p, format=kind, precision=str(meta.get("precision", "fp32")), file_size=p.stat().st_size, params=summary.params,
         params_source=params_source, model=summary, model_source=model_source, metadata=meta, onnx=onnx_info,
     )
-
-
-def _torchscript_constants(module) -> tuple[int, int]:
-    """Parameters of a frozen TorchScript module: its state dict plus the tensor constants folded into the graph; and
-    of those, the elements of tensors of rank 2 or more (the kernels)."""
-    tensors = list(module.state_dict().values())
-    for node in module.graph.nodes():
-        out = node.output() if node.outputsSize() == 1 else None
-        if node.kind() == "prim::Constant" and out is not None and out.type().kind() == "TensorType":
-            tensors.append(out.toIValue())
-    return sum(t.numel() for t in tensors), sum(t.numel() for t in tensors if t.dim() >= 2)
 
 
 def onnx_graph_info(source) -> OnnxGraphInfo:
     """Opset, inputs / outputs, op counts, quantized nodes and initializer sizes of an ONNX file (a path, or the
     ``onnx.ModelProto`` already read from it)."""
-    import onnx
-
-    from .runtime import _load_onnx_model
+    from .runtime import _load_onnx_model, onnx_initializer_counts
 
     model = _load_onnx_model(Path(source), check=False) if isinstance(source, (str, Path)) else source
     graph = model.graph
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
     ops = Counter(n.op_type for n in graph.node)
     quantized = {op: n for op, n in sorted(ops.items()) if op in QUANT_OPS or op.startswith("QLinear") or op.endswith("Integer")}
-    consumers: dict[str, list[tuple[str, int]]] = {}
-    for node in graph.node:
-        for i, name in enumerate(node.input):
-            consumers.setdefault(name, []).append((node.op_type, i))
+    counts = onnx_initializer_counts(model)
     initializers = {i.name for i in graph.initializer}
-    weights = kernels = quant = other = 0
-    for init in graph.initializer:
-        n = math.prod(init.dims)
-        uses = consumers.get(init.name, [])
-        if uses and all(op in QUANT_OPS and i in (1, 2) for op, i in uses):
-            quant += n
-        elif init.data_type in (onnx.TensorProto.INT64, onnx.TensorProto.BOOL) or (uses and all(op == "Clip" and i > 0 for op, i in uses)):
-            other += n  # shape constants, ReLU6's clip bounds
-        else:
-            weights += n
-            kernels += n if len(init.dims) >= 2 else 0
     return OnnxGraphInfo(
         opset=opset, ir_version=model.ir_version, producer=f"{model.producer_name} {model.producer_version}".strip(),
         inputs=[_value_info(v) for v in graph.input if v.name not in initializers],
         outputs=[_value_info(v) for v in graph.output], nodes=len(graph.node), op_counts=dict(ops.most_common()),
-        quantized_nodes=quantized, weight_elements=weights, kernel_elements=kernels, quant_param_elements=quant, other_constant_elements=other,
+        quantized_nodes=quantized, weight_elements=counts["weights"], kernel_elements=counts["kernels"], quant_param_elements=counts["quant"],
+        other_constant_elements=counts["other"],
     )
 
 

@@ -22,7 +22,6 @@ session) so FP32 is held to the same 1e-4.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import math
 import os
@@ -34,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from .errors import ArtifactError, CheckpointError, ConfigError, Mnv2Error, ProviderUnavailable
+from .fileio import json_text
 from .manifest import changed_since_export, parse_manifest, short_hash, source_checkpoint
 from .parity_report import DEFAULT_TOLERANCES, ParityReport, ParityRow, Tolerance
 
@@ -448,7 +448,7 @@ def _same(a: Any, b: Any) -> bool:
 
 
 def _short(v: Any) -> str:
-    text = json.dumps(v)
+    text = json_text(v, indent=None)
     return text if len(text) <= 60 else text[:57] + "..."
 
 

@@ -3,7 +3,6 @@ and :class:`ParityReport`, one :class:`ParityRow` per artifact and provider, as 
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -114,9 +113,9 @@ class ParityReport:
         return _finite(d)
 
     def to_json(self, path: str | Path) -> Path:
-        from .fileio import write_text
+        from .fileio import json_text, write_text
 
-        return write_text(path, json.dumps(self.to_dict(), indent=2) + "\n")
+        return write_text(path, json_text(self.to_dict()) + "\n")
 
     def to_markdown(self) -> str:
         """The parity table (notes are separate: :attr:`notes`)."""

@@ -21,7 +21,6 @@ few minutes on a 2-core CPU and its check passes: width 0.5, 64 px, 10 classes x
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from dataclasses import asdict, dataclass, field
@@ -335,10 +334,10 @@ def _run_step(result: PipelineResult, step: str, t0: float) -> None:
 
 
 def _save_record(result: PipelineResult, t0: float) -> None:
-    from .fileio import write_text
+    from .fileio import json_text, write_text
 
     result.wall_seconds = time.perf_counter() - t0
-    write_text(result.run_dir / PIPELINE_FILE, json.dumps(result.to_dict(), indent=2, default=str) + "\n")
+    write_text(result.run_dir / PIPELINE_FILE, json_text(result.to_dict(), default=str) + "\n")
 
 
 def _partial_report(result: PipelineResult) -> None:

@@ -16,6 +16,7 @@ others are still classified. When no image at all can be classified, :class:`~mn
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -97,6 +98,12 @@ def collect_images(inputs: list[str | Path]) -> tuple[list[Path], list[dict[str,
         else:
             skipped.append({"path": str(p), "reason": "file not found"})
     return files, skipped
+
+
+def percent(p: float) -> str:
+    """A probability as text for a person, 7 characters: ``  93.10%``; a non-finite one (a model whose weights or
+    inputs gave NaN logits) is ``    nan`` (JSON output says ``null``)."""
+    return f"{p:7.2%}" if math.isfinite(p) else f"{str(p).lower():>7}"
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:

@@ -295,7 +295,7 @@ def load_artifact(path: str | Path, provider: str = "cpu", *, threads: int | Non
         model = _load_onnx_model(p, check=False)  # parsed once: metadata here, the checker in create_session
         meta = _onnx_metadata(model, p)
         session, used = create_session(p, provider, threads=threads, model=model, cuda_graph=cuda_graph)  # onnx.checker first, then the session
-        check_onnx_signature(model, meta, p)
+        validate_artifact(kind, p, meta, onnx_model=model)
         return OnnxRunner(path=p, format="onnx", precision=meta["precision"], provider=used, metadata=meta, session=session,
                           input_name=meta.get("input_name", INPUT_NAME), output_name=meta.get("output_name", OUTPUT_NAME))
     meta = _checkpoint_metadata(ckpt) if ckpt is not None else read_metadata(p)
@@ -320,8 +320,91 @@ def load_artifact(path: str | Path, provider: str = "cpu", *, threads: int | Non
         except (RuntimeError, ValueError, OSError, zipfile.BadZipFile) as exc:
             raise ArtifactError(f"TorchScript file cannot be loaded: {first_line(exc)}",
                                 path=p, hint="the file is truncated or damaged; export it again") from None
-        check_torchscript_signature(module, meta, p)
+        validate_artifact(kind, p, meta, module=module)
     return TorchRunner(path=p, format=kind, precision="fp32", provider=device.type, metadata=meta, module=module, device=device)
+
+
+def validate_artifact(kind: str, p: Path, meta: dict[str, Any], *, onnx_model=None, module=None) -> None:
+    """The checks of an exported file against its own metadata, the same for every command that loads one (``predict``,
+    ``check``, ``bench`` through :func:`load_artifact`; ``info``, which makes no session, directly), so that what one
+    refuses no other runs: the graph's input and output (:func:`check_onnx_signature`), or the TorchScript program's
+    (:func:`check_torchscript_signature`), and the weights against the metadata's ``model_config``
+    (:func:`check_model_config`): a foreign model carrying metadata copied from an export is refused. ``onnx_model``:
+    the parsed ``onnx.ModelProto``; ``module``: the loaded TorchScript module. A checkpoint builds its model from its
+    own config and loads its weights strictly: nothing more to check."""
+    if kind == "onnx":
+        check_onnx_signature(onnx_model, meta, p)
+        kernels = onnx_initializer_counts(onnx_model)["kernels"]
+    elif kind == "torchscript":
+        check_torchscript_signature(module, meta, p)
+        kernels = torchscript_constants(module)[1]
+    else:
+        return
+    check_model_config(meta, kernels, p)
+
+
+def check_model_config(meta: dict[str, Any], kernels: int, p: Path) -> None:
+    """An :class:`ArtifactError` unless the file's ``kernels`` (elements of its weights of rank 2 or more) are those of
+    the network the metadata's ``model_config`` describes: convolution and linear kernels are exported as they are
+    (folding scales them). Biases are not compared: a bias folded from an untrained BatchNorm is all zeros, and the
+    exporters leave such a bias out. The network is built on the meta device: shapes only, no memory."""
+    import torch
+
+    from .config import ModelConfig
+    from .errors import Mnv2Error
+    from .model import build_model
+
+    if not isinstance(meta.get("model_config"), dict):
+        raise ArtifactError("artifact metadata lacks model_config", path=p, hint="export it again with `mnv2 export`")
+    try:
+        cfg = ModelConfig.from_dict(meta["model_config"])
+    except Mnv2Error as exc:
+        raise ArtifactError(f"artifact metadata's model_config is not valid: {exc.what}", path=p,
+                            hint="export it again with `mnv2 export`") from None
+    with torch.device("meta"):
+        want = sum(t.numel() for t in build_model(cfg).parameters() if t.dim() >= 2)
+    if kernels != want:
+        raise ArtifactError(f"the model_config in the file's metadata does not describe its weights ({kernels:,} convolution and "
+                            f"linear kernel weights in the file, {want:,} in the model that model_config describes)",
+                            path=p, hint="the metadata was changed or belongs to another model: export it again with `mnv2 export`")
+
+
+def torchscript_constants(module) -> tuple[int, int]:
+    """Parameters of a frozen TorchScript module: its state dict plus the tensor constants folded into the graph; and
+    of those, the elements of tensors of rank 2 or more (the kernels)."""
+    tensors = list(module.state_dict().values())
+    for node in module.graph.nodes():
+        out = node.output() if node.outputsSize() == 1 else None
+        if node.kind() == "prim::Constant" and out is not None and out.type().kind() == "TensorType":
+            tensors.append(out.toIValue())
+    return sum(t.numel() for t in tensors), sum(t.numel() for t in tensors if t.dim() >= 2)
+
+
+QUANT_OPS = ("QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear")
+
+
+def onnx_initializer_counts(model) -> dict[str, int]:
+    """Elements of an ONNX model's initializers by role: ``weights`` (weights and biases, float or integer), of those
+    ``kernels`` (rank 2 or more: convolution and linear kernels), ``quant`` (scales and zero points of Q/DQ nodes) and
+    ``other`` (int64 shape constants, ReLU6's clip bounds and the like)."""
+    import onnx
+
+    consumers: dict[str, list[tuple[str, int]]] = {}
+    for node in model.graph.node:
+        for i, name in enumerate(node.input):
+            consumers.setdefault(name, []).append((node.op_type, i))
+    counts = dict.fromkeys(("weights", "kernels", "quant", "other"), 0)
+    for init in model.graph.initializer:
+        n = math.prod(init.dims)
+        uses = consumers.get(init.name, [])
+        if uses and all(op in QUANT_OPS and i in (1, 2) for op, i in uses):
+            counts["quant"] += n
+        elif init.data_type in (onnx.TensorProto.INT64, onnx.TensorProto.BOOL) or (uses and all(op == "Clip" and i > 0 for op, i in uses)):
+            counts["other"] += n
+        else:
+            counts["weights"] += n
+            counts["kernels"] += n if len(init.dims) >= 2 else 0
+    return counts
 
 
 def check_onnx_signature(model, meta: dict[str, Any], p: Path) -> None:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import subprocess
 import sys
 import warnings
@@ -607,3 +609,106 @@ def test_a_pipeline_runs_checkpoint_exports_into_that_run(tmp_path, monkeypatch)
     assert default_out_dir("best.pt") == Path("../export")
     (tmp_path / "weights").mkdir()  # a folder named weights elsewhere keeps the usual default
     assert default_out_dir(tmp_path / "weights" / "best.pt") == Path("export") / "weights"
+
+
+# --- temporary files, a full disk --------------------------------------------------------------------------------
+def test_a_killed_exports_temporary_files_stay_in_its_folder_and_the_next_export_removes_them(trained_checkpoint, tmp_path):
+    """SIGKILL in the INT8 step left hidden .model.*.tmp files in the output folder and onnxruntime's folders in the
+    system's temporary directory, which no later export removed. Now every temporary file is in one work folder of
+    the output folder, and the next export into that folder removes it."""
+    import signal
+
+    out, systmp = tmp_path / "out", tmp_path / "systmp"
+    systmp.mkdir()
+    kill_in_calibration = (  # a real SIGKILL at a known point: the INT8 step's first calibration batch
+        "import os, signal, sys\n"
+        "from mnv2export.export import quantize\n"
+        "quantize.CalibrationReader.get_next = lambda self: os.kill(os.getpid(), signal.SIGKILL)\n"
+        "from mnv2export.cli import main\n"
+        f"sys.exit(main(['export', {str(trained_checkpoint)!r}, '--format', 'onnx', '--quantize', '--calib-size', '16', '--out', {str(out)!r}]))\n"
+    )
+    r = subprocess.run([sys.executable, "-c", kill_in_calibration], capture_output=True, text=True, env={**os.environ, "TMPDIR": str(systmp)},
+                       check=False)
+    assert r.returncode == -signal.SIGKILL, r.stderr
+    # nothing in the system's temporary directory (but .ses, one small file onnxruntime writes when it is imported)
+    assert [p.name for p in systmp.iterdir() if p.name != ".ses"] == []
+    left = [p.name for p in out.iterdir()]
+    assert len(left) == 1 and left[0].startswith(".mnv2-work."), left
+    work = out / left[0]
+    assert any(p.name.startswith(".model.onnx.") for p in work.iterdir())  # the staged FP32 file
+    assert any(p.name.startswith("mnv2-int8-") for p in work.iterdir())  # the INT8 step's folder
+
+    export_all(trained_checkpoint, out, formats="torchscript")
+    assert sorted(p.name for p in out.iterdir()) == [MANIFEST_FILE, TORCHSCRIPT_FILE]
+
+
+def test_an_export_removes_stale_temporary_files_and_nothing_else(trained_checkpoint, tmp_path):
+    """Leftovers of killed exports (this version's work folders, earlier versions' hidden .tmp files and INT8
+    folders) go; a live export's work folder (its lock held) and every other file stay."""
+    import fcntl
+
+    out = tmp_path / "out"
+    out.mkdir()
+    stale = [".model.onnx.k2j3h4.tmp", ".model.int8.onnx.abc.tmp", ".manifest.json.x1.tmp", "mnv2-int8-q1w2/pre.onnx",
+             ".mnv2-work.999.abc/.model.onnx.x.tmp"]
+    kept = ["notes.txt", ".notes.txt.abc.tmp", "mnv2-int8.txt", "my-model.onnx", ".mnv2-work.123.live/.model.onnx.y.tmp"]
+    for name in stale + kept:
+        (out / name).parent.mkdir(parents=True, exist_ok=True)
+        (out / name).write_text(name)
+    live = os.open(out / ".mnv2-work.123.live", os.O_RDONLY)  # as a running export holds its work folder
+    fcntl.flock(live, fcntl.LOCK_EX)
+    try:
+        export_all(trained_checkpoint, out, formats="torchscript")
+    finally:
+        os.close(live)
+    for name in kept:
+        assert (out / name).read_text() == name, name
+    for name in stale:
+        assert not (out / name.split("/")[0]).exists(), name
+    assert sorted(p.name for p in out.iterdir()) == sorted([MANIFEST_FILE, TORCHSCRIPT_FILE, *{k.split("/")[0] for k in kept}])
+
+
+def _raise_enospc(*args, **kwargs):
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+@pytest.mark.parametrize("where", ["onnxruntime.quantization's onnx.save", "the INT8 file's write"])
+def test_a_full_disk_in_the_int8_step_is_the_disk_full_error(trained_checkpoint, tmp_path, monkeypatch, where):
+    """A full disk during the INT8 step said "INT8 quantization failed: [Errno 28] ...: report it": onnxruntime's
+    quantizer raises it from inside (wrapped as a failure of its own). It is the one-line disk-full error, naming the
+    INT8 file, and the folder keeps its earlier export, with no temporary file."""
+    from mnv2export import fileio
+
+    out = tmp_path / "out"
+    export_all(trained_checkpoint, out, formats="torchscript")
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    if where.startswith("onnxruntime"):
+        monkeypatch.setattr(onnx, "save", _raise_enospc)  # what quant_pre_process calls to write its result
+    else:
+        write_all = fileio._write_all
+        monkeypatch.setattr(fileio, "_write_all", lambda path, data: (_raise_enospc() if path.name.startswith(f".{INT8_FILE}.") else write_all(path, data)))
+    with pytest.raises(OutputError) as err:
+        export_all(trained_checkpoint, out, formats="onnx", quantize=True, calib_size=16)
+    assert err.value.what == "disk full while writing" and err.value.path == str(out / INT8_FILE)
+    assert err.value.hint == "free some space and run again; earlier files are intact"
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+def test_a_temporary_file_cut_short_is_an_error_never_read(trained_checkpoint, tmp_path, monkeypatch):
+    """A write that stops short without an error (a full disk under a writer that does not check) left a file that the
+    next step read: "Wire format was corrupt". Every file the export writes has its size checked after the write."""
+    from mnv2export import fileio
+    from mnv2export.export import onnx as onnx_export
+
+    def short(path, data):  # the device took half
+        Path(path).write_bytes(bytes(data)[: len(data) // 2])
+
+    read = []
+    verify = onnx_export.verify_with_ort
+    monkeypatch.setattr(onnx_export, "verify_with_ort", lambda path, *a, **kw: read.append(path) or verify(path, *a, **kw))
+    monkeypatch.setattr(fileio, "_write_all", short)
+    with pytest.raises(OutputError) as err:
+        export_all(trained_checkpoint, tmp_path / "out", formats="onnx")
+    assert err.value.what == "disk full while writing" and err.value.path == str(tmp_path / "out" / ONNX_FILE)
+    assert read == []  # never read
+    assert list((tmp_path / "out").iterdir()) == []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 from torch import nn
@@ -42,19 +43,29 @@ def test_mobilenet_v2_published_numbers(imagenet_checkpoint):
     assert info.model.blocks[18].output_shape == [1, 1280, 7, 7]
 
 
-def test_exported_files_count_the_folded_parameters(trained_checkpoint, exported):
-    """Exported files hold BatchNorm folded: one bias per BatchNorm channel instead of its scale and shift."""
+def test_exported_files_count_the_folded_parameters(trained_checkpoint, exported, capsys):
+    """Exported files hold BatchNorm folded: one bias per BatchNorm channel instead of its scale and shift. `mnv2 info
+    model.onnx` showed two counts (the file's folded one, and the unfolded network's in the block table) and listed
+    BatchNorm layers the file does not have: now one count, the folded network's, and no BatchNorm layer."""
     from mnv2export.checkpoint import load_checkpoint
 
     model = load_checkpoint(trained_checkpoint).build_model()
     folded = sum(p.numel() for p in model.parameters()) - sum(m.num_features for m in model.modules() if isinstance(m, nn.BatchNorm2d))
     source = describe(trained_checkpoint)
+    assert any(row.type == "BatchNorm2d" for row in source.model.layers)  # the checkpoint has them, unfolded
     for name in ("model.torchscript.pt", "model.onnx", "model.int8.onnx", "model.fp16.onnx"):
         info = describe(exported.out_dir / name)
-        assert info.params == folded, name
-        assert info.model.params == source.params and info.model.macs == source.model.macs, name  # the rebuilt network
+        assert info.params == info.model.params == folded, name  # one count
+        assert sum(b.params for b in info.model.blocks) == sum(row.params for row in info.model.layers) == folded, name
+        assert not [row.name for row in info.model.layers if "Norm" in row.type or row.type == "Identity"], name
+        assert info.model.macs == source.model.macs, name  # the rebuilt network: folding changes no MAC
         assert info.file_size == (exported.out_dir / name).stat().st_size
         assert info.precision == exported.artifacts[name]["precision"]
+    assert main(["info", str(exported.out_dir / "model.onnx")]) == 0
+    text = capsys.readouterr().out
+    assert "BatchNorm" not in text.split("layers")[-1]
+    counts = {int(n.replace(",", "")) for n in re.findall(r"([\d,]+) parameters", text)}
+    assert counts == {folded}, text
 
 
 def test_onnx_graph_details_and_quantized_nodes(exported):

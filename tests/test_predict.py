@@ -259,3 +259,70 @@ def test_threads_option(exported, images, capsys):
     assert len(json.loads(capsys.readouterr().out)["predictions"]) == 16
     assert main(["predict", str(images), "--model", str(exported.out_dir / "model.onnx"), "--threads", "0"]) == 1
     assert capsys.readouterr().err.strip().splitlines()[-1].startswith("error: threads = 0 is out of range")
+
+
+def _strict_json(text: str):
+    """``json.loads`` as a strict parser reads it: NaN and Infinity are not JSON."""
+    def refuse(name):
+        raise ValueError(f"not JSON: {name}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_nan_probabilities_are_null_in_json_and_nan_in_text(exported, images, tmp_path, capsys):
+    """`predict --json` printed bare NaN (strict JSON parsers refuse it) and the text `nan%`, for a model whose weights
+    give NaN logits."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(exported.out_dir / "model.onnx"))
+    init = next(i for i in model.graph.initializer if len(i.dims) == 2)  # the classifier's weights
+    w = numpy_helper.to_array(init).copy()
+    w[0, 0] = np.nan
+    init.CopyFrom(numpy_helper.from_array(w, init.name))
+    onnx.save(model, str(tmp_path / "nan.onnx"))
+    image = str(next(images.rglob("*.png")))
+    assert main(["predict", image, "--model", str(tmp_path / "nan.onnx"), "--json", "--top-k", "2"]) == 0
+    data = _strict_json(capsys.readouterr().out)
+    assert [t["probability"] for t in data["predictions"][0]["top"]] == [None, None]
+    assert main(["predict", image, "--model", str(tmp_path / "nan.onnx"), "--top-k", "2"]) == 0
+    lines = capsys.readouterr().out.splitlines()[2:]
+    assert len(lines) == 2 and all(line.strip().startswith("nan ") for line in lines) and "%" not in "".join(lines), lines
+
+
+def foreign_onnx(real: Path, out: Path) -> Path:
+    """A tiny graph of another structure (average pool, then one linear layer) with the same input and output as
+    ``real``, and ``real``'s metadata copied into it."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    source = onnx.load(str(real))
+    classes = source.graph.output[0].type.tensor_type.shape.dim[1].dim_value
+    w = helper.make_tensor("w", TensorProto.FLOAT, [classes, 3], np.ones((classes, 3), np.float32).ravel().tolist())
+    graph = helper.make_graph(
+        [helper.make_node("GlobalAveragePool", ["input"], ["pooled"]), helper.make_node("Flatten", ["pooled"], ["flat"]),
+         helper.make_node("Gemm", ["flat", "w"], ["logits"], transB=1)],
+        "foreign", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 3, 32, 32])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", classes])], [w])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=source.ir_version)
+    model.metadata_props.extend(source.metadata_props)
+    onnx.checker.check_model(model)
+    onnx.save(model, str(out))
+    return out
+
+
+def test_a_foreign_onnx_graph_with_copied_metadata_is_refused_as_info_refuses_it(exported, images, tmp_path, capsys):
+    """predict ran a foreign graph that carried metadata copied from an export (same input and output), which info
+    refused: every command that loads an artifact now makes the same checks (runtime.validate_artifact)."""
+    from mnv2export.errors import ArtifactError
+    from mnv2export.runtime import load_artifact
+
+    foreign = foreign_onnx(exported.out_dir / "model.onnx", tmp_path / "model.onnx")
+    errors = []
+    for command in (["info"], ["predict", str(images), "--model"]):
+        assert main([*command, str(foreign)]) == 1
+        errors.append(capsys.readouterr().err.strip().splitlines()[-1])
+    assert errors[0] == errors[1], errors
+    assert errors[0].startswith("error: the model_config in the file's metadata does not describe its weights (12 ") and str(foreign) in errors[0]
+    with pytest.raises(ArtifactError, match="does not describe its weights"):  # check and bench load through here
+        load_artifact(foreign)

@@ -140,19 +140,27 @@ def _export_all(checkpoint_path, out_dir, fmts, quantize, fp16, calib_data, cali
         "onnx_exporter": ONNX_EXPORTER if "onnx" in fmts else None, "calib_data": calib.source if calib else None,
         "calib_size": calib_size if quantize else None, "calib_method": calib_method if quantize else None,
     }
-    from ..fileio import atomic_files
+    from ..fileio import atomic_files, temp_files_in, work_folder
 
-    # every file renamed together at the end, in order, manifest last; an artifact name not written this time (an
+    # every temporary file (ours and onnxruntime.quantization's) in one locked work folder inside `out`, so that a
+    # killed export leaves them there, and the next export into `out` removes them (TEMP_LEFTOVERS: older versions').
+    # Every file renamed together at the end, in order, manifest last; an artifact name not written this time (an
     # earlier export's model.int8.onnx...) is removed in the same commit, so the folder holds one export only
-    with atomic_files(out, owned=previous_artifacts(out)) as staged:
+    with (work_folder(out, legacy=TEMP_LEFTOVERS) as work, temp_files_in(work),
+          atomic_files(out, owned=previous_artifacts(out), temp_dir=work) as staged):
         return _export(ckpt, out, fmts, quantize, fp16, calib, calib_method, opset, settings, staged)
+
+
+# what earlier versions of the export left in its folder when killed (temporary files beside the final names, the
+# INT8 step's folder): no export of this version writes these names, so any found is stale
+TEMP_LEFTOVERS = (*(f".{name}.*.tmp" for name in (*ARTIFACT_FILES, MANIFEST_FILE)), "mnv2-int8-*")
 
 
 def _export(ckpt, out: Path, fmts, quantize, fp16, calib, calib_method, opset, settings, staged) -> Manifest:
     import numpy as np
     import torch
 
-    from ..fileio import sha256_file
+    from ..fileio import json_text, sha256_file, write_bytes
     from ..fold import check_fold_logits, fold_bn
     from .calib import verification_inputs
 
@@ -228,5 +236,5 @@ def _export(ckpt, out: Path, fmts, quantize, fp16, calib, calib_method, opset, s
         "settings": settings, "bn_fold": {"max_abs_diff": fold_diff, "inputs": inputs_source}, "versions": base["versions"],
         "artifacts": artifacts,
     }
-    staged(MANIFEST_FILE).write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    write_bytes(staged(MANIFEST_FILE), (json_text(data) + "\n").encode("utf-8"))
     return Manifest(path=out / MANIFEST_FILE, data=data)

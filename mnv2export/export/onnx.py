@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from ..errors import ExportError, first_line
+from ..fileio import json_text, write_bytes
 from .names import INPUT_NAME, ONNX_METADATA, OUTPUT_NAME
 from .opsets import DEFAULT_OPSET, check_opset
 
@@ -115,7 +116,7 @@ def set_metadata(model: onnx.ModelProto, metadata: dict[str, Any]) -> None:
     del model.metadata_props[:]
     model.metadata_props.extend(keep)
     prop = model.metadata_props.add()
-    prop.key, prop.value = ONNX_METADATA, json.dumps(metadata)
+    prop.key, prop.value = ONNX_METADATA, json_text(metadata, indent=None)
 
 
 def get_metadata(model: onnx.ModelProto) -> dict[str, Any] | None:
@@ -126,14 +127,15 @@ def get_metadata(model: onnx.ModelProto) -> dict[str, Any] | None:
 
 
 def check_and_save(model: onnx.ModelProto, out: str | Path) -> None:
-    """``onnx.checker`` full check (with shape inference), then one self-contained file (no external data)."""
+    """``onnx.checker`` full check (with shape inference), then one self-contained file (no external data), whose size
+    is checked: a write cut short is an ``OSError(ENOSPC)`` (a full disk), reported by the caller."""
     if model.ByteSize() >= 2**31 - 1:
         raise ExportError("the ONNX model is over 2 GB and would need external data", path=out, hint="this tool exports MobileNetV2 only")
     try:
         onnx.checker.check_model(model, full_check=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
         raise ExportError(f"the ONNX model fails onnx.checker: {first_line(exc)}", path=out, hint="report it with MNV2_DEBUG=1") from exc
-    onnx.save_model(model, str(out), save_as_external_data=False)
+    write_bytes(out, model.SerializeToString())  # what onnx.save_model writes for a model without external data
 
 
 def toposort(graph: onnx.GraphProto) -> None:

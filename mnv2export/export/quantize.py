@@ -18,6 +18,7 @@ QGemm when the session runs with ORT_ENABLE_ALL (the default).
 from __future__ import annotations
 
 import contextlib
+import errno
 import io
 import logging
 import platform
@@ -30,12 +31,14 @@ import numpy as np
 import onnx
 
 from ..errors import ConfigError, ExportError, first_line
+from ..fileio import is_disk_full
 from .names import CALIB_METHODS, INPUT_NAME, OUTPUT_NAME
 from .onnx import check_and_save, drop_unused_domains, op_count, set_metadata
 
 log = logging.getLogger(__name__)
 
 CALIB_BATCH = 16  # images per calibration run; ONNX Runtime histograms / min-max are merged batch by batch
+INT8_ROOM = 3  # the INT8 step's temporary files at their peak, in FP32 model sizes (pre-processed, optimised, inferred)
 
 
 def cpu_flags() -> set[str] | None:
@@ -101,7 +104,33 @@ def pre_process(fp32: str | Path, out: str | Path) -> None:
     ``mnv2 check --debug-int8`` repeats it to get the tensor names the INT8 model was quantised with."""
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    quant_pre_process(str(fp32), str(out), skip_symbolic_shape=True)
+    with _logged_errors("onnxruntime.quantization.shape_inference") as errors:
+        quant_pre_process(str(fp32), str(out), skip_symbolic_shape=True)
+    if errors:  # it logs a failed optimisation (a full disk while ORT writes the optimised model) and goes on without it
+        raise RuntimeError(f"quant_pre_process: {errors[0]}")
+
+
+@contextlib.contextmanager
+def _logged_errors(name: str) -> Iterator[list[str]]:
+    """Inside: the records of the logger ``name`` go to our debug log instead of stderr (where Python's last-resort
+    handler prints them, tracebacks included); the first line of each ERROR record is collected."""
+    errors: list[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            log.debug("%s: %s", name, record.getMessage())
+            if record.levelno >= logging.ERROR:
+                errors.append(first_line(Exception(record.getMessage())))
+
+    logger = logging.getLogger(name)
+    handler, saved = Collect(), logger.propagate
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        yield errors
+    finally:
+        logger.removeHandler(handler)
+        logger.propagate = saved
 
 
 def stem_conv(model: onnx.ModelProto) -> str | None:
@@ -131,6 +160,8 @@ def quantize_onnx(
     qtype = {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8}
     calib = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy, "percentile": CalibrationMethod.Percentile}[method]
     reader = CalibrationReader(images)
+    # beside `out` (an export's work folder); onnxruntime.quantization's own temporary folders go where `tempfile`
+    # says, which the export points into that work folder too (fileio.temp_files_in)
     with tempfile.TemporaryDirectory(prefix="mnv2-int8-", dir=Path(out).parent) as tmp:
         pre = Path(tmp) / "pre.onnx"
         raw = Path(tmp) / "int8.onnx"
@@ -152,11 +183,16 @@ def quantize_onnx(
                 )
             if chatter.getvalue().strip():
                 log.debug("quantize_static: %s", chatter.getvalue().strip())
+            model = onnx.load(str(raw))
         except (ConfigError, ExportError):
             raise
         except Exception as exc:  # noqa: BLE001 - onnxruntime.quantization raises many types
+            # a full disk shows as an OSError, or as a file that does not parse (onnx's C++ infer_shapes_path, which
+            # ONNX Runtime's steps call, cuts a file short without an error), its folder already removed: the step
+            # holds up to three copies of the model at once, so a failure with less room than that is the disk's
+            if is_disk_full(exc, tmp, need=INT8_ROOM * Path(fp32).stat().st_size):
+                raise OSError(errno.ENOSPC, f"disk full in the INT8 step: {first_line(exc)}", str(out)) from exc
             raise ExportError(f"INT8 quantization failed: {first_line(exc)}", path=out, hint="report it with MNV2_DEBUG=1") from exc
-        model = onnx.load(str(raw))
     if op_count(model, "QuantizeLinear") == 0:
         raise ExportError("the INT8 model holds no QuantizeLinear node", path=out, hint="report it with MNV2_DEBUG=1")
     settings = {
@@ -169,7 +205,7 @@ def quantize_onnx(
         log.debug("INT8: dropped the unused operator-set imports %s", ", ".join(dropped))
     set_metadata(model, {**metadata, "quantization": settings})
     model.doc_string = "MobileNetV2, INT8 (QDQ) by mnv2export"
-    check_and_save(model, out)
+    check_and_save(model, out)  # a full disk: an OSError (ENOSPC), reported by the caller
     return settings
 
 

@@ -12,7 +12,6 @@ the issue asks for, so the warning is silenced here and the decision is recorded
 from __future__ import annotations
 
 import io
-import json
 import logging
 import warnings
 from pathlib import Path
@@ -22,6 +21,7 @@ import torch
 from torch import nn
 
 from ..errors import ExportError, first_line
+from ..fileio import json_text, write_bytes
 from .names import TORCHSCRIPT_METADATA
 
 log = logging.getLogger(__name__)
@@ -53,10 +53,10 @@ def export_torchscript(
             frozen = torch.jit.freeze(traced)
             _convolutions_follow_torch_flags(frozen.graph)
             buffer = io.BytesIO()  # serialised in memory: writing straight to a full disk aborts the process in C++
-            torch.jit.save(frozen, buffer, _extra_files={TORCHSCRIPT_METADATA: json.dumps(metadata)})
+            torch.jit.save(frozen, buffer, _extra_files={TORCHSCRIPT_METADATA: json_text(metadata, indent=None)})
     except (RuntimeError, ValueError, TypeError) as exc:
         raise ExportError(f"TorchScript tracing failed: {first_line(exc)}", path=out, hint="report it with MNV2_DEBUG=1") from exc
-    out.write_bytes(buffer.getbuffer())  # a full disk is an OSError (ENOSPC) here, reported by the caller
+    write_bytes(out, buffer.getbuffer())  # a full disk (or a write cut short) is an OSError (ENOSPC) here, reported by the caller
     if reference is None:
         with torch.no_grad():
             reference = folded(example)

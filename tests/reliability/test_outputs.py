@@ -86,6 +86,27 @@ def test_export_on_a_full_disk_and_into_a_read_only_folder(tmp_path, trained_che
         assert "cannot create output folder" in line and str(ro / "exp") in line
 
 
+@pytest.mark.parametrize("room", [1.5, 2.4])
+def test_a_full_disk_in_the_int8_step_is_the_disk_full_error(tmp_path, trained_checkpoint, room, capfd):
+    """A real full disk in the INT8 step, with room for 1.5 and 2.4 FP32 models: it said "INT8 quantization failed:
+    [Errno 28] ...: report it" (onnxruntime's quantizer wraps the OSError) and, with more room, "Wire format was
+    corrupt" (onnx's C++ shape inference cuts its file short without an error, and the next step reads it)."""
+    from mnv2export.errors import OutputError
+    from mnv2export.export import export_all
+
+    with small_filesystem(tmp_path / "fs", "16M") as fs:
+        out = fs / "exp"
+        export_all(trained_checkpoint, out, formats="onnx")
+        before = {p.name: p.read_bytes() for p in out.iterdir()}
+        _fill(fs, keep_free=int(room * len(before["model.onnx"])))
+        capfd.readouterr()
+        with pytest.raises(OutputError) as err:
+            export_all(trained_checkpoint, out, formats="onnx", quantize=True, calib_size=16)
+        assert err.value.one_line() == f"disk full while writing ({out / 'model.int8.onnx'}): free some space and run again; earlier files are intact"
+        assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # no temporary file left either
+        assert "Traceback" not in capfd.readouterr().err  # onnxruntime's own log of its failure is not printed
+
+
 def test_two_exports_at_once(tmp_path, trained_checkpoint, tiny_checkpoint):
     """Into different folders: no interference. Into the same folder: the later one wins whole, never a mix."""
     def start(ckpt, out):

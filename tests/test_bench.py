@@ -12,6 +12,7 @@ import shutil
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -550,3 +551,115 @@ def test_the_table_gives_each_row_that_did_not_run_its_full_reason_on_one_line_b
     below = out[out.index(next(x for x in out if x.startswith("└"))) + 1:]
     assert below[:2] == [f"[1] unavailable: onnx on cuda, batch 1, 32: {why_cuda}",
                          "[2] error: int8 on cpu, batch 1: model.int8.onnx changed since export [sha256]"], below
+
+
+# ----------------------------------------------------------------------------------------------------- memory
+def test_the_per_image_footprint_comes_from_the_models_own_shapes(exported):
+    """Tiny model (32 px, width 0.35): the peak is inside features.2's expansion, at 16 x 16: the model's input (held
+    by its forward's frame), the block's 8-channel input (held by the Sequentials around it), the 48-channel
+    convolution output and the BatchNorm output made from it."""
+    from mnv2export.bench.memory import footprint
+    from mnv2export.runtime import read_metadata
+
+    fp = footprint(read_metadata(exported.out_dir / ONNX_FILE))
+    assert fp.input_bytes == 4 * 3 * 32 * 32 and fp.output_bytes == 4 * 4
+    assert fp.activation_bytes == 4 * (3 * 32 * 32 + 8 * 16 * 16 + 2 * 48 * 16 * 16)
+    assert fp.layer_bytes == 4 * 2 * 48 * 16 * 16
+
+
+def test_the_memory_estimate_covers_what_each_format_really_takes(exported):
+    """For every format, the estimate of a row is at least the peak RSS growth that loading, binding and calling it
+    really cost (at a batch where activations, not libraries, dominate), and not a vacuous bound."""
+    from mnv2export.bench.memory import estimate_bytes, footprint
+    from mnv2export.bench.targets import bind, input_batch, load
+    from mnv2export.runtime import read_metadata
+
+    if HostPeak.method().startswith("ru_maxrss"):
+        pytest.skip("the RSS high-water mark cannot be reset here")
+    batch = 1024
+    fp = footprint(read_metadata(exported.out_dir / ONNX_FILE))
+    files = {"eager": exported.data["source_checkpoint"]["path"], **{f: exported.out_dir / name for f, name in
+             (("torchscript", "model.torchscript.pt"), ("onnx", ONNX_FILE), ("int8", INT8_FILE), ("fp16", FP16_FILE))}}
+    grew = {}
+    for fmt, path in files.items():
+        peak = HostPeak()
+        peak.start()
+        runner = load(Path(path), "cpu", 1)
+        bound = bind(runner, input_batch(runner, batch), "resident")
+        with bound.context():
+            bound.call()
+            bound.call()
+        grew[fmt] = peak.added_mb() * 2**20
+        del runner, bound
+        estimate = estimate_bytes(fp, fmt, batch, threads=1, weights=Path(path).stat().st_size)
+        assert estimate >= grew[fmt], (fmt, estimate / 1e6, grew[fmt] / 1e6)
+    assert max(grew.values()) >= batch * fp.activation_bytes / 2  # the activations were really there, at this batch
+    assert estimate_bytes(fp, "eager", batch, threads=1) <= 6 * grew["eager"]
+
+
+def test_a_row_that_cannot_fit_is_refused_with_its_estimate(exported):
+    """A batch whose estimate exceeds the memory left is an error row saying both figures and the largest batch
+    that fits, before its model is loaded or its input allocated; the other batch sizes are measured."""
+    from mnv2export.bench.memory import estimate_bytes, fit_problem, footprint, per_image_bytes
+    from mnv2export.runtime import read_metadata
+
+    fp = footprint(read_metadata(exported.out_dir / ONNX_FILE))
+    need = estimate_bytes(fp, "onnx", 1000, threads=2, weights=10**6)
+    per = per_image_bytes(fp, "onnx")
+    assert fit_problem(need, need, "x", batch=1000, per_image=per, where="host") is None
+    assert fit_problem(need, None, "unknown", batch=1000, per_image=per, where="host") is None
+    what, hint = fit_problem(need, need - 1, "MemAvailable", batch=1000, per_image=per, where="host")
+    assert what.startswith(f"batch 1000 needs about {need / 1e6:.0f} MB of host memory") and "MemAvailable" in what
+    assert hint == "use a batch of at most 999"
+    room = estimate_bytes(fp, "onnx", 200, threads=2, weights=10**6) + per - 1  # 200 fit, 201 do not
+    assert fit_problem(need, room, "MemAvailable", batch=1000, per_image=per, where="host")[1] == "use a batch of at most 200"
+    assert fit_problem(need, 10, "MemAvailable", batch=1000, per_image=per, where="host")[1].startswith("not even one image fits")
+
+    started = time.perf_counter()
+    result = bench.run(exported.out_dir, formats="eager,onnx", providers="cpu", batches=(1, 10**7), **FAST)
+    assert time.perf_counter() - started < 60
+    for fmt in ("eager", "onnx"):
+        assert result.row(fmt, "cpu", 1).ok
+        huge = result.row(fmt, "cpu", 10**7)
+        assert huge.status == "error" and huge.session_s is None and huge.peak_host_mb is None, huge.reason
+        assert huge.reason.startswith("batch 10000000 needs about ") and " GB of host memory" in huge.reason, huge.reason
+        assert "available (" in huge.reason and ": use a batch of at most " in huge.reason, huge.reason
+
+
+def test_cli_a_batch_that_cannot_fit_exits_1_saying_the_estimate(exported):
+    r = cli(exported.out_dir, "--formats", "onnx", "--provider", "cpu", "--batch", "10000000", "--iters", "2", "--threads", "1")
+    errors = [line for line in r.stderr.splitlines() if line.startswith("error: ")]
+    assert r.returncode == 1 and len(errors) == 1, r.stderr
+    assert errors[0].startswith("error: no row could be measured (onnx/cpu batch 10000000: batch 10000000 needs about "), errors
+    assert "of host memory" in errors[0] and "available (" in errors[0], errors
+
+
+@pytest.mark.cuda
+def test_a_batch_too_large_for_the_gpu_is_refused_with_the_free_device_memory(exported):
+    result = bench.run(exported.out_dir, formats="onnx,eager", providers="cuda", batches=(10**6,), **FAST)
+    for r in result.rows:  # 12 GB of input fits the host; about 250 GB does not fit any GPU
+        assert r.status == "error" and "of GPU memory" in r.reason and "free GPU memory (cudaMemGetInfo)" in r.reason, r.reason
+
+
+# ----------------------------------------------------------------------------------------------------- the plot
+def test_the_latency_plots_log_axis_reads_plain_numbers():
+    """Minor ticks of a log axis were labelled `6 x 10^0`; every label now is a plain number."""
+    import re
+
+    from mnv2export.bench.plot import latency_figure, plain_number
+
+    rows = [bench.BenchRow(fmt, "cpu", b, p50_ms=ms * b, p90_ms=ms * b * 1.1) for fmt, ms in (("eager", 9.1), ("onnx", 4.2), ("int8", 2.5))
+            for b in (1, 32)]
+    rows.append(bench.BenchRow("fp16", "cpu", 1, p50_ms=0.031, p90_ms=0.04))  # batch 1 spans three decades, batch 32 one
+    fig = latency_figure(bench.BenchResult(rows=rows, machine={"cpu_model": "cpu", "threads": 1}))
+    fig.canvas.draw()
+    shown = []
+    for ax in fig.axes:
+        lo, hi = ax.get_ylim()
+        ticks = [t for minor in (False, True) for t in ax.get_yticklabels(minor=minor)]
+        shown.append([t.get_text() for t in ticks if lo <= t.get_position()[1] <= hi and t.get_text()])
+    assert shown[0] == ["0.1", "1", "10"], shown  # three decades: the powers of ten only
+    assert shown[1] == ["100", "30", "40", "60", "200", "300"], shown  # about a decade: 2, 3, 4 and 6 times a power of ten too
+    for text in shown[0] + shown[1]:
+        assert re.fullmatch(r"\d+(\.\d+)?", text), text
+    assert [plain_number(x) for x in (6.0, 0.30000000000000004, 1e-05, 1000.0, 2e4)] == ["6", "0.3", "0.00001", "1000", "20000"]

@@ -7,7 +7,8 @@
 
 Modules: ``sweep`` (run), ``sources`` (artifacts folder or checkpoint), ``targets`` (loading, input binding, GPU
 memory), ``timing`` (the timed loop), ``stats`` (percentiles), ``machine`` (machine details, host memory),
-``placement`` (ONNX Runtime node placement), ``result`` / ``plot`` (the outputs).
+``memory`` (will a row fit: its estimate against the memory left), ``placement`` (ONNX Runtime node placement),
+``result`` / ``plot`` (the outputs).
 """
 
 from __future__ import annotations

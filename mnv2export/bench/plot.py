@@ -1,23 +1,45 @@
 """PNG of latency by format and provider: one panel per batch size, one bar group per format, one bar per provider
-(and I/O mode); bar = p50, whisker = p90, both in ms on a log axis. Rows that did not run are marked, not left out."""
+(and I/O mode); bar = p50, whisker = p90, both in ms on a log axis labelled in plain numbers (6, 20, 0.5, not
+6 x 10^0). Rows that did not run are marked, not left out.
+
+This module sits below ``result``: it reads a result's ``rows`` and ``machine`` and imports nothing of it."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from .result import BenchResult
+from typing import Any, Protocol
 
 
-def plot_latency(result: BenchResult, path: Path) -> Path:
-    from ..plots import _plt, _save
+class Rows(Protocol):
+    """What the plot reads of a :class:`~mnv2export.bench.result.BenchResult`."""
+
+    rows: list[Any]  # BenchRow
+    machine: dict[str, Any]
+
+
+def provider_label(provider: str, io: str) -> str:
+    """The provider as tables and legends show it: ``cuda (copies)`` for the rows that include host-device copies."""
+    return provider + ("" if io == "resident" or provider == "cpu" else f" ({io})")
+
+
+def plot_latency(result: Rows, path: Path) -> Path:
+    from ..plots import _save
+
+    return _save(latency_figure(result), path)
+
+
+def latency_figure(result: Rows):
+    """The figure :func:`plot_latency` saves (a ``matplotlib.figure.Figure``)."""
+    from matplotlib.patches import Patch
+
+    from ..plots import _plt
 
     plt = _plt()
-    rows = result.rows
-    batches = sorted({r.batch for r in rows})
-    formats = list(dict.fromkeys(r.format for r in rows))
-    series = list(dict.fromkeys((r.provider, r.io) for r in rows))
+    rows = {(r.format, r.provider, r.batch, r.io): r for r in result.rows}
+    batches = sorted({r.batch for r in result.rows})
+    formats = list(dict.fromkeys(r.format for r in result.rows))
+    series = list(dict.fromkeys((r.provider, r.io) for r in result.rows))
     fig, axes = plt.subplots(1, max(1, len(batches)), figsize=(4.2 * max(1, len(batches)) + 1, 4.2), squeeze=False)
     width = 0.8 / max(1, len(series))
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
@@ -26,7 +48,7 @@ def plot_latency(result: BenchResult, path: Path) -> Path:
         for k, (provider, io) in enumerate(series):
             xs, p50, err = [], [], []
             for i, fmt in enumerate(formats):
-                r = result.row(fmt, provider, batch, io)
+                r = rows.get((fmt, provider, batch, io))
                 x = i - 0.4 + width * (k + 0.5)
                 if r is None:
                     continue
@@ -43,6 +65,7 @@ def plot_latency(result: BenchResult, path: Path) -> Path:
                 lowest = min(lowest, *p50)
         ax.set_xticks(range(len(formats)), formats, rotation=30)
         ax.set_yscale("log")
+        plain_log_labels(ax.yaxis)
         if lowest < float("inf"):
             ax.set_ylim(bottom=lowest / 3)  # every bar shows, the shortest too
         for x, y in labels:  # the p50 inside its bar, at the bottom
@@ -50,15 +73,39 @@ def plot_latency(result: BenchResult, path: Path) -> Path:
         ax.set_title(f"batch {batch}")
         ax.set_ylabel("latency per call, ms (p50, whisker p90)")
         ax.grid(axis="y", alpha=0.3, which="both")
-    from matplotlib.patches import Patch
-
-    from .result import provider_label
-
-    handles = [Patch(color=colours[k % len(colours)], label=provider_label(p, io))
-               for k, (p, io) in enumerate(series)]
+    handles = [Patch(color=colours[k % len(colours)], label=provider_label(p, io)) for k, (p, io) in enumerate(series)]
     axes[0][0].legend(handles=handles, fontsize=8)
     m = result.machine
     gpu = (m.get("gpu") or {}).get("name") or "no GPU"
     fig.suptitle(f"mnv2 bench: {m.get('cpu_model')} (threads: {m.get('threads')}), {gpu}", fontsize=10)
     fig.tight_layout()
-    return _save(fig, path)
+    return fig
+
+
+# Minor ticks (2, 3, ... 9 times a power of ten) get labels only where few decades show, as matplotlib's own
+# LogFormatter chooses them: every one within half a decade, 2, 3, 4 and 6 within two, none beyond.
+_MINOR_SOME, _MINOR_NONE = 0.5, 2.0
+
+
+def plain_log_labels(axis) -> None:
+    """Label a log axis's ticks as plain numbers: ``6``, ``20``, ``0.5``, ``1000``, where matplotlib writes
+    ``6 x 10^0`` (its default, LogFormatterSciNotation) or ``1e-01`` (LogFormatter)."""
+    from matplotlib.ticker import FuncFormatter
+
+    def minor(x: float, _pos=None) -> str:
+        lo, hi = sorted(axis.get_view_interval())
+        decades = math.log10(hi / lo) if lo > 0 else math.inf
+        digit = round(x / 10 ** math.floor(math.log10(x) + 1e-9)) if x > 0 else 0
+        if decades > _MINOR_NONE or (decades > _MINOR_SOME and digit not in (2, 3, 4, 6)):
+            return ""
+        return plain_number(x)
+
+    axis.set_major_formatter(FuncFormatter(lambda x, _pos=None: plain_number(x)))
+    axis.set_minor_formatter(FuncFormatter(minor))
+
+
+def plain_number(x: float) -> str:
+    """``6.0`` -> ``6``, ``0.30000000000000004`` -> ``0.3``, ``1e-05`` -> ``0.00001``: never an exponent."""
+    import numpy as np
+
+    return np.format_float_positional(float(x), precision=6, unique=False, fractional=False, trim="-")

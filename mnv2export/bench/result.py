@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from ..fileio import json_text
+from .plot import plot_latency, provider_label
 
 
 @dataclass
@@ -65,10 +66,6 @@ class BenchRow:
         return asdict(self)
 
 
-def provider_label(provider: str, io: str) -> str:
-    return provider + ("" if io == "resident" or provider == "cpu" else f" ({io})")
-
-
 ROW_FIELDS = [f.name for f in fields(BenchRow)]
 MACHINE_COLUMNS = ("cpu_model", "physical_cores", "threads", "gpu", "torch", "onnxruntime", "mnv2export")
 
@@ -94,7 +91,7 @@ class BenchResult:
     def to_json(self, path: str | Path) -> Path:
         from ..fileio import write_text
 
-        return write_text(path, json.dumps(self.to_dict(), indent=2) + "\n")
+        return write_text(path, json_text(self.to_dict()) + "\n")
 
     def _machine_cells(self) -> dict[str, Any]:
         m, v = self.machine, self.machine.get("versions", {})
@@ -111,7 +108,7 @@ class BenchResult:
         machine = self._machine_cells()
         for r in self.rows:
             d = r.to_dict()
-            d["placement"] = json.dumps(d["placement"]) if d["placement"] else None
+            d["placement"] = json_text(d["placement"], indent=None) if d["placement"] else None
             writer.writerow({**d, **machine})
         if path is not None:
             from ..fileio import write_text
@@ -142,8 +139,6 @@ class BenchResult:
         return "\n".join(lines) + f"\n\n{self.summary_line()}\n"
 
     def plot(self, path: str | Path) -> Path:
-        from .plot import plot_latency
-
         return plot_latency(self, Path(path))
 
 

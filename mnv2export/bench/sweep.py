@@ -36,6 +36,8 @@ EAGER = ("torchvision MobileNetV2 built from the checkpoint, eval(), FP32, NCHW 
          "called under torch.inference_mode() with torch.set_num_threads(threads)")
 AMP_ROWS = ("<format>+amp: the same module and input as the format's row, called under torch.autocast(device, dtype) "
             "inside torch.inference_mode(): float16 on CUDA, bfloat16 on the CPU")
+MEMORY_CHECK = ("before each row allocates anything: its bytes estimated from the model's layer shapes (bench.memory) against "
+                "MemAvailable or the room under the cgroup limit (and free GPU memory on CUDA); a row that cannot fit is an error row")
 TORCHSCRIPT = ("the exported file (traced, BatchNorm folded, frozen): torch.jit.load(map_location), then on the CPU "
                "torch.jit.optimize_for_inference (counted in load time); torch.inference_mode()")
 
@@ -144,6 +146,7 @@ def run(
         "include_copies": include_copies, "input": f"random normal float32 N x C x H x W (seed {seed}), the artifact's input size",
         "eager": EAGER, "torchscript": TORCHSCRIPT, "amp": AMP_ROWS if amp else None, "cuda_graph": GRAPH_ROWS if cuda_graph else None,
         "timer": "time.perf_counter_ns around each call; on CUDA a device-wide synchronize inside the timer",
+        "memory_check": MEMORY_CHECK,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     return BenchResult(rows=result_rows, machine=machine_info(n_threads), settings=settings)
@@ -293,6 +296,7 @@ def _measure_row(row: BenchRow, path: Path, threads: int, plan: Plan, seed: int,
     try:
         host = HostPeak()
         host.start()
+        _check_memory(row, path, threads)  # after the collection above, before the row allocates anything
         gpu = GpuPeak("torch" if _family(row.format) == "torch" else "onnx") if row.provider != "cpu" else None
         t0 = time.perf_counter()
         runner = load(path, row.provider, threads, cuda_graph=row.format.endswith(GRAPH))
@@ -324,6 +328,18 @@ def _measure_row(row: BenchRow, path: Path, threads: int, plan: Plan, seed: int,
         row.status, row.reason = "error", f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
     finally:
         del runner, bound  # the next row's HostPeak.start() collects what is left, GpuPeak empties torch's cache
+
+
+def _check_memory(row: BenchRow, path: Path, threads: int) -> None:
+    """A ConfigError (the row's error) when the row's estimated memory exceeds what is left (bench.memory)."""
+    from ..runtime import read_metadata
+    from .memory import check_row_fits, footprint
+
+    try:
+        fp = footprint(read_metadata(path))
+    except Mnv2Error:
+        return  # an unreadable file: loading it says why, in its own words
+    check_row_fits(fp, _base(row.format), row.batch, row.provider, threads, path.stat().st_size)
 
 
 def _placement(row: BenchRow, path: Path, threads: int, cache: dict) -> None:

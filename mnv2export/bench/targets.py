@@ -61,7 +61,7 @@ def load(path: Path, provider: str, threads: int, *, cuda_graph: bool = False) -
 
 def input_batch(runner: Runner, batch: int, seed: int = 0) -> np.ndarray:
     c, h, w = runner.input_shape
-    return np.random.default_rng(seed).standard_normal((batch, c, h, w)).astype(np.float32)
+    return np.random.default_rng(seed).standard_normal((batch, c, h, w), dtype=np.float32)  # no float64 batch first
 
 
 def bind(runner: Runner, x: np.ndarray, io: str, *, amp: bool = False) -> Bound:

@@ -73,6 +73,11 @@ def test_a_wrong_path_or_option_of_any_command_is_said_before_torch_is_imported(
         (["train", "--data", str(Path(__file__)), "--epochs", "1"], f"data path is a file, not a folder ({Path(__file__)})"),
         (["train", "--data", "synth", "--init-from", "/nonexistent/w.pth"], "initial weights not found (/nonexistent/w.pth)"),
         (["train", "--data", "synth", "--init-from", str(Path(__file__).parent)], "initial weights path is a folder, not a file"),
+        (["export", str(run / "best.pt"), "--quantize", "--calib-data", "/nonexistent/calib"], "calibration data not found (/nonexistent/calib)"),
+        (["export", str(run / "best.pt"), "--quantize", "--calib-data", str(Path(__file__))], "calibration data is a file, not a folder of images"),
+        (["export", "/nonexistent.pt", "--quantize", "--calib-data", "/nonexistent/calib"], "checkpoint not found (/nonexistent.pt)"),
+        (["predict", "/nonexistent.png", "--model", str(run / "best.pt")], "not found (/nonexistent.png): pass image files"),
+        (["predict", "/no/a.png", "/no/b.png", "--model", str(run / "best.pt")], "not found (/no/a.png, /no/b.png)"),
     ]
     code = ("import sys; from mnv2export.cli import main\n"
             f"for args in {[args for args, _ in cases]!r}:\n"
@@ -105,7 +110,6 @@ def _one_error_line(stderr):
         (["train", "--data", "synth", "--img-size", "4"], "image size = 4 is out of range"),
         (["train", "--data", "synth", "--batch-size", "-2"], "batch size = -2 is out of range"),
         (["train", "--data", "synth", "--device", "tpu"], "unknown device 'tpu'"),
-        (["train", "--epochs", "1"], "no data given"),
         (["train", "--config", "/nonexistent.toml"], "recipe file not found"),
         (["train", "--resume", "--out", "/nonexistent/run"], "nothing to resume"),
         (["train", "--resume", "--overwrite", "--out", "/nonexistent/run"], "--overwrite and --resume contradict each other"),
@@ -270,3 +274,197 @@ def test_every_option_of_train_and_pipeline_is_in_a_help_panel(command):
     assert not {name for name, panel in panels.items() if panel not in (DATA, MODEL, TRAINING, HARDWARE, RUN, CHECKS)}
     assert panels["data"] == DATA and panels["width"] == MODEL and panels["lr" if command == "train" else "epochs"] == TRAINING
     assert panels["device"] == HARDWARE and panels["out"] == RUN
+
+
+# --------------------------------------------------------------------------------------------------- default targets
+def _fresh_project(root):
+    """A project folder as a fresh clone has it: data/, weights/ and export/ holding their README only."""
+    for name in ("data", "weights", "export"):
+        (root / name).mkdir()
+        (root / name / "README.md").write_text("placeholder\n")
+    return root
+
+
+def test_no_target_in_a_project_without_runs_is_one_line_before_torch(tmp_path):
+    """`mnv2 export` (and the others) without a target, where nothing was trained or exported yet: one line saying
+    how to get one, exit 1, said before torch is imported. `mnv2 train` without --data and no ImageFolder in data/
+    asks for --data as before."""
+    cases = [
+        (["train"], "no data given"),
+        (["export"], "no checkpoint given, and no run under weights/ holds a best.pt"),
+        (["export", "--format", "onnx", "--quantize"], "train one with `mnv2 train`, or name a checkpoint: mnv2 export weights/<run>/best.pt"),
+        (["visualize"], "or name a checkpoint: mnv2 visualize weights/<run>/best.pt"),
+        (["bench", "--provider", "cuda"], "no target given, and no folder under export/ holds a manifest.json"),
+        (["check"], "export one with `mnv2 export`, or name one: mnv2 check export/<run>"),
+        (["info"], "or name one: mnv2 info export/<run>"),
+        (["predict", "cat.png"], "or name one: mnv2 predict export/<run>"),
+    ]
+    code = ("import sys; from mnv2export.cli import main\n"
+            f"for args in {[args for args, _ in cases]!r}:\n"
+            "    assert main(args) == 1, args\n"
+            "    print('--', file=sys.stderr)\n"
+            "heavy = sorted(m for m in ('torch', 'torchvision', 'onnxruntime') if m in sys.modules)\n"
+            "assert not heavy, f'imported: {heavy}'")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=_fresh_project(tmp_path))
+    assert r.returncode == 0, r.stderr
+    said = r.stderr.split("--\n")[:-1]
+    assert len(said) == len(cases), r.stderr
+    for (args, expect), text in zip(cases, said):
+        assert expect in _one_error_line(text), (args, text)
+
+
+def test_export_bench_info_predict_without_a_target_take_the_newest(trained_checkpoint, tmp_path, monkeypatch, capsys):
+    """`mnv2 export --format onnx --quantize` in a project folder exports the newest run under weights/ and says so
+    on its first line; then `mnv2 bench --provider cuda`, `mnv2 info` and `mnv2 predict IMAGE` take that export."""
+    import shutil
+
+    import torch
+    from PIL import Image
+
+    _fresh_project(tmp_path)
+    for name, mtime in (("new", 2_000_000_000), ("old", 1_000_000_000)):  # the older one written last
+        (tmp_path / "weights" / name).mkdir()
+        best = shutil.copy(trained_checkpoint, tmp_path / "weights" / name / "best.pt")
+        os.utime(best, (mtime, mtime))
+    monkeypatch.chdir(tmp_path)
+    capsys.readouterr()
+    assert main(["export", "--format", "onnx", "--quantize"]) == 0
+    err = capsys.readouterr().err.splitlines()
+    assert err[0] == f"mnv2 export: no checkpoint given, taking {Path('weights/new/best.pt')} (the newest run under weights/)", err
+    assert {p.name for p in (tmp_path / "export" / "new").iterdir()} == {"model.onnx", "model.int8.onnx", "manifest.json"}
+    assert not (tmp_path / "export" / "old").exists()
+
+    if not torch.cuda.is_available():
+        assert main(["bench", "--provider", "cuda"]) == 1
+        took, error = capsys.readouterr().err.splitlines()
+        assert took == f"mnv2 bench: no target given, taking {Path('export/new')} (the newest export under export/)"
+        assert error.startswith("error: CUDA was asked for but") and "--provider cpu" in error
+    assert main(["info", "--no-layers"]) == 0
+    out, err = capsys.readouterr()
+    assert err.splitlines()[0] == f"mnv2 info: no model given, taking {Path('export/new/model.onnx')} (from the newest export under export/)"
+    assert out.startswith(str(Path("export/new/model.onnx")))
+    Image.new("RGB", (32, 32), (200, 30, 30)).save(tmp_path / "red.png")
+    assert main(["predict", "red.png", "--top-k", "1"]) == 0
+    out, err = capsys.readouterr()
+    assert "taking export/new/model.onnx" in err.splitlines()[0] and out.splitlines()[0].startswith("# export/new/model.onnx (onnx, fp32, cpu)")
+
+
+def test_check_without_a_target_takes_artifacts_or_the_newest_export(tmp_path, monkeypatch, capsys):
+    """`mnv2 check` alone checks the newest export folder against the checkpoint its manifest names; `mnv2 check
+    --artifacts DIR` checks DIR so (before: both exited 2, 'Missing argument')."""
+    _fresh_project(tmp_path)
+    (tmp_path / "export" / "run").mkdir()
+    (tmp_path / "export" / "run" / "manifest.json").write_text('{"artifacts": {}, "source_checkpoint": {"path": "/nonexistent/best.pt", "sha256": "ab"}}')
+    monkeypatch.chdir(tmp_path)
+    assert main(["check"]) == 1
+    took, error = capsys.readouterr().err.splitlines()
+    assert took == f"mnv2 check: no target given, taking {Path('export/run')} (the newest export under export/)"
+    assert error.startswith("error: no reference model for this folder: the source checkpoint /nonexistent/best.pt is gone"), error
+    assert main(["check", "--artifacts", "export/run"]) == 1
+    assert _one_error_line(capsys.readouterr().err).startswith("error: no reference model for this folder")
+
+
+@pytest.mark.slow
+def test_the_three_commands_exactly_as_typed(tmp_path, monkeypatch, capsys):
+    """The issue's journey, typed exactly so in a project folder, one after the other: `mnv2 train` finds the
+    ImageFolder in data/ (default settings: 224 px, width 1.0, 10 epochs, on 4 tiny images), `mnv2 export --format
+    onnx --quantize` the run it wrote, `mnv2 bench --provider cuda` the export (without a GPU: one error line, exit 1).
+    Before, train asked for --data and the other two exited 2 ('Missing argument')."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    _fresh_project(tmp_path)
+    for split, n in (("train", 2), ("val", 1)):
+        for c in ("cat", "dog"):
+            (tmp_path / "data" / split / c).mkdir(parents=True)
+            for i in range(n):
+                Image.fromarray(rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)).save(tmp_path / "data" / split / c / f"{i}.png")
+    monkeypatch.chdir(tmp_path)
+    capsys.readouterr()
+
+    assert main(["train"]) == 0
+    out, err = capsys.readouterr()
+    assert err.splitlines()[0] == "mnv2 train: no --data given, taking data/ (an ImageFolder: train/ and val/ hold class folders)"
+    (run,) = (tmp_path / "weights").glob("data-*/best.pt")
+    assert f"-> {run.relative_to(tmp_path)}" in out
+
+    assert main(["export", "--format", "onnx", "--quantize"]) == 0
+    err = capsys.readouterr().err
+    assert err.splitlines()[0] == f"mnv2 export: no checkpoint given, taking {run.relative_to(tmp_path)} (the newest run under weights/)"
+    export = tmp_path / "export" / run.parent.name
+    assert (export / "model.int8.onnx").is_file() and (export / "manifest.json").is_file()
+
+    code = main(["bench", "--provider", "cuda"])
+    if torch.cuda.is_available():
+        assert code == 0
+        return
+    took, error = capsys.readouterr().err.splitlines()
+    assert code == 1 and took.endswith(f"taking {export.relative_to(tmp_path)} (the newest export under export/)")
+    assert error.startswith("error: CUDA was asked for but") and "GPU" in error
+
+
+# --------------------------------------------------------------------------------------------------- Ctrl-C, --version, pipeline
+@pytest.mark.parametrize("command, library", [("export", "mnv2export.export.export_all"), ("check", "mnv2export.parity.check"),
+                                               ("bench", "mnv2export.bench.run"), ("train", "mnv2export.train.fit")])
+def test_ctrl_c_says_interrupted_and_exits_130(command, library, tmp_path, monkeypatch, capsys):
+    """Ctrl-C (a KeyboardInterrupt) inside any command: `error: interrupted`, exit 130. Typer turned it into a silent
+    exit 130: export and check printed nothing at all."""
+    import importlib
+
+    module, name = library.rsplit(".", 1)
+
+    def ctrl_c(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(importlib.import_module(module), name, ctrl_c)
+    ckpt = tmp_path / "best.pt"
+    ckpt.write_bytes(b"x")
+    args = {"export": ["export", str(ckpt)], "check": ["check", str(ckpt)], "bench": ["bench", str(ckpt)],
+            "train": ["train", "--data", "synth", "--no-progress"]}[command]
+    assert main(args) == 130
+    assert capsys.readouterr().err.splitlines()[-1] == "error: interrupted"
+
+
+def test_version_names_the_package_and_its_libraries(capsys):
+    """`mnv2 --version`: the package's version from its metadata, then what a bug report needs (as `huggingface-cli
+    env`): Python, torch, torchvision, onnx, onnxruntime and its providers."""
+    from importlib.metadata import version
+
+    import mnv2export
+    from mnv2export.cli.version import library_version
+
+    assert main(["--version"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == f"mnv2export {version('mnv2export')}" and mnv2export.__version__ == version("mnv2export")
+    said = dict(line.removeprefix("- ").split(": ", 1) for line in lines[1:])
+    assert said["torch"] == version("torch") and said["torchvision"] == version("torchvision") and said["onnx"] == version("onnx")
+    assert said["onnxruntime"].startswith(__import__("onnxruntime").__version__)
+    assert "CPUExecutionProvider" in said["onnxruntime providers"]
+    assert library_version("no_such_library_here") == "not installed"
+
+
+def test_version_answers_without_torch():
+    code = "import sys; from mnv2export.cli import main; assert main(['--version']) == 0; assert 'torch' not in sys.modules"
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("mnv2export ")
+
+
+def test_pipeline_small_input_reaches_the_training(tmp_path, monkeypatch, capsys):
+    """`mnv2 pipeline --small-input`, as `mnv2 train --small-input` (before: 'No such option', exit 2)."""
+    import json
+
+    import mnv2export.pipeline as P
+    from mnv2export.errors import ConfigError
+
+    def stop(result):  # the first step: what the run would train is settled and recorded by now
+        raise ConfigError("stopped by the test", hint="-")
+
+    monkeypatch.setitem(P.STEP_FUNCTIONS, P.STEPS[0], stop)
+    for flag, expect in (("--small-input", True), ("--no-small-input", False)):
+        out = tmp_path / flag
+        assert main(["pipeline", "--data", "synth", "--device", "cpu", flag, "--out", str(out)]) == 1
+        assert "stopped by the test" in capsys.readouterr().err
+        assert json.loads((out / P.PIPELINE_FILE).read_text())["config"]["model"]["small_input"] is expect

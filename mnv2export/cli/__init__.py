@@ -13,10 +13,26 @@ import sys
 import traceback
 
 import typer
+import typer.core
 
 from ..errors import Mnv2Error, Terminated, first_line
 
+
+class Interrupted(BaseException):
+    """Ctrl-C inside a command. Typer turns a KeyboardInterrupt into a silent exit 130; raised as this instead, it
+    reaches :func:`main`, which says ``error: interrupted``."""
+
+
+class _Group(typer.core.TyperGroup):
+    def invoke(self, ctx):  # every command, subcommands included, runs inside this call
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt:
+            raise Interrupted from None
+
+
 app = typer.Typer(
+    cls=_Group,
     name="mnv2",
     help="Train MobileNetV2 classifiers, export them (TorchScript, ONNX FP32/INT8/FP16), check parity and benchmark.",
     no_args_is_help=True,
@@ -26,8 +42,20 @@ app = typer.Typer(
 )
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from .version import report
+
+        typer.echo("\n".join(report()))
+        raise typer.Exit()
+
+
 @app.callback()
-def _root(verbose: bool = typer.Option(False, "--verbose", "-v", help="Log debug messages.")) -> None:
+def _root(
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log debug messages."),
+    version: bool = typer.Option(False, "--version", help="Print the version of mnv2export, torch, torchvision, onnx and onnxruntime, and ONNX Runtime's providers.",
+                                 callback=_print_version, is_eager=True),
+) -> None:
     setup_logging(logging.DEBUG if verbose else logging.INFO)
 
 
@@ -95,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     except Terminated:
         print(f"error: {Terminated.what}", file=sys.stderr)
         return Terminated.exit_code
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, Interrupted):
         print("error: interrupted", file=sys.stderr)
         return 130
     except Mnv2Error as exc:

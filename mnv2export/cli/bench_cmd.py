@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from . import app
-from .options import JsonOut, csv_list
+from .options import JsonOut, csv_list, default_export
 
 
 def _batches(text: str) -> list[int]:
@@ -31,7 +31,7 @@ def _warmup(text: str) -> tuple[int, Optional[float]]:
 
 @app.command()
 def bench(
-    target: Annotated[Path, typer.Argument(metavar="TARGET", help="An artifacts folder written by `mnv2 export` (with manifest.json), or a checkpoint.", show_default=False)],
+    target: Annotated[Optional[Path], typer.Argument(metavar="TARGET", help="An artifacts folder written by `mnv2 export` (with manifest.json), or a checkpoint; default: the newest folder under export/ with a manifest.json.", show_default=False)] = None,
     formats: Annotated[str, typer.Option("--formats", "-f", help="eager, torchscript, onnx, int8, fp16 or all (comma-separated).")] = "all",
     provider: Annotated[str, typer.Option("--provider", help="Execution provider(s): cpu, cuda, tensorrt (ONNX rows only) or all (cpu and cuda), comma-separated.")] = "all",
     batch: Annotated[str, typer.Option("--batch", "-b", help="Batch sizes, comma-separated.")] = "1,8,32",
@@ -48,12 +48,17 @@ def bench(
     plot_out: Annotated[Optional[Path], typer.Option("--plot", help="Also write a PNG of latency by format and provider.")] = None,
     strict: Annotated[bool, typer.Option("--strict", help="Exit 1 when any row failed (error), not only when none was measured; unavailable rows do not count.")] = False,
 ) -> None:
-    """Time each format (eager, TorchScript, ONNX FP32 / INT8 / FP16) on each provider and batch size."""
+    """Time each format (eager, TorchScript, ONNX FP32 / INT8 / FP16) on each provider and batch size.
+
+    Without TARGET: the newest export folder under export/ (said on the first line).
+    """
     from ..bench import run
     from ..errors import Mnv2Error
     from ..fileio import check_output_file
 
     count, seconds = _warmup(warmup)
+    if target is None:
+        target = default_export("bench")
     for path, option in ((json_out, "--json"), (csv_out, "--csv"), (plot_out, "--plot")):
         if path:  # before minutes of timing, not after
             check_output_file(path, option)

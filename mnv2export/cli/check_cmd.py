@@ -9,14 +9,15 @@ from typing import Annotated, Optional
 import typer
 
 from . import app
-from .options import JsonOut, Provider, csv_list
+from .options import JsonOut, Provider, csv_list, default_export
 
 
 @app.command()
 def check(
-    checkpoint: Annotated[Path, typer.Argument(metavar="TARGET", show_default=False, help=(
+    checkpoint: Annotated[Optional[Path], typer.Argument(metavar="TARGET", show_default=False, help=(
         "A checkpoint written by `mnv2 train` (best.pt / last.pt), or a folder written by `mnv2 export`: it is then "
-        "checked against the checkpoint its manifest.json names."))],
+        "checked against the checkpoint its manifest.json names. Default: --artifacts, else the newest folder under "
+        "export/ with a manifest.json."))] = None,
     artifacts: Annotated[Optional[Path], typer.Option("--artifacts", "-a", help="With a checkpoint: the folder written by `mnv2 export` (with manifest.json); default export/<run>.")] = None,
     data: Annotated[Optional[str], typer.Option("--data", help="Real images: synth, fashion-mnist, an ImageFolder root (val/ is used) or a folder of images (default: the checkpoint's own validation data).")] = None,
     provider: Provider = "cpu",
@@ -28,10 +29,16 @@ def check(
     json_out: JsonOut = None,
     debug_int8: Annotated[bool, typer.Option("--debug-int8", help="Name the INT8 layers whose activations diverge most from FP32 (ONNX Runtime's QDQ debugger).")] = False,
 ) -> None:
-    """Compare every artifact with the checkpoint's PyTorch model: logits, top-1/top-5 agreement, accuracy."""
+    """Compare every artifact with the checkpoint's PyTorch model: logits, top-1/top-5 agreement, accuracy.
+
+    Without TARGET: the --artifacts folder, else the newest export folder under export/ (said on the first line),
+    each checked against the checkpoint its manifest.json names.
+    """
     from ..fileio import check_output_file
     from ..parity_report import with_overrides
 
+    if checkpoint is None:  # a folder alone is checked against the checkpoint its manifest names
+        checkpoint, artifacts = artifacts or default_export("check"), None
     if json_out is not None:
         check_output_file(json_out, "--json")
     tolerances = with_overrides(atol=atol, rtol=rtol, min_top1_agreement=min_top1_agreement, max_acc_drop_pts=max_acc_drop)

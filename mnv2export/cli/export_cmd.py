@@ -8,12 +8,12 @@ from typing import Annotated, Optional
 import typer
 
 from . import app
-from .options import CheckpointArg
+from .options import CheckpointArg, default_checkpoint
 
 
 @app.command()
 def export(
-    checkpoint: CheckpointArg,
+    checkpoint: CheckpointArg = None,
     format: Annotated[str, typer.Option("--format", "-f", help="torchscript, onnx or all.")] = "all",
     quantize: Annotated[bool, typer.Option("--quantize", help="Also write model.int8.onnx (ONNX Runtime static INT8, QDQ, per-channel).")] = False,
     fp16: Annotated[bool, typer.Option("--fp16", help="Also write model.fp16.onnx (for GPUs; float32 input and output).")] = False,
@@ -23,8 +23,16 @@ def export(
     opset: Annotated[Optional[int], typer.Option("--opset", help="ONNX opset, 18 to the newest the installed ONNX Runtime loads (26 with onnxruntime 1.31); default 18.")] = None,
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Output folder (default export/<run>).")] = None,
 ) -> None:
-    """Export a checkpoint: BatchNorm folded, TorchScript and ONNX, optionally INT8 and FP16, with manifest.json."""
+    """Export a checkpoint: BatchNorm folded, TorchScript and ONNX, optionally INT8 and FP16, with manifest.json.
+
+    Without CHECKPOINT: the best.pt of the newest run under weights/ (said on the first line).
+    """
     from ..export import export_all
+
+    if checkpoint is None:
+        checkpoint = default_checkpoint("export")
+    if quantize and calib_data is not None:
+        _require_calib_data(checkpoint, calib_data)
 
     manifest = export_all(
         checkpoint, out_dir=out, formats=format, quantize=quantize, fp16=fp16, calib_data=calib_data, calib_size=calib_size,
@@ -37,3 +45,20 @@ def export(
     for r in rows:
         typer.echo("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
     typer.echo(f"-> {manifest.path}")
+
+
+def _require_calib_data(checkpoint: Path, calib_data: str) -> None:
+    """A ``--calib-data`` folder that is not there, said before torch is imported (the export reads it only after
+    loading the checkpoint): the checkpoint's own file checks first, as the export makes them."""
+    from ..config import BUILTIN_SOURCES
+    from ..errors import DataError
+    from ..fileio import require_checkpoint_file
+
+    if calib_data in BUILTIN_SOURCES:
+        return
+    require_checkpoint_file(checkpoint)
+    root, hint = Path(calib_data), "pass --calib-data with a folder of images (or synth)"  # the export's own words
+    if not root.exists():
+        raise DataError("calibration data not found", path=root, hint=hint)
+    if not root.is_dir():
+        raise DataError("calibration data is a file, not a folder of images", path=root, hint=hint)

@@ -2,19 +2,19 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Optional
 
 import typer
 
+from ..fileio import json_text
 from . import app
-from .options import JsonOut
+from .options import JsonOut, default_model_file
 
 
 @app.command()
 def info(
-    artifact: Annotated[Path, typer.Argument(metavar="ARTIFACT", help="A checkpoint (best.pt), TorchScript file or ONNX model (FP32, INT8, FP16).", show_default=False)],
+    artifact: Annotated[Optional[Path], typer.Argument(metavar="ARTIFACT", help="A checkpoint (best.pt), TorchScript file or ONNX model (FP32, INT8, FP16); default: model.onnx (else the first model file) of the newest folder under export/ with a manifest.json.", show_default=False)] = None,
     layers: Annotated[bool, typer.Option("--layers/--no-layers", help="Show the per-layer table.")] = True,
     json_out: JsonOut = None,
 ) -> None:
@@ -22,12 +22,14 @@ def info(
     from ..fileio import check_output_file, write_text
     from ..info import describe
 
+    if artifact is None:
+        artifact = default_model_file("info")
     if json_out is not None:
         check_output_file(json_out, "--json")  # before the report: not a whole report, then the error
     result = describe(artifact)
     _print(result, layers)
     if json_out is not None:
-        write_text(json_out, json.dumps(result.to_dict(), indent=2, default=str) + "\n")
+        write_text(json_out, json_text(result.to_dict(), default=str) + "\n")
         typer.echo(f"-> {json_out}")
 
 
@@ -46,7 +48,7 @@ def _print(r, show_layers: bool) -> None:
     size = "x".join(map(str, m.input_size))
     say(f"{r.path}  {r.format}, {r.precision}, {r.file_size / 1e6:.2f} MB ({r.file_size:,} bytes)", "bold")
     say(f"parameters: {r.params:,} ({human(r.params)}) - {r.params_source}")
-    say(f"model: {m.params:,} parameters, {m.macs:,} MACs ({human(m.macs)}) at {size} - {r.model_source}")
+    say(f"MACs: {m.macs:,} ({human(m.macs)}) at {size} - {r.model_source}")  # its parameters are the line above
     say(m.macs_note, "dim")
     if r.onnx is not None:
         g = r.onnx
@@ -106,6 +108,6 @@ def _metadata_lines(meta: dict) -> list[tuple[str, str]]:
     for key, value in meta.items():
         if key in ("class_names", "train_summary"):
             continue
-        text = json.dumps(value) if not isinstance(value, str) else value
+        text = json_text(value, indent=None) if not isinstance(value, str) else value
         lines.append((key, text if len(text) <= 160 else text[:157] + "..."))
     return lines

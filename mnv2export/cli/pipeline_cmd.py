@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from . import app
-from .options import CHECKS, DATA, HARDWARE, MODEL, RUN, TRAINING, Data, DataDir, Device, Epochs, ExifOrientation, FreezeBlocks, ImgSize, ValSplit, Width, csv_list
+from .options import CHECKS, DATA, HARDWARE, MODEL, RUN, TRAINING, Data, DataDir, Device, Epochs, ExifOrientation, FreezeBlocks, ImgSize, SmallInput, ValSplit, Width, csv_list
 
 
 @app.command()
@@ -21,6 +21,7 @@ def pipeline(
     epochs: Epochs = None,
     width: Width = None,
     img_size: ImgSize = None,
+    small_input: SmallInput = None,
     device: Device = None,
     batch_size: Annotated[Optional[int], typer.Option("--batch-size", "-b", help="Training batch size.", rich_help_panel=TRAINING)] = None,
     class_index: Annotated[Optional[str], typer.Option(help="JSON naming the classes (wnid -> name, as imagenet_class_index.json).", rich_help_panel=DATA)] = None,
@@ -60,7 +61,7 @@ def pipeline(
     )
     result = run_pipeline(
         data, epochs=epochs, width=width, img_size=img_size, device=device,
-        data_dir=data_dir, name=name, out=out, overwrite=overwrite, recipe=load_recipe(config) if config else None,
+        data_dir=data_dir, name=name, out=out, overwrite=overwrite, recipe=load_recipe(config) if config else None, model={"small_input": small_input},
         data_settings={"synth_classes": synth_classes, "synth_train_per_class": synth_per_class, "class_index": class_index, "val_split": val_split,
                        "exif_orientation": exif_orientation},
         train={"batch_size": batch_size, "progress": progress, "init_from": init_from, "freeze_blocks": freeze_blocks}, options=options,

@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
+from ..fileio import json_text
 from . import app
+from .options import default_model_file
 
 
 @app.command()
 def predict(
     images: Annotated[list[Path], typer.Argument(metavar="IMAGES", help="Image files and/or folders (searched recursively).", show_default=False)],
-    model: Annotated[Path, typer.Option("--model", "-m", help="Checkpoint, TorchScript or ONNX file (FP32, INT8, FP16).", show_default=False)],
+    model: Annotated[Optional[Path], typer.Option("--model", "-m", help="Checkpoint, TorchScript or ONNX file (FP32, INT8, FP16); default: model.onnx (else the first model file) of the newest folder under export/ with a manifest.json.", show_default=False)] = None,
     provider: Annotated[str, typer.Option("--provider", help="cpu, cuda or tensorrt (ONNX only). Asking for one that cannot run is an error, never a fallback.")] = "cpu",
     top_k: Annotated[int, typer.Option("--top-k", "-k", help="How many classes to show per image (at most the class count).")] = 5,
     batch_size: Annotated[int, typer.Option("--batch-size", "-b", help="Images per inference call.")] = 32,
@@ -26,18 +27,34 @@ def predict(
     Unreadable images are named on stderr and skipped; the exit code is 0 when at least one image was classified,
     1 when none could be.
     """
+    from ..predict import MAX_TOP_K, percent
     from ..predict import predict as run_predict
 
+    if model is None:
+        model = default_model_file("predict")
+    if 1 <= top_k <= MAX_TOP_K and batch_size >= 1:  # out of range: the library says so first, as before
+        _require_an_image(images, model)
     result = run_predict(images, model, provider=provider.lower(), top_k=top_k, batch_size=batch_size, threads=threads)
     for s in result.skipped:
         typer.echo(f"skipped {s['path']}: {s['reason']}", err=True)
     if as_json:
-        typer.echo(json.dumps(result.to_dict(), indent=2))
+        typer.echo(json_text(result.to_dict()))  # strict JSON: a NaN probability is null
         return
     typer.echo(f"# {result.model} ({result.format}, {result.precision}, {result.provider})")
     for p in result.predictions:
         typer.echo(p.path)
         for t in p.top:
-            typer.echo(f"  {t['probability']:7.2%}  {t['class']}")
+            typer.echo(f"  {percent(t['probability'])}  {t['class']}")
     if result.skipped:
         typer.echo(f"{len(result.predictions)} classified, {len(result.skipped)} skipped", err=True)
+
+
+def _require_an_image(images: list[Path], model: Path) -> None:
+    """Images of which none is there, said before torch is imported (the library's image search imports it), in the
+    library's words; the model file's own checks first, as the library makes them."""
+    from ..errors import DataError
+    from ..fileio import require_artifact_file
+
+    if images and not any(p.exists() for p in images):
+        require_artifact_file(model)
+        raise DataError("not found", path=", ".join(map(str, images)), hint="pass image files (.jpg, .png, ...) or folders holding them")

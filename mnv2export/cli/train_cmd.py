@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 import typer
 
 from . import app
-from .options import DATA, HARDWARE, MODEL, RUN, TRAINING, Data, DataDir, Device, Epochs, ExifOrientation, FreezeBlocks, ImgSize, ValSplit, Width, floats
+from .options import DATA, HARDWARE, MODEL, RUN, TRAINING, Data, DataDir, Device, Epochs, ExifOrientation, FreezeBlocks, ImgSize, SmallInput, ValSplit, Width, floats, took
 
 data_app = typer.Typer(help="Data set helpers.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
@@ -26,7 +26,7 @@ def train(
     img_size: ImgSize = None,
     resize_size: Annotated[Optional[int], typer.Option(help="Validation resize of the shorter side before the centre crop (default img_size / 0.875; none at 64 px and below).", rich_help_panel=DATA)] = None,
     width: Width = None,
-    small_input: Annotated[Optional[bool], typer.Option("--small-input/--no-small-input", help="Keep resolution for 28-64 px inputs (total stride 8).", rich_help_panel=MODEL)] = None,
+    small_input: SmallInput = None,
     output_stride: Annotated[Optional[int], typer.Option(help="Total stride 8, 16 or 32: the last stride-2 stages run at stride 1 (larger deep maps, more compute).", rich_help_panel=MODEL)] = None,
     dropout: Annotated[Optional[float], typer.Option(help="Dropout before the classifier.", rich_help_panel=MODEL)] = None,
     mean: Annotated[Optional[str], typer.Option(help="Normalisation mean R,G,B.", rich_help_panel=DATA)] = None,
@@ -66,7 +66,10 @@ def train(
     plots: Annotated[Optional[bool], typer.Option("--plots/--no-plots", help="Write the training pictures at the end.", rich_help_panel=RUN)] = None,
     progress: Annotated[Optional[bool], typer.Option("--progress/--no-progress", help="Show a progress bar per epoch.", rich_help_panel=RUN)] = None,
 ) -> None:
-    """Train MobileNetV2 (CUDA when present, else CPU). Under torchrun: DistributedDataParallel."""
+    """Train MobileNetV2 (CUDA when present, else CPU). Under torchrun: DistributedDataParallel.
+
+    Without --data (and no source in --config): data/ when it holds an ImageFolder (train/<class>/, val/<class>/).
+    """
     from ..config import load_recipe, run_config
     from ..errors import ConfigError
 
@@ -100,7 +103,10 @@ def train(
 
             cfg, ckpt = resume_config(Path(out), {"model": model, "data": data_flags, "train": train_flags})
         else:
-            cfg = run_config(load_recipe(config) if config else None, model, data_flags, train_flags, recipe_path=config)
+            recipe = load_recipe(config) if config else None
+            if data is None and not (recipe and (recipe.given or {}).get("data", {}).get("source")):
+                data_flags["source"] = _default_data()
+            cfg = run_config(recipe, model, data_flags, train_flags, recipe_path=config)
             if cfg.train.device != "cuda" and not cfg.train.sync_bn:
                 # the paths, said at once rather than after torch's import; --device cuda and --sync-bn have errors of
                 # their own that need torch and come first (in fit, before the data is read), so then the paths wait too
@@ -125,6 +131,19 @@ def train(
             f"best val_acc {100 * s['best_val_acc']:.2f}% (epoch {s['best_epoch']}), {s['epoch']} epochs, "
             f"{s.get('images_skipped', 0)} images skipped -> {result.best}"
         )
+
+
+def _default_data() -> str | None:
+    """``data/`` when it holds an ImageFolder (train/<class>/, val/<class>/), said once (rank 0 under torchrun);
+    else None: the command asks for --data, as without this default."""
+    from ..default_targets import default_data_folder
+
+    found = default_data_folder()
+    if found is None:
+        return None
+    if int(os.environ.get("RANK", "0")) == 0:
+        took("train", "--data", f"{found}/", "an ImageFolder: train/ and val/ hold class folders")
+    return str(found)
 
 
 @data_app.command("synth")

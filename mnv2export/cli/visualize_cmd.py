@@ -8,18 +8,20 @@ from typing import Annotated, Optional
 import typer
 
 from . import app
-from .options import CheckpointArg
+from .options import CheckpointArg, default_checkpoint
 
 
 @app.command()
 def visualize(
-    checkpoint: CheckpointArg,
+    checkpoint: CheckpointArg = None,
     image: Annotated[Optional[Path], typer.Option("--image", "-i", help="Image to show the feature maps of (default: the first validation image of the checkpoint's data, when at hand).")] = None,
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Output folder (default <checkpoint folder>/visualize).")] = None,
 ) -> None:
     """Draw the first convolution's kernels and the feature maps of a shallow and a deep block."""
     from ..fileio import require_checkpoint_file
 
+    if checkpoint is None:
+        checkpoint = default_checkpoint("visualize")
     require_checkpoint_file(checkpoint)  # before torch is imported (with ..plots): a wrong path is said at once
     from ..plots import visualize as draw
 

@@ -11,10 +11,14 @@ import dataclasses
 import logging
 import math
 import os
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
+
+try:  # Python 3.11+ reads TOML itself; 3.10 takes the same reader from PyPI (tomli, a dependency there)
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib
 
 from .errors import ConfigError
 

@@ -22,8 +22,14 @@ import torch
 from mnv2export.config import load_recipe, run_config
 from mnv2export.data import build_datasets
 
-VARIANTS = {"recipe": {}, "random_erase 0.25": {"random_erase": 0.25}, "ta_wide": {"auto_augment": "ta_wide"},
-            "ra": {"auto_augment": "ra"}, "augmix": {"auto_augment": "augmix"}, "imagenet": {"auto_augment": "imagenet"}}
+VARIANTS = {
+    "recipe": {},
+    "random_erase 0.25": {"random_erase": 0.25},
+    "ta_wide": {"auto_augment": "ta_wide"},
+    "ra": {"auto_augment": "ra"},
+    "augmix": {"auto_augment": "augmix"},
+    "imagenet": {"auto_augment": "imagenet"},
+}
 
 
 def images_per_second(bundle, n: int) -> float:

@@ -81,6 +81,7 @@ def harness_choices(folder: Path, threads: int | None, rounds: int = 15) -> str:
         def call():
             with ctx():
                 model(inp)
+
         return call
 
     ways = {
@@ -96,7 +97,7 @@ def harness_choices(folder: Path, threads: int | None, rounds: int = 15) -> str:
             call()
     per_round: dict[str, list[float]] = {k: [] for k in ways}
     for r in range(rounds):
-        for name in (list(ways) if r % 2 == 0 else list(ways)[::-1]):
+        for name in list(ways) if r % 2 == 0 else list(ways)[::-1]:
             t = []
             for _ in range(5):
                 t0 = time.perf_counter()
@@ -105,8 +106,12 @@ def harness_choices(folder: Path, threads: int | None, rounds: int = 15) -> str:
             per_round[name].append(statistics.median(t) * 1000)
     med = {k: statistics.median(v) for k, v in per_round.items()}
     base = med["eager, torch.inference_mode() (mnv2 bench)"]
-    lines = [f"harness choices, batch 1, {threads} threads, {rounds} interleaved rounds of 5 calls:", "",
-             "| how | median ms | vs eager (inference_mode) |", "|---|---|---|"]
+    lines = [
+        f"harness choices, batch 1, {threads} threads, {rounds} interleaved rounds of 5 calls:",
+        "",
+        "| how | median ms | vs eager (inference_mode) |",
+        "|---|---|---|",
+    ]
     lines += [f"| {k} | {v:.2f} | {base / v:.2f}x |" for k, v in med.items()]
     return "\n".join(lines)
 
@@ -148,8 +153,27 @@ def main() -> None:
         print(harness_choices(folder, args.threads))
         return
     out = args.json or args.work / f"bench{'' if args.threads is None else f'-t{args.threads}'}.json"
-    cmd = ["mnv2", "bench", str(folder), "--formats", args.formats, "--provider", "cpu", "--batch", args.batch, "--warmup", "2s",
-           "--duration", str(args.duration), "--rounds", str(args.rounds), "--json", str(out), "--plot", str(out.with_suffix(".png"))]
+    cmd = [
+        "mnv2",
+        "bench",
+        str(folder),
+        "--formats",
+        args.formats,
+        "--provider",
+        "cpu",
+        "--batch",
+        args.batch,
+        "--warmup",
+        "2s",
+        "--duration",
+        str(args.duration),
+        "--rounds",
+        str(args.rounds),
+        "--json",
+        str(out),
+        "--plot",
+        str(out.with_suffix(".png")),
+    ]
     if args.threads is not None:
         cmd += ["--threads", str(args.threads)]
     print("$ " + " ".join(cmd), flush=True)

@@ -18,9 +18,15 @@ import time
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("checkpoints", nargs="+", help="best.pt / last.pt files of one data set held in memory (Fashion-MNIST)")
-    ap.add_argument("--bn-reestimate", action="store_true", help="also re-estimate the BatchNorm statistics (~25 s per pass)")
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument(
+        "checkpoints", nargs="+", help="best.pt / last.pt files of one data set held in memory (Fashion-MNIST)"
+    )
+    ap.add_argument(
+        "--bn-reestimate", action="store_true", help="also re-estimate the BatchNorm statistics (~25 s per pass)"
+    )
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--batch-size", type=int, default=256)
     args = ap.parse_args()

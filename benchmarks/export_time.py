@@ -46,17 +46,42 @@ def compare_exporters(ckpt: Path, repeat: int) -> None:
     for _ in range(repeat):
         for name in times:
             t0 = time.perf_counter()
-            with warnings.catch_warnings(), (out_of_place(model) if name != "dynamo=True, in-place ReLU6" else contextlib.nullcontext()):
+            with (
+                warnings.catch_warnings(),
+                out_of_place(model) if name != "dynamo=True, in-place ReLU6" else contextlib.nullcontext(),
+            ):
                 warnings.simplefilter("ignore")
                 if name.startswith("dynamo=True"):
-                    torch.onnx.export(model, (x,), None, input_names=["input"], output_names=["logits"], opset_version=18, dynamo=True,
-                                      external_data=False, optimize=True, verbose=False, dynamic_shapes=({0: torch.export.Dim("batch", min=1)},))
+                    torch.onnx.export(
+                        model,
+                        (x,),
+                        None,
+                        input_names=["input"],
+                        output_names=["logits"],
+                        opset_version=18,
+                        dynamo=True,
+                        external_data=False,
+                        optimize=True,
+                        verbose=False,
+                        dynamic_shapes=({0: torch.export.Dim("batch", min=1)},),
+                    )
                 else:
-                    torch.onnx.export(model, (x,), str(ckpt.parent / "legacy.onnx"), input_names=["input"], output_names=["logits"],
-                                      opset_version=18, dynamo=False, dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
+                    torch.onnx.export(
+                        model,
+                        (x,),
+                        str(ckpt.parent / "legacy.onnx"),
+                        input_names=["input"],
+                        output_names=["logits"],
+                        opset_version=18,
+                        dynamo=False,
+                        dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+                    )
             times[name].append(time.perf_counter() - t0)
         print("  " + ", ".join(f"{k} {v[-1]:.1f}" for k, v in times.items()), flush=True)
-    print("torch.onnx.export of the folded model (median s): " + ", ".join(f"{k} {statistics.median(v):.1f}" for k, v in times.items()))
+    print(
+        "torch.onnx.export of the folded model (median s): "
+        + ", ".join(f"{k} {statistics.median(v):.1f}" for k, v in times.items())
+    )
 
 
 def main() -> None:
@@ -76,7 +101,19 @@ def main() -> None:
     for i in range(args.repeat):
         out = args.work / f"export-{i}"
         shutil.rmtree(out, ignore_errors=True)
-        cmd = ["mnv2", "export", str(ckpt), "--format", "all", "--quantize", "--calib-size", "256", "--fp16", "--out", str(out)]
+        cmd = [
+            "mnv2",
+            "export",
+            str(ckpt),
+            "--format",
+            "all",
+            "--quantize",
+            "--calib-size",
+            "256",
+            "--fp16",
+            "--out",
+            str(out),
+        ]
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
         t0 = time.perf_counter()
         done = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
@@ -87,10 +124,17 @@ def main() -> None:
             sys.exit(f"export failed: {done.stderr[-2000:]}")
         manifest = json.loads((out / "manifest.json").read_text())
         steps.append({name: a["seconds"] for name, a in manifest["artifacts"].items()})
-        print(f"run {i + 1}: {walls[-1]:.1f} s wall, {cpus[-1]:.1f} s CPU  " + "  ".join(f"{k} {v:.1f}s" for k, v in steps[-1].items()), flush=True)
+        print(
+            f"run {i + 1}: {walls[-1]:.1f} s wall, {cpus[-1]:.1f} s CPU  "
+            + "  ".join(f"{k} {v:.1f}s" for k, v in steps[-1].items()),
+            flush=True,
+        )
     print(f"command: {' '.join(cmd[:2])} CKPT {' '.join(cmd[3:-2])}")
-    print(f"median wall time over {args.repeat} runs: {statistics.median(walls):.1f} s (min {min(walls):.1f}, max {max(walls):.1f}); "
-          f"CPU time (user+sys) median {statistics.median(cpus):.1f} s; per artifact (median s): " + ", ".join(f"{k} {statistics.median(s[k] for s in steps):.1f}" for k in steps[0]))
+    print(
+        f"median wall time over {args.repeat} runs: {statistics.median(walls):.1f} s (min {min(walls):.1f}, max {max(walls):.1f}); "
+        f"CPU time (user+sys) median {statistics.median(cpus):.1f} s; per artifact (median s): "
+        + ", ".join(f"{k} {statistics.median(s[k] for s in steps):.1f}" for k in steps[0])
+    )
     try:
         load = os.getloadavg()[0]
         print(f"1-minute load average at the end: {load:.2f} on {os.cpu_count()} CPUs")

@@ -88,7 +88,6 @@ def main() -> None:
     args = ap.parse_args()
 
     import torch
-
     from bench_workload import prepare
 
     from mnv2export.bench.machine import cpu_model, physical_cores
@@ -98,10 +97,15 @@ def main() -> None:
     threads = args.threads or physical_cores()
     torch.set_num_threads(threads)
     src = resolve(prepare(args.work))
-    print(f"machine: {cpu_model()}, {physical_cores()} physical cores, {threads} threads; batch {args.batch}; "
-          f"{args.rounds} rounds x {args.iters} calls per loop, alternating order", flush=True)
-    print("| format | hand-written ms/call (median) | harness ms/call (median) | harness overhead (median of paired rounds) "
-          "| 25-75% of rounds | goal < 5% |")
+    print(
+        f"machine: {cpu_model()}, {physical_cores()} physical cores, {threads} threads; batch {args.batch}; "
+        f"{args.rounds} rounds x {args.iters} calls per loop, alternating order",
+        flush=True,
+    )
+    print(
+        "| format | hand-written ms/call (median) | harness ms/call (median) | harness overhead (median of paired rounds) "
+        "| 25-75% of rounds | goal < 5% |"
+    )
     print("|---|---|---|---|---|---|")
     for fmt in [f.strip() for f in args.formats.split(",") if f.strip()]:
         runner = load(src.files[fmt], "cpu", threads)
@@ -120,12 +124,17 @@ def main() -> None:
         ratios = sorted(m / h - 1 for h, m in zip(hand, harness))
         over = statistics.median(ratios)
         q1, q3 = statistics.quantiles(ratios, n=4)[0], statistics.quantiles(ratios, n=4)[2]
-        print(f"| {fmt} | {statistics.median(hand):.3f} | {statistics.median(harness):.3f} | {100 * over:+.2f}% | "
-              f"{100 * q1:+.1f}% .. {100 * q3:+.1f}% | {'met' if over < 0.05 else 'NOT met'} |", flush=True)
+        print(
+            f"| {fmt} | {statistics.median(hand):.3f} | {statistics.median(harness):.3f} | {100 * over:+.2f}% | "
+            f"{100 * q1:+.1f}% .. {100 * q3:+.1f}% | {'met' if over < 0.05 else 'NOT met'} |",
+            flush=True,
+        )
         del runner, bound
     bare, harness = noop_cost()
-    print(f"\nno-op call: bare loop {bare:.3f} µs per call, harness loop {harness:.3f} µs per call "
-          f"(+{harness - bare:.3f} µs, the most the harness can add to a call, timers included)")
+    print(
+        f"\nno-op call: bare loop {bare:.3f} µs per call, harness loop {harness:.3f} µs per call "
+        f"(+{harness - bare:.3f} µs, the most the harness can add to a call, timers included)"
+    )
 
 
 if __name__ == "__main__":

@@ -48,8 +48,16 @@ def make_variants(work: Path, calib: np.ndarray) -> dict[str, Path]:
         from onnxruntime.quantization.shape_inference import quant_pre_process
 
         quant_pre_process(str(fp32), str(work / "pre.onnx"), skip_symbolic_shape=True)
-        quantize_static(str(work / "pre.onnx"), str(sym), CalibrationReader(calib), quant_format=QuantFormat.QDQ, per_channel=True,
-                        activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, extra_options={"ActivationSymmetric": True})
+        quantize_static(
+            str(work / "pre.onnx"),
+            str(sym),
+            CalibrationReader(calib),
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            activation_type=QuantType.QInt8,
+            weight_type=QuantType.QInt8,
+            extra_options={"ActivationSymmetric": True},
+        )
     out["s8s8_sym"] = sym
     for name, recipe, stem in (
         ("s8s8", {"activation_type": "int8", "weight_type": "int8", "reduce_range": False, "cpu": "forced"}, False),
@@ -69,8 +77,11 @@ def time_sessions(files: dict[str, Path], threads: list[int], rounds: int, iters
     from mnv2export.runtime import session_options
 
     x = np.random.default_rng(0).standard_normal((1, 3, 224, 224)).astype(np.float32)
-    sessions = {(name, t): ort.InferenceSession(str(p), session_options(t), providers=["CPUExecutionProvider"])
-                for name, p in files.items() for t in threads}
+    sessions = {
+        (name, t): ort.InferenceSession(str(p), session_options(t), providers=["CPUExecutionProvider"])
+        for name, p in files.items()
+        for t in threads
+    }
     for s in sessions.values():
         for _ in range(20):
             s.run(None, {"input": x})
@@ -138,9 +149,9 @@ def main() -> None:
 
     from workload import DATA, build_checkpoint
 
+    from mnv2export.checkpoint import load_checkpoint
     from mnv2export.export import export_all
     from mnv2export.export.calib import load_calibration
-    from mnv2export.checkpoint import load_checkpoint
 
     ckpt_path = args.work / "run" / "best.pt"
     if not ckpt_path.exists():
@@ -155,13 +166,17 @@ def main() -> None:
     ms = time_sessions(files, threads, args.rounds, args.iters)
     import onnxruntime
 
-    print(f"machine: {platform.processor() or platform.machine()}, onnxruntime {onnxruntime.__version__}, batch 1, 224 px, "
-          f"{args.rounds} rounds x {args.iters} calls")
+    print(
+        f"machine: {platform.processor() or platform.machine()}, onnxruntime {onnxruntime.__version__}, batch 1, 224 px, "
+        f"{args.rounds} rounds x {args.iters} calls"
+    )
     print("| variant | threads | median ms | speed-up vs FP32 | top-1 agreement with FP32 |")
     print("|---|---|---|---|---|")
     for t in threads:
         for name in files:
-            print(f"| {name} | {t} | {ms[(name, t)]:.2f} | {ms[('fp32', t)] / ms[(name, t)]:.2f}x | {100 * agree[name]:.1f}% |")
+            print(
+                f"| {name} | {t} | {ms[(name, t)]:.2f} | {ms[('fp32', t)] / ms[(name, t)]:.2f}x | {100 * agree[name]:.1f}% |"
+            )
     if args.profile:
         prof = {name: profile(files[name]) for name in ("fp32", "u8s8", "shipped")}
         kinds = sorted(set().union(*prof.values()), key=lambda k: -max(p.get(k, 0) for p in prof.values()))

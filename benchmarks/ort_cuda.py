@@ -29,7 +29,9 @@ from pathlib import Path
 
 import numpy as np
 
-from mnv2export.runtime import session_options  # what every mnv2export session uses: all graph optimisations, quiet logs
+from mnv2export.runtime import (
+    session_options,
+)  # what every mnv2export session uses: all graph optimisations, quiet logs
 
 FILES = ("model.onnx", "model.fp16.onnx", "model.int8.onnx")
 
@@ -44,14 +46,17 @@ def _ort():
     if hasattr(ort, "preload_dlls"):
         ort.preload_dlls()
     if "CUDAExecutionProvider" not in ort.get_available_providers():
-        sys.exit(f"needs onnxruntime-gpu and an NVIDIA GPU (this onnxruntime {ort.__version__} offers "
-                 f"{ort.get_available_providers()})")
+        sys.exit(
+            f"needs onnxruntime-gpu and an NVIDIA GPU (this onnxruntime {ort.__version__} offers "
+            f"{ort.get_available_providers()})"
+        )
     return ort
 
 
 def _session(ort, path: Path, provider_options: dict):
-    session = ort.InferenceSession(str(path), session_options(), providers=[("CUDAExecutionProvider", provider_options),
-                                                                        "CPUExecutionProvider"])
+    session = ort.InferenceSession(
+        str(path), session_options(), providers=[("CUDAExecutionProvider", provider_options), "CPUExecutionProvider"]
+    )
     if session.get_providers()[0] != "CUDAExecutionProvider":
         raise NoCuda(f"the session got {session.get_providers()}, not the CUDA provider (no GPU or CUDA libraries?)")
     return session
@@ -99,7 +104,10 @@ def speed(folder: Path, batches: list[int], rounds: int, iters: int) -> None:
                         session.run_with_iobinding(binding)
                     binding.synchronize_outputs()
                     times[label].append((time.perf_counter() - t0) / iters * 1e3)
-            cells = [f"{label} {statistics.median(times[label]):.3f} ms (max abs vs CPU {runs[label][2]:.2e})" for label in runs]
+            cells = [
+                f"{label} {statistics.median(times[label]):.3f} ms (max abs vs CPU {runs[label][2]:.2e})"
+                for label in runs
+            ]
             print(f"{name} batch {batch}: " + ", ".join(cells), flush=True)
 
 
@@ -123,8 +131,11 @@ def tf32_after_start(folder: Path, fresh: bool = False) -> None:
     diff({"use_tf32": "0"}, "use_tf32=0")
     os.environ["NVIDIA_TF32_OVERRIDE"] = "0"
     diff({}, "NVIDIA_TF32_OVERRIDE=0 set after the first sessions, default options")
-    subprocess.run([sys.executable, __file__, str(folder), "--tf32-after-start", "--fresh"], check=True,
-                   env={**os.environ, "NVIDIA_TF32_OVERRIDE": "0"})
+    subprocess.run(
+        [sys.executable, __file__, str(folder), "--tf32-after-start", "--fresh"],
+        check=True,
+        env={**os.environ, "NVIDIA_TF32_OVERRIDE": "0"},
+    )
 
 
 def main() -> None:

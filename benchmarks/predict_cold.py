@@ -40,20 +40,29 @@ WORKLOAD_MODEL = Path("/tmp/mnv2-bench/export/model.onnx")
 TORCH_IMPORTS = "import torch, torchvision.transforms.v2"
 CLI = "import sys; from mnv2export.cli import main; sys.exit(main(sys.argv[1:]))"
 # the site-packages folders a venv's interpreter sees outside the venv (the base interpreter's)
-SYSTEM_SITE = "import site, sys; print(*[p for p in site.getsitepackages() if not p.startswith(sys.prefix)], sep=chr(10))"
-PROBE = ("import sys; from mnv2export.cli import main; rc = main(sys.argv[1:]); "
-         "print('torch imported:', 'torch' in sys.modules, file=sys.stderr); sys.exit(rc)")
+SYSTEM_SITE = (
+    "import site, sys; print(*[p for p in site.getsitepackages() if not p.startswith(sys.prefix)], sep=chr(10))"
+)
+PROBE = (
+    "import sys; from mnv2export.cli import main; rc = main(sys.argv[1:]); "
+    "print('torch imported:', 'torch' in sys.modules, file=sys.stderr); sys.exit(rc)"
+)
 
 
 def commands(python: str, torch_python: str, image: Path, model: Path) -> dict[str, list[str]]:
     args = ["predict", str(image), "--model", str(model), "--top-k", "1"]
-    return {"runtime": [python, "-m", "mnv2export", *args], "torch": [torch_python, "-c", f"{TORCH_IMPORTS}; {CLI}", *args]}
+    return {
+        "runtime": [python, "-m", "mnv2export", *args],
+        "torch": [torch_python, "-c", f"{TORCH_IMPORTS}; {CLI}", *args],
+    }
 
 
 def run_once(cmd: list[str], image: Path) -> float:
     """Wall seconds of one cold process; a failed or silent run stops the benchmark (its time would mean nothing)."""
     t0 = time.perf_counter()
-    r = subprocess.run(cmd, check=False, capture_output=True, text=True, env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"})
+    r = subprocess.run(
+        cmd, check=False, capture_output=True, text=True, env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
+    )
     wall = time.perf_counter() - t0
     if r.returncode != 0 or str(image) not in r.stdout:
         raise SystemExit(f"{' '.join(cmd[:3])} ... failed (exit {r.returncode}):\n{r.stderr[-2000:]}")
@@ -61,7 +70,9 @@ def run_once(cmd: list[str], image: Path) -> float:
 
 
 def imports_torch(python: str, image: Path, model: Path) -> bool:
-    r = subprocess.run([python, "-c", PROBE, "predict", str(image), "--model", str(model)], check=False, capture_output=True, text=True)
+    r = subprocess.run(
+        [python, "-c", PROBE, "predict", str(image), "--model", str(model)], check=False, capture_output=True, text=True
+    )
     if r.returncode != 0:
         raise SystemExit(f"the probe run failed (exit {r.returncode}):\n{r.stderr[-2000:]}")
     return "torch imported: True" in r.stderr
@@ -90,11 +101,17 @@ def site_packages_size(venv: Path) -> dict[str, object]:
     own = sorted(venv.glob("lib/python3*/site-packages")) + sorted(venv.glob("Lib/site-packages"))
     if not own:
         raise SystemExit(f"{venv}: no lib/python3*/site-packages (not a virtual environment?)")
-    out: dict[str, object] = {"venv": str(venv), "site_packages": str(own[0]), "bytes": _tree_bytes(own[0]),
-                              "system_site_packages": system}
+    out: dict[str, object] = {
+        "venv": str(venv),
+        "site_packages": str(own[0]),
+        "bytes": _tree_bytes(own[0]),
+        "system_site_packages": system,
+    }
     if system:
         python = venv / "bin" / "python"
-        base = subprocess.run([str(python), "-c", SYSTEM_SITE], check=True, capture_output=True, text=True).stdout.split()
+        base = subprocess.run(
+            [str(python), "-c", SYSTEM_SITE], check=True, capture_output=True, text=True
+        ).stdout.split()
         out["system_bytes"] = sum(_tree_bytes(Path(p)) for p in base if Path(p).is_dir())
     return out
 
@@ -125,15 +142,25 @@ def main() -> None:
     ap.add_argument("--model", type=Path, default=WORKLOAD_MODEL)
     ap.add_argument("--image", type=Path)
     ap.add_argument("--repeat", type=int, default=5)
-    ap.add_argument("--python", default=sys.executable, help="interpreter of the runtime command (e.g. a runtime-only venv's)")
-    ap.add_argument("--torch-python", default=sys.executable, help="interpreter of the torch command (a venv with torch)")
+    ap.add_argument(
+        "--python", default=sys.executable, help="interpreter of the runtime command (e.g. a runtime-only venv's)"
+    )
+    ap.add_argument(
+        "--torch-python", default=sys.executable, help="interpreter of the torch command (a venv with torch)"
+    )
     ap.add_argument("--json", type=Path, help="also write the result here")
-    ap.add_argument("--sizes", type=Path, nargs="+", metavar="VENV", help="print the site-packages size of each venv and exit")
+    ap.add_argument(
+        "--sizes", type=Path, nargs="+", metavar="VENV", help="print the site-packages size of each venv and exit"
+    )
     a = ap.parse_args()
     if a.sizes:
         for venv in a.sizes:
             s = site_packages_size(venv)
-            extra = f" (+ {s['system_bytes'] / 1e6:,.0f} MB of the interpreter's, seen too)" if s["system_site_packages"] else ""
+            extra = (
+                f" (+ {s['system_bytes'] / 1e6:,.0f} MB of the interpreter's, seen too)"
+                if s["system_site_packages"]
+                else ""
+            )
             print(f"{venv}: {s['bytes'] / 1e6:,.0f} MB in {s['site_packages']}{extra}")
         return
     if not a.model.is_file():
@@ -146,11 +173,20 @@ def main() -> None:
         stats = summary(time_commands(cmds, image, a.repeat))
     ratio = stats["torch"]["median_s"] / stats["runtime"]["median_s"]
     for name, s in stats.items():
-        print(f"{name:7s} median {s['median_s']:.2f} s (min {s['min_s']:.2f}, max {s['max_s']:.2f}) over {a.repeat} cold runs")
+        print(
+            f"{name:7s} median {s['median_s']:.2f} s (min {s['min_s']:.2f}, max {s['max_s']:.2f}) over {a.repeat} cold runs"
+        )
     print(f"torch / runtime: {ratio:.2f}x (goal >= 5x)")
     if a.json:
-        result = {"model": str(a.model), "repeat": a.repeat, "commands": cmds, "runtime_imports_torch": torch_in_runtime,
-                  "stats": stats, "ratio": ratio, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        result = {
+            "model": str(a.model),
+            "repeat": a.repeat,
+            "commands": cmds,
+            "runtime_imports_torch": torch_in_runtime,
+            "stats": stats,
+            "ratio": ratio,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
         a.json.write_text(json.dumps(result, indent=2) + "\n")
 
 

@@ -31,7 +31,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 VARIANTS = ("recipe", "compile", "nchw", "bf16", "batch128", "batch512", "width0.75", "width1.0")  # the default list
-MODIFIER = re.compile(r"recipe|compile|nchw|bf16|mix|clip|batch([1-9][0-9]*)|width(0\.[0-9]+|1\.[0-9]+)|freeze([1-9][0-9]*)")  # any batchN, widthX, freezeN
+MODIFIER = re.compile(
+    r"recipe|compile|nchw|bf16|mix|clip|batch([1-9][0-9]*)|width(0\.[0-9]+|1\.[0-9]+)|freeze([1-9][0-9]*)"
+)  # any batchN, widthX, freezeN
 
 
 def modifiers(variant: str) -> list[re.Match] | None:
@@ -57,7 +59,9 @@ def make_segment(variant: str, recipe, steps: int):
     parts = {m[0] for m in found}
     device = torch.device("cpu")
     amp = "bf16" if "bf16" in parts else t.amp
-    ctx = StepContext(device=device, dtype=amp_dtype(amp, device), channels_last=t.channels_last != "off" and "nchw" not in parts)
+    ctx = StepContext(
+        device=device, dtype=amp_dtype(amp, device), channels_last=t.channels_last != "off" and "nchw" not in parts
+    )
     if "mix" in parts:
         ctx.mix = batch_mix(0.2, 1.0, cfg.num_classes)
     if "clip" in parts:
@@ -85,7 +89,11 @@ def make_segment(variant: str, recipe, steps: int):
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--recipe", default=str(ROOT / "train" / "fashion_mnist_cpu.toml"))
-    p.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated, from {', '.join(VARIANTS)}, batchN, widthX, joined with +")
+    p.add_argument(
+        "--variants",
+        default=",".join(VARIANTS),
+        help=f"comma-separated, from {', '.join(VARIANTS)}, batchN, widthX, joined with +",
+    )
     p.add_argument("--steps", type=int, default=40, help="timed steps per variant and round")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--profile", type=int, default=0, metavar="N", help="then profile N steps of the first variant")
@@ -112,7 +120,7 @@ def main(argv=None) -> int:
             print(f"{v}: warm-up {time.perf_counter() - t0:.1f} s", file=sys.stderr)
             segments[v] = (segment, batch)
         for r in range(args.rounds):
-            for v in (variants if r % 2 == 0 else variants[::-1]):
+            for v in variants if r % 2 == 0 else variants[::-1]:
                 segment, batch = segments[v]
                 t0 = time.perf_counter()
                 segment()

@@ -38,8 +38,14 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--recipe", default=str(ROOT / "train" / "fashion_mnist_cpu.toml"), help="recipe whose model, data and batch size are used")
-    p.add_argument("--data-dir", default=None, help="Fashion-MNIST IDX folder (default: the recipe's, else Debian's package)")
+    p.add_argument(
+        "--recipe",
+        default=str(ROOT / "train" / "fashion_mnist_cpu.toml"),
+        help="recipe whose model, data and batch size are used",
+    )
+    p.add_argument(
+        "--data-dir", default=None, help="Fashion-MNIST IDX folder (default: the recipe's, else Debian's package)"
+    )
     p.add_argument("--batch-size", type=int, default=None, help="override the recipe's batch size")
     p.add_argument("--steps", type=int, default=40, help="batches per timed segment")
     p.add_argument("--rounds", type=int, default=5, help="timed segments per loop (medians are reported)")
@@ -56,8 +62,8 @@ def main(argv=None) -> int:
 
     from mnv2export.config import load_recipe, run_config
     from mnv2export.data import build_datasets
-    from mnv2export.distributed import DistInfo
     from mnv2export.device import cpu_threads
+    from mnv2export.distributed import DistInfo
     from mnv2export.model import build_model
     from mnv2export.optim import build_optimizer, build_scheduler, make_ema
     from mnv2export.train import StepContext, amp_dtype, make_loader, train_one_epoch
@@ -161,17 +167,25 @@ def main(argv=None) -> int:
                 rows[name]["ips"].append(n / (time.perf_counter() - t0))
             except Exception as exc:  # noqa: BLE001
                 rows[name]["error"] = f"{type(exc).__name__}: {exc}"
-        print(f"round {r + 1}/{args.rounds}: " + "  ".join(f"{n} {rows[n]['ips'][-1]:.0f}" for n in names if rows[n]["ips"] and not rows[n]["error"]),
-              f" (load average {os.getloadavg()[0]:.1f})", flush=True)
+        print(
+            f"round {r + 1}/{args.rounds}: "
+            + "  ".join(f"{n} {rows[n]['ips'][-1]:.0f}" for n in names if rows[n]["ips"] and not rows[n]["error"]),
+            f" (load average {os.getloadavg()[0]:.1f})",
+            flush=True,
+        )
 
     for row in rows.values():
         row["median_ips"] = statistics.median(row["ips"]) if row["ips"] and not row["error"] else None
     base = rows.get("plain", {}).get("median_ips")
     print()
-    print(f"workload: {cfg.data.source} {cfg.data.img_size} px, MobileNetV2 width {model_cfg.width_mult}, small_input={model_cfg.small_input}, "
-          f"stem_stride={model_cfg.effective_stem_stride}, batch {t.batch_size}, {args.steps} steps x {args.rounds} rounds")
-    print(f"mnv2 loop: channels_last={t.channels_last != 'off'} amp={t.amp} data={'in memory' if memory is not None else f'workers={t.workers}'} threads={t.threads or torch.get_num_threads()} "
-          f"ema={t.ema} compile={t.compile}; torch {torch.__version__}, {os.cpu_count()} CPUs, {platform.processor() or platform.machine()}")
+    print(
+        f"workload: {cfg.data.source} {cfg.data.img_size} px, MobileNetV2 width {model_cfg.width_mult}, small_input={model_cfg.small_input}, "
+        f"stem_stride={model_cfg.effective_stem_stride}, batch {t.batch_size}, {args.steps} steps x {args.rounds} rounds"
+    )
+    print(
+        f"mnv2 loop: channels_last={t.channels_last != 'off'} amp={t.amp} data={'in memory' if memory is not None else f'workers={t.workers}'} threads={t.threads or torch.get_num_threads()} "
+        f"ema={t.ema} compile={t.compile}; torch {torch.__version__}, {os.cpu_count()} CPUs, {platform.processor() or platform.machine()}"
+    )
     print()
     print("| loop | images/s (median) | min | max | vs plain |")
     print("| --- | ---: | ---: | ---: | ---: |")

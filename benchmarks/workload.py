@@ -32,7 +32,7 @@ def build_checkpoint(path: str | Path, steps: int = 20, batch: int = 16, seed: i
     t0 = time.perf_counter()
     model.train()
     for step in range(steps):
-        idx = order[(step * batch) % len(order):][:batch]
+        idx = order[(step * batch) % len(order) :][:batch]
         x = torch.stack([bundle.train[int(i)][0] for i in idx])
         y = torch.tensor([bundle.train.targets[int(i)] for i in idx])
         loss = nn.functional.cross_entropy(model(x), y)
@@ -45,10 +45,12 @@ def build_checkpoint(path: str | Path, steps: int = 20, batch: int = 16, seed: i
             m.momentum = None
     with torch.no_grad():
         for i in range(0, min(len(order), 64), batch):
-            model(torch.stack([bundle.train[int(j)][0] for j in order[i:i + batch]]))
+            model(torch.stack([bundle.train[int(j)][0] for j in order[i : i + batch]]))
     model.eval()
     ckpt = Checkpoint(
-        model_config=MODEL, data_config=DATA, class_names=bundle.class_names,
+        model_config=MODEL,
+        data_config=DATA,
+        class_names=bundle.class_names,
         state_dict={k: v.detach().clone() for k, v in model.state_dict().items()},
         train_summary={"note": f"built model + {steps} SGD steps on synth 224 px ({time.perf_counter() - t0:.0f} s)"},
         provenance=provenance(bundle.fingerprint),

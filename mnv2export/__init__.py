@@ -11,8 +11,9 @@ def _version() -> str:
     except PackageNotFoundError:
         pass
     try:
-        import tomllib
         from pathlib import Path
+
+        import tomllib
 
         with open(Path(__file__).resolve().parent.parent / "pyproject.toml", "rb") as fh:
             return str(tomllib.load(fh)["project"]["version"])

@@ -75,7 +75,8 @@ class Checkpoint:
         except RuntimeError as exc:
             raise CheckpointError(
                 f"weights do not fit the model its config describes: {first_line(exc)}",
-                path=self.path, hint="the checkpoint was edited or written by another tool",
+                path=self.path,
+                hint="the checkpoint was edited or written by another tool",
             ) from None
         return model.eval()
 
@@ -97,7 +98,9 @@ class Checkpoint:
             "data_config": without_paths(d.to_dict()),
             "source_checkpoint": self.path.name if self.path else None,
             "source_checkpoint_sha256": self.sha256,
-            "train_summary": {k: without_paths(v) if k == "data" else v for k, v in self.train_summary.items() if k in _SUMMARY_KEYS},
+            "train_summary": {
+                k: without_paths(v) if k == "data" else v for k, v in self.train_summary.items() if k in _SUMMARY_KEYS
+            },
             "versions": versions(),
         }
 
@@ -117,7 +120,17 @@ def without_paths(values: Any) -> Any:
 
 
 # what an artifact carries of the training summary (not the history, confusion matrix or skipped paths)
-_SUMMARY_KEYS = ("epoch", "epochs", "best_val_acc", "best_epoch", "final", "images_skipped", "world_size", "amp", "data")
+_SUMMARY_KEYS = (
+    "epoch",
+    "epochs",
+    "best_val_acc",
+    "best_epoch",
+    "final",
+    "images_skipped",
+    "world_size",
+    "amp",
+    "data",
+)
 
 
 def versions() -> dict[str, str]:
@@ -157,22 +170,32 @@ def torch_load_safely(p: Path, what: str, hint: str) -> Any:
     (a GLOBAL: code to import) refused as one, anything else unreadable."""
     kind = text_kind(p)
     if kind:
-        raise CheckpointError(f"file is {kind}, not a torch {'checkpoint' if what == 'checkpoint' else 'file'}", path=p, hint=hint)
+        raise CheckpointError(
+            f"file is {kind}, not a torch {'checkpoint' if what == 'checkpoint' else 'file'}", path=p, hint=hint
+        )
     _refuse_artifact(p, what, hint)
     try:
-        with warnings.catch_warnings():  # a plain pickle (not torch.save's) draws a protocol warning before the error below
+        with (
+            warnings.catch_warnings()
+        ):  # a plain pickle (not torch.save's) draws a protocol warning before the error below
             warnings.filterwarnings("ignore", message="Detected pickle protocol")
             return torch.load(p, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         if "global" in str(exc).lower():  # a class or function to import (GLOBAL): what weights_only exists to refuse
             raise CheckpointError(
                 f"{what} carries a pickled Python object and is refused (loading it could run code)",
-                path=p, hint="re-save it with tensors and primitives only" + (", or re-train with `mnv2 train`" if what == "checkpoint" else ""),
+                path=p,
+                hint="re-save it with tensors and primitives only"
+                + (", or re-train with `mnv2 train`" if what == "checkpoint" else ""),
             ) from None
-        raise CheckpointError(f"{what} is not a readable torch file (truncated or corrupt)", path=p, hint=hint) from None
+        raise CheckpointError(
+            f"{what} is not a readable torch file (truncated or corrupt)", path=p, hint=hint
+        ) from None
     except Exception as exc:  # noqa: BLE001 - a corrupt file makes torch.load raise almost any type (KeyError, EOFError, ...)
         log.debug("torch.load failed: %r", exc)
-        raise CheckpointError(f"{what} is not a readable torch file (truncated or corrupt)", path=p, hint=hint) from None
+        raise CheckpointError(
+            f"{what} is not a readable torch file (truncated or corrupt)", path=p, hint=hint
+        ) from None
 
 
 def _refuse_artifact(p: Path, what: str, hint: str) -> None:
@@ -191,9 +214,14 @@ def _refuse_artifact(p: Path, what: str, hint: str) -> None:
     name = {"torchscript": "a TorchScript", "onnx": "an ONNX"}.get(kind, f"a {kind}")
     if what == "checkpoint":
         source = _exported_from(p)
-        hint = (f"pass the checkpoint it was exported from ({source}, as its manifest.json says)" if source else
-                "pass the checkpoint it was exported from (the best.pt that the export's manifest.json names)")
-    raise CheckpointError(f"file is {name} artifact, not a {'checkpoint' if what == 'checkpoint' else 'state dict'}", path=p, hint=hint)
+        hint = (
+            f"pass the checkpoint it was exported from ({source}, as its manifest.json says)"
+            if source
+            else "pass the checkpoint it was exported from (the best.pt that the export's manifest.json names)"
+        )
+    raise CheckpointError(
+        f"file is {name} artifact, not a {'checkpoint' if what == 'checkpoint' else 'state dict'}", path=p, hint=hint
+    )
 
 
 def _exported_from(p: Path) -> str | None:
@@ -215,56 +243,87 @@ def refuse_non_finite(state: dict[str, torch.Tensor], what: str, p: Path, hint: 
     """A :class:`CheckpointError` naming the first tensor of ``state`` that holds NaN or infinite values, and how many:
     such weights give NaN logits, which later steps would blame on something else (BatchNorm folding, the learning
     rate)."""
-    counts = {name: int((~torch.isfinite(v)).sum()) for name, v in state.items() if v.is_floating_point() or v.is_complex()}
+    counts = {
+        name: int((~torch.isfinite(v)).sum()) for name, v in state.items() if v.is_floating_point() or v.is_complex()
+    }
     bad = [(name, n) for name, n in counts.items() if n]
     if not bad:
         return
     (name, n), rest = bad[0], bad[1:]
-    more = f" (and {sum(k for _, k in rest):,} in {len(rest)} other tensor{'s' if len(rest) != 1 else ''})" if rest else ""
-    raise CheckpointError(f"{what} are not finite: {n:,} NaN or infinite value{'s' if n != 1 else ''} in {name}{more}", path=p, hint=hint)
+    more = (
+        f" (and {sum(k for _, k in rest):,} in {len(rest)} other tensor{'s' if len(rest) != 1 else ''})" if rest else ""
+    )
+    raise CheckpointError(
+        f"{what} are not finite: {n:,} NaN or infinite value{'s' if n != 1 else ''} in {name}{more}", path=p, hint=hint
+    )
 
 
 def _from_payload(payload: Any, p: Path) -> Checkpoint:
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         if isinstance(payload, dict) and payload and all(isinstance(v, torch.Tensor) for v in payload.values()):
             raise CheckpointError(
-                "file is a bare state dict, not a self-describing checkpoint", path=p,
+                "file is a bare state dict, not a self-describing checkpoint",
+                path=p,
                 hint="use it with `mnv2 train --init-from`, or pass a checkpoint written by `mnv2 train`",
             )
         raise CheckpointError("file is not an mnv2export checkpoint", path=p, hint=CHECKPOINT_HINT)
     version = payload.get("schema_version")
     if not isinstance(version, int) or isinstance(version, bool) or version < 1:
         raise CheckpointError(
-            f"checkpoint schema version {version!r} is not valid (this tool writes {SCHEMA_VERSION})", path=p,
+            f"checkpoint schema version {version!r} is not valid (this tool writes {SCHEMA_VERSION})",
+            path=p,
             hint="the file was not written by `mnv2 train`, or was edited; pass a best.pt or last.pt written by it",
         )
     if version > SCHEMA_VERSION:
         raise CheckpointError(
-            f"checkpoint schema version {version} is newer than this tool understands ({SCHEMA_VERSION})", path=p,
+            f"checkpoint schema version {version} is newer than this tool understands ({SCHEMA_VERSION})",
+            path=p,
             hint="upgrade mnv2export",
         )
     arch = (payload.get("model_config") or {}).get("arch")
     if arch != "mobilenet_v2":
-        raise CheckpointError(f"checkpoint is of another architecture ({arch!r})", path=p, hint="this tool handles MobileNetV2 only")
+        raise CheckpointError(
+            f"checkpoint is of another architecture ({arch!r})", path=p, hint="this tool handles MobileNetV2 only"
+        )
     try:
         model_cfg = ModelConfig.from_dict(payload["model_config"])
         data_cfg = DataConfig.from_dict(payload["data_config"])
         class_names = [str(c) for c in payload["class_names"]]
         state_dict = payload["state_dict"]
     except (KeyError, TypeError) as exc:
-        raise CheckpointError(f"checkpoint lacks a required entry ({exc})", path=p, hint="re-train with `mnv2 train`") from None
+        raise CheckpointError(
+            f"checkpoint lacks a required entry ({exc})", path=p, hint="re-train with `mnv2 train`"
+        ) from None
     except ConfigError as exc:
-        raise CheckpointError(f"checkpoint holds an invalid setting: {exc.what}", path=p, hint="re-train with `mnv2 train`") from None
+        raise CheckpointError(
+            f"checkpoint holds an invalid setting: {exc.what}", path=p, hint="re-train with `mnv2 train`"
+        ) from None
     if len(class_names) != model_cfg.num_classes:
         raise CheckpointError(
-            f"checkpoint names {len(class_names)} classes but its model has {model_cfg.num_classes}", path=p,
+            f"checkpoint names {len(class_names)} classes but its model has {model_cfg.num_classes}",
+            path=p,
             hint="the checkpoint was edited; re-train",
         )
     if not isinstance(state_dict, dict) or not all(isinstance(v, torch.Tensor) for v in state_dict.values()):
-        raise CheckpointError("checkpoint weights are not a state dict of tensors", path=p, hint="re-train with `mnv2 train`")
-    refuse_non_finite(state_dict, "checkpoint weights", p,
-                      "the run diverged before this file was saved, or it was edited: use another checkpoint, or train again")
-    known = {"format", "schema_version", "model_config", "data_config", "class_names", "state_dict", "train_summary", "provenance"}
+        raise CheckpointError(
+            "checkpoint weights are not a state dict of tensors", path=p, hint="re-train with `mnv2 train`"
+        )
+    refuse_non_finite(
+        state_dict,
+        "checkpoint weights",
+        p,
+        "the run diverged before this file was saved, or it was edited: use another checkpoint, or train again",
+    )
+    known = {
+        "format",
+        "schema_version",
+        "model_config",
+        "data_config",
+        "class_names",
+        "state_dict",
+        "train_summary",
+        "provenance",
+    }
     return Checkpoint(
         model_config=model_cfg,
         data_config=data_cfg,

@@ -43,7 +43,10 @@ def split_items(value: Any, what: str) -> list[str]:
     parts = [value] if isinstance(value, str) else [str(v) for v in value]
     items = [item.strip().lower() for part in parts for item in part.split(",")]
     if any(items) and not all(items):
-        raise ConfigError(f"empty item in the {what} list {','.join(items)!r}", hint="separate the items with single commas, no trailing one")
+        raise ConfigError(
+            f"empty item in the {what} list {','.join(items)!r}",
+            hint="separate the items with single commas, no trailing one",
+        )
     return [item for item in items if item]
 
 
@@ -67,11 +70,18 @@ def _is_number(v: Any) -> bool:
 # what each field's annotation accepts, and how to say it (a recipe's `ema = "false"` is a string, and true)
 _KINDS: dict[str, tuple[Any, str, str]] = {
     "bool": (lambda v: isinstance(v, bool), "true or false", "write true or false, without quotes"),
-    "int": (lambda v: isinstance(v, int) and not isinstance(v, bool), "a whole number", "write a whole number, such as 3"),
+    "int": (
+        lambda v: isinstance(v, int) and not isinstance(v, bool),
+        "a whole number",
+        "write a whole number, such as 3",
+    ),
     "float": (_is_number, "a number", "write a number, such as 0.1, without quotes"),
     "str": (lambda v: isinstance(v, str), "text", "write it in quotes"),
-    "list[float]": (lambda v: isinstance(v, (list, tuple)) and all(_is_number(x) for x in v), "a list of numbers",
-                    "write a list of numbers, such as [0.5, 1.0]"),
+    "list[float]": (
+        lambda v: isinstance(v, (list, tuple)) and all(_is_number(x) for x in v),
+        "a list of numbers",
+        "write a list of numbers, such as [0.5, 1.0]",
+    ),
 }
 SEED_MAX = 2**32 - 1  # numpy's seeds, and those of most tools (Lightning's seed_everything)
 
@@ -141,7 +151,9 @@ class ModelConfig(_Config):
         _check_types(self)
         _one_of("architecture", self.arch, ("mobilenet_v2",))
         _check(
-            isinstance(self.num_classes, int) and not isinstance(self.num_classes, bool) and 2 <= self.num_classes <= 100_000,
+            isinstance(self.num_classes, int)
+            and not isinstance(self.num_classes, bool)
+            and 2 <= self.num_classes <= 100_000,
             f"num_classes = {self.num_classes!r} is out of range",
             "a classifier needs between 2 and 100000 classes",
         )
@@ -149,12 +161,17 @@ class ModelConfig(_Config):
         _in_range("dropout", self.dropout, 0.0, 0.95)
         _check(
             self.stem_stride is None or (type(self.stem_stride) is int and self.stem_stride in (1, 2)),
-            f"stem_stride = {self.stem_stride!r} is invalid", "use 1, 2, or leave it out (1 with small_input, else 2)",
+            f"stem_stride = {self.stem_stride!r} is invalid",
+            "use 1, 2, or leave it out (1 with small_input, else 2)",
         )
         natural = self.effective_stem_stride * (8 if self.small_input else 16)  # 3 or 4 stride-2 stages after the stem
         _check(
-            self.output_stride is None or (type(self.output_stride) is int and self.output_stride in (8, 16, 32)
-                                           and self.effective_stem_stride <= self.output_stride <= natural),
+            self.output_stride is None
+            or (
+                type(self.output_stride) is int
+                and self.output_stride in (8, 16, 32)
+                and self.effective_stem_stride <= self.output_stride <= natural
+            ),
             f"output_stride = {self.output_stride!r} is invalid here",
             f"use 8, 16 or 32, at most {natural} (the stride this stem and small_input give), or leave it out",
         )
@@ -215,14 +232,16 @@ class DataConfig(_Config):
             "use an image size between 16 and 1024 pixels",
         )
         _check(
-            self.resize_size is None or (isinstance(self.resize_size, int) and self.img_size <= self.resize_size <= 4 * self.img_size),
+            self.resize_size is None
+            or (isinstance(self.resize_size, int) and self.img_size <= self.resize_size <= 4 * self.img_size),
             f"resize size = {self.resize_size!r} is out of range",
             f"use a resize size between the image size ({self.img_size}) and 4x it",
         )
         for name in ("mean", "std"):
             values = getattr(self, name)
             _check(
-                isinstance(values, (list, tuple)) and len(values) == 3
+                isinstance(values, (list, tuple))
+                and len(values) == 3
                 and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values),
                 f"{name} must have 3 finite numbers (R, G, B), got {values!r}",
                 f"pass --{name} R,G,B",
@@ -241,10 +260,16 @@ class DataConfig(_Config):
         object.__setattr__(self, "rrc_scale", [float(v) for v in self.rrc_scale])
         _in_range("pad", self.pad, 0, self.img_size // 2)
         _in_range("val_split", self.val_split, 0.0, 0.5)
-        _check(self.val_split == 0 or self.source not in BUILTIN_SOURCES, f"val_split = {self.val_split!r} is for a folder of class folders",
-               f"{self.source} has its own validation split: leave --val-split out")
-        _check(not self.exif_orientation or self.source not in BUILTIN_SOURCES, "exif_orientation is for image files",
-               f"{self.source} is generated or read from arrays, with no EXIF tags: leave --exif-orientation out")
+        _check(
+            self.val_split == 0 or self.source not in BUILTIN_SOURCES,
+            f"val_split = {self.val_split!r} is for a folder of class folders",
+            f"{self.source} has its own validation split: leave --val-split out",
+        )
+        _check(
+            not self.exif_orientation or self.source not in BUILTIN_SOURCES,
+            "exif_orientation is for image files",
+            f"{self.source} is generated or read from arrays, with no EXIF tags: leave --exif-orientation out",
+        )
         _in_range("synthetic class count", self.synth_classes, 2, 64)
         _in_range("synthetic images per class (train)", self.synth_train_per_class, 1, 100_000)
         _in_range("synthetic images per class (val)", self.synth_val_per_class, 1, 100_000)
@@ -282,7 +307,9 @@ class TrainConfig(_Config):
     # distribution's alpha, 0 off
     mixup_alpha: float = 0.0
     cutmix_alpha: float = 0.0
-    clip_grad_norm: float | None = None  # the gradients' total L2 norm is scaled down to at most this; None: no clipping
+    clip_grad_norm: float | None = (
+        None  # the gradients' total L2 norm is scaled down to at most this; None: no clipping
+    )
     ema: bool = False
     ema_decay: float = 0.999
     amp: str = "auto"
@@ -305,12 +332,18 @@ class TrainConfig(_Config):
     def __post_init__(self) -> None:
         _check_types(self)
         _in_range("seed", self.seed, 0, SEED_MAX)
-        for name, lo, hi in (("epochs", 1, 100_000), ("batch size", 2, 65_536), ("workers", 0, 256), ("threads", 0, 1024)):
+        for name, lo, hi in (
+            ("epochs", 1, 100_000),
+            ("batch size", 2, 65_536),
+            ("workers", 0, 256),
+            ("threads", 0, 1024),
+        ):
             value = getattr(self, name.replace(" ", "_"))
             _check(
                 isinstance(value, int) and not isinstance(value, bool) and lo <= value <= hi,
                 f"{name} = {value!r} is out of range",
-                f"use a whole number between {lo} and {hi}" + (" (BatchNorm trains on 2 images or more)" if name == "batch size" else ""),
+                f"use a whole number between {lo} and {hi}"
+                + (" (BatchNorm trains on 2 images or more)" if name == "batch size" else ""),
             )
         _in_range("lr", self.lr, 0.0, 10.0, lo_open=True)
         _in_range("momentum", self.momentum, 0.0, 0.999)
@@ -319,10 +352,16 @@ class TrainConfig(_Config):
             _in_range("depthwise weight decay", self.depthwise_weight_decay, 0.0, 1.0)
         _in_range("warm-up epochs", self.warmup_epochs, 0.0, float(self.epochs))
         _in_range("label smoothing", self.label_smoothing, 0.0, 0.5)
-        _check(isinstance(self.freeze_blocks, int) and 0 <= self.freeze_blocks <= FEATURE_BLOCKS, f"freeze_blocks = {self.freeze_blocks!r} is out of range",
-               f"use a whole number between 0 and {FEATURE_BLOCKS} (the feature blocks of MobileNetV2; {FEATURE_BLOCKS}: all, the classifier alone trains)")
-        _check(self.freeze_blocks == 0 or self.init_from is not None, "freeze_blocks keeps the starting weights, and none are given",
-               "pass --init-from with pretrained weights (frozen random weights would stay random)")
+        _check(
+            isinstance(self.freeze_blocks, int) and 0 <= self.freeze_blocks <= FEATURE_BLOCKS,
+            f"freeze_blocks = {self.freeze_blocks!r} is out of range",
+            f"use a whole number between 0 and {FEATURE_BLOCKS} (the feature blocks of MobileNetV2; {FEATURE_BLOCKS}: all, the classifier alone trains)",
+        )
+        _check(
+            self.freeze_blocks == 0 or self.init_from is not None,
+            "freeze_blocks keeps the starting weights, and none are given",
+            "pass --init-from with pretrained weights (frozen random weights would stay random)",
+        )
         _in_range("mixup alpha", self.mixup_alpha, 0.0, 10.0)
         _in_range("cutmix alpha", self.cutmix_alpha, 0.0, 10.0)
         if self.clip_grad_norm is not None:
@@ -363,10 +402,15 @@ class RunConfig:
     def from_dict(cls, values: dict[str, Any]) -> RunConfig:
         unknown = sorted(set(values) - {"model", "data", "train"})
         if unknown:
-            raise ConfigError(f"unknown section(s) {', '.join(unknown)}", hint="a recipe has [model], [data] and [train] sections")
+            raise ConfigError(
+                f"unknown section(s) {', '.join(unknown)}", hint="a recipe has [model], [data] and [train] sections"
+            )
         for section in ("model", "data", "train"):
-            _check(isinstance(values.get(section, {}), dict), f"{section} = {values.get(section)!r} is not a section",
-                   f"write [{section}] on a line of its own, its settings below it")
+            _check(
+                isinstance(values.get(section, {}), dict),
+                f"{section} = {values.get(section)!r} is not a section",
+                f"write [{section}] on a line of its own, its settings below it",
+            )
         return cls(
             model=ModelConfig.from_dict(values.get("model", {})),
             data=DataConfig.from_dict(values.get("data", {})),
@@ -377,16 +421,23 @@ class RunConfig:
         """The data folder, ``data_dir``, ``class_index`` and ``init_from`` as absolute paths: a checkpoint records where
         its data is, and ``export`` / ``check`` run from another directory find it there (they read it for calibration
         and accuracy). Built-in sources and unset paths are kept."""
+
         def absolute(path: str | None) -> str | None:
             return os.path.abspath(path) if path else path
 
         d = self.data
-        data = d.replace(source=d.source if d.is_builtin else absolute(d.source), data_dir=absolute(d.data_dir), class_index=absolute(d.class_index))
+        data = d.replace(
+            source=d.source if d.is_builtin else absolute(d.source),
+            data_dir=absolute(d.data_dir),
+            class_index=absolute(d.class_index),
+        )
         return RunConfig(self.model, data, self.train.replace(init_from=absolute(self.train.init_from)), self.given)
 
     def with_classes(self, n: int) -> RunConfig:
         """This configuration for data of ``n`` classes: the data decides the class count."""
-        return self if n == self.model.num_classes else RunConfig(self.model.replace(num_classes=n), self.data, self.train)
+        return (
+            self if n == self.model.num_classes else RunConfig(self.model.replace(num_classes=n), self.data, self.train)
+        )
 
     def override(self, model: dict[str, Any], data: dict[str, Any], train: dict[str, Any]) -> RunConfig:
         """Apply explicit flags (only those given, i.e. not None) over the recipe's values."""
@@ -411,15 +462,24 @@ SOURCE_DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {
 }
 
 
-def run_config(recipe: RunConfig | None, model: dict[str, Any], data: dict[str, Any], train: dict[str, Any],
-               recipe_path: str | Path | None = None) -> RunConfig:
+def run_config(
+    recipe: RunConfig | None,
+    model: dict[str, Any],
+    data: dict[str, Any],
+    train: dict[str, Any],
+    recipe_path: str | Path | None = None,
+) -> RunConfig:
     """Resolve a run's settings: explicit flags (non-None) over the recipe, over the data source's defaults. An error
     that the recipe's values cause (alone or with a flag) names ``recipe_path`` and says a flag overrides them; an
     error in a flag's own value does not blame the recipe."""
     source = data.get("source") or _recipe_source(recipe)
     if not source:
-        raise ConfigError("no data given", path=recipe_path if recipe is not None else None,
-                          hint="pass --data synth, --data fashion-mnist or --data FOLDER" + (", or set source in the recipe's [data]" if recipe is not None else ", or --config RECIPE"))
+        raise ConfigError(
+            "no data given",
+            path=recipe_path if recipe is not None else None,
+            hint="pass --data synth, --data fashion-mnist or --data FOLDER"
+            + (", or set source in the recipe's [data]" if recipe is not None else ", or --config RECIPE"),
+        )
     base = recipe or RunConfig(ModelConfig(), DataConfig(source=source), TrainConfig())
     if recipe is None or recipe.given is not None:
         extra = SOURCE_DEFAULTS.get(source, {"model": {}, "data": {}})
@@ -439,7 +499,11 @@ def run_config(recipe: RunConfig | None, model: dict[str, Any], data: dict[str, 
     except ConfigError as exc:
         if recipe is None or _flags_alone_fail(exc, model, {**data, "source": source}, train):
             raise
-        raise ConfigError(exc.what, path=exc.path or recipe_path, hint=f"{exc.hint} (the recipe's value applies unless its flag overrides it)") from None
+        raise ConfigError(
+            exc.what,
+            path=exc.path or recipe_path,
+            hint=f"{exc.hint} (the recipe's value applies unless its flag overrides it)",
+        ) from None
     d, unused = cfg.data, {}
     if d.class_index and d.is_builtin:
         unused["class_index"] = "a data folder"

@@ -83,5 +83,8 @@ def export_model_file(folder: Path) -> Path:
     for name in MODEL_PREFERENCE:
         if (folder / name).is_file():
             return folder / name
-    raise ArtifactError("the export folder holds no model file", path=folder,
-                        hint=f"export again with `mnv2 export`, or pass a model file ({', '.join(MODEL_PREFERENCE)})")
+    raise ArtifactError(
+        "the export folder holds no model file",
+        path=folder,
+        hint=f"export again with `mnv2 export`, or pass a model file ({', '.join(MODEL_PREFERENCE)})",
+    )

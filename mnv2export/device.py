@@ -23,7 +23,9 @@ def usable_cpu_count() -> int:
         return os.cpu_count() or 1
 
 
-_warned_once: contextvars.ContextVar[set[int] | None] = contextvars.ContextVar("mnv2_oversubscription_warned", default=None)
+_warned_once: contextvars.ContextVar[set[int] | None] = contextvars.ContextVar(
+    "mnv2_oversubscription_warned", default=None
+)
 
 
 def warn_if_oversubscribed(threads: int | None, setting: str = "--threads") -> None:
@@ -38,8 +40,14 @@ def warn_if_oversubscribed(threads: int | None, setting: str = "--threads") -> N
             if threads in warned:
                 return
             warned.add(threads)
-        log.warning("%d intra-op threads on %d usable CPU(s): more threads than CPUs slow torch and ONNX Runtime down; "
-                    "set %s to %d or fewer", threads, cpus, setting, cpus)
+        log.warning(
+            "%d intra-op threads on %d usable CPU(s): more threads than CPUs slow torch and ONNX Runtime down; "
+            "set %s to %d or fewer",
+            threads,
+            cpus,
+            setting,
+            cpus,
+        )
 
 
 @contextlib.contextmanager
@@ -72,7 +80,9 @@ def resolve_device(device: str, local_rank: int = 0, *, flag: str = "--device") 
     if reason is None:
         return torch.device("cuda", local_rank)
     if device == "cuda":
-        raise ProviderUnavailable(f"CUDA was asked for but {reason}", hint=f"run on a machine with an NVIDIA GPU, or pass {flag} cpu")
+        raise ProviderUnavailable(
+            f"CUDA was asked for but {reason}", hint=f"run on a machine with an NVIDIA GPU, or pass {flag} cpu"
+        )
     return torch.device("cpu")
 
 

@@ -48,7 +48,9 @@ def init(device_type: str) -> DistInfo:
         # decisions every rank must share (pass over a batch, stop before training) travel as CPU tensors over gloo:
         # under NCCL a GPU tensor and its .item() would make the CPU wait for the GPU at every step
         _CONTROL = dist.new_group(backend="gloo")
-    return DistInfo(rank=dist.get_rank(), local_rank=int(os.environ.get("LOCAL_RANK", 0)), world_size=dist.get_world_size())
+    return DistInfo(
+        rank=dist.get_rank(), local_rank=int(os.environ.get("LOCAL_RANK", 0)), world_size=dist.get_world_size()
+    )
 
 
 def shutdown() -> None:

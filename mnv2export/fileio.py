@@ -40,7 +40,9 @@ def ensure_dir(path: str | Path) -> Path:
     except FileExistsError:
         raise OutputError("output path exists and is not a folder", path=p, hint="choose another --out") from None
     except OSError as exc:
-        raise OutputError(f"cannot create output folder ({exc.strerror})", path=p, hint="choose a writable --out") from None
+        raise OutputError(
+            f"cannot create output folder ({exc.strerror})", path=p, hint="choose a writable --out"
+        ) from None
     if not os.access(p, os.W_OK | os.X_OK):
         raise OutputError("output folder is not writable", path=p, hint="fix its permissions or choose another --out")
     return p
@@ -72,7 +74,9 @@ def atomic_path(final: str | Path) -> Iterator[Path]:
 
 
 @contextlib.contextmanager
-def atomic_files(folder: str | Path, owned: Iterable[str] = (), temp_dir: Path | None = None) -> Iterator[Callable[[str], Path]]:
+def atomic_files(
+    folder: str | Path, owned: Iterable[str] = (), temp_dir: Path | None = None
+) -> Iterator[Callable[[str], Path]]:
     """Write several files into ``folder`` as one change: ``stage(name)`` gives a temporary path for each; when the
     block ends without error they are renamed to their final names, in the order staged, while holding an exclusive
     lock on the folder itself, and then every name of ``owned`` that was not staged this time is removed (under the
@@ -96,7 +100,9 @@ def atomic_files(folder: str | Path, owned: Iterable[str] = (), temp_dir: Path |
     try:
         try:
             yield stage
-        except OSError as exc:  # while a file was written (each is staged just before it is written): that file is named
+        except (
+            OSError
+        ) as exc:  # while a file was written (each is staged just before it is written): that file is named
             raise output_error(exc, staged[-1][1] if staged else folder) from None
         try:
             for tmp, _ in staged:
@@ -110,7 +116,11 @@ def atomic_files(folder: str | Path, owned: Iterable[str] = (), temp_dir: Path |
                 for name in owned:
                     if name not in written and (folder / name).exists():
                         (folder / name).unlink()
-                        log.info("removed %s: an earlier write of %s left it, this one did not write it", folder / name, folder)
+                        log.info(
+                            "removed %s: an earlier write of %s left it, this one did not write it",
+                            folder / name,
+                            folder,
+                        )
             finally:
                 os.close(lock)  # releases the lock
         except OSError as exc:
@@ -149,10 +159,14 @@ DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 def output_error(exc: OSError, path: Path) -> OutputError:
     """An :class:`OutputError` a person can act on, naming ``path``, for any reason a write fails."""
     if exc.errno in DISK_FULL_ERRNOS:
-        return OutputError("disk full while writing", path=path, hint="free some space and run again; earlier files are intact")
+        return OutputError(
+            "disk full while writing", path=path, hint="free some space and run again; earlier files are intact"
+        )
     if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
         return OutputError(f"cannot write output file ({exc.strerror})", path=path, hint="choose a writable --out")
-    return OutputError(f"cannot write output file ({exc.strerror or type(exc).__name__})", path=path, hint="choose another output path")
+    return OutputError(
+        f"cannot write output file ({exc.strerror or type(exc).__name__})", path=path, hint="choose another output path"
+    )
 
 
 def is_disk_full(exc: BaseException, folder: str | Path | None = None, need: int = 0) -> bool:
@@ -290,14 +304,22 @@ def check_output_file(path: str | Path, option: str) -> Path:
     if p.is_dir():
         raise ConfigError(f"{option} names a folder, not a file", path=p, hint=f"give {option} a file path")
     parent = p.parent
-    while not parent.exists() and parent != parent.parent:  # missing folders are created at write time: ask the nearest one there
+    while (
+        not parent.exists() and parent != parent.parent
+    ):  # missing folders are created at write time: ask the nearest one there
         parent = parent.parent
     if not parent.is_dir():
-        raise ConfigError(f"{option} lies under {parent}, which is a file, not a folder", path=p, hint=f"choose another {option} path")
+        raise ConfigError(
+            f"{option} lies under {parent}, which is a file, not a folder", path=p, hint=f"choose another {option} path"
+        )
     try:
         _temp_beside(parent / p.name).unlink()
     except OSError as exc:
-        raise OutputError(f"{option} cannot be written ({exc.strerror or type(exc).__name__})", path=p, hint=f"choose another {option} path") from None
+        raise OutputError(
+            f"{option} cannot be written ({exc.strerror or type(exc).__name__})",
+            path=p,
+            hint=f"choose another {option} path",
+        ) from None
     return p
 
 
@@ -352,7 +374,6 @@ def text_kind(path: str | Path) -> str | None:
     return "a JSON file" if text.lstrip()[:1] in ("{", "[") else "a text file"
 
 
-
 def require_file(path: str | Path, what: str, hint: str, error: type[Mnv2Error]) -> Path:
     """``path`` as a Path if it names a non-empty file, else ``error`` saying ``<what> not found``, ``<what> path is a
     folder, not a file`` or ``<what> file is empty``, with ``hint``. The checks every loader of a model file makes first;
@@ -376,9 +397,13 @@ def require_data_folder(path: str | Path) -> Path:
     Torch-free, so that ``mnv2 train`` can say so before its heavy imports."""
     root = Path(path)
     if not root.exists():
-        raise DataError("data folder not found", path=root, hint="pass --data synth, --data fashion-mnist or an ImageFolder folder")
+        raise DataError(
+            "data folder not found", path=root, hint="pass --data synth, --data fashion-mnist or an ImageFolder folder"
+        )
     if not root.is_dir():
-        raise DataError("data path is a file, not a folder", path=root, hint="pass the folder that holds train/ and val/")
+        raise DataError(
+            "data path is a file, not a folder", path=root, hint="pass the folder that holds train/ and val/"
+        )
     return root
 
 

@@ -25,7 +25,11 @@ from .config import DataConfig
 from .data.images import ImageReadError, open_rgb
 
 # torchvision's pil_modes_mapping for the interpolations a DataConfig accepts
-RESAMPLE = {"nearest": Image.Resampling.NEAREST, "bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC}
+RESAMPLE = {
+    "nearest": Image.Resampling.NEAREST,
+    "bilinear": Image.Resampling.BILINEAR,
+    "bicubic": Image.Resampling.BICUBIC,
+}
 
 
 def resized_size(width: int, height: int, size: int) -> tuple[int, int]:

@@ -31,8 +31,10 @@ from .runtime import QUANT_OPS
 
 log = logging.getLogger(__name__)
 
-MACS_NOTE = ("MACs = FLOPs / 2, FLOPs from torch.utils.flop_counter.FlopCounterMode on one image "
-             "(convolutions and matrix products; element-wise ops not counted)")
+MACS_NOTE = (
+    "MACs = FLOPs / 2, FLOPs from torch.utils.flop_counter.FlopCounterMode on one image "
+    "(convolutions and matrix products; element-wise ops not counted)"
+)
 
 
 @dataclass
@@ -63,7 +65,9 @@ class ModelSummary:
     blocks: list[BlockRow]
     layers: list[LayerRow]
     macs_note: str = MACS_NOTE
-    kernel_params: int = 0  # weights of rank 2 or more (convolution and linear kernels): what an export keeps as they are
+    kernel_params: int = (
+        0  # weights of rank 2 or more (convolution and linear kernels): what an export keeps as they are
+    )
 
 
 @dataclass
@@ -117,7 +121,8 @@ def summarize_model(model, input_size: list[int] | tuple[int, int, int]) -> Mode
     shapes: dict[str, list[int]] = {}
     hooks = [
         m.register_forward_hook(lambda _m, _i, out, name=name: shapes.__setitem__(name, list(out.shape)))
-        for name, m in model.named_modules() if name
+        for name, m in model.named_modules()
+        if name
     ]
     try:
         with FlopCounterMode(display=False, depth=None) as counter, torch.no_grad():
@@ -127,20 +132,28 @@ def summarize_model(model, input_size: list[int] | tuple[int, int, int]) -> Mode
             h.remove()
     root = type(model).__name__
     macs_by_module = {
-        (key.removeprefix(root).removeprefix(".")): sum(ops.values()) // 2 for key, ops in counter.get_flop_counts().items()
+        (key.removeprefix(root).removeprefix(".")): sum(ops.values()) // 2
+        for key, ops in counter.get_flop_counts().items()
         if key != "Global"
     }
     layers = [
         LayerRow(name, type(m).__name__, shapes.get(name, []), _param_count(m), macs_by_module.get(name, 0))
-        for name, m in model.named_modules() if name and not list(m.children()) and type(m).__name__ != "Identity"  # a folded BatchNorm
+        for name, m in model.named_modules()
+        if name and not list(m.children()) and type(m).__name__ != "Identity"  # a folded BatchNorm
     ]
     blocks = [
         BlockRow(name, _describe_block(name, m), shapes.get(name, []), _param_count(m), macs_by_module.get(name, 0))
         for name, m in _blocks(model)
     ]
     kernels = sum(p.numel() for p in model.parameters() if p.dim() >= 2)
-    return ModelSummary(input_size=list(input_size), params=_param_count(model), macs=int(counter.get_total_flops()) // 2,
-                        blocks=blocks, layers=layers, kernel_params=kernels)
+    return ModelSummary(
+        input_size=list(input_size),
+        params=_param_count(model),
+        macs=int(counter.get_total_flops()) // 2,
+        blocks=blocks,
+        layers=layers,
+        kernel_params=kernels,
+    )
 
 
 def _param_count(module) -> int:
@@ -218,8 +231,16 @@ def describe(path: str | Path) -> ArtifactInfo:
         if kind == "onnx":
             onnx_info = onnx_graph_info(onnx_model)
     return ArtifactInfo(
-        path=p, format=kind, precision=str(meta.get("precision", "fp32")), file_size=p.stat().st_size, params=summary.params,
-        params_source=params_source, model=summary, model_source=model_source, metadata=meta, onnx=onnx_info,
+        path=p,
+        format=kind,
+        precision=str(meta.get("precision", "fp32")),
+        file_size=p.stat().st_size,
+        params=summary.params,
+        params_source=params_source,
+        model=summary,
+        model_source=model_source,
+        metadata=meta,
+        onnx=onnx_info,
     )
 
 
@@ -232,14 +253,23 @@ def onnx_graph_info(source) -> OnnxGraphInfo:
     graph = model.graph
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
     ops = Counter(n.op_type for n in graph.node)
-    quantized = {op: n for op, n in sorted(ops.items()) if op in QUANT_OPS or op.startswith("QLinear") or op.endswith("Integer")}
+    quantized = {
+        op: n for op, n in sorted(ops.items()) if op in QUANT_OPS or op.startswith("QLinear") or op.endswith("Integer")
+    }
     counts = onnx_initializer_counts(model)
     initializers = {i.name for i in graph.initializer}
     return OnnxGraphInfo(
-        opset=opset, ir_version=model.ir_version, producer=f"{model.producer_name} {model.producer_version}".strip(),
+        opset=opset,
+        ir_version=model.ir_version,
+        producer=f"{model.producer_name} {model.producer_version}".strip(),
         inputs=[_value_info(v) for v in graph.input if v.name not in initializers],
-        outputs=[_value_info(v) for v in graph.output], nodes=len(graph.node), op_counts=dict(ops.most_common()),
-        quantized_nodes=quantized, weight_elements=counts["weights"], kernel_elements=counts["kernels"], quant_param_elements=counts["quant"],
+        outputs=[_value_info(v) for v in graph.output],
+        nodes=len(graph.node),
+        op_counts=dict(ops.most_common()),
+        quantized_nodes=quantized,
+        weight_elements=counts["weights"],
+        kernel_elements=counts["kernels"],
+        quant_param_elements=counts["quant"],
         other_constant_elements=counts["other"],
     )
 
@@ -250,7 +280,11 @@ def _value_info(v) -> dict[str, Any]:
     from .runtime import _dims
 
     dims = ["?" if d is None else d for d in _dims(v)]
-    return {"name": v.name, "dtype": onnx.TensorProto.DataType.Name(v.type.tensor_type.elem_type).lower(), "shape": dims}
+    return {
+        "name": v.name,
+        "dtype": onnx.TensorProto.DataType.Name(v.type.tensor_type.elem_type).lower(),
+        "shape": dims,
+    }
 
 
 def human(n: float) -> str:

@@ -20,7 +20,9 @@ def parse_manifest(path: Path, hint: str = "export again with `mnv2 export`") ->
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except OSError as exc:
-        raise ArtifactError(f"manifest.json cannot be read ({exc.strerror or type(exc).__name__})", path=path, hint=hint) from None
+        raise ArtifactError(
+            f"manifest.json cannot be read ({exc.strerror or type(exc).__name__})", path=path, hint=hint
+        ) from None
     except (ValueError, UnicodeDecodeError):  # JSONDecodeError is a ValueError
         problem = "not JSON"
     else:
@@ -41,7 +43,9 @@ def manifest_problem(data: Any) -> str | None:
         return f"{_json_type(data)} at the top, not an object"
     artifacts = data.get("artifacts")
     if not isinstance(artifacts, dict):
-        return "no \"artifacts\" object" if artifacts is None else f"\"artifacts\" is {_json_type(artifacts)}, not an object"
+        return (
+            'no "artifacts" object' if artifacts is None else f'"artifacts" is {_json_type(artifacts)}, not an object'
+        )
     for name, entry in artifacts.items():
         if not name or name in (".", "..") or "/" in name or "\\" in name:  # check and bench open folder / name
             return f"artifact name {name!r} is not a file name"
@@ -51,15 +55,21 @@ def manifest_problem(data: Any) -> str | None:
             return f"artifacts[{name!r}][{bad!r}] is {_json_type(entry[bad])}, not {_json_name(_ENTRY_TYPES[bad])}"
     source = data.get("source_checkpoint")
     if source is not None and not isinstance(source, dict):
-        return f"\"source_checkpoint\" is {_json_type(source)}, not an object"
+        return f'"source_checkpoint" is {_json_type(source)}, not an object'
     if source and (bad := _wrong_type(source, _SOURCE_TYPES)):
         return f"source_checkpoint[{bad!r}] is {_json_type(source[bad])}, not {_json_name(_SOURCE_TYPES[bad])}"
     return None
 
 
 def _wrong_type(entry: dict[str, Any], types: dict[str, type]) -> str | None:
-    return next((k for k, t in types.items() if entry.get(k) is not None
-                 and (not isinstance(entry[k], t) or (t is int and isinstance(entry[k], bool)))), None)
+    return next(
+        (
+            k
+            for k, t in types.items()
+            if entry.get(k) is not None and (not isinstance(entry[k], t) or (t is int and isinstance(entry[k], bool)))
+        ),
+        None,
+    )
 
 
 def _json_name(t: type) -> str:

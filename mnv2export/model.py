@@ -17,7 +17,15 @@ from .fileio import require_init_weights
 log = logging.getLogger(__name__)
 
 # torchvision's default setting: expansion t, output channels c, repeats n, first stride s
-_DEFAULT_SETTING = [[1, 16, 1, 1], [6, 24, 2, 2], [6, 32, 3, 2], [6, 64, 4, 2], [6, 96, 3, 1], [6, 160, 3, 2], [6, 320, 1, 1]]
+_DEFAULT_SETTING = [
+    [1, 16, 1, 1],
+    [6, 24, 2, 2],
+    [6, 32, 3, 2],
+    [6, 64, 4, 2],
+    [6, 96, 3, 1],
+    [6, 160, 3, 2],
+    [6, 320, 1, 1],
+]
 
 
 def inverted_residual_setting(cfg: ModelConfig) -> list[list[int]]:
@@ -113,10 +121,15 @@ def collapse_warning(cfg: ModelConfig, img_size: int) -> str | None:
     ``--small-input`` exists for 28-64 px images), else None."""
     if feature_map_size(cfg, img_size) > 1:
         return None
-    how = ("for 28-64 px images pass --small-input (total stride 8: 28 px ends at 4x4)" if not cfg.small_input else
-           "use larger images, or a smaller total stride (stem_stride 1, output_stride 8)")
-    return (f"the model's total stride is {output_stride(cfg)}: {img_size} px images end at 1x1 before the classifier's pooling, "
-            f"so its deepest layers see no spatial layout; {how}")
+    how = (
+        "for 28-64 px images pass --small-input (total stride 8: 28 px ends at 4x4)"
+        if not cfg.small_input
+        else "use larger images, or a smaller total stride (stem_stride 1, output_stride 8)"
+    )
+    return (
+        f"the model's total stride is {output_stride(cfg)}: {img_size} px images end at 1x1 before the classifier's pooling, "
+        f"so its deepest layers see no spatial layout; {how}"
+    )
 
 
 def load_pretrained(model: MobileNetV2, path: str | Path, *, report: bool = True) -> list[str]:
@@ -134,42 +147,57 @@ def load_pretrained(model: MobileNetV2, path: str | Path, *, report: bool = True
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]  # our own checkpoints, and the common {"state_dict": ...} wrapper
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise CheckpointError("initial weights are not a state dict of tensors", path=p, hint="pass torch.save(model.state_dict()) output")
+        raise CheckpointError(
+            "initial weights are not a state dict of tensors", path=p, hint="pass torch.save(model.state_dict()) output"
+        )
     state = {k.removeprefix("module."): v for k, v in state.items()}
     own = model.state_dict()
     taken, skipped = _fitting_tensors(state, own, p)
-    refuse_non_finite(taken, "initial weights", p, "their training diverged, or the file was edited: pass weights that are finite")
+    refuse_non_finite(
+        taken, "initial weights", p, "their training diverged, or the file was edited: pass weights that are finite"
+    )
     model.load_state_dict(taken, strict=False)
     if report:
         log.info(_init_summary(p, taken, skipped, state, own))
         if _untrained(taken):
-            log.warning("the initial weights in %s look untrained: every BatchNorm layer holds its initial statistics (running_mean 0, "
-                        "running_var 1), so fine-tuning them is training from scratch; pass trained weights (e.g. ImageNet's)", p)
+            log.warning(
+                "the initial weights in %s look untrained: every BatchNorm layer holds its initial statistics (running_mean 0, "
+                "running_var 1), so fine-tuning them is training from scratch; pass trained weights (e.g. ImageNet's)",
+                p,
+            )
     return skipped
 
 
-def _fitting_tensors(state: dict[str, torch.Tensor], own: dict[str, torch.Tensor], p: Path) -> tuple[dict[str, torch.Tensor], list[str]]:
+def _fitting_tensors(
+    state: dict[str, torch.Tensor], own: dict[str, torch.Tensor], p: Path
+) -> tuple[dict[str, torch.Tensor], list[str]]:
     """The tensors of ``state`` to load into a model whose state dict is ``own``, and the names of the model's tensors
     left as they are (the classifier, when the file lacks it or has it for another class count)."""
     # BatchNorm's step counters: older torchvision files lack them, and load_state_dict itself accepts their absence
     missing = sorted(k for k in set(own) - set(state) if not k.endswith(".num_batches_tracked"))
     if any(not k.startswith("classifier.") for k in missing):
         raise CheckpointError(
-            f"initial weights are not a torchvision MobileNetV2 (missing {missing[0]})", path=p,
+            f"initial weights are not a torchvision MobileNetV2 (missing {missing[0]})",
+            path=p,
             hint="pass a state dict of torchvision.models.mobilenet_v2",
         )
     skipped: list[str] = list(missing)
     taken = {}
     for name, tensor in state.items():
         if name not in own:
-            raise CheckpointError(f"initial weights hold an unexpected tensor {name}", path=p, hint="pass a torchvision MobileNetV2 state dict")
+            raise CheckpointError(
+                f"initial weights hold an unexpected tensor {name}",
+                path=p,
+                hint="pass a torchvision MobileNetV2 state dict",
+            )
         if own[name].shape != tensor.shape:
             if name.startswith("classifier."):
                 skipped.append(name)
                 continue
             raise CheckpointError(
                 f"initial weights do not fit: {name} is {tuple(tensor.shape)}, the model needs {tuple(own[name].shape)}",
-                path=p, hint="use the same --width (and --small-input setting) as the weights were trained with",
+                path=p,
+                hint="use the same --width (and --small-input setting) as the weights were trained with",
             )
         taken[name] = tensor
     return taken, sorted(set(skipped))

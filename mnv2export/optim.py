@@ -12,14 +12,17 @@ from torch import nn
 from .config import TrainConfig
 
 
-def param_groups(model: nn.Module, weight_decay: float, depthwise_weight_decay: float | None = None) -> list[dict[str, Any]]:
+def param_groups(
+    model: nn.Module, weight_decay: float, depthwise_weight_decay: float | None = None
+) -> list[dict[str, Any]]:
     """Weight decay on conv / linear weights only, not on norm parameters and biases. ``depthwise_weight_decay``
     (None: the same as ``weight_decay``) gives the depthwise convolutions' weights their own rate: MobileNet's paper
     puts "very little or no weight decay" on them, as they hold few parameters."""
     depthwise = set()
     if depthwise_weight_decay is not None:
         depthwise = {
-            id(m.weight) for m in model.modules()
+            id(m.weight)
+            for m in model.modules()
             if isinstance(m, nn.Conv2d) and m.groups > 1 and m.groups == m.in_channels == m.out_channels
         }
     decay, dw, no_decay = [], [], []
@@ -43,12 +46,16 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer
     return torch.optim.AdamW(groups, lr=cfg.lr)
 
 
-def build_scheduler(opt: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int) -> torch.optim.lr_scheduler.LRScheduler:
+def build_scheduler(
+    opt: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int
+) -> torch.optim.lr_scheduler.LRScheduler:
     """Linear warm-up, then cosine or linear decay to zero at the last step (``cfg.schedule``), stepped every iteration."""
     total = max(1, cfg.epochs * steps_per_epoch)
     warmup = min(total - 1, int(round(cfg.warmup_epochs * steps_per_epoch)))
     if cfg.schedule == "linear":
-        decay = torch.optim.lr_scheduler.LinearLR(opt, start_factor=1.0, end_factor=0.0, total_iters=max(1, total - warmup))
+        decay = torch.optim.lr_scheduler.LinearLR(
+            opt, start_factor=1.0, end_factor=0.0, total_iters=max(1, total - warmup)
+        )
     else:
         decay = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, total - warmup))
     if warmup <= 0:

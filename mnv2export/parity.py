@@ -47,8 +47,14 @@ PROVIDER_CHOICES = ("cpu", "cuda", "all")
 
 # --------------------------------------------------------------------------------------------------- the check
 def check(
-    checkpoint: str | Path, artifacts_dir: str | Path | None = None, *, data: str | None = None, providers: Any = ("cpu",),
-    samples: int | None = None, batch_sizes: tuple[int, ...] = BATCH_SIZES, tolerances: dict[str, Tolerance] | None = None,
+    checkpoint: str | Path,
+    artifacts_dir: str | Path | None = None,
+    *,
+    data: str | None = None,
+    providers: Any = ("cpu",),
+    samples: int | None = None,
+    batch_sizes: tuple[int, ...] = BATCH_SIZES,
+    tolerances: dict[str, Tolerance] | None = None,
     debug_int8: bool = False,
 ) -> ParityReport:
     """Compare every artifact listed in ``artifacts_dir/manifest.json`` (default ``export/<run>``) with the checkpoint.
@@ -66,14 +72,18 @@ def check(
     wanted = parse_providers(providers)
     samples = DEFAULT_SAMPLES if samples is None else samples
     if not isinstance(samples, int) or isinstance(samples, bool) or not 1 <= samples <= MAX_SAMPLES:
-        raise ConfigError(f"samples = {samples!r} is out of range", hint=f"use a whole number between 1 and {MAX_SAMPLES}")
+        raise ConfigError(
+            f"samples = {samples!r} is out of range", hint=f"use a whole number between 1 and {MAX_SAMPLES}"
+        )
     sizes = tuple(batch_sizes)
     if not sizes or not all(isinstance(b, int) and not isinstance(b, bool) and b >= 1 for b in sizes):
         raise ConfigError(f"batch sizes {batch_sizes!r} are invalid", hint="use whole numbers >= 1, e.g. 1, 7, 64")
     tols = {**DEFAULT_TOLERANCES, **(tolerances or {})}
     from_folder = Path(checkpoint).is_dir()
     checkpoint, artifacts_dir = resolve_target(checkpoint, artifacts_dir)
-    require_checkpoint_file(checkpoint)  # the options and the file checks before torch is imported: their errors come at once
+    require_checkpoint_file(
+        checkpoint
+    )  # the options and the file checks before torch is imported: their errors come at once
 
     from .checkpoint import load_checkpoint
     from .export import default_out_dir, toolchain_versions
@@ -84,10 +94,14 @@ def check(
     entries, other_source = read_manifest(out_dir, artifacts_dir is None, ckpt)
     notes: list[str] = []
     if from_folder:
-        notes.append(f"reference: {ckpt.path}, the source checkpoint that manifest.json names (the same file: same SHA-256)")
+        notes.append(
+            f"reference: {ckpt.path}, the source checkpoint that manifest.json names (the same file: same SHA-256)"
+        )
     if other_source:
-        notes.append(f"manifest.json says these artifacts were exported from another checkpoint than {ckpt.path.name} "
-                     "(sha256 differs); the numbers below say whether they still answer alike")
+        notes.append(
+            f"manifest.json says these artifacts were exported from another checkpoint than {ckpt.path.name} "
+            "(sha256 differs); the numbers below say whether they still answer alike"
+        )
 
     uses_cuda = "cuda" in {p for p, _ in wanted}
     with tf32_disabled() if uses_cuda else contextlib.nullcontext():
@@ -95,22 +109,30 @@ def check(
         notes.append(real.note)
         runners, rows = _load_runners(out_dir, entries, wanted, tols, ckpt)
         gen = generated_inputs(ckpt.data_config.img_size, sum(sizes))
-        notes.append(f"{len(gen)} generated N(0, 1) tensors in the normalised input space follow the real images; artifacts run them "
-                     f"in batches cycling through sizes {', '.join(map(str, sizes))}; the reference runs on CPU in batches of 64")
+        notes.append(
+            f"{len(gen)} generated N(0, 1) tensors in the normalised input space follow the real images; artifacts run them "
+            f"in batches cycling through sizes {', '.join(map(str, sizes))}; the reference runs on CPU in batches of 64"
+        )
         ref_real, ref_gen = _reference(ckpt, real.batch(ckpt.data_config.to_dict()), gen)
         for i, row in enumerate(rows):
             runner, runners[i] = runners[i], None  # free each session once its row is done
             if runner is None:
                 continue
             try:
-                x_real = real.batch(runner.metadata["data_config"]) if len(real) else np.zeros((0, *gen.shape[1:]), np.float32)
+                x_real = (
+                    real.batch(runner.metadata["data_config"])
+                    if len(real)
+                    else np.zeros((0, *gen.shape[1:]), np.float32)
+                )
                 _compare_row(row, runner, ckpt, x_real, gen, ref_real, ref_gen, real.labels, sizes, tols[row.precision])
             except Mnv2Error as exc:
                 row.status, row.reason = "error", exc.one_line()
             log.info("parity: %s on %s: %s", row.artifact, row.provider, row.status)
         if uses_cuda and any(r.provider == "cuda" and r.status in ("pass", "fail") for r in rows):
-            notes.append("TF32 disabled for the CUDA runs (torch fp32_precision = 'ieee'; use_tf32=0 for ONNX Runtime's CUDA provider), "
-                         "so FP32 is held to the same bounds as on CPU")
+            notes.append(
+                "TF32 disabled for the CUDA runs (torch fp32_precision = 'ieee'; use_tf32=0 for ONNX Runtime's CUDA provider), "
+                "so FP32 is held to the same bounds as on CPU"
+            )
     rows += unlisted_rows(out_dir, entries)
     for r in rows:
         if r.provider == "cuda" and r.status == "unavailable":
@@ -120,10 +142,22 @@ def check(
         notes.append("INT8 accuracy drop not judged: the real images carry no labels the checkpoint's classes can use")
 
     report = ParityReport(
-        rows=rows, passed=all(r.passed for r in rows), notes=notes, checkpoint=str(ckpt.path), artifacts_dir=str(out_dir),
-        inputs={"real": len(real), "labelled": real.labels is not None, "real_source": real.source, "generated": len(gen),
-                "batch_sizes": list(sizes)},
-        tolerances={p: asdict(t) for p, t in tols.items()}, checkpoint_sha256=ckpt.sha256, created=created, versions=toolchain_versions(),
+        rows=rows,
+        passed=all(r.passed for r in rows),
+        notes=notes,
+        checkpoint=str(ckpt.path),
+        artifacts_dir=str(out_dir),
+        inputs={
+            "real": len(real),
+            "labelled": real.labels is not None,
+            "real_source": real.source,
+            "generated": len(gen),
+            "batch_sizes": list(sizes),
+        },
+        tolerances={p: asdict(t) for p, t in tols.items()},
+        checkpoint_sha256=ckpt.sha256,
+        created=created,
+        versions=toolchain_versions(),
     )
     if debug_int8:
         from .parity_int8 import debug_int8 as run_debug
@@ -146,15 +180,24 @@ def resolve_target(target: str | Path, artifacts_dir: str | Path | None) -> tupl
         return p, artifacts_dir
     if not (p / MANIFEST_FILE).is_file():
         hint = checkpoint_hint(p)
-        raise CheckpointError("checkpoint path is a folder without manifest.json", path=p,
-                              hint=hint if hint != CHECKPOINT_HINT else f"{hint}, or a folder written by `mnv2 export`")
+        raise CheckpointError(
+            "checkpoint path is a folder without manifest.json",
+            path=p,
+            hint=hint if hint != CHECKPOINT_HINT else f"{hint}, or a folder written by `mnv2 export`",
+        )
     if artifacts_dir is not None:
-        raise ConfigError("two artifacts folders: the target and --artifacts", path=p,
-                          hint="pass the checkpoint with --artifacts DIR, or the artifacts folder alone")
+        raise ConfigError(
+            "two artifacts folders: the target and --artifacts",
+            path=p,
+            hint="pass the checkpoint with --artifacts DIR, or the artifacts folder alone",
+        )
     source, why = source_checkpoint(parse_manifest(p / MANIFEST_FILE))
     if source is None:
-        raise ArtifactError(f"no reference model for this folder: {why}", path=p,
-                            hint=f"pass the checkpoint it was exported from, with --artifacts {p}")
+        raise ArtifactError(
+            f"no reference model for this folder: {why}",
+            path=p,
+            hint=f"pass the checkpoint it was exported from, with --artifacts {p}",
+        )
     return source, p
 
 
@@ -168,7 +211,7 @@ def parse_providers(providers: Any) -> list[tuple[str, bool]]:
         raise ConfigError(f"unknown provider {bad[0] if bad else '(none)'!r}", hint="choose cpu, cuda or all")
     out: dict[str, bool] = {}
     for p in items:
-        for name in (("cpu", "cuda") if p == "all" else (p,)):
+        for name in ("cpu", "cuda") if p == "all" else (p,):
             out[name] = out.get(name, False) or p != "all" or name == "cpu"
     return list(out.items())
 
@@ -179,9 +222,13 @@ def read_manifest(out_dir: Path, default: bool, ckpt) -> tuple[dict[str, dict[st
 
     how = f"run `mnv2 export {ckpt.path}{'' if default else f' --out {out_dir}'}` first, or pass --artifacts DIR"
     if not out_dir.exists():
-        raise ArtifactError("artifacts folder not found" + (" (the default export/<run>)" if default else ""), path=out_dir, hint=how)
+        raise ArtifactError(
+            "artifacts folder not found" + (" (the default export/<run>)" if default else ""), path=out_dir, hint=how
+        )
     if not out_dir.is_dir():
-        raise ArtifactError("artifacts path is a file, not a folder", path=out_dir, hint="pass the folder `mnv2 export` wrote")
+        raise ArtifactError(
+            "artifacts path is a file, not a folder", path=out_dir, hint="pass the folder `mnv2 export` wrote"
+        )
     path = out_dir / MANIFEST_FILE
     if not path.is_file():
         raise ArtifactError("no manifest.json in the artifacts folder", path=out_dir, hint=how)
@@ -193,7 +240,9 @@ def read_manifest(out_dir: Path, default: bool, ckpt) -> tuple[dict[str, dict[st
     return artifacts, bool(source and ckpt.sha256 and source != ckpt.sha256)
 
 
-def _load_runners(out_dir: Path, entries: dict[str, dict[str, Any]], wanted: list[tuple[str, bool]], tols: dict[str, Tolerance], ckpt):
+def _load_runners(
+    out_dir: Path, entries: dict[str, dict[str, Any]], wanted: list[tuple[str, bool]], tols: dict[str, Tolerance], ckpt
+):
     """A row (and a runner, or None) per listed artifact and provider. The file must be the one the manifest records
     (size, sha256); once loaded it is judged by its *own* metadata (format, precision), which must agree with the
     manifest and name ``ckpt`` as its source."""
@@ -206,8 +255,13 @@ def _load_runners(out_dir: Path, entries: dict[str, dict[str, Any]], wanted: lis
         sha = sha256_file(path) if path.is_file() else None
         changed = changed_since_export(entry, path, sha) if sha else None
         for provider, explicit in wanted:
-            row = ParityRow(artifact=name, format=str(entry.get("format", "?")), precision=str(entry.get("precision", "?")), provider=provider,
-                            sha256=sha)
+            row = ParityRow(
+                artifact=name,
+                format=str(entry.get("format", "?")),
+                precision=str(entry.get("precision", "?")),
+                provider=provider,
+                sha256=sha,
+            )
             runner = None
             if sha is None:
                 row.status, row.reason = "error", "listed in manifest.json but missing from the folder"
@@ -228,7 +282,11 @@ def _load_runners(out_dir: Path, entries: dict[str, dict[str, Any]], wanted: lis
                 row.format, row.precision = str(runner.metadata.get("format")), str(runner.metadata.get("precision"))
                 row.failures = provenance_problems(entry, runner.metadata, ckpt)  # the row fails, and is still compared
                 if row.precision not in tols:
-                    row.status, row.reason, runner = "error", f"no tolerance defined for precision {row.precision!r}", None
+                    row.status, row.reason, runner = (
+                        "error",
+                        f"no tolerance defined for precision {row.precision!r}",
+                        None,
+                    )
                 else:
                     row.tolerance = asdict(tols[row.precision])
             rows.append(row)
@@ -239,11 +297,16 @@ def _load_runners(out_dir: Path, entries: dict[str, dict[str, Any]], wanted: lis
 def provenance_problems(entry: dict[str, Any], meta: dict[str, Any], ckpt) -> list[str]:
     """Disagreements between the manifest entry and the file's own metadata (format, precision), and between the
     checkpoint the file says it was exported from and ``ckpt``."""
-    out = [f"manifest.json says {key} {entry.get(key)!r}, the file's metadata {meta.get(key)!r}"
-           for key in ("format", "precision") if entry.get(key) != meta.get(key)]
+    out = [
+        f"manifest.json says {key} {entry.get(key)!r}, the file's metadata {meta.get(key)!r}"
+        for key in ("format", "precision")
+        if entry.get(key) != meta.get(key)
+    ]
     if meta.get("source_checkpoint_sha256") != ckpt.sha256:
-        out.append(f"exported from another checkpoint: source_checkpoint_sha256 {short_hash(meta.get('source_checkpoint_sha256'))} in its "
-                   f"metadata, {short_hash(ckpt.sha256)} for {ckpt.path.name if ckpt.path else 'the checkpoint'}")
+        out.append(
+            f"exported from another checkpoint: source_checkpoint_sha256 {short_hash(meta.get('source_checkpoint_sha256'))} in its "
+            f"metadata, {short_hash(ckpt.sha256)} for {ckpt.path.name if ckpt.path else 'the checkpoint'}"
+        )
     return out
 
 
@@ -255,10 +318,23 @@ def unlisted_rows(out_dir: Path, entries: dict[str, dict[str, Any]]) -> list[Par
     training checkpoint (best.pt / last.pt kept beside the export, the reference itself) is not an artifact."""
     from .fileio import sha256_file
 
-    names = sorted(p.name for p in out_dir.iterdir()
-                   if p.suffix in ARTIFACT_SUFFIXES and p.is_file() and p.name not in entries and not _is_checkpoint(p))
-    return [ParityRow(artifact=n, format="?", precision="?", provider="-", status="fail", sha256=sha256_file(out_dir / n),
-                      failures=["in the folder but not in manifest.json: not checked; export again or remove it"]) for n in names]
+    names = sorted(
+        p.name
+        for p in out_dir.iterdir()
+        if p.suffix in ARTIFACT_SUFFIXES and p.is_file() and p.name not in entries and not _is_checkpoint(p)
+    )
+    return [
+        ParityRow(
+            artifact=n,
+            format="?",
+            precision="?",
+            provider="-",
+            status="fail",
+            sha256=sha256_file(out_dir / n),
+            failures=["in the folder but not in manifest.json: not checked; export again or remove it"],
+        )
+        for n in names
+    ]
 
 
 def _is_checkpoint(path: Path) -> bool:
@@ -270,8 +346,10 @@ def _is_checkpoint(path: Path) -> bool:
         return False  # unreadable: an artifact's name it has, so it fails as one
 
 
-_PROVIDER_HINT = ("run on a machine with an NVIDIA GPU and onnxruntime-gpu, or use --provider cpu "
-                  "(--provider all reports CUDA rows as unavailable where CUDA cannot be had)")
+_PROVIDER_HINT = (
+    "run on a machine with an NVIDIA GPU and onnxruntime-gpu, or use --provider cpu "
+    "(--provider all reports CUDA rows as unavailable where CUDA cannot be had)"
+)
 
 
 def _reference(ckpt, x_real: np.ndarray, gen: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -283,7 +361,7 @@ def _reference(ckpt, x_real: np.ndarray, gen: np.ndarray) -> tuple[np.ndarray, n
         outs = [np.zeros((0, ckpt.model_config.num_classes), np.float32)]
         with torch.inference_mode():
             for i in range(0, len(x), 64):
-                outs.append(model(torch.from_numpy(np.ascontiguousarray(x[i:i + 64]))).float().numpy())
+                outs.append(model(torch.from_numpy(np.ascontiguousarray(x[i : i + 64]))).float().numpy())
         return np.concatenate(outs)
 
     return run(x_real), run(gen)
@@ -297,16 +375,21 @@ def run_batched(runner, x: np.ndarray, sizes: tuple[int, ...]) -> tuple[np.ndarr
     while i < len(x):
         b = order[k % len(order)]
         try:
-            outs.append(np.asarray(runner.run(x[i:i + b]), dtype=np.float32))
+            outs.append(np.asarray(runner.run(x[i : i + b]), dtype=np.float32))
         except Mnv2Error:
             raise
         except Exception as exc:  # noqa: BLE001 - onnxruntime / torch raise their own types; the row says which batch
             text = str(exc).strip().splitlines()
-            raise ArtifactError(f"fails at batch size {len(x[i:i + b])}: {text[0][:300] if text else type(exc).__name__}",
-                                hint="a static batch axis? export it again with `mnv2 export`") from None
-        if outs[-1].shape[0] != len(x[i:i + b]):
-            raise ArtifactError(f"returns {outs[-1].shape[0]} rows for a batch of {len(x[i:i + b])}", hint="export it again with `mnv2 export`")
-        used[i:i + b] = b
+            raise ArtifactError(
+                f"fails at batch size {len(x[i : i + b])}: {text[0][:300] if text else type(exc).__name__}",
+                hint="a static batch axis? export it again with `mnv2 export`",
+            ) from None
+        if outs[-1].shape[0] != len(x[i : i + b]):
+            raise ArtifactError(
+                f"returns {outs[-1].shape[0]} rows for a batch of {len(x[i : i + b])}",
+                hint="export it again with `mnv2 export`",
+            )
+        used[i : i + b] = b
         i, k = i + b, k + 1
     return np.concatenate(outs), used
 
@@ -314,42 +397,71 @@ def run_batched(runner, x: np.ndarray, sizes: tuple[int, ...]) -> tuple[np.ndarr
 def _compare_row(row: ParityRow, runner, ckpt, x_real, gen, ref_real, ref_gen, labels, sizes, tol: Tolerance) -> None:
     meta_problems = row.failures + metadata_problems(runner.metadata, ckpt)  # after what loading found (provenance)
     if tuple(runner.input_shape) != tuple(gen.shape[1:]):
-        row.status, row.failures = "fail", meta_problems or [f"input size {runner.input_shape} differs from the checkpoint's"]
+        row.status, row.failures = (
+            "fail",
+            meta_problems or [f"input size {runner.input_shape} differs from the checkpoint's"],
+        )
         return
     x = np.concatenate([x_real, gen])
     out, used = run_batched(runner, x, sizes)
     ref = np.concatenate([ref_real, ref_gen])
     if out.shape != ref.shape:
-        row.status, row.failures = "fail", [*meta_problems, f"logits have shape {out.shape[1:]}, the reference {ref.shape[1:]}"]
+        row.status, row.failures = (
+            "fail",
+            [*meta_problems, f"logits have shape {out.shape[1:]}, the reference {ref.shape[1:]}"],
+        )
         return
     row.metrics = compare(ref, out, n_real=len(x_real), labels=labels, used=used, tol=tol)
     row.failures = meta_problems + judge(row.metrics, tol, row.precision)
     row.status = "fail" if row.failures else "pass"
 
 
-def compare(ref: np.ndarray, out: np.ndarray, *, n_real: int, labels: np.ndarray | None, used: np.ndarray, tol: Tolerance) -> dict[str, Any]:
+def compare(
+    ref: np.ndarray, out: np.ndarray, *, n_real: int, labels: np.ndarray | None, used: np.ndarray, tol: Tolerance
+) -> dict[str, Any]:
     """Metrics of ``out`` against ``ref`` (N x classes); the first ``n_real`` rows are real images (``labels`` theirs)."""
     r, a = ref.astype(np.float64), out.astype(np.float64)
     d = np.abs(a - r)
     finite = np.isfinite(a)
-    m: dict[str, Any] = {"n_real": int(n_real), "n_generated": int(len(ref) - n_real), "n_logits": int(d.size), "nonfinite": int((~finite).sum())}
+    m: dict[str, Any] = {
+        "n_real": int(n_real),
+        "n_generated": int(len(ref) - n_real),
+        "n_logits": int(d.size),
+        "nonfinite": int((~finite).sum()),
+    }
     m["max_abs"] = float(np.nanmax(np.where(finite, d, np.inf)))
     m["mean_abs"] = float(np.mean(np.where(finite, d, np.inf)))
     m["max_rel"] = float(np.max(np.where(finite, d / np.maximum(np.abs(r), 1e-6), np.inf)))
     cos = (a * r).sum(1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(r, axis=1), 1e-30)
     m["cosine"] = float(np.nanmin(np.where(np.isfinite(cos), cos, -1.0)))
-    m["max_abs_by_batch"] = {str(b): float(np.max(np.where(finite, d, np.inf)[used == b])) for b in sorted(set(used.tolist()))}
+    m["max_abs_by_batch"] = {
+        str(b): float(np.max(np.where(finite, d, np.inf)[used == b])) for b in sorted(set(used.tolist()))
+    }
     if tol.elementwise:
-        atol = tol.atol * (np.maximum(1.0, np.abs(r).max(1, keepdims=True)) if tol.atol_scaled else np.ones((len(r), 1)))
+        atol = tol.atol * (
+            np.maximum(1.0, np.abs(r).max(1, keepdims=True)) if tol.atol_scaled else np.ones((len(r), 1))
+        )
         bad = ~finite | ((d > atol) & (d > tol.rtol * np.abs(r)))
         m["elementwise_failures"] = int(bad.sum())
         # how much of the bound the worst logit uses: min(abs/atol, abs/(rtol*|ref|)); a logit fails above 1
-        m["tol_ratio"] = float(np.max(np.where(finite, np.minimum(_ratio(d, atol), _ratio(d, tol.rtol * np.abs(r))), np.inf)))
-        if bad.any():  # the worst: a NaN / inf first, else the largest multiple of atol (of the difference itself at atol 0)
+        m["tol_ratio"] = float(
+            np.max(np.where(finite, np.minimum(_ratio(d, atol), _ratio(d, tol.rtol * np.abs(r))), np.inf))
+        )
+        if (
+            bad.any()
+        ):  # the worst: a NaN / inf first, else the largest multiple of atol (of the difference itself at atol 0)
             excess = np.where(~finite, np.inf, np.where(bad, d / atol if tol.atol else d, 0.0))
             i, c = np.unravel_index(int(np.argmax(excess)), d.shape)
-            m["worst"] = {"sample": int(i), "generated": bool(i >= n_real), "class": int(c), "abs": float(d[i, c]), "atol": float(atol[i, 0]),
-                          "reference": float(r[i, c]), "artifact": float(a[i, c]), "batch_size": int(used[i])}
+            m["worst"] = {
+                "sample": int(i),
+                "generated": bool(i >= n_real),
+                "class": int(c),
+                "abs": float(d[i, c]),
+                "atol": float(atol[i, 0]),
+                "reference": float(r[i, c]),
+                "artifact": float(a[i, c]),
+                "batch_size": int(used[i]),
+            }
     # agreement on real images when there are any (INT8 is calibrated for them), else on the generated tensors
     sel = slice(0, n_real) if n_real else slice(None)
     rt, at = r[sel], a[sel]
@@ -388,9 +500,11 @@ def judge(m: dict[str, Any], tol: Tolerance, precision: str) -> list[str]:
             times = f" = {w['abs'] / w['atol']:.3g}x atol" if w["atol"] > 0 else ""
             rel = f"{w['abs'] / abs(w['reference']):.3g}" if w["reference"] else "inf"
             worst = f"worst abs diff {w['abs']:.3g}{times}, relative {rel}"
-        out.append(f"{m['elementwise_failures']} of {m['n_logits']} logits exceed both atol {tol.atol:g}{scaled} "
-                   f"and rtol {tol.rtol:g} ({worst}, on {'generated' if w['generated'] else 'real'} sample {w['sample']}, "
-                   f"class {w['class']}; max abs by {by_batch})")
+        out.append(
+            f"{m['elementwise_failures']} of {m['n_logits']} logits exceed both atol {tol.atol:g}{scaled} "
+            f"and rtol {tol.rtol:g} ({worst}, on {'generated' if w['generated'] else 'real'} sample {w['sample']}, "
+            f"class {w['class']}; max abs by {by_batch})"
+        )
     real_only = precision == "int8"
     if real_only and m["n_real"] == 0:
         out.append("INT8 is judged on real images and none were at hand (pass --data)")
@@ -398,11 +512,15 @@ def judge(m: dict[str, Any], tol: Tolerance, precision: str) -> list[str]:
     if tol.min_top1_agreement is not None and m["top1_agreement"] < tol.min_top1_agreement:
         n = m["n_real"] if m["agreement_on"] == "real" else m["n_generated"]
         differ = round(n * (100.0 - m["top1_agreement"]) / 100.0)
-        out.append(f"top-1 agreement {m['top1_agreement']:.2f}% < {tol.min_top1_agreement:g}% (by {tol.min_top1_agreement - m['top1_agreement']:.2f} "
-                   f"points: {differ} of {n} {m['agreement_on']} samples pick another class)")
+        out.append(
+            f"top-1 agreement {m['top1_agreement']:.2f}% < {tol.min_top1_agreement:g}% (by {tol.min_top1_agreement - m['top1_agreement']:.2f} "
+            f"points: {differ} of {n} {m['agreement_on']} samples pick another class)"
+        )
     if tol.max_acc_drop_pts is not None and "acc_drop_pts" in m and m["acc_drop_pts"] > tol.max_acc_drop_pts:
-        out.append(f"accuracy drop {m['acc_drop_pts']:.2f} points > {tol.max_acc_drop_pts:g} (by {m['acc_drop_pts'] - tol.max_acc_drop_pts:.2f}; "
-                   f"{m['acc_reference']:.2f}% -> {m['acc_artifact']:.2f}%)")
+        out.append(
+            f"accuracy drop {m['acc_drop_pts']:.2f} points > {tol.max_acc_drop_pts:g} (by {m['acc_drop_pts'] - tol.max_acc_drop_pts:.2f}; "
+            f"{m['acc_reference']:.2f}% -> {m['acc_artifact']:.2f}%)"
+        )
     return out
 
 

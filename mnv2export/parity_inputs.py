@@ -50,7 +50,9 @@ class RealImages:
             from .data import eval_transform
 
             transform = eval_transform(DataConfig.from_dict(data_config))
-            self._cache[key] = np.stack([transform(self.load(k)).numpy() for k in self.keys]).astype(np.float32, copy=False)
+            self._cache[key] = np.stack([transform(self.load(k)).numpy() for k in self.keys]).astype(
+                np.float32, copy=False
+            )
         return self._cache[key]
 
 
@@ -72,21 +74,34 @@ def load_real_images(ckpt, data: str | None, samples: int) -> RealImages:
         if data is not None:
             raise
         log.warning("the checkpoint's validation data is not at hand: %s", exc.one_line())
-        return RealImages([], lambda k: None, None, "none", f"no real images: the checkpoint's validation data is not at hand "
-                          f"({exc.what}); only generated tensors were used (pass --data)")
+        return RealImages(
+            [],
+            lambda k: None,
+            None,
+            "none",
+            f"no real images: the checkpoint's validation data is not at hand "
+            f"({exc.what}); only generated tensors were used (pass --data)",
+        )
     rng = np.random.default_rng(SEED)
     picked = sorted(int(i) for i in rng.choice(len(keys), size=min(samples, len(keys)), replace=False))
-    real, unreadable = _readable(RealImages([keys[i] for i in picked], load, None if labels is None else labels[picked], where, ""), cfg)
+    real, unreadable = _readable(
+        RealImages([keys[i] for i in picked], load, None if labels is None else labels[picked], where, ""), cfg
+    )
     if not len(real):
         first = unreadable[0]
-        raise DataError(f"none of the {len(picked)} images drawn from {where} could be read ({Path(first.path).name}: {first.reason})",
-                        path=source, hint="pass --data with readable images")
+        raise DataError(
+            f"none of the {len(picked)} images drawn from {where} could be read ({Path(first.path).name}: {first.reason})",
+            path=source,
+            hint="pass --data with readable images",
+        )
     for err in unreadable[:5]:
         log.warning("parity: skipped unreadable image %s: %s", err.path, err.reason)
     labelled = "labelled" if real.labels is not None else "no labels matching the checkpoint's classes, so no accuracy"
     skipped = len(picked) - len(real)
-    real.note = (f"{len(real)} real images from {where} ({labelled}; drawn at random with seed {SEED}"
-                 f"{f'; {skipped} unreadable skipped' if skipped else ''}), each preprocessed as the artifact's own metadata says")
+    real.note = (
+        f"{len(real)} real images from {where} ({labelled}; drawn at random with seed {SEED}"
+        f"{f'; {skipped} unreadable skipped' if skipped else ''}), each preprocessed as the artifact's own metadata says"
+    )
     return real
 
 
@@ -111,9 +126,15 @@ def _folder(ckpt, root: Path, own: bool):
     cfg = ckpt.data_config
     decode = functools.partial(open_rgb, exif_orientation=cfg.exif_orientation)  # as the model was trained
     held_out = own_split(root, cfg.source, cfg.val_split, "val")
-    if held_out is not None:  # the run's own folder, split by --val-split: its validation images, labelled as it trained
-        return ([Path(path) for path, _ in held_out], decode, np.asarray([label for _, label in held_out], dtype=np.int64),
-                f"{root} (the {len(held_out)} images --val-split {cfg.val_split:g} held out for validation)")
+    if (
+        held_out is not None
+    ):  # the run's own folder, split by --val-split: its validation images, labelled as it trained
+        return (
+            [Path(path) for path, _ in held_out],
+            decode,
+            np.asarray([label for _, label in held_out], dtype=np.int64),
+            f"{root} (the {len(held_out)} images --val-split {cfg.val_split:g} held out for validation)",
+        )
     split = root / "val" if (root / "val").is_dir() else root
     try:
         folders = sorted(p.name for p in split.iterdir() if p.is_dir() and not p.name.startswith("."))
@@ -161,7 +182,9 @@ def _readable(real: RealImages, cfg) -> tuple[RealImages, list[Any]]:
         kept.append(key)
         if real.labels is not None:
             labels.append(real.labels[j])
-    out = RealImages(kept, real.load, None if real.labels is None else np.asarray(labels, dtype=np.int64), real.source, "")
+    out = RealImages(
+        kept, real.load, None if real.labels is None else np.asarray(labels, dtype=np.int64), real.source, ""
+    )
     if tensors:
         out._cache[json.dumps(cfg.to_dict(), sort_keys=True)] = np.stack(tensors).astype(np.float32, copy=False)
     return out, unreadable

@@ -29,17 +29,28 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 TOP = 10
-IDEAL_8BIT_SQNR_DB = 6.02 * 8 + 1.76  # a full-range uniform signal rounded to 8 bits: what the first quantised tensors start from
+IDEAL_8BIT_SQNR_DB = (
+    6.02 * 8 + 1.76
+)  # a full-range uniform signal rounded to 8 bits: what the first quantised tensors start from
 DEBUG_SAMPLES = 32  # every intermediate tensor of both models is held in memory: keep it small
 DEBUG_BATCH = 8
 
 
-def debug_int8(out_dir: Path, entries: dict[str, dict[str, Any]], real, *, top: int = TOP, samples: int = DEBUG_SAMPLES) -> dict[str, Any]:
+def debug_int8(
+    out_dir: Path, entries: dict[str, dict[str, Any]], real, *, top: int = TOP, samples: int = DEBUG_SAMPLES
+) -> dict[str, Any]:
     """Per-tensor SQNR of the INT8 model against FP32; the ``top`` worst tensors first. Never raises for a model it
     cannot analyse: the result's ``note`` says why."""
     int8 = next((n for n, e in entries.items() if e.get("precision") == "int8" and e.get("format") == "onnx"), None)
     fp32 = next((n for n, e in entries.items() if e.get("precision") == "fp32" and e.get("format") == "onnx"), None)
-    result: dict[str, Any] = {"int8": int8, "fp32": fp32, "samples": 0, "layers": [], "weights": [], "output_sqnr_db": None}
+    result: dict[str, Any] = {
+        "int8": int8,
+        "fp32": fp32,
+        "samples": 0,
+        "layers": [],
+        "weights": [],
+        "output_sqnr_db": None,
+    }
     if int8 is None or fp32 is None:
         result["note"] = "--debug-int8: nothing to analyse (the folder needs both an INT8 and an FP32 ONNX model)"
         return result
@@ -54,15 +65,19 @@ def debug_int8(out_dir: Path, entries: dict[str, dict[str, Any]], real, *, top: 
         layers, weights, out_sqnr = _analyse(out_dir / fp32, out_dir / int8, x)
     except Exception as exc:  # noqa: BLE001 - onnxruntime.quantization raises many types; the check itself stands
         log.debug("INT8 debugging failed", exc_info=True)
-        result["note"] = f"--debug-int8 could not analyse {int8}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        result["note"] = (
+            f"--debug-int8 could not analyse {int8}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        )
         return result
     result["layers"] = layers[:top]
     result["weights"] = weights[:top]
     result["output_sqnr_db"] = out_sqnr
     result["tensors_compared"] = len(layers)
     worst = ", ".join(f"{t['layer']} ({_lost(t)})" for t in layers[:3])
-    result["note"] = (f"--debug-int8 ({len(x)} images, ONNX Runtime qdq_loss_debug): logits SQNR vs FP32 {_db(out_sqnr)}; "
-                      f"the divergence grows most at {worst or 'no quantised tensor'}")
+    result["note"] = (
+        f"--debug-int8 ({len(x)} images, ONNX Runtime qdq_loss_debug): logits SQNR vs FP32 {_db(out_sqnr)}; "
+        f"the divergence grows most at {worst or 'no quantised tensor'}"
+    )
     return result
 
 
@@ -77,8 +92,13 @@ def _db(v: float | None) -> str:
 def _analyse(fp32: Path, int8: Path, x: np.ndarray) -> tuple[list[dict[str, Any]], list[dict[str, Any]], float | None]:
     import onnx
     from onnxruntime.quantization.qdq_loss_debug import (
-        collect_activations, compute_activation_error, compute_signal_to_quantization_noice_ratio, compute_weight_error,
-        create_activation_matching, create_weight_matching, modify_model_output_intermediate_tensors,
+        collect_activations,
+        compute_activation_error,
+        compute_signal_to_quantization_noice_ratio,
+        compute_weight_error,
+        create_activation_matching,
+        create_weight_matching,
+        modify_model_output_intermediate_tensors,
     )
 
     from .export.names import OUTPUT_NAME
@@ -100,9 +120,17 @@ def _analyse(fp32: Path, int8: Path, x: np.ndarray) -> tuple[list[dict[str, Any]
     names = _layer_names(graph)
     xmodel = {t: float(e.get("xmodel_err", math.nan)) for t, e in errors.items()}
     upstream = _upstream_sqnr(graph, xmodel)
-    layers = [{"tensor": t, "layer": names.get(t, t), "xmodel_sqnr_db": xmodel[t], "input_sqnr_db": upstream.get(t),
-               "lost_db": (upstream[t] if upstream.get(t) is not None else IDEAL_8BIT_SQNR_DB) - xmodel[t],
-               "qdq_sqnr_db": float(e["qdq_err"])} for t, e in errors.items()]
+    layers = [
+        {
+            "tensor": t,
+            "layer": names.get(t, t),
+            "xmodel_sqnr_db": xmodel[t],
+            "input_sqnr_db": upstream.get(t),
+            "lost_db": (upstream[t] if upstream.get(t) is not None else IDEAL_8BIT_SQNR_DB) - xmodel[t],
+            "qdq_sqnr_db": float(e["qdq_err"]),
+        }
+        for t, e in errors.items()
+    ]
     layers.sort(key=lambda t: -t["lost_db"] if math.isfinite(t["lost_db"]) else 0.0)
     wrows = [{"weight": w, "sqnr_db": float(v)} for w, v in weights.items()]
     wrows.sort(key=lambda t: t["sqnr_db"])

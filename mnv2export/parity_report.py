@@ -10,7 +10,6 @@ from typing import Any
 
 from .errors import ConfigError
 
-
 STATUSES = ("pass", "fail", "unavailable", "error")
 
 
@@ -44,13 +43,21 @@ DEFAULT_TOLERANCES: dict[str, Tolerance] = {
 }
 
 
-def with_overrides(atol: float | None = None, rtol: float | None = None, min_top1_agreement: float | None = None,
-                   max_acc_drop_pts: float | None = None) -> dict[str, Tolerance]:
+def with_overrides(
+    atol: float | None = None,
+    rtol: float | None = None,
+    min_top1_agreement: float | None = None,
+    max_acc_drop_pts: float | None = None,
+) -> dict[str, Tolerance]:
     """The default tolerances with the given bounds replaced wherever that criterion is judged: ``atol`` / ``rtol`` for
     the elementwise precisions (FP32, FP16), ``min_top1_agreement`` for all, ``max_acc_drop_pts`` for those judged
     by accuracy (INT8)."""
-    for name, value, lo, hi in (("atol", atol, 0.0, math.inf), ("rtol", rtol, 0.0, math.inf),
-                                ("min top-1 agreement", min_top1_agreement, 0.0, 100.0), ("max accuracy drop", max_acc_drop_pts, 0.0, 100.0)):
+    for name, value, lo, hi in (
+        ("atol", atol, 0.0, math.inf),
+        ("rtol", rtol, 0.0, math.inf),
+        ("min top-1 agreement", min_top1_agreement, 0.0, 100.0),
+        ("max accuracy drop", max_acc_drop_pts, 0.0, 100.0),
+    ):
         if value is not None and not (isinstance(value, (int, float)) and lo <= value <= hi and not math.isnan(value)):
             raise ConfigError(f"{name} = {value!r} is out of range", hint=f"use a number between {lo:g} and {hi:g}")
     out = {}
@@ -103,12 +110,25 @@ class ParityReport:
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready (non-finite numbers become None)."""
         d = {
-            "passed": self.passed, "created": self.created, "versions": self.versions, "checkpoint": self.checkpoint,
-            "checkpoint_sha256": self.checkpoint_sha256, "artifacts_dir": self.artifacts_dir, "inputs": self.inputs,
-            "tolerances": self.tolerances, "notes": list(self.notes),
-            "units": {"top1_agreement": "percent", "top5_agreement": "percent", "acc_reference": "percent", "acc_artifact": "percent",
-                      "acc_drop_pts": "points (reference - artifact)", "cosine": "lowest per-sample cosine similarity"},
-            "rows": [{**asdict(r), "passed": r.passed} for r in self.rows], "int8_debug": self.int8_debug,
+            "passed": self.passed,
+            "created": self.created,
+            "versions": self.versions,
+            "checkpoint": self.checkpoint,
+            "checkpoint_sha256": self.checkpoint_sha256,
+            "artifacts_dir": self.artifacts_dir,
+            "inputs": self.inputs,
+            "tolerances": self.tolerances,
+            "notes": list(self.notes),
+            "units": {
+                "top1_agreement": "percent",
+                "top5_agreement": "percent",
+                "acc_reference": "percent",
+                "acc_artifact": "percent",
+                "acc_drop_pts": "points (reference - artifact)",
+                "cosine": "lowest per-sample cosine similarity",
+            },
+            "rows": [{**asdict(r), "passed": r.passed} for r in self.rows],
+            "int8_debug": self.int8_debug,
         }
         return _finite(d)
 
@@ -119,18 +139,53 @@ class ParityReport:
 
     def to_markdown(self) -> str:
         """The parity table (notes are separate: :attr:`notes`)."""
-        head = ["artifact", "precision", "provider", "status", "max abs", "mean abs", "max rel", "cosine", "top-1 agree",
-                "top-5 agree", "acc ref", "acc", "drop", "details"]
+        head = [
+            "artifact",
+            "precision",
+            "provider",
+            "status",
+            "max abs",
+            "mean abs",
+            "max rel",
+            "cosine",
+            "top-1 agree",
+            "top-5 agree",
+            "acc ref",
+            "acc",
+            "drop",
+            "details",
+        ]
         lines = ["| " + " | ".join(head) + " |", "|" + "---|" * 4 + "---:|" * 9 + "---|"]
         for r in self.rows:
-            lines.append("| " + " | ".join([f"`{r.artifact}`", r.precision, r.provider, _STATUS_MD[r.status], *format_metrics(r.metrics),
-                                            _md(details(r))]) + " |")
+            lines.append(
+                "| "
+                + " | ".join(
+                    [
+                        f"`{r.artifact}`",
+                        r.precision,
+                        r.provider,
+                        _STATUS_MD[r.status],
+                        *format_metrics(r.metrics),
+                        _md(details(r)),
+                    ]
+                )
+                + " |"
+            )
         if self.int8_debug and self.int8_debug.get("layers"):
             dbg = self.int8_debug
-            lines += ["", f"INT8 layers where the activations diverge most from FP32 ({dbg['samples']} images; SQNR in dB, higher is better):", "",
-                      "| tensor | layer | SQNR vs FP32 | SQNR of its inputs | lost here |", "|---|---|---:|---:|---:|"]
+            lines += [
+                "",
+                f"INT8 layers where the activations diverge most from FP32 ({dbg['samples']} images; SQNR in dB, higher is better):",
+                "",
+                "| tensor | layer | SQNR vs FP32 | SQNR of its inputs | lost here |",
+                "|---|---|---:|---:|---:|",
+            ]
             for t in dbg["layers"]:
-                lines.append(f"| `{t['tensor']}` | {t['layer']} | " + " | ".join(num(t[k], ".1f") for k in ("xmodel_sqnr_db", "input_sqnr_db", "lost_db")) + " |")
+                lines.append(
+                    f"| `{t['tensor']}` | {t['layer']} | "
+                    + " | ".join(num(t[k], ".1f") for k in ("xmodel_sqnr_db", "input_sqnr_db", "lost_db"))
+                    + " |"
+                )
         return "\n".join(lines) + "\n"
 
 
@@ -145,9 +200,17 @@ def details(row: ParityRow) -> str:
 
 def format_metrics(m: dict[str, Any]) -> list[str]:
     """max abs, mean abs, max rel, cosine, top-1, top-5, acc ref, acc, drop as table cells ('' when absent)."""
-    return [num(m.get("max_abs"), ".2e"), num(m.get("mean_abs"), ".2e"), num(m.get("max_rel"), ".2e"), num(m.get("cosine"), ".6f"),
-            num(m.get("top1_agreement"), ".2f", "%"), num(m.get("top5_agreement"), ".2f", "%"), num(m.get("acc_reference"), ".2f", "%"),
-            num(m.get("acc_artifact"), ".2f", "%"), num(m.get("acc_drop_pts"), "+.2f")]
+    return [
+        num(m.get("max_abs"), ".2e"),
+        num(m.get("mean_abs"), ".2e"),
+        num(m.get("max_rel"), ".2e"),
+        num(m.get("cosine"), ".6f"),
+        num(m.get("top1_agreement"), ".2f", "%"),
+        num(m.get("top5_agreement"), ".2f", "%"),
+        num(m.get("acc_reference"), ".2f", "%"),
+        num(m.get("acc_artifact"), ".2f", "%"),
+        num(m.get("acc_drop_pts"), "+.2f"),
+    ]
 
 
 def num(v: Any, fmt: str, suffix: str = "") -> str:

@@ -102,9 +102,16 @@ class PipelineResult:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "run_dir": str(self.run_dir), "started": self.started, "wall_seconds": round(self.wall_seconds, 2),
-            "passed": self.passed, "failed_step": self.failed_step, "providers": list(self.providers), "notes": self.notes,
-            "steps": [asdict(s) for s in self.steps], "config": self.config.to_dict(), "options": asdict(self.options),
+            "run_dir": str(self.run_dir),
+            "started": self.started,
+            "wall_seconds": round(self.wall_seconds, 2),
+            "passed": self.passed,
+            "failed_step": self.failed_step,
+            "providers": list(self.providers),
+            "notes": self.notes,
+            "steps": [asdict(s) for s in self.steps],
+            "config": self.config.to_dict(),
+            "options": asdict(self.options),
             "data": self.data,
         }
 
@@ -118,17 +125,31 @@ class PipelineError(Mnv2Error):
             what, path, hint = cause.what, cause.path, cause.hint
         else:
             text = str(cause).strip().splitlines()
-            what, path, hint = f"unexpected {type(cause).__name__}: {text[0] if text else ''}".rstrip(": "), None, "MNV2_DEBUG=1 shows the traceback"
+            what, path, hint = (
+                f"unexpected {type(cause).__name__}: {text[0] if text else ''}".rstrip(": "),
+                None,
+                "MNV2_DEBUG=1 shows the traceback",
+            )
         self.cause = what if path is None else f"{what} ({path})"  # the step's own error, in words
         where = f"earlier steps' outputs are in {result.run_dir}"
-        super().__init__(f"pipeline step '{step}' failed: {what}", path=path, hint=f"{hint}; {where}" if hint else where)
+        super().__init__(
+            f"pipeline step '{step}' failed: {what}", path=path, hint=f"{hint}; {where}" if hint else where
+        )
 
 
 # --------------------------------------------------------------------------------------------------- settings
 def pipeline_config(
-    data: str | None = None, *, epochs: int | None = None, width: float | None = None, img_size: int | None = None,
-    device: str | None = None, data_dir: str | None = None, recipe: RunConfig | None = None,
-    model: dict[str, Any] | None = None, data_settings: dict[str, Any] | None = None, train: dict[str, Any] | None = None,
+    data: str | None = None,
+    *,
+    epochs: int | None = None,
+    width: float | None = None,
+    img_size: int | None = None,
+    device: str | None = None,
+    data_dir: str | None = None,
+    recipe: RunConfig | None = None,
+    model: dict[str, Any] | None = None,
+    data_settings: dict[str, Any] | None = None,
+    train: dict[str, Any] | None = None,
 ) -> RunConfig:
     """The run's settings: explicit values over the recipe (if any), else over the pipeline's defaults, over the
     data source's defaults. ``model`` / ``data_settings`` / ``train`` take any other setting of those sections."""
@@ -141,7 +162,9 @@ def pipeline_config(
         model_flags = _under(PIPELINE_DEFAULTS["model"], model_flags)
         data_flags = _under(data_defaults, {**data_flags, "source": source})
         train_flags = _under(PIPELINE_DEFAULTS["train"], train_flags)
-    cfg = run_config(recipe, model_flags, data_flags, train_flags)  # every setting checked before torch is imported below
+    cfg = run_config(
+        recipe, model_flags, data_flags, train_flags
+    )  # every setting checked before torch is imported below
     if recipe is None and train_flags.get("workers") is None:
         cfg = RunConfig(model=cfg.model, data=cfg.data, train=cfg.train.replace(**_cpu_defaults(device)))
     return cfg
@@ -185,7 +208,9 @@ def resolve_providers(device: str, providers: tuple[str, ...] | None) -> tuple[t
     if providers is not None:
         from .parity import parse_providers
 
-        wanted = parse_providers(providers)  # the check step's own parsing: an unknown provider, or none, is a ConfigError
+        wanted = parse_providers(
+            providers
+        )  # the check step's own parsing: an unknown provider, or none, is a ConfigError
         _require_providers([p for p, explicit in wanted if explicit])
         if all(explicit for _, explicit in wanted):
             return tuple(p for p, _ in wanted), []
@@ -222,7 +247,9 @@ def run_folder(name: str | None, out: str | Path | None, source: str, overwrite:
     if name is not None and out is not None:
         raise ConfigError("--name and --out both given", hint="pass --name NAME (for runs/NAME) or --out DIR, not both")
     if name is not None and (not name or "/" in name or name in (".", "..")):
-        raise ConfigError(f"run name {name!r} is not a plain folder name", hint="pass --name without slashes, or use --out DIR")
+        raise ConfigError(
+            f"run name {name!r} is not a plain folder name", hint="pass --name without slashes, or use --out DIR"
+        )
     if out is not None:
         run_dir = Path(out)
     else:
@@ -232,10 +259,17 @@ def run_folder(name: str | None, out: str | Path | None, source: str, overwrite:
         raise ConfigError("run folder path is a file", path=run_dir, hint="choose another --name or --out")
     if run_dir.is_dir() and any(run_dir.iterdir()):
         if not overwrite:
-            raise ConfigError("run folder exists and is not empty", path=run_dir, hint="choose another --name, or pass --overwrite to replace that run")
+            raise ConfigError(
+                "run folder exists and is not empty",
+                path=run_dir,
+                hint="choose another --name, or pass --overwrite to replace that run",
+            )
         if not (run_dir / PIPELINE_FILE).is_file():
-            raise ConfigError("folder is not a pipeline run (no pipeline.json): refusing to overwrite it", path=run_dir,
-                              hint="choose another --name or --out")
+            raise ConfigError(
+                "folder is not a pipeline run (no pipeline.json): refusing to overwrite it",
+                path=run_dir,
+                hint="choose another --name or --out",
+            )
     return run_dir
 
 
@@ -249,10 +283,20 @@ def clear_run_folder(run_dir: Path) -> Path:
 
 # --------------------------------------------------------------------------------------------------- the pipeline
 def run_pipeline(
-    data: str | None = None, *, epochs: int | None = None, width: float | None = None, img_size: int | None = None,
-    device: str | None = None, data_dir: str | None = None, name: str | None = None, out: str | Path | None = None,
-    overwrite: bool = False, recipe: RunConfig | None = None, model: dict[str, Any] | None = None,
-    data_settings: dict[str, Any] | None = None, train: dict[str, Any] | None = None,
+    data: str | None = None,
+    *,
+    epochs: int | None = None,
+    width: float | None = None,
+    img_size: int | None = None,
+    device: str | None = None,
+    data_dir: str | None = None,
+    name: str | None = None,
+    out: str | Path | None = None,
+    overwrite: bool = False,
+    recipe: RunConfig | None = None,
+    model: dict[str, Any] | None = None,
+    data_settings: dict[str, Any] | None = None,
+    train: dict[str, Any] | None = None,
     options: PipelineOptions | None = None,
 ) -> PipelineResult:
     """Run every step into the run folder; returns the result, or raises :class:`PipelineError` naming the step."""
@@ -263,8 +307,18 @@ def run_pipeline(
     run_dir = run_folder(name, out, data or (recipe.data.source if recipe else "synth"), overwrite)
     if options.threads is not None:
         train = {**(train or {}), "threads": options.threads}
-    cfg = pipeline_config(data, epochs=epochs, width=width, img_size=img_size, device=device, data_dir=data_dir, recipe=recipe,
-                          model=model, data_settings=data_settings, train=train)
+    cfg = pipeline_config(
+        data,
+        epochs=epochs,
+        width=width,
+        img_size=img_size,
+        device=device,
+        data_dir=data_dir,
+        recipe=recipe,
+        model=model,
+        data_settings=data_settings,
+        train=train,
+    )
     if not cfg.train.threads:  # neither --threads nor the recipe set it: the pipeline's default
         cfg = RunConfig(model=cfg.model, data=cfg.data, train=cfg.train.replace(threads=default_threads()))
     from .export.names import check_calib_size
@@ -272,11 +326,20 @@ def run_pipeline(
     check_calib_size(options.calib_size)
     _check_calib_data(options.calib_data)
     providers, notes = resolve_providers(cfg.train.device, options.providers)
-    notes.append(f"{cfg.train.threads} intra-op thread(s) for training on a CPU, the check's PyTorch models and the benchmark "
-                 f"(--threads; default: every usable core but one), {cfg.train.workers} data-loader worker(s)")
+    notes.append(
+        f"{cfg.train.threads} intra-op thread(s) for training on a CPU, the check's PyTorch models and the benchmark "
+        f"(--threads; default: every usable core but one), {cfg.train.workers} data-loader worker(s)"
+    )
     run_dir = clear_run_folder(run_dir)
-    result = PipelineResult(run_dir=run_dir, config=cfg, options=options, providers=providers, steps=[StepRecord(s) for s in STEPS],
-                            started=time.strftime("%Y-%m-%dT%H:%M:%S%z"), notes=notes)
+    result = PipelineResult(
+        run_dir=run_dir,
+        config=cfg,
+        options=options,
+        providers=providers,
+        steps=[StepRecord(s) for s in STEPS],
+        started=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        notes=notes,
+    )
     _save_record(result, t0)
     log.info("pipeline -> %s", run_dir)
     from .device import warn_oversubscription_once
@@ -293,12 +356,19 @@ def _check_options(o: PipelineOptions) -> None:
         raise ConfigError(f"threads = {o.threads!r} is out of range", hint="use a whole number >= 1")
     from .parity import MAX_SAMPLES
 
-    if o.check_samples is not None and (isinstance(o.check_samples, bool) or not isinstance(o.check_samples, int)
-                                        or not 1 <= o.check_samples <= MAX_SAMPLES):  # the check step's own range
-        raise ConfigError(f"samples = {o.check_samples!r} is out of range", hint=f"use a whole number between 1 and {MAX_SAMPLES}")
+    if o.check_samples is not None and (
+        isinstance(o.check_samples, bool)
+        or not isinstance(o.check_samples, int)
+        or not 1 <= o.check_samples <= MAX_SAMPLES
+    ):  # the check step's own range
+        raise ConfigError(
+            f"samples = {o.check_samples!r} is out of range", hint=f"use a whole number between 1 and {MAX_SAMPLES}"
+        )
     from .bench.sweep import check_settings
 
-    check_settings(o.bench_formats, o.bench_batches, o.bench_warmup, None, o.bench_iters, o.bench_duration)  # the bench step's own
+    check_settings(
+        o.bench_formats, o.bench_batches, o.bench_warmup, None, o.bench_iters, o.bench_duration
+    )  # the bench step's own
 
 
 def _check_calib_data(calib_data: str | None) -> None:
@@ -319,7 +389,10 @@ def _run_step(result: PipelineResult, step: str, t0: float) -> None:
         record.outputs = STEP_FUNCTIONS[step](result)
         record.status = "ok"
     except (KeyboardInterrupt, Terminated) as exc:
-        record.status, record.error = "interrupted", Terminated.what if isinstance(exc, Terminated) else "interrupted (Ctrl-C)"
+        record.status, record.error = (
+            "interrupted",
+            Terminated.what if isinstance(exc, Terminated) else "interrupted (Ctrl-C)",
+        )
         raise
     except Exception as exc:  # noqa: BLE001 - every failure of a step is reported as that step's failure
         error = PipelineError(step, exc, result)
@@ -362,8 +435,15 @@ def _step_data(result: PipelineResult) -> list[str]:
     bundle = build_datasets(d, augment=False)
     result.config = result.config.with_classes(len(bundle.class_names))  # as fit() does: recorded in pipeline.json
     result.data = {
-        **bundle.summary, "class_names": bundle.class_names, "img_size": d.img_size, "resize": d.resize,
-        "interpolation": d.interpolation, "mean": d.mean, "std": d.std, "train_aug": d.train_aug, "fingerprint": bundle.fingerprint,
+        **bundle.summary,
+        "class_names": bundle.class_names,
+        "img_size": d.img_size,
+        "resize": d.resize,
+        "interpolation": d.interpolation,
+        "mean": d.mean,
+        "std": d.std,
+        "train_aug": d.train_aug,
+        "fingerprint": bundle.fingerprint,
     }
     n = len(bundle.val)
     picked = sorted({round(i * (n - 1) / 15) for i in range(16)}) if n > 1 else list(range(n))
@@ -383,15 +463,24 @@ def _step_train(result: PipelineResult) -> list[str]:
     from .train import fit
 
     result.train = fit(result.config, run_dir=result.run_dir / "weights")
-    return sorted(str(p.relative_to(result.run_dir)) for p in (result.run_dir / "weights").iterdir() if not p.name.startswith("."))
+    return sorted(
+        str(p.relative_to(result.run_dir)) for p in (result.run_dir / "weights").iterdir() if not p.name.startswith(".")
+    )
 
 
 def _step_export(result: PipelineResult) -> list[str]:
     from .export import export_all
 
     o = result.options
-    result.manifest = export_all(result.train.best, result.run_dir / "export", formats="all", quantize=True, fp16=True,
-                                 calib_data=o.calib_data, calib_size=o.calib_size)
+    result.manifest = export_all(
+        result.train.best,
+        result.run_dir / "export",
+        formats="all",
+        quantize=True,
+        fp16=True,
+        calib_data=o.calib_data,
+        calib_size=o.calib_size,
+    )
     return [f"export/{name}" for name in (*result.manifest.artifacts, "manifest.json")]
 
 
@@ -400,13 +489,21 @@ def _step_check(result: PipelineResult) -> list[str]:
     from .device import cpu_threads
 
     with cpu_threads(result.config.train.threads):  # the reference and TorchScript models
-        report = parity.check(result.train.best, result.run_dir / "export", providers=result.providers, samples=result.options.check_samples)
+        report = parity.check(
+            result.train.best,
+            result.run_dir / "export",
+            providers=result.providers,
+            samples=result.options.check_samples,
+        )
     result.parity = report
     report.to_json(result.run_dir / "check.json")
     result.step("check").outputs = ["check.json"]
     if not report.passed:
-        raise ParityError(f"{_failed_rows(report)} broke a tolerance", path=result.run_dir / "check.json",
-                          hint="see the parity table in report.md (or `mnv2 check` with --debug-int8 for INT8)")
+        raise ParityError(
+            f"{_failed_rows(report)} broke a tolerance",
+            path=result.run_dir / "check.json",
+            hint="see the parity table in report.md (or `mnv2 check` with --debug-int8 for INT8)",
+        )
     return ["check.json"]
 
 
@@ -420,8 +517,16 @@ def _step_bench(result: PipelineResult) -> list[str]:
     from . import bench
 
     o = result.options
-    res = bench.run(result.run_dir / "export", formats=o.bench_formats, providers=result.providers, batches=o.bench_batches,
-                    warmup=o.bench_warmup, iters=o.bench_iters, duration=o.bench_duration, threads=result.config.train.threads)
+    res = bench.run(
+        result.run_dir / "export",
+        formats=o.bench_formats,
+        providers=result.providers,
+        batches=o.bench_batches,
+        warmup=o.bench_warmup,
+        iters=o.bench_iters,
+        duration=o.bench_duration,
+        threads=result.config.train.threads,
+    )
     result.bench = res
     res.to_json(result.run_dir / "bench.json")
     res.to_csv(result.run_dir / "bench.csv")
@@ -432,8 +537,13 @@ def _step_bench(result: PipelineResult) -> list[str]:
     else:
         result.step("bench").outputs = outputs
         first = res.rows[0] if res.rows else None
-        raise Mnv2Error(f"no benchmark row could be measured ({first.label}: {first.reason})" if first else "no benchmark row to measure",
-                   path=result.run_dir / "bench.json", hint="see bench.json for every row's reason")
+        raise Mnv2Error(
+            f"no benchmark row could be measured ({first.label}: {first.reason})"
+            if first
+            else "no benchmark row to measure",
+            path=result.run_dir / "bench.json",
+            hint="see bench.json for every row's reason",
+        )
     return outputs
 
 
@@ -446,5 +556,11 @@ def _step_report(result: PipelineResult) -> list[str]:
     return [result.report.name]
 
 
-STEP_FUNCTIONS = {"data": _step_data, "train": _step_train, "export": _step_export, "check": _step_check, "bench": _step_bench,
-                  "report": _step_report}
+STEP_FUNCTIONS = {
+    "data": _step_data,
+    "train": _step_train,
+    "export": _step_export,
+    "check": _step_check,
+    "bench": _step_bench,
+    "report": _step_report,
+}

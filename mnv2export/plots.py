@@ -82,7 +82,10 @@ def _tiles(plt, images, inches: float, cols: int = 8, **imshow):
     return fig
 
 
-FEATURE_MAP_FILES = ("feature_maps_shallow.png", "feature_maps_deep.png")  # feature_maps() writes feature_maps_<block>.png
+FEATURE_MAP_FILES = (
+    "feature_maps_shallow.png",
+    "feature_maps_deep.png",
+)  # feature_maps() writes feature_maps_<block>.png
 VISUALIZE_DIR = "visualize"  # visualize()'s default folder, beside the checkpoint
 VISUALIZE_FILES = ("kernels.png", "input.png", *FEATURE_MAP_FILES)  # what visualize() writes there
 
@@ -98,7 +101,10 @@ def feature_maps(model: nn.Module, image: torch.Tensor, out_dir: Path, limit: in
     """Activations of a shallow and a deep block for one preprocessed image ([3, H, W]); one PNG per block."""
     plt = _plt()
     captured: dict[str, torch.Tensor] = {}
-    hooks = [block.register_forward_hook(lambda _m, _i, out, name=name: captured.__setitem__(name, out.detach())) for name, block in feature_blocks(model).items()]
+    hooks = [
+        block.register_forward_hook(lambda _m, _i, out, name=name: captured.__setitem__(name, out.detach()))
+        for name, block in feature_blocks(model).items()
+    ]
     try:
         model.eval()(image.unsqueeze(0).float())
     finally:
@@ -135,7 +141,9 @@ def confusion_matrix(confusion: list[list[int]], class_names: list[str], path: P
     return _save(fig, path)
 
 
-def training_pictures(run_dir: Path, history: list[dict[str, float]], best: Path, data: Any, confusion: list[list[int]] | None) -> list[Path]:
+def training_pictures(
+    run_dir: Path, history: list[dict[str, float]], best: Path, data: Any, confusion: list[list[int]] | None
+) -> list[Path]:
     """The pictures a training run leaves beside its checkpoints."""
     from .checkpoint import load_checkpoint
 
@@ -167,7 +175,9 @@ def input_picture(image: torch.Tensor, mean: list[float], std: list[float], path
     return _save(fig, path)
 
 
-def sample_grid(images: torch.Tensor, labels: list[str], mean: list[float], std: list[float], path: Path, cols: int = 8) -> Path:
+def sample_grid(
+    images: torch.Tensor, labels: list[str], mean: list[float], std: list[float], path: Path, cols: int = 8
+) -> Path:
     """Preprocessed images ([N, 3, H, W]) in a grid, each titled with its label."""
     plt = _plt()
     rows = max(1, (len(images) + cols - 1) // cols)
@@ -188,7 +198,9 @@ class Visualization:
     notes: list[str] = field(default_factory=list)
 
 
-def visualize(checkpoint: str | Path, image: str | Path | None = None, out_dir: str | Path | None = None) -> Visualization:
+def visualize(
+    checkpoint: str | Path, image: str | Path | None = None, out_dir: str | Path | None = None
+) -> Visualization:
     """First-layer kernels and the feature maps of a shallow and a deep block of ``checkpoint`` for ``image``.
 
     Without ``image``, the first validation image of the checkpoint's own data is used when that data is at hand;
@@ -205,8 +217,11 @@ def visualize(checkpoint: str | Path, image: str | Path | None = None, out_dir: 
     kind = detect_format(p)
     if kind != "pytorch":
         what = {"onnx": "an ONNX", "torchscript": "a TorchScript"}.get(kind, f"a {kind}")
-        raise ArtifactError(f"visualize needs a checkpoint, not {what} file", path=p,
-                            hint="pass the best.pt the artifact was exported from (feature maps need the model's blocks)")
+        raise ArtifactError(
+            f"visualize needs a checkpoint, not {what} file",
+            path=p,
+            hint="pass the best.pt the artifact was exported from (feature maps need the model's blocks)",
+        )
     ckpt = load_checkpoint(p)
     model = ckpt.build_model()
     cfg = ckpt.data_config
@@ -215,7 +230,9 @@ def visualize(checkpoint: str | Path, image: str | Path | None = None, out_dir: 
     if image is not None:
         batch, _, errors = load_images([image], cfg)
         if errors:
-            raise DataError(f"image cannot be read: {errors[0].reason}", path=image, hint="pass an image file Pillow can decode")
+            raise DataError(
+                f"image cannot be read: {errors[0].reason}", path=image, hint="pass an image file Pillow can decode"
+            )
         tensor, source = batch[0], str(image)
     else:
         try:
@@ -226,12 +243,20 @@ def visualize(checkpoint: str | Path, image: str | Path | None = None, out_dir: 
         except DataError as exc:
             log.debug("validation data not at hand: %s", exc)
         if tensor is None:
-            notes.append(f"feature maps not drawn: the checkpoint's validation data ({cfg.source}) is not at hand; pass --image FILE")
-    out = ensure_dir(out_dir if out_dir is not None else p.parent / VISUALIZE_DIR)  # once the image is read: no empty folder on an error
+            notes.append(
+                f"feature maps not drawn: the checkpoint's validation data ({cfg.source}) is not at hand; pass --image FILE"
+            )
+    out = ensure_dir(
+        out_dir if out_dir is not None else p.parent / VISUALIZE_DIR
+    )  # once the image is read: no empty folder on an error
     files = [kernels(model, out / "kernels.png")]
     if tensor is None:  # an earlier call's pictures of another image would stay beside these kernels
         remove_outputs(out, ("input.png", *FEATURE_MAP_FILES))
     else:
-        files.append(input_picture(tensor, cfg.mean, cfg.std, out / "input.png", title=Path(source).name if image else "validation image"))
+        files.append(
+            input_picture(
+                tensor, cfg.mean, cfg.std, out / "input.png", title=Path(source).name if image else "validation image"
+            )
+        )
         files += feature_maps(model, tensor, out)
     return Visualization(out_dir=out, files=files, image=source, notes=notes)

@@ -52,9 +52,14 @@ class PredictResult:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "model": self.model, "format": self.format, "precision": self.precision, "provider": self.provider,
-            "top_k": self.top_k, "predictions": [{"path": p.path, "top": p.top} for p in self.predictions],
-            "skipped": self.skipped, "warnings": self.warnings,
+            "model": self.model,
+            "format": self.format,
+            "precision": self.precision,
+            "provider": self.provider,
+            "top_k": self.top_k,
+            "predictions": [{"path": p.path, "top": p.top} for p in self.predictions],
+            "skipped": self.skipped,
+            "warnings": self.warnings,
         }
 
 
@@ -74,10 +79,16 @@ def manifest_problem(model: Path) -> str | None:
     except ArtifactError:
         return f"{manifest} is not a readable manifest: {model.name} could not be compared with its export record"
     if not isinstance(entry, dict):
-        return (f"{model.name} is not listed in {manifest}: it is not from the export that folder records "
-                "(left from another export?), and `mnv2 check` of that folder does not cover it")
+        return (
+            f"{model.name} is not listed in {manifest}: it is not from the export that folder records "
+            "(left from another export?), and `mnv2 check` of that folder does not cover it"
+        )
     changed = changed_since_export(entry, model, sha256_file(model))  # what `mnv2 check` finds, in its words
-    return f"{model.name} {changed}: it is not the file `mnv2 check` verified; export again, or check it again" if changed else None
+    return (
+        f"{model.name} {changed}: it is not the file `mnv2 check` verified; export again, or check it again"
+        if changed
+        else None
+    )
 
 
 def collect_images(inputs: list[str | Path]) -> tuple[list[Path], list[dict[str, str]]]:
@@ -114,7 +125,12 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 
 
 def predict(
-    images: list[str | Path], model: str | Path, *, provider: str = "cpu", top_k: int = 5, batch_size: int = 32,
+    images: list[str | Path],
+    model: str | Path,
+    *,
+    provider: str = "cpu",
+    top_k: int = 5,
+    batch_size: int = 32,
     threads: int | None = None,
 ) -> PredictResult:
     """Classify ``images`` (files or folders) with the artifact ``model`` on ``provider`` (cpu, cuda)."""
@@ -132,19 +148,28 @@ def predict(
     if not files:
         reasons = sorted({s["reason"] for s in skipped})
         what = "not found" if reasons == ["file not found"] else "no image files found"
-        raise DataError(what, path=", ".join(map(str, images)), hint="pass image files (.jpg, .png, ...) or folders holding them")
+        raise DataError(
+            what, path=", ".join(map(str, images)), hint="pass image files (.jpg, .png, ...) or folders holding them"
+        )
     from .device import warn_if_oversubscribed
 
     warn_if_oversubscribed(threads)
     runner = load_artifact(model, provider, threads=threads)
     names = runner.class_names
     k = min(top_k, len(names))
-    result = PredictResult(model=str(model), format=runner.format, precision=runner.precision, provider=runner.provider, top_k=k, skipped=skipped)
+    result = PredictResult(
+        model=str(model),
+        format=runner.format,
+        precision=runner.precision,
+        provider=runner.provider,
+        top_k=k,
+        skipped=skipped,
+    )
     if runner.format != "pytorch" and (problem := manifest_problem(Path(model))):
         log.warning("%s", problem)
         result.warnings.append(problem)
     for start in range(0, len(files), batch_size):
-        chunk = files[start:start + batch_size]
+        chunk = files[start : start + batch_size]
         batch, kept, errors = preprocess(chunk, runner.metadata)
         result.skipped += [{"path": e.path, "reason": e.reason} for e in errors]
         if not kept:
@@ -152,9 +177,13 @@ def predict(
         probs = softmax(runner.run(batch))
         order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
         for path, row, idx in zip(kept, probs, order):
-            result.predictions.append(Prediction(path, [{"class": names[i], "index": int(i), "probability": float(row[i])} for i in idx]))
+            result.predictions.append(
+                Prediction(path, [{"class": names[i], "index": int(i), "probability": float(row[i])} for i in idx])
+            )
     if not result.predictions:
         first = result.skipped[0]
-        raise DataError(f"none of the {len(files)} image(s) could be read (first: {first['path']}: {first['reason']})",
-                        hint="pass image files Pillow can decode (.jpg, .png, ...)")
+        raise DataError(
+            f"none of the {len(files)} image(s) could be read (first: {first['path']}: {first['reason']})",
+            hint="pass image files Pillow can decode (.jpg, .png, ...)",
+        )
     return result

@@ -48,8 +48,17 @@ def write_report(result: Any) -> Path:
 
 
 def render(result: Any) -> str:
-    parts = [_header(result), _data(result), _model(result), _training(result), _export(result), _parity(result),
-             _bench(result), _files(result), _usage(result)]
+    parts = [
+        _header(result),
+        _data(result),
+        _model(result),
+        _training(result),
+        _export(result),
+        _parity(result),
+        _bench(result),
+        _files(result),
+        _usage(result),
+    ]
     return "\n".join(p for p in parts if p).rstrip() + "\n"
 
 
@@ -60,13 +69,23 @@ def _header(r: Any) -> str:
     failed = r.failed_step
     if failed:
         step = r.step(failed)
-        lines += [f"**Result: FAILED at step '{failed}'** - {step.error}", "",
-                  "The steps before it finished and their outputs are listed below; the later steps did not run.", ""]
+        lines += [
+            f"**Result: FAILED at step '{failed}'** - {step.error}",
+            "",
+            "The steps before it finished and their outputs are listed below; the later steps did not run.",
+            "",
+        ]
     elif r.passed:
-        lines += [f"**Result: passed.** Every step finished in {_duration(r.wall_seconds)}; every artifact passed the parity check.", ""]
+        lines += [
+            f"**Result: passed.** Every step finished in {_duration(r.wall_seconds)}; every artifact passed the parity check.",
+            "",
+        ]
     else:
         lines += ["**Result: incomplete** (the pipeline is still running or was interrupted).", ""]
-    lines += [f"Run folder `{r.run_dir}`, started {r.started}. Check and benchmark providers: {', '.join(r.providers)}.", ""]
+    lines += [
+        f"Run folder `{r.run_dir}`, started {r.started}. Check and benchmark providers: {', '.join(r.providers)}.",
+        "",
+    ]
     lines += ["| step | status | time | outputs |", "|---|---|---|---|"]
     for s in r.steps:
         outputs = ", ".join(_link(o) for o in s.outputs[:8]) + (", ..." if len(s.outputs) > 8 else "")
@@ -84,8 +103,10 @@ def _data(r: Any) -> str:
         return "\n".join(lines + [f"Source `{cfg.source}`: not read (the data step did not finish).", ""])
     names = d.get("class_names", [])
     shown = ", ".join(f"`{n}`" for n in names[:20]) + (f", ... ({len(names) - 20} more)" if len(names) > 20 else "")
-    source = {"synth": "the built-in synthetic set (shapes x textures x hues, rendered deterministically)",
-              "fashion-mnist": "Fashion-MNIST (validation: the official test split)"}.get(cfg.source, f"the image folder `{cfg.source}`")
+    source = {
+        "synth": "the built-in synthetic set (shapes x textures x hues, rendered deterministically)",
+        "fashion-mnist": "Fashion-MNIST (validation: the official test split)",
+    }.get(cfg.source, f"the image folder `{cfg.source}`")
     lines += [
         f"- Source: {source}",
         f"- {d.get('num_classes')} classes, {d.get('train_images')} training and {d.get('val_images')} validation images: {shown}",
@@ -115,18 +136,24 @@ def _model(r: Any) -> str:
         log.warning("model summary unavailable: %s", exc)
         return "## Model\n\n(summary unavailable)\n"
     lines = [
-        "## Model", "",
+        "## Model",
+        "",
         f"torchvision MobileNetV2, width multiplier {m.width_mult}, {m.num_classes} classes, dropout {m.dropout}"
-        + (f", small-input variant (stem stride {m.effective_stem_stride})" if m.small_input else "") + (f", output stride {m.output_stride}" if m.output_stride else "") + f", input {'x'.join(map(str, size))}.",
+        + (f", small-input variant (stem stride {m.effective_stem_stride})" if m.small_input else "")
+        + (f", output stride {m.output_stride}" if m.output_stride else "")
+        + f", input {'x'.join(map(str, size))}.",
         "",
         f"- Parameters: {s.params:,} ({human(s.params)})",
         f"- Multiply-accumulates per image: {s.macs:,} ({human(s.macs)}); {s.macs_note}",
         f"- Per-layer details: `mnv2 info {Path(r.train.best)}`",
         "",
-        "| block | what | output | params | MACs |", "|---|---|---|---:|---:|",
+        "| block | what | output | params | MACs |",
+        "|---|---|---|---:|---:|",
     ]
     for b in s.blocks:
-        lines.append(f"| {b.name} | {b.description} | {'x'.join(map(str, b.output_shape[1:]))} | {b.params:,} | {b.macs:,} |")
+        lines.append(
+            f"| {b.name} | {b.description} | {'x'.join(map(str, b.output_shape[1:]))} | {b.params:,} | {b.macs:,} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -140,17 +167,26 @@ def _training(r: Any) -> str:
     lines += [
         f"{_plural(s.get('epoch', len(history)), 'epoch')} on {s.get('device', '?')} (mixed precision: {s.get('amp', 'off')}), batch size {t.batch_size}, "
         f"{t.optimizer} lr {t.lr:g}, warm-up {t.warmup_epochs:g} epoch(s) then {t.schedule}, label smoothing {t.label_smoothing:g}"
-        + "".join(f", {item}" for item in r.config.training_extras()) + (", EMA" if t.ema else "") + f", {_duration(s.get('wall_seconds'))}.",
+        + "".join(f", {item}" for item in r.config.training_extras())
+        + (", EMA" if t.ema else "")
+        + f", {_duration(s.get('wall_seconds'))}.",
         f"Best validation top-1: **{100 * best:.2f}%** (epoch {s.get('best_epoch')}); images skipped as unreadable: {s.get('images_skipped', 0)}.",
         "",
-        "| epoch | train loss | val loss | val top-1 | lr | seconds |", "|---:|---:|---:|---:|---:|---:|",
+        "| epoch | train loss | val loss | val top-1 | lr | seconds |",
+        "|---:|---:|---:|---:|---:|---:|",
     ]
     for h in history:
-        lines.append(f"| {h['epoch']} | {h['train_loss']:.4f} | {h['val_loss']:.4f} | {100 * h['val_acc']:.2f}% | {h['lr']:.2e} | {h['seconds']:.1f} |")
+        lines.append(
+            f"| {h['epoch']} | {h['train_loss']:.4f} | {h['val_loss']:.4f} | {100 * h['val_acc']:.2f}% | {h['lr']:.2e} | {h['seconds']:.1f} |"
+        )
     lines.append("")
-    for rel, title in (("weights/loss_curve.png", "training curves"), ("weights/confusion_matrix.png", "confusion matrix"),
-                       ("weights/kernels.png", "first-layer kernels"), ("weights/feature_maps_shallow.png", "feature maps, shallow block"),
-                       ("weights/feature_maps_deep.png", "feature maps, deep block")):
+    for rel, title in (
+        ("weights/loss_curve.png", "training curves"),
+        ("weights/confusion_matrix.png", "confusion matrix"),
+        ("weights/kernels.png", "first-layer kernels"),
+        ("weights/feature_maps_shallow.png", "feature maps, shallow block"),
+        ("weights/feature_maps_deep.png", "feature maps, deep block"),
+    ):
         if (Path(r.run_dir) / rel).is_file():
             lines += [f"![{title}]({rel})", ""]
     return "\n".join(lines)
@@ -160,12 +196,19 @@ def _export(r: Any) -> str:
     if r.manifest is None:
         return ""
     data = r.manifest.data
-    lines = ["## Export", "",
-             f"BatchNorm folded into the convolutions first (max abs logit difference {data['bn_fold']['max_abs_diff']:.2e} on "
-             f"{data['bn_fold']['inputs']}); ONNX opset {data['settings'].get('opset')}, INT8 calibrated on {data['settings'].get('calib_data')}.",
-             "", "| file | format | precision | size | export s | sha256 |", "|---|---|---|---:|---:|---|"]
+    lines = [
+        "## Export",
+        "",
+        f"BatchNorm folded into the convolutions first (max abs logit difference {data['bn_fold']['max_abs_diff']:.2e} on "
+        f"{data['bn_fold']['inputs']}); ONNX opset {data['settings'].get('opset')}, INT8 calibrated on {data['settings'].get('calib_data')}.",
+        "",
+        "| file | format | precision | size | export s | sha256 |",
+        "|---|---|---|---:|---:|---|",
+    ]
     for name, a in r.manifest.artifacts.items():
-        lines.append(f"| [{name}](export/{name}) | {a['format']} | {a['precision']} | {a['size_bytes'] / 1e6:.2f} MB | {a['seconds']:.1f} | `{a['sha256'][:12]}` |")
+        lines.append(
+            f"| [{name}](export/{name}) | {a['format']} | {a['precision']} | {a['size_bytes'] / 1e6:.2f} MB | {a['seconds']:.1f} | `{a['sha256'][:12]}` |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -173,10 +216,17 @@ def _parity(r: Any) -> str:
     if r.parity is None:
         return ""
     p = r.parity
-    verdict = "every artifact passed" if p.passed else "**some artifacts broke a tolerance** (see the rows marked as failed)"
-    lines = ["## Parity check", "",
-             f"Each artifact against the checkpoint's PyTorch model (FP32, eval, on CPU): {verdict}. Full numbers: [check.json](check.json).", "",
-             p.to_markdown().strip(), ""]
+    verdict = (
+        "every artifact passed" if p.passed else "**some artifacts broke a tolerance** (see the rows marked as failed)"
+    )
+    lines = [
+        "## Parity check",
+        "",
+        f"Each artifact against the checkpoint's PyTorch model (FP32, eval, on CPU): {verdict}. Full numbers: [check.json](check.json).",
+        "",
+        p.to_markdown().strip(),
+        "",
+    ]
     for note in getattr(p, "notes", None) or []:
         lines.append(f"- {note}")
     return "\n".join(lines) + "\n"
@@ -185,9 +235,15 @@ def _parity(r: Any) -> str:
 def _bench(r: Any) -> str:
     if r.bench is None:
         return ""
-    lines = ["## Benchmark", "",
-             "Latency per call (one batch), after warm-up; speed-up against PyTorch eager on the same provider and batch. "
-             "Full rows: [bench.json](bench.json), [bench.csv](bench.csv).", "", r.bench.to_markdown().strip(), ""]
+    lines = [
+        "## Benchmark",
+        "",
+        "Latency per call (one batch), after warm-up; speed-up against PyTorch eager on the same provider and batch. "
+        "Full rows: [bench.json](bench.json), [bench.csv](bench.csv).",
+        "",
+        r.bench.to_markdown().strip(),
+        "",
+    ]
     if (Path(r.run_dir) / "bench.png").is_file():
         lines += ["![latency by format and provider](bench.png)", ""]
     return "\n".join(lines)
@@ -206,16 +262,20 @@ def _usage(r: Any) -> str:
     if not (run_dir / "export" / "model.onnx").is_file():
         return ""
     best = run_dir / "weights" / "best.pt"
-    return "\n".join([
-        "## Using the artifacts", "",
-        "```bash",
-        f"mnv2 predict IMAGE_OR_FOLDER --model {run_dir / 'export' / 'model.int8.onnx'}   # any artifact; needs nothing else",
-        f"mnv2 info {run_dir / 'export' / 'model.int8.onnx'}",
-        f"mnv2 check {best} --artifacts {run_dir / 'export'}",
-        f"mnv2 bench {run_dir / 'export'} --batch 1,8,32",
-        f"mnv2 visualize {best} --image IMAGE",
-        "```", "",
-    ])
+    return "\n".join(
+        [
+            "## Using the artifacts",
+            "",
+            "```bash",
+            f"mnv2 predict IMAGE_OR_FOLDER --model {run_dir / 'export' / 'model.int8.onnx'}   # any artifact; needs nothing else",
+            f"mnv2 info {run_dir / 'export' / 'model.int8.onnx'}",
+            f"mnv2 check {best} --artifacts {run_dir / 'export'}",
+            f"mnv2 bench {run_dir / 'export'} --batch 1,8,32",
+            f"mnv2 visualize {best} --image IMAGE",
+            "```",
+            "",
+        ]
+    )
 
 
 # --------------------------------------------------------------------------------------------------- helpers

@@ -50,16 +50,25 @@ def resume_config(run_dir: Path, flags: dict[str, dict[str, Any]]) -> tuple[RunC
         return restart_config(run_dir, flags), None
     ckpt = load_checkpoint(last)
     if "resume" not in ckpt.extra or "train_config" not in ckpt.extra:
-        raise CheckpointError("checkpoint has no training state to resume from (a best.pt?)", path=last, hint="resume from a run folder's last.pt")
-    stored = RunConfig.from_dict({"model": ckpt.model_config.to_dict(), "data": ckpt.data_config.to_dict(), "train": ckpt.extra["train_config"]})
+        raise CheckpointError(
+            "checkpoint has no training state to resume from (a best.pt?)",
+            path=last,
+            hint="resume from a run folder's last.pt",
+        )
+    stored = RunConfig.from_dict(
+        {"model": ckpt.model_config.to_dict(), "data": ckpt.data_config.to_dict(), "train": ckpt.extra["train_config"]}
+    )
     allowed = set(RESUMABLE_CHANGES)
     if stored.train.sync_bn and str(ckpt.train_summary.get("device", "")).startswith("cpu"):
         allowed.add("sync_bn")  # recorded by a CPU run, where it never applied (now refused up front): may be dropped
     _refuse_changes(stored, flags, allowed)
     done, epochs = int(ckpt.train_summary.get("epoch", 0)), flags.get("train", {}).get("epochs")
     if epochs is not None and epochs < done:
-        raise ConfigError(f"--epochs {epochs} is fewer than the {done} the run has done", path=last,
-                          hint=f"pass --epochs {done + 1} or more to train further (best.pt and last.pt hold the run as it is)")
+        raise ConfigError(
+            f"--epochs {epochs} is fewer than the {done} the run has done",
+            path=last,
+            hint=f"pass --epochs {done + 1} or more to train further (best.pt and last.pt hold the run as it is)",
+        )
     train = {k: v for k, v in flags.get("train", {}).items() if k in allowed and v is not None}
     return stored.override({}, {}, train), ckpt
 
@@ -71,36 +80,65 @@ def restart_config(run_dir: Path, flags: dict[str, dict[str, Any]]) -> RunConfig
     refused: starting again would replace them."""
     sections = read_run_config(run_dir)
     if sections is None:
-        raise CheckpointError("nothing to resume: no last.pt in the run folder", path=run_dir, hint="start a new run without --resume")
+        raise CheckpointError(
+            "nothing to resume: no last.pt in the run folder", path=run_dir, hint="start a new run without --resume"
+        )
     saved = saved_results(run_dir)
     if saved:
-        raise CheckpointError(f"nothing to resume: no last.pt, but the run saved {', '.join(saved)}", path=run_dir,
-                              hint="--overwrite starts the run again (those files go), or choose another --out")
+        raise CheckpointError(
+            f"nothing to resume: no last.pt, but the run saved {', '.join(saved)}",
+            path=run_dir,
+            hint="--overwrite starts the run again (those files go), or choose another --out",
+        )
     try:
         stored = RunConfig.from_dict(sections)
     except ConfigError as exc:
-        raise ConfigError(f"the run's config.json holds a setting this version cannot read: {exc.what}", path=run_dir / RUN_CONFIG_FILE,
-                          hint="resume with the version that started the run, or start a new run") from None
+        raise ConfigError(
+            f"the run's config.json holds a setting this version cannot read: {exc.what}",
+            path=run_dir / RUN_CONFIG_FILE,
+            hint="resume with the version that started the run, or start a new run",
+        ) from None
     _refuse_changes(stored, flags, set(RESUMABLE_CHANGES))
-    log.info("no last.pt in %s: the run stopped before its first checkpoint; starting it from epoch 0 with the settings of its %s",
-             run_dir, RUN_CONFIG_FILE)
-    return stored.override({}, {}, {k: v for k, v in flags.get("train", {}).items() if k in RESUMABLE_CHANGES and v is not None})
+    log.info(
+        "no last.pt in %s: the run stopped before its first checkpoint; starting it from epoch 0 with the settings of its %s",
+        run_dir,
+        RUN_CONFIG_FILE,
+    )
+    return stored.override(
+        {}, {}, {k: v for k, v in flags.get("train", {}).items() if k in RESUMABLE_CHANGES and v is not None}
+    )
 
 
 def _refuse_changes(stored: RunConfig, flags: dict[str, dict[str, Any]], allowed: set[str]) -> None:
     """A :class:`ConfigError` naming every flag given that differs from ``stored`` and is not ``allowed`` to."""
     changed = [
-        f"{section}.{k}" for section, values in flags.items() for k, v in values.items()
-        if v is not None and not (section == "train" and k in allowed) and not _same(k, getattr(getattr(stored, section), k), v)
+        f"{section}.{k}"
+        for section, values in flags.items()
+        for k, v in values.items()
+        if v is not None
+        and not (section == "train" and k in allowed)
+        and not _same(k, getattr(getattr(stored, section), k), v)
     ]
     if changed:
-        raise ConfigError(f"cannot change {', '.join(changed)} when resuming", hint="resume with the run's own settings, or start a new run")
+        raise ConfigError(
+            f"cannot change {', '.join(changed)} when resuming",
+            hint="resume with the run's own settings, or start a new run",
+        )
 
 
 # what a run writes into its folder (--overwrite removes these and nothing else, and visualize's own pictures)
 RUN_CONFIG_FILE = "config.json"
-RUN_OUTPUTS = ("best.pt", "last.pt", "metrics.csv", RUN_CONFIG_FILE, "loss_curve.png", "kernels.png", "feature_maps_shallow.png",
-               "feature_maps_deep.png", "confusion_matrix.png")
+RUN_OUTPUTS = (
+    "best.pt",
+    "last.pt",
+    "metrics.csv",
+    RUN_CONFIG_FILE,
+    "loss_curve.png",
+    "kernels.png",
+    "feature_maps_shallow.png",
+    "feature_maps_deep.png",
+    "confusion_matrix.png",
+)
 # config.json's schema marker: what proves a folder is a run's (and so whose files --overwrite may remove)
 RUN_CONFIG_FORMAT, RUN_CONFIG_SCHEMA = "mnv2export.run_config", 1
 _RUN_CONFIG_MAX_BYTES = 1 << 20  # a run's is a few KiB: a larger file is someone else's, not read whole
@@ -122,18 +160,26 @@ def check_same_world_size(resume_from: Checkpoint, info: D.DistInfo) -> None:
     steps per epoch of that many processes, and its global batch is ``batch_size`` times that many."""
     before = int(resume_from.train_summary.get("world_size", 1))
     if before != info.world_size:
-        how = f"torchrun --nproc_per_node {before} -m mnv2export train --resume ..." if before > 1 else "mnv2 train --resume ... without torchrun"
+        how = (
+            f"torchrun --nproc_per_node {before} -m mnv2export train --resume ..."
+            if before > 1
+            else "mnv2 train --resume ... without torchrun"
+        )
         raise ConfigError(
             f"the run was trained by {_processes(before)}, this resume has {_processes(info.world_size)}: the learning-rate "
-            "schedule (steps per epoch) and the global batch would change", path=None,
-            hint=f"resume with the same number of processes ({how})")
+            "schedule (steps per epoch) and the global batch would change",
+            path=None,
+            hint=f"resume with the same number of processes ({how})",
+        )
 
 
 def _processes(n: int) -> str:
     return f"{n} process" + ("es" if n != 1 else "")
 
 
-def claim_run_folder(run_dir: Path, stack: contextlib.ExitStack, *, resume_from: Checkpoint | None, overwrite: bool) -> bool:
+def claim_run_folder(
+    run_dir: Path, stack: contextlib.ExitStack, *, resume_from: Checkpoint | None, overwrite: bool
+) -> bool:
     """Create and lock ``run_dir`` for this run (the lock held until ``stack`` closes), then check it while holding the
     lock: a run that waited for another one to finish finds the folder as that run left it, so a second new run into
     it is refused and a --resume whose last.pt changed meanwhile does not train from the stale one. Returns whether
@@ -142,15 +188,24 @@ def claim_run_folder(run_dir: Path, stack: contextlib.ExitStack, *, resume_from:
         raise ConfigError("run folder path is a file", path=run_dir, hint="choose another --out")
     created = not run_dir.exists()
     ensure_dir(run_dir)  # an unwritable output is found before the data is read
-    stack.enter_context(folder_lock(run_dir, "another process is training into this run folder",
-                                    "wait for it to finish, or choose another --out", wait=RUN_LOCK_WAIT_S))
+    stack.enter_context(
+        folder_lock(
+            run_dir,
+            "another process is training into this run folder",
+            "wait for it to finish, or choose another --out",
+            wait=RUN_LOCK_WAIT_S,
+        )
+    )
     if resume_from is None:
         check_run_folder(run_dir, overwrite=overwrite)
     else:
         last = run_dir / "last.pt"
         if not last.is_file() or sha256_file(last) != resume_from.sha256:
-            raise ConfigError("the run changed since --resume read its last.pt (another process trained in it meanwhile)",
-                              path=last, hint="run the same --resume again to continue from where it is now")
+            raise ConfigError(
+                "the run changed since --resume read its last.pt (another process trained in it meanwhile)",
+                path=last,
+                hint="run the same --resume again to continue from where it is now",
+            )
     return created
 
 
@@ -168,22 +223,42 @@ def check_run_folder(run_dir: Path, *, overwrite: bool) -> None:
         # Nothing is lost by starting there: --resume starts it from epoch 0 with its own settings (restart_config),
         # and a new run, with or without --overwrite, starts with the settings given, rewriting config.json. Refusing
         # either would leave the folder stuck (each refusal pointing at the other).
-        log.info("%s holds the %s of a run that saved no checkpoint (nothing to lose): starting there", run_dir, RUN_CONFIG_FILE)
+        log.info(
+            "%s holds the %s of a run that saved no checkpoint (nothing to lose): starting there",
+            run_dir,
+            RUN_CONFIG_FILE,
+        )
     elif not overwrite:
-        raise ConfigError("run folder already holds files", path=run_dir,
-                          hint="--resume continues the run in it, --overwrite replaces it; or choose another --out")
+        raise ConfigError(
+            "run folder already holds files",
+            path=run_dir,
+            hint="--resume continues the run in it, --overwrite replaces it; or choose another --out",
+        )
     elif not is_run and (run_dir / RUN_CONFIG_FILE).exists():
-        raise ConfigError(f"{RUN_CONFIG_FILE} is not a training run's (no mnv2export marker or run settings)", path=run_dir / RUN_CONFIG_FILE,
-                          hint="refusing to overwrite the folder; choose another --out")
+        raise ConfigError(
+            f"{RUN_CONFIG_FILE} is not a training run's (no mnv2export marker or run settings)",
+            path=run_dir / RUN_CONFIG_FILE,
+            hint="refusing to overwrite the folder; choose another --out",
+        )
     elif not is_run:
-        raise ConfigError(f"folder is not a training run (no {RUN_CONFIG_FILE} written by `mnv2 train`): refusing to overwrite it",
-                          path=run_dir, hint="choose another --out")
+        raise ConfigError(
+            f"folder is not a training run (no {RUN_CONFIG_FILE} written by `mnv2 train`): refusing to overwrite it",
+            path=run_dir,
+            hint="choose another --out",
+        )
     _remove(leftovers)
 
 
 def run_config_json(cfg: RunConfig) -> str:
     """``config.json`` as a run writes it: the schema marker that makes the folder a run's, then the three sections."""
-    return json.dumps({"format": RUN_CONFIG_FORMAT, "schema_version": RUN_CONFIG_SCHEMA, **cfg.to_dict()}, indent=2, allow_nan=False) + "\n"
+    return (
+        json.dumps(
+            {"format": RUN_CONFIG_FORMAT, "schema_version": RUN_CONFIG_SCHEMA, **cfg.to_dict()},
+            indent=2,
+            allow_nan=False,
+        )
+        + "\n"
+    )
 
 
 def read_run_config(run_dir: Path) -> dict[str, Any] | None:
@@ -199,7 +274,9 @@ def read_run_config(run_dir: Path) -> dict[str, Any] | None:
         return None
     if not isinstance(values, dict):
         return None
-    if values.get("format") == RUN_CONFIG_FORMAT:  # a later schema version is a run's too (read by from_dict, or refused)
+    if (
+        values.get("format") == RUN_CONFIG_FORMAT
+    ):  # a later schema version is a run's too (read by from_dict, or refused)
         return {k: v for k, v in values.items() if k not in ("format", "schema_version")}
     sections = [values.get(k) for k in ("model", "data", "train")]
     if set(values) != {"model", "data", "train"} or not all(isinstance(v, dict) for v in sections):
@@ -236,7 +313,12 @@ def _remove(paths: list[Path]) -> None:
         path.unlink(missing_ok=True)
 
 
-PATH_SETTINGS = ("source", "data_dir", "class_index", "init_from")  # recorded as absolute paths (RunConfig.with_absolute_paths)
+PATH_SETTINGS = (
+    "source",
+    "data_dir",
+    "class_index",
+    "init_from",
+)  # recorded as absolute paths (RunConfig.with_absolute_paths)
 
 
 def _same(key: str, stored: Any, given: Any) -> bool:
@@ -254,12 +336,26 @@ def check_same_data(resume_from: Checkpoint, data: DataBundle, source: str) -> N
     hint = "resume with the run's data, or start a new run (--init-from RUN/best.pt starts from its weights)"
     if before != now:
         gone, new = [c for c in before if c not in now], [c for c in now if c not in before]
-        what = "; ".join(part for part in (f"gone: {', '.join(gone)}" if gone else "", f"new: {', '.join(new)}" if new else "") if part)
-        raise DataError(f"the classes changed since the run started ({what or 'the same names in another order'})", path=source, hint=hint)
+        what = "; ".join(
+            part
+            for part in (f"gone: {', '.join(gone)}" if gone else "", f"new: {', '.join(new)}" if new else "")
+            if part
+        )
+        raise DataError(
+            f"the classes changed since the run started ({what or 'the same names in another order'})",
+            path=source,
+            hint=hint,
+        )
     trained_on = (resume_from.train_summary.get("data") or {}).get("train_images")
     if trained_on is not None and int(trained_on) != len(data.train):
-        raise DataError(f"the training set changed since the run started ({trained_on} images, now {len(data.train)}): "
-                        "its learning-rate schedule and data order count the images", path=source, hint=hint)
+        raise DataError(
+            f"the training set changed since the run started ({trained_on} images, now {len(data.train)}): "
+            "its learning-rate schedule and data order count the images",
+            path=source,
+            hint=hint,
+        )
     fingerprint = resume_from.provenance.get("data_fingerprint")
     if fingerprint and fingerprint != data.fingerprint:
-        log.warning("the data changed since the run started (the same classes and image count, but a file's name or size differs): resuming on it")
+        log.warning(
+            "the data changed since the run started (the same classes and image count, but a file's name or size differs): resuming on it"
+        )

@@ -69,10 +69,18 @@ class Runner:
     __call__ = run
 
     def _check(self, batch: np.ndarray) -> np.ndarray:
-        if not isinstance(batch, np.ndarray) or batch.ndim != 4 or batch.shape[0] < 1 or tuple(batch.shape[1:]) != self.input_shape:
+        if (
+            not isinstance(batch, np.ndarray)
+            or batch.ndim != 4
+            or batch.shape[0] < 1
+            or tuple(batch.shape[1:]) != self.input_shape
+        ):
             shape = getattr(batch, "shape", type(batch).__name__)
-            raise DataError(f"input batch has shape {shape}, the model takes N x {' x '.join(map(str, self.input_shape))}", path=self.path,
-                            hint="preprocess images with mnv2export.runtime.preprocess")
+            raise DataError(
+                f"input batch has shape {shape}, the model takes N x {' x '.join(map(str, self.input_shape))}",
+                path=self.path,
+                hint="preprocess images with mnv2export.runtime.preprocess",
+            )
         return np.ascontiguousarray(batch, dtype=np.float32)
 
     def _run(self, batch: np.ndarray) -> np.ndarray:  # pragma: no cover - overridden
@@ -110,8 +118,11 @@ def detect_format(path: str | Path) -> str:
     apart: the checkpoint loader, ``bench``, ``info``, ``visualize`` and the runtime all ask it."""
     p = require_artifact_file(path)
     hint = ARTIFACT_HINT
-    damaged_zip = ArtifactError("file is a damaged zip archive (truncated?), not a readable checkpoint or TorchScript file", path=p,
-                                hint="it was cut short or damaged (an interrupted copy?): copy it again, or write it again")
+    damaged_zip = ArtifactError(
+        "file is a damaged zip archive (truncated?), not a readable checkpoint or TorchScript file",
+        path=p,
+        hint="it was cut short or damaged (an interrupted copy?): copy it again, or write it again",
+    )
     if zipfile.is_zipfile(p):
         try:
             names = zipfile.ZipFile(p).namelist()
@@ -132,13 +143,21 @@ def detect_format(path: str | Path) -> str:
     if _is_onnx_model(p):
         return "onnx"
     looks = next((f" (it looks like {what})" for magic, what in _MAGIC if head.startswith(magic)), "")
-    raise ArtifactError(f"file is not an ONNX model, a TorchScript file or a checkpoint{looks}", path=p,
-                        hint=hint + "; an ONNX file cut short or damaged must be exported again")
+    raise ArtifactError(
+        f"file is not an ONNX model, a TorchScript file or a checkpoint{looks}",
+        path=p,
+        hint=hint + "; an ONNX file cut short or damaged must be exported again",
+    )
 
 
 # what a file passed where a model belongs often is, by its first bytes
-_MAGIC = ((b"\xff\xd8\xff", "a JPEG image"), (b"\x89PNG\r\n\x1a\n", "a PNG image"), (b"GIF8", "a GIF image"), (b"\x1f\x8b", "a gzip file"),
-          *((bytes([0x80, v]), "a Python pickle (torch.save's legacy format, or pickle.dump)") for v in range(2, 6)))
+_MAGIC = (
+    (b"\xff\xd8\xff", "a JPEG image"),
+    (b"\x89PNG\r\n\x1a\n", "a PNG image"),
+    (b"GIF8", "a GIF image"),
+    (b"\x1f\x8b", "a gzip file"),
+    *((bytes([0x80, v]), "a Python pickle (torch.save's legacy format, or pickle.dump)") for v in range(2, 6)),
+)
 
 
 def _is_onnx_model(p: Path) -> bool:
@@ -162,8 +181,11 @@ def _load_onnx_model(p: Path, *, check: bool = True):
     try:
         model = onnx.load(str(p), load_external_data=False)
     except (DecodeError, ValueError, RuntimeError, OSError, UnicodeDecodeError) as exc:
-        raise ArtifactError(f"not a readable ONNX, TorchScript or checkpoint file ({type(exc).__name__})", path=p,
-                            hint="the file is truncated or of another kind; export it again") from None
+        raise ArtifactError(
+            f"not a readable ONNX, TorchScript or checkpoint file ({type(exc).__name__})",
+            path=p,
+            hint="the file is truncated or of another kind; export it again",
+        ) from None
     if check:
         _check_onnx_model(model, p)
     return model
@@ -175,8 +197,11 @@ def _check_onnx_model(model, p: Path) -> None:
     try:
         onnx.checker.check_model(model)
     except onnx.checker.ValidationError as exc:
-        raise ArtifactError(f"ONNX model fails onnx.checker: {first_line(exc)}", path=p,
-                            hint="the file is truncated or damaged; export it again") from None
+        raise ArtifactError(
+            f"ONNX model fails onnx.checker: {first_line(exc)}",
+            path=p,
+            hint="the file is truncated or damaged; export it again",
+        ) from None
 
 
 def read_metadata(path: str | Path) -> dict[str, Any]:
@@ -204,15 +229,25 @@ def _parse_metadata(raw: str | bytes | None, p: Path, kind: str) -> dict[str, An
     try:
         meta = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError):
-        raise ArtifactError("artifact metadata is not valid JSON", path=p, hint="export it again with `mnv2 export`") from None
+        raise ArtifactError(
+            "artifact metadata is not valid JSON", path=p, hint="export it again with `mnv2 export`"
+        ) from None
     if not isinstance(meta, dict):
-        raise ArtifactError(f"artifact metadata is a JSON {type(meta).__name__}, not an object", path=p, hint="export it again with `mnv2 export`")
+        raise ArtifactError(
+            f"artifact metadata is a JSON {type(meta).__name__}, not an object",
+            path=p,
+            hint="export it again with `mnv2 export`",
+        )
     missing = [k for k in ("input_size", "class_names", "mean", "std", "data_config") if k not in meta]
     if missing:
-        raise ArtifactError(f"artifact metadata lacks {', '.join(missing)}", path=p, hint="export it again with `mnv2 export`")
+        raise ArtifactError(
+            f"artifact metadata lacks {', '.join(missing)}", path=p, hint="export it again with `mnv2 export`"
+        )
     problems = metadata_value_problems(meta)
     if problems:
-        raise ArtifactError(f"artifact metadata is not valid: {'; '.join(problems)}", path=p, hint="export it again with `mnv2 export`")
+        raise ArtifactError(
+            f"artifact metadata is not valid: {'; '.join(problems)}", path=p, hint="export it again with `mnv2 export`"
+        )
     meta.setdefault("format", kind)
     meta.setdefault("precision", "fp32")
     return meta
@@ -240,7 +275,12 @@ def metadata_value_problems(meta: dict[str, Any]) -> list[str]:
         problems.append(f"num_classes {json.dumps(meta['num_classes'])} but {len(names)} class_names")
     for key in ("mean", "std"):
         v = meta[key]
-        if not (isinstance(v, list) and len(v) == 3 and all(number(x) for x in v) and (key == "mean" or all(x > 0 for x in v))):
+        if not (
+            isinstance(v, list)
+            and len(v) == 3
+            and all(number(x) for x in v)
+            and (key == "mean" or all(x > 0 for x in v))
+        ):
             problems.append(f"{key} {json.dumps(v)} (expected 3 numbers{', each > 0' if key == 'std' else ''})")
     if not isinstance(meta["data_config"], dict):
         problems.append("data_config is not an object")
@@ -278,7 +318,9 @@ def preprocess(paths: list[str | Path], metadata: dict[str, Any]) -> tuple[np.nd
 
 
 # --------------------------------------------------------------------------------------------------- loading
-def load_artifact(path: str | Path, provider: str = "cpu", *, threads: int | None = None, cuda_graph: bool = False) -> Runner:
+def load_artifact(
+    path: str | Path, provider: str = "cpu", *, threads: int | None = None, cuda_graph: bool = False
+) -> Runner:
     """Load ``path`` to run on ``provider`` (``cpu``, ``cuda``, ``tensorrt``); ``threads``: intra-op threads
     (ONNX Runtime's session option; for PyTorch ``torch.set_num_threads``, which is process-wide). ``cuda_graph``: an
     ONNX file's session on the CUDA provider with CUDA graphs (:func:`ort_providers`), to be run through I/O binding."""
@@ -289,23 +331,39 @@ def load_artifact(path: str | Path, provider: str = "cpu", *, threads: int | Non
     p = Path(path)
     kind = detect_format(p)
     if cuda_graph and kind != "onnx":  # before a checkpoint is loaded for nothing
-        raise ConfigError(f"CUDA graphs are timed for ONNX files only, not {kind}", path=p, hint="ask for them with an ONNX artifact")
+        raise ConfigError(
+            f"CUDA graphs are timed for ONNX files only, not {kind}", path=p, hint="ask for them with an ONNX artifact"
+        )
     ckpt = _load_checkpoint(p) if kind == "pytorch" else None
     if kind == "onnx":
         model = _load_onnx_model(p, check=False)  # parsed once: metadata here, the checker in create_session
         meta = _onnx_metadata(model, p)
-        session, used = create_session(p, provider, threads=threads, model=model, cuda_graph=cuda_graph)  # onnx.checker first, then the session
+        session, used = create_session(
+            p, provider, threads=threads, model=model, cuda_graph=cuda_graph
+        )  # onnx.checker first, then the session
         validate_artifact(kind, p, meta, onnx_model=model)
-        return OnnxRunner(path=p, format="onnx", precision=meta["precision"], provider=used, metadata=meta, session=session,
-                          input_name=meta.get("input_name", INPUT_NAME), output_name=meta.get("output_name", OUTPUT_NAME))
+        return OnnxRunner(
+            path=p,
+            format="onnx",
+            precision=meta["precision"],
+            provider=used,
+            metadata=meta,
+            session=session,
+            input_name=meta.get("input_name", INPUT_NAME),
+            output_name=meta.get("output_name", OUTPUT_NAME),
+        )
     meta = _checkpoint_metadata(ckpt) if ckpt is not None else read_metadata(p)
     if provider == "tensorrt":
-        raise ConfigError("the tensorrt provider runs ONNX models only", path=p, hint="use --provider cuda for PyTorch / TorchScript")
+        raise ConfigError(
+            "the tensorrt provider runs ONNX models only", path=p, hint="use --provider cuda for PyTorch / TorchScript"
+        )
     import torch
 
     from .device import resolve_device
 
-    device = resolve_device(provider, flag="--provider")  # ProviderUnavailable (with the reason) when cuda is asked for and absent
+    device = resolve_device(
+        provider, flag="--provider"
+    )  # ProviderUnavailable (with the reason) when cuda is asked for and absent
     if threads is not None:
         torch.set_num_threads(threads)
     if ckpt is not None:
@@ -318,10 +376,15 @@ def load_artifact(path: str | Path, provider: str = "cpu", *, threads: int | Non
                 warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated in torch 2.14 but works
                 module = torch.jit.load(str(p), map_location=device).eval()
         except (RuntimeError, ValueError, OSError, zipfile.BadZipFile) as exc:
-            raise ArtifactError(f"TorchScript file cannot be loaded: {first_line(exc)}",
-                                path=p, hint="the file is truncated or damaged; export it again") from None
+            raise ArtifactError(
+                f"TorchScript file cannot be loaded: {first_line(exc)}",
+                path=p,
+                hint="the file is truncated or damaged; export it again",
+            ) from None
         validate_artifact(kind, p, meta, module=module)
-    return TorchRunner(path=p, format=kind, precision="fp32", provider=device.type, metadata=meta, module=module, device=device)
+    return TorchRunner(
+        path=p, format=kind, precision="fp32", provider=device.type, metadata=meta, module=module, device=device
+    )
 
 
 def validate_artifact(kind: str, p: Path, meta: dict[str, Any], *, onnx_model=None, module=None) -> None:
@@ -359,14 +422,20 @@ def check_model_config(meta: dict[str, Any], kernels: int, p: Path) -> None:
     try:
         cfg = ModelConfig.from_dict(meta["model_config"])
     except Mnv2Error as exc:
-        raise ArtifactError(f"artifact metadata's model_config is not valid: {exc.what}", path=p,
-                            hint="export it again with `mnv2 export`") from None
+        raise ArtifactError(
+            f"artifact metadata's model_config is not valid: {exc.what}",
+            path=p,
+            hint="export it again with `mnv2 export`",
+        ) from None
     with torch.device("meta"):
         want = sum(t.numel() for t in build_model(cfg).parameters() if t.dim() >= 2)
     if kernels != want:
-        raise ArtifactError(f"the model_config in the file's metadata does not describe its weights ({kernels:,} convolution and "
-                            f"linear kernel weights in the file, {want:,} in the model that model_config describes)",
-                            path=p, hint="the metadata was changed or belongs to another model: export it again with `mnv2 export`")
+        raise ArtifactError(
+            f"the model_config in the file's metadata does not describe its weights ({kernels:,} convolution and "
+            f"linear kernel weights in the file, {want:,} in the model that model_config describes)",
+            path=p,
+            hint="the metadata was changed or belongs to another model: export it again with `mnv2 export`",
+        )
 
 
 def torchscript_constants(module) -> tuple[int, int]:
@@ -399,7 +468,9 @@ def onnx_initializer_counts(model) -> dict[str, int]:
         uses = consumers.get(init.name, [])
         if uses and all(op in QUANT_OPS and i in (1, 2) for op, i in uses):
             counts["quant"] += n
-        elif init.data_type in (onnx.TensorProto.INT64, onnx.TensorProto.BOOL) or (uses and all(op == "Clip" and i > 0 for op, i in uses)):
+        elif init.data_type in (onnx.TensorProto.INT64, onnx.TensorProto.BOOL) or (
+            uses and all(op == "Clip" and i > 0 for op, i in uses)
+        ):
             counts["other"] += n
         else:
             counts["weights"] += n
@@ -429,8 +500,11 @@ def check_onnx_signature(model, meta: dict[str, Any], p: Path) -> None:
     elif not _shape_fits(_dims(outputs[0]), want_out):
         problems.append(f"output shape {_dims(outputs[0])} (the metadata says N x {want_out[1]})")
     if problems:
-        raise ArtifactError(f"ONNX graph does not match its metadata: {'; '.join(problems)}", path=p,
-                            hint="export the model again with `mnv2 export`")
+        raise ArtifactError(
+            f"ONNX graph does not match its metadata: {'; '.join(problems)}",
+            path=p,
+            hint="export the model again with `mnv2 export`",
+        )
 
 
 def check_torchscript_signature(module, meta: dict[str, Any], p: Path) -> None:
@@ -441,17 +515,28 @@ def check_torchscript_signature(module, meta: dict[str, Any], p: Path) -> None:
     args = [a.name for a in module.forward.schema.arguments if a.name != "self"]
     want = meta.get("input_name", INPUT_NAME)
     if len(args) != 1:
-        raise ArtifactError(f"TorchScript program does not match its metadata: forward takes {args} (the metadata says one input "
-                            f"named {want!r})", path=p, hint="export the model again with `mnv2 export`")
+        raise ArtifactError(
+            f"TorchScript program does not match its metadata: forward takes {args} (the metadata says one input "
+            f"named {want!r})",
+            path=p,
+            hint="export the model again with `mnv2 export`",
+        )
     if args[0] != want:
-        log.warning("%s: forward's input is named %r, its metadata says %r (an older export): pass the input by position, "
-                    "or export the model again", p, args[0], want)
+        log.warning(
+            "%s: forward's input is named %r, its metadata says %r (an older export): pass the input by position, "
+            "or export the model again",
+            p,
+            args[0],
+            want,
+        )
 
 
 def _dims(value_info) -> list[Any]:
     """A value's shape: a fixed dimension as an int, a symbolic one as its name, an unknown one as None."""
     dims = value_info.type.tensor_type.shape.dim
-    return [d.dim_value if d.HasField("dim_value") else (d.dim_param if d.HasField("dim_param") else None) for d in dims]
+    return [
+        d.dim_value if d.HasField("dim_value") else (d.dim_param if d.HasField("dim_param") else None) for d in dims
+    ]
 
 
 def _shape_fits(shape: list[Any], want: list[Any]) -> bool:
@@ -481,7 +566,9 @@ def ort_providers(provider: str, *, cuda_graph: bool = False) -> list[Any]:
     later runs replay it). ONNX Runtime's conditions: every node on the CUDA provider, one input shape per session,
     inputs and outputs bound to fixed device buffers (``run_with_iobinding``)."""
     if cuda_graph and provider != "cuda":
-        raise ConfigError(f"CUDA graphs were asked for on the {provider} provider", hint="CUDA graphs run on --provider cuda only")
+        raise ConfigError(
+            f"CUDA graphs were asked for on the {provider} provider", hint="CUDA graphs run on --provider cuda only"
+        )
     cuda: dict[str, str] = {}
     if os.environ.get("NVIDIA_TF32_OVERRIDE") == "0":
         cuda["use_tf32"] = "0"
@@ -490,8 +577,15 @@ def ort_providers(provider: str, *, cuda_graph: bool = False) -> list[Any]:
     return [(n, dict(cuda)) if n == "CUDAExecutionProvider" and cuda else n for n in ORT_PROVIDERS[provider]]
 
 
-def create_session(path: str | Path, provider: str = "cpu", *, threads: int | None = None, options=None, model=None,
-                   cuda_graph: bool = False):
+def create_session(
+    path: str | Path,
+    provider: str = "cpu",
+    *,
+    threads: int | None = None,
+    options=None,
+    model=None,
+    cuda_graph: bool = False,
+):
     """A checked ONNX Runtime session for ``path`` on ``provider``: (session, provider obtained).
 
     The file is parsed (unless ``model``, its already parsed ``onnx.ModelProto``, is given) and checked with ``onnx``
@@ -522,13 +616,21 @@ def create_session(path: str | Path, provider: str = "cpu", *, threads: int | No
         except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own exception types
             text = str(exc).strip().splitlines()
             if cuda_graph and "graph capture" in str(exc):
-                raise ProviderUnavailable(f"ONNX Runtime does not capture this model in a CUDA graph: {first_line(exc)}", path=p,
-                                          hint="CUDA graphs need every node on the CUDA provider (an INT8 model keeps some on the CPU)") from None
-            raise ArtifactError(f"ONNX Runtime cannot load the model: {text[0] if text else type(exc).__name__}", path=p,
-                                hint="export it again with `mnv2 export`") from None
+                raise ProviderUnavailable(
+                    f"ONNX Runtime does not capture this model in a CUDA graph: {first_line(exc)}",
+                    path=p,
+                    hint="CUDA graphs need every node on the CUDA provider (an INT8 model keeps some on the CPU)",
+                ) from None
+            raise ArtifactError(
+                f"ONNX Runtime cannot load the model: {text[0] if text else type(exc).__name__}",
+                path=p,
+                hint="export it again with `mnv2 export`",
+            ) from None
     got = session.get_providers()
     if wanted not in got:
-        raise ProviderUnavailable(f"{provider.upper()} was asked for but {session_failure(captured.getvalue())}", path=p, hint=_GPU_HINT)
+        raise ProviderUnavailable(
+            f"{provider.upper()} was asked for but {session_failure(captured.getvalue())}", path=p, hint=_GPU_HINT
+        )
     if captured.getvalue().strip():
         log.debug("onnxruntime: %s", captured.getvalue().strip())
     return session, provider
@@ -543,7 +645,9 @@ def installed_onnxruntime_packages() -> set[str]:
     return {n for n in names if n.startswith("onnxruntime") and not n.startswith("onnxruntime-extensions")}
 
 
-def onnx_provider_problem(provider: str, *, installed: set[str] | None = None, available: list[str] | None = None) -> str | None:
+def onnx_provider_problem(
+    provider: str, *, installed: set[str] | None = None, available: list[str] | None = None
+) -> str | None:
     """Why ``provider`` cannot work with the installed onnxruntime, known before creating a session (or None).
 
     ``installed`` (package names) and ``available`` (``onnxruntime.get_available_providers()``) default to this
@@ -554,8 +658,10 @@ def onnx_provider_problem(provider: str, *, installed: set[str] | None = None, a
     available = ort.get_available_providers() if available is None else available
     builds = installed - {"onnxruntime"}
     if "onnxruntime" in installed and builds:
-        return (f"both onnxruntime and {', '.join(sorted(builds))} are installed and shadow each other "
-                "(`pip uninstall onnxruntime onnxruntime-gpu`, then `pip install onnxruntime-gpu`)")
+        return (
+            f"both onnxruntime and {', '.join(sorted(builds))} are installed and shadow each other "
+            "(`pip uninstall onnxruntime onnxruntime-gpu`, then `pip install onnxruntime-gpu`)"
+        )
     name = ORT_PROVIDERS[provider][0]
     if name not in available:
         package = ", ".join(sorted(installed)) or "onnxruntime"

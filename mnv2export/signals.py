@@ -39,7 +39,10 @@ def sigterm_as_interrupt() -> Iterator[None]:
     pipeline's export) goes on. Only in the main thread, and only where SIGTERM has its default action (a caller's
     handler is kept). A process forked inside that gets SIGTERM before it sets its own handler dies of it, as it would
     have."""
-    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+    if (
+        threading.current_thread() is not threading.main_thread()
+        or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL
+    ):
         yield
         return
     pid = os.getpid()

@@ -39,8 +39,16 @@ from .errors import ConfigError, DataError, DistributedError, Mnv2Error, Termina
 from .fileio import write_text
 from .model import build_model, collapse_warning, freeze_blocks, load_pretrained, train_mode, zero_init_residual
 from .optim import build_optimizer, build_scheduler, make_ema
-from .run_folder import (RUN_CONFIG_FILE, check_same_data, check_same_world_size, claim_run_folder, default_run_dir, remove_run_outputs,
-                         resume_hint, run_config_json)
+from .run_folder import (
+    RUN_CONFIG_FILE,
+    check_same_data,
+    check_same_world_size,
+    claim_run_folder,
+    default_run_dir,
+    remove_run_outputs,
+    resume_hint,
+    run_config_json,
+)
 from .signals import raise_if_terminated, sigint_deferred, sigterm_as_interrupt, sigterm_noted, worker_quiet_on_sigterm
 from .train_state import epoch_seed, restore_training_state, rng_state, seed_everything
 
@@ -71,12 +79,23 @@ def amp_dtype(mode: str, device: torch.device) -> torch.dtype | None:
     return torch.bfloat16 if mode == "bf16" else torch.float16
 
 
-def make_loader(ds, cfg: TrainConfig, info: D.DistInfo, device: torch.device, *, train: bool, epoch: int = 0, memory: MemoryImages | None = None) -> DataLoader | MemoryLoader:
+def make_loader(
+    ds,
+    cfg: TrainConfig,
+    info: D.DistInfo,
+    device: torch.device,
+    *,
+    train: bool,
+    epoch: int = 0,
+    memory: MemoryImages | None = None,
+) -> DataLoader | MemoryLoader:
     """A loader for one epoch; its shuffling and worker seeds derive from (seed, epoch). With ``memory`` (the same
     split held in memory) batches are gathered and preprocessed batch-wise in this process, in the same order."""
     g = torch.Generator().manual_seed(epoch_seed(cfg.seed, epoch))
     if info.enabled and train:
-        sampler = DistributedSampler(ds, num_replicas=info.world_size, rank=info.rank, shuffle=True, seed=cfg.seed, drop_last=False)
+        sampler = DistributedSampler(
+            ds, num_replicas=info.world_size, rank=info.rank, shuffle=True, seed=cfg.seed, drop_last=False
+        )
         sampler.set_epoch(epoch)
     elif info.enabled:  # evaluation: every image exactly once over the ranks (DistributedSampler pads with repeats,
         sampler = range(info.rank, len(ds), info.world_size)  # which the reduced metrics would count twice)
@@ -87,9 +106,16 @@ def make_loader(ds, cfg: TrainConfig, info: D.DistInfo, device: torch.device, *,
     if memory is not None:
         return MemoryLoader(memory, sampler, cfg.batch_size, drop_last=drop_last, pin_memory=device.type == "cuda")
     return DataLoader(
-        ds, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.workers, collate_fn=collate,
-        pin_memory=device.type == "cuda", drop_last=drop_last, generator=g,
-        persistent_workers=False, worker_init_fn=worker_quiet_on_sigterm if cfg.workers else None,
+        ds,
+        batch_size=cfg.batch_size,
+        sampler=sampler,
+        num_workers=cfg.workers,
+        collate_fn=collate,
+        pin_memory=device.type == "cuda",
+        drop_last=drop_last,
+        generator=g,
+        persistent_workers=False,
+        worker_init_fn=worker_quiet_on_sigterm if cfg.workers else None,
     )
 
 
@@ -114,7 +140,9 @@ class StepContext:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.dtype)
 
-    def to_device(self, images: torch.Tensor, labels: torch.Tensor, *, mix: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    def to_device(
+        self, images: torch.Tensor, labels: torch.Tensor, *, mix: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         images, labels = images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
         if mix and self.mix is not None:
             images, labels = self.mix(images, labels)  # before channels_last: the mix's roll gives a contiguous batch
@@ -132,8 +160,16 @@ class StepContext:
 
 
 def train_one_epoch(
-    model: nn.Module, loader: DataLoader, opt: torch.optim.Optimizer, sched, criterion: nn.Module, ctx: StepContext,
-    *, ema=None, skips: SkipTracker | None = None, progress=None,
+    model: nn.Module,
+    loader: DataLoader,
+    opt: torch.optim.Optimizer,
+    sched,
+    criterion: nn.Module,
+    ctx: StepContext,
+    *,
+    ema=None,
+    skips: SkipTracker | None = None,
+    progress=None,
 ) -> tuple[float, int]:
     """One pass over ``loader``; returns (sum of losses over samples, sample count) for this rank. A batch whose loss is
     NaN or infinite is counted in ``ctx.nonfinite_loss`` (batches, images) and adds nothing to the sum; its images are
@@ -143,7 +179,9 @@ def train_one_epoch(
     count = 0
     with warnings.catch_warnings():
         if ctx.scaler is not None:  # a step the scaler passed over: torch's order warning is about that skip
-            warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)` before `optimizer\.step\(\)`")
+            warnings.filterwarnings(
+                "ignore", message=r"Detected call of `lr_scheduler\.step\(\)` before `optimizer\.step\(\)`"
+            )
         for images, labels, skipped in loader:
             raise_if_terminated()
             if skips is not None:
@@ -187,7 +225,15 @@ def train_one_epoch(
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader: DataLoader, ctx: StepContext, num_classes: int, info: D.DistInfo = D.DistInfo(), *, skips: SkipTracker | None = None) -> dict[str, Any]:
+def evaluate(
+    model: nn.Module,
+    loader: DataLoader,
+    ctx: StepContext,
+    num_classes: int,
+    info: D.DistInfo = D.DistInfo(),
+    *,
+    skips: SkipTracker | None = None,
+) -> dict[str, Any]:
     """Loss, top-1 accuracy and confusion matrix on ``loader``, summed over ranks."""
     model.eval()
     totals = torch.zeros(2, dtype=torch.float64, device=ctx.device)  # loss sum, correct
@@ -222,7 +268,9 @@ def evaluate(model: nn.Module, loader: DataLoader, ctx: StepContext, num_classes
 
 
 # --------------------------------------------------------------------------------------------------- the run
-def fit(cfg: RunConfig, *, run_dir: str | Path | None = None, resume_from: Checkpoint | None = None, overwrite: bool = False) -> TrainResult:
+def fit(
+    cfg: RunConfig, *, run_dir: str | Path | None = None, resume_from: Checkpoint | None = None, overwrite: bool = False
+) -> TrainResult:
     """Train ``cfg``; files go to ``run_dir`` (default ``weights/<source>-<time>/``).
 
     ``resume_from`` (see :func:`~mnv2export.run_folder.resume_config`) continues that run's ``last.pt`` from its last completed epoch. A new run
@@ -232,7 +280,10 @@ def fit(cfg: RunConfig, *, run_dir: str | Path | None = None, resume_from: Check
     ``fit`` into it fails (after waiting :data:`~mnv2export.run_folder.RUN_LOCK_WAIT_S` for a killed run's DataLoader workers to let go).
     """
     if overwrite and resume_from is not None:
-        raise ConfigError("--overwrite and --resume contradict each other", hint="--resume continues the run, --overwrite replaces it: pass one")
+        raise ConfigError(
+            "--overwrite and --resume contradict each other",
+            hint="--resume continues the run, --overwrite replaces it: pass one",
+        )
     run_dir = Path(run_dir or cfg.train.out or default_run_dir(cfg))
     cfg = cfg.with_absolute_paths()  # the checkpoint says where the data is, wherever export and check run from
     device_type = "cuda" if cfg.train.device in ("auto", "cuda") and torch.cuda.is_available() else "cpu"
@@ -259,7 +310,9 @@ def fit(cfg: RunConfig, *, run_dir: str | Path | None = None, resume_from: Check
                 reason = D.peer_failure(exc) if info.enabled else None
                 if reason is None:
                     raise
-                raise DistributedError(f"another process of the job stopped ({reason})", hint=resume_hint(run_dir / "last.pt")) from exc
+                raise DistributedError(
+                    f"another process of the job stopped ({reason})", hint=resume_hint(run_dir / "last.pt")
+                ) from exc
             except BaseException:
                 if created and run_dir.is_dir() and not any(run_dir.iterdir()):
                     run_dir.rmdir()  # a run that fails before writing anything (bad data, device, weights) leaves no folder
@@ -271,14 +324,22 @@ def fit(cfg: RunConfig, *, run_dir: str | Path | None = None, resume_from: Check
 def check_settings(cfg: RunConfig, info: D.DistInfo, resume_from: Checkpoint | None) -> None:
     """The checks of the settings that need no data: the device, SyncBatchNorm, a resume's number of processes."""
     device = resolve_device(cfg.train.device, info.local_rank)  # ProviderUnavailable: cuda asked for, none here
-    if cfg.train.sync_bn and device.type != "cuda":  # refused in one process too: else recorded, and not resumable under torchrun
-        raise ConfigError("SyncBatchNorm runs on CUDA only, this run is on the CPU",
-                          hint="drop --sync-bn (--resume of a CPU run that recorded it: pass --no-sync-bn)" if resume_from is not None else "drop --sync-bn")
+    if (
+        cfg.train.sync_bn and device.type != "cuda"
+    ):  # refused in one process too: else recorded, and not resumable under torchrun
+        raise ConfigError(
+            "SyncBatchNorm runs on CUDA only, this run is on the CPU",
+            hint="drop --sync-bn (--resume of a CPU run that recorded it: pass --no-sync-bn)"
+            if resume_from is not None
+            else "drop --sync-bn",
+        )
     if resume_from is not None:
         check_same_world_size(resume_from, info)
 
 
-def _fit(cfg: RunConfig, info: D.DistInfo, run_dir: Path, resume_from: Checkpoint | None, overwrite: bool) -> TrainResult:
+def _fit(
+    cfg: RunConfig, info: D.DistInfo, run_dir: Path, resume_from: Checkpoint | None, overwrite: bool
+) -> TrainResult:
     t = cfg.train
     device = resolve_device(t.device, info.local_rank)
     if device.type == "cuda":
@@ -302,31 +363,48 @@ def _fit(cfg: RunConfig, info: D.DistInfo, run_dir: Path, resume_from: Checkpoin
     if t.init_from and resume_from is None:
         load_pretrained(model, t.init_from, report=info.is_main)
         if t.zero_init_residual and info.is_main:  # asked for, and not done: said (it was a -v notice)
-            log.warning("--zero-init-residual not applied: the weights come from %s (it is for a fresh model only)", t.init_from)
+            log.warning(
+                "--zero-init-residual not applied: the weights come from %s (it is for a fresh model only)", t.init_from
+            )
     elif t.zero_init_residual and resume_from is None:
         log.info("zero-initialised the last BatchNorm of %d residual blocks", zero_init_residual(model))
     if t.freeze_blocks:  # on resume too: the optimizer state and the training mode of the blocks depend on it
         frozen = freeze_blocks(model, t.freeze_blocks)
         if info.is_main:
             total = sum(p.numel() for p in model.parameters())
-            log.info("froze the first %d of %d feature blocks (%s of %s parameters, BatchNorm statistics kept)",
-                     t.freeze_blocks, len(model.features), f"{frozen:,}", f"{total:,}")
+            log.info(
+                "froze the first %d of %d feature blocks (%s of %s parameters, BatchNorm statistics kept)",
+                t.freeze_blocks,
+                len(model.features),
+                f"{frozen:,}",
+                f"{total:,}",
+            )
     if t.sync_bn and info.enabled:  # on CUDA only (check_settings)
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    ctx = StepContext(device=device, dtype=amp_dtype(t.amp, device), channels_last=t.channels_last != "off",
-                      mix=batch_mix(t.mixup_alpha, t.cutmix_alpha, len(data.class_names)), clip_grad_norm=t.clip_grad_norm)
+    ctx = StepContext(
+        device=device,
+        dtype=amp_dtype(t.amp, device),
+        channels_last=t.channels_last != "off",
+        mix=batch_mix(t.mixup_alpha, t.cutmix_alpha, len(data.class_names)),
+        clip_grad_norm=t.clip_grad_norm,
+    )
     model.to(device)
     if ctx.channels_last:
         model.to(memory_format=torch.channels_last)
     train_module: nn.Module = model
     if info.enabled:
-        train_module = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        train_module = nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
     if t.compile:
         train_module = torch.compile(train_module)
     ema = make_ema(model, t)
 
     if data.train_memory is not None:
-        log.info("data held in memory, preprocessed a batch at a time%s", f" (workers = {t.workers} not needed)" if t.workers else "")
+        log.info(
+            "data held in memory, preprocessed a batch at a time%s",
+            f" (workers = {t.workers} not needed)" if t.workers else "",
+        )
     steps = len(make_loader(data.train, t, info, device, train=True, memory=data.train_memory))
     if steps == 0:
         raise DataError("the training set is empty", path=cfg.data.source, hint="add training images")
@@ -343,12 +421,19 @@ def _fit(cfg: RunConfig, info: D.DistInfo, run_dir: Path, resume_from: Checkpoin
     def gather_skips() -> None:
         if info.enabled:  # each rank met its own share of the images: the summary and warnings cover every rank's
             skips.merge(D.all_gather_objects(skips.pending, info), warn=info.is_main)
+
     if resume_from is not None:
-        history, start_epoch, best_acc, best_epoch = restore_training_state(resume_from, model, opt, sched, ctx.scaler, ema, steps, t.epochs)
+        history, start_epoch, best_acc, best_epoch = restore_training_state(
+            resume_from, model, opt, sched, ctx.scaler, ema, steps, t.epochs
+        )
         skips.paths.update(resume_from.train_summary.get("skipped_images", {}))
         if start_epoch >= t.epochs:
-            log.info("the run in %s already has %d epoch(s) of %d: nothing to train; pass a larger --epochs to train further",
-                     run_dir, start_epoch, t.epochs)
+            log.info(
+                "the run in %s already has %d epoch(s) of %d: nothing to train; pass a larger --epochs to train further",
+                run_dir,
+                start_epoch,
+                t.epochs,
+            )
         else:
             log.info("resuming %s at epoch %d of %d", run_dir, start_epoch + 1, t.epochs)
 
@@ -358,28 +443,51 @@ def _fit(cfg: RunConfig, info: D.DistInfo, run_dir: Path, resume_from: Checkpoin
     started = time.perf_counter()
     tag = f"amp={ctx.dtype} channels_last={ctx.channels_last} world_size={info.world_size}"
     extras = cfg.training_extras()
-    log.info("training on %s (%s), %d steps per epoch%s", device, tag, steps, f"; {', '.join(extras)}" if extras else "")
+    log.info(
+        "training on %s (%s), %d steps per epoch%s", device, tag, steps, f"; {', '.join(extras)}" if extras else ""
+    )
 
     def update_summary(epoch: int) -> None:
-        summary.update({
-            "epoch": epoch, "epochs": t.epochs, "best_val_acc": best_acc, "best_epoch": best_epoch,
-            "final": history[-1] if history else {}, "history": history, "images_skipped": skips.count,
-            "skipped_images": dict(list(skips.paths.items())[:1000]), "device": str(device), "world_size": info.world_size,
-            "amp": str(ctx.dtype).removeprefix("torch.") if ctx.dtype else "off", "data": data.summary,
-        })
+        summary.update(
+            {
+                "epoch": epoch,
+                "epochs": t.epochs,
+                "best_val_acc": best_acc,
+                "best_epoch": best_epoch,
+                "final": history[-1] if history else {},
+                "history": history,
+                "images_skipped": skips.count,
+                "skipped_images": dict(list(skips.paths.items())[:1000]),
+                "device": str(device),
+                "world_size": info.world_size,
+                "amp": str(ctx.dtype).removeprefix("torch.") if ctx.dtype else "off",
+                "data": data.summary,
+            }
+        )
 
     def snapshot(epoch: int, with_resume: bool) -> Checkpoint:
         update_summary(epoch)
         extra: dict[str, Any] = {}
         if with_resume:
-            extra = {"train_config": t.to_dict(), "resume": {
-                "model": _cpu_state(model), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                "scaler": ctx.scaler.state_dict() if ctx.scaler else {}, "ema": _cpu_state(ema) if ema is not None else {},
-                "rng": rng_state(),
-            }}
+            extra = {
+                "train_config": t.to_dict(),
+                "resume": {
+                    "model": _cpu_state(model),
+                    "optimizer": opt.state_dict(),
+                    "scheduler": sched.state_dict(),
+                    "scaler": ctx.scaler.state_dict() if ctx.scaler else {},
+                    "ema": _cpu_state(ema) if ema is not None else {},
+                    "rng": rng_state(),
+                },
+            }
         return Checkpoint(
-            model_config=cfg.model, data_config=cfg.data, class_names=data.class_names, state_dict=_cpu_state(eval_model),
-            train_summary=dict(summary), provenance=provenance(data.fingerprint), extra=extra,
+            model_config=cfg.model,
+            data_config=cfg.data,
+            class_names=data.class_names,
+            state_dict=_cpu_state(eval_model),
+            train_summary=dict(summary),
+            provenance=provenance(data.fingerprint),
+            extra=extra,
         )
 
     last_path, best_path = run_dir / "last.pt", run_dir / "best.pt"
@@ -387,7 +495,9 @@ def _fit(cfg: RunConfig, info: D.DistInfo, run_dir: Path, resume_from: Checkpoin
         if overwrite:  # only now that this run is ready: an error of its data or settings left the earlier run whole
             remove_run_outputs(run_dir)
             log.info("--overwrite: removed the earlier run's files from %s", run_dir)
-        write_text(run_dir / RUN_CONFIG_FILE, run_config_json(cfg))  # replaces the earlier run's (left by remove_run_outputs)
+        write_text(
+            run_dir / RUN_CONFIG_FILE, run_config_json(cfg)
+        )  # replaces the earlier run's (left by remove_run_outputs)
         if not last_path.exists():
             save_checkpoint(snapshot(start_epoch, True), last_path)  # a loadable last.pt from the first moment on
     epoch = start_epoch
@@ -398,24 +508,41 @@ def _fit(cfg: RunConfig, info: D.DistInfo, run_dir: Path, resume_from: Checkpoin
             torch.manual_seed(epoch_seed(t.seed, epoch))  # augmentation and dropout randomness of this epoch
             loader = make_loader(data.train, t, info, device, train=True, epoch=epoch, memory=data.train_memory)
             with _progress(info.is_main and t.progress, f"epoch {epoch + 1}/{t.epochs}", len(loader)) as advance:
-                loss_sum, n = train_one_epoch(train_module, loader, opt, sched, criterion, ctx, ema=ema, skips=skips, progress=advance)
+                loss_sum, n = train_one_epoch(
+                    train_module, loader, opt, sched, criterion, ctx, ema=ema, skips=skips, progress=advance
+                )
             nonfinite = ctx.nonfinite_loss.tolist() if ctx.nonfinite_loss is not None else [0, 0]
             ctx.nonfinite_loss = None
-            sums = D.all_reduce_sum(torch.tensor([loss_sum, float(n), *map(float, nonfinite)], dtype=torch.float64, device=device), info)
+            sums = D.all_reduce_sum(
+                torch.tensor([loss_sum, float(n), *map(float, nonfinite)], dtype=torch.float64, device=device), info
+            )
             nonfinite_batches, finite_images = int(sums[2]), float(sums[1] - sums[3])
             train_loss = float(sums[0]) / finite_images if finite_images else math.nan
             gather_skips()
             if float(sums[1]) == 0:  # every batch passed over: nothing was trained, so no checkpoint may say it was
-                raise DataError(f"no training batch in epoch {epoch + 1} had two readable images: nothing was trained",
-                                path=cfg.data.source, hint="fix or remove the unreadable images (each was named in a warning above)")
+                raise DataError(
+                    f"no training batch in epoch {epoch + 1} had two readable images: nothing was trained",
+                    path=cfg.data.source,
+                    hint="fix or remove the unreadable images (each was named in a warning above)",
+                )
             # rank 0's BatchNorm statistics (model and EMA) on every rank: each rank's are those of its own last
             # batches, and rank 0's are saved, so the metrics logged are those of the saved weights
             D.broadcast_buffers(model, info)
             if ema is not None:
                 D.broadcast_buffers(ema, info)
             try:
-                check_finite(model, ema, epoch + 1, train_loss, t, len(history), mixed=ctx.dtype is not None,
-                             nonfinite_batches=nonfinite_batches, every_batch_nonfinite=finite_images == 0, scaled=ctx.scaler is not None)
+                check_finite(
+                    model,
+                    ema,
+                    epoch + 1,
+                    train_loss,
+                    t,
+                    len(history),
+                    mixed=ctx.dtype is not None,
+                    nonfinite_batches=nonfinite_batches,
+                    every_batch_nonfinite=finite_images == 0,
+                    scaled=ctx.scaler is not None,
+                )
                 diverged = None
             except TrainingDiverged as exc:
                 diverged = exc
@@ -423,11 +550,18 @@ def _fit(cfg: RunConfig, info: D.DistInfo, run_dir: Path, resume_from: Checkpoin
             metrics = evaluate(eval_model, val_loader, ctx, cfg.model.num_classes, info, skips=skips)
             gather_skips()
             if metrics["count"] == 0:  # no accuracy to judge the epoch by: no checkpoint may say 'val_acc 0.00% (best)'
-                raise DataError(f"no validation image could be read in epoch {epoch + 1}: nothing was validated", path=cfg.data.source,
-                                hint="fix or remove the unreadable images (each was named in a warning above)")
+                raise DataError(
+                    f"no validation image could be read in epoch {epoch + 1}: nothing was validated",
+                    path=cfg.data.source,
+                    hint="fix or remove the unreadable images (each was named in a warning above)",
+                )
             row = {
-                "epoch": epoch + 1, "train_loss": train_loss, "val_loss": metrics["val_loss"],
-                "val_acc": metrics["val_acc"], "lr": opt.param_groups[0]["lr"], "seconds": time.perf_counter() - t0,
+                "epoch": epoch + 1,
+                "train_loss": train_loss,
+                "val_loss": metrics["val_loss"],
+                "val_acc": metrics["val_acc"],
+                "lr": opt.param_groups[0]["lr"],
+                "seconds": time.perf_counter() - t0,
             }
             history.append(row)
             scaler_skipped = int(ctx.scaler_skipped.item()) if ctx.scaler_skipped is not None else 0
@@ -437,16 +571,31 @@ def _fit(cfg: RunConfig, info: D.DistInfo, run_dir: Path, resume_from: Checkpoin
                 best_acc, best_epoch = metrics["val_acc"], epoch + 1
             log.info(
                 "epoch %d/%d  train_loss %.4f  val_loss %.4f  val_acc %.2f%%  lr %.2e  %.1fs%s",
-                epoch + 1, t.epochs, row["train_loss"], row["val_loss"], 100 * row["val_acc"], row["lr"], row["seconds"],
+                epoch + 1,
+                t.epochs,
+                row["train_loss"],
+                row["val_loss"],
+                100 * row["val_acc"],
+                row["lr"],
+                row["seconds"],
                 "  (best)" if best_epoch == epoch + 1 else "",
             )
             if nonfinite_batches:  # some only (every one raised above): the scaler passed over their steps
-                log.warning("epoch %d: the loss was NaN or infinite in %d batch(es) (%s; their optimizer steps were passed over): "
-                            "train_loss is the mean of the others", epoch + 1, nonfinite_batches,
-                            "fp16 overflow in the forward pass" if ctx.scaler is not None else "non-finite loss")
+                log.warning(
+                    "epoch %d: the loss was NaN or infinite in %d batch(es) (%s; their optimizer steps were passed over): "
+                    "train_loss is the mean of the others",
+                    epoch + 1,
+                    nonfinite_batches,
+                    "fp16 overflow in the forward pass" if ctx.scaler is not None else "non-finite loss",
+                )
             if scaler_skipped:
-                log.warning("epoch %d: the fp16 gradient scaler passed over the optimizer step of %d of %d batches (inf/NaN gradients while it "
-                            "lowers its scale): those batches did not train", epoch + 1, scaler_skipped, len(loader))
+                log.warning(
+                    "epoch %d: the fp16 gradient scaler passed over the optimizer step of %d of %d batches (inf/NaN gradients while it "
+                    "lowers its scale): those batches did not train",
+                    epoch + 1,
+                    scaler_skipped,
+                    len(loader),
+                )
             update_summary(epoch + 1)
             if info.is_main:
                 # last.pt first, metrics.csv last: a metrics row means its epoch is in last.pt. Ctrl-C waits for the
@@ -466,8 +615,13 @@ def _fit(cfg: RunConfig, info: D.DistInfo, run_dir: Path, resume_from: Checkpoin
         if not (terminated or isinstance(exc, KeyboardInterrupt)):
             raise
         if info.is_main:
-            log.warning("%s in epoch %d; %s holds epoch %d: continue with --resume", Terminated.what if terminated else "interrupted",
-                        epoch + 1, last_path, len(history))
+            log.warning(
+                "%s in epoch %d; %s holds epoch %d: continue with --resume",
+                Terminated.what if terminated else "interrupted",
+                epoch + 1,
+                last_path,
+                len(history),
+            )
         if consequence:
             raise Terminated from exc
         raise
@@ -479,11 +633,24 @@ def _fit(cfg: RunConfig, info: D.DistInfo, run_dir: Path, resume_from: Checkpoin
         from .plots import training_pictures
 
         training_pictures(run_dir, history, best_path, data, summary.get("confusion"))
-    return TrainResult(run_dir=run_dir, best=best_path, last=last_path, summary=summary, history=history, is_main=info.is_main)
+    return TrainResult(
+        run_dir=run_dir, best=best_path, last=last_path, summary=summary, history=history, is_main=info.is_main
+    )
 
 
-def check_finite(model: nn.Module, ema, epoch: int, train_loss: float, t: TrainConfig, epochs_saved: int, *, mixed: bool = False,
-                 nonfinite_batches: int = 0, every_batch_nonfinite: bool = False, scaled: bool = False) -> None:
+def check_finite(
+    model: nn.Module,
+    ema,
+    epoch: int,
+    train_loss: float,
+    t: TrainConfig,
+    epochs_saved: int,
+    *,
+    mixed: bool = False,
+    nonfinite_batches: int = 0,
+    every_batch_nonfinite: bool = False,
+    scaled: bool = False,
+) -> None:
     """:class:`TrainingDiverged` when a weight or BatchNorm statistic of the model (or of its EMA) is NaN or infinite
     after ``epoch``, or when the loss was NaN or infinite in every batch of it (``every_batch_nonfinite``; at fp16 the
     gradient scaler then passes over every step, so the weights stay finite and nothing is trained): such an epoch
@@ -491,9 +658,16 @@ def check_finite(model: nn.Module, ema, epoch: int, train_loss: float, t: TrainC
     written, on every rank alike (the weights and the summed counts are the same on every rank). ``mixed``: the run
     trained under autocast (the hint then suggests fp32 too); ``scaled``: with fp16's gradient scaler."""
     held = f"last.pt holds epoch {epochs_saved}" if epochs_saved else "no epoch was saved"
-    hint = (f"lower the learning rate (lr = {t.lr:g}) or warm up longer (warmup_epochs = {t.warmup_epochs:g})"
-            + (", or train in fp32 (--amp off)" if mixed else "") + ", and train again")
-    loss_note = f"the loss NaN or infinite in {nonfinite_batches:,} batches" if nonfinite_batches else f"train_loss {train_loss:.4g}"
+    hint = (
+        f"lower the learning rate (lr = {t.lr:g}) or warm up longer (warmup_epochs = {t.warmup_epochs:g})"
+        + (", or train in fp32 (--amp off)" if mixed else "")
+        + ", and train again"
+    )
+    loss_note = (
+        f"the loss NaN or infinite in {nonfinite_batches:,} batches"
+        if nonfinite_batches
+        else f"train_loss {train_loss:.4g}"
+    )
     modules = [("model", model)] + ([("EMA", ema)] if ema is not None else [])
     for name, module in modules:
         tensors = [v for v in module.state_dict().values() if v.is_floating_point()]
@@ -501,13 +675,20 @@ def check_finite(model: nn.Module, ema, epoch: int, train_loss: float, t: TrainC
         if bad:
             raise TrainingDiverged(
                 f"training diverged in epoch {epoch}: {bad:,} {name} weights and statistics are NaN or infinite "
-                f"({loss_note}); {held}", hint=hint)
+                f"({loss_note}); {held}",
+                hint=hint,
+            )
     if every_batch_nonfinite:
         raise TrainingDiverged(
             f"training diverged in epoch {epoch}: the loss was NaN or infinite in every one of its {nonfinite_batches:,} batches, "
             f"so no step trained the model{' (the fp16 gradient scaler passed over each)' if scaled else ''}; {held}",
-            hint=("the model's outputs overflow fp16: train in fp32 (--amp off) or bf16 (--amp bf16), or start from smaller "
-                  "weights, and train again") if scaled else hint)
+            hint=(
+                "the model's outputs overflow fp16: train in fp32 (--amp off) or bf16 (--amp bf16), or start from smaller "
+                "weights, and train again"
+            )
+            if scaled
+            else hint,
+        )
 
 
 def _cpu_state(module: nn.Module) -> dict[str, torch.Tensor]:
@@ -530,11 +711,23 @@ def _progress(enabled: bool, description: str, total: int):
         yield None
         return
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
     progress = Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(),
-        console=Console(stderr=True), transient=True,
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=Console(stderr=True),
+        transient=True,
     )
     with progress:
         task = progress.add_task(description, total=total)

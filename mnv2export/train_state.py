@@ -57,8 +57,16 @@ def epoch_seed(seed: int, epoch: int) -> int:
     return (seed * 1_000_003 + epoch) % 2**63
 
 
-def restore_training_state(resume_from: Checkpoint, model: nn.Module, opt: torch.optim.Optimizer, sched, scaler, ema,
-                           steps_per_epoch: int, epochs: int) -> tuple[list[dict[str, float]], int, float, int]:
+def restore_training_state(
+    resume_from: Checkpoint,
+    model: nn.Module,
+    opt: torch.optim.Optimizer,
+    sched,
+    scaler,
+    ema,
+    steps_per_epoch: int,
+    epochs: int,
+) -> tuple[list[dict[str, float]], int, float, int]:
     """Load a ``last.pt``'s training state into the run's objects (model, optimizer, schedule, gradient scaler, EMA,
     random generators); returns (history, epochs done, best validation accuracy, its epoch). With another ``epochs``
     than the run planned, the schedule is the new length's, fast-forwarded to the step the run has reached."""
@@ -74,7 +82,9 @@ def restore_training_state(resume_from: Checkpoint, model: nn.Module, opt: torch
         opt.load_state_dict(r["optimizer"])  # momentum buffers; the learning rate is the new schedule's
         for group, lr in zip(opt.param_groups, lrs):
             group["lr"] = lr
-        log.info("learning-rate schedule of %d epochs (the run was planned for %d), continued at its step", epochs, planned)
+        log.info(
+            "learning-rate schedule of %d epochs (the run was planned for %d), continued at its step", epochs, planned
+        )
     if scaler is not None and r.get("scaler"):
         scaler.load_state_dict(r["scaler"])
     if ema is not None and r.get("ema"):

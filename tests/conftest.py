@@ -44,15 +44,44 @@ def tiny_run_config(data: dict | None = None, **train_overrides):
     """
     from mnv2export.config import run_config
 
-    train = {"epochs": 1, "batch_size": 16, "lr": 0.05, "workers": 0, "plots": False, "progress": False, "seed": 0, "warmup_epochs": 0.0}
+    train = {
+        "epochs": 1,
+        "batch_size": 16,
+        "lr": 0.05,
+        "workers": 0,
+        "plots": False,
+        "progress": False,
+        "seed": 0,
+        "warmup_epochs": 0.0,
+    }
     train.update(train_overrides)
     data_settings = {"source": "synth", "img_size": 32, "synth_classes": 4, "synth_train_per_class": 48, **(data or {})}
     return run_config(None, {"width_mult": 0.35}, data_settings, train)
 
 
 TINY_FLAGS = [
-    "--data", "synth", "--img-size", "32", "--width", "0.35", "--synth-classes", "4", "--synth-per-class", "48",
-    "--batch-size", "16", "--lr", "0.05", "--warmup-epochs", "0", "--workers", "0", "--seed", "0", "--no-plots", "--no-progress",
+    "--data",
+    "synth",
+    "--img-size",
+    "32",
+    "--width",
+    "0.35",
+    "--synth-classes",
+    "4",
+    "--synth-per-class",
+    "48",
+    "--batch-size",
+    "16",
+    "--lr",
+    "0.05",
+    "--warmup-epochs",
+    "0",
+    "--workers",
+    "0",
+    "--seed",
+    "0",
+    "--no-plots",
+    "--no-progress",
 ]
 
 
@@ -71,7 +100,13 @@ def tiny_checkpoint(tiny_run) -> Path:
 
 
 # --- export / runtime: a small model that really learned, and its exported artifacts -------------------------------
-TRAINED_DATA = {"source": "synth", "img_size": 32, "synth_classes": 4, "synth_train_per_class": 48, "synth_val_per_class": 16}
+TRAINED_DATA = {
+    "source": "synth",
+    "img_size": 32,
+    "synth_classes": 4,
+    "synth_train_per_class": 48,
+    "synth_val_per_class": 16,
+}
 
 
 @pytest.fixture(scope="session")
@@ -126,13 +161,20 @@ def _train_small(tmp_path_factory) -> Path:
             opt.zero_grad()
             loss.backward()
             opt.step()
-        update_bn(x.split(64), model)  # BatchNorm statistics from one pass over the training images, as eval mode uses them
+        update_bn(
+            x.split(64), model
+        )  # BatchNorm statistics from one pass over the training images, as eval mode uses them
         model.eval()
         with torch.no_grad():
             val_acc = (model(x_val).argmax(1) == y_val).float().mean().item()
-    ckpt = Checkpoint(model_config=model_cfg, data_config=data_cfg, class_names=bundle.class_names,
-                      state_dict={k: v.detach().clone() for k, v in model.state_dict().items()},
-                      train_summary={"epoch": epoch, "epochs": epoch}, provenance=provenance(bundle.fingerprint))
+    ckpt = Checkpoint(
+        model_config=model_cfg,
+        data_config=data_cfg,
+        class_names=bundle.class_names,
+        state_dict={k: v.detach().clone() for k, v in model.state_dict().items()},
+        train_summary={"epoch": epoch, "epochs": epoch},
+        provenance=provenance(bundle.fingerprint),
+    )
     path = tmp_path_factory.mktemp("trained") / "run" / "best.pt"
     path.parent.mkdir()
     return save_checkpoint(ckpt, path)
@@ -141,9 +183,9 @@ def _train_small(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def exported(trained_checkpoint, tmp_path_factory):
     """Every artifact of ``trained_checkpoint`` (TorchScript, ONNX FP32 / INT8 / FP16) and its manifest."""
-    from mnv2export.export import export_all
-
     import torch
+
+    from mnv2export.export import export_all
 
     out = tmp_path_factory.mktemp("export") / "run"
     threads = torch.get_num_threads()
@@ -162,8 +204,23 @@ def smoke_run(tmp_path_factory) -> Path:
     import sys
 
     out = tmp_path_factory.mktemp("smoke") / "smoke"
-    r = subprocess.run([sys.executable, "-m", "mnv2export", "train", "--data", "synth", "--epochs", "2", "--out", str(out), "--no-progress"],
-                       capture_output=True, text=True)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mnv2export",
+            "train",
+            "--data",
+            "synth",
+            "--epochs",
+            "2",
+            "--out",
+            str(out),
+            "--no-progress",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 0, r.stderr
     return out
 
@@ -177,7 +234,7 @@ def write_fashion_idx(folder: Path, n_train: int = 64, n_test: int = 32) -> Path
         labels = np.arange(n) % 10
         images = rng.integers(0, 60, size=(n, 28, 28))
         for i, k in enumerate(labels):
-            images[i, 2 + 2 * k: 5 + 2 * k, 4:24] = 230
+            images[i, 2 + 2 * k : 5 + 2 * k, 4:24] = 230
         with gzip.open(folder / f"{prefix}-images-idx3-ubyte.gz", "wb") as f:
             f.write(struct.pack(">IIII", 0x00000803, n, 28, 28) + images.astype(np.uint8).tobytes())
         with gzip.open(folder / f"{prefix}-labels-idx1-ubyte.gz", "wb") as f:

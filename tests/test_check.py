@@ -18,7 +18,17 @@ from mnv2export.cli import main
 from mnv2export.errors import ArtifactError, ConfigError, DataError, ProviderUnavailable
 from mnv2export.export.names import FP16_FILE, INT8_FILE, MANIFEST_FILE, ONNX_FILE, TORCHSCRIPT_FILE
 
-METRICS = ("max_abs", "mean_abs", "max_rel", "cosine", "top1_agreement", "top5_agreement", "acc_reference", "acc_artifact", "acc_drop_pts")
+METRICS = (
+    "max_abs",
+    "mean_abs",
+    "max_rel",
+    "cosine",
+    "top1_agreement",
+    "top5_agreement",
+    "acc_reference",
+    "acc_artifact",
+    "acc_drop_pts",
+)
 no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="checks what happens where there is no GPU")
 
 
@@ -101,7 +111,9 @@ def test_int8_is_judged_by_agreement_and_accuracy_and_the_report_api(exported, t
     m = int8.metrics
     assert m["max_abs"] > 1e-4 and "elementwise_failures" not in m and m["agreement_on"] == "real"
     ok = m["top1_agreement"] >= 99.0 and m["acc_drop_pts"] <= 1.0
-    assert int8.status == ("pass" if ok else "fail") and report.passed == (ok and all(r.status == "pass" for r in report.rows))
+    assert int8.status == ("pass" if ok else "fail") and report.passed == (
+        ok and all(r.status == "pass" for r in report.rows)
+    )
     if m["top1_agreement"] < 99.0:
         assert any(f.startswith(f"top-1 agreement {m['top1_agreement']:.2f}% < 99% (by ") for f in int8.failures)
     if m["acc_drop_pts"] > 1.0:
@@ -160,8 +172,14 @@ def _static_batch(src, dst):
 
 
 def test_corrupted_artifacts_fail_and_are_named(exported, trained_checkpoint, tmp_path, capsys):
-    files = {ONNX_FILE: ONNX_FILE, "weight.onnx": ONNX_FILE, "bn.torchscript.pt": TORCHSCRIPT_FILE, "mean.onnx": ONNX_FILE,
-             "toplevel_std.onnx": ONNX_FILE, "static.onnx": ONNX_FILE}
+    files = {
+        ONNX_FILE: ONNX_FILE,
+        "weight.onnx": ONNX_FILE,
+        "bn.torchscript.pt": TORCHSCRIPT_FILE,
+        "mean.onnx": ONNX_FILE,
+        "toplevel_std.onnx": ONNX_FILE,
+        "static.onnx": ONNX_FILE,
+    }
     folder = _folder(exported, tmp_path / "art", files)
     src = exported.out_dir
     _corrupt_weight(src / ONNX_FILE, folder / "weight.onnx")
@@ -169,8 +187,12 @@ def test_corrupted_artifacts_fail_and_are_named(exported, trained_checkpoint, tm
     meta = json.loads(next(p.value for p in onnx.load(str(src / ONNX_FILE)).metadata_props if p.key == "mnv2_metadata"))
     wrong_mean = [m + 0.1 for m in meta["mean"]]
     _wrong_metadata(src / ONNX_FILE, folder / "mean.onnx", ["mean"], wrong_mean)
-    _wrong_metadata(folder / "mean.onnx", folder / "mean.onnx", ["data_config", "mean"], wrong_mean)  # as a broken export writes it
-    _wrong_metadata(src / ONNX_FILE, folder / "toplevel_std.onnx", ["std"], [0.5, 0.5, 0.5])  # what a non-Python consumer reads
+    _wrong_metadata(
+        folder / "mean.onnx", folder / "mean.onnx", ["data_config", "mean"], wrong_mean
+    )  # as a broken export writes it
+    _wrong_metadata(
+        src / ONNX_FILE, folder / "toplevel_std.onnx", ["std"], [0.5, 0.5, 0.5]
+    )  # what a non-Python consumer reads
     _static_batch(src / ONNX_FILE, folder / "static.onnx")
     _reseal(folder)
 
@@ -186,13 +208,21 @@ def test_corrupted_artifacts_fail_and_are_named(exported, trained_checkpoint, tm
     assert weight["status"] == "fail" and " logits exceed both atol 0.0001 and rtol 0.001" in weight["failures"][0]
     assert weight["metrics"]["max_abs"] > 1e-4 and "x atol" in weight["failures"][0]
     bn = rows["bn.torchscript.pt"]
-    assert bn["status"] == "fail" and any("exceed both atol" in f for f in bn["failures"]) and bn["metrics"]["max_abs"] > 1e-3
+    assert (
+        bn["status"] == "fail"
+        and any("exceed both atol" in f for f in bn["failures"])
+        and bn["metrics"]["max_abs"] > 1e-3
+    )
     mean = rows["mean.onnx"]
     assert mean["status"] == "fail"
-    assert any(f.startswith("metadata mean is") for f in mean["failures"]) and any("data_config.mean" in f for f in mean["failures"])
+    assert any(f.startswith("metadata mean is") for f in mean["failures"]) and any(
+        "data_config.mean" in f for f in mean["failures"]
+    )
     assert any("exceed both atol" in f for f in mean["failures"])  # the real images really were preprocessed wrongly
     std = rows["toplevel_std.onnx"]
-    assert std["status"] == "fail" and std["failures"] == ["metadata std is [0.5, 0.5, 0.5], the checkpoint's " + json.dumps(meta["std"])]
+    assert std["status"] == "fail" and std["failures"] == [
+        "metadata std is [0.5, 0.5, 0.5], the checkpoint's " + json.dumps(meta["std"])
+    ]
     static = rows["static.onnx"]
     assert static["status"] == "error" and "fails at batch size" in static["reason"]
     for name in ("weight.onnx", "bn.torchscript.pt", "mean.onnx", "toplevel_std.onnx", "static.onnx"):
@@ -202,15 +232,34 @@ def test_corrupted_artifacts_fail_and_are_named(exported, trained_checkpoint, tm
 
 def test_flags_override_the_default_tolerances(exported, trained_checkpoint, tmp_path, capsys):
     tols = parity_report.with_overrides(atol=1e-3, min_top1_agreement=95, max_acc_drop_pts=0.5)
-    assert tols["fp32"].atol == 1e-3 and tols["fp16"].atol == 1e-3 and tols["fp32"].rtol == 1e-3 and tols["fp16"].rtol == 5e-2
+    assert (
+        tols["fp32"].atol == 1e-3
+        and tols["fp16"].atol == 1e-3
+        and tols["fp32"].rtol == 1e-3
+        and tols["fp16"].rtol == 5e-2
+    )
     assert tols["fp16"].atol_scaled and not tols["fp32"].atol_scaled
     assert tols["int8"].atol is None and tols["int8"].max_acc_drop_pts == 0.5 and tols["fp32"].max_acc_drop_pts is None
     assert all(t.min_top1_agreement == 95 for t in tols.values())
     with pytest.raises(ConfigError, match="min top-1 agreement = 101"):
         parity_report.with_overrides(min_top1_agreement=101)
     folder = _folder(exported, tmp_path / "art", {ONNX_FILE: ONNX_FILE})
-    code = main(["check", str(trained_checkpoint), "--artifacts", str(folder), "--samples", "8", "--atol", "1e-12", "--rtol", "1e-12",
-                 "--json", str(tmp_path / "c.json")])
+    code = main(
+        [
+            "check",
+            str(trained_checkpoint),
+            "--artifacts",
+            str(folder),
+            "--samples",
+            "8",
+            "--atol",
+            "1e-12",
+            "--rtol",
+            "1e-12",
+            "--json",
+            str(tmp_path / "c.json"),
+        ]
+    )
     assert code == 1
     row = json.loads((tmp_path / "c.json").read_text())["rows"][0]
     assert row["status"] == "fail" and "exceed both atol 1e-12 and rtol 1e-12" in row["failures"][0]
@@ -226,7 +275,10 @@ def test_bad_input_is_one_line_exit_1(exported, trained_checkpoint, tmp_path, ca
     base = ["check", str(trained_checkpoint), "--artifacts", str(exported.out_dir)]
     cases = [
         (["check", str(trained_checkpoint), "--artifacts", str(tmp_path / "nope")], "artifacts folder not found"),
-        (["check", str(trained_checkpoint), "--artifacts", str(tmp_path / "empty")], "no manifest.json in the artifacts folder"),
+        (
+            ["check", str(trained_checkpoint), "--artifacts", str(tmp_path / "empty")],
+            "no manifest.json in the artifacts folder",
+        ),
         ([*base, "--data", str(tmp_path / "nope")], "data folder not found"),
         ([*base, "--data", str(tmp_path / "empty")], "data folder holds no images"),
         ([*base, "--data", str(tmp_path / "broken")], "none of the 2 images drawn from"),
@@ -249,7 +301,9 @@ def test_default_artifacts_folder_is_export_run(trained_checkpoint, tmp_path, mo
     assert info.value.path == str(tmp_path.joinpath("export", "run").relative_to(tmp_path))
 
 
-def test_an_export_folder_alone_is_checked_against_the_checkpoint_its_manifest_names(exported, trained_checkpoint, tmp_path, capsys):
+def test_an_export_folder_alone_is_checked_against_the_checkpoint_its_manifest_names(
+    exported, trained_checkpoint, tmp_path, capsys
+):
     folder = _folder(exported, tmp_path / "art", {n: n for n in (TORCHSCRIPT_FILE, ONNX_FILE)})
     out = tmp_path / "check.json"
     assert main(["check", str(folder), "--samples", "16", "--json", str(out)]) == 0, capsys.readouterr().out
@@ -258,7 +312,10 @@ def test_an_export_folder_alone_is_checked_against_the_checkpoint_its_manifest_n
     assert report["passed"] and report["artifacts_dir"] == str(folder) and report["checkpoint"] == source
     assert report["checkpoint_sha256"] == exported.data["source_checkpoint"]["sha256"]
     assert {r["artifact"]: r["status"] for r in report["rows"]} == {TORCHSCRIPT_FILE: "pass", ONNX_FILE: "pass"}
-    assert f"reference: {source}, the source checkpoint that manifest.json names (the same file: same SHA-256)" in report["notes"]
+    assert (
+        f"reference: {source}, the source checkpoint that manifest.json names (the same file: same SHA-256)"
+        in report["notes"]
+    )
     assert "reference: " in capsys.readouterr().out
 
 
@@ -277,9 +334,18 @@ def test_an_export_folder_without_its_unchanged_source_checkpoint_is_refused(exp
     changed.parent.mkdir()
     changed.write_bytes(Path(trained_checkpoint).read_bytes() + b"\0")
     cases = {
-        "gone": (lambda s: s.update(path=str(tmp_path / "moved" / "best.pt")), f"the source checkpoint {tmp_path / 'moved' / 'best.pt'} is gone"),
-        "changed": (lambda s: s.update(path=str(changed)), f"the source checkpoint {changed} changed since the export (SHA-256 differs)"),
-        "unhashed": (lambda s: s.pop("sha256"), f"manifest.json records no SHA-256 of the source checkpoint {Path(trained_checkpoint).resolve()}"),
+        "gone": (
+            lambda s: s.update(path=str(tmp_path / "moved" / "best.pt")),
+            f"the source checkpoint {tmp_path / 'moved' / 'best.pt'} is gone",
+        ),
+        "changed": (
+            lambda s: s.update(path=str(changed)),
+            f"the source checkpoint {changed} changed since the export (SHA-256 differs)",
+        ),
+        "unhashed": (
+            lambda s: s.pop("sha256"),
+            f"manifest.json records no SHA-256 of the source checkpoint {Path(trained_checkpoint).resolve()}",
+        ),
         "unnamed": (lambda s: s.pop("path"), "manifest.json names no source checkpoint"),
     }
     for name, (change, why) in cases.items():
@@ -287,8 +353,13 @@ def test_an_export_folder_without_its_unchanged_source_checkpoint_is_refused(exp
         with pytest.raises(ArtifactError) as info:
             parity.check(folder, samples=4)
         assert info.value.what == f"no reference model for this folder: {why}", info.value.what
-        assert info.value.path == str(folder) and info.value.hint == f"pass the checkpoint it was exported from, with --artifacts {folder}"
-        assert parity.check(trained_checkpoint, folder, samples=4).passed  # with the checkpoint named, the same folder checks
+        assert (
+            info.value.path == str(folder)
+            and info.value.hint == f"pass the checkpoint it was exported from, with --artifacts {folder}"
+        )
+        assert parity.check(
+            trained_checkpoint, folder, samples=4
+        ).passed  # with the checkpoint named, the same folder checks
     with pytest.raises(ConfigError, match="two artifacts folders"):
         parity.check(exported.out_dir, exported.out_dir, samples=4)
 
@@ -340,7 +411,9 @@ def test_cuda_asked_for_on_a_cpu_machine(exported, trained_checkpoint, tmp_path,
     report = parity.check(trained_checkpoint, folder, providers="all", samples=8)
     assert report.passed
     cuda = [r for r in report.rows if r.provider == "cuda"]
-    assert len(cuda) == 2 and all(r.status == "unavailable" and "CUDA was asked for but" in r.reason and not r.metrics for r in cuda)
+    assert len(cuda) == 2 and all(
+        r.status == "unavailable" and "CUDA was asked for but" in r.reason and not r.metrics for r in cuda
+    )
     assert all(r.status == "pass" for r in report.rows if r.provider == "cpu")
     assert any(n.startswith("CUDA rows not run") for n in report.notes) and not any("TF32" in n for n in report.notes)
 
@@ -349,7 +422,9 @@ def test_tf32_is_disabled_inside_and_restored_after(monkeypatch):
     monkeypatch.delenv("NVIDIA_TF32_OVERRIDE", raising=False)
     before = torch.backends.cudnn.conv.fp32_precision
     with parity.tf32_disabled():
-        assert torch.backends.cuda.matmul.fp32_precision == "ieee" and torch.backends.cudnn.conv.fp32_precision == "ieee"
+        assert (
+            torch.backends.cuda.matmul.fp32_precision == "ieee" and torch.backends.cudnn.conv.fp32_precision == "ieee"
+        )
         import os
 
         assert os.environ["NVIDIA_TF32_OVERRIDE"] == "0"
@@ -370,12 +445,28 @@ def test_cuda_rows_match_the_cpu_reference_with_tf32_off(exported, trained_check
 def test_debug_int8_names_layers(exported, trained_checkpoint, tmp_path, capsys):
     folder = _folder(exported, tmp_path / "art", {ONNX_FILE: ONNX_FILE, INT8_FILE: INT8_FILE})
     out = tmp_path / "c.json"
-    code = main(["check", str(trained_checkpoint), "--artifacts", str(folder), "--samples", "16", "--debug-int8", "--json", str(out)])
+    code = main(
+        [
+            "check",
+            str(trained_checkpoint),
+            "--artifacts",
+            str(folder),
+            "--samples",
+            "16",
+            "--debug-int8",
+            "--json",
+            str(out),
+        ]
+    )
     report = json.loads(out.read_text())
-    assert code == (0 if report["passed"] else 1)  # the tiny model's INT8 may miss 99% agreement: debugging runs either way
+    assert code == (
+        0 if report["passed"] else 1
+    )  # the tiny model's INT8 may miss 99% agreement: debugging runs either way
     dbg = report["int8_debug"]
     assert dbg["int8"] == INT8_FILE and dbg["samples"] == 16 and dbg["tensors_compared"] > 20
-    assert len(dbg["layers"]) == 10 and all(t["layer"].split()[0] in ("Conv", "Clip", "Add", "Gemm") for t in dbg["layers"])
+    assert len(dbg["layers"]) == 10 and all(
+        t["layer"].split()[0] in ("Conv", "Clip", "Add", "Gemm") for t in dbg["layers"]
+    )
     assert any("features." in t["layer"] for t in dbg["layers"])
     lost = [t["lost_db"] for t in dbg["layers"]]
     assert lost == sorted(lost, reverse=True)
@@ -441,7 +532,7 @@ def test_top5_agreement_is_given_only_where_it_can_fall_below_100():
     assert parity.compare(ref4, -ref4, n_real=8, labels=None, used=np.full(8, 7), tol=tol)["top5_agreement"] is None
     ref = np.tile(np.arange(10.0), (4, 1))  # reference class 9 for every sample
     out = ref.copy()
-    out[1] = ref[1, ::-1]           # class 9 last: out of the top 5
+    out[1] = ref[1, ::-1]  # class 9 last: out of the top 5
     out[2, [9, 5]] = out[2, [5, 9]]  # class 9 fifth: in the top 5, not first
     m = parity.compare(ref, out, n_real=4, labels=None, used=np.full(4, 7), tol=tol)
     assert m["top1_agreement"] == 50.0 and m["top5_agreement"] == 75.0
@@ -511,11 +602,14 @@ def test_class_name_mismatch_names_the_first_differing_index_and_both_lengths():
     ckpt.class_names = names
     swapped = [names[0], names[2], names[1]]
     assert parity.metadata_problems({**ckpt.metadata(), "class_names": swapped}, ckpt) == [
-        f'metadata class_names differs first at index 1: "{names[2]}", the checkpoint\'s "{names[1]}"']
+        f'metadata class_names differs first at index 1: "{names[2]}", the checkpoint\'s "{names[1]}"'
+    ]
     assert parity.metadata_problems({**ckpt.metadata(), "class_names": names[:2]}, ckpt) == [
-        f'metadata class_names differs first at index 2: absent, the checkpoint\'s "{names[2]}" (2 entries, the checkpoint\'s 3)']
+        f"metadata class_names differs first at index 2: absent, the checkpoint's \"{names[2]}\" (2 entries, the checkpoint's 3)"
+    ]
     assert parity.metadata_problems({**ckpt.metadata(), "class_names": [*names, "extra"]}, ckpt) == [
-        'metadata class_names differs first at index 3: "extra", the checkpoint\'s absent (4 entries, the checkpoint\'s 3)']
+        "metadata class_names differs first at index 3: \"extra\", the checkpoint's absent (4 entries, the checkpoint's 3)"
+    ]
 
 
 def test_default_tolerances_are_the_documented_ones():
@@ -544,17 +638,28 @@ def _torchscript_with(trained_checkpoint, exported, dst, *, num_classes=None, me
 
 
 def test_wrong_input_size_and_class_count_are_failed_rows_not_crashes(exported, trained_checkpoint, tmp_path):
-    folder = _folder(exported, tmp_path / "art", {"size.torchscript.pt": TORCHSCRIPT_FILE, "classes.torchscript.pt": TORCHSCRIPT_FILE})
-    _torchscript_with(trained_checkpoint, exported, folder / "size.torchscript.pt", meta_changes={"input_size": [3, 64, 64]})
+    folder = _folder(
+        exported,
+        tmp_path / "art",
+        {"size.torchscript.pt": TORCHSCRIPT_FILE, "classes.torchscript.pt": TORCHSCRIPT_FILE},
+    )
+    _torchscript_with(
+        trained_checkpoint, exported, folder / "size.torchscript.pt", meta_changes={"input_size": [3, 64, 64]}
+    )
     _torchscript_with(trained_checkpoint, exported, folder / "classes.torchscript.pt", num_classes=5)
     _reseal(folder)
     report = parity.check(trained_checkpoint, folder, samples=8)
     rows = {r.artifact: r for r in report.rows}
     size, classes = rows["size.torchscript.pt"], rows["classes.torchscript.pt"]
-    assert size.status == "fail" and size.failures == ["metadata input_size is [3, 64, 64], the checkpoint's [3, 32, 32]"], size
+    assert size.status == "fail" and size.failures == [
+        "metadata input_size is [3, 64, 64], the checkpoint's [3, 32, 32]"
+    ], size
     # a program of another class count under metadata copied from an export: refused when it is loaded, as `info`
     # and `predict` refuse it (runtime.validate_artifact), before it is compared
-    assert classes.status == "error" and "the model_config in the file's metadata does not describe its weights" in classes.reason, classes
+    assert (
+        classes.status == "error"
+        and "the model_config in the file's metadata does not describe its weights" in classes.reason
+    ), classes
     assert not report.passed
 
 
@@ -630,9 +735,13 @@ def test_upstream_sqnr_is_the_lowest_of_the_nearest_compared_inputs():
 
     from mnv2export.parity_int8 import _upstream_sqnr
 
-    nodes = [helper.make_node("Conv", ["x", "wa"], ["a"]), helper.make_node("Conv", ["x", "wb"], ["b"]),
-             helper.make_node("Add", ["a", "b"], ["c"]), helper.make_node("Relu", ["c"], ["d"]),
-             helper.make_node("Conv", ["d", "we"], ["e"])]
+    nodes = [
+        helper.make_node("Conv", ["x", "wa"], ["a"]),
+        helper.make_node("Conv", ["x", "wb"], ["b"]),
+        helper.make_node("Add", ["a", "b"], ["c"]),
+        helper.make_node("Relu", ["c"], ["d"]),
+        helper.make_node("Conv", ["d", "we"], ["e"]),
+    ]
     graph = helper.make_graph(nodes, "g", [], [])
     up = _upstream_sqnr(graph, {"a": 40.0, "b": 30.0, "c": 25.0, "e": 20.0})
     assert up == {"a": None, "b": None, "c": 30.0, "e": 25.0}
@@ -642,7 +751,10 @@ def test_debug_int8_without_real_images_says_pass_data(tmp_path):
     from mnv2export.parity_inputs import RealImages
     from mnv2export.parity_int8 import debug_int8
 
-    entries = {"model.int8.onnx": {"precision": "int8", "format": "onnx"}, "model.onnx": {"precision": "fp32", "format": "onnx"}}
+    entries = {
+        "model.int8.onnx": {"precision": "int8", "format": "onnx"},
+        "model.onnx": {"precision": "fp32", "format": "onnx"},
+    }
     res = debug_int8(tmp_path, entries, RealImages([], lambda k: None, None, "none", ""))
     assert res["layers"] == [] and "pass --data" in res["note"]
 
@@ -697,9 +809,13 @@ def test_a_file_changed_since_export_fails(exported, trained_checkpoint, tmp_pat
     rows = {r.artifact: r for r in report.rows}
     on_disk = sha256_file(folder / ONNX_FILE)
     assert rows[ONNX_FILE].status == "fail" and rows[ONNX_FILE].sha256 == on_disk
-    assert rows[ONNX_FILE].failures == [f"changed since export: sha256 {recorded[:12]} in manifest.json, {on_disk[:12]} on disk"]
+    assert rows[ONNX_FILE].failures == [
+        f"changed since export: sha256 {recorded[:12]} in manifest.json, {on_disk[:12]} on disk"
+    ]
     size = (folder / "sized.onnx").stat().st_size
-    assert rows["sized.onnx"].failures == [f"changed since export: size_bytes {size + 1} in manifest.json, {size} on disk"]
+    assert rows["sized.onnx"].failures == [
+        f"changed since export: size_bytes {size + 1} in manifest.json, {size} on disk"
+    ]
     assert not report.passed
 
 
@@ -711,14 +827,17 @@ def test_artifacts_of_another_checkpoint_fail(exported, trained_checkpoint, tmp_
     from mnv2export.checkpoint import load_checkpoint, save_checkpoint
 
     ckpt = load_checkpoint(trained_checkpoint)
-    sibling = save_checkpoint(replace(ckpt, train_summary={**ckpt.train_summary, "epoch": 5}), tmp_path / "run" / "best.pt")
+    sibling = save_checkpoint(
+        replace(ckpt, train_summary={**ckpt.train_summary, "epoch": 5}), tmp_path / "run" / "best.pt"
+    )
     other = load_checkpoint(sibling).sha256
     folder = _folder(exported, tmp_path / "art", {ONNX_FILE: ONNX_FILE, TORCHSCRIPT_FILE: TORCHSCRIPT_FILE})
     report = parity.check(sibling, folder, samples=8)
     assert not report.passed and any("exported from another checkpoint" in n for n in report.notes)
     for row in report.rows:
         assert row.status == "fail" and row.failures == [
-            f"exported from another checkpoint: source_checkpoint_sha256 {ckpt.sha256[:12]} in its metadata, {other[:12]} for best.pt"], row
+            f"exported from another checkpoint: source_checkpoint_sha256 {ckpt.sha256[:12]} in its metadata, {other[:12]} for best.pt"
+        ], row
         assert row.metrics["max_abs"] < 1e-4  # it was compared all the same: the numbers alone would have passed
     assert parity.check(trained_checkpoint, folder, samples=8).passed  # against its own checkpoint it passes
 
@@ -731,12 +850,15 @@ def test_artifacts_in_the_folder_but_not_in_the_manifest_fail(exported, trained_
     (folder / "README.txt").write_text("notes")
     shutil.copy(trained_checkpoint, folder / "best.pt")  # the reference kept beside its export: not an artifact
     out = tmp_path / "check.json"
-    assert main(["check", str(folder / "best.pt"), "--artifacts", str(folder), "--samples", "8", "--json", str(out)]) == 1
+    assert (
+        main(["check", str(folder / "best.pt"), "--artifacts", str(folder), "--samples", "8", "--json", str(out)]) == 1
+    )
     rows = {r["artifact"]: r for r in json.loads(out.read_text())["rows"]}
     assert set(rows) == {ONNX_FILE, INT8_FILE, "old.torchscript.pt"} and rows[ONNX_FILE]["status"] == "pass"
     for name in (INT8_FILE, "old.torchscript.pt"):
         assert rows[name]["status"] == "fail" and rows[name]["failures"] == [
-            "in the folder but not in manifest.json: not checked; export again or remove it"]
+            "in the folder but not in manifest.json: not checked; export again or remove it"
+        ]
     assert "FAILED" in capsys.readouterr().out
 
 
@@ -750,7 +872,9 @@ def test_a_zero_atol_or_rtol_is_judged_not_a_crash(atol, rtol):
         assert parity.judge(same, tol, precision) == [] and same["tol_ratio"] == 0.0
         out = ref.copy()
         out[2, 0] += 1e-2  # on a zero logit: fails any zero-slack bound
-        out[5, 1] += 1e-6 if (atol or rtol) else 0.0  # within the bound that is not 0 (relative 2e-7 of 5, or 1e-6 < 1e-4)
+        out[5, 1] += (
+            1e-6 if (atol or rtol) else 0.0
+        )  # within the bound that is not 0 (relative 2e-7 of 5, or 1e-6 < 1e-4)
         m = parity.compare(ref, out, n_real=8, labels=None, used=np.full(8, 7), tol=tol)
         failures = parity.judge(m, tol, precision)
         assert m["elementwise_failures"] == 1 and m["worst"]["sample"] == 2, m
@@ -761,11 +885,28 @@ def test_a_zero_atol_or_rtol_is_judged_not_a_crash(atol, rtol):
 def test_zero_atol_on_the_command_line(exported, trained_checkpoint, tmp_path, capsys):
     folder = _folder(exported, tmp_path / "art", {ONNX_FILE: ONNX_FILE})
     out = tmp_path / "c.json"
-    code = main(["check", str(trained_checkpoint), "--artifacts", str(folder), "--samples", "8", "--atol", "0", "--rtol", "0", "--json", str(out)])
+    code = main(
+        [
+            "check",
+            str(trained_checkpoint),
+            "--artifacts",
+            str(folder),
+            "--samples",
+            "8",
+            "--atol",
+            "0",
+            "--rtol",
+            "0",
+            "--json",
+            str(out),
+        ]
+    )
     captured = capsys.readouterr()
     assert code == 1 and "unexpected" not in captured.err, captured.err
     row = json.loads(out.read_text())["rows"][0]
-    assert row["status"] == "fail" and row["failures"][0].split(" (")[0].endswith("logits exceed both atol 0 and rtol 0")
+    assert row["status"] == "fail" and row["failures"][0].split(" (")[0].endswith(
+        "logits exceed both atol 0 and rtol 0"
+    )
 
 
 def test_a_nan_logit_is_named_as_such():
@@ -792,7 +933,11 @@ def test_the_report_is_an_audit_trail(exported, trained_checkpoint, tmp_path):
     d = parity.check(trained_checkpoint, folder, samples=4).to_dict()
     assert datetime.fromisoformat(d["created"]).tzinfo is not None
     v = d["versions"]
-    assert v["mnv2export"] == mnv2export.__version__ and v["torch"] == str(torch.__version__) and v["onnx"] == onnx.__version__
+    assert (
+        v["mnv2export"] == mnv2export.__version__
+        and v["torch"] == str(torch.__version__)
+        and v["onnx"] == onnx.__version__
+    )
     assert v["onnxruntime"] == onnxruntime.__version__ and v["python"].count(".") == 2
     assert d["checkpoint_sha256"] == sha256_file(trained_checkpoint)
     assert d["rows"][0]["sha256"] == sha256_file(folder / ONNX_FILE)
@@ -800,7 +945,10 @@ def test_the_report_is_an_audit_trail(exported, trained_checkpoint, tmp_path):
 
 def test_json_into_a_folder_is_refused_before_the_check(tmp_path, capsys):
     (tmp_path / "a_file").write_text("")
-    for path, expect in ((tmp_path, "--json names a folder, not a file"), (tmp_path / "a_file" / "c.json", f"--json lies under {tmp_path / 'a_file'}, which is a file")):
+    for path, expect in (
+        (tmp_path, "--json names a folder, not a file"),
+        (tmp_path / "a_file" / "c.json", f"--json lies under {tmp_path / 'a_file'}, which is a file"),
+    ):
         # the checkpoint does not exist: the output path is refused before anything else is read
         assert main(["check", str(tmp_path / "missing.pt"), "--json", str(path)]) == 1
         line = _one_error_line(capsys.readouterr().err)
@@ -808,13 +956,19 @@ def test_json_into_a_folder_is_refused_before_the_check(tmp_path, capsys):
 
 
 # --------------------------------------------------------------------------------------------------- hand-edited manifest
-@pytest.mark.parametrize("change, problem", [
-    ({"source_checkpoint": "abc"}, "\"source_checkpoint\" is a string ('abc'), not an object"),
-    ({"source_checkpoint": {"path": 5, "sha256": "x"}}, "source_checkpoint['path'] is a number (5), not a string"),
-    ({"artifacts": {ONNX_FILE: {"sha256": 7}}}, f"artifacts['{ONNX_FILE}']['sha256'] is a number (7), not a string"),
-    ({"artifacts": {"../../best.pt": {}}}, "artifact name '../../best.pt' is not a file name"),
-    ([], "a list at the top, not an object"),
-])
+@pytest.mark.parametrize(
+    "change, problem",
+    [
+        ({"source_checkpoint": "abc"}, "\"source_checkpoint\" is a string ('abc'), not an object"),
+        ({"source_checkpoint": {"path": 5, "sha256": "x"}}, "source_checkpoint['path'] is a number (5), not a string"),
+        (
+            {"artifacts": {ONNX_FILE: {"sha256": 7}}},
+            f"artifacts['{ONNX_FILE}']['sha256'] is a number (7), not a string",
+        ),
+        ({"artifacts": {"../../best.pt": {}}}, "artifact name '../../best.pt' is not a file name"),
+        ([], "a list at the top, not an object"),
+    ],
+)
 def test_a_hand_edited_manifest_is_one_line_exit_1(exported, trained_checkpoint, tmp_path, capsys, change, problem):
     """It used to be `unexpected AttributeError: 'str' object has no attribute 'get'`; the structure is checked by the
     same function as `mnv2 bench` uses (manifest.parse_manifest)."""
@@ -824,7 +978,9 @@ def test_a_hand_edited_manifest_is_one_line_exit_1(exported, trained_checkpoint,
     (folder / MANIFEST_FILE).write_text(json.dumps({**manifest, **change} if isinstance(change, dict) else change))
     assert main(["check", str(trained_checkpoint), "--artifacts", str(folder), "--samples", "4"]) == 1
     line = _one_error_line(capsys.readouterr().err)
-    assert line.startswith(f"error: manifest.json is not a valid manifest ({problem}) ({folder / MANIFEST_FILE}): "), line
+    assert line.startswith(f"error: manifest.json is not a valid manifest ({problem}) ({folder / MANIFEST_FILE}): "), (
+        line
+    )
     assert "unexpected" not in line
 
 
@@ -837,4 +993,6 @@ def test_an_artifact_passed_as_the_checkpoint_is_named(exported, tmp_path, capsy
     line = _one_error_line(capsys.readouterr().err)
     assert "file is a TorchScript artifact, not a checkpoint" in line, line
     assert exported.data["source_checkpoint"]["path"] in line
-    assert not [w for w in seen if "torch.load" in str(w.message) or "TorchScript" in str(w.message)], [str(w.message) for w in seen]
+    assert not [w for w in seen if "torch.load" in str(w.message) or "TorchScript" in str(w.message)], [
+        str(w.message) for w in seen
+    ]

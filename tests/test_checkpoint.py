@@ -32,7 +32,11 @@ def test_round_trip_is_weights_only_and_complete(tmp_path):
     ref.load_state_dict(ckpt.state_dict)
     assert torch.equal(model(x), ref.eval()(x))
     meta = ckpt.metadata()
-    assert meta["mean"] == list(DataConfig().mean) and meta["input_size"] == [3, 32, 32] and meta["source_checkpoint_sha256"] == ckpt.sha256
+    assert (
+        meta["mean"] == list(DataConfig().mean)
+        and meta["input_size"] == [3, 32, 32]
+        and meta["source_checkpoint_sha256"] == ckpt.sha256
+    )
     assert [p.name for p in tmp_path.iterdir()] == ["best.pt"]  # no temporary file left behind
 
 
@@ -57,16 +61,33 @@ def test_pickled_objects_are_refused(tmp_path):
         (lambda p: p.mkdir(), "is a folder"),
         (lambda p: p.write_bytes(b""), "empty"),
         (lambda p: p.write_bytes(b"hello, not a zip"), "is a text file, not a torch checkpoint"),
-        (lambda p: p.write_text('{"artifacts": {}}'), "is a JSON file, not a torch checkpoint"),  # a manifest, config.json
+        (
+            lambda p: p.write_text('{"artifacts": {}}'),
+            "is a JSON file, not a torch checkpoint",
+        ),  # a manifest, config.json
         (lambda p: p.write_bytes(bytes(range(256)) * 4), "not a readable torch file"),
-        (lambda p: p.write_bytes(pickle.dumps({"epoch": 3}, protocol=4)), "not a readable torch file"),  # no class: no alarm
+        (
+            lambda p: p.write_bytes(pickle.dumps({"epoch": 3}, protocol=4)),
+            "not a readable torch file",
+        ),  # no class: no alarm
         (lambda p: (save_checkpoint(_ckpt(), p), p.write_bytes(p.read_bytes()[:5000])), "not a readable torch file"),
         (lambda p: torch.save(build_model(ModelConfig(width_mult=0.35)).state_dict(), p), "bare state dict"),
         (lambda p: torch.save({"epoch": 3}, p), "not an mnv2export checkpoint"),
         (lambda p: torch.save({**_ckpt().to_payload(), "schema_version": 99}, p), "newer"),
-        (lambda p: torch.save({**_ckpt().to_payload(), "model_config": {**_ckpt().model_config.to_dict(), "arch": "resnet50"}}, p), "another architecture"),
+        (
+            lambda p: torch.save(
+                {**_ckpt().to_payload(), "model_config": {**_ckpt().model_config.to_dict(), "arch": "resnet50"}}, p
+            ),
+            "another architecture",
+        ),
         (lambda p: torch.save({**_ckpt().to_payload(), "class_names": ["a"]}, p), "names 1 classes"),
-        (lambda p: torch.save({**_ckpt().to_payload(), "model_config": {"num_classes": 3, "width_mult": 9.0, "arch": "mobilenet_v2"}}, p), "invalid setting"),
+        (
+            lambda p: torch.save(
+                {**_ckpt().to_payload(), "model_config": {"num_classes": 3, "width_mult": 9.0, "arch": "mobilenet_v2"}},
+                p,
+            ),
+            "invalid setting",
+        ),
     ],
 )
 def test_bad_checkpoints(tmp_path, make, match):
@@ -134,13 +155,18 @@ def test_an_exported_artifact_is_named_as_such_not_called_corrupt(exported, tmp_
     alone.mkdir()
     for name, kind in ((TORCHSCRIPT_FILE, "a TorchScript artifact"), (ONNX_FILE, "an ONNX artifact")):
         (alone / name).write_bytes((exported.out_dir / name).read_bytes())  # no manifest beside it
-        for path, hint in ((exported.out_dir / name, source), (alone / name, "the best.pt that the export's manifest.json names")):
+        for path, hint in (
+            (exported.out_dir / name, source),
+            (alone / name, "the best.pt that the export's manifest.json names"),
+        ):
             with warnings.catch_warnings(record=True) as seen, pytest.raises(CheckpointError) as info:
                 warnings.simplefilter("always")
                 load_checkpoint(path)
             assert info.value.what == f"file is {kind}, not a checkpoint", info.value.what
             assert hint in info.value.hint and info.value.path == str(path)
-            assert not [w for w in seen if "torch.load" in str(w.message) or "TorchScript" in str(w.message)], [str(w.message) for w in seen]
+            assert not [w for w in seen if "torch.load" in str(w.message) or "TorchScript" in str(w.message)], [
+                str(w.message) for w in seen
+            ]
         with pytest.raises(CheckpointError, match=f"{kind}, not a state dict"):  # train --init-from
             torch_load_safely(exported.out_dir / name, "initial weights file", "pass a state dict")
 
@@ -151,11 +177,24 @@ def test_the_cli_says_so_in_one_line_without_torchs_warning(exported, tmp_path):
 
     from mnv2export.export.names import TORCHSCRIPT_FILE
 
-    r = subprocess.run([sys.executable, "-m", "mnv2export", "export", str(exported.out_dir / TORCHSCRIPT_FILE), "--out", str(tmp_path / "x")],
-                       capture_output=True, text=True)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mnv2export",
+            "export",
+            str(exported.out_dir / TORCHSCRIPT_FILE),
+            "--out",
+            str(tmp_path / "x"),
+        ],
+        capture_output=True,
+        text=True,
+    )
     lines = [line for line in r.stderr.splitlines() if line.strip()]
     assert r.returncode == 1 and len(lines) == 1, r.stderr
-    assert lines[0].startswith("error: file is a TorchScript artifact") and "truncated or corrupt" not in lines[0], lines[0]
+    assert lines[0].startswith("error: file is a TorchScript artifact") and "truncated or corrupt" not in lines[0], (
+        lines[0]
+    )
     assert exported.data["source_checkpoint"]["path"] in lines[0] and not (tmp_path / "x").exists()
 
 
@@ -172,11 +211,16 @@ def test_non_finite_weights_are_refused_where_a_checkpoint_is_loaded(tmp_path, c
     path = save_checkpoint(ckpt, tmp_path / "run" / "best.pt")
     with pytest.raises(CheckpointError) as info:
         load_checkpoint(path)
-    assert info.value.what == ("checkpoint weights are not finite: 3 NaN or infinite values in features.0.0.weight "
-                               "(and 1 in 1 other tensor)"), info.value.what
+    assert info.value.what == (
+        "checkpoint weights are not finite: 3 NaN or infinite values in features.0.0.weight (and 1 in 1 other tensor)"
+    ), info.value.what
     assert info.value.hint
     out = tmp_path / "export"
     assert main(["export", str(path), "--format", "onnx", "--out", str(out)]) == 1
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("error: checkpoint weights are not finite: 3 NaN") and "BatchNorm" not in err[0], err
+    assert (
+        len(err) == 1
+        and err[0].startswith("error: checkpoint weights are not finite: 3 NaN")
+        and "BatchNorm" not in err[0]
+    ), err
     assert not out.exists()

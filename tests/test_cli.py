@@ -12,7 +12,9 @@ from mnv2export.cli import app, main
 
 
 def run(*args, env=None):
-    return subprocess.run([sys.executable, "-m", "mnv2export", *args], capture_output=True, text=True, env={**os.environ, **(env or {})})
+    return subprocess.run(
+        [sys.executable, "-m", "mnv2export", *args], capture_output=True, text=True, env={**os.environ, **(env or {})}
+    )
 
 
 def test_help_does_not_import_torch():
@@ -33,7 +35,9 @@ def test_a_wrong_path_or_option_of_any_command_is_said_before_torch_is_imported(
     said_run = f"pass a checkpoint of that run: {run / 'best.pt'} (its best epoch) or {run / 'last.pt'}"
     orphan = tmp_path / "orphan"  # an export folder whose source checkpoint is gone
     orphan.mkdir()
-    (orphan / "manifest.json").write_text('{"artifacts": {}, "source_checkpoint": {"path": "/nonexistent/best.pt", "sha256": "ab"}}')
+    (orphan / "manifest.json").write_text(
+        '{"artifacts": {}, "source_checkpoint": {"path": "/nonexistent/best.pt", "sha256": "ab"}}'
+    )
     cases = [
         (["train", "--data", "synth", "--epochs", "0"], "epochs = 0 is out of range"),
         (["train", "--config", "train/imagenet20_224.toml", "--epochs", "2"], "warm-up epochs = 3.0 is out of range"),
@@ -48,7 +52,10 @@ def test_a_wrong_path_or_option_of_any_command_is_said_before_torch_is_imported(
         (["check", str(run)], f"checkpoint path is a folder without manifest.json ({run}): {said_run}"),
         (["bench", str(run)], f"the folder holds no manifest.json ({run}): {said_run}"),
         (["visualize", str(run)], f"checkpoint path is a folder, not a file ({run}): {said_run}"),
-        (["check", str(orphan)], "no reference model for this folder: the source checkpoint /nonexistent/best.pt is gone"),
+        (
+            ["check", str(orphan)],
+            "no reference model for this folder: the source checkpoint /nonexistent/best.pt is gone",
+        ),
         (["check", str(orphan), "--artifacts", str(orphan)], "two artifacts folders: the target and --artifacts"),
         (["check", "/nonexistent.pt", "--samples", "0"], "samples = 0 is out of range"),
         (["check", "/nonexistent.pt", "--provider", "bogus"], "unknown provider 'bogus'"),
@@ -63,28 +70,60 @@ def test_a_wrong_path_or_option_of_any_command_is_said_before_torch_is_imported(
         (["pipeline", "--epochs", "0", "--out", str(tmp_path / "run")], "epochs = 0 is out of range"),
         (["pipeline", "--threads", "0", "--out", str(tmp_path / "run")], "threads = 0 is out of range"),
         (["train", "--data", "synth", "--exif-orientation"], "exif_orientation is for image files"),
-        (["train", "--data", "synth", "--auto-augment", "bogus"], "unknown automatic augmentation 'bogus': choose one of none, ta_wide"),
+        (
+            ["train", "--data", "synth", "--auto-augment", "bogus"],
+            "unknown automatic augmentation 'bogus': choose one of none, ta_wide",
+        ),
         (["train", "--data", "synth", "--random-erase", "1.5"], "random_erase = 1.5 is out of range"),
         (["train", "--data", "synth", "--mixup-alpha", "-1"], "mixup alpha = -1.0 is out of range"),
         (["train", "--data", "synth", "--clip-grad-norm", "0"], "gradient clipping norm = 0.0 is out of range"),
-        (["train", "--data", "synth", "--freeze-blocks", "5"], "freeze_blocks keeps the starting weights, and none are given"),
-        (["train", "--data", "synth", "--freeze-blocks", "20", "--init-from", "w.pth"], "freeze_blocks = 20 is out of range"),
+        (
+            ["train", "--data", "synth", "--freeze-blocks", "5"],
+            "freeze_blocks keeps the starting weights, and none are given",
+        ),
+        (
+            ["train", "--data", "synth", "--freeze-blocks", "20", "--init-from", "w.pth"],
+            "freeze_blocks = 20 is out of range",
+        ),
         (["train", "--data", "/nonexistent/folder", "--epochs", "1"], "data folder not found (/nonexistent/folder)"),
-        (["train", "--data", str(Path(__file__)), "--epochs", "1"], f"data path is a file, not a folder ({Path(__file__)})"),
-        (["train", "--data", "synth", "--init-from", "/nonexistent/w.pth"], "initial weights not found (/nonexistent/w.pth)"),
-        (["train", "--data", "synth", "--init-from", str(Path(__file__).parent)], "initial weights path is a folder, not a file"),
-        (["export", str(run / "best.pt"), "--quantize", "--calib-data", "/nonexistent/calib"], "calibration data not found (/nonexistent/calib)"),
-        (["export", str(run / "best.pt"), "--quantize", "--calib-data", str(Path(__file__))], "calibration data is a file, not a folder of images"),
-        (["export", "/nonexistent.pt", "--quantize", "--calib-data", "/nonexistent/calib"], "checkpoint not found (/nonexistent.pt)"),
-        (["predict", "/nonexistent.png", "--model", str(run / "best.pt")], "not found (/nonexistent.png): pass image files"),
+        (
+            ["train", "--data", str(Path(__file__)), "--epochs", "1"],
+            f"data path is a file, not a folder ({Path(__file__)})",
+        ),
+        (
+            ["train", "--data", "synth", "--init-from", "/nonexistent/w.pth"],
+            "initial weights not found (/nonexistent/w.pth)",
+        ),
+        (
+            ["train", "--data", "synth", "--init-from", str(Path(__file__).parent)],
+            "initial weights path is a folder, not a file",
+        ),
+        (
+            ["export", str(run / "best.pt"), "--quantize", "--calib-data", "/nonexistent/calib"],
+            "calibration data not found (/nonexistent/calib)",
+        ),
+        (
+            ["export", str(run / "best.pt"), "--quantize", "--calib-data", str(Path(__file__))],
+            "calibration data is a file, not a folder of images",
+        ),
+        (
+            ["export", "/nonexistent.pt", "--quantize", "--calib-data", "/nonexistent/calib"],
+            "checkpoint not found (/nonexistent.pt)",
+        ),
+        (
+            ["predict", "/nonexistent.png", "--model", str(run / "best.pt")],
+            "not found (/nonexistent.png): pass image files",
+        ),
         (["predict", "/no/a.png", "/no/b.png", "--model", str(run / "best.pt")], "not found (/no/a.png, /no/b.png)"),
     ]
-    code = ("import sys; from mnv2export.cli import main\n"
-            f"for args in {[args for args, _ in cases]!r}:\n"
-            "    assert main(args) == 1, args\n"
-            "    print('--', file=sys.stderr)\n"
-            "heavy = sorted(m for m in ('torch', 'torchvision', 'onnxruntime') if m in sys.modules)\n"
-            "assert not heavy, f'imported: {heavy}'")
+    code = (
+        "import sys; from mnv2export.cli import main\n"
+        f"for args in {[args for args, _ in cases]!r}:\n"
+        "    assert main(args) == 1, args\n"
+        "    print('--', file=sys.stderr)\n"
+        "heavy = sorted(m for m in ('torch', 'torchvision', 'onnxruntime') if m in sys.modules)\n"
+        "assert not heavy, f'imported: {heavy}'"
+    )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=Path(__file__).parents[1])
     assert r.returncode == 0, r.stderr
     said = r.stderr.split("--\n")[:-1]
@@ -112,11 +151,19 @@ def _one_error_line(stderr):
         (["train", "--data", "synth", "--device", "tpu"], "unknown device 'tpu'"),
         (["train", "--config", "/nonexistent.toml"], "recipe file not found"),
         (["train", "--resume", "--out", "/nonexistent/run"], "nothing to resume"),
-        (["train", "--resume", "--overwrite", "--out", "/nonexistent/run"], "--overwrite and --resume contradict each other"),
-        (["train", "--resume", "--out", "/nonexistent/run", "--config", "train/fashion_mnist_cpu.toml"], "--config is not read with --resume"),
+        (
+            ["train", "--resume", "--overwrite", "--out", "/nonexistent/run"],
+            "--overwrite and --resume contradict each other",
+        ),
+        (
+            ["train", "--resume", "--out", "/nonexistent/run", "--config", "train/fashion_mnist_cpu.toml"],
+            "--config is not read with --resume",
+        ),
         (["train", "--data", "synth", "--threads", "-1"], "threads = -1 is out of range"),
-        (["train", "--config", "train/imagenet20_224.toml", "--data", "synth", "--epochs", "2"],
-         "warm-up epochs = 3.0 is out of range (train/imagenet20_224.toml)"),
+        (
+            ["train", "--config", "train/imagenet20_224.toml", "--data", "synth", "--epochs", "2"],
+            "warm-up epochs = 3.0 is out of range (train/imagenet20_224.toml)",
+        ),
     ],
 )
 def test_user_errors_are_one_line_exit_1(args, expect):
@@ -140,13 +187,17 @@ def test_an_unexpected_error_is_one_line_too(monkeypatch, capsys):
     import mnv2export.train as T
 
     def boom(*a, **k):
-        raise ValueError("Caught ValueError in DataLoader worker process 0.\nOriginal Traceback (most recent call last):\n  File ...")
+        raise ValueError(
+            "Caught ValueError in DataLoader worker process 0.\nOriginal Traceback (most recent call last):\n  File ..."
+        )
 
     monkeypatch.setattr(T, "fit", boom)
     code = main(["train", "--data", "synth", "--epochs", "1", "--no-progress"])
     line = _one_error_line(capsys.readouterr().err)
-    assert code == 1 and line == ("error: unexpected ValueError: Caught ValueError in DataLoader worker process 0. "
-                                  "(set MNV2_DEBUG=1 for the traceback, and report it)")
+    assert code == 1 and line == (
+        "error: unexpected ValueError: Caught ValueError in DataLoader worker process 0. "
+        "(set MNV2_DEBUG=1 for the traceback, and report it)"
+    )
 
 
 def test_debug_shows_the_traceback():
@@ -167,12 +218,33 @@ def test_cuda_without_gpu(tmp_path):
 
 def test_data_synth_and_train_on_it(tmp_path):
     runner = CliRunner()
-    res = runner.invoke(app, ["data", "synth", str(tmp_path / "s"), "--classes", "3", "--per-class", "6", "--size", "32"])
+    res = runner.invoke(
+        app, ["data", "synth", str(tmp_path / "s"), "--classes", "3", "--per-class", "6", "--size", "32"]
+    )
     assert res.exit_code == 0, res.output
-    assert sorted(p.name for p in (tmp_path / "s" / "train").iterdir()) == sorted(p.name for p in (tmp_path / "s" / "val").iterdir())
+    assert sorted(p.name for p in (tmp_path / "s" / "train").iterdir()) == sorted(
+        p.name for p in (tmp_path / "s" / "val").iterdir()
+    )
     assert len(list((tmp_path / "s" / "train").rglob("*.png"))) == 18
-    code = main(["train", "--data", str(tmp_path / "s"), "--img-size", "32", "--width", "0.35", "--epochs", "1", "--workers", "0",
-                 "--no-plots", "--no-progress", "--out", str(tmp_path / "run")])
+    code = main(
+        [
+            "train",
+            "--data",
+            str(tmp_path / "s"),
+            "--img-size",
+            "32",
+            "--width",
+            "0.35",
+            "--epochs",
+            "1",
+            "--workers",
+            "0",
+            "--no-plots",
+            "--no-progress",
+            "--out",
+            str(tmp_path / "run"),
+        ]
+    )
     assert code == 0 and (tmp_path / "run" / "best.pt").is_file()
 
 
@@ -184,8 +256,17 @@ def test_readme_smoke_command_learns(smoke_run):
 
     s = load_checkpoint(smoke_run / "best.pt").train_summary
     assert s["best_val_acc"] > 0.5 and load_checkpoint(smoke_run / "last.pt").train_summary["epoch"] == 2
-    for name in ("best.pt", "last.pt", "metrics.csv", "config.json", "loss_curve.png", "kernels.png", "feature_maps_shallow.png",
-                 "feature_maps_deep.png", "confusion_matrix.png"):
+    for name in (
+        "best.pt",
+        "last.pt",
+        "metrics.csv",
+        "config.json",
+        "loss_curve.png",
+        "kernels.png",
+        "feature_maps_shallow.png",
+        "feature_maps_deep.png",
+        "confusion_matrix.png",
+    ):
         assert (smoke_run / name).is_file(), name
 
 
@@ -211,7 +292,10 @@ def test_help_text_keeps_its_square_brackets():
         r = CliRunner().invoke(app, [*path, "--help"], env={"COLUMNS": "200", "TERMINAL_WIDTH": "200"})
         assert r.exit_code == 0, r.output
         for token in tokens:
-            assert token in r.output and "\\" + token not in r.output, (path, token)  # printed, and its escape not shown
+            assert token in r.output and "\\" + token not in r.output, (
+                path,
+                token,
+            )  # printed, and its escape not shown
         checked += 1
     assert checked  # the train command's --config help names [model], [data], [train]
 
@@ -246,10 +330,29 @@ def test_train_on_a_folder_of_class_folders_with_val_split(tmp_path, capsys):
     for c in ("a", "b"):
         (tmp_path / "photos" / c).mkdir(parents=True)
         for i in range(12):
-            Image.fromarray(rng.integers(0, 255, (24, 24, 3), dtype=np.uint8)).save(tmp_path / "photos" / c / f"{i}.png")
+            Image.fromarray(rng.integers(0, 255, (24, 24, 3), dtype=np.uint8)).save(
+                tmp_path / "photos" / c / f"{i}.png"
+            )
     out = tmp_path / "run"
-    flags = ["--data", str(tmp_path / "photos"), "--val-split", "0.25", "--exif-orientation", "--img-size", "32", "--width", "0.35",
-             "--batch-size", "4", "--workers", "0", "--no-plots", "--no-progress", "--out", str(out)]
+    flags = [
+        "--data",
+        str(tmp_path / "photos"),
+        "--val-split",
+        "0.25",
+        "--exif-orientation",
+        "--img-size",
+        "32",
+        "--width",
+        "0.35",
+        "--batch-size",
+        "4",
+        "--workers",
+        "0",
+        "--no-plots",
+        "--no-progress",
+        "--out",
+        str(out),
+    ]
     assert main(["train", *flags, "--epochs", "1"]) == 0
     data = json.loads((out / "config.json").read_text())["data"]
     assert data["val_split"] == 0.25 and data["exif_orientation"] is True
@@ -272,7 +375,11 @@ def test_every_option_of_train_and_pipeline_is_in_a_help_panel(command):
     cmd = typer.main.get_command(app).commands[command]
     panels = {p.name: getattr(p, "rich_help_panel", None) for p in cmd.params}
     assert not {name for name, panel in panels.items() if panel not in (DATA, MODEL, TRAINING, HARDWARE, RUN, CHECKS)}
-    assert panels["data"] == DATA and panels["width"] == MODEL and panels["lr" if command == "train" else "epochs"] == TRAINING
+    assert (
+        panels["data"] == DATA
+        and panels["width"] == MODEL
+        and panels["lr" if command == "train" else "epochs"] == TRAINING
+    )
     assert panels["device"] == HARDWARE and panels["out"] == RUN
 
 
@@ -292,19 +399,24 @@ def test_no_target_in_a_project_without_runs_is_one_line_before_torch(tmp_path):
     cases = [
         (["train"], "no data given"),
         (["export"], "no checkpoint given, and no run under weights/ holds a best.pt"),
-        (["export", "--format", "onnx", "--quantize"], "train one with `mnv2 train`, or name a checkpoint: mnv2 export weights/<run>/best.pt"),
+        (
+            ["export", "--format", "onnx", "--quantize"],
+            "train one with `mnv2 train`, or name a checkpoint: mnv2 export weights/<run>/best.pt",
+        ),
         (["visualize"], "or name a checkpoint: mnv2 visualize weights/<run>/best.pt"),
         (["bench", "--provider", "cuda"], "no target given, and no folder under export/ holds a manifest.json"),
         (["check"], "export one with `mnv2 export`, or name one: mnv2 check export/<run>"),
         (["info"], "or name one: mnv2 info export/<run>"),
         (["predict", "cat.png"], "or name one: mnv2 predict export/<run>"),
     ]
-    code = ("import sys; from mnv2export.cli import main\n"
-            f"for args in {[args for args, _ in cases]!r}:\n"
-            "    assert main(args) == 1, args\n"
-            "    print('--', file=sys.stderr)\n"
-            "heavy = sorted(m for m in ('torch', 'torchvision', 'onnxruntime') if m in sys.modules)\n"
-            "assert not heavy, f'imported: {heavy}'")
+    code = (
+        "import sys; from mnv2export.cli import main\n"
+        f"for args in {[args for args, _ in cases]!r}:\n"
+        "    assert main(args) == 1, args\n"
+        "    print('--', file=sys.stderr)\n"
+        "heavy = sorted(m for m in ('torch', 'torchvision', 'onnxruntime') if m in sys.modules)\n"
+        "assert not heavy, f'imported: {heavy}'"
+    )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=_fresh_project(tmp_path))
     assert r.returncode == 0, r.stderr
     said = r.stderr.split("--\n")[:-1]
@@ -330,8 +442,15 @@ def test_export_bench_info_predict_without_a_target_take_the_newest(trained_chec
     capsys.readouterr()
     assert main(["export", "--format", "onnx", "--quantize"]) == 0
     err = capsys.readouterr().err.splitlines()
-    assert err[0] == f"mnv2 export: no checkpoint given, taking {Path('weights/new/best.pt')} (the newest run under weights/)", err
-    assert {p.name for p in (tmp_path / "export" / "new").iterdir()} == {"model.onnx", "model.int8.onnx", "manifest.json"}
+    assert (
+        err[0]
+        == f"mnv2 export: no checkpoint given, taking {Path('weights/new/best.pt')} (the newest run under weights/)"
+    ), err
+    assert {p.name for p in (tmp_path / "export" / "new").iterdir()} == {
+        "model.onnx",
+        "model.int8.onnx",
+        "manifest.json",
+    }
     assert not (tmp_path / "export" / "old").exists()
 
     if not torch.cuda.is_available():
@@ -341,12 +460,17 @@ def test_export_bench_info_predict_without_a_target_take_the_newest(trained_chec
         assert error.startswith("error: CUDA was asked for but") and "--provider cpu" in error
     assert main(["info", "--no-layers"]) == 0
     out, err = capsys.readouterr()
-    assert err.splitlines()[0] == f"mnv2 info: no model given, taking {Path('export/new/model.onnx')} (from the newest export under export/)"
+    assert (
+        err.splitlines()[0]
+        == f"mnv2 info: no model given, taking {Path('export/new/model.onnx')} (from the newest export under export/)"
+    )
     assert out.startswith(str(Path("export/new/model.onnx")))
     Image.new("RGB", (32, 32), (200, 30, 30)).save(tmp_path / "red.png")
     assert main(["predict", "red.png", "--top-k", "1"]) == 0
     out, err = capsys.readouterr()
-    assert "taking export/new/model.onnx" in err.splitlines()[0] and out.splitlines()[0].startswith("# export/new/model.onnx (onnx, fp32, cpu)")
+    assert "taking export/new/model.onnx" in err.splitlines()[0] and out.splitlines()[0].startswith(
+        "# export/new/model.onnx (onnx, fp32, cpu)"
+    )
 
 
 def test_check_without_a_target_takes_artifacts_or_the_newest_export(tmp_path, monkeypatch, capsys):
@@ -354,12 +478,16 @@ def test_check_without_a_target_takes_artifacts_or_the_newest_export(tmp_path, m
     --artifacts DIR` checks DIR so (before: both exited 2, 'Missing argument')."""
     _fresh_project(tmp_path)
     (tmp_path / "export" / "run").mkdir()
-    (tmp_path / "export" / "run" / "manifest.json").write_text('{"artifacts": {}, "source_checkpoint": {"path": "/nonexistent/best.pt", "sha256": "ab"}}')
+    (tmp_path / "export" / "run" / "manifest.json").write_text(
+        '{"artifacts": {}, "source_checkpoint": {"path": "/nonexistent/best.pt", "sha256": "ab"}}'
+    )
     monkeypatch.chdir(tmp_path)
     assert main(["check"]) == 1
     took, error = capsys.readouterr().err.splitlines()
     assert took == f"mnv2 check: no target given, taking {Path('export/run')} (the newest export under export/)"
-    assert error.startswith("error: no reference model for this folder: the source checkpoint /nonexistent/best.pt is gone"), error
+    assert error.startswith(
+        "error: no reference model for this folder: the source checkpoint /nonexistent/best.pt is gone"
+    ), error
     assert main(["check", "--artifacts", "export/run"]) == 1
     assert _one_error_line(capsys.readouterr().err).startswith("error: no reference model for this folder")
 
@@ -380,19 +508,27 @@ def test_the_three_commands_exactly_as_typed(tmp_path, monkeypatch, capsys):
         for c in ("cat", "dog"):
             (tmp_path / "data" / split / c).mkdir(parents=True)
             for i in range(n):
-                Image.fromarray(rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)).save(tmp_path / "data" / split / c / f"{i}.png")
+                Image.fromarray(rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)).save(
+                    tmp_path / "data" / split / c / f"{i}.png"
+                )
     monkeypatch.chdir(tmp_path)
     capsys.readouterr()
 
     assert main(["train"]) == 0
     out, err = capsys.readouterr()
-    assert err.splitlines()[0] == "mnv2 train: no --data given, taking data/ (an ImageFolder: train/ and val/ hold class folders)"
+    assert (
+        err.splitlines()[0]
+        == "mnv2 train: no --data given, taking data/ (an ImageFolder: train/ and val/ hold class folders)"
+    )
     (run,) = (tmp_path / "weights").glob("data-*/best.pt")
     assert f"-> {run.relative_to(tmp_path)}" in out
 
     assert main(["export", "--format", "onnx", "--quantize"]) == 0
     err = capsys.readouterr().err
-    assert err.splitlines()[0] == f"mnv2 export: no checkpoint given, taking {run.relative_to(tmp_path)} (the newest run under weights/)"
+    assert (
+        err.splitlines()[0]
+        == f"mnv2 export: no checkpoint given, taking {run.relative_to(tmp_path)} (the newest run under weights/)"
+    )
     export = tmp_path / "export" / run.parent.name
     assert (export / "model.int8.onnx").is_file() and (export / "manifest.json").is_file()
 
@@ -406,8 +542,15 @@ def test_the_three_commands_exactly_as_typed(tmp_path, monkeypatch, capsys):
 
 
 # --------------------------------------------------------------------------------------------------- Ctrl-C, --version, pipeline
-@pytest.mark.parametrize("command, library", [("export", "mnv2export.export.export_all"), ("check", "mnv2export.parity.check"),
-                                               ("bench", "mnv2export.bench.run"), ("train", "mnv2export.train.fit")])
+@pytest.mark.parametrize(
+    "command, library",
+    [
+        ("export", "mnv2export.export.export_all"),
+        ("check", "mnv2export.parity.check"),
+        ("bench", "mnv2export.bench.run"),
+        ("train", "mnv2export.train.fit"),
+    ],
+)
 def test_ctrl_c_says_interrupted_and_exits_130(command, library, tmp_path, monkeypatch, capsys):
     """Ctrl-C (a KeyboardInterrupt) inside any command: `error: interrupted`, exit 130. Typer turned it into a silent
     exit 130: export and check printed nothing at all."""
@@ -421,8 +564,12 @@ def test_ctrl_c_says_interrupted_and_exits_130(command, library, tmp_path, monke
     monkeypatch.setattr(importlib.import_module(module), name, ctrl_c)
     ckpt = tmp_path / "best.pt"
     ckpt.write_bytes(b"x")
-    args = {"export": ["export", str(ckpt)], "check": ["check", str(ckpt)], "bench": ["bench", str(ckpt)],
-            "train": ["train", "--data", "synth", "--no-progress"]}[command]
+    args = {
+        "export": ["export", str(ckpt)],
+        "check": ["check", str(ckpt)],
+        "bench": ["bench", str(ckpt)],
+        "train": ["train", "--data", "synth", "--no-progress"],
+    }[command]
     assert main(args) == 130
     assert capsys.readouterr().err.splitlines()[-1] == "error: interrupted"
 
@@ -439,7 +586,11 @@ def test_version_names_the_package_and_its_libraries(capsys):
     lines = capsys.readouterr().out.splitlines()
     assert lines[0] == f"mnv2export {version('mnv2export')}" and mnv2export.__version__ == version("mnv2export")
     said = dict(line.removeprefix("- ").split(": ", 1) for line in lines[1:])
-    assert said["torch"] == version("torch") and said["torchvision"] == version("torchvision") and said["onnx"] == version("onnx")
+    assert (
+        said["torch"] == version("torch")
+        and said["torchvision"] == version("torchvision")
+        and said["onnx"] == version("onnx")
+    )
     assert said["onnxruntime"].startswith(__import__("onnxruntime").__version__)
     assert "CPUExecutionProvider" in said["onnxruntime providers"]
     assert library_version("no_such_library_here") == "not installed"

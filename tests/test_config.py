@@ -46,7 +46,9 @@ def test_round_trip_and_unknown_keys():
 
 def test_run_config_precedence(tmp_path):
     recipe = tmp_path / "r.toml"
-    recipe.write_text('[model]\nwidth_mult = 0.5\n[data]\nsource = "synth"\nimg_size = 48\n[train]\nepochs = 7\nlr = 0.1\n')
+    recipe.write_text(
+        '[model]\nwidth_mult = 0.5\n[data]\nsource = "synth"\nimg_size = 48\n[train]\nepochs = 7\nlr = 0.1\n'
+    )
     cfg = run_config(load_recipe(recipe), {"width_mult": None}, {"img_size": 40}, {"lr": 0.01, "epochs": None})
     assert (cfg.model.width_mult, cfg.data.img_size, cfg.train.epochs, cfg.train.lr) == (0.5, 40, 7, 0.01)
     # without a recipe, the data source's own defaults apply under the flags
@@ -60,12 +62,20 @@ def test_the_data_sources_defaults_go_under_a_recipe(tmp_path):
     """README: flag, then recipe, then the data source's defaults. A recipe that set neither size nor augmentation
     trained synth at 224 px with ImageNet's rrc scale (the general defaults), Fashion-MNIST without its small input."""
     recipe = tmp_path / "r.toml"
-    recipe.write_text('[model]\nwidth_mult = 0.35\n[data]\nhflip = false\n[train]\nepochs = 1\nbatch_size = 8\n')
+    recipe.write_text("[model]\nwidth_mult = 0.35\n[data]\nhflip = false\n[train]\nepochs = 1\nbatch_size = 8\n")
     synth = run_config(load_recipe(recipe), {}, {"source": "synth"}, {})
-    assert (synth.data.img_size, synth.data.rrc_scale, synth.data.hflip, synth.model.width_mult, synth.train.epochs) == (64, [0.5, 1.0], False, 0.35, 1)
+    assert (
+        synth.data.img_size,
+        synth.data.rrc_scale,
+        synth.data.hflip,
+        synth.model.width_mult,
+        synth.train.epochs,
+    ) == (64, [0.5, 1.0], False, 0.35, 1)
     fm = run_config(load_recipe(recipe), {}, {"source": "fashion-mnist"}, {"epochs": 3})
     assert fm.data.img_size == 28 and fm.model.small_input and fm.data.train_aug == "crop_pad" and fm.train.epochs == 3
-    recipe.write_text('[data]\nsource = "fashion-mnist"\nimg_size = 32\n[model]\nsmall_input = false\n')  # the recipe over the source
+    recipe.write_text(
+        '[data]\nsource = "fashion-mnist"\nimg_size = 32\n[model]\nsmall_input = false\n'
+    )  # the recipe over the source
     own = run_config(load_recipe(recipe), {}, {}, {})
     assert own.data.img_size == 32 and not own.model.small_input and own.data.mean == [0.2860] * 3
 
@@ -137,7 +147,11 @@ def test_a_recipe_value_out_of_range_says_where_it_comes_from():
     with pytest.raises(ConfigError) as named:
         run_config(recipe, {}, {}, {"epochs": 2}, recipe_path="r.toml")
     assert str(named.value.path) == "r.toml"
-    for model, data, train in (({"width_mult": 5.0}, {}, {}), ({}, {}, {"batch_size": 1}), ({}, {"img_size": 32, "resize_size": 10}, {})):
+    for model, data, train in (
+        ({"width_mult": 5.0}, {}, {}),
+        ({}, {}, {"batch_size": 1}),
+        ({}, {"img_size": 32, "resize_size": 10}, {}),
+    ):
         with pytest.raises(ConfigError) as flag:  # the flag's own value is wrong: the recipe is not blamed
             run_config(recipe, model, data, train, recipe_path="r.toml")
         assert flag.value.path is None and "recipe" not in flag.value.hint, flag.value
@@ -152,8 +166,12 @@ def test_list_options_refuse_an_empty_item():
     from mnv2export.parity import parse_providers
 
     assert split_items(" ONNX, torchscript ", "x") == ["onnx", "torchscript"] and split_items("", "x") == []
-    for call in (lambda: parse_formats("onnx,,torchscript"), lambda: parse_providers("cpu,"),
-                 lambda: parse_list("eager,,onnx", ("eager", "onnx"), ("eager", "onnx"), "format"), lambda: split_items(["a", ""], "x")):
+    for call in (
+        lambda: parse_formats("onnx,,torchscript"),
+        lambda: parse_providers("cpu,"),
+        lambda: parse_list("eager,,onnx", ("eager", "onnx"), ("eager", "onnx"), "format"),
+        lambda: split_items(["a", ""], "x"),
+    ):
         with pytest.raises(ConfigError, match="empty item"):
             call()
 
@@ -185,9 +203,15 @@ def test_a_recipe_value_of_the_wrong_type_is_an_error(tmp_path, section, values,
     import tomllib
 
     recipe = tmp_path / "r.toml"
-    body = "\n".join(f"{k} = {v!r}".replace("'", '"') if not isinstance(v, list) else f"{k} = {str(v).replace(chr(39), chr(34))}" for k, v in values.items())
+    body = "\n".join(
+        f"{k} = {v!r}".replace("'", '"') if not isinstance(v, list) else f"{k} = {str(v).replace(chr(39), chr(34))}"
+        for k, v in values.items()
+    )
     recipe.write_text('[data]\nsource = "synth"\n' + (f"[{section}]\n{body}\n" if section != "data" else f"{body}\n"))
-    assert tomllib.loads(recipe.read_text())[section] == {**({"source": "synth"} if section == "data" else {}), **values}
+    assert tomllib.loads(recipe.read_text())[section] == {
+        **({"source": "synth"} if section == "data" else {}),
+        **values,
+    }
     with pytest.raises(ConfigError) as info:
         run_config(load_recipe(recipe), {}, {}, {})
     assert info.value.what == message and info.value.hint

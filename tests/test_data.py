@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import write_fashion_idx
 from PIL import Image
 
-from conftest import write_fashion_idx
 from mnv2export.config import DataConfig
 from mnv2export.data import SkipTracker, build_datasets, collate, load_images
 from mnv2export.data.images import ImageReadError, open_rgb
@@ -68,7 +68,9 @@ def test_a_class_index_naming_two_classes_alike_keeps_them_apart(tmp_path, caplo
 
     from mnv2export.data.folder import read_class_index
 
-    (tmp_path / "idx.json").write_text(json.dumps({"0": ["n02012849", "crane"], "1": ["n03126707", "crane"], "2": ["n01440764", "tench"]}))
+    (tmp_path / "idx.json").write_text(
+        json.dumps({"0": ["n02012849", "crane"], "1": ["n03126707", "crane"], "2": ["n01440764", "tench"]})
+    )
     with caplog.at_level(logging.WARNING, logger="mnv2export"):
         names = read_class_index(tmp_path / "idx.json", ["n01440764", "n02012849", "n03126707"])
     assert names == ["tench", "crane (n02012849)", "crane (n03126707)"]
@@ -84,10 +86,20 @@ def test_write_synth_refuses_a_folder_holding_files_and_bad_counts(tmp_path):
     write_synth(tmp_path / "s", num_classes=3, per_class=2, size=24, val_per_class=1)
     with pytest.raises(OutputError, match="output folder already holds files"):
         write_synth(tmp_path / "s", num_classes=2, per_class=2, size=24)
-    assert sorted(p.name for p in (tmp_path / "s" / "train").iterdir()) == ["00-circle-solid", "01-square-solid", "02-triangle-solid"]
+    assert sorted(p.name for p in (tmp_path / "s" / "train").iterdir()) == [
+        "00-circle-solid",
+        "01-square-solid",
+        "02-triangle-solid",
+    ]
     (tmp_path / "empty").mkdir()
-    assert write_synth(tmp_path / "empty", num_classes=2, per_class=3, size=24) == {"train": 6, "val": 2}  # an empty folder is fine
-    for kwargs, match in (({"val_per_class": 0}, "synthetic images per class \\(val\\) = 0 is out of range"), ({"seed": -1}, "synth_seed = -1 is out of range")):
+    assert write_synth(tmp_path / "empty", num_classes=2, per_class=3, size=24) == {
+        "train": 6,
+        "val": 2,
+    }  # an empty folder is fine
+    for kwargs, match in (
+        ({"val_per_class": 0}, "synthetic images per class \\(val\\) = 0 is out of range"),
+        ({"seed": -1}, "synth_seed = -1 is out of range"),
+    ):
         with pytest.raises(ConfigError, match=match):
             write_synth(tmp_path / "t", num_classes=2, per_class=2, size=24, **kwargs)
         assert not (tmp_path / "t").exists()
@@ -113,9 +125,15 @@ def test_folder_preprocessing_and_class_index(tmp_path):
         (lambda r: r.mkdir(), "no 'train' folder"),
         (lambda r: (r / "train").mkdir(parents=True), "no class folders"),
         (lambda r: [(r / s / "a").mkdir(parents=True) for s in ("train", "val")], "no images in train"),
-        (lambda r: (_folder(r, ("a", "b")), [p.unlink() for p in (r / "train" / "b").iterdir()]), "with no images in train/: b"),
-        (lambda r: (_folder(r, ("a", "b"), splits=("train",)), _folder(r, ("a", "c"), splits=("val",))), "only in train: b; only in val: c"),
-        (lambda r: (_folder(r, ("a", "b"), splits=("train",))), "no 'val' folder"),
+        (
+            lambda r: (_folder(r, ("a", "b")), [p.unlink() for p in (r / "train" / "b").iterdir()]),
+            "with no images in train/: b",
+        ),
+        (
+            lambda r: (_folder(r, ("a", "b"), splits=("train",)), _folder(r, ("a", "c"), splits=("val",))),
+            "only in train: b; only in val: c",
+        ),
+        (lambda r: _folder(r, ("a", "b"), splits=("train",)), "no 'val' folder"),
         (lambda r: r.write_text("x"), "is a file"),
     ],
 )
@@ -188,7 +206,15 @@ def test_decompression_bomb_is_refused(tmp_path, monkeypatch):
 def test_fashion_mnist_from_idx_files(tmp_path, monkeypatch):
     monkeypatch.setenv("MNV2_CACHE", str(tmp_path / "cache"))
     folder = write_fashion_idx(tmp_path / "fm")
-    cfg = DataConfig(source="fashion-mnist", data_dir=str(folder), img_size=28, mean=[0.286] * 3, std=[0.353] * 3, train_aug="crop_pad", pad=2)
+    cfg = DataConfig(
+        source="fashion-mnist",
+        data_dir=str(folder),
+        img_size=28,
+        mean=[0.286] * 3,
+        std=[0.353] * 3,
+        train_aug="crop_pad",
+        pad=2,
+    )
     bundle = build_datasets(cfg)
     assert (len(bundle.train), len(bundle.val)) == (64, 32)
     assert bundle.class_names[0] == "T-shirt/top" and len(bundle.class_names) == 10
@@ -219,7 +245,10 @@ def test_in_memory_batches_equal_the_per_sample_validation_transform(tmp_path, m
     part = bundle.val_memory.subset([7, 2])  # the subset of the throughput benchmark
     assert torch.equal(part.batch(torch.arange(2))[0], bundle.val_memory.batch(torch.tensor([7, 2]))[0])
     train_eval = build_datasets(cfg, augment=False).train_memory  # calibration and checks: train split, no augmentation
-    assert torch.equal(train_eval.batch(torch.arange(3))[0], collate([build_datasets(cfg, augment=False).train[i] for i in range(3)])[0])
+    assert torch.equal(
+        train_eval.batch(torch.arange(3))[0],
+        collate([build_datasets(cfg, augment=False).train[i] for i in range(3)])[0],
+    )
 
 
 def test_in_memory_augmentation_is_a_padded_crop_and_flip_of_each_image(tmp_path, monkeypatch):
@@ -233,11 +262,18 @@ def test_in_memory_augmentation_is_a_padded_crop_and_flip_of_each_image(tmp_path
     x, y = mem.batch(idx)
     ref = F.pad(plain.batch(torch.arange(64))[0], (2, 2, 2, 2), value=0.0)
     zero = (0.0 - 0.286) / 0.353  # a padded pixel, normalised
-    ref = torch.where(F.pad(torch.zeros(64, 3, 28, 28), (2, 2, 2, 2), value=1.0).bool(), torch.full_like(ref, zero), ref)
+    ref = torch.where(
+        F.pad(torch.zeros(64, 3, 28, 28), (2, 2, 2, 2), value=1.0).bool(), torch.full_like(ref, zero), ref
+    )
     seen_offsets, flips = set(), 0
     for k, i in enumerate(idx.tolist()):
-        matches = [(top, left, flip) for top in range(5) for left in range(5) for flip in (False, True)
-                   if torch.allclose(x[k], (lambda c: c.flip(-1) if flip else c)(ref[i, :, top:top + 28, left:left + 28]))]
+        matches = [
+            (top, left, flip)
+            for top in range(5)
+            for left in range(5)
+            for flip in (False, True)
+            if torch.allclose(x[k], (lambda c: c.flip(-1) if flip else c)(ref[i, :, top : top + 28, left : left + 28]))
+        ]
         assert matches, f"sample {k} is no crop or flip of image {i}"
         seen_offsets.add(matches[0][:2])
         flips += matches[0][2]
@@ -253,7 +289,12 @@ def test_in_memory_path_only_where_it_gives_the_same_tensors(tmp_path, monkeypat
     assert resized.train_memory is None and resized.val_memory is None
     rrc = build_datasets(_fashion(tmp_path, monkeypatch, train_aug="rrc"))
     assert rrc.train_memory is None and rrc.val_memory is not None
-    assert build_datasets(DataConfig(source="synth", img_size=32, synth_train_per_class=2, synth_val_per_class=1)).train_memory is None
+    assert (
+        build_datasets(
+            DataConfig(source="synth", img_size=32, synth_train_per_class=2, synth_val_per_class=1)
+        ).train_memory
+        is None
+    )
 
 
 def _tree(root, layout: dict[str, list[str]], ext=".png"):
@@ -409,12 +450,31 @@ def test_a_folder_of_class_folders_is_split_by_val_split_the_same_every_time(tmp
     assert bundle.fingerprint != build_datasets(_cfg(root, val_split=0.1)).fingerprint
 
 
-@pytest.mark.parametrize("setup, kw, match", [
-    (lambda r: _flat(r), {}, r"no 'train' folder in the data folder .* or hold out part of each class folder with --val-split 0\.1"),
-    (lambda r: _folder(r), {"val_split": 0.2}, r"val_split = 0\.2 is for a folder of class folders, but this one holds train/ and val/"),
-    (lambda r: _flat(r, (("cat", 5), ("dog", 1))), {"val_split": 0.2}, "a single image cannot be split into train and val: dog"),
-    (lambda r: _flat(r, (("cat", 5),)) and (r / "empty").mkdir(), {"val_split": 0.2}, r"class folder\(s\) with no images in the data folder: empty"),
-])
+@pytest.mark.parametrize(
+    "setup, kw, match",
+    [
+        (
+            lambda r: _flat(r),
+            {},
+            r"no 'train' folder in the data folder .* or hold out part of each class folder with --val-split 0\.1",
+        ),
+        (
+            lambda r: _folder(r),
+            {"val_split": 0.2},
+            r"val_split = 0\.2 is for a folder of class folders, but this one holds train/ and val/",
+        ),
+        (
+            lambda r: _flat(r, (("cat", 5), ("dog", 1))),
+            {"val_split": 0.2},
+            "a single image cannot be split into train and val: dog",
+        ),
+        (
+            lambda r: _flat(r, (("cat", 5),)) and (r / "empty").mkdir(),
+            {"val_split": 0.2},
+            r"class folder\(s\) with no images in the data folder: empty",
+        ),
+    ],
+)
 def test_val_split_refusals(tmp_path, setup, kw, match):
     root = tmp_path / "d"
     root.mkdir()
@@ -453,18 +513,30 @@ def test_the_check_and_the_calibration_read_the_run_s_own_split_of_its_folder(tm
     real = load_real_images(ckpt, None, samples=500)
     assert files(real.keys) == files(p for p, _ in val) and "held out for validation" in real.source
     assert sorted(real.labels.tolist()) == sorted(label for _, label in val)
-    assert files(load_real_images(ckpt, str(root), samples=500).keys) == files(p for p, _ in val)  # the same folder, named
+    assert files(load_real_images(ckpt, str(root), samples=500).keys) == files(
+        p for p, _ in val
+    )  # the same folder, named
     calib = load_calibration(ckpt, None, 500)
     assert len(calib.images) == len(train) and "train split of --val-split 0.25" in calib.source
-    plain = load_real_images(SimpleNamespace(data_config=cfg.replace(val_split=0.0), class_names=ckpt.class_names), str(root), samples=500)
+    plain = load_real_images(
+        SimpleNamespace(data_config=cfg.replace(val_split=0.0), class_names=ckpt.class_names), str(root), samples=500
+    )
     assert len(plain.keys) == 83  # a folder no run split: every image
 
 
 # ------------------------------------------------------------------------------------- EXIF orientation
 # how a camera stores an upright scene for each EXIF orientation tag (EXIF 2.3, 0x0112): 6 = the stored image must be
 # turned 90 degrees clockwise to be upright, so it holds the scene turned 90 degrees counter-clockwise (ROTATE_90)
-_STORED_AS = {1: None, 2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
-              5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_90, 7: Image.Transpose.TRANSVERSE, 8: Image.Transpose.ROTATE_270}
+_STORED_AS = {
+    1: None,
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_90,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_270,
+}
 
 
 def _save_as_camera(upright: Image.Image, path: Path, orientation: int, **kw) -> Path:
@@ -501,7 +573,10 @@ def test_a_sideways_phone_jpeg_comes_out_upright_and_a_broken_exif_block_leaves_
     stored, upright = np.asarray(open_rgb(path)), np.asarray(open_rgb(path, exif_orientation=True))
     assert stored.shape == (20, 40, 3) and stored[10, 5, 0] > 200 and stored[10, 35, 2] > 200  # red left, blue right
     assert upright.shape == (40, 20, 3)  # JPEG blurs the colour edge: compared away from it
-    assert np.abs(upright[:16].astype(int) - scene[:16]).max() < 16 and np.abs(upright[24:].astype(int) - scene[24:]).max() < 16
+    assert (
+        np.abs(upright[:16].astype(int) - scene[:16]).max() < 16
+        and np.abs(upright[24:].astype(int) - scene[24:]).max() < 16
+    )
 
     _scene().save(tmp_path / "garbage.jpg", exif=b"Exif\x00\x00not a TIFF header")  # Pillow reads no tag from it
     assert np.asarray(open_rgb(tmp_path / "garbage.jpg", exif_orientation=True)).shape == (12, 20, 3)
@@ -531,7 +606,9 @@ def test_every_reader_of_a_model_decodes_its_photos_upright_alike(tmp_path, monk
             scenes[f"{cls}/{i}.png"] = _scene(seed=10 * c + i, h=24, w=40)
             _save_as_camera(scenes[f"{cls}/{i}.png"], tmp_path / "photos" / cls / f"{i}.png", (6, 8, 3)[i % 3])
     monkeypatch.chdir(tmp_path)
-    cfg = DataConfig(source="photos", img_size=16, val_split=0.25, exif_orientation=True, train_aug="crop_pad", pad=0, hflip=False)
+    cfg = DataConfig(
+        source="photos", img_size=16, val_split=0.25, exif_orientation=True, train_aug="crop_pad", pad=0, hflip=False
+    )
     to_tensor = eval_transform(cfg)
 
     def upright(path) -> torch.Tensor:
@@ -540,7 +617,9 @@ def test_every_reader_of_a_model_decodes_its_photos_upright_alike(tmp_path, monk
     bundle = build_datasets(cfg)
     for ds in (bundle.train, bundle.val):
         for i, (path, _) in enumerate(ds.samples):
-            assert np.array_equal(np.asarray(ds.image(i)), np.asarray(scenes[f"{Path(path).parent.name}/{Path(path).name}"]))
+            assert np.array_equal(
+                np.asarray(ds.image(i)), np.asarray(scenes[f"{Path(path).parent.name}/{Path(path).name}"])
+            )
     for i, (path, _) in enumerate(bundle.val.samples):
         assert torch.equal(bundle.val[i][0], upright(path))
     files = sorted((tmp_path / "photos").rglob("*.png"))
@@ -548,7 +627,9 @@ def test_every_reader_of_a_model_decodes_its_photos_upright_alike(tmp_path, monk
     assert torch.equal(batch, torch.stack([upright(f) for f in files]))
     ckpt = SimpleNamespace(data_config=cfg, class_names=["cat", "dog"])
     real = load_real_images(ckpt, None, samples=500)
-    assert len(real) == len(bundle.val) and np.array_equal(real.batch(cfg.to_dict()), np.stack([upright(k).numpy() for k in real.keys]))
+    assert len(real) == len(bundle.val) and np.array_equal(
+        real.batch(cfg.to_dict()), np.stack([upright(k).numpy() for k in real.keys])
+    )
     assert len(load_calibration(ckpt, None, 500).images) == len(bundle.train)
     as_stored = load_images(files, cfg.replace(exif_orientation=False))[0]
     assert not torch.equal(as_stored, batch)  # the setting is what turns them
@@ -623,7 +704,10 @@ def test_a_class_of_files_no_reader_takes_says_which_extensions_it_holds(tmp_pat
     for split in ("train", "val"):
         for p in (root / split / "b").iterdir():
             p.rename(p.with_suffix(".heic"))
-    with pytest.raises(DataError, match=r"with no images in train/: b \(they hold only files this tool does not read as images: \.heic\)"):
+    with pytest.raises(
+        DataError,
+        match=r"with no images in train/: b \(they hold only files this tool does not read as images: \.heic\)",
+    ):
         build_datasets(_cfg(root))
 
 

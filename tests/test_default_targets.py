@@ -8,7 +8,12 @@ import sys
 import pytest
 
 from mnv2export.default_targets import (
-    default_data_folder, export_model_file, newest_export, newest_run, require_newest_export, require_newest_run,
+    default_data_folder,
+    export_model_file,
+    newest_export,
+    newest_run,
+    require_newest_export,
+    require_newest_run,
 )
 from mnv2export.errors import ArtifactError, CheckpointError
 
@@ -88,7 +93,9 @@ def test_the_model_file_of_an_export_folder_prefers_fp32_onnx(tmp_path):
 
 
 def test_resolving_a_default_imports_no_torch():
-    code = ("import sys; import mnv2export.default_targets as d; d.newest_run(); d.newest_export(); "
-            "d.default_data_folder(); assert 'torch' not in sys.modules and 'onnxruntime' not in sys.modules")
+    code = (
+        "import sys; import mnv2export.default_targets as d; d.newest_run(); d.newest_export(); "
+        "d.default_data_folder(); assert 'torch' not in sys.modules and 'onnxruntime' not in sys.modules"
+    )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr

@@ -33,10 +33,10 @@ ALL_FILES = (TORCHSCRIPT_FILE, ONNX_FILE, INT8_FILE, FP16_FILE, MANIFEST_FILE)
 
 
 def _val_images(n: int = 64) -> np.ndarray:
+    from conftest import TRAINED_DATA
+
     from mnv2export.config import DataConfig
     from mnv2export.data import build_datasets
-
-    from conftest import TRAINED_DATA
 
     val = build_datasets(DataConfig(**TRAINED_DATA), augment=False).val
     return torch.stack([val[i][0] for i in range(min(n, len(val)))]).numpy()
@@ -88,7 +88,12 @@ def test_files_and_manifest(exported, trained_checkpoint):
     on_disk = json.loads((out / MANIFEST_FILE).read_text())
     assert on_disk == exported.data
     assert on_disk["source_checkpoint"]["sha256"] == sha256_file(trained_checkpoint)
-    expected = {TORCHSCRIPT_FILE: ("torchscript", "fp32"), ONNX_FILE: ("onnx", "fp32"), INT8_FILE: ("onnx", "int8"), FP16_FILE: ("onnx", "fp16")}
+    expected = {
+        TORCHSCRIPT_FILE: ("torchscript", "fp32"),
+        ONNX_FILE: ("onnx", "fp32"),
+        INT8_FILE: ("onnx", "int8"),
+        FP16_FILE: ("onnx", "fp16"),
+    }
     assert set(on_disk["artifacts"]) == set(expected)
     for name, a in on_disk["artifacts"].items():
         assert (a["format"], a["precision"]) == expected[name]
@@ -99,10 +104,21 @@ def test_files_and_manifest(exported, trained_checkpoint):
         assert a["opset"] == (None if name == TORCHSCRIPT_FILE else 18)
         assert a["export_settings"]
     q = on_disk["artifacts"][INT8_FILE]["export_settings"]
-    assert q["per_channel"] is True and q["format"] == "QDQ" and q["calibration_method"] == "minmax" and q["calibration_images"] == 96
+    assert (
+        q["per_channel"] is True
+        and q["format"] == "QDQ"
+        and q["calibration_method"] == "minmax"
+        and q["calibration_images"] == 96
+    )
     assert on_disk["bn_fold"]["max_abs_diff"] < 1e-4
     run = on_disk["settings"]  # the export command's own settings, as given
-    assert (run["quantize"], run["fp16"], run["opset"], run["calib_size"], run["calib_method"]) == (True, True, 18, 96, "minmax")
+    assert (run["quantize"], run["fp16"], run["opset"], run["calib_size"], run["calib_method"]) == (
+        True,
+        True,
+        18,
+        96,
+        "minmax",
+    )
     assert run["calib_data"] and set(run["formats"]) == {"torchscript", "onnx"}
 
 
@@ -115,7 +131,10 @@ def test_onnx_graph_has_no_batchnorm_named_io_and_passes_the_checker(exported):
         dims = model.graph.input[0].type.tensor_type.shape.dim
         assert dims[0].dim_param and [d.dim_value for d in dims[1:]] == [3, 32, 32]
         assert model.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT  # FP16 keeps float32 I/O
-        assert not any(t.HasField("data_location") and t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer)
+        assert not any(
+            t.HasField("data_location") and t.data_location == onnx.TensorProto.EXTERNAL
+            for t in model.graph.initializer
+        )
 
 
 @pytest.mark.parametrize("name", [TORCHSCRIPT_FILE, ONNX_FILE, INT8_FILE, FP16_FILE])
@@ -159,7 +178,10 @@ def test_int8_graph_is_qdq_per_channel_u8s8(exported):
     convs = [n for n in model.graph.node if n.op_type == "Conv"]
     depthwise = 0
     assert len(convs) == 52 and "input" in convs[0].input  # the stem is fed by the graph input, in FP32
-    assert model.graph.initializer and next(t for t in model.graph.initializer if t.name == convs[0].input[1]).data_type == onnx.TensorProto.FLOAT
+    assert (
+        model.graph.initializer
+        and next(t for t in model.graph.initializer if t.name == convs[0].input[1]).data_type == onnx.TensorProto.FLOAT
+    )
     for conv in convs[1:]:  # every other convolution reads dequantized int8 weights, one scale per output channel
         dq = next(n for n in model.graph.node if n.output[0] == conv.input[1])
         assert dq.op_type == "DequantizeLinear"
@@ -191,9 +213,17 @@ def test_drop_unused_domains_keeps_what_nodes_subgraphs_and_functions_use():
     v = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1]) for n in ("x", "y")]
     inner = helper.make_graph([helper.make_node("Gelu", ["x"], ["z"], domain="com.microsoft")], "then", [], [v[0]])
     node = helper.make_node("If", ["c"], ["y"], then_branch=inner, else_branch=inner)
-    fn = helper.make_function("my.fn", "F", ["a"], ["b"], [helper.make_node("Relu", ["a"], ["b"])], [helper.make_opsetid("", 18)])
-    model = helper.make_model(helper.make_graph([node], "g", [v[0]], [v[1]]), functions=[fn], opset_imports=[
-        helper.make_opsetid(d, 1 if d else 18) for d in ("", "com.microsoft", "my.fn", "ai.onnx.ml", "com.microsoft.nchwc")])
+    fn = helper.make_function(
+        "my.fn", "F", ["a"], ["b"], [helper.make_node("Relu", ["a"], ["b"])], [helper.make_opsetid("", 18)]
+    )
+    model = helper.make_model(
+        helper.make_graph([node], "g", [v[0]], [v[1]]),
+        functions=[fn],
+        opset_imports=[
+            helper.make_opsetid(d, 1 if d else 18)
+            for d in ("", "com.microsoft", "my.fn", "ai.onnx.ml", "com.microsoft.nchwc")
+        ],
+    )
     assert drop_unused_domains(model) == ["ai.onnx.ml", "com.microsoft.nchwc"]
     assert [o.domain for o in model.opset_import] == ["", "com.microsoft", "my.fn"]
 
@@ -208,7 +238,11 @@ def test_metadata_in_every_artifact(exported, trained_checkpoint):
         assert meta["input_size"] == [3, 32, 32] and meta["precision"] == precision
         assert meta["source_checkpoint_sha256"] == sha256_file(trained_checkpoint)
         pp = meta["preprocessing"]  # spelled out for a service without mnv2export (README; tested in test_predict)
-        assert pp["resize"]["size"] == ckpt.data_config.resize and pp["center_crop"] == [32, 32] and pp["std"] == ckpt.data_config.std
+        assert (
+            pp["resize"]["size"] == ckpt.data_config.resize
+            and pp["center_crop"] == [32, 32]
+            and pp["std"] == ckpt.data_config.std
+        )
     props = {p.key for p in onnx.load(str(exported.out_dir / ONNX_FILE)).metadata_props}
     assert "mnv2_metadata" in props
     assert read_metadata(exported.out_dir / INT8_FILE)["quantization"]["per_channel"] is True
@@ -252,8 +286,9 @@ def test_torchscript_convolutions_read_torchs_flags_when_they_run(exported):
 
 
 def _convolution_graph():
-    traced = torch.jit.trace(torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ConvTranspose2d(4, 2, 3)).eval(),
-                             torch.randn(1, 3, 8, 8))
+    traced = torch.jit.trace(
+        torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ConvTranspose2d(4, 2, 3)).eval(), torch.randn(1, 3, 8, 8)
+    )
     return torch.jit.freeze(traced)
 
 
@@ -264,7 +299,10 @@ def test_only_plain_2d_convolutions_are_rewritten():
     x = torch.randn(1, 3, 8, 8)
     before = frozen(x)
     assert _convolutions_follow_torch_flags(frozen.graph) == 1  # the transposed one keeps its node
-    assert len(frozen.graph.findAllNodes("aten::conv2d")) == 1 and len(frozen.graph.findAllNodes("aten::_convolution")) == 1
+    assert (
+        len(frozen.graph.findAllNodes("aten::conv2d")) == 1
+        and len(frozen.graph.findAllNodes("aten::_convolution")) == 1
+    )
     assert torch.equal(frozen(x), before)
 
 
@@ -346,8 +384,13 @@ def _bad_checkpoints(tmp_path: Path, good: Path) -> dict[str, Path]:
 
 
 def test_bad_checkpoints_are_one_line_errors(trained_checkpoint, tmp_path, capsys):
-    expect = {"missing": "not found", "truncated": "truncated", "not a checkpoint": "is a text file, not a torch checkpoint", "other architecture": "another architecture",
-              "pickled object": "pickled"}
+    expect = {
+        "missing": "not found",
+        "truncated": "truncated",
+        "not a checkpoint": "is a text file, not a torch checkpoint",
+        "other architecture": "another architecture",
+        "pickled object": "pickled",
+    }
     for what, path in _bad_checkpoints(tmp_path, trained_checkpoint).items():
         out = tmp_path / f"out-{what.replace(' ', '-')}"
         assert _cli(path, "--out", out) == 1, what
@@ -518,13 +561,17 @@ def test_other_calibration_methods(exported, tmp_path, capsys):
         model = onnx.load(str(tmp_path / f"{method}.onnx"))
         inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
         scales[method] = np.array([float(inits[n.input[1]]) for n in model.graph.node if n.op_type == "QuantizeLinear"])
-    assert not np.allclose(scales["minmax"], scales["entropy"]) and not np.allclose(scales["minmax"], scales["percentile"])
+    assert not np.allclose(scales["minmax"], scales["entropy"]) and not np.allclose(
+        scales["minmax"], scales["percentile"]
+    )
 
 
 def test_export_uses_and_records_the_calibration_method_asked_for(trained_checkpoint, tmp_path):
     from mnv2export.export import export_all
 
-    m = export_all(trained_checkpoint, tmp_path / "pct", formats="onnx", quantize=True, calib_size=32, calib_method="percentile")
+    m = export_all(
+        trained_checkpoint, tmp_path / "pct", formats="onnx", quantize=True, calib_size=32, calib_method="percentile"
+    )
     assert m.data["settings"]["calib_method"] == "percentile" and m.data["settings"]["calib_size"] == 32
     assert m.artifacts[INT8_FILE]["export_settings"]["calibration_method"] == "percentile"
     assert read_metadata(tmp_path / "pct" / INT8_FILE)["quantization"]["calibration_method"] == "percentile"
@@ -579,9 +626,14 @@ def test_artifacts_name_the_data_folder_without_the_training_machines_path(tmp_p
     cfg = DataConfig(source=str(private / "imnet4"), class_index=str(private / "idx.json"), img_size=32)
     bundle = build_datasets(cfg, augment=False)
     model = build_model(ModelConfig(num_classes=4, width_mult=0.35)).eval()
-    ckpt = Checkpoint(model_config=ModelConfig(num_classes=4, width_mult=0.35), data_config=cfg, class_names=bundle.class_names,
-                      state_dict=model.state_dict(), train_summary={"epoch": 1, "epochs": 1, "data": bundle.summary},
-                      provenance=provenance(bundle.fingerprint))
+    ckpt = Checkpoint(
+        model_config=ModelConfig(num_classes=4, width_mult=0.35),
+        data_config=cfg,
+        class_names=bundle.class_names,
+        state_dict=model.state_dict(),
+        train_summary={"epoch": 1, "epochs": 1, "data": bundle.summary},
+        provenance=provenance(bundle.fingerprint),
+    )
     path = save_checkpoint(ckpt, tmp_path / "run" / "best.pt")
     assert load_checkpoint(path).data_config.source == str(private / "imnet4")  # the checkpoint keeps the path
     manifest = export_all(path, tmp_path / "out", formats="torchscript,onnx", quantize=True, calib_size=8)
@@ -612,7 +664,9 @@ def test_a_pipeline_runs_checkpoint_exports_into_that_run(tmp_path, monkeypatch)
 
 
 # --- temporary files, a full disk --------------------------------------------------------------------------------
-def test_a_killed_exports_temporary_files_stay_in_its_folder_and_the_next_export_removes_them(trained_checkpoint, tmp_path):
+def test_a_killed_exports_temporary_files_stay_in_its_folder_and_the_next_export_removes_them(
+    trained_checkpoint, tmp_path
+):
     """SIGKILL in the INT8 step left hidden .model.*.tmp files in the output folder and onnxruntime's folders in the
     system's temporary directory, which no later export removed. Now every temporary file is in one work folder of
     the output folder, and the next export into that folder removes it."""
@@ -627,8 +681,13 @@ def test_a_killed_exports_temporary_files_stay_in_its_folder_and_the_next_export
         "from mnv2export.cli import main\n"
         f"sys.exit(main(['export', {str(trained_checkpoint)!r}, '--format', 'onnx', '--quantize', '--calib-size', '16', '--out', {str(out)!r}]))\n"
     )
-    r = subprocess.run([sys.executable, "-c", kill_in_calibration], capture_output=True, text=True, env={**os.environ, "TMPDIR": str(systmp)},
-                       check=False)
+    r = subprocess.run(
+        [sys.executable, "-c", kill_in_calibration],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "TMPDIR": str(systmp)},
+        check=False,
+    )
     assert r.returncode == -signal.SIGKILL, r.stderr
     # nothing in the system's temporary directory (but .ses, one small file onnxruntime writes when it is imported)
     assert [p.name for p in systmp.iterdir() if p.name != ".ses"] == []
@@ -649,9 +708,20 @@ def test_an_export_removes_stale_temporary_files_and_nothing_else(trained_checkp
 
     out = tmp_path / "out"
     out.mkdir()
-    stale = [".model.onnx.k2j3h4.tmp", ".model.int8.onnx.abc.tmp", ".manifest.json.x1.tmp", "mnv2-int8-q1w2/pre.onnx",
-             ".mnv2-work.999.abc/.model.onnx.x.tmp"]
-    kept = ["notes.txt", ".notes.txt.abc.tmp", "mnv2-int8.txt", "my-model.onnx", ".mnv2-work.123.live/.model.onnx.y.tmp"]
+    stale = [
+        ".model.onnx.k2j3h4.tmp",
+        ".model.int8.onnx.abc.tmp",
+        ".manifest.json.x1.tmp",
+        "mnv2-int8-q1w2/pre.onnx",
+        ".mnv2-work.999.abc/.model.onnx.x.tmp",
+    ]
+    kept = [
+        "notes.txt",
+        ".notes.txt.abc.tmp",
+        "mnv2-int8.txt",
+        "my-model.onnx",
+        ".mnv2-work.123.live/.model.onnx.y.tmp",
+    ]
     for name in stale + kept:
         (out / name).parent.mkdir(parents=True, exist_ok=True)
         (out / name).write_text(name)
@@ -665,7 +735,9 @@ def test_an_export_removes_stale_temporary_files_and_nothing_else(trained_checkp
         assert (out / name).read_text() == name, name
     for name in stale:
         assert not (out / name.split("/")[0]).exists(), name
-    assert sorted(p.name for p in out.iterdir()) == sorted([MANIFEST_FILE, TORCHSCRIPT_FILE, *{k.split("/")[0] for k in kept}])
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        [MANIFEST_FILE, TORCHSCRIPT_FILE, *{k.split("/")[0] for k in kept}]
+    )
 
 
 def _raise_enospc(*args, **kwargs):
@@ -686,7 +758,11 @@ def test_a_full_disk_in_the_int8_step_is_the_disk_full_error(trained_checkpoint,
         monkeypatch.setattr(onnx, "save", _raise_enospc)  # what quant_pre_process calls to write its result
     else:
         write_all = fileio._write_all
-        monkeypatch.setattr(fileio, "_write_all", lambda path, data: (_raise_enospc() if path.name.startswith(f".{INT8_FILE}.") else write_all(path, data)))
+        monkeypatch.setattr(
+            fileio,
+            "_write_all",
+            lambda path, data: _raise_enospc() if path.name.startswith(f".{INT8_FILE}.") else write_all(path, data),
+        )
     with pytest.raises(OutputError) as err:
         export_all(trained_checkpoint, out, formats="onnx", quantize=True, calib_size=16)
     assert err.value.what == "disk full while writing" and err.value.path == str(out / INT8_FILE)
@@ -705,7 +781,9 @@ def test_a_temporary_file_cut_short_is_an_error_never_read(trained_checkpoint, t
 
     read = []
     verify = onnx_export.verify_with_ort
-    monkeypatch.setattr(onnx_export, "verify_with_ort", lambda path, *a, **kw: read.append(path) or verify(path, *a, **kw))
+    monkeypatch.setattr(
+        onnx_export, "verify_with_ort", lambda path, *a, **kw: read.append(path) or verify(path, *a, **kw)
+    )
     monkeypatch.setattr(fileio, "_write_all", short)
     with pytest.raises(OutputError) as err:
         export_all(trained_checkpoint, tmp_path / "out", formats="onnx")

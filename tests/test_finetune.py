@@ -3,8 +3,8 @@ BatchNorm statistics, the rest trains, a resumed run freezes the same blocks, an
 
 import pytest
 import torch
-
 from conftest import tiny_run_config
+
 from mnv2export.checkpoint import load_checkpoint
 from mnv2export.config import FEATURE_BLOCKS, ModelConfig, TrainConfig
 from mnv2export.errors import ConfigError
@@ -43,7 +43,11 @@ def test_frozen_blocks_keep_weights_and_statistics_and_the_rest_trains(tmp_path,
             continue
         if block is not None and block < n:
             assert torch.equal(value, start[key]), key  # weights and running statistics as given
-    changed = {_block(k) for k, v in trained.items() if k in start and start[k].shape == v.shape and not torch.equal(v, start[k])}
+    changed = {
+        _block(k)
+        for k, v in trained.items()
+        if k in start and start[k].shape == v.shape and not torch.equal(v, start[k])
+    }
     if n < FEATURE_BLOCKS:
         assert set(range(n, FEATURE_BLOCKS)) <= changed  # every block after the frozen ones trained
     else:
@@ -91,13 +95,35 @@ def test_frozen_blocks_batch_mixing_and_clipping_under_ddp(tmp_path, pretrained)
     from test_train import TINY_FLAGS, _torchrun
 
     out = tmp_path / "run"
-    r = _torchrun("-m", "mnv2export", "train", *TINY_FLAGS, "--epochs", "1", "--init-from", str(pretrained), "--freeze-blocks", "8",
-                  "--mixup-alpha", "0.2", "--cutmix-alpha", "1.0", "--clip-grad-norm", "5", "--out", str(out), port=39500, timeout=300)
+    r = _torchrun(
+        "-m",
+        "mnv2export",
+        "train",
+        *TINY_FLAGS,
+        "--epochs",
+        "1",
+        "--init-from",
+        str(pretrained),
+        "--freeze-blocks",
+        "8",
+        "--mixup-alpha",
+        "0.2",
+        "--cutmix-alpha",
+        "1.0",
+        "--clip-grad-norm",
+        "5",
+        "--out",
+        str(out),
+        port=39500,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     ckpt = load_checkpoint(out / "last.pt")
     assert ckpt.train_summary["world_size"] == 2
     start, trained = torch.load(pretrained, weights_only=True), ckpt.state_dict
-    frozen = [k for k in trained if k.startswith("features.") and _block(k) < 8 and not k.endswith("num_batches_tracked")]
+    frozen = [
+        k for k in trained if k.startswith("features.") and _block(k) < 8 and not k.endswith("num_batches_tracked")
+    ]
     assert frozen and all(torch.equal(trained[k], start[k]) for k in frozen)
     assert not torch.equal(trained["features.8.conv.0.0.weight"], start["features.8.conv.0.0.weight"])
 
@@ -115,8 +141,10 @@ def test_loading_initial_weights_is_said_and_untrained_ones_are_warned_about(tmp
     load_pretrained(model, pretrained)
     said = [r for r in caplog.records if r.name == "mnv2export.model"]
     tensors = len(model.state_dict()) - 2
-    expected = (f"initialised from {pretrained}: {tensors} tensors loaded; the classifier replaced (classifier.1.bias, classifier.1.weight: "
-                "the file's is for 1000 classes, this model has 4)")
+    expected = (
+        f"initialised from {pretrained}: {tensors} tensors loaded; the classifier replaced (classifier.1.bias, classifier.1.weight: "
+        "the file's is for 1000 classes, this model has 4)"
+    )
     assert [r.getMessage() for r in said] == [expected], [r.getMessage() for r in said]
     caplog.clear()
     fresh = tmp_path / "fresh.pth"
@@ -125,4 +153,5 @@ def test_loading_initial_weights_is_said_and_untrained_ones_are_warned_about(tmp
     said = [(r.levelname, r.getMessage()) for r in caplog.records if r.name == "mnv2export.model"]
     assert said[0] == ("INFO", f"initialised from {fresh}: {tensors + 2} tensors loaded"), said
     assert said[1][0] == "WARNING" and said[1][1].startswith(
-        f"the initial weights in {fresh} look untrained: every BatchNorm layer holds its initial statistics (running_mean 0, running_var 1)"), said
+        f"the initial weights in {fresh} look untrained: every BatchNorm layer holds its initial statistics (running_mean 0, running_var 1)"
+    ), said

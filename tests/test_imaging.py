@@ -63,7 +63,9 @@ def image_files(tmp_path_factory) -> list[str]:
     for mode in MODES:
         for w, h in SIZES:
             ext = "tif" if mode in ("I;16", "I", "F", "CMYK") else "png"
-            files.append(_save(_image(mode, (w, h)), folder / f"{mode.replace(';', '_').replace('+', '_')}_{w}x{h}.{ext}"))
+            files.append(
+                _save(_image(mode, (w, h)), folder / f"{mode.replace(';', '_').replace('+', '_')}_{w}x{h}.{ext}")
+            )
     for mode in ("RGB", "L", "CMYK"):
         _image(mode, (45, 31)).save(folder / f"jpeg_{mode}.jpg", quality=90)
         files.append(folder / f"jpeg_{mode}.jpg")
@@ -85,10 +87,17 @@ def test_load_batch_is_the_torchvision_eval_transform(image_files, settings, exi
     mine, kept, errors = load_batch(image_files, cfg)
     theirs, their_kept, their_errors = load_images(image_files, cfg)
     assert kept == their_kept == image_files and not errors and not their_errors
-    assert mine.dtype == np.float32 and mine.shape == tuple(theirs.shape) == (len(image_files), 3, cfg.img_size, cfg.img_size)
+    assert mine.dtype == np.float32 and mine.shape == tuple(theirs.shape) == (
+        len(image_files),
+        3,
+        cfg.img_size,
+        cfg.img_size,
+    )
     assert mine.flags["C_CONTIGUOUS"]
     worst = np.abs(mine - theirs.numpy()).max()
-    assert worst <= 1e-6, f"{worst:.3g} at {image_files[int(np.abs(mine - theirs.numpy()).reshape(len(mine), -1).max(1).argmax())]}"
+    assert worst <= 1e-6, (
+        f"{worst:.3g} at {image_files[int(np.abs(mine - theirs.numpy()).reshape(len(mine), -1).max(1).argmax())]}"
+    )
 
 
 def test_unreadable_files_are_named_as_data_load_images_names_them(tmp_path, image_files):
@@ -120,4 +129,6 @@ def test_resize_and_crop_sizes_and_offsets_are_torchvisions():
                 theirs = F.resize(img, [size], interpolation=InterpolationMode.BILINEAR, antialias=True)
                 assert resized_size(w, h, size) == theirs.size
                 assert np.array_equal(np.asarray(resize_shorter(img, size, "bilinear")), np.asarray(theirs))
-                assert np.array_equal(np.asarray(center_crop(img, size)), np.asarray(F.center_crop(img, [size, size]))), (w, h, size)
+                assert np.array_equal(
+                    np.asarray(center_crop(img, size)), np.asarray(F.center_crop(img, [size, size]))
+                ), (w, h, size)

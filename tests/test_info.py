@@ -24,8 +24,13 @@ def imagenet_checkpoint(tmp_path_factory):
     torch.manual_seed(0)
     model_cfg = ModelConfig(num_classes=1000, width_mult=1.0)
     model = build_model(model_cfg)
-    ckpt = Checkpoint(model_config=model_cfg, data_config=DataConfig(source="synth", img_size=224), class_names=[f"c{i}" for i in range(1000)],
-                      state_dict=model.state_dict(), provenance=provenance(None))
+    ckpt = Checkpoint(
+        model_config=model_cfg,
+        data_config=DataConfig(source="synth", img_size=224),
+        class_names=[f"c{i}" for i in range(1000)],
+        state_dict=model.state_dict(),
+        provenance=provenance(None),
+    )
     return save_checkpoint(ckpt, tmp_path_factory.mktemp("imagenet") / "best.pt")
 
 
@@ -50,7 +55,9 @@ def test_exported_files_count_the_folded_parameters(trained_checkpoint, exported
     from mnv2export.checkpoint import load_checkpoint
 
     model = load_checkpoint(trained_checkpoint).build_model()
-    folded = sum(p.numel() for p in model.parameters()) - sum(m.num_features for m in model.modules() if isinstance(m, nn.BatchNorm2d))
+    folded = sum(p.numel() for p in model.parameters()) - sum(
+        m.num_features for m in model.modules() if isinstance(m, nn.BatchNorm2d)
+    )
     source = describe(trained_checkpoint)
     assert any(row.type == "BatchNorm2d" for row in source.model.layers)  # the checkpoint has them, unfolded
     for name in ("model.torchscript.pt", "model.onnx", "model.int8.onnx", "model.fp16.onnx"):
@@ -76,10 +83,20 @@ def test_onnx_graph_details_and_quantized_nodes(exported):
         assert info.format == "onnx" and g.opset == exported.artifacts["model.onnx"]["opset"]
         assert g.inputs == [{"name": "input", "dtype": "float", "shape": ["batch", 3, 32, 32]}]
         assert g.outputs == [{"name": "logits", "dtype": "float", "shape": ["batch", 4]}]
-        assert info.metadata["class_names"] == ["00-circle-solid", "01-square-solid", "02-triangle-solid", "03-cross-solid"]
+        assert info.metadata["class_names"] == [
+            "00-circle-solid",
+            "01-square-solid",
+            "02-triangle-solid",
+            "03-cross-solid",
+        ]
     assert fp32.onnx.quantized_total == 0 and fp32.onnx.quant_param_elements == 0
-    assert int8.onnx.quantized_nodes.get("QuantizeLinear", 0) > 0 and int8.onnx.quantized_nodes.get("DequantizeLinear", 0) > 0
-    assert int8.onnx.quantized_total == sum(n for op, n in int8.onnx.op_counts.items() if "quantize" in op.lower() or op.startswith("QLinear"))
+    assert (
+        int8.onnx.quantized_nodes.get("QuantizeLinear", 0) > 0
+        and int8.onnx.quantized_nodes.get("DequantizeLinear", 0) > 0
+    )
+    assert int8.onnx.quantized_total == sum(
+        n for op, n in int8.onnx.op_counts.items() if "quantize" in op.lower() or op.startswith("QLinear")
+    )
     assert int8.onnx.quant_param_elements > 0
     # every Conv of the FP32 graph is still there, now fed by dequantized weights
     assert int8.onnx.op_counts.get("Conv") == fp32.onnx.op_counts.get("Conv")
@@ -95,7 +112,10 @@ def test_cli_table_and_json(exported, tmp_path, capsys):
     assert "opset 18" in text and "input input: float [batch, 3, 32, 32]" in text
     assert "features.0.0" in text and "Conv2d" in text  # the per-layer table
     assert "MACs = FLOPs / 2" in text
-    assert data["precision"] == "int8" and data["model"]["params"] == describe(exported.out_dir / "model.onnx").model.params
+    assert (
+        data["precision"] == "int8"
+        and data["model"]["params"] == describe(exported.out_dir / "model.onnx").model.params
+    )
 
 
 def test_not_an_artifact_is_one_error_line(tmp_path, capsys):
@@ -111,16 +131,39 @@ def test_a_json_path_that_cannot_be_written_is_refused_before_the_report(exporte
     (tmp_path / "folder").mkdir()
     assert main(["info", str(exported.out_dir / "model.onnx"), "--json", str(tmp_path / "folder")]) == 1
     captured = capsys.readouterr()
-    assert captured.out == "" and captured.err.strip() == f"error: --json names a folder, not a file ({tmp_path / 'folder'}): give --json a file path"
+    assert (
+        captured.out == ""
+        and captured.err.strip()
+        == f"error: --json names a folder, not a file ({tmp_path / 'folder'}): give --json a file path"
+    )
 
 
-@pytest.mark.parametrize(("key", "value", "says"), [
-    ("input_size", [3, 64, 64], "ONNX graph does not match its metadata: input shape ['batch', 3, 32, 32] (the metadata says N x 3 x 64 x 64)"),
-    ("input_name", "x", "ONNX graph does not match its metadata: inputs ['input'] (the metadata says one named 'x')"),
-    ("class_names", ["a", "b", "c"], "ONNX graph does not match its metadata: output shape ['batch', 4] (the metadata says N x 3)"),
-    ("input_size", [32, 32], "artifact metadata is not valid: input_size [32, 32] (expected [3, H, W], H and W whole numbers > 0)"),
-    ("std", [0.2, 0, 0.2], "artifact metadata is not valid: std [0.2, 0, 0.2] (expected 3 numbers, each > 0)"),
-])
+@pytest.mark.parametrize(
+    ("key", "value", "says"),
+    [
+        (
+            "input_size",
+            [3, 64, 64],
+            "ONNX graph does not match its metadata: input shape ['batch', 3, 32, 32] (the metadata says N x 3 x 64 x 64)",
+        ),
+        (
+            "input_name",
+            "x",
+            "ONNX graph does not match its metadata: inputs ['input'] (the metadata says one named 'x')",
+        ),
+        (
+            "class_names",
+            ["a", "b", "c"],
+            "ONNX graph does not match its metadata: output shape ['batch', 4] (the metadata says N x 3)",
+        ),
+        (
+            "input_size",
+            [32, 32],
+            "artifact metadata is not valid: input_size [32, 32] (expected [3, H, W], H and W whole numbers > 0)",
+        ),
+        ("std", [0.2, 0, 0.2], "artifact metadata is not valid: std [0.2, 0, 0.2] (expected 3 numbers, each > 0)"),
+    ],
+)
 def test_info_checks_the_onnx_graph_against_its_metadata(exported, tmp_path, capsys, key, value, says):
     """`mnv2 info` read ONNX metadata without a look at the graph: an edited input_size gave wrong MACs and exit 0, a
     2-item input_size an unexpected RuntimeError. Now it checks the graph as load_artifact does, and names the field."""
@@ -135,7 +178,9 @@ def test_info_checks_the_onnx_graph_against_its_metadata(exported, tmp_path, cap
         _wrong_metadata(edited, edited, ["num_classes"], 3)
     assert main(["info", str(edited)]) == 1
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == [f"error: {says} ({edited}): export {'the model ' if 'graph' in says else 'it '}again with `mnv2 export`"]
+    assert err == [
+        f"error: {says} ({edited}): export {'the model ' if 'graph' in says else 'it '}again with `mnv2 export`"
+    ]
     with pytest.raises(ArtifactError, match=re_escape(says)):  # the runtime refuses it in the same words
         load_artifact(edited)
 
@@ -160,7 +205,10 @@ def test_info_refuses_metadata_whose_model_config_does_not_describe_the_weights(
     torch.jit.save(module, str(tmp_path / "m.torchscript.pt"), _extra_files={TORCHSCRIPT_METADATA: json.dumps(meta)})
     assert main(["info", str(tmp_path / "m.torchscript.pt")]) == 1
     err = capsys.readouterr().err.strip()
-    assert err.startswith("error: the model_config in the file's metadata does not describe its weights (") and "m.torchscript.pt" in err
+    assert (
+        err.startswith("error: the model_config in the file's metadata does not describe its weights (")
+        and "m.torchscript.pt" in err
+    )
     assert "export it again" in err
 
 
@@ -181,7 +229,9 @@ def test_a_torchscript_file_whose_input_name_differs_from_its_metadata_is_named(
     Image.new("RGB", (40, 40), "red").save(tmp_path / "red.png")
     for command in (["info", "--no-layers"], ["predict", str(tmp_path / "red.png"), "--model"]):
         assert main([*command, str(tmp_path / "m.torchscript.pt")]) == 0
-        assert "forward's input is named 'input', its metadata says 'images' (an older export)" in capsys.readouterr().err
+        assert (
+            "forward's input is named 'input', its metadata says 'images' (an older export)" in capsys.readouterr().err
+        )
 
     class TwoInputs(torch.nn.Module):
         def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -192,7 +242,8 @@ def test_a_torchscript_file_whose_input_name_differs_from_its_metadata_is_named(
     assert main(["info", str(tmp_path / "two.torchscript.pt")]) == 1
     assert capsys.readouterr().err.strip().splitlines()[-1] == (
         "error: TorchScript program does not match its metadata: forward takes ['a', 'b'] (the metadata says one input named "
-        f"'images') ({tmp_path / 'two.torchscript.pt'}): export the model again with `mnv2 export`")
+        f"'images') ({tmp_path / 'two.torchscript.pt'}): export the model again with `mnv2 export`"
+    )
 
 
 def test_an_export_of_an_untrained_checkpoint_is_described(tmp_path):
@@ -200,8 +251,8 @@ def test_an_export_of_an_untrained_checkpoint_is_described(tmp_path):
     convolution's bias is all zeros, and both exporters leave such biases out. The check of the model_config against
     the file's weights compares the kernels only, so this real export is described, not refused as edited."""
     import torch
-
     from conftest import TRAINED_DATA
+
     from mnv2export.checkpoint import Checkpoint, provenance, save_checkpoint
     from mnv2export.config import DataConfig, ModelConfig
     from mnv2export.export import export_all
@@ -209,24 +260,53 @@ def test_an_export_of_an_untrained_checkpoint_is_described(tmp_path):
 
     torch.manual_seed(0)
     model_cfg = ModelConfig(num_classes=4, width_mult=0.35)
-    ckpt = Checkpoint(model_config=model_cfg, data_config=DataConfig(**TRAINED_DATA), class_names=["a", "b", "c", "d"],
-                      state_dict=build_model(model_cfg).state_dict(), train_summary={"epoch": 0, "epochs": 2}, provenance=provenance(None))
-    export_all(save_checkpoint(ckpt, tmp_path / "last.pt"), tmp_path / "export", quantize=True, fp16=True, calib_size=16)
+    ckpt = Checkpoint(
+        model_config=model_cfg,
+        data_config=DataConfig(**TRAINED_DATA),
+        class_names=["a", "b", "c", "d"],
+        state_dict=build_model(model_cfg).state_dict(),
+        train_summary={"epoch": 0, "epochs": 2},
+        provenance=provenance(None),
+    )
+    export_all(
+        save_checkpoint(ckpt, tmp_path / "last.pt"), tmp_path / "export", quantize=True, fp16=True, calib_size=16
+    )
     source = describe(tmp_path / "last.pt")
     for name in ("model.torchscript.pt", "model.onnx", "model.int8.onnx", "model.fp16.onnx"):
         info = describe(tmp_path / "export" / name)
         assert info.model.macs == source.model.macs and info.params < source.params, name
 
 
-@pytest.mark.parametrize("summary, line", [
-    ({"epoch": 19, "epochs": 20, "best_val_acc": 0.9317, "best_epoch": 19, "final": {"epoch": 19, "val_acc": 0.9317}},
-     "epoch 19 of 20, val top-1 93.17% (the run's best)"),
-    ({"epoch": 20, "epochs": 20, "best_val_acc": 0.9317, "best_epoch": 19, "final": {"epoch": 20, "val_acc": 0.931}},
-     "epoch 20 of 20, val top-1 93.10% (the run's best: 93.17% at epoch 19)"),
-    ({"epoch": 0, "epochs": 2}, "epoch 0 of 2"),  # stopped in its first epoch: nothing scored yet
-    ({"epoch": 3, "epochs": 5, "best_val_acc": 0.5, "best_epoch": 2, "final": {"epoch": 2, "val_acc": 0.5}},
-     "epoch 3 of 5 (the run's best: 50.00% at epoch 2)"),  # metrics of another epoch are not this one's
-])
+@pytest.mark.parametrize(
+    "summary, line",
+    [
+        (
+            {
+                "epoch": 19,
+                "epochs": 20,
+                "best_val_acc": 0.9317,
+                "best_epoch": 19,
+                "final": {"epoch": 19, "val_acc": 0.9317},
+            },
+            "epoch 19 of 20, val top-1 93.17% (the run's best)",
+        ),
+        (
+            {
+                "epoch": 20,
+                "epochs": 20,
+                "best_val_acc": 0.9317,
+                "best_epoch": 19,
+                "final": {"epoch": 20, "val_acc": 0.931},
+            },
+            "epoch 20 of 20, val top-1 93.10% (the run's best: 93.17% at epoch 19)",
+        ),
+        ({"epoch": 0, "epochs": 2}, "epoch 0 of 2"),  # stopped in its first epoch: nothing scored yet
+        (
+            {"epoch": 3, "epochs": 5, "best_val_acc": 0.5, "best_epoch": 2, "final": {"epoch": 2, "val_acc": 0.5}},
+            "epoch 3 of 5 (the run's best: 50.00% at epoch 2)",
+        ),  # metrics of another epoch are not this one's
+    ],
+)
 def test_the_training_line_says_which_epoch_the_weights_are_from_and_the_runs_best(summary, line):
     from mnv2export.cli.info_cmd import _training_line
 

@@ -3,7 +3,14 @@ import torch
 
 from mnv2export.config import ModelConfig
 from mnv2export.errors import CheckpointError
-from mnv2export.model import build_model, collapse_warning, feature_map_size, load_pretrained, output_stride, zero_init_residual
+from mnv2export.model import (
+    build_model,
+    collapse_warning,
+    feature_map_size,
+    load_pretrained,
+    output_stride,
+    zero_init_residual,
+)
 
 
 def test_matches_torchvision_parameter_count():
@@ -30,12 +37,24 @@ def test_small_input_keeps_resolution():
     assert build_model(ModelConfig(width_mult=0.35)).features.eval()(torch.randn(1, 3, 28, 28)).shape[-2:] == (1, 1)
 
 
-@pytest.mark.parametrize("model, size", [
-    ({}, 224), ({}, 64), ({}, 33), ({}, 32), ({}, 28), ({}, 16),
-    ({"small_input": True}, 28), ({"small_input": True}, 16), ({"small_input": True}, 7),
-    ({"small_input": True, "stem_stride": 2}, 28), ({"small_input": True, "stem_stride": 2}, 16),
-    ({"output_stride": 16}, 28), ({"output_stride": 8}, 17),
-])
+@pytest.mark.parametrize(
+    "model, size",
+    [
+        ({}, 224),
+        ({}, 64),
+        ({}, 33),
+        ({}, 32),
+        ({}, 28),
+        ({}, 16),
+        ({"small_input": True}, 28),
+        ({"small_input": True}, 16),
+        ({"small_input": True}, 7),
+        ({"small_input": True, "stem_stride": 2}, 28),
+        ({"small_input": True, "stem_stride": 2}, 16),
+        ({"output_stride": 16}, 28),
+        ({"output_stride": 8}, 17),
+    ],
+)
 def test_feature_map_size_is_the_built_models(model, size):
     cfg = ModelConfig(num_classes=3, width_mult=0.35, **model)
     side = build_model(cfg).features.eval()(torch.randn(1, 3, size, size)).shape[-1]
@@ -142,5 +161,7 @@ def test_init_from_refuses_non_finite_weights(tmp_path):
     torch.save(state, path)
     with pytest.raises(CheckpointError) as info:
         load_pretrained(build_model(cfg), path)
-    assert info.value.what == "initial weights are not finite: 2 NaN or infinite values in features.2.conv.1.0.weight", info.value.what
+    assert (
+        info.value.what == "initial weights are not finite: 2 NaN or infinite values in features.2.conv.1.0.weight"
+    ), info.value.what
     assert info.value.path == str(path) and info.value.hint

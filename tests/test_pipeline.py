@@ -17,13 +17,35 @@ from mnv2export.pipeline import STEPS, PipelineError, PipelineOptions, run_pipel
 # synth, 4 classes, 32 px, width 0.35, small-input variant (stride 8: at 32 px the standard stride 32 ends at 1x1 and
 # learns poorly), no augmentation: ~99% in 3 short epochs, so INT8 agrees with FP32 and the check (a gate) passes
 TINY = dict(
-    data="synth", epochs=3, width=0.35, img_size=32, device="cpu", model={"small_input": True},
+    data="synth",
+    epochs=3,
+    width=0.35,
+    img_size=32,
+    device="cpu",
+    model={"small_input": True},
     data_settings={"synth_classes": 4, "synth_train_per_class": 64, "synth_val_per_class": 32, "train_aug": "none"},
     train={"batch_size": 16, "warmup_epochs": 0.0, "workers": 0, "progress": False},
 )
 TINY_OPTIONS = PipelineOptions(calib_size=64, check_samples=128, bench_batches=(1, 4), bench_warmup=1, bench_iters=3)
-TINY_FLAGS = ["--data", "synth", "--epochs", "1", "--width", "0.35", "--img-size", "32", "--device", "cpu", "--synth-classes", "4",
-              "--synth-per-class", "24", "--batch-size", "16", "--no-progress"]
+TINY_FLAGS = [
+    "--data",
+    "synth",
+    "--epochs",
+    "1",
+    "--width",
+    "0.35",
+    "--img-size",
+    "32",
+    "--device",
+    "cpu",
+    "--synth-classes",
+    "4",
+    "--synth-per-class",
+    "24",
+    "--batch-size",
+    "16",
+    "--no-progress",
+]
 
 
 @pytest.fixture(scope="module")
@@ -36,22 +58,41 @@ def test_every_step_runs_and_writes_its_outputs(tiny_pipeline):
     run = r.run_dir
     assert r.passed and r.failed_step is None
     assert [(s.name, s.status) for s in r.steps] == [(s, "ok") for s in STEPS]
-    for rel in ("pipeline.json", "data_samples.png", "weights/best.pt", "weights/last.pt", "weights/metrics.csv", "weights/loss_curve.png",
-                "export/model.torchscript.pt", "export/model.onnx", "export/model.int8.onnx", "export/model.fp16.onnx",
-                "export/manifest.json", "check.json", "bench.json", "bench.csv", "bench.png", "report.md"):
+    for rel in (
+        "pipeline.json",
+        "data_samples.png",
+        "weights/best.pt",
+        "weights/last.pt",
+        "weights/metrics.csv",
+        "weights/loss_curve.png",
+        "export/model.torchscript.pt",
+        "export/model.onnx",
+        "export/model.int8.onnx",
+        "export/model.fp16.onnx",
+        "export/manifest.json",
+        "check.json",
+        "bench.json",
+        "bench.csv",
+        "bench.png",
+        "report.md",
+    ):
         assert (run / rel).is_file(), rel
     for s in r.steps:  # every output a step claims is there
         assert all((run / o).is_file() for o in s.outputs), s
     record = json.loads((run / "pipeline.json").read_text())
     assert record["passed"] and [s["status"] for s in record["steps"]] == ["ok"] * len(STEPS)
     assert record["config"]["model"]["width_mult"] == 0.35 and record["config"]["data"]["img_size"] == 32
-    assert record["config"]["model"]["num_classes"] == 4 == len(record["data"]["class_names"])  # the data's count, not the default
+    assert (
+        record["config"]["model"]["num_classes"] == 4 == len(record["data"]["class_names"])
+    )  # the data's count, not the default
     threads = record["config"]["train"]["threads"]
     assert threads >= 1 and json.loads((run / "bench.json").read_text())["settings"]["threads"] == threads
     check = json.loads((run / "check.json").read_text())
     assert check["passed"] and {row["artifact"] for row in check["rows"]} == set(r.manifest.artifacts)
     bench = json.loads((run / "bench.json").read_text())
-    assert {(row["format"], row["batch"]) for row in bench["rows"]} == {(f, b) for f in ("eager", "torchscript", "onnx", "int8", "fp16") for b in (1, 4)}
+    assert {(row["format"], row["batch"]) for row in bench["rows"]} == {
+        (f, b) for f in ("eager", "torchscript", "onnx", "int8", "fp16") for b in (1, 4)
+    }
     assert all(row["status"] == "ok" and row["iters"] == 3 for row in bench["rows"])
     with Image.open(run / "bench.png") as img:
         assert img.format == "PNG"
@@ -62,7 +103,16 @@ def test_the_report_reads_top_to_bottom(tiny_pipeline):
     text = (run / "report.md").read_text()
     assert text.startswith(f"# Pipeline report: {run.name}\n") and "**Result: passed.**" in text
     headings = [line for line in text.splitlines() if line.startswith("## ")]
-    assert headings == ["## Data", "## Model", "## Training", "## Export", "## Parity check", "## Benchmark", "## Files", "## Using the artifacts"]
+    assert headings == [
+        "## Data",
+        "## Model",
+        "## Training",
+        "## Export",
+        "## Parity check",
+        "## Benchmark",
+        "## Files",
+        "## Using the artifacts",
+    ]
     links = re.findall(r"\]\(([^)]+)\)", text)
     for picture in ("data_samples.png", "weights/loss_curve.png", "weights/kernels.png", "bench.png"):
         assert picture in links
@@ -180,11 +230,30 @@ def test_cli_class_index_and_init_from_reach_the_run(monkeypatch):
     seen = {}
 
     def fake_run_pipeline(data, **kwargs):
-        seen["cfg"] = P.pipeline_config(data, device=kwargs["device"], data_settings=kwargs["data_settings"], train=kwargs["train"])
+        seen["cfg"] = P.pipeline_config(
+            data, device=kwargs["device"], data_settings=kwargs["data_settings"], train=kwargs["train"]
+        )
         raise ConfigError("stop here", hint="-")
 
     monkeypatch.setattr(P, "run_pipeline", fake_run_pipeline)
-    assert main(["pipeline", "--data", "synth", "--device", "cpu", "--class-index", "idx.json", "--init-from", "w.pth", "--freeze-blocks", "19"]) == 1
+    assert (
+        main(
+            [
+                "pipeline",
+                "--data",
+                "synth",
+                "--device",
+                "cpu",
+                "--class-index",
+                "idx.json",
+                "--init-from",
+                "w.pth",
+                "--freeze-blocks",
+                "19",
+            ]
+        )
+        == 1
+    )
     assert seen["cfg"].data.class_index == "idx.json" and seen["cfg"].train.init_from == "w.pth"
     assert seen["cfg"].train.freeze_blocks == 19
 
@@ -261,7 +330,9 @@ def test_cli_missing_calibration_folder_is_one_line_before_any_step(tmp_path, ca
     out = tmp_path / "r"
     assert main(["pipeline", *TINY_FLAGS, "--calib-data", str(tmp_path / "nodir"), "--out", str(out)]) == 1
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == [f"error: calibration data not found ({tmp_path / 'nodir'}): pass --calib-data with a folder of images (or synth)"]
+    assert err == [
+        f"error: calibration data not found ({tmp_path / 'nodir'}): pass --calib-data with a folder of images (or synth)"
+    ]
     assert not out.exists()
 
 
@@ -329,7 +400,9 @@ def test_provider_all_means_cuda_only_where_it_runs(monkeypatch):
     monkeypatch.setattr(device, "cuda_unavailable_reason", lambda: "no GPU here")
     providers, notes = resolve_providers("cpu", ("all",))
     assert providers == ("cpu",) and notes == ["--provider all: check and bench on CPU only (no GPU here)"]
-    with pytest.raises(ProviderUnavailable, match="CUDA was asked for but no GPU here"):  # an explicit cuda must run: checked now
+    with pytest.raises(
+        ProviderUnavailable, match="CUDA was asked for but no GPU here"
+    ):  # an explicit cuda must run: checked now
         resolve_providers("cpu", ("all", "cuda"))
     monkeypatch.setattr(device, "cuda_unavailable_reason", lambda: None)
     monkeypatch.setattr(runtime, "onnx_provider_problem", lambda provider: None)
@@ -377,7 +450,12 @@ def test_a_recipe_is_not_overridden_by_the_pipeline_defaults():
     from mnv2export.config import run_config
     from mnv2export.pipeline import pipeline_config
 
-    recipe = run_config(None, {"width_mult": 1.0}, {"source": "synth", "img_size": 32, "synth_classes": 3}, {"epochs": 7, "device": "cpu"})
+    recipe = run_config(
+        None,
+        {"width_mult": 1.0},
+        {"source": "synth", "img_size": 32, "synth_classes": 3},
+        {"epochs": 7, "device": "cpu"},
+    )
     cfg = pipeline_config(recipe=recipe)
     assert cfg.model.width_mult == 1.0 and cfg.train.epochs == 7 and cfg.data.synth_classes == 3
 
@@ -401,9 +479,15 @@ def test_the_check_is_a_gate(monkeypatch, tmp_path):
     bad_row = SimpleNamespace(passed=False, artifact="model.int8.onnx", provider="cpu")
     report = SimpleNamespace(passed=False, rows=[bad_row], to_json=lambda path: Path(path).write_text("{}"))
     monkeypatch.setattr(parity, "check", lambda *a, **k: report)
-    result = SimpleNamespace(train=SimpleNamespace(best="best.pt"), run_dir=tmp_path, providers=("cpu",),
-                             options=pipeline.PipelineOptions(), config=pipeline.pipeline_config(device="cpu"),
-                             step=lambda name: SimpleNamespace(outputs=[]), parity=None)
+    result = SimpleNamespace(
+        train=SimpleNamespace(best="best.pt"),
+        run_dir=tmp_path,
+        providers=("cpu",),
+        options=pipeline.PipelineOptions(),
+        config=pipeline.pipeline_config(device="cpu"),
+        step=lambda name: SimpleNamespace(outputs=[]),
+        parity=None,
+    )
     with pytest.raises(ParityError, match="1 of 1 artifact checks"):
         pipeline._step_check(result)
 
@@ -416,11 +500,30 @@ def test_the_bench_step_needs_one_measured_row_not_all(monkeypatch, tmp_path):
     from mnv2export.errors import Mnv2Error
 
     failed = BenchRow("int8", "cpu", 1, status="error", reason="ORT refused the model")
-    good = BenchRow("onnx", "cpu", 1, p50_ms=1.0, p90_ms=1.1, p95_ms=1.2, p99_ms=1.3, min_ms=0.9, max_ms=1.4, mean_ms=1.05,
-                    std_ms=0.1, iters=3, throughput=950.0)
+    good = BenchRow(
+        "onnx",
+        "cpu",
+        1,
+        p50_ms=1.0,
+        p90_ms=1.1,
+        p95_ms=1.2,
+        p99_ms=1.3,
+        min_ms=0.9,
+        max_ms=1.4,
+        mean_ms=1.05,
+        std_ms=0.1,
+        iters=3,
+        throughput=950.0,
+    )
     step = SimpleNamespace(outputs=[])
-    result = SimpleNamespace(run_dir=tmp_path, providers=("cpu",), options=pipeline.PipelineOptions(),
-                             config=pipeline.pipeline_config(device="cpu"), step=lambda name: step, bench=None)
+    result = SimpleNamespace(
+        run_dir=tmp_path,
+        providers=("cpu",),
+        options=pipeline.PipelineOptions(),
+        config=pipeline.pipeline_config(device="cpu"),
+        step=lambda name: step,
+        bench=None,
+    )
     monkeypatch.setattr(bench, "run", lambda *a, **k: BenchResult([failed, good], machine={}))
     assert pipeline._step_bench(result) == ["bench.json", "bench.csv", "bench.png"]
     assert (tmp_path / "bench.png").is_file()
@@ -435,14 +538,18 @@ def _result(tmp_path, statuses):
     from mnv2export.pipeline import STEPS, PipelineOptions, PipelineResult, StepRecord, pipeline_config
 
     steps = [StepRecord(s, st, 1.0 if st != "not run" else None) for s, st in zip(STEPS, statuses)]
-    return PipelineResult(tmp_path, pipeline_config(device="cpu"), PipelineOptions(), ("cpu",), steps, "now", wall_seconds=75.0)
+    return PipelineResult(
+        tmp_path, pipeline_config(device="cpu"), PipelineOptions(), ("cpu",), steps, "now", wall_seconds=75.0
+    )
 
 
 def test_report_header_says_passed_failed_or_incomplete(tmp_path):
     from mnv2export import report
 
     assert "**Result: passed.** Every step finished in 1 min 15 s" in report._header(_result(tmp_path, ["ok"] * 6))
-    assert "**Result: incomplete**" in report._header(_result(tmp_path, ["ok", "ok", "not run", "not run", "not run", "not run"]))
+    assert "**Result: incomplete**" in report._header(
+        _result(tmp_path, ["ok", "ok", "not run", "not run", "not run", "not run"])
+    )
     failed = _result(tmp_path, ["ok", "failed", "not run", "not run", "not run", "not run"])
     failed.steps[1].error = "boom"
     assert "**Result: FAILED at step 'train'** - boom" in report._header(failed)
@@ -451,7 +558,12 @@ def test_report_header_says_passed_failed_or_incomplete(tmp_path):
 def test_report_durations():
     from mnv2export.report import _duration
 
-    assert _duration(None) == "?" and _duration(59.94) == "59.9 s" and _duration(60) == "1 min 0 s" and _duration(125.4) == "2 min 5 s"
+    assert (
+        _duration(None) == "?"
+        and _duration(59.94) == "59.9 s"
+        and _duration(60) == "1 min 0 s"
+        and _duration(125.4) == "2 min 5 s"
+    )
 
 
 def test_report_files_and_usage_list_only_what_exists(tmp_path):
@@ -475,17 +587,32 @@ def test_report_data_and_training_sections(tmp_path):
 
     r = _result(tmp_path, ["ok"] * 6)
     names = [f"c{i}" for i in range(25)]
-    r.data = {"class_names": names, "num_classes": 25, "train_images": 1, "val_images": 1, "resize": 36, "interpolation": "bilinear",
-              "img_size": 32, "mean": [0.5] * 3, "std": [0.25] * 3, "train_aug": "none"}
+    r.data = {
+        "class_names": names,
+        "num_classes": 25,
+        "train_images": 1,
+        "val_images": 1,
+        "resize": 36,
+        "interpolation": "bilinear",
+        "img_size": 32,
+        "mean": [0.5] * 3,
+        "std": [0.25] * 3,
+        "train_aug": "none",
+    }
     data = report._data(r)
     assert "`c19`, ... (5 more)" in data and "`c20`" not in data
     r.data["class_names"] = names[:20]
     assert "more)" not in report._data(r)
     assert "EXIF" not in data
     r.config = dataclasses.replace(r.config, data=r.config.data.replace(source="photos", exif_orientation=True))
-    assert "Preprocessing (validation, stored in every artifact): turn upright by the EXIF orientation tag, resize" in report._data(r)
-    r.train = SimpleNamespace(summary={"epoch": 1, "best_val_acc": 0.95, "best_epoch": 1, "wall_seconds": 3.0},
-                              history=[{"epoch": 1, "train_loss": 1.0, "val_loss": 1.0, "val_acc": 0.95, "lr": 0.1, "seconds": 3.0}])
+    assert (
+        "Preprocessing (validation, stored in every artifact): turn upright by the EXIF orientation tag, resize"
+        in report._data(r)
+    )
+    r.train = SimpleNamespace(
+        summary={"epoch": 1, "best_val_acc": 0.95, "best_epoch": 1, "wall_seconds": 3.0},
+        history=[{"epoch": 1, "train_loss": 1.0, "val_loss": 1.0, "val_acc": 0.95, "lr": 0.1, "seconds": 3.0}],
+    )
     training = report._training(r)
     assert "Best validation top-1: **95.00%**" in training and "1 epoch on" in training
 
@@ -508,7 +635,9 @@ def test_report_duration_never_shows_60_seconds():
     assert _duration(119.6) == "2 min 0 s"
 
 
-@pytest.mark.parametrize("bad", [dict(bench_iters=0), dict(bench_warmup=-1), dict(bench_formats=("nope",)), dict(bench_duration=2.0)])
+@pytest.mark.parametrize(
+    "bad", [dict(bench_iters=0), dict(bench_warmup=-1), dict(bench_formats=("nope",)), dict(bench_duration=2.0)]
+)
 def test_bench_settings_are_checked_before_any_step(tmp_path, bad):
     """pipeline docstring: 'Settings are all checked before the first step (a bad flag is a plain ConfigError)'.
     Here the data step runs (and fails on a missing folder) before the bad bench setting is ever looked at; with

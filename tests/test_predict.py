@@ -20,6 +20,7 @@ ARTIFACTS = ("model.torchscript.pt", "model.onnx", "model.int8.onnx", "model.fp1
 def images(tmp_path_factory) -> Path:
     """The trained checkpoint's own validation images (synth, 4 classes, 32 px), written as PNG files, class = folder."""
     from conftest import TRAINED_DATA
+
     from mnv2export.data.synth import write_synth
 
     root = tmp_path_factory.mktemp("predict_images")
@@ -53,7 +54,12 @@ def test_probabilities_are_a_softmax_in_order(exported, images):
         probs = [t["probability"] for t in p.top]
         assert probs == sorted(probs, reverse=True)
         assert abs(sum(probs) - 1.0) < 1e-6
-        assert {t["class"] for t in p.top} == {"00-circle-solid", "01-square-solid", "02-triangle-solid", "03-cross-solid"}
+        assert {t["class"] for t in p.top} == {
+            "00-circle-solid",
+            "01-square-solid",
+            "02-triangle-solid",
+            "03-cross-solid",
+        }
         assert all(p.top[i]["class"] == result_names(exported)[p.top[i]["index"]] for i in range(4))
 
 
@@ -76,7 +82,9 @@ def test_unreadable_images_are_named_and_skipped(exported, images, tmp_path, cap
     assert set(skipped) == {"corrupt.png", "empty.jpg", "missing.jpg"}
     assert "not found" in skipped["missing.jpg"]
 
-    code = main(["predict", str(folder), str(missing), "--model", str(exported.out_dir / "model.int8.onnx"), "--top-k", "2"])
+    code = main(
+        ["predict", str(folder), str(missing), "--model", str(exported.out_dir / "model.int8.onnx"), "--top-k", "2"]
+    )
     out = capsys.readouterr()
     assert code == 0
     assert "corrupt.png" in out.err and "empty.jpg" in out.err and "missing.jpg" in out.err
@@ -118,7 +126,10 @@ def test_exported_files_work_alone(exported, images, tmp_path, monkeypatch, caps
         assert data["model"] == name and len(data["predictions"]) == 16 and data["skipped"] == []
         original = predict([images], exported.out_dir / name, top_k=1)
         assert [p["top"][0]["class"] for p in data["predictions"]] == [p.label for p in original.predictions]
-        assert np.allclose([p["top"][0]["probability"] for p in data["predictions"]], [p.top[0]["probability"] for p in original.predictions])
+        assert np.allclose(
+            [p["top"][0]["probability"] for p in data["predictions"]],
+            [p.top[0]["probability"] for p in original.predictions],
+        )
 
 
 def test_cuda_provider_without_gpu_is_a_clear_error(exported, images, capsys):
@@ -128,9 +139,13 @@ def test_cuda_provider_without_gpu_is_a_clear_error(exported, images, capsys):
         pytest.skip("a GPU is present")
     code = main(["predict", str(images), "--model", str(exported.out_dir / "model.onnx"), "--provider", "cuda"])
     assert code == 1 and "CUDA was asked for" in capsys.readouterr().err
-    code = main(["predict", str(images), "--model", str(exported.out_dir / "model.torchscript.pt"), "--provider", "cuda"])
+    code = main(
+        ["predict", str(images), "--model", str(exported.out_dir / "model.torchscript.pt"), "--provider", "cuda"]
+    )
     err = capsys.readouterr().err
-    assert code == 1 and "CUDA was asked for" in err and "--provider cpu" in err and "--device" not in err  # predict has no --device
+    assert (
+        code == 1 and "CUDA was asked for" in err and "--provider cpu" in err and "--device" not in err
+    )  # predict has no --device
 
 
 # --------------------------------------------------------------------------------------------------- predict
@@ -162,7 +177,9 @@ def test_more_images_than_one_batch_are_all_classified(exported, tmp_path):
     assert [p.path for p in result.predictions] == [str(f) for f in files] and len(files) == 8
 
 
-def test_a_file_that_is_not_what_its_manifest_records_is_warned_about(trained_checkpoint, exported, images, tmp_path, capsys):
+def test_a_file_that_is_not_what_its_manifest_records_is_warned_about(
+    trained_checkpoint, exported, images, tmp_path, capsys
+):
     """predict served any file in an export folder: one changed since export, or one the manifest does not list (left
     from another export), ran without a word, though `mnv2 check` never verified it. Now it is said (and still run)."""
     folder = tmp_path / "export"
@@ -170,7 +187,10 @@ def test_a_file_that_is_not_what_its_manifest_records_is_warned_about(trained_ch
     assert predict([images], folder / "model.onnx", top_k=1).warnings == []  # the exported file as it was written
     shutil.copy(folder / "model.int8.onnx", folder / "model.onnx")  # another model under the listed name
     shutil.copy(folder / "model.onnx", folder / "spare.onnx")
-    for name, expect in (("model.onnx", "model.onnx changed since export"), ("spare.onnx", "spare.onnx is not listed in")):
+    for name, expect in (
+        ("model.onnx", "model.onnx changed since export"),
+        ("spare.onnx", "spare.onnx is not listed in"),
+    ):
         code = main(["predict", str(images), "--model", str(folder / name), "--json", "--top-k", "1"])
         captured = capsys.readouterr()
         assert code == 0 and len(json.loads(captured.out)["predictions"]) == 16
@@ -178,7 +198,9 @@ def test_a_file_that_is_not_what_its_manifest_records_is_warned_about(trained_ch
         assert expect in captured.err  # on stderr too, as every warning
     (folder / "manifest.json").write_text("{")
     assert "not a readable manifest" in predict([images], folder / "model.onnx", top_k=1).warnings[0]
-    shutil.copy(trained_checkpoint, folder / "best.pt")  # a checkpoint kept beside its export is not one of its artifacts
+    shutil.copy(
+        trained_checkpoint, folder / "best.pt"
+    )  # a checkpoint kept beside its export is not one of its artifacts
     assert predict([images], folder / "best.pt", top_k=1).warnings == []
 
 
@@ -200,14 +222,22 @@ def _with_preprocessing(src: Path, dst: Path, **data) -> Path:
     prop = next(p for p in model.metadata_props if p.key == "mnv2_metadata")
     meta = json.loads(prop.value)
     cfg = DataConfig.from_dict({**meta["data_config"], **data})
-    meta.update(data_config=cfg.to_dict(), resize_size=cfg.resize, interpolation=cfg.interpolation, preprocessing=preprocessing_spec(cfg))
+    meta.update(
+        data_config=cfg.to_dict(),
+        resize_size=cfg.resize,
+        interpolation=cfg.interpolation,
+        preprocessing=preprocessing_spec(cfg),
+    )
     prop.value = json.dumps(meta)
     onnx.save(model, str(dst))
     return dst
 
 
-@pytest.mark.parametrize("data", [{}, {"resize_size": 41, "interpolation": "bicubic"}, {"source": "photos", "exif_orientation": True}],
-                         ids=["as-exported", "resize-41-bicubic", "exif-orientation"])
+@pytest.mark.parametrize(
+    "data",
+    [{}, {"resize_size": 41, "interpolation": "bicubic"}, {"source": "photos", "exif_orientation": True}],
+    ids=["as-exported", "resize-41-bicubic", "exif-orientation"],
+)
 def test_the_readmes_standalone_serving_code_answers_like_predict(exported, images, tmp_path, data):
     """README, 'Serving an artifact without mnv2export': its Pillow + NumPy + ONNX Runtime code, run as written, from
     the metadata's preprocessing entry alone, gives mnv2 predict's classes and probabilities (1e-5), on square,
@@ -224,7 +254,10 @@ def test_the_readmes_standalone_serving_code_answers_like_predict(exported, imag
     Image.fromarray(src).resize((23, 61), Image.BICUBIC).convert("L").save(extra / "tall_gray.png")
     Image.fromarray(src).resize((20, 20)).convert("RGBA").save(extra / "small_rgba.png")
     Image.fromarray(src).resize((33, 32)).save(extra / "odd.jpg", quality=90)
-    for tag, turn in ((6, Image.Transpose.ROTATE_90), (8, Image.Transpose.ROTATE_270)):  # stored sideways, as a phone does
+    for tag, turn in (
+        (6, Image.Transpose.ROTATE_90),
+        (8, Image.Transpose.ROTATE_270),
+    ):  # stored sideways, as a phone does
         exif = Image.Exif()
         exif[0x0112] = tag
         Image.fromarray(src).resize((30, 45)).transpose(turn).save(extra / f"phone_{tag}.jpg", exif=exif, quality=90)
@@ -255,7 +288,9 @@ def read_onnx_preprocessing(path: Path) -> dict:
 
 def test_threads_option(exported, images, capsys):
     """`predict()` took threads, the command had no --threads: a service sharing a machine could not cap predict."""
-    assert main(["predict", str(images), "--model", str(exported.out_dir / "model.onnx"), "--threads", "1", "--json"]) == 0
+    assert (
+        main(["predict", str(images), "--model", str(exported.out_dir / "model.onnx"), "--threads", "1", "--json"]) == 0
+    )
     assert len(json.loads(capsys.readouterr().out)["predictions"]) == 16
     assert main(["predict", str(images), "--model", str(exported.out_dir / "model.onnx"), "--threads", "0"]) == 1
     assert capsys.readouterr().err.strip().splitlines()[-1].startswith("error: threads = 0 is out of range")
@@ -263,6 +298,7 @@ def test_threads_option(exported, images, capsys):
 
 def _strict_json(text: str):
     """``json.loads`` as a strict parser reads it: NaN and Infinity are not JSON."""
+
     def refuse(name):
         raise ValueError(f"not JSON: {name}")
 
@@ -287,7 +323,9 @@ def test_nan_probabilities_are_null_in_json_and_nan_in_text(exported, images, tm
     assert [t["probability"] for t in data["predictions"][0]["top"]] == [None, None]
     assert main(["predict", image, "--model", str(tmp_path / "nan.onnx"), "--top-k", "2"]) == 0
     lines = capsys.readouterr().out.splitlines()[2:]
-    assert len(lines) == 2 and all(line.strip().startswith("nan ") for line in lines) and "%" not in "".join(lines), lines
+    assert len(lines) == 2 and all(line.strip().startswith("nan ") for line in lines) and "%" not in "".join(lines), (
+        lines
+    )
 
 
 def foreign_onnx(real: Path, out: Path) -> Path:
@@ -300,10 +338,16 @@ def foreign_onnx(real: Path, out: Path) -> Path:
     classes = source.graph.output[0].type.tensor_type.shape.dim[1].dim_value
     w = helper.make_tensor("w", TensorProto.FLOAT, [classes, 3], np.ones((classes, 3), np.float32).ravel().tolist())
     graph = helper.make_graph(
-        [helper.make_node("GlobalAveragePool", ["input"], ["pooled"]), helper.make_node("Flatten", ["pooled"], ["flat"]),
-         helper.make_node("Gemm", ["flat", "w"], ["logits"], transB=1)],
-        "foreign", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 3, 32, 32])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", classes])], [w])
+        [
+            helper.make_node("GlobalAveragePool", ["input"], ["pooled"]),
+            helper.make_node("Flatten", ["pooled"], ["flat"]),
+            helper.make_node("Gemm", ["flat", "w"], ["logits"], transB=1),
+        ],
+        "foreign",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 3, 32, 32])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", classes])],
+        [w],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=source.ir_version)
     model.metadata_props.extend(source.metadata_props)
     onnx.checker.check_model(model)
@@ -323,6 +367,9 @@ def test_a_foreign_onnx_graph_with_copied_metadata_is_refused_as_info_refuses_it
         assert main([*command, str(foreign)]) == 1
         errors.append(capsys.readouterr().err.strip().splitlines()[-1])
     assert errors[0] == errors[1], errors
-    assert errors[0].startswith("error: the model_config in the file's metadata does not describe its weights (12 ") and str(foreign) in errors[0]
+    assert (
+        errors[0].startswith("error: the model_config in the file's metadata does not describe its weights (12 ")
+        and str(foreign) in errors[0]
+    )
     with pytest.raises(ArtifactError, match="does not describe its weights"):  # check and bench load through here
         load_artifact(foreign)

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import write_fashion_idx
+
 from mnv2export.config import IMAGENET_MEAN, IMAGENET_STD, ModelConfig, RunConfig, load_recipe, run_config
 from mnv2export.errors import ConfigError
 
@@ -102,16 +102,23 @@ def test_output_stride_runs_the_last_stride_2_stages_at_stride_1():
         assert model.features(torch.zeros(1, 3, 28, 28)).shape[-2:] == (4, 4)  # 28 px ends at 4x4, not 2x2
     strides = [block.stride for block in model.features[1:-1]]  # torchvision's InvertedResidual blocks
     # stem 2, then the 32- and 64-channel stages keep their stride 2; the 160-channel stage (block 14) runs at 1
-    assert strides == [1] * 3 + [2] + [1] * 2 + [2] + [1] * 10 and build_model(cfg.replace(output_stride=None)).features(torch.zeros(1, 3, 28, 28)).shape[-2:] == (2, 2)
+    assert strides == [1] * 3 + [2] + [1] * 2 + [2] + [1] * 10 and build_model(
+        cfg.replace(output_stride=None)
+    ).features(torch.zeros(1, 3, 28, 28)).shape[-2:] == (2, 2)
     assert output_stride(ModelConfig(output_stride=16)) == 16 and output_stride(ModelConfig(output_stride=8)) == 8
-    for bad in dict(output_stride=4), dict(output_stride=64), dict(small_input=True, stem_stride=2, output_stride=32), dict(output_stride=True):
+    for bad in (
+        dict(output_stride=4),
+        dict(output_stride=64),
+        dict(small_input=True, stem_stride=2, output_stride=32),
+        dict(output_stride=True),
+    ):
         with pytest.raises(ConfigError, match="output_stride"):
             ModelConfig(**bad)
 
 
 def test_a_bad_recipe_names_the_file(tmp_path):
     bad = tmp_path / "bad.toml"
-    bad.write_text('[model]\nstem_stride = 4\n')
+    bad.write_text("[model]\nstem_stride = 4\n")
     with pytest.raises(ConfigError) as info:
         load_recipe(bad)
     assert "stem_stride" in str(info.value) and "bad.toml" in str(info.value)
@@ -123,8 +130,20 @@ def test_fashion_recipe_trains_one_epoch_on_generated_idx(tmp_path):
     out = tmp_path / "run"
     env = {**os.environ, "MNV2_CACHE": str(tmp_path / "cache")}
     cmd = [
-        sys.executable, "-m", "mnv2export", "train", "--config", str(FASHION), "--data-dir", str(data),
-        "--epochs", "1", "--out", str(out), "--no-plots", "--no-progress",
+        sys.executable,
+        "-m",
+        "mnv2export",
+        "train",
+        "--config",
+        str(FASHION),
+        "--data-dir",
+        str(data),
+        "--epochs",
+        "1",
+        "--out",
+        str(out),
+        "--no-plots",
+        "--no-progress",
     ]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -141,8 +160,14 @@ def test_fashion_recipe_trains_one_epoch_on_generated_idx(tmp_path):
     # the recipe zero-initialises, have moved off zero by that one small step (1.0 if zero_init were not applied)
     from torchvision.models.mobilenetv2 import InvertedResidual
 
-    scales = [b.conv[-1].weight.detach() for b in best.build_model().modules() if isinstance(b, InvertedResidual) and b.use_res_connect]
-    assert len(scales) == 10 and all(0 < float(g.abs().max()) < 0.1 for g in scales), [float(g.abs().max()) for g in scales]
+    scales = [
+        b.conv[-1].weight.detach()
+        for b in best.build_model().modules()
+        if isinstance(b, InvertedResidual) and b.use_res_connect
+    ]
+    assert len(scales) == 10 and all(0 < float(g.abs().max()) < 0.1 for g in scales), [
+        float(g.abs().max()) for g in scales
+    ]
     assert best.model_config == recipe.model
     assert best.data_config.source == "fashion-mnist" and best.data_config.img_size == 28
     assert best.train_summary["data"]["train_images"] == 320 and best.train_summary["data"]["val_images"] == 60

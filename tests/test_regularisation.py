@@ -5,11 +5,11 @@ import json
 
 import pytest
 import torch
+from conftest import TINY_FLAGS, tiny_run_config
 from PIL import Image
 from torch import nn
 from torchvision.transforms import v2
 
-from conftest import TINY_FLAGS, tiny_run_config
 from mnv2export.checkpoint import load_checkpoint
 from mnv2export.config import AUTO_AUGMENTATIONS, DataConfig, run_config
 from mnv2export.data.transforms import batch_mix, train_transform
@@ -125,7 +125,11 @@ def test_a_regularised_run_resumes_exactly_and_records_its_settings(tmp_path, mo
     assert not torch.equal(_weights(other.last)["features.0.0.weight"], _weights(whole.last)["features.0.0.weight"])
     stored = json.loads((whole.run_dir / "config.json").read_text())
     assert stored["data"]["auto_augment"] == "ta_wide" and stored["data"]["random_erase"] == 0.25
-    assert (stored["train"]["mixup_alpha"], stored["train"]["cutmix_alpha"], stored["train"]["clip_grad_norm"]) == (0.2, 1.0, 2.0)
+    assert (stored["train"]["mixup_alpha"], stored["train"]["cutmix_alpha"], stored["train"]["clip_grad_norm"]) == (
+        0.2,
+        1.0,
+        2.0,
+    )
     assert load_checkpoint(whole.best).data_config.auto_augment == "ta_wide"
 
 
@@ -133,6 +137,7 @@ def test_per_image_augmentation_takes_fashion_mnist_off_the_in_memory_path(tmp_p
     """The in-memory path augments a batch at a time with crops and flips only; asked for a policy or erasing,
     Fashion-MNIST's training set goes through torchvision's per-image transforms (validation stays in memory)."""
     from conftest import write_fashion_idx
+
     from mnv2export.data import build_datasets
 
     monkeypatch.setenv("MNV2_CACHE", str(tmp_path / "cache"))
@@ -151,21 +156,45 @@ def test_the_cli_flags_reach_the_run(tmp_path):
     from mnv2export.cli import main
 
     out = tmp_path / "run"
-    flags = ["--auto-augment", "augmix", "--random-erase", "0.1", "--mixup-alpha", "0.3", "--cutmix-alpha", "0.5", "--clip-grad-norm", "5"]
+    flags = [
+        "--auto-augment",
+        "augmix",
+        "--random-erase",
+        "0.1",
+        "--mixup-alpha",
+        "0.3",
+        "--cutmix-alpha",
+        "0.5",
+        "--clip-grad-norm",
+        "5",
+    ]
     assert main(["train", *TINY_FLAGS, *flags, "--epochs", "1", "--out", str(out)]) == 0
     stored = json.loads((out / "config.json").read_text())
     assert (stored["data"]["auto_augment"], stored["data"]["random_erase"]) == ("augmix", 0.1)
-    assert (stored["train"]["mixup_alpha"], stored["train"]["cutmix_alpha"], stored["train"]["clip_grad_norm"]) == (0.3, 0.5, 5.0)
+    assert (stored["train"]["mixup_alpha"], stored["train"]["cutmix_alpha"], stored["train"]["clip_grad_norm"]) == (
+        0.3,
+        0.5,
+        5.0,
+    )
 
 
 def test_the_report_and_the_log_name_what_the_training_used(tmp_path, caplog):
     import logging
 
-    assert _regularised().training_extras() == ["auto-augment ta_wide", "random erasing p=0.25", "MixUp alpha 0.2", "CutMix alpha 1",
-                                                "gradients clipped to norm 2"]
+    assert _regularised().training_extras() == [
+        "auto-augment ta_wide",
+        "random erasing p=0.25",
+        "MixUp alpha 0.2",
+        "CutMix alpha 1",
+        "gradients clipped to norm 2",
+    ]
     assert run_config(None, {}, {"source": "synth"}, {}).training_extras() == []
     assert run_config(None, {}, {"source": "synth"}, {"init_from": "w.pth", "freeze_blocks": 19}).training_extras() == [
-        "the first 19 feature blocks frozen"]
+        "the first 19 feature blocks frozen"
+    ]
     with caplog.at_level(logging.INFO, logger="mnv2export"):
         fit(_regularised(epochs=1, workers=0), run_dir=tmp_path / "run")
-    assert "12 steps per epoch; auto-augment ta_wide, random erasing p=0.25, MixUp alpha 0.2, CutMix alpha 1, gradients clipped to norm 2" in caplog.text
+    assert (
+        "12 steps per epoch; auto-augment ta_wide, random erasing p=0.25, MixUp alpha 0.2, CutMix alpha 1, gradients clipped to norm 2"
+        in caplog.text
+    )

@@ -12,10 +12,22 @@ import torch
 from mnv2export.errors import ArtifactError, ConfigError, DataError, ProviderUnavailable
 from mnv2export.export.names import FP16_FILE, INT8_FILE, ONNX_FILE, TORCHSCRIPT_FILE
 from mnv2export.runtime import (
-    OnnxRunner, TorchRunner, detect_format, load_artifact, onnx_provider_problem, preprocess, read_metadata, session_failure,
+    OnnxRunner,
+    TorchRunner,
+    detect_format,
+    load_artifact,
+    onnx_provider_problem,
+    preprocess,
+    read_metadata,
+    session_failure,
 )
 
-FILES = {TORCHSCRIPT_FILE: ("torchscript", "fp32"), ONNX_FILE: ("onnx", "fp32"), INT8_FILE: ("onnx", "int8"), FP16_FILE: ("onnx", "fp16")}
+FILES = {
+    TORCHSCRIPT_FILE: ("torchscript", "fp32"),
+    ONNX_FILE: ("onnx", "fp32"),
+    INT8_FILE: ("onnx", "int8"),
+    FP16_FILE: ("onnx", "fp16"),
+}
 no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error raised where there is no GPU")
 
 
@@ -25,7 +37,11 @@ def _batch(n: int = 5, seed: int = 0) -> np.ndarray:
 
 def test_every_format_loads_and_describes_itself(exported, trained_checkpoint):
     eager = load_artifact(trained_checkpoint)
-    assert isinstance(eager, TorchRunner) and (eager.format, eager.precision, eager.provider) == ("pytorch", "fp32", "cpu")
+    assert isinstance(eager, TorchRunner) and (eager.format, eager.precision, eager.provider) == (
+        "pytorch",
+        "fp32",
+        "cpu",
+    )
     ref = eager.run(_batch())
     for name, (fmt, precision) in FILES.items():
         runner = load_artifact(exported.out_dir / name)
@@ -58,7 +74,12 @@ def test_threads_reach_the_session(exported):
 
 def test_wrong_input_is_a_clear_error(exported):
     runner = load_artifact(exported.out_dir / ONNX_FILE)
-    for bad in (np.zeros((2, 3, 64, 64), np.float32), np.zeros((3, 32, 32), np.float32), [[0.0]], np.zeros((0, 3, 32, 32), np.float32)):
+    for bad in (
+        np.zeros((2, 3, 64, 64), np.float32),
+        np.zeros((3, 32, 32), np.float32),
+        [[0.0]],
+        np.zeros((0, 3, 32, 32), np.float32),
+    ):
         with pytest.raises(DataError, match="input batch has shape"):
             runner.run(bad)
     assert runner.run(np.zeros((2, 3, 32, 32), np.float64)).dtype == np.float32  # float64 is converted, not refused
@@ -149,7 +170,16 @@ def test_cuda_asked_for_where_there_is_none(exported, name):
         load_artifact(exported.out_dir / name, "cuda")
     text = info.value.one_line()
     assert "CUDA was asked for but" in text
-    assert any(why in text for why in ("no NVIDIA GPU driver", "has no CUDAExecutionProvider", "shadow each other", "torch sees no CUDA", "no CUDA support"))
+    assert any(
+        why in text
+        for why in (
+            "no NVIDIA GPU driver",
+            "has no CUDAExecutionProvider",
+            "shadow each other",
+            "torch sees no CUDA",
+            "no CUDA support",
+        )
+    )
 
 
 @no_cuda
@@ -174,7 +204,10 @@ def test_provider_failure_reasons_from_onnxruntimes_log():
         "with error: libcublasLt.so.13: cannot open shared object file: No such file or directory\n"
         "\x1b[0;93m[W:onnxruntime:Default] Failed to create CUDAExecutionProvider. Require cuDNN 9.* and CUDA 13.*. Please install"
     )
-    assert session_failure(log, has_device=True) == "the CUDA libraries it needs are missing (libcublasLt.so.13 not found; it requires cuDNN 9.* and CUDA 13.*)"
+    assert (
+        session_failure(log, has_device=True)
+        == "the CUDA libraries it needs are missing (libcublasLt.so.13 not found; it requires cuDNN 9.* and CUDA 13.*)"
+    )
     assert "no NVIDIA GPU driver" in session_failure(log, has_device=False)
     assert "no NVIDIA GPU driver" in session_failure(log.replace("libcublasLt.so.13", "libcuda.so.1"), has_device=True)
     assert session_failure("", has_device=True) == "ONNX Runtime did not register it (no reason logged)"
@@ -256,18 +289,25 @@ def test_check_creates_cuda_sessions_with_tf32_off(exported, monkeypatch):
     runtime.create_session(exported.out_dir / ONNX_FILE, "cuda")
     with tf32_disabled():
         runtime.create_session(exported.out_dir / ONNX_FILE, "cuda")
-    assert seen == [["CUDAExecutionProvider", "CPUExecutionProvider"],
-                    [("CUDAExecutionProvider", {"use_tf32": "0"}), "CPUExecutionProvider"]]
+    assert seen == [
+        ["CUDAExecutionProvider", "CPUExecutionProvider"],
+        [("CUDAExecutionProvider", {"use_tf32": "0"}), "CPUExecutionProvider"],
+    ]
 
 
 def test_cuda_graphs_are_the_cuda_providers_option_beside_tf32(monkeypatch):
     from mnv2export.runtime import ort_providers
 
     monkeypatch.delenv("NVIDIA_TF32_OVERRIDE", raising=False)
-    assert ort_providers("cuda", cuda_graph=True) == [("CUDAExecutionProvider", {"enable_cuda_graph": "1"}), "CPUExecutionProvider"]
+    assert ort_providers("cuda", cuda_graph=True) == [
+        ("CUDAExecutionProvider", {"enable_cuda_graph": "1"}),
+        "CPUExecutionProvider",
+    ]
     monkeypatch.setenv("NVIDIA_TF32_OVERRIDE", "0")
-    assert ort_providers("cuda", cuda_graph=True) == [("CUDAExecutionProvider", {"use_tf32": "0", "enable_cuda_graph": "1"}),
-                                                      "CPUExecutionProvider"]
+    assert ort_providers("cuda", cuda_graph=True) == [
+        ("CUDAExecutionProvider", {"use_tf32": "0", "enable_cuda_graph": "1"}),
+        "CPUExecutionProvider",
+    ]
     for provider in ("cpu", "tensorrt"):
         with pytest.raises(ConfigError, match=f"CUDA graphs were asked for on the {provider} provider"):
             ort_providers(provider, cuda_graph=True)
@@ -282,13 +322,21 @@ def test_a_cuda_graph_session_gets_the_option_and_a_refusal_says_why(exported, m
     refuse = []
     seen = _record_cuda_sessions(monkeypatch, refuse)
     runner = runtime.load_artifact(exported.out_dir / FP16_FILE, "cuda", cuda_graph=True)
-    assert runner.provider == "cuda" and seen == [[("CUDAExecutionProvider", {"enable_cuda_graph": "1"}), "CPUExecutionProvider"]]
-    refuse.append("[ONNXRuntimeError] : 1 : FAIL : This session cannot use the graph capture feature as requested by the user  "
-                  "as all compute graph nodes have not been partitioned to the CUDAExecutionProvider")
-    with pytest.raises(ProviderUnavailable, match="does not capture this model in a CUDA graph: .*not been partitioned") as info:
+    assert runner.provider == "cuda" and seen == [
+        [("CUDAExecutionProvider", {"enable_cuda_graph": "1"}), "CPUExecutionProvider"]
+    ]
+    refuse.append(
+        "[ONNXRuntimeError] : 1 : FAIL : This session cannot use the graph capture feature as requested by the user  "
+        "as all compute graph nodes have not been partitioned to the CUDAExecutionProvider"
+    )
+    with pytest.raises(
+        ProviderUnavailable, match="does not capture this model in a CUDA graph: .*not been partitioned"
+    ) as info:
         runtime.load_artifact(exported.out_dir / INT8_FILE, "cuda", cuda_graph=True)
     assert "every node on the CUDA provider" in info.value.one_line()
-    with pytest.raises(ArtifactError, match="cannot load the model"):  # the same failure without CUDA graphs is the file's
+    with pytest.raises(
+        ArtifactError, match="cannot load the model"
+    ):  # the same failure without CUDA graphs is the file's
         runtime.load_artifact(exported.out_dir / INT8_FILE, "cuda")
 
 
@@ -334,7 +382,9 @@ def test_onnx_graph_must_match_its_metadata(exported, tmp_path):
 
     from mnv2export.runtime import _shape_fits, load_artifact
 
-    assert not _shape_fits(["batch", 3, 64, 64], [None, 3, 32, 32]) and _shape_fits(["batch", 3, 32, 32], [None, 3, 32, 32])
+    assert not _shape_fits(["batch", 3, 64, 64], [None, 3, 32, 32]) and _shape_fits(
+        ["batch", 3, 32, 32], [None, 3, 32, 32]
+    )
     _wrong_metadata(exported.out_dir / ONNX_FILE, tmp_path / "m.onnx", ["input_size"], [3, 64, 64])
     with pytest.raises(ArtifactError, match="does not match its metadata"):
         load_artifact(tmp_path / "m.onnx")
@@ -397,7 +447,9 @@ def test_a_gpu_provider_that_fails_leaves_stdout_clean(exported, capfd):
     from mnv2export.runtime import create_session
 
     for provider in ("cuda", "tensorrt"):
-        if {"cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}[provider] not in onnxruntime.get_available_providers():
+        if {"cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}[
+            provider
+        ] not in onnxruntime.get_available_providers():
             continue  # a CPU-only build: refused before any session, nothing printed either way
         with pytest.raises(ProviderUnavailable):
             create_session(exported.out_dir / "model.onnx", provider)

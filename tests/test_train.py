@@ -14,11 +14,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import TINY_FLAGS, tiny_run_config
+from PIL import Image
 from torch import nn
 from torch.nn import functional as F
-from PIL import Image
 
-from conftest import TINY_FLAGS, tiny_run_config
 from mnv2export.checkpoint import load_checkpoint
 from mnv2export.config import ModelConfig, RunConfig, TrainConfig
 from mnv2export.errors import ConfigError, ProviderUnavailable
@@ -38,8 +38,21 @@ def _torchrun(*args, port: int, timeout: int, cwd=None) -> subprocess.CompletedP
     with tempfile.TemporaryDirectory(prefix="torchrun-") as tmp:
         env = {**os.environ, "OMP_NUM_THREADS": "1", "TMPDIR": tmp}
         return subprocess.run(
-            [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port + os.getpid() % 1000), *args],
-            capture_output=True, text=True, env=env, timeout=timeout, cwd=cwd,
+            [
+                sys.executable,
+                "-m",
+                "torch.distributed.run",
+                "--nproc_per_node",
+                "2",
+                "--master_port",
+                str(port + os.getpid() % 1000),
+                *args,
+            ],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=timeout,
+            cwd=cwd,
         )
 
 
@@ -63,7 +76,13 @@ def test_run_folder_holds_everything(tiny_run):
 
 def test_pictures_are_written(tmp_path):
     result = fit(tiny_run_config(plots=True), run_dir=tmp_path / "run")
-    for name in ("loss_curve.png", "kernels.png", "feature_maps_shallow.png", "feature_maps_deep.png", "confusion_matrix.png"):
+    for name in (
+        "loss_curve.png",
+        "kernels.png",
+        "feature_maps_shallow.png",
+        "feature_maps_deep.png",
+        "confusion_matrix.png",
+    ):
         with Image.open(result.run_dir / name) as img:
             assert img.size[0] > 100 and img.size[1] > 100
 
@@ -90,8 +109,13 @@ def test_a_run_whose_weights_become_nan_stops_before_saving_them(tmp_path, monke
     code = main(["train", *TINY_FLAGS, "--epochs", "3", "--out", str(out), "--amp", "off", *(["--ema"] if ema else [])])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 1
-    assert err[-1].startswith("error: training diverged in epoch 2: ") and "NaN or infinite (the loss NaN or infinite in 10 batches); last.pt holds epoch 1" in err[-1]
-    assert err[-1].endswith("lower the learning rate (lr = 0.05) or warm up longer (warmup_epochs = 0), and train again")  # fp32 already
+    assert (
+        err[-1].startswith("error: training diverged in epoch 2: ")
+        and "NaN or infinite (the loss NaN or infinite in 10 batches); last.pt holds epoch 1" in err[-1]
+    )
+    assert err[-1].endswith(
+        "lower the learning rate (lr = 0.05) or warm up longer (warmup_epochs = 0), and train again"
+    )  # fp32 already
     assert [r["epoch"] for r in csv.DictReader((out / "metrics.csv").open())] == ["1"]
     for name in ("last.pt", "best.pt"):
         ckpt = load_checkpoint(out / name)
@@ -125,7 +149,9 @@ def test_a_diverged_ddp_run_says_so_once(tmp_path):
     script = tmp_path / "nan.py"
     script.write_text(_NAN_ON_RANK_1)
     out = tmp_path / "run"
-    proc = _torchrun(str(script), "train", *TINY_FLAGS, "--epochs", "3", "--amp", "off", "--out", str(out), port=38500, timeout=300)
+    proc = _torchrun(
+        str(script), "train", *TINY_FLAGS, "--epochs", "3", "--amp", "off", "--out", str(out), port=38500, timeout=300
+    )
     said = [line for line in (proc.stdout + proc.stderr).splitlines() if line.startswith("error:")]
     assert proc.returncode != 0 and len(said) == 1, proc.stderr[-3000:]
     assert said[0].startswith("error: training diverged in epoch 2: ") and "last.pt holds epoch 1" in said[0]
@@ -197,7 +223,9 @@ def test_extending_a_run_follows_the_longer_schedule(tmp_path, tiny_run):
     lrs = [row["lr"] for row in extended.history]
     assert lrs[:2] == [row["lr"] for row in tiny_run.history] and lrs[1] == pytest.approx(0.0, abs=1e-12)
     assert lrs[2:] == pytest.approx([row["lr"] for row in planned.history[2:]], rel=1e-9, abs=1e-12)
-    assert lrs[2] == pytest.approx(0.05 * (1 + np.cos(0.75 * np.pi)) / 2) and lrs[3] == pytest.approx(0.0, abs=1e-12)  # cosine, no warm-up
+    assert lrs[2] == pytest.approx(0.05 * (1 + np.cos(0.75 * np.pi)) / 2) and lrs[3] == pytest.approx(
+        0.0, abs=1e-12
+    )  # cosine, no warm-up
 
 
 def test_resume_refuses_other_settings(tiny_run):
@@ -260,15 +288,21 @@ def _epochs_done(out):
 def test_sigkill_at_any_moment_then_resume(tmp_path, tiny_run, when):
     """SIGKILL during start-up, right after epoch 1, a little into epoch 2 (of 2); --resume continues from the last
     finished epoch and always ends as the clean run."""
-    for attempt in range(3):  # a kill that came after the run had ended (epoch 2 much faster than epoch 1) is drawn again
+    for attempt in range(
+        3
+    ):  # a kill that came after the run had ended (epoch 2 much faster than epoch 1) is drawn again
         out = tmp_path / f"run{attempt}"
         args = ["train", *TINY_FLAGS, "--epochs", "2", "--out", str(out)]
-        proc = subprocess.Popen([sys.executable, "-m", "mnv2export", *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "mnv2export", *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
         if when == "start":
-            assert _wait_for(lambda: (out / "last.pt").exists(), proc)
+            assert _wait_for(lambda out=out: (out / "last.pt").exists(), proc)
         else:
-            assert _wait_for(lambda: _epochs_done(out) >= 1, proc)
-            if when == "epoch2+jitter":  # up to half as long as epoch 1 took (a quarter, an eighth on a redraw): inside epoch 2
+            assert _wait_for(lambda out=out: _epochs_done(out) >= 1, proc)
+            if (
+                when == "epoch2+jitter"
+            ):  # up to half as long as epoch 1 took (a quarter, an eighth on a redraw): inside epoch 2
                 epoch1_s = float((out / "metrics.csv").read_text().splitlines()[1].split(",")[-1])
                 time.sleep(np.random.default_rng().uniform(0.0, 0.5 ** (attempt + 1) * epoch1_s))
         proc.send_signal(signal.SIGKILL)
@@ -283,7 +317,9 @@ def test_sigkill_at_any_moment_then_resume(tmp_path, tiny_run, when):
     assert r.returncode == 0, r.stderr
     assert f"at epoch {done + 1} of 2" in r.stderr  # continued from the last finished epoch, not from scratch
     assert _epochs_done(out) == 2
-    assert (out / "metrics.csv").read_text().splitlines()[: len(rows_before)] == rows_before  # earlier rows kept as written
+    assert (out / "metrics.csv").read_text().splitlines()[
+        : len(rows_before)
+    ] == rows_before  # earlier rows kept as written
     assert load_checkpoint(out / "best.pt").train_summary["best_val_acc"] >= 0
     _same(_weights(out / "last.pt"), _weights(tiny_run.last))
     assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
@@ -294,9 +330,13 @@ def test_ctrl_c_saves_and_exits_cleanly(tmp_path):
     out = tmp_path / "run"
     # Ctrl-C as in a terminal: a background job of a non-interactive shell (a CI runner) starts with SIGINT ignored,
     # which the child would inherit
-    proc = subprocess.Popen([sys.executable, "-m", "mnv2export", "train", *TINY_FLAGS, "--epochs", "50", "--out", str(out)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mnv2export", "train", *TINY_FLAGS, "--epochs", "50", "--out", str(out)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     assert _wait_for(lambda: _epochs_done(out) >= 1, proc)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
@@ -357,8 +397,13 @@ def test_sigterm_saves_and_exits_cleanly_then_resumes(tmp_path, how):
     Ctrl-C does: one line saying how to resume, exit 143, files telling the same epoch; --resume goes on from there."""
     out = tmp_path / "run"
     workers = ["--workers", "1"] if "workers" in how else []
-    proc = subprocess.Popen([sys.executable, "-m", "mnv2export", "train", *TINY_FLAGS, *workers, "--epochs", "50", "--out", str(out)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mnv2export", "train", *TINY_FLAGS, *workers, "--epochs", "50", "--out", str(out)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     assert _wait_for(lambda: _epochs_done(out) >= 1, proc)
     if "group" in how:
         os.killpg(proc.pid, signal.SIGTERM)
@@ -368,7 +413,9 @@ def test_sigterm_saves_and_exits_cleanly_then_resumes(tmp_path, how):
     assert proc.returncode == 143, err[-3000:]
     assert "Traceback" not in err and err.strip().splitlines()[-1] == "error: terminated (SIGTERM)", err[-3000:]
     done = load_checkpoint(out / "last.pt").train_summary["epoch"]
-    assert f"terminated (SIGTERM) in epoch {done + 1}; {out / 'last.pt'} holds epoch {done}: continue with --resume" in err, err[-3000:]
+    assert (
+        f"terminated (SIGTERM) in epoch {done + 1}; {out / 'last.pt'} holds epoch {done}: continue with --resume" in err
+    ), err[-3000:]
     assert done >= 1 and _epochs_done(out) == done  # last.pt and metrics.csv tell the same epoch
     r = mnv2("train", "--resume", "--out", str(out), "--epochs", str(done + 1), "--no-progress")
     assert r.returncode == 0, r.stderr
@@ -382,16 +429,39 @@ def test_sigterm_to_torchrun_stops_every_process_cleanly(tmp_path):
     out = tmp_path / "run"
     port = 33500 + os.getpid() % 1000
     proc = subprocess.Popen(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
-         "-m", "mnv2export", "train", *TINY_FLAGS, "--epochs", "50", "--out", str(out)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1", "TMPDIR": str(tmp_path)},
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--master_port",
+            str(port),
+            "-m",
+            "mnv2export",
+            "train",
+            *TINY_FLAGS,
+            "--epochs",
+            "50",
+            "--out",
+            str(out),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1", "TMPDIR": str(tmp_path)},
     )
     assert _wait_for(lambda: _epochs_done(out) >= 1, proc, timeout=300)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode != 0
     done = load_checkpoint(out / "last.pt").train_summary["epoch"]
-    assert err.count(f"terminated (SIGTERM) in epoch {done + 1}; {out / 'last.pt'} holds epoch {done}: continue with --resume") == 1, err[-3000:]
+    assert (
+        err.count(
+            f"terminated (SIGTERM) in epoch {done + 1}; {out / 'last.pt'} holds epoch {done}: continue with --resume"
+        )
+        == 1
+    ), err[-3000:]
     assert err.count("error: terminated (SIGTERM)") == 2, err[-3000:]  # each process was terminated, and says so
     assert "exited unexpectedly" not in err and "Connection" not in err, err[-3000:]
     assert done >= 1 and _epochs_done(out) == done
@@ -415,10 +485,10 @@ def test_two_process_ddp_on_cpu(tmp_path):
 
 def _evaluate_in_one_process(path):
     """val_loss and val_acc of the checkpoint at ``path``, evaluated by this one process on its whole val set."""
+    from mnv2export import distributed as D
     from mnv2export.data import build_datasets
     from mnv2export.model import build_model
     from mnv2export.train import StepContext, evaluate, make_loader
-    from mnv2export import distributed as D
 
     ckpt = load_checkpoint(path)
     data = build_datasets(ckpt.data_config)
@@ -426,7 +496,9 @@ def _evaluate_in_one_process(path):
     model.load_state_dict(ckpt.state_dict)
     model.to(memory_format=torch.channels_last)
     cpu = torch.device("cpu")
-    loader = make_loader(data.val, TrainConfig(batch_size=16, workers=0), D.DistInfo(), cpu, train=False, memory=data.val_memory)
+    loader = make_loader(
+        data.val, TrainConfig(batch_size=16, workers=0), D.DistInfo(), cpu, train=False, memory=data.val_memory
+    )
     m = evaluate(model, loader, StepContext(cpu, None, True), ckpt.model_config.num_classes)
     return m["val_loss"], m["val_acc"]
 
@@ -437,7 +509,9 @@ def test_ddp_val_metrics_are_those_of_the_saved_weights(tmp_path, ema):
     at the start of a forward), and rank 0's are saved: evaluated as they were, the two halves of the val set gave a
     val_loss that was not the saved model's (0.762343 logged, 0.763063 of best.pt). The same for the EMA's buffers."""
     out = tmp_path / "run"
-    r = _torchrun_train(tmp_path, *TINY_FLAGS, "--epochs", "1", "--ema" if ema else "--no-ema", "--out", str(out), port=35500)
+    r = _torchrun_train(
+        tmp_path, *TINY_FLAGS, "--epochs", "1", "--ema" if ema else "--no-ema", "--out", str(out), port=35500
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     logged = load_checkpoint(out / "last.pt").train_summary["history"][-1]
     for saved in ("last.pt", "best.pt"):
@@ -453,14 +527,35 @@ def test_ddp_counts_and_names_the_unreadable_images_of_every_rank(tmp_path):
 
     root = tmp_path / "d"
     write_synth(root, num_classes=3, per_class=24, size=32, val_per_class=4)
-    bad = [root / "train" / "00-circle-solid" / "broken.png", root / "train" / "01-square-solid" / "broken.png",
-           root / "val" / "00-circle-solid" / "00000b.png"]  # the second val image: rank 1's
+    bad = [
+        root / "train" / "00-circle-solid" / "broken.png",
+        root / "train" / "01-square-solid" / "broken.png",
+        root / "val" / "00-circle-solid" / "00000b.png",
+    ]  # the second val image: rank 1's
     bad[0].write_bytes(b"\x89PNG\r\n\x1a\nnot really")
     bad[1].write_bytes(b"\x89PNG\r\n\x1a\nnor this")
     bad[2].write_bytes(b"")
     out = tmp_path / "run"
-    r = _torchrun_train(tmp_path, "--data", str(root), "--img-size", "32", "--width", "0.35", "-b", "8", "--epochs", "2",
-                        "--workers", "0", "--no-plots", "--no-progress", "--out", str(out), port=36500)
+    r = _torchrun_train(
+        tmp_path,
+        "--data",
+        str(root),
+        "--img-size",
+        "32",
+        "--width",
+        "0.35",
+        "-b",
+        "8",
+        "--epochs",
+        "2",
+        "--workers",
+        "0",
+        "--no-plots",
+        "--no-progress",
+        "--out",
+        str(out),
+        port=36500,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     s = load_checkpoint(out / "last.pt").train_summary
     assert s["images_skipped"] == 3 and sorted(s["skipped_images"]) == sorted(str(p) for p in bad), s["skipped_images"]
@@ -500,18 +595,37 @@ def test_a_process_that_dies_leaves_the_others_one_line_with_the_resume_hint(tmp
     port = str(37500 + os.getpid() % 1000)
     procs = []
     for rank in (0, 1):
-        env = {**os.environ, "OMP_NUM_THREADS": "1", "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2",
-               "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port}
-        procs.append(subprocess.Popen([sys.executable, str(script), "train", *TINY_FLAGS, "--epochs", "3", "--out", str(out)],
-                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env))
+        env = {
+            **os.environ,
+            "OMP_NUM_THREADS": "1",
+            "RANK": str(rank),
+            "LOCAL_RANK": str(rank),
+            "WORLD_SIZE": "2",
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": port,
+        }
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, str(script), "train", *TINY_FLAGS, "--epochs", "3", "--out", str(out)],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                env=env,
+            )
+        )
     (_, err0), (_, _) = (p.communicate(timeout=300) for p in procs)
     assert procs[1].returncode == 9
     errors = [line for line in err0.splitlines() if line.startswith("error:")]
     assert procs[0].returncode == 1 and len(errors) == 1, err0[-3000:]
     assert errors[0].startswith("error: another process of the job stopped (") and "unexpected" not in err0
-    assert errors[0].endswith(f"{out / 'last.pt'} holds epoch 1: continue with --resume (see the other process's error above)")
+    assert errors[0].endswith(
+        f"{out / 'last.pt'} holds epoch 1: continue with --resume (see the other process's error above)"
+    )
     # only a collective's failure is turned into it: any other error stays the error it is
-    assert peer_failure(RuntimeError("CUDA out of memory")) is None and peer_failure(ValueError("Connection reset by peer")) is None
+    assert (
+        peer_failure(RuntimeError("CUDA out of memory")) is None
+        and peer_failure(ValueError("Connection reset by peer")) is None
+    )
 
 
 _DDP_SHORT_BATCH = """
@@ -556,8 +670,10 @@ def test_a_refused_run_folder_under_torchrun_is_one_error_from_rank_0(tmp_path):
     (out / "notes.md").write_text("someone's")
     r = _torchrun("-m", "mnv2export", "train", *TINY_FLAGS, "--epochs", "1", "--out", str(out), port=31500, timeout=300)
     errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]
-    assert r.returncode != 0 and errors == [f"error: run folder already holds files ({out}): --resume continues the run in it, "
-                                            "--overwrite replaces it; or choose another --out"], r.stderr[-3000:]
+    assert r.returncode != 0 and errors == [
+        f"error: run folder already holds files ({out}): --resume continues the run in it, "
+        "--overwrite replaces it; or choose another --out"
+    ], r.stderr[-3000:]
     assert "unexpected" not in r.stderr and sorted(p.name for p in out.iterdir()) == ["notes.md"]
 
 
@@ -565,19 +681,38 @@ def _torchrun_train(tmp_path, *args, port=33500, timeout=300):
     return _torchrun("-m", "mnv2export", "train", *args, port=port, timeout=timeout, cwd=tmp_path)
 
 
-@pytest.mark.parametrize("flags, expected", [
-    (["--sync-bn"], "error: SyncBatchNorm runs on CUDA only"),
-    (["--device", "cuda"], "error: CUDA was asked for"),
-    (["--resume"], "error: nothing to resume"),
-])
+@pytest.mark.parametrize(
+    "flags, expected",
+    [
+        (["--sync-bn"], "error: SyncBatchNorm runs on CUDA only"),
+        (["--device", "cuda"], "error: CUDA was asked for"),
+        (["--resume"], "error: nothing to resume"),
+    ],
+)
 def test_an_error_of_the_flags_under_torchrun_is_said_once_before_the_data_is_read(tmp_path, flags, expected):
     """Every rank meets the same error of the flags: rank 0 alone prints it, and a flag that needs no data is checked
     before the data is read (the data here does not exist: its error would come first otherwise)."""
     if "cuda" in flags and torch.cuda.is_available():
         pytest.skip("a GPU is present")
     missing = tmp_path / "no-such-data"
-    r = _torchrun_train(tmp_path, "--data", str(missing), "--img-size", "32", "--width", "0.35", "--epochs", "1",
-                        "--workers", "0", "--no-plots", "--no-progress", "--out", str(tmp_path / "run"), *flags)
+    r = _torchrun_train(
+        tmp_path,
+        "--data",
+        str(missing),
+        "--img-size",
+        "32",
+        "--width",
+        "0.35",
+        "--epochs",
+        "1",
+        "--workers",
+        "0",
+        "--no-plots",
+        "--no-progress",
+        "--out",
+        str(tmp_path / "run"),
+        *flags,
+    )
     errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]
     assert r.returncode != 0 and len(errors) == 1 and errors[0].startswith(expected), r.stderr[-3000:]
     assert "joined process group: rank 1" not in r.stderr  # only rank 0 logs
@@ -611,8 +746,14 @@ def test_every_rank_stops_together_and_an_error_is_said_by_one_rank(tmp_path):
     script.write_text(_DDP_STOP_TOGETHER)
     r = _torchrun(str(script), port=34500, timeout=180)
     assert r.returncode == 0, r.stderr[-3000:]
-    for line in ("same rank 0: raised bad flag", "same rank 1: quiet", "rank1 rank 0: quiet", "rank1 rank 1: raised rank 1's own",
-                 "none rank 0: went on", "none rank 1: went on"):
+    for line in (
+        "same rank 0: raised bad flag",
+        "same rank 1: quiet",
+        "rank1 rank 0: quiet",
+        "rank1 rank 1: raised rank 1's own",
+        "none rank 0: went on",
+        "none rank 1: went on",
+    ):
         assert line in r.stdout, r.stdout
 
 
@@ -633,7 +774,12 @@ def test_sync_bn_on_cpu_is_refused_even_in_one_process(tmp_path, tiny_run):
     out = tmp_path / "run"
     shutil.copytree(tiny_run.run_dir, out)
     ckpt = load_checkpoint(out / "last.pt")
-    save_checkpoint(dataclasses.replace(ckpt, extra={**ckpt.extra, "train_config": {**ckpt.extra["train_config"], "sync_bn": True}}), out / "last.pt")
+    save_checkpoint(
+        dataclasses.replace(
+            ckpt, extra={**ckpt.extra, "train_config": {**ckpt.extra["train_config"], "sync_bn": True}}
+        ),
+        out / "last.pt",
+    )
     cfg, ckpt = resume_config(out, {"train": {"epochs": 3}})
     with pytest.raises(ConfigError, match="pass --no-sync-bn"):
         fit(cfg, run_dir=out, resume_from=ckpt)
@@ -653,7 +799,9 @@ def test_fp16_steps_the_gradient_scaler_passed_over_are_told(tmp_path, caplog):
         result = fit(tiny_run_config(amp="fp16", device="cpu"), run_dir=tmp_path / "run")
     assert result.summary["epoch"] == 1
     told = [r.getMessage() for r in caplog.records if "gradient scaler passed over" in r.getMessage()]
-    assert len(told) == 1 and told[0].startswith("epoch 1: the fp16 gradient scaler passed over the optimizer step of "), told
+    assert len(told) == 1 and told[0].startswith(
+        "epoch 1: the fp16 gradient scaler passed over the optimizer step of "
+    ), told
     assert int(told[0].split(" of ")[1].split()[-1]) > 0
     assert not [w for w in caught if "lr_scheduler.step()" in str(w.message)], [str(w.message) for w in caught]
 
@@ -689,7 +837,10 @@ def test_fp16_training_whose_loss_is_nan_in_every_batch_is_diverged_not_saved(tm
 
     _overflowing_logits(monkeypatch, every=1)
     run = tmp_path / "run"
-    with pytest.raises(TrainingDiverged, match=r"loss was NaN or infinite in every one of its 12 batches.*fp16 gradient scaler.*--amp off"):
+    with pytest.raises(
+        TrainingDiverged,
+        match=r"loss was NaN or infinite in every one of its 12 batches.*fp16 gradient scaler.*--amp off",
+    ):
         fit(tiny_run_config(amp="fp16", device="cpu"), run_dir=run)
     assert not (run / "best.pt").exists()
     assert load_checkpoint(run / "last.pt").train_summary["epoch"] == 0
@@ -704,8 +855,10 @@ def test_fp16_batches_with_a_nan_loss_are_told_and_left_out_of_the_mean(tmp_path
     with caplog.at_level(logging.WARNING, logger="mnv2export"):
         result = fit(tiny_run_config(amp="fp16", device="cpu"), run_dir=tmp_path / "run")
     told = [r.getMessage() for r in caplog.records if "loss was NaN or infinite" in r.getMessage()]
-    assert told == ["epoch 1: the loss was NaN or infinite in 4 batch(es) (fp16 overflow in the forward pass; their optimizer steps "
-                    "were passed over): train_loss is the mean of the others"], told
+    assert told == [
+        "epoch 1: the loss was NaN or infinite in 4 batch(es) (fp16 overflow in the forward pass; their optimizer steps "
+        "were passed over): train_loss is the mean of the others"
+    ], told
     assert math.isfinite(result.summary["final"]["train_loss"])
 
 
@@ -745,7 +898,8 @@ def test_a_new_run_whose_inputs_end_at_1x1_says_so_once(tmp_path, tiny_run, capl
     cfg = tiny_run_config()
     assert told(cfg, run_dir=tmp_path / "new") == [
         "the model's total stride is 32: 32 px images end at 1x1 before the classifier's pooling, so its deepest layers "
-        "see no spatial layout; for 28-64 px images pass --small-input (total stride 8: 28 px ends at 4x4)"]
+        "see no spatial layout; for 28-64 px images pass --small-input (total stride 8: 28 px ends at 4x4)"
+    ]
     shutil.copytree(tiny_run.run_dir, tmp_path / "resumed")
     resumed, ckpt = resume_config(tmp_path / "resumed", {"train": {"epochs": 3}})
     assert told(resumed, run_dir=tmp_path / "resumed", resume_from=ckpt) == []
@@ -770,8 +924,10 @@ def test_a_new_run_on_sideways_phone_photos_says_so_and_one_with_exif_orientatio
     with caplog.at_level(logging.WARNING, logger="mnv2export"):
         fit(cfg, run_dir=tmp_path / "run")
     told = [r.getMessage() for r in caplog.records if "EXIF orientation tag" in r.getMessage()]
-    assert told == ["5 of 24 training images looked at carry an EXIF orientation tag (photos stored sideways, as phones do): "
-                    "they train as stored; pass --exif-orientation to train on them upright"], told
+    assert told == [
+        "5 of 24 training images looked at carry an EXIF orientation tag (photos stored sideways, as phones do): "
+        "they train as stored; pass --exif-orientation to train on them upright"
+    ], told
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="mnv2export"):
         fit(RunConfig(cfg.model, cfg.data.replace(exif_orientation=True), cfg.train), run_dir=tmp_path / "run2")
@@ -793,8 +949,8 @@ def test_ema_model_answers_like_the_model_it_averages():
     from torch.optim.swa_utils import AveragedModel
 
     from mnv2export.config import ModelConfig
-    from mnv2export.model import build_model
     from mnv2export.device import cpu_threads
+    from mnv2export.model import build_model
     from mnv2export.optim import ema_update_fn
 
     torch.manual_seed(0)
@@ -893,7 +1049,9 @@ def test_overwrite_refuses_a_folder_whose_config_json_is_not_a_run(tmp_path, cap
     code = main(["train", *TINY_FLAGS, "--epochs", "1", "--out", str(mine), "--overwrite"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 1 and len(err) == 1, err
-    assert err[0].startswith(f"error: config.json is not a training run's (no mnv2export marker or run settings) ({mine / 'config.json'}): "), err
+    assert err[0].startswith(
+        f"error: config.json is not a training run's (no mnv2export marker or run settings) ({mine / 'config.json'}): "
+    ), err
     assert (mine / "config.json").read_text() == '{"name": "my app", "port": 8080}' and (mine / "metrics.csv").is_file()
     (mine / "config.json").unlink()
     with pytest.raises(ConfigError, match="folder is not a training run"):  # metrics.csv alone proves nothing
@@ -1038,7 +1196,9 @@ def test_an_epoch_that_trained_nothing_is_an_error(tmp_path):
         for cls in ("a", "b"):
             (root / split / cls).mkdir(parents=True)
             if split == "val" or cls == "a":  # one readable training image in all: no batch can have two
-                Image.new("RGB", (32, 32), (200, 0, 0) if cls == "a" else (0, 0, 200)).save(root / split / cls / "ok.png")
+                Image.new("RGB", (32, 32), (200, 0, 0) if cls == "a" else (0, 0, 200)).save(
+                    root / split / cls / "ok.png"
+                )
     for i in range(7):
         (root / "train" / ("a" if i < 3 else "b") / f"broken{i}.png").write_bytes(b"not a png")
     cfg = tiny_run_config(batch_size=4).override({}, {"source": str(root)}, {})
@@ -1058,7 +1218,9 @@ def test_an_epoch_that_validated_nothing_is_an_error(tmp_path):
             (root / split / cls).mkdir(parents=True)
             for i in range(4 if split == "train" else 2):
                 if split == "train":
-                    Image.new("RGB", (32, 32), (200, 0, 0) if cls == "a" else (0, 0, 200)).save(root / split / cls / f"{i}.png")
+                    Image.new("RGB", (32, 32), (200, 0, 0) if cls == "a" else (0, 0, 200)).save(
+                        root / split / cls / f"{i}.png"
+                    )
                 else:
                     (root / split / cls / f"{i}.png").write_bytes(b"not a png")
     cfg = tiny_run_config(batch_size=4).override({}, {"source": str(root)}, {})
@@ -1103,7 +1265,9 @@ def test_resume_refuses_other_classes_or_another_training_set(tmp_path, caplog):
     with pytest.raises(DataError, match=r"the training set changed since the run started \(8 images, now 9\)"):
         resume()
     (root / "train" / "a" / "extra.png").unlink()
-    Image.new("RGB", (32, 32), (190, 10, 0)).save(root / "train" / "a" / "0.png", compress_level=0)  # another size, same name
+    Image.new("RGB", (32, 32), (190, 10, 0)).save(
+        root / "train" / "a" / "0.png", compress_level=0
+    )  # another size, same name
     with caplog.at_level(logging.WARNING, logger="mnv2export"):
         assert resume().summary["epoch"] == 2
     assert "the data changed since the run started" in caplog.text
@@ -1142,7 +1306,10 @@ def test_resuming_a_finished_run_says_there_is_nothing_to_train(tmp_path, tiny_r
     with caplog.at_level(logging.INFO, logger="mnv2export"):
         result = fit(cfg, run_dir=run, resume_from=ckpt)
     said = [r.getMessage() for r in caplog.records]
-    assert f"the run in {run} already has 2 epoch(s) of 2: nothing to train; pass a larger --epochs to train further" in said
+    assert (
+        f"the run in {run} already has 2 epoch(s) of 2: nothing to train; pass a larger --epochs to train further"
+        in said
+    )
     assert not [m for m in said if m.startswith(("resuming", "epoch "))] and result.summary["epoch"] == 2
 
 
@@ -1151,7 +1318,9 @@ def test_zero_init_residual_applies_to_a_fresh_model_only(tmp_path, caplog):
 
     # lr 1e-9: one epoch leaves every weight where it started, so the saved weights show the initialisation
     residual_bns = [f"features.{i}.conv.3.weight" for i in (3, 5, 6, 8, 9, 10, 12, 13, 15, 16)]
-    fresh = load_checkpoint(fit(tiny_run_config(zero_init_residual=True, lr=1e-9), run_dir=tmp_path / "z").best).state_dict
+    fresh = load_checkpoint(
+        fit(tiny_run_config(zero_init_residual=True, lr=1e-9), run_dir=tmp_path / "z").best
+    ).state_dict
     for name in residual_bns:
         assert fresh[name].abs().max() < 1e-6, name
     assert torch.all((fresh["features.2.conv.3.weight"] - 1).abs() < 1e-6)  # the first block of a stage has no shortcut
@@ -1170,13 +1339,28 @@ def test_zero_init_residual_applies_to_a_fresh_model_only(tmp_path, caplog):
 
 def _fashion_config(tmp_path, monkeypatch, **train):
     from conftest import write_fashion_idx
+
     from mnv2export.config import run_config
 
     monkeypatch.setenv("MNV2_CACHE", str(tmp_path / "cache"))
     folder = write_fashion_idx(tmp_path / "idx", n_train=80, n_test=20)
-    settings = {"epochs": 2, "batch_size": 16, "lr": 0.05, "workers": 0, "plots": False, "progress": False, "seed": 0, "warmup_epochs": 0.0, **train}
-    return run_config(None, {"width_mult": 0.35, "small_input": True, "stem_stride": 2},
-                      {"source": "fashion-mnist", "data_dir": str(folder), "img_size": 28, "train_aug": "crop_pad", "pad": 2}, settings)
+    settings = {
+        "epochs": 2,
+        "batch_size": 16,
+        "lr": 0.05,
+        "workers": 0,
+        "plots": False,
+        "progress": False,
+        "seed": 0,
+        "warmup_epochs": 0.0,
+        **train,
+    }
+    return run_config(
+        None,
+        {"width_mult": 0.35, "small_input": True, "stem_stride": 2},
+        {"source": "fashion-mnist", "data_dir": str(folder), "img_size": 28, "train_aug": "crop_pad", "pad": 2},
+        settings,
+    )
 
 
 @pytest.mark.parametrize("world_size", [1, 2, 3])  # 3 does not divide the 20 validation images
@@ -1220,7 +1404,9 @@ def test_in_memory_training_resumes_exactly(tmp_path, monkeypatch):
     whole = fit(cfg, run_dir=tmp_path / "whole")
     _cut_after_first_epoch_then_resume(cfg, tmp_path / "cut", monkeypatch)
     _same(_weights(tmp_path / "cut" / "last.pt"), _weights(whole.last))
-    assert whole.history[-1]["val_acc"] == load_checkpoint(tmp_path / "cut" / "last.pt").train_summary["final"]["val_acc"]
+    assert (
+        whole.history[-1]["val_acc"] == load_checkpoint(tmp_path / "cut" / "last.pt").train_summary["final"]["val_acc"]
+    )
 
 
 @pytest.mark.parametrize("schedule", ["cosine", "linear"])
@@ -1284,7 +1470,8 @@ def test_depthwise_weight_decay_applies_to_the_depthwise_convolutions_only():
 
     model = build_model(ModelConfig(num_classes=4, width_mult=0.35))
     depthwise = {
-        n + ".weight" for n, m in model.named_modules()
+        n + ".weight"
+        for n, m in model.named_modules()
         if isinstance(m, nn.Conv2d) and m.groups == m.in_channels == m.out_channels > 1
     }
     assert len(depthwise) == 17
@@ -1337,7 +1524,7 @@ def test_label_smoothing_reaches_the_training_loss(tmp_path, monkeypatch):
 def _batches(x, y, sizes):
     out, i = [], 0
     for s in sizes:
-        out.append((x[i:i + s], y[i:i + s], []))
+        out.append((x[i : i + s], y[i : i + s], []))
         i += s
     return out
 
@@ -1353,7 +1540,14 @@ def test_train_one_epoch_sums_the_loss_over_samples():
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0)
     with torch.no_grad():
         expected = F.cross_entropy(model(x), y, reduction="sum").item()
-    loss_sum, n = train_one_epoch(model, _batches(x, y, [4, 4, 2]), opt, sched, nn.CrossEntropyLoss(), StepContext(torch.device("cpu"), None, False))
+    loss_sum, n = train_one_epoch(
+        model,
+        _batches(x, y, [4, 4, 2]),
+        opt,
+        sched,
+        nn.CrossEntropyLoss(),
+        StepContext(torch.device("cpu"), None, False),
+    )
     assert n == 10 and loss_sum == pytest.approx(expected, rel=1e-5)
 
 
@@ -1369,7 +1563,9 @@ def test_batches_too_small_to_train_still_step_the_schedule():
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0 - step / 4)  # 4 batches: lr 0 after the last
     loader = [(x[:1], y[:1], []), (x[1:4], y[1:4], []), (x[:0], y[:0], []), (x[4:7], y[4:7], [])]
-    loss_sum, n = train_one_epoch(model, loader, opt, sched, nn.CrossEntropyLoss(), StepContext(torch.device("cpu"), None, False))
+    loss_sum, n = train_one_epoch(
+        model, loader, opt, sched, nn.CrossEntropyLoss(), StepContext(torch.device("cpu"), None, False)
+    )
     assert n == 6 and math.isfinite(loss_sum)
     assert sched.last_epoch == 4 and opt.param_groups[0]["lr"] == 0.0
 
@@ -1414,7 +1610,9 @@ def test_train_loss_is_summed_over_ranks(tmp_path, monkeypatch):
         return local[-1]
 
     def fake_reduce(values, info):
-        if sys._getframe(1).f_code.co_name == "_fit":  # the trainer's (loss sum, count, non-finite batches, their images)
+        if (
+            sys._getframe(1).f_code.co_name == "_fit"
+        ):  # the trainer's (loss sum, count, non-finite batches, their images)
             return values + torch.tensor([100.0, 4.0, 0.0, 0.0], dtype=values.dtype)
         return values
 

@@ -42,8 +42,12 @@ def test_data_not_at_hand_draws_the_kernels_and_says_why(tmp_path):
     from mnv2export.model import build_model
 
     cfg = ModelConfig(num_classes=3, width_mult=0.35)
-    ckpt = Checkpoint(model_config=cfg, data_config=DataConfig(source=str(tmp_path / "gone"), img_size=32), class_names=["a", "b", "c"],
-                      state_dict=build_model(cfg).state_dict())
+    ckpt = Checkpoint(
+        model_config=cfg,
+        data_config=DataConfig(source=str(tmp_path / "gone"), img_size=32),
+        class_names=["a", "b", "c"],
+        state_dict=build_model(cfg).state_dict(),
+    )
     path = save_checkpoint(ckpt, tmp_path / "run" / "best.pt")
     stale = tmp_path / "run" / "visualize"
     stale.mkdir(parents=True)

@@ -38,7 +38,9 @@ def physical_cores() -> int:
     for cpu in usable_cpus():
         topo = Path(f"/sys/devices/system/cpu/cpu{cpu}/topology")
         try:
-            cores.add((topo.joinpath("physical_package_id").read_text().strip(), topo.joinpath("core_id").read_text().strip()))
+            cores.add(
+                (topo.joinpath("physical_package_id").read_text().strip(), topo.joinpath("core_id").read_text().strip())
+            )
         except OSError:
             return len(usable_cpus())
     return len(cores) or (os.cpu_count() or 1)
@@ -72,8 +74,12 @@ def machine_info(threads: int) -> dict[str, Any]:
     gpu = None
     if torch.cuda.is_available():
         props = torch.cuda.get_device_properties(0)
-        gpu = {"name": props.name, "memory_gb": round(props.total_memory / 1024**3, 1), "capability": f"{props.major}.{props.minor}",
-               "count": torch.cuda.device_count()}
+        gpu = {
+            "name": props.name,
+            "memory_gb": round(props.total_memory / 1024**3, 1),
+            "capability": f"{props.major}.{props.minor}",
+            "count": torch.cuda.device_count(),
+        }
     return {
         "cpu_model": cpu_model(),
         "physical_cores": physical_cores(),
@@ -83,9 +89,13 @@ def machine_info(threads: int) -> dict[str, Any]:
         "os": platform.platform(),
         "python": platform.python_version(),
         "versions": {
-            "mnv2export": __version__, "torch": str(torch.__version__), "onnxruntime": onnxruntime.__version__,
+            "mnv2export": __version__,
+            "torch": str(torch.__version__),
+            "onnxruntime": onnxruntime.__version__,
             "onnxruntime_package": next((n for n in ("onnxruntime-gpu", "onnxruntime") if _version(n)), None),
-            "onnx": _version("onnx"), "numpy": numpy.__version__, "torch_cuda": torch.version.cuda,
+            "onnx": _version("onnx"),
+            "numpy": numpy.__version__,
+            "torch_cuda": torch.version.cuda,
             "cudnn": torch.backends.cudnn.version() if torch.cuda.is_available() else None,
         },
         # what this onnxruntime build carries, not what works here (a row's provider is what it ran on)
@@ -112,7 +122,11 @@ def busy(machine: dict[str, Any]) -> str | None:
     cpus = machine.get("logical_cpus") or 1
     if not load:
         return None
-    over = [f"{name} load average {value:g}" for name, value in (("1-minute", load[0]), ("5-minute", load[1])) if value > cpus]
+    over = [
+        f"{name} load average {value:g}"
+        for name, value in (("1-minute", load[0]), ("5-minute", load[1]))
+        if value > cpus
+    ]
     return f"{' and '.join(over)} on {cpus} CPUs" if over else None
 
 
@@ -155,7 +169,9 @@ class HostPeak:
         if cls._can_reset is None:
             cls._can_reset = _reset_hwm() and _hwm() is not None
         if cls._can_reset:
-            return "peak RSS of the process during the row (VmHWM, reset through /proc/self/clear_refs at the row's start)"
+            return (
+                "peak RSS of the process during the row (VmHWM, reset through /proc/self/clear_refs at the row's start)"
+            )
         return "ru_maxrss: the process's lifetime peak RSS (the high-water mark cannot be reset here)"
 
     def start(self) -> None:

@@ -85,7 +85,13 @@ def _measure_shapes(cfg, size: list[int]) -> Footprint:
     peak = layer = 0
 
     def tensors(t) -> list:
-        return [t] if isinstance(t, torch.Tensor) else [x for v in t for x in tensors(v)] if isinstance(t, (tuple, list)) else []
+        return (
+            [t]
+            if isinstance(t, torch.Tensor)
+            else [x for v in t for x in tensors(v)]
+            if isinstance(t, (tuple, list))
+            else []
+        )
 
     def nbytes(ts) -> int:  # distinct storages: an in-place ReLU6 returns its input
         return sum(t.numel() * FLOAT for t in {t.untyped_storage().data_ptr(): t for t in ts}.values())
@@ -111,7 +117,9 @@ def _measure_shapes(cfg, size: list[int]) -> Footprint:
         out = model(torch.zeros(1, *size))
     for h in hooks:
         h.remove()
-    return Footprint(input_bytes=math.prod(size) * FLOAT, output_bytes=out.numel() * FLOAT, activation_bytes=peak, layer_bytes=layer)
+    return Footprint(
+        input_bytes=math.prod(size) * FLOAT, output_bytes=out.numel() * FLOAT, activation_bytes=peak, layer_bytes=layer
+    )
 
 
 def per_image_bytes(fp: Footprint, fmt: str) -> int:
@@ -133,14 +141,18 @@ def host_bytes_of_gpu_row(fp: Footprint, batch: int) -> int:
     return batch * (fp.input_bytes + fp.output_bytes)
 
 
-def fit_problem(needed: int, available: int | None, source: str, *, batch: int, per_image: int, where: str) -> tuple[str, str] | None:
+def fit_problem(
+    needed: int, available: int | None, source: str, *, batch: int, per_image: int, where: str
+) -> tuple[str, str] | None:
     """Why ``needed`` bytes for ``batch`` images (``per_image`` of them growing with the batch) cannot be had where
     ``available`` bytes are left (said as ``source``), and what fits; None when they fit or the room is unknown."""
     if available is None or needed <= available:
         return None
     most = batch - math.ceil((needed - available) / per_image) if per_image else 0
-    what = (f"batch {batch} needs about {_size(needed)} of {where} memory (estimated from the model's layer shapes), "
-            f"{_size(available)} available ({source})")
+    what = (
+        f"batch {batch} needs about {_size(needed)} of {where} memory (estimated from the model's layer shapes), "
+        f"{_size(available)} available ({source})"
+    )
     return what, f"use a batch of at most {most}" if most >= 1 else "not even one image fits: free some memory"
 
 
@@ -152,8 +164,10 @@ def check_row_fits(fp: Footprint, fmt: str, batch: int, provider: str, threads: 
         checks = [(estimate_bytes(fp, fmt, batch, threads, weights), *available_bytes(), per_image, "host")]
     else:
         host = host_bytes_of_gpu_row(fp, batch)
-        checks = [(host, *available_bytes(), fp.input_bytes + fp.output_bytes, "host"),
-                  (estimate_bytes(fp, fmt, batch, threads, weights, device=True), *device_bytes(), per_image, "GPU")]
+        checks = [
+            (host, *available_bytes(), fp.input_bytes + fp.output_bytes, "host"),
+            (estimate_bytes(fp, fmt, batch, threads, weights, device=True), *device_bytes(), per_image, "GPU"),
+        ]
     for needed, available, source, grows, where in checks:
         problem = fit_problem(needed, available, source, batch=batch, per_image=grows, where=where)
         if problem:
@@ -191,8 +205,10 @@ def _meminfo_available() -> int | None:
 
 
 # A container's own view of its cgroup (v2, then v1): the limit, the usage, and the reclaimable page cache in it
-_CGROUPS = ((Path("/sys/fs/cgroup"), "memory.max", "memory.current", "inactive_file"),
-            (Path("/sys/fs/cgroup/memory"), "memory.limit_in_bytes", "memory.usage_in_bytes", "total_inactive_file"))
+_CGROUPS = (
+    (Path("/sys/fs/cgroup"), "memory.max", "memory.current", "inactive_file"),
+    (Path("/sys/fs/cgroup/memory"), "memory.limit_in_bytes", "memory.usage_in_bytes", "total_inactive_file"),
+)
 
 
 def _cgroup_room() -> int | None:
@@ -204,7 +220,9 @@ def _cgroup_room() -> int | None:
             if text == "max" or int(text) >= 2**60:  # v2 "max", v1's "unlimited" (a page-rounded 2**63)
                 continue
             used = int((root / usage_file).read_text())
-            stat = dict(line.split() for line in (root / "memory.stat").read_text().splitlines() if len(line.split()) == 2)
+            stat = dict(
+                line.split() for line in (root / "memory.stat").read_text().splitlines() if len(line.split()) == 2
+            )
             return max(0, int(text) - used + int(stat.get(inactive, 0)))
         except (OSError, ValueError):
             continue

@@ -18,7 +18,6 @@ from typing import Any
 
 import numpy as np
 
-
 SHORT = {"CPUExecutionProvider": "cpu", "CUDAExecutionProvider": "cuda", "TensorrtExecutionProvider": "tensorrt"}
 
 
@@ -40,10 +39,17 @@ def placement_from_profile(events: list[dict[str, Any]]) -> dict[str, Any]:
         nodes[short] += 1
         ops[short][op] += 1
     memcpy = sum(n for counter in ops.values() for op, n in counter.items() if op.startswith("Memcpy"))
-    return {"nodes": dict(nodes), "ops": {p: dict(c) for p, c in ops.items()}, "memcpy": memcpy, "total": sum(nodes.values())}
+    return {
+        "nodes": dict(nodes),
+        "ops": {p: dict(c) for p, c in ops.items()},
+        "memcpy": memcpy,
+        "total": sum(nodes.values()),
+    }
 
 
-def node_placement(path: str | Path, provider: str, threads: int | None = None, batch: np.ndarray | None = None) -> dict[str, Any]:
+def node_placement(
+    path: str | Path, provider: str, threads: int | None = None, batch: np.ndarray | None = None
+) -> dict[str, Any]:
     """Run ``path`` once on ``provider`` with ONNX Runtime's profiler and return :func:`placement_from_profile`."""
     from ..export.names import INPUT_NAME
     from ..runtime import create_session, read_metadata, session_options

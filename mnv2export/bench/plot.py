@@ -57,8 +57,17 @@ def latency_figure(result: Rows):
                     p50.append(r.p50_ms)
                     err.append(max(0.0, (r.p90_ms or r.p50_ms) - r.p50_ms))
                 else:
-                    ax.text(x, 0.02, "n/a" if r.status == "unavailable" else "error", transform=ax.get_xaxis_transform(),
-                            rotation=90, ha="center", va="bottom", fontsize=7, color="grey")
+                    ax.text(
+                        x,
+                        0.02,
+                        "n/a" if r.status == "unavailable" else "error",
+                        transform=ax.get_xaxis_transform(),
+                        rotation=90,
+                        ha="center",
+                        va="bottom",
+                        fontsize=7,
+                        color="grey",
+                    )
             if xs:
                 ax.bar(xs, p50, width, yerr=[[0] * len(err), err], capsize=2, color=colours[k % len(colours)])
                 labels += list(zip(xs, p50))
@@ -69,7 +78,16 @@ def latency_figure(result: Rows):
         if lowest < float("inf"):
             ax.set_ylim(bottom=lowest / 3)  # every bar shows, the shortest too
         for x, y in labels:  # the p50 inside its bar, at the bottom
-            ax.text(x, lowest / 2.6, f"{y:.0f}" if y >= 100 else f"{y:.3g}", rotation=90, ha="center", va="bottom", fontsize=7, color="white")
+            ax.text(
+                x,
+                lowest / 2.6,
+                f"{y:.0f}" if y >= 100 else f"{y:.3g}",
+                rotation=90,
+                ha="center",
+                va="bottom",
+                fontsize=7,
+                color="white",
+            )
         ax.set_title(f"batch {batch}")
         ax.set_ylabel("latency per call, ms (p50, whisker p90)")
         ax.grid(axis="y", alpha=0.3, which="both")

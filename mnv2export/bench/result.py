@@ -58,9 +58,19 @@ class BenchRow:
     def cells(self) -> list[str]:
         """The table cells of a measured row, after format, provider and batch: p50, p90, p99, mean ± std, img/s,
         vs eager, load s, first s, peak RSS MB, GPU MB, note."""
-        return [_f(self.p50_ms), _f(self.p90_ms), _f(self.p99_ms), f"{_f(self.mean_ms)} ± {_f(self.std_ms)}", _f(self.throughput, 0),
-                f"{self.speedup_vs_eager:.2f}x" if self.speedup_vs_eager else "", _f(self.session_s, 2), _f(self.first_s, 3),
-                _f(self.peak_host_mb, 0), _f(self.gpu_mem_mb, 0), self.note or ""]
+        return [
+            _f(self.p50_ms),
+            _f(self.p90_ms),
+            _f(self.p99_ms),
+            f"{_f(self.mean_ms)} ± {_f(self.std_ms)}",
+            _f(self.throughput, 0),
+            f"{self.speedup_vs_eager:.2f}x" if self.speedup_vs_eager else "",
+            _f(self.session_s, 2),
+            _f(self.first_s, 3),
+            _f(self.peak_host_mb, 0),
+            _f(self.gpu_mem_mb, 0),
+            self.note or "",
+        ]
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -77,7 +87,9 @@ class BenchResult:
     settings: dict[str, Any] = field(default_factory=dict)  # target, artifacts, warm-up / timing plan, ...
 
     def row(self, format: str, provider: str = "cpu", batch: int = 1, io: str = "resident") -> BenchRow | None:
-        return next((r for r in self.rows if (r.format, r.provider, r.batch, r.io) == (format, provider, batch, io)), None)
+        return next(
+            (r for r in self.rows if (r.format, r.provider, r.batch, r.io) == (format, provider, batch, io)), None
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return {"machine": self.machine, "settings": self.settings, "rows": [r.to_dict() for r in self.rows]}
@@ -96,8 +108,15 @@ class BenchResult:
     def _machine_cells(self) -> dict[str, Any]:
         m, v = self.machine, self.machine.get("versions", {})
         gpu = (m.get("gpu") or {}).get("name") if isinstance(m.get("gpu"), dict) else m.get("gpu")
-        return {"cpu_model": m.get("cpu_model"), "physical_cores": m.get("physical_cores"), "threads": m.get("threads"), "gpu": gpu,
-                "torch": v.get("torch"), "onnxruntime": v.get("onnxruntime"), "mnv2export": v.get("mnv2export")}
+        return {
+            "cpu_model": m.get("cpu_model"),
+            "physical_cores": m.get("physical_cores"),
+            "threads": m.get("threads"),
+            "gpu": gpu,
+            "torch": v.get("torch"),
+            "onnxruntime": v.get("onnxruntime"),
+            "mnv2export": v.get("mnv2export"),
+        }
 
     def to_csv(self, path: str | Path | None = None) -> str:
         """One line per row, every BenchRow field (placement as JSON) and the machine columns; written to ``path``
@@ -124,13 +143,29 @@ class BenchResult:
 
         why = busy(m)
         warn = f"; BUSY MACHINE: {why}, timings inflated and noisy" if why else ""
-        return (f"{m.get('cpu_model')}, {m.get('physical_cores')} physical cores, {m.get('threads')} threads used; GPU: {gpu}; "
-                f"torch {m['versions']['torch']}, onnxruntime {m['versions']['onnxruntime']}; {s.get('plan', '')}{warn}")
+        return (
+            f"{m.get('cpu_model')}, {m.get('physical_cores')} physical cores, {m.get('threads')} threads used; GPU: {gpu}; "
+            f"torch {m['versions']['torch']}, onnxruntime {m['versions']['onnxruntime']}; {s.get('plan', '')}{warn}"
+        )
 
     def to_markdown(self) -> str:
         """The table for a report: one line per row, latencies in ms, speed-up against eager on the same provider."""
-        head = ["format", "provider", "batch", "p50 ms", "p90 ms", "p99 ms", "mean ± std ms", "img/s", "vs eager", "load s", "first s",
-                "peak RSS MB", "GPU MB", "note"]
+        head = [
+            "format",
+            "provider",
+            "batch",
+            "p50 ms",
+            "p90 ms",
+            "p99 ms",
+            "mean ± std ms",
+            "img/s",
+            "vs eager",
+            "load s",
+            "first s",
+            "peak RSS MB",
+            "GPU MB",
+            "note",
+        ]
         lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for r in self.rows:
             rest = r.cells() if r.ok else [*[""] * 10, f"{r.status}: {r.reason}"]

@@ -21,8 +21,12 @@ from ..export.names import FP16_FILE, INT8_FILE, MANIFEST_FILE, ONNX_FILE, TORCH
 
 FORMATS = ("eager", "torchscript", "onnx", "int8", "fp16")
 FILES = {"torchscript": TORCHSCRIPT_FILE, "onnx": ONNX_FILE, "int8": INT8_FILE, "fp16": FP16_FILE}
-HOW = {"torchscript": "`mnv2 export` writes it", "onnx": "`mnv2 export` writes it", "int8": "`mnv2 export --quantize` writes it",
-       "fp16": "`mnv2 export --fp16` writes it"}
+HOW = {
+    "torchscript": "`mnv2 export` writes it",
+    "onnx": "`mnv2 export` writes it",
+    "int8": "`mnv2 export --quantize` writes it",
+    "fp16": "`mnv2 export --fp16` writes it",
+}
 
 
 @dataclass
@@ -37,7 +41,9 @@ class Sources:
 def resolve(target: str | Path) -> Sources:
     p = Path(target)
     if not p.exists():
-        raise ConfigError("benchmark target not found", path=p, hint="pass an artifacts folder (with manifest.json) or a checkpoint")
+        raise ConfigError(
+            "benchmark target not found", path=p, hint="pass an artifacts folder (with manifest.json) or a checkpoint"
+        )
     if p.is_dir():
         return _from_folder(p)
     from ..checkpoint import load_checkpoint
@@ -49,9 +55,14 @@ def resolve(target: str | Path) -> Sources:
     except ArtifactError as exc:  # not a model at all: say what it is not, with bench's own advice
         raise ArtifactError(exc.what, path=exc.path, hint=hint) from None
     if kind != "pytorch":
-        raise ConfigError(f"{p.name} is a single {kind} artifact", path=p,
-                          hint="pass the folder holding it (with manifest.json), or the checkpoint, to compare every format")
-    ckpt = load_checkpoint(p)  # before any timing: a bare state dict or a pickled object is one line, not a table of errors
+        raise ConfigError(
+            f"{p.name} is a single {kind} artifact",
+            path=p,
+            hint="pass the folder holding it (with manifest.json), or the checkpoint, to compare every format",
+        )
+    ckpt = load_checkpoint(
+        p
+    )  # before any timing: a bare state dict or a pickled object is one line, not a table of errors
     return _from_checkpoint(p, ckpt.sha256)
 
 
@@ -62,8 +73,11 @@ def _read_manifest(folder: Path) -> dict:
     path = folder / MANIFEST_FILE
     if not path.is_file():
         hint = checkpoint_hint(folder)
-        raise ConfigError("the folder holds no manifest.json", path=folder,
-                          hint="pass a folder written by `mnv2 export`, or a checkpoint" if hint == CHECKPOINT_HINT else hint)
+        raise ConfigError(
+            "the folder holds no manifest.json",
+            path=folder,
+            hint="pass a folder written by `mnv2 export`, or a checkpoint" if hint == CHECKPOINT_HINT else hint,
+        )
     return parse_manifest(path)
 
 
@@ -75,7 +89,9 @@ def _from_folder(folder: Path) -> Sources:
     _artifacts(folder, manifest, src)
     ckpt_path, why = source_checkpoint(manifest)
     if ckpt_path is None:
-        src.missing["eager"] = f"{why}: eager would time another model or none (pass the checkpoint itself to bench eager)"
+        src.missing["eager"] = (
+            f"{why}: eager would time another model or none (pass the checkpoint itself to bench eager)"
+        )
     else:
         src.files["eager"] = ckpt_path
         src.checkpoint = ckpt_path
@@ -89,7 +105,9 @@ def _from_checkpoint(path: Path, sha256: str | None) -> Sources:
     folder = default_out_dir(path)
     if not (folder / MANIFEST_FILE).is_file():
         for fmt in FILES:
-            src.missing[fmt] = f"no export of this checkpoint in {folder} (run `mnv2 export {path}`, or pass the artifacts folder)"
+            src.missing[fmt] = (
+                f"no export of this checkpoint in {folder} (run `mnv2 export {path}`, or pass the artifacts folder)"
+            )
         return src
     manifest = _read_manifest(folder)
     if (manifest.get("source_checkpoint") or {}).get("sha256") != sha256:
@@ -110,7 +128,9 @@ def _artifacts(folder: Path, manifest: dict, src: Sources) -> None:
     for fmt, name in FILES.items():
         f, entry = folder / name, manifest["artifacts"].get(name)
         if entry is None and f.exists():
-            src.missing[fmt] = f"{name} is not listed in {folder / MANIFEST_FILE}: it is left from another export, not timed"
+            src.missing[fmt] = (
+                f"{name} is not listed in {folder / MANIFEST_FILE}: it is left from another export, not timed"
+            )
         elif entry is None:
             src.missing[fmt] = f"no {name} in {folder} ({HOW[fmt]})"
         elif not f.is_file():

@@ -30,36 +30,61 @@ TORCH_FORMATS = ("eager", "torchscript")
 AMP = "+amp"  # suffix of the torch rows timed under torch.autocast (--amp)
 GRAPH = "+graph"  # suffix of the ONNX rows on the CUDA provider timed as CUDA graphs (--cuda-graph)
 GRAPH_NOTE = "CUDA graph (enable_cuda_graph=1): captured in the first call, replayed"
-GRAPH_ROWS = ("<format>+graph: the format's ONNX file on the CUDA provider with enable_cuda_graph=1, device-resident I/O "
-              "through I/O binding; the first call (warm-up) captures the kernels, the timed calls replay the graph")
-EAGER = ("torchvision MobileNetV2 built from the checkpoint, eval(), FP32, NCHW contiguous, BatchNorm not folded, no compile, "
-         "called under torch.inference_mode() with torch.set_num_threads(threads)")
-AMP_ROWS = ("<format>+amp: the same module and input as the format's row, called under torch.autocast(device, dtype) "
-            "inside torch.inference_mode(): float16 on CUDA, bfloat16 on the CPU")
-MEMORY_CHECK = ("before each row allocates anything: its bytes estimated from the model's layer shapes (bench.memory) against "
-                "MemAvailable or the room under the cgroup limit (and free GPU memory on CUDA); a row that cannot fit is an error row")
-TORCHSCRIPT = ("the exported file (traced, BatchNorm folded, frozen): torch.jit.load(map_location), then on the CPU "
-               "torch.jit.optimize_for_inference (counted in load time); torch.inference_mode()")
+GRAPH_ROWS = (
+    "<format>+graph: the format's ONNX file on the CUDA provider with enable_cuda_graph=1, device-resident I/O "
+    "through I/O binding; the first call (warm-up) captures the kernels, the timed calls replay the graph"
+)
+EAGER = (
+    "torchvision MobileNetV2 built from the checkpoint, eval(), FP32, NCHW contiguous, BatchNorm not folded, no compile, "
+    "called under torch.inference_mode() with torch.set_num_threads(threads)"
+)
+AMP_ROWS = (
+    "<format>+amp: the same module and input as the format's row, called under torch.autocast(device, dtype) "
+    "inside torch.inference_mode(): float16 on CUDA, bfloat16 on the CPU"
+)
+MEMORY_CHECK = (
+    "before each row allocates anything: its bytes estimated from the model's layer shapes (bench.memory) against "
+    "MemAvailable or the room under the cgroup limit (and free GPU memory on CUDA); a row that cannot fit is an error row"
+)
+TORCHSCRIPT = (
+    "the exported file (traced, BatchNorm folded, frozen): torch.jit.load(map_location), then on the CPU "
+    "torch.jit.optimize_for_inference (counted in load time); torch.inference_mode()"
+)
 
 
-def parse_list(value: str | Iterable[str], allowed: tuple[str, ...], everything: tuple[str, ...], what: str) -> tuple[list[str], bool]:
+def parse_list(
+    value: str | Iterable[str], allowed: tuple[str, ...], everything: tuple[str, ...], what: str
+) -> tuple[list[str], bool]:
     """``"a,b"`` / ``["a", "b"]`` / ``"all"`` -> (items in canonical order, named explicitly)."""
     from ..config import split_items
 
     items = split_items(value, what)
     bad = sorted({v for v in items if v not in (*allowed, "all")})
     if bad or not items:
-        raise ConfigError(f"unknown {what} {', '.join(bad) or '(none)'}", hint=f"choose from {', '.join(allowed)} or all")
+        raise ConfigError(
+            f"unknown {what} {', '.join(bad) or '(none)'}", hint=f"choose from {', '.join(allowed)} or all"
+        )
     chosen = set(everything) if "all" in items else set()
     chosen |= {v for v in items if v != "all"}
     return [v for v in allowed if v in chosen], "all" not in items
 
 
 def run(
-    target: str | Path, *, formats: str | Iterable[str] = ("all",), providers: str | Iterable[str] = ("cpu",),
-    batches: Iterable[int] = (1, 8, 32), warmup: int = 10, warmup_s: float | None = None, iters: int | None = None,
-    duration: float | None = None, threads: int | None = None, include_copies: bool = False, rounds: int = 1, seed: int = 0,
-    amp: bool = False, cuda_graph: bool = False,
+    target: str | Path,
+    *,
+    formats: str | Iterable[str] = ("all",),
+    providers: str | Iterable[str] = ("cpu",),
+    batches: Iterable[int] = (1, 8, 32),
+    warmup: int = 10,
+    warmup_s: float | None = None,
+    iters: int | None = None,
+    duration: float | None = None,
+    threads: int | None = None,
+    include_copies: bool = False,
+    rounds: int = 1,
+    seed: int = 0,
+    amp: bool = False,
+    cuda_graph: bool = False,
 ) -> BenchResult:
     """Benchmark every requested format on every requested provider and batch size.
 
@@ -83,9 +108,15 @@ def run(
     provs, explicit = parse_list(providers, PROVIDERS, ALL_PROVIDERS, "provider")
     if cuda_graph:
         if "cuda" not in provs:
-            raise ConfigError("CUDA graphs were asked for without the cuda provider", hint="add --provider cuda (or all), or drop --cuda-graph")
+            raise ConfigError(
+                "CUDA graphs were asked for without the cuda provider",
+                hint="add --provider cuda (or all), or drop --cuda-graph",
+            )
         if all(_family(f) == "torch" for f in fmts):
-            raise ConfigError("CUDA graphs are timed for the ONNX formats only", hint="add --formats onnx, fp16 or int8, or drop --cuda-graph")
+            raise ConfigError(
+                "CUDA graphs are timed for the ONNX formats only",
+                hint="add --formats onnx, fp16 or int8, or drop --cuda-graph",
+            )
         fmts = [g for f in fmts for g in ((f, f + GRAPH) if _family(f) == "onnx" else (f,))]
     for name, value in (("threads", threads), ("rounds", rounds)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
@@ -101,9 +132,14 @@ def run(
     if explicit:
         require_providers(problems)
 
-    keys = [(p, f, b, io) for p in provs for f in fmts for b in sizes
-            for io in (("resident", "copies") if include_copies and p != "cpu" else ("resident",))
-            if not f.endswith(GRAPH) or (p == "cuda" and io == "resident")]
+    keys = [
+        (p, f, b, io)
+        for p in provs
+        for f in fmts
+        for b in sizes
+        for io in (("resident", "copies") if include_copies and p != "cpu" else ("resident",))
+        if not f.endswith(GRAPH) or (p == "cuda" and io == "resident")
+    ]
     rows = {k: BenchRow(k[1], k[0], k[2], k[3]) for k in keys}
     samples: dict[tuple, _Samples] = {}
     for key, row in rows.items():
@@ -121,7 +157,7 @@ def run(
     placements: dict[tuple[str, str], dict | None] = {}
     try:
         for rnd in range(rounds):
-            for key in (keys if rnd % 2 == 0 else keys[::-1]):
+            for key in keys if rnd % 2 == 0 else keys[::-1]:
                 row = rows[key]
                 if key in samples and row.ok:  # a row that failed once is not measured again
                     _measure_row(row, Path(row.path), n_threads, plan, seed, samples[key])
@@ -138,13 +174,27 @@ def run(
     result_rows = list(rows.values())
     _speedups(result_rows)
     settings = {
-        "target": str(target), "artifacts_folder": str(src.folder) if src.folder else None,
-        "checkpoint": str(src.checkpoint) if src.checkpoint else None, "files": {k: str(v) for k, v in src.files.items()},
-        "formats": fmts, "providers": provs, "batches": sizes, "warmup": warmup, "warmup_s": warmup_s, "iters": iters,
-        "duration": duration, "rounds": rounds, "plan": plan.describe() + (f", {rounds} rounds pooled" if rounds > 1 else ""),
-        "threads": n_threads, "threads_source": "--threads" if threads else "default: the machine's physical cores",
-        "include_copies": include_copies, "input": f"random normal float32 N x C x H x W (seed {seed}), the artifact's input size",
-        "eager": EAGER, "torchscript": TORCHSCRIPT, "amp": AMP_ROWS if amp else None, "cuda_graph": GRAPH_ROWS if cuda_graph else None,
+        "target": str(target),
+        "artifacts_folder": str(src.folder) if src.folder else None,
+        "checkpoint": str(src.checkpoint) if src.checkpoint else None,
+        "files": {k: str(v) for k, v in src.files.items()},
+        "formats": fmts,
+        "providers": provs,
+        "batches": sizes,
+        "warmup": warmup,
+        "warmup_s": warmup_s,
+        "iters": iters,
+        "duration": duration,
+        "rounds": rounds,
+        "plan": plan.describe() + (f", {rounds} rounds pooled" if rounds > 1 else ""),
+        "threads": n_threads,
+        "threads_source": "--threads" if threads else "default: the machine's physical cores",
+        "include_copies": include_copies,
+        "input": f"random normal float32 N x C x H x W (seed {seed}), the artifact's input size",
+        "eager": EAGER,
+        "torchscript": TORCHSCRIPT,
+        "amp": AMP_ROWS if amp else None,
+        "cuda_graph": GRAPH_ROWS if cuda_graph else None,
         "timer": "time.perf_counter_ns around each call; on CUDA a device-wide synchronize inside the timer",
         "memory_check": MEMORY_CHECK,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -180,7 +230,7 @@ def _join_reasons(reasons: list[str]) -> str:
     """'CUDA was asked for but A; CUDA was asked for but B' -> 'CUDA was asked for but A, and B'."""
     prefix = "CUDA was asked for but "
     if len(reasons) > 1 and all(r.startswith(prefix) for r in reasons):
-        return prefix + ", and ".join(r[len(prefix):] for r in reasons)
+        return prefix + ", and ".join(r[len(prefix) :] for r in reasons)
     return "; ".join(reasons)
 
 
@@ -194,7 +244,12 @@ def _family(fmt: str) -> str:
 
 
 def check_settings(
-    formats: str | Iterable[str], batches: Iterable[int], warmup: int, warmup_s: float | None, iters: int | None, duration: float | None,
+    formats: str | Iterable[str],
+    batches: Iterable[int],
+    warmup: int,
+    warmup_s: float | None,
+    iters: int | None,
+    duration: float | None,
 ) -> tuple[list[str], list[int], Plan]:
     """The sweep's formats, batch sizes and timing plan, checked (a ConfigError names the bad one): what :func:`run`
     and the pipeline check before any work."""
@@ -205,7 +260,9 @@ def check_settings(
 def _check_batches(batches: Iterable[int]) -> list[int]:
     sizes = [batches] if isinstance(batches, int) else list(batches)
     if not sizes or any(isinstance(b, bool) or not isinstance(b, int) or b < 1 for b in sizes):
-        raise ConfigError(f"batch sizes {sizes!r} are not whole numbers >= 1", hint="use whole numbers >= 1, e.g. 1,8,32")
+        raise ConfigError(
+            f"batch sizes {sizes!r} are not whole numbers >= 1", hint="use whole numbers >= 1, e.g. 1,8,32"
+        )
     return list(dict.fromkeys(sizes))
 
 
@@ -215,15 +272,22 @@ MAX_CALLS = 10_000_000  # warm-up or timed calls per row: hours even at 1 ms a c
 
 def _check_plan(warmup: int, warmup_s: float | None, iters: int | None, duration: float | None) -> Plan:
     if iters is not None and duration is not None:
-        raise ConfigError("--iters and --duration exclude each other", hint="give a number of calls or a number of seconds")
+        raise ConfigError(
+            "--iters and --duration exclude each other", hint="give a number of calls or a number of seconds"
+        )
     if isinstance(warmup, bool) or not isinstance(warmup, int) or not 0 <= warmup <= MAX_CALLS:
-        raise ConfigError(f"warm-up = {warmup!r} is out of range", hint=f"use a whole number of calls from 0 to {MAX_CALLS}, or seconds as e.g. 2s")
+        raise ConfigError(
+            f"warm-up = {warmup!r} is out of range",
+            hint=f"use a whole number of calls from 0 to {MAX_CALLS}, or seconds as e.g. 2s",
+        )
     if warmup_s is not None and not 0 <= warmup_s <= MAX_SECONDS:  # NaN and inf too: an endless warm-up
         raise ConfigError(f"warm-up = {warmup_s!r} s is out of range", hint=f"use seconds from 0 to {MAX_SECONDS:g}")
     if iters is not None and (isinstance(iters, bool) or not isinstance(iters, int) or not 1 <= iters <= MAX_CALLS):
         raise ConfigError(f"iters = {iters!r} is out of range", hint=f"use a whole number from 1 to {MAX_CALLS}")
     if duration is not None and not 0 < duration <= MAX_SECONDS:  # NaN, inf, 1e300 (its nanoseconds overflow)
-        raise ConfigError(f"duration = {duration!r} s is out of range", hint=f"use seconds > 0 and at most {MAX_SECONDS:g}")
+        raise ConfigError(
+            f"duration = {duration!r} s is out of range", hint=f"use seconds > 0 and at most {MAX_SECONDS:g}"
+        )
     return Plan(warmup=warmup, warmup_s=warmup_s, iters=iters, duration=duration)
 
 
@@ -238,9 +302,13 @@ def provider_problems(providers, families) -> dict[tuple[str, str], str | None]:
 def require_providers(problems: dict[tuple[str, str], str | None]) -> None:
     """Stop an explicit request for what this machine lacks (:func:`provider_problems`), before anything runs: one
     :class:`ProviderUnavailable` naming every reason. TensorRT not running torch models is only a row's reason."""
-    bad = list(dict.fromkeys(why for (p, fam), why in problems.items() if why and not (p == "tensorrt" and fam == "torch")))
+    bad = list(
+        dict.fromkeys(why for (p, fam), why in problems.items() if why and not (p == "tensorrt" and fam == "torch"))
+    )
     if bad:
-        raise ProviderUnavailable(_join_reasons(bad), hint="run on a machine with an NVIDIA GPU (and onnxruntime-gpu), or use --provider cpu")
+        raise ProviderUnavailable(
+            _join_reasons(bad), hint="run on a machine with an NVIDIA GPU (and onnxruntime-gpu), or use --provider cpu"
+        )
 
 
 def _provider_problem(provider: str, family: str) -> str | None:
@@ -268,8 +336,12 @@ def _probe_onnx(provider: str) -> str | None:
 
     from ..runtime import create_session
 
-    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "probe", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["y"])],
+        "probe",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
     model.ir_version = min(model.ir_version, 10)
     with tempfile.TemporaryDirectory(prefix="mnv2-bench-probe-") as tmp:

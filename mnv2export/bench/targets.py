@@ -31,7 +31,6 @@ import numpy as np
 
 from ..runtime import OnnxRunner, Runner, TorchRunner, load_artifact
 
-
 IO_MODES = ("resident", "copies")
 
 
@@ -116,10 +115,14 @@ def _bind_torch(runner: TorchRunner, x: np.ndarray, io: str) -> Bound:
     if device.type == "cpu":
         return Bound(call=lambda: module(host), sync=None, context=torch.inference_mode)
     if io == "copies":
-        return Bound(call=lambda: module(host.to(device)).cpu(), sync=torch.cuda.synchronize, context=torch.inference_mode)
+        return Bound(
+            call=lambda: module(host.to(device)).cpu(), sync=torch.cuda.synchronize, context=torch.inference_mode
+        )
     resident = host.to(device)
     torch.cuda.synchronize()
-    return Bound(call=lambda: module(resident), sync=torch.cuda.synchronize, context=torch.inference_mode, keep=[resident])
+    return Bound(
+        call=lambda: module(resident), sync=torch.cuda.synchronize, context=torch.inference_mode, keep=[resident]
+    )
 
 
 def _bind_onnx(runner: OnnxRunner, x: np.ndarray, io: str) -> Bound:

@@ -53,8 +53,13 @@ def _print_version(value: bool) -> None:
 @app.callback()
 def _root(
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log debug messages."),
-    version: bool = typer.Option(False, "--version", help="Print the version of mnv2export, torch, torchvision, onnx and onnxruntime, and ONNX Runtime's providers.",
-                                 callback=_print_version, is_eager=True),
+    version: bool = typer.Option(
+        False,
+        "--version",
+        help="Print the version of mnv2export, torch, torchvision, onnx and onnxruntime, and ONNX Runtime's providers.",
+        callback=_print_version,
+        is_eager=True,
+    ),
 ) -> None:
     setup_logging(logging.DEBUG if verbose else logging.INFO)
 
@@ -64,7 +69,9 @@ def setup_logging(level: int = logging.INFO) -> None:
     logger.setLevel(level)
     if not any(getattr(h, "_mnv2", False) for h in logger.handlers):
         handler = _StderrHandler()
-        handler.setFormatter(logging.Formatter("%(message)s" if level > logging.DEBUG else "%(levelname)s %(name)s: %(message)s"))
+        handler.setFormatter(
+            logging.Formatter("%(message)s" if level > logging.DEBUG else "%(levelname)s %(name)s: %(message)s")
+        )
         handler._mnv2 = True  # type: ignore[attr-defined]
         logger.addHandler(handler)
         logger.propagate = False
@@ -90,14 +97,16 @@ class _StderrHandler(logging.StreamHandler):
 
 def _register() -> None:
     # each module adds its commands to `app`
-    from . import train_cmd  # noqa: F401
-    from . import export_cmd  # noqa: F401
-    from . import check_cmd  # noqa: F401
-    from . import bench_cmd  # noqa: F401
-    from . import info_cmd  # noqa: F401
-    from . import predict_cmd  # noqa: F401
-    from . import visualize_cmd  # noqa: F401
-    from . import pipeline_cmd  # noqa: F401
+    from . import (
+        bench_cmd,  # noqa: F401
+        check_cmd,  # noqa: F401
+        export_cmd,  # noqa: F401
+        info_cmd,  # noqa: F401
+        pipeline_cmd,  # noqa: F401
+        predict_cmd,  # noqa: F401
+        train_cmd,  # noqa: F401
+        visualize_cmd,  # noqa: F401
+    )
 
 
 _register()
@@ -134,7 +143,10 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # noqa: BLE001 - the last line of defence: one line unless debugging
         if debug:
             raise
-        print(f"error: unexpected {type(exc).__name__}: {first_line(exc)} (set MNV2_DEBUG=1 for the traceback, and report it)", file=sys.stderr)
+        print(
+            f"error: unexpected {type(exc).__name__}: {first_line(exc)} (set MNV2_DEBUG=1 for the traceback, and report it)",
+            file=sys.stderr,
+        )
         return 1
 
 

@@ -15,7 +15,9 @@ def _batches(text: str) -> list[int]:
     try:
         return [int(b) for b in csv_list(text, "--batch")]
     except ValueError:
-        raise typer.BadParameter(f"expected comma-separated whole numbers, got {text!r}", param_hint="--batch") from None
+        raise typer.BadParameter(
+            f"expected comma-separated whole numbers, got {text!r}", param_hint="--batch"
+        ) from None
 
 
 def _warmup(text: str) -> tuple[int, Optional[float]]:
@@ -26,27 +28,82 @@ def _warmup(text: str) -> tuple[int, Optional[float]]:
             return 0, float(t[:-1])
         return int(t), None
     except ValueError:
-        raise typer.BadParameter(f"expected a number of calls (10) or seconds (2s), got {text!r}", param_hint="--warmup") from None
+        raise typer.BadParameter(
+            f"expected a number of calls (10) or seconds (2s), got {text!r}", param_hint="--warmup"
+        ) from None
 
 
 @app.command()
 def bench(
-    target: Annotated[Optional[Path], typer.Argument(metavar="TARGET", help="An artifacts folder written by `mnv2 export` (with manifest.json), or a checkpoint; default: the newest folder under export/ with a manifest.json.", show_default=False)] = None,
-    formats: Annotated[str, typer.Option("--formats", "-f", help="eager, torchscript, onnx, int8, fp16 or all (comma-separated).")] = "all",
-    provider: Annotated[str, typer.Option("--provider", help="Execution provider(s): cpu, cuda, tensorrt (ONNX rows only) or all (cpu and cuda), comma-separated.")] = "all",
+    target: Annotated[
+        Optional[Path],
+        typer.Argument(
+            metavar="TARGET",
+            help="An artifacts folder written by `mnv2 export` (with manifest.json), or a checkpoint; default: the newest folder under export/ with a manifest.json.",
+            show_default=False,
+        ),
+    ] = None,
+    formats: Annotated[
+        str, typer.Option("--formats", "-f", help="eager, torchscript, onnx, int8, fp16 or all (comma-separated).")
+    ] = "all",
+    provider: Annotated[
+        str,
+        typer.Option(
+            "--provider",
+            help="Execution provider(s): cpu, cuda, tensorrt (ONNX rows only) or all (cpu and cuda), comma-separated.",
+        ),
+    ] = "all",
     batch: Annotated[str, typer.Option("--batch", "-b", help="Batch sizes, comma-separated.")] = "1,8,32",
     warmup: Annotated[str, typer.Option("--warmup", help="Warm-up before timing: calls (10) or seconds (2s).")] = "10",
     iters: Annotated[Optional[int], typer.Option("--iters", help="Timed calls per row (excludes --duration).")] = None,
-    duration: Annotated[Optional[float], typer.Option("--duration", help="Seconds of timed calls per row (default 2, at least 10 calls).")] = None,
-    threads: Annotated[Optional[int], typer.Option("--threads", help="Intra-op threads (default: the machine's physical cores).")] = None,
-    include_copies: Annotated[bool, typer.Option("--include-copies", help="On CUDA, also time with host arrays in and out (host-device copies inside the timer).")] = False,
-    amp: Annotated[bool, typer.Option("--amp", help="Also time eager and TorchScript under torch.autocast (FP16 on CUDA, BF16 on the CPU) as <format>+amp rows.")] = False,
-    cuda_graph: Annotated[bool, typer.Option("--cuda-graph", help="On CUDA, also time each ONNX format as a CUDA graph (ONNX Runtime's enable_cuda_graph) as <format>+graph rows.")] = False,
-    rounds: Annotated[int, typer.Option("--rounds", help="Repeat the sweep, alternating its order, and pool the timings (for shared machines).")] = 1,
+    duration: Annotated[
+        Optional[float],
+        typer.Option("--duration", help="Seconds of timed calls per row (default 2, at least 10 calls)."),
+    ] = None,
+    threads: Annotated[
+        Optional[int], typer.Option("--threads", help="Intra-op threads (default: the machine's physical cores).")
+    ] = None,
+    include_copies: Annotated[
+        bool,
+        typer.Option(
+            "--include-copies",
+            help="On CUDA, also time with host arrays in and out (host-device copies inside the timer).",
+        ),
+    ] = False,
+    amp: Annotated[
+        bool,
+        typer.Option(
+            "--amp",
+            help="Also time eager and TorchScript under torch.autocast (FP16 on CUDA, BF16 on the CPU) as <format>+amp rows.",
+        ),
+    ] = False,
+    cuda_graph: Annotated[
+        bool,
+        typer.Option(
+            "--cuda-graph",
+            help="On CUDA, also time each ONNX format as a CUDA graph (ONNX Runtime's enable_cuda_graph) as <format>+graph rows.",
+        ),
+    ] = False,
+    rounds: Annotated[
+        int,
+        typer.Option(
+            "--rounds", help="Repeat the sweep, alternating its order, and pool the timings (for shared machines)."
+        ),
+    ] = 1,
     json_out: JsonOut = None,
-    csv_out: Annotated[Optional[Path], typer.Option("--csv", help="Also write the rows (and machine columns) as CSV.")] = None,
-    plot_out: Annotated[Optional[Path], typer.Option("--plot", help="Also write a PNG of latency by format and provider.")] = None,
-    strict: Annotated[bool, typer.Option("--strict", help="Exit 1 when any row failed (error), not only when none was measured; unavailable rows do not count.")] = False,
+    csv_out: Annotated[
+        Optional[Path], typer.Option("--csv", help="Also write the rows (and machine columns) as CSV.")
+    ] = None,
+    plot_out: Annotated[
+        Optional[Path], typer.Option("--plot", help="Also write a PNG of latency by format and provider.")
+    ] = None,
+    strict: Annotated[
+        bool,
+        typer.Option(
+            "--strict",
+            help="Exit 1 when any row failed (error), not only when none was measured; unavailable rows do not count.",
+        ),
+    ] = False,
 ) -> None:
     """Time each format (eager, TorchScript, ONNX FP32 / INT8 / FP16) on each provider and batch size.
 
@@ -63,9 +120,19 @@ def bench(
         if path:  # before minutes of timing, not after
             check_output_file(path, option)
     result = run(
-        target, formats=csv_list(formats, "--formats"), providers=csv_list(provider, "--provider"), batches=_batches(batch),
-        warmup=count, warmup_s=seconds, iters=iters,
-        duration=duration, threads=threads, include_copies=include_copies, rounds=rounds, amp=amp, cuda_graph=cuda_graph,
+        target,
+        formats=csv_list(formats, "--formats"),
+        providers=csv_list(provider, "--provider"),
+        batches=_batches(batch),
+        warmup=count,
+        warmup_s=seconds,
+        iters=iters,
+        duration=duration,
+        threads=threads,
+        include_copies=include_copies,
+        rounds=rounds,
+        amp=amp,
+        cuda_graph=cuda_graph,
     )
     if json_out:
         result.to_json(json_out)
@@ -80,12 +147,20 @@ def bench(
             typer.echo(f"-> {path}")
     if not measured:
         first = result.rows[0] if result.rows else None
-        raise Mnv2Error(f"no row could be measured ({first.label} batch {first.batch}: {first.reason})" if first else "nothing to measure",
-                        path=target, hint="see each row's reason above")
+        raise Mnv2Error(
+            f"no row could be measured ({first.label} batch {first.batch}: {first.reason})"
+            if first
+            else "nothing to measure",
+            path=target,
+            hint="see each row's reason above",
+        )
     failed = [r for r in result.rows if r.status == "error"]
     if strict and failed:
-        raise Mnv2Error(f"{len(failed)} row(s) failed ({failed[0].label} batch {failed[0].batch}: {failed[0].reason})", path=target,
-                        hint="--strict makes a failed row fatal; see each row's reason above")
+        raise Mnv2Error(
+            f"{len(failed)} row(s) failed ({failed[0].label} batch {failed[0].batch}: {failed[0].reason})",
+            path=target,
+            hint="--strict makes a failed row fatal; see each row's reason above",
+        )
 
 
 def _print(result) -> None:
@@ -93,10 +168,25 @@ def _print(result) -> None:
     from rich.markup import escape
     from rich.table import Table
 
-    table = Table(title="mnv2 bench: latency per call (ms), speed-up against PyTorch eager on the same provider and batch")
-    for name, justify in (("format", "left"), ("provider", "left"), ("batch", "right"), ("p50", "right"), ("p90", "right"),
-                          ("p99", "right"), ("mean ± std", "right"), ("img/s", "right"), ("vs eager", "right"),
-                          ("load s", "right"), ("first s", "right"), ("peak RSS MB", "right"), ("GPU MB", "right"), ("note", "left")):
+    table = Table(
+        title="mnv2 bench: latency per call (ms), speed-up against PyTorch eager on the same provider and batch"
+    )
+    for name, justify in (
+        ("format", "left"),
+        ("provider", "left"),
+        ("batch", "right"),
+        ("p50", "right"),
+        ("p90", "right"),
+        ("p99", "right"),
+        ("mean ± std", "right"),
+        ("img/s", "right"),
+        ("vs eager", "right"),
+        ("load s", "right"),
+        ("first s", "right"),
+        ("peak RSS MB", "right"),
+        ("GPU MB", "right"),
+        ("note", "left"),
+    ):
         table.add_column(name, justify=justify, overflow="fold")
     shown: set[tuple[str, str]] = set()
     reasons: list[tuple[str, str]] = []  # (style, text) of each row that did not run, said in full under the table
@@ -110,7 +200,11 @@ def _print(result) -> None:
         if r.status == "unavailable" and key in shown:
             continue
         shown.add(key)
-        same = [x for x in result.rows if x.status == "unavailable" and (x.provider, x.reason) == key] if r.status == "unavailable" else [r]
+        same = (
+            [x for x in result.rows if x.status == "unavailable" and (x.provider, x.reason) == key]
+            if r.status == "unavailable"
+            else [r]
+        )
         fmts = ", ".join(dict.fromkeys(x.format for x in same))
         batches = ", ".join(str(b) for b in dict.fromkeys(x.batch for x in same))
         style = "yellow" if r.status == "unavailable" else "red"

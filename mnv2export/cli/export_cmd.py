@@ -15,12 +15,29 @@ from .options import CheckpointArg, default_checkpoint
 def export(
     checkpoint: CheckpointArg = None,
     format: Annotated[str, typer.Option("--format", "-f", help="torchscript, onnx or all.")] = "all",
-    quantize: Annotated[bool, typer.Option("--quantize", help="Also write model.int8.onnx (ONNX Runtime static INT8, QDQ, per-channel).")] = False,
-    fp16: Annotated[bool, typer.Option("--fp16", help="Also write model.fp16.onnx (for GPUs; float32 input and output).")] = False,
-    calib_data: Annotated[Optional[str], typer.Option("--calib-data", help="Calibration images: synth, fashion-mnist, an ImageFolder root or a folder of images (default: the checkpoint's own training data).")] = None,
+    quantize: Annotated[
+        bool,
+        typer.Option("--quantize", help="Also write model.int8.onnx (ONNX Runtime static INT8, QDQ, per-channel)."),
+    ] = False,
+    fp16: Annotated[
+        bool, typer.Option("--fp16", help="Also write model.fp16.onnx (for GPUs; float32 input and output).")
+    ] = False,
+    calib_data: Annotated[
+        Optional[str],
+        typer.Option(
+            "--calib-data",
+            help="Calibration images: synth, fashion-mnist, an ImageFolder root or a folder of images (default: the checkpoint's own training data).",
+        ),
+    ] = None,
     calib_size: Annotated[int, typer.Option("--calib-size", help="Number of calibration images.")] = 256,
     calib_method: Annotated[str, typer.Option("--calib-method", help="minmax, entropy or percentile.")] = "minmax",
-    opset: Annotated[Optional[int], typer.Option("--opset", help="ONNX opset, 18 to the newest the installed ONNX Runtime loads (26 with onnxruntime 1.31); default 18.")] = None,
+    opset: Annotated[
+        Optional[int],
+        typer.Option(
+            "--opset",
+            help="ONNX opset, 18 to the newest the installed ONNX Runtime loads (26 with onnxruntime 1.31); default 18.",
+        ),
+    ] = None,
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Output folder (default export/<run>).")] = None,
 ) -> None:
     """Export a checkpoint: BatchNorm folded, TorchScript and ONNX, optionally INT8 and FP16, with manifest.json.
@@ -35,12 +52,28 @@ def export(
         _require_calib_data(checkpoint, calib_data)
 
     manifest = export_all(
-        checkpoint, out_dir=out, formats=format, quantize=quantize, fp16=fp16, calib_data=calib_data, calib_size=calib_size,
-        calib_method=calib_method.lower(), opset=opset,
+        checkpoint,
+        out_dir=out,
+        formats=format,
+        quantize=quantize,
+        fp16=fp16,
+        calib_data=calib_data,
+        calib_size=calib_size,
+        calib_method=calib_method.lower(),
+        opset=opset,
     )
     rows = [("file", "format", "precision", "size", "sha256", "seconds")]
     for name, a in manifest.artifacts.items():
-        rows.append((name, a["format"], a["precision"], f"{a['size_bytes'] / 1e6:.1f} MB", a["sha256"][:12], f"{a['seconds']:.1f}"))
+        rows.append(
+            (
+                name,
+                a["format"],
+                a["precision"],
+                f"{a['size_bytes'] / 1e6:.1f} MB",
+                a["sha256"][:12],
+                f"{a['seconds']:.1f}",
+            )
+        )
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for r in rows:
         typer.echo("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())

@@ -14,7 +14,14 @@ from .options import JsonOut, default_model_file
 
 @app.command()
 def info(
-    artifact: Annotated[Optional[Path], typer.Argument(metavar="ARTIFACT", help="A checkpoint (best.pt), TorchScript file or ONNX model (FP32, INT8, FP16); default: model.onnx (else the first model file) of the newest folder under export/ with a manifest.json.", show_default=False)] = None,
+    artifact: Annotated[
+        Optional[Path],
+        typer.Argument(
+            metavar="ARTIFACT",
+            help="A checkpoint (best.pt), TorchScript file or ONNX model (FP32, INT8, FP16); default: model.onnx (else the first model file) of the newest folder under export/ with a manifest.json.",
+            show_default=False,
+        ),
+    ] = None,
     layers: Annotated[bool, typer.Option("--layers/--no-layers", help="Show the per-layer table.")] = True,
     json_out: JsonOut = None,
 ) -> None:
@@ -59,8 +66,10 @@ def _print(r, show_layers: bool) -> None:
         say("  ops: " + ", ".join(f"{op} {n}" for op, n in g.op_counts.items()))
         q = ", ".join(f"{op} {n}" for op, n in g.quantized_nodes.items())
         say(f"  quantized nodes: {g.quantized_total}" + (f" ({q})" if q else ""))
-        say(f"  initializers: {g.weight_elements:,} weight/bias values, {g.quant_param_elements:,} scale/zero-point values, "
-                      f"{g.other_constant_elements:,} other constants")
+        say(
+            f"  initializers: {g.weight_elements:,} weight/bias values, {g.quant_param_elements:,} scale/zero-point values, "
+            f"{g.other_constant_elements:,} other constants"
+        )
     say("metadata:")
     for key, value in _metadata_lines(r.metadata):
         say(f"  {key}: {value}")
@@ -74,16 +83,25 @@ def _print(r, show_layers: bool) -> None:
     console.print(blocks)
     if show_layers:
         table = Table(title="layers", title_justify="left")
-        for col, just in (("layer", "left"), ("type", "left"), ("output", "left"), ("params", "right"), ("MACs", "right")):
+        for col, just in (
+            ("layer", "left"),
+            ("type", "left"),
+            ("output", "left"),
+            ("params", "right"),
+            ("MACs", "right"),
+        ):
             table.add_column(col, justify=just)
         for row in m.layers:
-            table.add_row(row.name, row.type, "x".join(map(str, row.output_shape[1:])), f"{row.params:,}", f"{row.macs:,}")
+            table.add_row(
+                row.name, row.type, "x".join(map(str, row.output_shape[1:])), f"{row.params:,}", f"{row.macs:,}"
+            )
         console.print(table)
 
 
 def _training_line(summary: dict) -> str:
     """Which epoch the weights are from and what they scored, then the run's best when that was another epoch:
     ``epoch 20 of 20, val top-1 93.10% (the run's best: 93.17% at epoch 19)``."""
+
     def pct(v) -> str | None:
         return f"{100 * v:.2f}%" if isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0 else None
 
@@ -93,7 +111,11 @@ def _training_line(summary: dict) -> str:
     if (acc := pct(final.get("val_acc"))) and final.get("epoch") == epoch:
         line += f", val top-1 {acc}"
     if best := pct(summary.get("best_val_acc")):
-        line += " (the run's best)" if best_epoch == epoch and acc == best else f" (the run's best: {best} at epoch {best_epoch if best_epoch is not None else '?'})"
+        line += (
+            " (the run's best)"
+            if best_epoch == epoch and acc == best
+            else f" (the run's best: {best} at epoch {best_epoch if best_epoch is not None else '?'})"
+        )
     return line
 
 

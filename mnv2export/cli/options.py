@@ -10,19 +10,82 @@ import typer
 # --help panels of train and pipeline (as timm's train.py groups its arguments)
 DATA, MODEL, TRAINING, HARDWARE, RUN, CHECKS = "Data", "Model", "Training", "Hardware", "Run", "Export, check and bench"
 
-Device = Annotated[Optional[str], typer.Option("--device", help="auto (CUDA when present), cuda or cpu. Asking for cuda where there is none is an error.", rich_help_panel=HARDWARE)]
+Device = Annotated[
+    Optional[str],
+    typer.Option(
+        "--device",
+        help="auto (CUDA when present), cuda or cpu. Asking for cuda where there is none is an error.",
+        rich_help_panel=HARDWARE,
+    ),
+]
 Provider = Annotated[str, typer.Option("--provider", help="Execution provider(s): cpu, cuda or all (comma-separated).")]
 Epochs = Annotated[Optional[int], typer.Option("--epochs", help="Training epochs.", rich_help_panel=TRAINING)]
-Width = Annotated[Optional[float], typer.Option("--width", help="Width multiplier (0.35 to 1.4).", rich_help_panel=MODEL)]
-ImgSize = Annotated[Optional[int], typer.Option("--img-size", help="Input size in pixels (square).", rich_help_panel=DATA)]
-SmallInput = Annotated[Optional[bool], typer.Option("--small-input/--no-small-input", help="Keep resolution for 28-64 px inputs (total stride 8).", rich_help_panel=MODEL)]
-Data = Annotated[Optional[str], typer.Option("--data", help="synth, fashion-mnist, or an ImageFolder folder (train/<class>/, val/<class>/; or <class>/ alone with --val-split).", rich_help_panel=DATA)]
-ValSplit = Annotated[Optional[float], typer.Option("--val-split", help="A --data folder of class folders without train/ and val/: hold out this share of each class's images for validation (0 < x <= 0.5; chosen by a hash of each file's path, so the same every run).", show_default=False, rich_help_panel=DATA)]
-ExifOrientation = Annotated[Optional[bool], typer.Option("--exif-orientation/--no-exif-orientation", help="A --data folder of photos: decode each image upright as its EXIF orientation tag says (phone photos are often stored sideways); stored in the checkpoint, so check, export and predict decode alike (default: off, the pixels as stored).", show_default=False, rich_help_panel=DATA)]
-FreezeBlocks = Annotated[Optional[int], typer.Option("--freeze-blocks", help="Fine-tuning: keep the first N of the 19 feature blocks as --init-from gave them (weights and BatchNorm statistics); 19: the classifier alone trains.", show_default=False, rich_help_panel=MODEL)]
-DataDir = Annotated[Optional[str], typer.Option("--data-dir", help="Folder holding the Fashion-MNIST IDX files (default: Debian's dataset-fashion-mnist).", rich_help_panel=DATA)]
+Width = Annotated[
+    Optional[float], typer.Option("--width", help="Width multiplier (0.35 to 1.4).", rich_help_panel=MODEL)
+]
+ImgSize = Annotated[
+    Optional[int], typer.Option("--img-size", help="Input size in pixels (square).", rich_help_panel=DATA)
+]
+SmallInput = Annotated[
+    Optional[bool],
+    typer.Option(
+        "--small-input/--no-small-input",
+        help="Keep resolution for 28-64 px inputs (total stride 8).",
+        rich_help_panel=MODEL,
+    ),
+]
+Data = Annotated[
+    Optional[str],
+    typer.Option(
+        "--data",
+        help="synth, fashion-mnist, or an ImageFolder folder (train/<class>/, val/<class>/; or <class>/ alone with --val-split).",
+        rich_help_panel=DATA,
+    ),
+]
+ValSplit = Annotated[
+    Optional[float],
+    typer.Option(
+        "--val-split",
+        help="A --data folder of class folders without train/ and val/: hold out this share of each class's images for validation (0 < x <= 0.5; chosen by a hash of each file's path, so the same every run).",
+        show_default=False,
+        rich_help_panel=DATA,
+    ),
+]
+ExifOrientation = Annotated[
+    Optional[bool],
+    typer.Option(
+        "--exif-orientation/--no-exif-orientation",
+        help="A --data folder of photos: decode each image upright as its EXIF orientation tag says (phone photos are often stored sideways); stored in the checkpoint, so check, export and predict decode alike (default: off, the pixels as stored).",
+        show_default=False,
+        rich_help_panel=DATA,
+    ),
+]
+FreezeBlocks = Annotated[
+    Optional[int],
+    typer.Option(
+        "--freeze-blocks",
+        help="Fine-tuning: keep the first N of the 19 feature blocks as --init-from gave them (weights and BatchNorm statistics); 19: the classifier alone trains.",
+        show_default=False,
+        rich_help_panel=MODEL,
+    ),
+]
+DataDir = Annotated[
+    Optional[str],
+    typer.Option(
+        "--data-dir",
+        help="Folder holding the Fashion-MNIST IDX files (default: Debian's dataset-fashion-mnist).",
+        rich_help_panel=DATA,
+    ),
+]
 JsonOut = Annotated[Optional[Path], typer.Option("--json", help="Also write the result as JSON to this file.")]
-CheckpointArg = Annotated[Optional[Path], typer.Argument(metavar="CHECKPOINT", help="A checkpoint written by `mnv2 train` (best.pt / last.pt); default: the best.pt of the newest run under weights/.", show_default=False)]
+CheckpointArg = Annotated[
+    Optional[Path],
+    typer.Argument(
+        metavar="CHECKPOINT",
+        help="A checkpoint written by `mnv2 train` (best.pt / last.pt); default: the best.pt of the newest run under weights/.",
+        show_default=False,
+    ),
+]
 
 
 def took(command: str, what: str, path: Path | str, why: str) -> None:

@@ -14,12 +14,33 @@ from .options import default_model_file
 
 @app.command()
 def predict(
-    images: Annotated[list[Path], typer.Argument(metavar="IMAGES", help="Image files and/or folders (searched recursively).", show_default=False)],
-    model: Annotated[Optional[Path], typer.Option("--model", "-m", help="Checkpoint, TorchScript or ONNX file (FP32, INT8, FP16); default: model.onnx (else the first model file) of the newest folder under export/ with a manifest.json.", show_default=False)] = None,
-    provider: Annotated[str, typer.Option("--provider", help="cpu, cuda or tensorrt (ONNX only). Asking for one that cannot run is an error, never a fallback.")] = "cpu",
-    top_k: Annotated[int, typer.Option("--top-k", "-k", help="How many classes to show per image (at most the class count).")] = 5,
+    images: Annotated[
+        list[Path],
+        typer.Argument(metavar="IMAGES", help="Image files and/or folders (searched recursively).", show_default=False),
+    ],
+    model: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--model",
+            "-m",
+            help="Checkpoint, TorchScript or ONNX file (FP32, INT8, FP16); default: model.onnx (else the first model file) of the newest folder under export/ with a manifest.json.",
+            show_default=False,
+        ),
+    ] = None,
+    provider: Annotated[
+        str,
+        typer.Option(
+            "--provider",
+            help="cpu, cuda or tensorrt (ONNX only). Asking for one that cannot run is an error, never a fallback.",
+        ),
+    ] = "cpu",
+    top_k: Annotated[
+        int, typer.Option("--top-k", "-k", help="How many classes to show per image (at most the class count).")
+    ] = 5,
     batch_size: Annotated[int, typer.Option("--batch-size", "-b", help="Images per inference call.")] = 32,
-    threads: Annotated[Optional[int], typer.Option("--threads", help="Intra-op threads (default: torch's and ONNX Runtime's own).")] = None,
+    threads: Annotated[
+        Optional[int], typer.Option("--threads", help="Intra-op threads (default: torch's and ONNX Runtime's own).")
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON instead of text.")] = False,
 ) -> None:
     """Classify images with the artifact's own preprocessing and class names.
@@ -57,4 +78,8 @@ def _require_an_image(images: list[Path], model: Path) -> None:
 
     if images and not any(p.exists() for p in images):
         require_artifact_file(model)
-        raise DataError("not found", path=", ".join(map(str, images)), hint="pass image files (.jpg, .png, ...) or folders holding them")
+        raise DataError(
+            "not found",
+            path=", ".join(map(str, images)),
+            hint="pass image files (.jpg, .png, ...) or folders holding them",
+        )

@@ -9,7 +9,25 @@ from typing import Annotated, Optional
 import typer
 
 from . import app
-from .options import DATA, HARDWARE, MODEL, RUN, TRAINING, Data, DataDir, Device, Epochs, ExifOrientation, FreezeBlocks, ImgSize, SmallInput, ValSplit, Width, floats, took
+from .options import (
+    DATA,
+    HARDWARE,
+    MODEL,
+    RUN,
+    TRAINING,
+    Data,
+    DataDir,
+    Device,
+    Epochs,
+    ExifOrientation,
+    FreezeBlocks,
+    ImgSize,
+    SmallInput,
+    ValSplit,
+    Width,
+    floats,
+    took,
+)
 
 data_app = typer.Typer(help="Data set helpers.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
@@ -17,54 +35,194 @@ app.add_typer(data_app, name="data")
 
 @app.command()
 def train(
-    config: Annotated[Optional[Path], typer.Option("--config", "-c", help="Recipe (TOML with \\[model], \\[data], \\[train]); flags override it.", rich_help_panel=RUN)] = None,
+    config: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--config",
+            "-c",
+            help="Recipe (TOML with \\[model], \\[data], \\[train]); flags override it.",
+            rich_help_panel=RUN,
+        ),
+    ] = None,
     data: Data = None,
     data_dir: DataDir = None,
     val_split: ValSplit = None,
     exif_orientation: ExifOrientation = None,
-    class_index: Annotated[Optional[str], typer.Option(help="JSON naming the classes (wnid -> name, as imagenet_class_index.json).", rich_help_panel=DATA)] = None,
+    class_index: Annotated[
+        Optional[str],
+        typer.Option(
+            help="JSON naming the classes (wnid -> name, as imagenet_class_index.json).", rich_help_panel=DATA
+        ),
+    ] = None,
     img_size: ImgSize = None,
-    resize_size: Annotated[Optional[int], typer.Option(help="Validation resize of the shorter side before the centre crop (default img_size / 0.875; none at 64 px and below).", rich_help_panel=DATA)] = None,
+    resize_size: Annotated[
+        Optional[int],
+        typer.Option(
+            help="Validation resize of the shorter side before the centre crop (default img_size / 0.875; none at 64 px and below).",
+            rich_help_panel=DATA,
+        ),
+    ] = None,
     width: Width = None,
     small_input: SmallInput = None,
-    output_stride: Annotated[Optional[int], typer.Option(help="Total stride 8, 16 or 32: the last stride-2 stages run at stride 1 (larger deep maps, more compute).", rich_help_panel=MODEL)] = None,
-    dropout: Annotated[Optional[float], typer.Option(help="Dropout before the classifier.", rich_help_panel=MODEL)] = None,
+    output_stride: Annotated[
+        Optional[int],
+        typer.Option(
+            help="Total stride 8, 16 or 32: the last stride-2 stages run at stride 1 (larger deep maps, more compute).",
+            rich_help_panel=MODEL,
+        ),
+    ] = None,
+    dropout: Annotated[
+        Optional[float], typer.Option(help="Dropout before the classifier.", rich_help_panel=MODEL)
+    ] = None,
     mean: Annotated[Optional[str], typer.Option(help="Normalisation mean R,G,B.", rich_help_panel=DATA)] = None,
     std: Annotated[Optional[str], typer.Option(help="Normalisation std R,G,B.", rich_help_panel=DATA)] = None,
-    train_aug: Annotated[Optional[str], typer.Option(help="Train augmentation: rrc (random resized crop), crop_pad, none.", rich_help_panel=DATA)] = None,
-    auto_augment: Annotated[Optional[str], typer.Option(help="Automatic augmentation after the crop and flip (torchvision's): ta_wide (TrivialAugmentWide), ra (RandAugment), augmix, imagenet / cifar10 / svhn (AutoAugment's policies), none.", rich_help_panel=DATA)] = None,
-    random_erase: Annotated[Optional[float], typer.Option(help="Random Erasing probability (a rectangle of the normalised image set to 0).", rich_help_panel=DATA)] = None,
-    synth_classes: Annotated[Optional[int], typer.Option(help="synth: number of classes.", rich_help_panel=DATA)] = None,
-    synth_per_class: Annotated[Optional[int], typer.Option(help="synth: training images per class.", rich_help_panel=DATA)] = None,
+    train_aug: Annotated[
+        Optional[str],
+        typer.Option(help="Train augmentation: rrc (random resized crop), crop_pad, none.", rich_help_panel=DATA),
+    ] = None,
+    auto_augment: Annotated[
+        Optional[str],
+        typer.Option(
+            help="Automatic augmentation after the crop and flip (torchvision's): ta_wide (TrivialAugmentWide), ra (RandAugment), augmix, imagenet / cifar10 / svhn (AutoAugment's policies), none.",
+            rich_help_panel=DATA,
+        ),
+    ] = None,
+    random_erase: Annotated[
+        Optional[float],
+        typer.Option(
+            help="Random Erasing probability (a rectangle of the normalised image set to 0).", rich_help_panel=DATA
+        ),
+    ] = None,
+    synth_classes: Annotated[
+        Optional[int], typer.Option(help="synth: number of classes.", rich_help_panel=DATA)
+    ] = None,
+    synth_per_class: Annotated[
+        Optional[int], typer.Option(help="synth: training images per class.", rich_help_panel=DATA)
+    ] = None,
     epochs: Epochs = None,
-    batch_size: Annotated[Optional[int], typer.Option("--batch-size", "-b", help="Batch size per process.", rich_help_panel=TRAINING)] = None,
+    batch_size: Annotated[
+        Optional[int], typer.Option("--batch-size", "-b", help="Batch size per process.", rich_help_panel=TRAINING)
+    ] = None,
     lr: Annotated[Optional[float], typer.Option(help="Peak learning rate.", rich_help_panel=TRAINING)] = None,
-    optimizer: Annotated[Optional[str], typer.Option(help="sgd (momentum, nesterov) or adamw.", rich_help_panel=TRAINING)] = None,
-    weight_decay: Annotated[Optional[float], typer.Option(help="Weight decay (not applied to norm and bias parameters).", rich_help_panel=TRAINING)] = None,
-    depthwise_weight_decay: Annotated[Optional[float], typer.Option(help="Weight decay of the depthwise convolutions' weights (default: --weight-decay).", rich_help_panel=TRAINING)] = None,
-    warmup_epochs: Annotated[Optional[float], typer.Option(help="Linear warm-up length in epochs, then the decay of --schedule.", rich_help_panel=TRAINING)] = None,
-    schedule: Annotated[Optional[str], typer.Option(help="Learning-rate decay to zero after the warm-up: cosine or linear.", rich_help_panel=TRAINING)] = None,
+    optimizer: Annotated[
+        Optional[str], typer.Option(help="sgd (momentum, nesterov) or adamw.", rich_help_panel=TRAINING)
+    ] = None,
+    weight_decay: Annotated[
+        Optional[float],
+        typer.Option(help="Weight decay (not applied to norm and bias parameters).", rich_help_panel=TRAINING),
+    ] = None,
+    depthwise_weight_decay: Annotated[
+        Optional[float],
+        typer.Option(
+            help="Weight decay of the depthwise convolutions' weights (default: --weight-decay).",
+            rich_help_panel=TRAINING,
+        ),
+    ] = None,
+    warmup_epochs: Annotated[
+        Optional[float],
+        typer.Option(help="Linear warm-up length in epochs, then the decay of --schedule.", rich_help_panel=TRAINING),
+    ] = None,
+    schedule: Annotated[
+        Optional[str],
+        typer.Option(help="Learning-rate decay to zero after the warm-up: cosine or linear.", rich_help_panel=TRAINING),
+    ] = None,
     label_smoothing: Annotated[Optional[float], typer.Option(help="Label smoothing.", rich_help_panel=TRAINING)] = None,
-    mixup_alpha: Annotated[Optional[float], typer.Option(help="MixUp of each batch, Beta(alpha, alpha) weights (0: off; 0.2 is usual).", rich_help_panel=TRAINING)] = None,
-    cutmix_alpha: Annotated[Optional[float], typer.Option(help="CutMix of each batch (0: off; 1.0 is usual); with --mixup-alpha, one of the two per batch.", rich_help_panel=TRAINING)] = None,
-    clip_grad_norm: Annotated[Optional[float], typer.Option(help="Clip the gradients' total L2 norm to this before each step (default: no clipping).", rich_help_panel=TRAINING)] = None,
-    ema: Annotated[Optional[bool], typer.Option("--ema/--no-ema", help="Keep an exponential moving average of the weights (evaluated and saved).", rich_help_panel=TRAINING)] = None,
-    amp: Annotated[Optional[str], typer.Option(help="Mixed precision: auto (bf16/fp16 on CUDA, off on CPU), off, bf16, fp16.", rich_help_panel=HARDWARE)] = None,
-    channels_last: Annotated[Optional[str], typer.Option(help="channels_last memory format: auto, on, off.", rich_help_panel=HARDWARE)] = None,
-    compile: Annotated[Optional[bool], typer.Option("--compile/--no-compile", help="torch.compile the model.", rich_help_panel=HARDWARE)] = None,
+    mixup_alpha: Annotated[
+        Optional[float],
+        typer.Option(
+            help="MixUp of each batch, Beta(alpha, alpha) weights (0: off; 0.2 is usual).", rich_help_panel=TRAINING
+        ),
+    ] = None,
+    cutmix_alpha: Annotated[
+        Optional[float],
+        typer.Option(
+            help="CutMix of each batch (0: off; 1.0 is usual); with --mixup-alpha, one of the two per batch.",
+            rich_help_panel=TRAINING,
+        ),
+    ] = None,
+    clip_grad_norm: Annotated[
+        Optional[float],
+        typer.Option(
+            help="Clip the gradients' total L2 norm to this before each step (default: no clipping).",
+            rich_help_panel=TRAINING,
+        ),
+    ] = None,
+    ema: Annotated[
+        Optional[bool],
+        typer.Option(
+            "--ema/--no-ema",
+            help="Keep an exponential moving average of the weights (evaluated and saved).",
+            rich_help_panel=TRAINING,
+        ),
+    ] = None,
+    amp: Annotated[
+        Optional[str],
+        typer.Option(
+            help="Mixed precision: auto (bf16/fp16 on CUDA, off on CPU), off, bf16, fp16.", rich_help_panel=HARDWARE
+        ),
+    ] = None,
+    channels_last: Annotated[
+        Optional[str], typer.Option(help="channels_last memory format: auto, on, off.", rich_help_panel=HARDWARE)
+    ] = None,
+    compile: Annotated[
+        Optional[bool],
+        typer.Option("--compile/--no-compile", help="torch.compile the model.", rich_help_panel=HARDWARE),
+    ] = None,
     device: Device = None,
     seed: Annotated[Optional[int], typer.Option(help="Random seed.", rich_help_panel=TRAINING)] = None,
-    workers: Annotated[Optional[int], typer.Option(help="Data loader worker processes.", rich_help_panel=HARDWARE)] = None,
-    threads: Annotated[Optional[int], typer.Option(help="CPU: intra-op threads of the training process (0: torch's default, one per core).", rich_help_panel=HARDWARE)] = None,
-    sync_bn: Annotated[Optional[bool], typer.Option("--sync-bn/--no-sync-bn", help="SyncBatchNorm under torchrun.", rich_help_panel=HARDWARE)] = None,
-    init_from: Annotated[Optional[str], typer.Option(help="Start from a torchvision MobileNetV2 state dict (classifier replaced if the class count differs).", rich_help_panel=MODEL)] = None,
+    workers: Annotated[
+        Optional[int], typer.Option(help="Data loader worker processes.", rich_help_panel=HARDWARE)
+    ] = None,
+    threads: Annotated[
+        Optional[int],
+        typer.Option(
+            help="CPU: intra-op threads of the training process (0: torch's default, one per core).",
+            rich_help_panel=HARDWARE,
+        ),
+    ] = None,
+    sync_bn: Annotated[
+        Optional[bool],
+        typer.Option("--sync-bn/--no-sync-bn", help="SyncBatchNorm under torchrun.", rich_help_panel=HARDWARE),
+    ] = None,
+    init_from: Annotated[
+        Optional[str],
+        typer.Option(
+            help="Start from a torchvision MobileNetV2 state dict (classifier replaced if the class count differs).",
+            rich_help_panel=MODEL,
+        ),
+    ] = None,
     freeze_blocks: FreezeBlocks = None,
-    zero_init_residual: Annotated[Optional[bool], typer.Option("--zero-init-residual/--no-zero-init-residual", help="Start each residual block as the identity (its last BatchNorm scale 0); not with --init-from.", rich_help_panel=MODEL)] = None,
-    out: Annotated[Optional[str], typer.Option("--out", "-o", help="Run folder (default weights/<data>-<time>).", rich_help_panel=RUN)] = None,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its last.pt.", rich_help_panel=RUN)] = False,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace the run already in --out (without it, a folder holding files is refused).", rich_help_panel=RUN)] = False,
-    plots: Annotated[Optional[bool], typer.Option("--plots/--no-plots", help="Write the training pictures at the end.", rich_help_panel=RUN)] = None,
-    progress: Annotated[Optional[bool], typer.Option("--progress/--no-progress", help="Show a progress bar per epoch.", rich_help_panel=RUN)] = None,
+    zero_init_residual: Annotated[
+        Optional[bool],
+        typer.Option(
+            "--zero-init-residual/--no-zero-init-residual",
+            help="Start each residual block as the identity (its last BatchNorm scale 0); not with --init-from.",
+            rich_help_panel=MODEL,
+        ),
+    ] = None,
+    out: Annotated[
+        Optional[str],
+        typer.Option("--out", "-o", help="Run folder (default weights/<data>-<time>).", rich_help_panel=RUN),
+    ] = None,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue the run in --out from its last.pt.", rich_help_panel=RUN)
+    ] = False,
+    overwrite: Annotated[
+        bool,
+        typer.Option(
+            "--overwrite",
+            help="Replace the run already in --out (without it, a folder holding files is refused).",
+            rich_help_panel=RUN,
+        ),
+    ] = False,
+    plots: Annotated[
+        Optional[bool],
+        typer.Option("--plots/--no-plots", help="Write the training pictures at the end.", rich_help_panel=RUN),
+    ] = None,
+    progress: Annotated[
+        Optional[bool],
+        typer.Option("--progress/--no-progress", help="Show a progress bar per epoch.", rich_help_panel=RUN),
+    ] = None,
 ) -> None:
     """Train MobileNetV2 (CUDA when present, else CPU). Under torchrun: DistributedDataParallel.
 
@@ -75,17 +233,49 @@ def train(
 
     model = {"width_mult": width, "small_input": small_input, "output_stride": output_stride, "dropout": dropout}
     data_flags = {
-        "source": data, "data_dir": data_dir, "class_index": class_index, "img_size": img_size, "resize_size": resize_size, "mean": floats(mean, "--mean"),
-        "std": floats(std, "--std"), "train_aug": train_aug, "auto_augment": auto_augment, "random_erase": random_erase, "synth_classes": synth_classes, "synth_train_per_class": synth_per_class,
-        "val_split": val_split, "exif_orientation": exif_orientation,
+        "source": data,
+        "data_dir": data_dir,
+        "class_index": class_index,
+        "img_size": img_size,
+        "resize_size": resize_size,
+        "mean": floats(mean, "--mean"),
+        "std": floats(std, "--std"),
+        "train_aug": train_aug,
+        "auto_augment": auto_augment,
+        "random_erase": random_erase,
+        "synth_classes": synth_classes,
+        "synth_train_per_class": synth_per_class,
+        "val_split": val_split,
+        "exif_orientation": exif_orientation,
     }
     train_flags = {
-        "epochs": epochs, "batch_size": batch_size, "lr": lr, "optimizer": optimizer, "weight_decay": weight_decay,
+        "epochs": epochs,
+        "batch_size": batch_size,
+        "lr": lr,
+        "optimizer": optimizer,
+        "weight_decay": weight_decay,
         "depthwise_weight_decay": depthwise_weight_decay,
-        "warmup_epochs": warmup_epochs, "schedule": schedule, "label_smoothing": label_smoothing,
-        "mixup_alpha": mixup_alpha, "cutmix_alpha": cutmix_alpha, "clip_grad_norm": clip_grad_norm, "ema": ema, "amp": amp, "channels_last": channels_last,
-        "compile": compile, "device": device, "seed": seed, "workers": workers, "threads": threads, "sync_bn": sync_bn, "init_from": init_from,
-        "zero_init_residual": zero_init_residual, "freeze_blocks": freeze_blocks, "out": out, "plots": plots, "progress": progress,
+        "warmup_epochs": warmup_epochs,
+        "schedule": schedule,
+        "label_smoothing": label_smoothing,
+        "mixup_alpha": mixup_alpha,
+        "cutmix_alpha": cutmix_alpha,
+        "clip_grad_norm": clip_grad_norm,
+        "ema": ema,
+        "amp": amp,
+        "channels_last": channels_last,
+        "compile": compile,
+        "device": device,
+        "seed": seed,
+        "workers": workers,
+        "threads": threads,
+        "sync_bn": sync_bn,
+        "init_from": init_from,
+        "zero_init_residual": zero_init_residual,
+        "freeze_blocks": freeze_blocks,
+        "out": out,
+        "plots": plots,
+        "progress": progress,
     }
     from ..errors import Mnv2Error
 
@@ -93,12 +283,18 @@ def train(
     try:
         if resume:
             if overwrite:
-                raise ConfigError("--overwrite and --resume contradict each other", hint="--resume continues the run, --overwrite replaces it: pass one")
+                raise ConfigError(
+                    "--overwrite and --resume contradict each other",
+                    hint="--resume continues the run, --overwrite replaces it: pass one",
+                )
             if not out:
                 raise ConfigError("--resume needs the run folder", hint="pass --out weights/<run>")
             if config:
-                raise ConfigError("--config is not read with --resume: a run continues with its own settings", path=config,
-                                  hint="drop --config (--epochs, --workers, --threads, --device and the progress and plot switches may change)")
+                raise ConfigError(
+                    "--config is not read with --resume: a run continues with its own settings",
+                    path=config,
+                    hint="drop --config (--epochs, --workers, --threads, --device and the progress and plot switches may change)",
+                )
             from ..run_folder import resume_config  # reads a checkpoint: imports torch
 
             cfg, ckpt = resume_config(Path(out), {"model": model, "data": data_flags, "train": train_flags})
@@ -148,10 +344,14 @@ def _default_data() -> str | None:
 
 @data_app.command("synth")
 def data_synth(
-    out: Annotated[Path, typer.Argument(metavar="OUT", help="Output folder (ImageFolder layout: train/<class>/, val/<class>/).")],
+    out: Annotated[
+        Path, typer.Argument(metavar="OUT", help="Output folder (ImageFolder layout: train/<class>/, val/<class>/).")
+    ],
     classes: Annotated[int, typer.Option("--classes", help="Number of classes.")] = 10,
     per_class: Annotated[int, typer.Option("--per-class", help="Training images per class.")] = 100,
-    val_per_class: Annotated[Optional[int], typer.Option("--val-per-class", help="Validation images per class (default 30% of --per-class).")] = None,
+    val_per_class: Annotated[
+        Optional[int], typer.Option("--val-per-class", help="Validation images per class (default 30% of --per-class).")
+    ] = None,
     size: Annotated[int, typer.Option("--size", help="Image size in pixels.")] = 64,
     seed: Annotated[int, typer.Option("--seed", help="Seed (the same seed gives the same images).")] = 0,
 ) -> None:

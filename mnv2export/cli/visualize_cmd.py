@@ -14,8 +14,17 @@ from .options import CheckpointArg, default_checkpoint
 @app.command()
 def visualize(
     checkpoint: CheckpointArg = None,
-    image: Annotated[Optional[Path], typer.Option("--image", "-i", help="Image to show the feature maps of (default: the first validation image of the checkpoint's data, when at hand).")] = None,
-    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Output folder (default <checkpoint folder>/visualize).")] = None,
+    image: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--image",
+            "-i",
+            help="Image to show the feature maps of (default: the first validation image of the checkpoint's data, when at hand).",
+        ),
+    ] = None,
+    out: Annotated[
+        Optional[Path], typer.Option("--out", "-o", help="Output folder (default <checkpoint folder>/visualize).")
+    ] = None,
 ) -> None:
     """Draw the first convolution's kernels and the feature maps of a shallow and a deep block."""
     from ..fileio import require_checkpoint_file

@@ -14,7 +14,15 @@ from torch.utils.data import Dataset
 
 from ..config import DataConfig
 from ..fileio import require_data_folder
-from .folder import FolderDataset, SkippedImage, check_same_classes, fingerprint, read_class_index, scan_split, split_classes
+from .folder import (
+    FolderDataset,
+    SkippedImage,
+    check_same_classes,
+    fingerprint,
+    read_class_index,
+    scan_split,
+    split_classes,
+)
 from .images import ImageReadError, find_images, open_rgb, sideways_photos, to_rgb, warn_not_images
 from .memory import MemoryImages, memory_images
 from .transforms import eval_transform, train_transform
@@ -22,8 +30,17 @@ from .transforms import eval_transform, train_transform
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "DataBundle", "ImageReadError", "SkipTracker", "build_datasets", "collate", "eval_transform", "find_images", "open_rgb",
-    "train_transform", "load_images", "warn_if_sideways",
+    "DataBundle",
+    "ImageReadError",
+    "SkipTracker",
+    "build_datasets",
+    "collate",
+    "eval_transform",
+    "find_images",
+    "open_rgb",
+    "train_transform",
+    "load_images",
+    "warn_if_sideways",
 ]
 
 
@@ -57,9 +74,22 @@ def build_datasets(cfg: DataConfig, *, augment: bool = True) -> DataBundle:
     if cfg.source == "synth":
         from .synth import SynthDataset
 
-        train = SynthDataset(cfg.synth_classes, cfg.synth_train_per_class, cfg.img_size, "train", cfg.synth_seed, t_train)
+        train = SynthDataset(
+            cfg.synth_classes, cfg.synth_train_per_class, cfg.img_size, "train", cfg.synth_seed, t_train
+        )
         val = SynthDataset(cfg.synth_classes, cfg.synth_val_per_class, cfg.img_size, "val", cfg.synth_seed, t_val)
-        fp = hashlib.sha256(json.dumps(["synth", cfg.synth_classes, cfg.synth_train_per_class, cfg.synth_val_per_class, cfg.img_size, cfg.synth_seed]).encode()).hexdigest()
+        fp = hashlib.sha256(
+            json.dumps(
+                [
+                    "synth",
+                    cfg.synth_classes,
+                    cfg.synth_train_per_class,
+                    cfg.synth_val_per_class,
+                    cfg.img_size,
+                    cfg.synth_seed,
+                ]
+            ).encode()
+        ).hexdigest()
         names = train.classes
     elif cfg.source == "fashion-mnist":
         from .fashion import CLASS_NAMES, fashion_mnist
@@ -159,5 +189,9 @@ def warn_if_sideways(bundle: DataBundle, cfg: DataConfig) -> None:
         return
     sideways, looked = sideways_photos([path for path, _ in bundle.train.samples])
     if sideways:
-        log.warning("%d of %d training images looked at carry an EXIF orientation tag (photos stored sideways, as phones do): "
-                    "they train as stored; pass --exif-orientation to train on them upright", sideways, looked)
+        log.warning(
+            "%d of %d training images looked at carry an EXIF orientation tag (photos stored sideways, as phones do): "
+            "they train as stored; pass --exif-orientation to train on them upright",
+            sideways,
+            looked,
+        )

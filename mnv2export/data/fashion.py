@@ -67,8 +67,11 @@ def _archive_errors(path: Path) -> Iterator[None]:
     try:
         yield
     except (OSError, EOFError, zlib.error) as exc:
-        raise DataError(f"Fashion-MNIST archive cannot be read ({errors.first_line(exc)})", path=path,
-                        hint="replace the file (reinstall dataset-fashion-mnist, or fetch the IDX files again)") from None
+        raise DataError(
+            f"Fashion-MNIST archive cannot be read ({errors.first_line(exc)})",
+            path=path,
+            hint="replace the file (reinstall dataset-fashion-mnist, or fetch the IDX files again)",
+        ) from None
 
 
 def _torchvision_root(files: dict[str, Path]) -> Path:
@@ -78,7 +81,11 @@ def _torchvision_root(files: dict[str, Path]) -> Path:
     new machine each leave a whole file, and a cached file whose size is not the one its archive records (an
     extraction killed midway by an older version) is extracted again."""
     first = next(iter(files.values()))
-    if all(p.suffix != ".gz" for p in files.values()) and first.parent.name == "raw" and first.parent.parent.name == "FashionMNIST":
+    if (
+        all(p.suffix != ".gz" for p in files.values())
+        and first.parent.name == "raw"
+        and first.parent.parent.name == "FashionMNIST"
+    ):
         return first.parent.parent.parent
     digest = hashlib.sha256(str(first.parent.resolve()).encode()).hexdigest()[:12]
     root = cache_root() / f"fashion-mnist-{digest}"
@@ -112,7 +119,11 @@ def fashion_mnist(data_dir: str | None, train_transform, val_transform) -> tuple
     files = next((f for f in (_find_files(p) for p in searched) if f), None)
     if files is None:
         if data_dir:
-            raise DataError("Fashion-MNIST IDX files not found", path=data_dir, hint=f"the folder must hold {', '.join(FILES)} (or their .gz)")
+            raise DataError(
+                "Fashion-MNIST IDX files not found",
+                path=data_dir,
+                hint=f"the folder must hold {', '.join(FILES)} (or their .gz)",
+            )
         root = cache_root() / "fashion-mnist-download"
         try:
             train = FashionMNIST(str(root), train=True, download=True, transform=train_transform)
@@ -129,8 +140,11 @@ def fashion_mnist(data_dir: str | None, train_transform, val_transform) -> tuple
             train = FashionMNIST(str(root), train=True, download=False, transform=train_transform)
             val = FashionMNIST(str(root), train=False, download=False, transform=val_transform)
         except (ValueError, RuntimeError, AssertionError, OSError) as exc:  # torchvision's IDX reader on a damaged file
-            raise DataError(f"Fashion-MNIST IDX files cannot be read ({type(exc).__name__}: {errors.first_line(exc)})",
-                            path=next(iter(files.values())).parent, hint="replace the damaged IDX file(s)") from None
+            raise DataError(
+                f"Fashion-MNIST IDX files cannot be read ({type(exc).__name__}: {errors.first_line(exc)})",
+                path=next(iter(files.values())).parent,
+                hint="replace the damaged IDX file(s)",
+            ) from None
     h = hashlib.sha256()
     for name in FILES:
         h.update(f"{name}\0{files[name].stat().st_size}\n".encode())

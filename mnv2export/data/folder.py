@@ -43,9 +43,10 @@ def scan_split(root: Path, split: str, others: list[Path] | None = None) -> tupl
     folder = root / split
     if not folder.is_dir():
         raise DataError(
-            f"no '{split}' folder in the data folder", path=root,
+            f"no '{split}' folder in the data folder",
+            path=root,
             hint="use the ImageFolder layout <root>/train/<class>/*.jpg and <root>/val/<class>/*.jpg"
-                 + ("" if has_splits(root) else ", or hold out part of each class folder with --val-split 0.1"),
+            + ("" if has_splits(root) else ", or hold out part of each class folder with --val-split 0.1"),
         )
     return scan_classes(folder, f"{split}/", others)
 
@@ -56,7 +57,9 @@ def scan_classes(folder: Path, where: str, others: list[Path] | None = None) -> 
     are added to ``others`` (the caller warns once for several folders), or named in a warning here when it is None."""
     classes = sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not classes:
-        raise DataError(f"no class folders in {where}", path=folder, hint="put each class's images in its own sub-folder")
+        raise DataError(
+            f"no class folders in {where}", path=folder, hint="put each class's images in its own sub-folder"
+        )
     samples: list[tuple[str, int]] = []
     empty, left_out = [], []
     for index, name in enumerate(classes):
@@ -70,19 +73,26 @@ def scan_classes(folder: Path, where: str, others: list[Path] | None = None) -> 
     else:
         others += left_out
     if empty:
-        exts = sorted({p.suffix.lower() or "(no extension)" for p in left_out
-                       if p.relative_to(folder).parts[0] in empty})
+        exts = sorted(
+            {p.suffix.lower() or "(no extension)" for p in left_out if p.relative_to(folder).parts[0] in empty}
+        )
         unread = f" (they hold only files this tool does not read as images: {', '.join(exts)})" if exts else ""
         if len(empty) == len(classes):
-            raise DataError(f"no images in {where}{unread}", path=folder,
-                            hint="add .jpg/.png images under each class folder")
-        raise DataError(f"class folder(s) with no images in {where}: {', '.join(empty)}{unread}", path=folder,
-                        hint="add images to them or remove them")
+            raise DataError(
+                f"no images in {where}{unread}", path=folder, hint="add .jpg/.png images under each class folder"
+            )
+        raise DataError(
+            f"class folder(s) with no images in {where}: {', '.join(empty)}{unread}",
+            path=folder,
+            hint="add images to them or remove them",
+        )
     return classes, samples
 
 
 def split_classes(
-    root: Path, val_split: float, others: list[Path] | None = None,
+    root: Path,
+    val_split: float,
+    others: list[Path] | None = None,
 ) -> tuple[list[str], list[tuple[str, int]], list[tuple[str, int]]]:
     """A folder of class folders (``<root>/<class>/*.jpg``, no ``train/`` or ``val/``) split into train and val: class
     names and the (path, class index) samples of each split.
@@ -92,8 +102,11 @@ def split_classes(
     later never moves another between the splits. Each class keeps at least one image on each side. ``others``: see
     :func:`scan_classes`."""
     if has_splits(root):
-        raise DataError(f"val_split = {val_split:g} is for a folder of class folders, but this one holds train/ and val/",
-                        path=root, hint="leave --val-split out: its val/ folder is the validation split")
+        raise DataError(
+            f"val_split = {val_split:g} is for a folder of class folders, but this one holds train/ and val/",
+            path=root,
+            hint="leave --val-split out: its val/ folder is the validation split",
+        )
     classes, samples = scan_classes(root, "the data folder", others)
     by_class: dict[int, list[tuple[float, str]]] = {}
     for path, label in samples:
@@ -103,8 +116,11 @@ def split_classes(
     val: list[tuple[str, int]] = []
     few = [classes[label] for label, files in sorted(by_class.items()) if len(files) < 2]
     if few:
-        raise DataError(f"class folder(s) with a single image cannot be split into train and val: {', '.join(few)}", path=root,
-                        hint="add images to them, or use the layout <root>/train/<class>/ and <root>/val/<class>/")
+        raise DataError(
+            f"class folder(s) with a single image cannot be split into train and val: {', '.join(few)}",
+            path=root,
+            hint="add images to them, or use the layout <root>/train/<class>/ and <root>/val/<class>/",
+        )
     for label, files in sorted(by_class.items()):
         files.sort()  # by hash: the held-out ones first
         n_val = min(max(1, sum(h < val_split for h, _ in files)), len(files) - 1)
@@ -132,7 +148,11 @@ def check_same_classes(train: list[str], val: list[str], root: Path) -> None:
             parts.append(f"only in train: {', '.join(only_train)}")
         if only_val:
             parts.append(f"only in val: {', '.join(only_val)}")
-        raise DataError(f"train and val have different classes ({'; '.join(parts)})", path=root, hint="give both splits the same class folders")
+        raise DataError(
+            f"train and val have different classes ({'; '.join(parts)})",
+            path=root,
+            hint="give both splits the same class folders",
+        )
 
 
 def read_class_index(path: str | Path, folders: list[str]) -> list[str]:
@@ -145,9 +165,13 @@ def read_class_index(path: str | Path, folders: list[str]) -> list[str]:
     try:
         raw = json.loads(p.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise DataError("class-index file not found", path=p, hint="pass a JSON such as imagenet_class_index.json") from None
+        raise DataError(
+            "class-index file not found", path=p, hint="pass a JSON such as imagenet_class_index.json"
+        ) from None
     except (json.JSONDecodeError, UnicodeDecodeError, IsADirectoryError) as exc:
-        raise DataError(f"class-index file is not valid JSON ({exc})", path=p, hint="pass a JSON such as imagenet_class_index.json") from None
+        raise DataError(
+            f"class-index file is not valid JSON ({exc})", path=p, hint="pass a JSON such as imagenet_class_index.json"
+        ) from None
     names: dict[str, str] = {}
     if isinstance(raw, dict):
         for key, value in raw.items():
@@ -156,23 +180,39 @@ def read_class_index(path: str | Path, folders: list[str]) -> list[str]:
             elif isinstance(value, str):
                 names[str(key)] = value
     if not names:
-        raise DataError("class-index file maps no folder name to a class name", path=p, hint='use {"0": ["n01440764", "tench"]} or {"n01440764": "tench"}')
+        raise DataError(
+            "class-index file maps no folder name to a class name",
+            path=p,
+            hint='use {"0": ["n01440764", "tench"]} or {"n01440764": "tench"}',
+        )
     unknown = [f for f in folders if f not in names]
     if folders and len(unknown) == len(folders):  # another data set's index: every class would keep its folder name
-        raise DataError(f"class-index file names none of the {len(folders)} class folders (folders: {_some(folders)}; "
-                        f"the file names: {_some(sorted(names))})", path=p,
-                        hint="pass the class index of this data set (its keys are the folder names), "
-                             "or leave --class-index out")
+        raise DataError(
+            f"class-index file names none of the {len(folders)} class folders (folders: {_some(folders)}; "
+            f"the file names: {_some(sorted(names))})",
+            path=p,
+            hint="pass the class index of this data set (its keys are the folder names), or leave --class-index out",
+        )
     if unknown:
-        log.warning("class index %s does not name %d folder(s) (e.g. %s); their folder names are kept", p, len(unknown), unknown[0])
+        log.warning(
+            "class index %s does not name %d folder(s) (e.g. %s); their folder names are kept",
+            p,
+            len(unknown),
+            unknown[0],
+        )
     result = [names.get(f, f) for f in folders]
     counts = Counter(result)
-    clashing = [i for i, name in enumerate(result) if counts[name] > 1]  # ImageNet's own index names two classes "crane"
+    clashing = [
+        i for i, name in enumerate(result) if counts[name] > 1
+    ]  # ImageNet's own index names two classes "crane"
     for i in clashing:
         result[i] = f"{result[i]} ({folders[i]})"
     if clashing:
-        log.warning("class index %s gives several folders the same name: those are told apart by their folder (%s)",
-                    p, ", ".join(result[i] for i in clashing))
+        log.warning(
+            "class index %s gives several folders the same name: those are told apart by their folder (%s)",
+            p,
+            ", ".join(result[i] for i in clashing),
+        )
     return result
 
 
@@ -192,7 +232,9 @@ def fingerprint(samples: list[tuple[str, int]], root: Path) -> str:
 class FolderDataset(Dataset):
     """Samples from :func:`scan_split`; an unreadable image yields ``None`` (the collate function drops it)."""
 
-    def __init__(self, samples: list[tuple[str, int]], classes: list[str], transform=None, *, exif_orientation: bool = False):
+    def __init__(
+        self, samples: list[tuple[str, int]], classes: list[str], transform=None, *, exif_orientation: bool = False
+    ):
         self.samples, self.classes, self.transform = samples, classes, transform
         self.exif_orientation = exif_orientation  # see DataConfig.exif_orientation
         self.targets = [label for _, label in samples]

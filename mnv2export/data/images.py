@@ -17,8 +17,22 @@ from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 # torchvision's ImageFolder list, and the formats it leaves out that Pillow reads as well: GIF (its first frame), the
 # other JPEG and Netpbm names. A file with any other extension is left out, and said so (see warn_not_images).
-IMG_EXTENSIONS = (".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".gif", ".bmp", ".ppm", ".pgm", ".pbm", ".pnm", ".tif",
-                  ".tiff", ".webp")
+IMG_EXTENSIONS = (
+    ".jpg",
+    ".jpeg",
+    ".jpe",
+    ".jfif",
+    ".png",
+    ".gif",
+    ".bmp",
+    ".ppm",
+    ".pgm",
+    ".pbm",
+    ".pnm",
+    ".tif",
+    ".tiff",
+    ".webp",
+)
 EXAMPLES = 5  # files named in the warning about files that are not images
 
 log = logging.getLogger(__name__)
@@ -56,8 +70,15 @@ def warn_not_images(others: list[Path], root: Path) -> None:
     exts = sorted({p.suffix.lower() or "(none)" for p in others})
     names = [str(p.relative_to(root)) if p.is_relative_to(root) else str(p) for p in others[:EXAMPLES]]
     more = f" and {len(others) - EXAMPLES} more" if len(others) > EXAMPLES else ""
-    log.warning("skipped %d file(s) with extension(s) %s in %s, not read as images: %s%s "
-                "(images are the files ending in %s)", len(others), ", ".join(exts), root, ", ".join(names), more, " ".join(IMG_EXTENSIONS))
+    log.warning(
+        "skipped %d file(s) with extension(s) %s in %s, not read as images: %s%s (images are the files ending in %s)",
+        len(others),
+        ", ".join(exts),
+        root,
+        ", ".join(names),
+        more,
+        " ".join(IMG_EXTENSIONS),
+    )
 
 
 def find_images(folder: Path, *, warn: bool = True) -> list[Path]:
@@ -101,7 +122,9 @@ def open_rgb(path: str | Path, *, exif_orientation: bool = False) -> Image.Image
                     _exif_upright(img)
                 return to_rgb(img)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise ImageReadError(p, f"image is larger than Pillow's decompression-bomb limit ({Image.MAX_IMAGE_PIXELS} pixels)") from None
+        raise ImageReadError(
+            p, f"image is larger than Pillow's decompression-bomb limit ({Image.MAX_IMAGE_PIXELS} pixels)"
+        ) from None
     except UnidentifiedImageError:
         raise ImageReadError(p, "not an image Pillow can identify (empty, corrupt, or another format)") from None
     except FileNotFoundError:

@@ -72,7 +72,12 @@ def memory_images(ds, cfg: DataConfig, *, augment: bool) -> MemoryImages | None:
     """A :class:`MemoryImages` view of torchvision's MNIST-style data set ``ds`` (uint8 ``data`` N x H x W and
     ``targets``) when batch-wise preprocessing gives what ``cfg``'s transforms give, else None (the per-sample path)."""
     data, targets = getattr(ds, "data", None), getattr(ds, "targets", None)
-    if not isinstance(data, torch.Tensor) or data.dtype != torch.uint8 or data.ndim != 3 or not isinstance(targets, torch.Tensor):
+    if (
+        not isinstance(data, torch.Tensor)
+        or data.dtype != torch.uint8
+        or data.ndim != 3
+        or not isinstance(targets, torch.Tensor)
+    ):
         return None
     h, w = data.shape[-2:]
     if not (h == w == cfg.img_size == cfg.resize):
@@ -97,7 +102,7 @@ class MemoryLoader:
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, list]]:
         order = torch.as_tensor(list(iter(self.sampler)), dtype=torch.long)
         for i in range(len(self)):
-            x, y = self.images.batch(order[i * self.batch_size:(i + 1) * self.batch_size])
+            x, y = self.images.batch(order[i * self.batch_size : (i + 1) * self.batch_size])
             if self.pin_memory:
                 x, y = x.pin_memory(), y.pin_memory()
             yield x, y, []

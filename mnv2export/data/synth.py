@@ -81,7 +81,10 @@ def render(label: int, size: int, rng: np.random.Generator) -> Image.Image:
     y = -xs * math.sin(angle) + ys * math.cos(angle)
     mask = _shape_mask(shape, x, y, r)
 
-    fg = np.array(colorsys.hsv_to_rgb((hue + rng.uniform(-0.03, 0.03)) % 1.0, rng.uniform(0.65, 1.0), rng.uniform(0.7, 1.0)), dtype=np.float32)
+    fg = np.array(
+        colorsys.hsv_to_rgb((hue + rng.uniform(-0.03, 0.03)) % 1.0, rng.uniform(0.65, 1.0), rng.uniform(0.7, 1.0)),
+        dtype=np.float32,
+    )
     shade = _texture(texture, x, y, period=rng.uniform(0.22, 0.32), phase=rng.uniform(0, 1))
     bg = np.array(colorsys.hsv_to_rgb(rng.uniform(0, 1), rng.uniform(0, 0.35), rng.uniform(0.1, 0.5)), dtype=np.float32)
     img = np.where(mask[..., None], fg * shade[..., None], bg)
@@ -92,7 +95,9 @@ def render(label: int, size: int, rng: np.random.Generator) -> Image.Image:
 class SynthDataset(Dataset):
     """``per_class`` images of each of ``num_classes`` classes, rendered on demand (nothing kept in memory)."""
 
-    def __init__(self, num_classes: int, per_class: int, size: int, split: str = "train", seed: int = 0, transform=None):
+    def __init__(
+        self, num_classes: int, per_class: int, size: int, split: str = "train", seed: int = 0, transform=None
+    ):
         self.num_classes, self.per_class, self.size = num_classes, per_class, size
         self.split, self.seed, self.transform = split, seed, transform
         self.classes = class_names(num_classes)
@@ -111,15 +116,27 @@ class SynthDataset(Dataset):
         return (self.transform(img) if self.transform else img), self.targets[index]
 
 
-def write_synth(out: str | Path, num_classes: int, per_class: int, size: int, val_per_class: int | None = None, seed: int = 0) -> dict[str, int]:
+def write_synth(
+    out: str | Path, num_classes: int, per_class: int, size: int, val_per_class: int | None = None, seed: int = 0
+) -> dict[str, int]:
     """Write the synthetic set to disk as an ImageFolder (``out/train/<class>/*.png``, ``out/val/<class>/*.png``)."""
     from ..config import DataConfig  # validates the numbers with the same bounds as --data synth
 
     if val_per_class is None:
         val_per_class = max(1, per_class * 3 // 10)
-    DataConfig(synth_classes=num_classes, synth_train_per_class=per_class, synth_val_per_class=val_per_class, img_size=size, synth_seed=seed)
+    DataConfig(
+        synth_classes=num_classes,
+        synth_train_per_class=per_class,
+        synth_val_per_class=val_per_class,
+        img_size=size,
+        synth_seed=seed,
+    )
     if Path(out).is_dir() and any(Path(out).iterdir()):  # another set's images would stay and mix with these
-        raise OutputError("output folder already holds files", path=out, hint="choose a new or empty folder (or remove this one first)")
+        raise OutputError(
+            "output folder already holds files",
+            path=out,
+            hint="choose a new or empty folder (or remove this one first)",
+        )
     root = ensure_dir(out)
     counts = {}
     for split, n in (("train", per_class), ("val", val_per_class)):

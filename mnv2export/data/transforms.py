@@ -7,7 +7,11 @@ from torchvision.transforms import InterpolationMode, v2
 
 from ..config import DataConfig
 
-_INTERP = {"nearest": InterpolationMode.NEAREST, "bilinear": InterpolationMode.BILINEAR, "bicubic": InterpolationMode.BICUBIC}
+_INTERP = {
+    "nearest": InterpolationMode.NEAREST,
+    "bilinear": InterpolationMode.BILINEAR,
+    "bicubic": InterpolationMode.BICUBIC,
+}
 
 
 def _to_normalised_tensor(cfg: DataConfig) -> list:
@@ -17,7 +21,13 @@ def _to_normalised_tensor(cfg: DataConfig) -> list:
 def eval_transform(cfg: DataConfig) -> v2.Compose:
     """Validation / inference: resize the shorter side, centre crop, scale to [0, 1], normalise."""
     interp = _INTERP[cfg.interpolation]
-    return v2.Compose([v2.Resize(cfg.resize, interpolation=interp, antialias=True), v2.CenterCrop(cfg.img_size), *_to_normalised_tensor(cfg)])
+    return v2.Compose(
+        [
+            v2.Resize(cfg.resize, interpolation=interp, antialias=True),
+            v2.CenterCrop(cfg.img_size),
+            *_to_normalised_tensor(cfg),
+        ]
+    )
 
 
 def preprocessing_spec(cfg: DataConfig) -> dict:
@@ -27,15 +37,27 @@ def preprocessing_spec(cfg: DataConfig) -> dict:
     NumPy; a test runs that code against ``mnv2 predict``."""
     return {
         "library": "Pillow images through torchvision.transforms.v2 (Resize, CenterCrop, ToDtype, Normalize)",
-        "decode": ("Pillow, " + ("turned upright by PIL.ImageOps.exif_transpose (the EXIF orientation tag; an unreadable "
-                                 "EXIF block: as stored), " if cfg.exif_orientation else "")
-                   + "then 8-bit RGB: grayscale, palette and CMYK by Image.convert('RGB'); RGBA and LA: alpha dropped, not "
-                   "composited; 16-bit grayscale (I;16): value * 255 / 65535, rounded"
-                   + ("" if cfg.exif_orientation else "; EXIF orientation not applied (as torchvision's ImageFolder loader)")),
+        "decode": (
+            "Pillow, "
+            + (
+                "turned upright by PIL.ImageOps.exif_transpose (the EXIF orientation tag; an unreadable "
+                "EXIF block: as stored), "
+                if cfg.exif_orientation
+                else ""
+            )
+            + "then 8-bit RGB: grayscale, palette and CMYK by Image.convert('RGB'); RGBA and LA: alpha dropped, not "
+            "composited; 16-bit grayscale (I;16): value * 255 / 65535, rounded"
+            + ("" if cfg.exif_orientation else "; EXIF orientation not applied (as torchvision's ImageFolder loader)")
+        ),
         "exif_orientation": cfg.exif_orientation,
         "channel_order": "RGB",
-        "resize": {"edge": "shorter", "size": cfg.resize, "interpolation": cfg.interpolation, "antialias": True,
-                   "longer_edge": "int(size * longer / shorter): truncated, not rounded"},
+        "resize": {
+            "edge": "shorter",
+            "size": cfg.resize,
+            "interpolation": cfg.interpolation,
+            "antialias": True,
+            "longer_edge": "int(size * longer / shorter): truncated, not rounded",
+        },
         "center_crop": [cfg.img_size, cfg.img_size],
         "crop_offset": "int(round((resized - crop) / 2)) on each axis, as torchvision's center_crop",
         "rescale_factor": 1 / 255,
@@ -52,7 +74,9 @@ def train_transform(cfg: DataConfig) -> v2.Compose:
     interp = _INTERP[cfg.interpolation]
     steps: list = []
     if cfg.train_aug == "rrc":
-        steps.append(v2.RandomResizedCrop(cfg.img_size, scale=tuple(cfg.rrc_scale), interpolation=interp, antialias=True))
+        steps.append(
+            v2.RandomResizedCrop(cfg.img_size, scale=tuple(cfg.rrc_scale), interpolation=interp, antialias=True)
+        )
     elif cfg.train_aug == "crop_pad":
         steps += [v2.Resize(cfg.img_size, interpolation=interp, antialias=True), v2.CenterCrop(cfg.img_size)]
         if cfg.pad:
@@ -85,7 +109,8 @@ def batch_mix(mixup_alpha: float, cutmix_alpha: float, num_classes: int) -> v2.T
     which ``nn.CrossEntropyLoss`` takes as class probabilities (label smoothing still applies). None when both alphas
     are 0. Its randomness is torch's global generator, which the trainer seeds and a resume restores."""
     mixes = ([v2.MixUp(alpha=mixup_alpha, num_classes=num_classes)] if mixup_alpha > 0 else []) + (
-        [v2.CutMix(alpha=cutmix_alpha, num_classes=num_classes)] if cutmix_alpha > 0 else [])
+        [v2.CutMix(alpha=cutmix_alpha, num_classes=num_classes)] if cutmix_alpha > 0 else []
+    )
     if not mixes:
         return None
     return mixes[0] if len(mixes) == 1 else v2.RandomChoice(mixes)

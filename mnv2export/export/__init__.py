@@ -21,8 +21,18 @@ from typing import Any
 
 from ..errors import ConfigError
 from .names import (
-    ARTIFACT_FILES, CALIB_METHODS, FORMATS, FP16_FILE, INPUT_NAME, INT8_FILE, MANIFEST_FILE, MANIFEST_FORMAT, MANIFEST_VERSION, ONNX_FILE,
-    OUTPUT_NAME, TORCHSCRIPT_FILE,
+    ARTIFACT_FILES,
+    CALIB_METHODS,
+    FORMATS,
+    FP16_FILE,
+    INPUT_NAME,
+    INT8_FILE,
+    MANIFEST_FILE,
+    MANIFEST_FORMAT,
+    MANIFEST_VERSION,
+    ONNX_FILE,
+    OUTPUT_NAME,
+    TORCHSCRIPT_FILE,
 )
 
 log = logging.getLogger(__name__)
@@ -53,7 +63,9 @@ def parse_formats(formats: str | Iterable[str]) -> list[str]:
         items = [*items, *FORMATS]
     unknown = sorted({f for f in items if f not in (*FORMATS, "all")})
     if unknown or not items:
-        raise ConfigError(f"unknown export format {', '.join(unknown) or '(none)'}", hint="choose torchscript, onnx or all")
+        raise ConfigError(
+            f"unknown export format {', '.join(unknown) or '(none)'}", hint="choose torchscript, onnx or all"
+        )
     return [f for f in FORMATS if f in items]
 
 
@@ -92,8 +104,15 @@ def default_out_dir(checkpoint: str | Path) -> Path:
 
 
 def export_all(
-    checkpoint_path: str | Path, out_dir: str | Path | None = None, formats: str | Iterable[str] = "all", quantize: bool = False,
-    fp16: bool = False, calib_data: str | None = None, calib_size: int = 256, calib_method: str = "minmax", opset: int | None = None,
+    checkpoint_path: str | Path,
+    out_dir: str | Path | None = None,
+    formats: str | Iterable[str] = "all",
+    quantize: bool = False,
+    fp16: bool = False,
+    calib_data: str | None = None,
+    calib_size: int = 256,
+    calib_method: str = "minmax",
+    opset: int | None = None,
 ) -> Manifest:
     from ..fileio import require_checkpoint_file
     from .names import check_calib_size
@@ -107,7 +126,9 @@ def export_all(
     if calib_data is not None and not quantize:
         raise ConfigError("--calib-data is only used for INT8", hint="add --quantize, or leave --calib-data out")
     if calib_method not in CALIB_METHODS:
-        raise ConfigError(f"unknown calibration method {calib_method!r}", hint=f"choose one of {', '.join(CALIB_METHODS)}")
+        raise ConfigError(
+            f"unknown calibration method {calib_method!r}", hint=f"choose one of {', '.join(CALIB_METHODS)}"
+        )
     check_calib_size(calib_size)
     require_checkpoint_file(checkpoint_path)
 
@@ -122,7 +143,9 @@ def export_all(
 EXPORT_TORCH_THREADS = 1
 
 
-def _export_all(checkpoint_path, out_dir, fmts, quantize, fp16, calib_data, calib_size, calib_method, opset) -> Manifest:
+def _export_all(
+    checkpoint_path, out_dir, fmts, quantize, fp16, calib_data, calib_size, calib_method, opset
+) -> Manifest:
     from ..checkpoint import load_checkpoint
     from ..fileio import ensure_dir
 
@@ -136,9 +159,14 @@ def _export_all(checkpoint_path, out_dir, fmts, quantize, fp16, calib_data, cali
         log.info("calibration: %s (%.1f s)", calib.source, time.perf_counter() - t0)
     out = ensure_dir(out_dir if out_dir is not None else default_out_dir(checkpoint_path))
     settings = {
-        "formats": fmts, "quantize": quantize, "fp16": fp16, "opset": opset if "onnx" in fmts else None,
-        "onnx_exporter": ONNX_EXPORTER if "onnx" in fmts else None, "calib_data": calib.source if calib else None,
-        "calib_size": calib_size if quantize else None, "calib_method": calib_method if quantize else None,
+        "formats": fmts,
+        "quantize": quantize,
+        "fp16": fp16,
+        "opset": opset if "onnx" in fmts else None,
+        "onnx_exporter": ONNX_EXPORTER if "onnx" in fmts else None,
+        "calib_data": calib.source if calib else None,
+        "calib_size": calib_size if quantize else None,
+        "calib_method": calib_method if quantize else None,
     }
     from ..fileio import atomic_files, temp_files_in, work_folder
 
@@ -146,8 +174,11 @@ def _export_all(checkpoint_path, out_dir, fmts, quantize, fp16, calib_data, cali
     # killed export leaves them there, and the next export into `out` removes them (TEMP_LEFTOVERS: older versions').
     # Every file renamed together at the end, in order, manifest last; an artifact name not written this time (an
     # earlier export's model.int8.onnx...) is removed in the same commit, so the folder holds one export only
-    with (work_folder(out, legacy=TEMP_LEFTOVERS) as work, temp_files_in(work),
-          atomic_files(out, owned=previous_artifacts(out), temp_dir=work) as staged):
+    with (
+        work_folder(out, legacy=TEMP_LEFTOVERS) as work,
+        temp_files_in(work),
+        atomic_files(out, owned=previous_artifacts(out), temp_dir=work) as staged,
+    ):
         return _export(ckpt, out, fmts, quantize, fp16, calib, calib_method, opset, settings, staged)
 
 
@@ -174,7 +205,13 @@ def _export(ckpt, out: Path, fmts, quantize, fp16, calib, calib_method, opset, s
     log.info("folded BatchNorm: max abs logit diff %.2e on %s", fold_diff, inputs_source)
     example = inputs[:2]
     size = ckpt.data_config.img_size
-    base = {**ckpt.metadata(), "input_name": INPUT_NAME, "output_name": OUTPUT_NAME, "input_shape": ["batch", 3, size, size], "bn_folded": True}
+    base = {
+        **ckpt.metadata(),
+        "input_name": INPUT_NAME,
+        "output_name": OUTPUT_NAME,
+        "input_shape": ["batch", 3, size, size],
+        "bn_folded": True,
+    }
     if "onnx" in fmts:
         base["versions"] = toolchain_versions()
     written: dict[str, tuple[Path, dict[str, Any], float]] = {}
@@ -189,10 +226,28 @@ def _export(ckpt, out: Path, fmts, quantize, fp16, calib, calib_method, opset, s
 
         t0 = time.perf_counter()
         tmp = staged(TORCHSCRIPT_FILE)
-        meta = {**base, "format": "torchscript", "precision": "fp32", "opset": None, "exporter": "torch.jit.trace + torch.jit.freeze"}
+        meta = {
+            **base,
+            "format": "torchscript",
+            "precision": "fp32",
+            "opset": None,
+            "exporter": "torch.jit.trace + torch.jit.freeze",
+        }
         export_torchscript(folded, example, meta, tmp, reference=folded_logits[:2])
-        record(TORCHSCRIPT_FILE, tmp, {"format": "torchscript", "precision": "fp32", "opset": None, "export_settings": {
-            "method": "torch.jit.trace + torch.jit.freeze (eval, BatchNorm folded)", "device": "cpu (load with map_location to move it)"}}, t0)
+        record(
+            TORCHSCRIPT_FILE,
+            tmp,
+            {
+                "format": "torchscript",
+                "precision": "fp32",
+                "opset": None,
+                "export_settings": {
+                    "method": "torch.jit.trace + torch.jit.freeze (eval, BatchNorm folded)",
+                    "device": "cpu (load with map_location to move it)",
+                },
+            },
+            t0,
+        )
     if "onnx" in fmts:
         from .onnx import export_onnx, verify_with_ort
 
@@ -201,8 +256,17 @@ def _export(ckpt, out: Path, fmts, quantize, fp16, calib, calib_method, opset, s
         meta = {**base, "format": "onnx", "precision": "fp32", "opset": opset, "exporter": ONNX_EXPORTER}
         fp32_model = export_onnx(folded, example, meta, fp32_tmp, opset)
         diff = verify_with_ort(fp32_tmp, inputs.numpy(), reference, rtol=1e-3, atol=1e-4, what="FP32 ONNX")
-        record(ONNX_FILE, fp32_tmp, {"format": "onnx", "precision": "fp32", "opset": opset, "export_settings": {
-            "exporter": ONNX_EXPORTER, "dynamic_batch": True, "max_abs_diff_vs_pytorch": diff}}, t0)
+        record(
+            ONNX_FILE,
+            fp32_tmp,
+            {
+                "format": "onnx",
+                "precision": "fp32",
+                "opset": opset,
+                "export_settings": {"exporter": ONNX_EXPORTER, "dynamic_batch": True, "max_abs_diff_vs_pytorch": diff},
+            },
+            t0,
+        )
         if quantize:
             from .quantize import quantize_onnx, top1_agreement
 
@@ -211,29 +275,71 @@ def _export(ckpt, out: Path, fmts, quantize, fp16, calib, calib_method, opset, s
             meta = {**base, "format": "onnx", "precision": "int8", "opset": opset, "exporter": ONNX_EXPORTER}
             q = quantize_onnx(fp32_tmp, tmp, calib.images, meta, method=calib_method)
             agree = top1_agreement(fp32_tmp, tmp, calib.images[:64])
-            record(INT8_FILE, tmp, {"format": "onnx", "precision": "int8", "opset": opset, "export_settings": {
-                **q, "calibration_data": calib.source, "top1_agreement_fp32_calib": agree}}, t0)
+            record(
+                INT8_FILE,
+                tmp,
+                {
+                    "format": "onnx",
+                    "precision": "int8",
+                    "opset": opset,
+                    "export_settings": {**q, "calibration_data": calib.source, "top1_agreement_fp32_calib": agree},
+                },
+                t0,
+            )
         if fp16:
             from .fp16 import convert_fp16
 
             t0 = time.perf_counter()
             tmp = staged(FP16_FILE)
-            convert_fp16(fp32_model, tmp, {**base, "format": "onnx", "precision": "fp16", "opset": opset, "exporter": ONNX_EXPORTER})
-            diff = verify_with_ort(tmp, inputs.numpy(), reference, rtol=0.05, atol=0.05 * max(1.0, float(np.abs(reference).max())), what="FP16 ONNX")
-            record(FP16_FILE, tmp, {"format": "onnx", "precision": "fp16", "opset": opset, "export_settings": {
-                "converter": "onnxruntime.transformers.float16.convert_float_to_float16", "keep_io_types": True,
-                "max_abs_diff_vs_pytorch_cpu": diff}}, t0)
+            convert_fp16(
+                fp32_model,
+                tmp,
+                {**base, "format": "onnx", "precision": "fp16", "opset": opset, "exporter": ONNX_EXPORTER},
+            )
+            diff = verify_with_ort(
+                tmp,
+                inputs.numpy(),
+                reference,
+                rtol=0.05,
+                atol=0.05 * max(1.0, float(np.abs(reference).max())),
+                what="FP16 ONNX",
+            )
+            record(
+                FP16_FILE,
+                tmp,
+                {
+                    "format": "onnx",
+                    "precision": "fp16",
+                    "opset": opset,
+                    "export_settings": {
+                        "converter": "onnxruntime.transformers.float16.convert_float_to_float16",
+                        "keep_io_types": True,
+                        "max_abs_diff_vs_pytorch_cpu": diff,
+                    },
+                },
+                t0,
+            )
 
     artifacts = {}
     for name, (tmp, entry, seconds) in written.items():
         artifacts[name] = {
-            **entry, "size_bytes": tmp.stat().st_size, "sha256": sha256_file(tmp), "input_shape": base["input_shape"],
-            "input_name": INPUT_NAME, "output_name": OUTPUT_NAME, "source_checkpoint_sha256": ckpt.sha256, "seconds": round(seconds, 3),
+            **entry,
+            "size_bytes": tmp.stat().st_size,
+            "sha256": sha256_file(tmp),
+            "input_shape": base["input_shape"],
+            "input_name": INPUT_NAME,
+            "output_name": OUTPUT_NAME,
+            "source_checkpoint_sha256": ckpt.sha256,
+            "seconds": round(seconds, 3),
         }
     data = {
-        "format": MANIFEST_FORMAT, "schema_version": MANIFEST_VERSION, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "format": MANIFEST_FORMAT,
+        "schema_version": MANIFEST_VERSION,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "source_checkpoint": {"path": str(ckpt.path.resolve()) if ckpt.path else None, "sha256": ckpt.sha256},
-        "settings": settings, "bn_fold": {"max_abs_diff": fold_diff, "inputs": inputs_source}, "versions": base["versions"],
+        "settings": settings,
+        "bn_fold": {"max_abs_diff": fold_diff, "inputs": inputs_source},
+        "versions": base["versions"],
         "artifacts": artifacts,
     }
     write_bytes(staged(MANIFEST_FILE), (json_text(data) + "\n").encode("utf-8"))

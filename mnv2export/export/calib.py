@@ -31,18 +31,29 @@ class CalibrationSet:
     source: str  # what they were drawn from, in words (goes into the manifest)
 
 
-def load_calibration(ckpt: Checkpoint, calib_data: str | None, size: int, *, seed: int = 0, split: str = "train") -> CalibrationSet:
+def load_calibration(
+    ckpt: Checkpoint, calib_data: str | None, size: int, *, seed: int = 0, split: str = "train"
+) -> CalibrationSet:
     """``size`` INT8 calibration images from ``calib_data`` or the checkpoint's own data (fewer, said in a warning, if
     the source holds fewer readable ones); a warning below :data:`~.names.MIN_CALIB_SIZE`."""
     check_calib_size(size)
     if size < MIN_CALIB_SIZE:
-        log.warning("--calib-size %d is below %d, the fewest images that give INT8 activation ranges to rely on (a new "
-                    "image exceeds the range of n images with probability 1/(n+1)): the INT8 model may fail its check; "
-                    "use --calib-size %d or more", size, MIN_CALIB_SIZE, MIN_CALIB_SIZE)
+        log.warning(
+            "--calib-size %d is below %d, the fewest images that give INT8 activation ranges to rely on (a new "
+            "image exceeds the range of n images with probability 1/(n+1)): the INT8 model may fail its check; "
+            "use --calib-size %d or more",
+            size,
+            MIN_CALIB_SIZE,
+            MIN_CALIB_SIZE,
+        )
     calib = _draw(ckpt, calib_data, size, seed=seed, split=split)
     if len(calib.images) < size:
-        log.warning("calibration on %d images, %d asked (--calib-size): the source holds no more readable images (%s)",
-                    len(calib.images), size, calib.source)
+        log.warning(
+            "calibration on %d images, %d asked (--calib-size): the source holds no more readable images (%s)",
+            len(calib.images),
+            size,
+            calib.source,
+        )
     return calib
 
 
@@ -90,7 +101,7 @@ def _decode_readable(files: list[Path], size: int, seed: int, cfg: DataConfig) -
         batch, _, failed = load_images([files[i] for i in picked], cfg)
         batches.append(batch)
         errors += failed
-        picked, spare = spare[:len(failed)], spare[len(failed):]
+        picked, spare = spare[: len(failed)], spare[len(failed) :]
     return torch.cat(batches), errors
 
 
@@ -106,8 +117,12 @@ def _from_builtin(cfg: DataConfig, size: int, seed: int, split: str) -> Calibrat
     idx = sorted(rng.choice(len(ds), size=min(size, len(ds)), replace=False))
     images = [img for img, _ in (ds[int(i)] for i in idx) if not isinstance(img, SkippedImage)]
     if not images:
-        raise DataError(f"no readable image in the {cfg.source} {split} split", hint="pass --calib-data with a folder of images")
-    return CalibrationSet(torch.stack(images).numpy().astype(np.float32, copy=False), f"{len(images)} images of {cfg.source} ({split})")
+        raise DataError(
+            f"no readable image in the {cfg.source} {split} split", hint="pass --calib-data with a folder of images"
+        )
+    return CalibrationSet(
+        torch.stack(images).numpy().astype(np.float32, copy=False), f"{len(images)} images of {cfg.source} ({split})"
+    )
 
 
 def verification_inputs(ckpt: Checkpoint, calib: CalibrationSet | None, n: int = 8) -> tuple[torch.Tensor, str]:

@@ -9,7 +9,12 @@ ONNX_FILE = "model.onnx"
 INT8_FILE = "model.int8.onnx"
 FP16_FILE = "model.fp16.onnx"
 MANIFEST_FILE = "manifest.json"
-ARTIFACT_FILES = (TORCHSCRIPT_FILE, ONNX_FILE, INT8_FILE, FP16_FILE)  # what an export owns in its folder (with the manifest)
+ARTIFACT_FILES = (
+    TORCHSCRIPT_FILE,
+    ONNX_FILE,
+    INT8_FILE,
+    FP16_FILE,
+)  # what an export owns in its folder (with the manifest)
 
 TORCHSCRIPT_METADATA = "mnv2_metadata.json"  # the `_extra_files` entry of a TorchScript file
 ONNX_METADATA = "mnv2_metadata"  # the `metadata_props` key of an ONNX file
@@ -27,8 +32,11 @@ MIN_CALIB_SIZE = 32  # fewer is accepted, with a warning (the INT8 model may fai
 
 def check_calib_size(n: int) -> int:
     if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= MAX_CALIB_SIZE:
-        raise ConfigError(f"calibration size {n!r} is out of range", hint=f"use --calib-size between 1 and {MAX_CALIB_SIZE}")
+        raise ConfigError(
+            f"calibration size {n!r} is out of range", hint=f"use --calib-size between 1 and {MAX_CALIB_SIZE}"
+        )
     return n
+
 
 MANIFEST_FORMAT = "mnv2export.manifest"
 MANIFEST_VERSION = 1

@@ -28,7 +28,10 @@ from .opsets import DEFAULT_OPSET, check_opset
 
 log = logging.getLogger(__name__)
 
-def export_onnx(folded: nn.Module, example: torch.Tensor, metadata: dict[str, Any], out: str | Path, opset: int = DEFAULT_OPSET) -> onnx.ModelProto:
+
+def export_onnx(
+    folded: nn.Module, example: torch.Tensor, metadata: dict[str, Any], out: str | Path, opset: int = DEFAULT_OPSET
+) -> onnx.ModelProto:
     """Export ``folded`` (BatchNorm folded, eval mode) with a dynamic batch axis, check it and write it to ``out``.
 
     ``example`` must hold at least 2 images: torch.export specialises a dimension of size 1.
@@ -40,15 +43,30 @@ def export_onnx(folded: nn.Module, example: torch.Tensor, metadata: dict[str, An
     try:
         with out_of_place(folded):
             program = torch.onnx.export(
-                folded.eval(), (example,), None, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], opset_version=opset,
-                dynamo=True, external_data=False, optimize=True, verbose=False, dynamic_shapes=({0: batch},),
+                folded.eval(),
+                (example,),
+                None,
+                input_names=[INPUT_NAME],
+                output_names=[OUTPUT_NAME],
+                opset_version=opset,
+                dynamo=True,
+                external_data=False,
+                optimize=True,
+                verbose=False,
+                dynamic_shapes=({0: batch},),
             )
         model = program.model_proto
     except Exception as exc:  # noqa: BLE001 - torch.export / onnxscript raise many types
-        raise ExportError(f"torch.onnx.export failed: {first_line(exc)}", path=out, hint="report it with MNV2_DEBUG=1") from exc
+        raise ExportError(
+            f"torch.onnx.export failed: {first_line(exc)}", path=out, hint="report it with MNV2_DEBUG=1"
+        ) from exc
     version = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
     if version != opset:
-        raise ExportError(f"the exporter wrote opset {version}, not the {opset} asked for", path=out, hint=f"use --opset {DEFAULT_OPSET}")
+        raise ExportError(
+            f"the exporter wrote opset {version}, not the {opset} asked for",
+            path=out,
+            hint=f"use --opset {DEFAULT_OPSET}",
+        )
     assert_no_batchnorm(model, out)
     model.doc_string = f"MobileNetV2 ({metadata.get('num_classes')} classes) exported by mnv2export"
     set_metadata(model, metadata)
@@ -78,7 +96,11 @@ def out_of_place(model: nn.Module) -> Iterator[None]:
 def assert_no_batchnorm(model: onnx.ModelProto, path: str | Path | None = None) -> None:
     n = op_count(model, "BatchNormalization")
     if n:
-        raise ExportError(f"the ONNX graph holds {n} BatchNormalization node(s) after folding", path=path, hint="report it with MNV2_DEBUG=1")
+        raise ExportError(
+            f"the ONNX graph holds {n} BatchNormalization node(s) after folding",
+            path=path,
+            hint="report it with MNV2_DEBUG=1",
+        )
 
 
 def op_count(model: onnx.ModelProto, op_type: str) -> int:
@@ -91,6 +113,7 @@ def drop_unused_domains(model: onnx.ModelProto) -> list[str]:
     ONNX Runtime's ``quant_pre_process`` saves through an ORT session, which declares every domain ORT knows
     (``com.microsoft.nchwc``, ``ai.onnx.training``, ``org.pytorch.aten``, ...); other runtimes and converters need not
     know those domains, and the INT8 graph uses none of them."""
+
     def used(nodes) -> set[str]:
         out = set()
         for node in nodes:
@@ -130,11 +153,17 @@ def check_and_save(model: onnx.ModelProto, out: str | Path) -> None:
     """``onnx.checker`` full check (with shape inference), then one self-contained file (no external data), whose size
     is checked: a write cut short is an ``OSError(ENOSPC)`` (a full disk), reported by the caller."""
     if model.ByteSize() >= 2**31 - 1:
-        raise ExportError("the ONNX model is over 2 GB and would need external data", path=out, hint="this tool exports MobileNetV2 only")
+        raise ExportError(
+            "the ONNX model is over 2 GB and would need external data",
+            path=out,
+            hint="this tool exports MobileNetV2 only",
+        )
     try:
         onnx.checker.check_model(model, full_check=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
-        raise ExportError(f"the ONNX model fails onnx.checker: {first_line(exc)}", path=out, hint="report it with MNV2_DEBUG=1") from exc
+        raise ExportError(
+            f"the ONNX model fails onnx.checker: {first_line(exc)}", path=out, hint="report it with MNV2_DEBUG=1"
+        ) from exc
     write_bytes(out, model.SerializeToString())  # what onnx.save_model writes for a model without external data
 
 
@@ -151,13 +180,18 @@ def toposort(graph: onnx.GraphProto) -> None:
             else:
                 rest.append(node)
         if len(rest) == len(pending):
-            raise ExportError(f"the ONNX graph has a cycle or a dangling input at node {rest[0].name!r}", hint="report it with MNV2_DEBUG=1")
+            raise ExportError(
+                f"the ONNX graph has a cycle or a dangling input at node {rest[0].name!r}",
+                hint="report it with MNV2_DEBUG=1",
+            )
         pending = rest
     del graph.node[:]
     graph.node.extend(ordered)
 
 
-def verify_with_ort(path: str | Path, x: np.ndarray, reference: np.ndarray, *, rtol: float, atol: float, what: str) -> float:
+def verify_with_ort(
+    path: str | Path, x: np.ndarray, reference: np.ndarray, *, rtol: float, atol: float, what: str
+) -> float:
     """Run the written file with ONNX Runtime (CPU) on ``x``; ExportError when it is not close to ``reference``."""
     import onnxruntime as ort
 
@@ -167,8 +201,16 @@ def verify_with_ort(path: str | Path, x: np.ndarray, reference: np.ndarray, *, r
         session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         got = session.run([OUTPUT_NAME], {INPUT_NAME: x})[0]
     except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own exception types
-        raise ExportError(f"ONNX Runtime cannot run the {what} model: {first_line(exc)}", path=path, hint="report it with MNV2_DEBUG=1") from exc
+        raise ExportError(
+            f"ONNX Runtime cannot run the {what} model: {first_line(exc)}",
+            path=path,
+            hint="report it with MNV2_DEBUG=1",
+        ) from exc
     diff = float(np.abs(got.astype(np.float32) - reference).max())
     if not np.allclose(got, reference, rtol=rtol, atol=atol):
-        raise ExportError(f"the {what} model answers differently from PyTorch (max abs diff {diff:.3g})", path=path, hint="report it with MNV2_DEBUG=1")
+        raise ExportError(
+            f"the {what} model answers differently from PyTorch (max abs diff {diff:.3g})",
+            path=path,
+            hint="report it with MNV2_DEBUG=1",
+        )
     return diff

@@ -42,9 +42,15 @@ def ort_max_opset() -> int:
 def check_opset(opset: int) -> int:
     """``opset`` if an export can target it, else a :class:`ConfigError` naming the supported range. The default needs
     no look-up (every supported ONNX Runtime runs it); only a newer one asks onnx and ONNX Runtime."""
-    ok = isinstance(opset, int) and not isinstance(opset, bool) and MIN_OPSET <= opset and (opset <= DEFAULT_OPSET or opset <= max_opset())
+    ok = (
+        isinstance(opset, int)
+        and not isinstance(opset, bool)
+        and MIN_OPSET <= opset
+        and (opset <= DEFAULT_OPSET or opset <= max_opset())
+    )
     if not ok:
         raise ConfigError(
-            f"opset {opset!r} is not supported", hint=f"choose an opset between {MIN_OPSET} and {max_opset()} (default {DEFAULT_OPSET})"
+            f"opset {opset!r} is not supported",
+            hint=f"choose an opset between {MIN_OPSET} and {max_opset()} (default {DEFAULT_OPSET})",
         )
     return opset

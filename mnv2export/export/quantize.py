@@ -58,7 +58,12 @@ def int8_recipe(flags: set[str] | None = None, machine: str | None = None) -> di
     """Activation / weight types and reduce_range for this CPU (or for ``flags`` / ``machine`` when given)."""
     machine = (machine or platform.machine()).lower()
     if machine in ("arm64", "aarch64"):  # ONNX Runtime's advice for ARM; not measured here
-        return {"activation_type": "int8", "weight_type": "int8", "reduce_range": False, "cpu": "arm64: S8S8 (ONNX Runtime's advice)"}
+        return {
+            "activation_type": "int8",
+            "weight_type": "int8",
+            "reduce_range": False,
+            "cpu": "arm64: S8S8 (ONNX Runtime's advice)",
+        }
     flags = cpu_flags() if flags is None else flags
     vnni = bool(flags and {"avx512_vnni", "avx_vnni"} & flags)
     if vnni:
@@ -78,7 +83,9 @@ class CalibrationReader:
     """
 
     def __init__(self, images: np.ndarray, batch: int = CALIB_BATCH):
-        self.batches = [np.ascontiguousarray(images[i:i + batch], dtype=np.float32) for i in range(0, len(images), batch)]
+        self.batches = [
+            np.ascontiguousarray(images[i : i + batch], dtype=np.float32) for i in range(0, len(images), batch)
+        ]
         self.set_range(0, len(self.batches))
 
     def __len__(self) -> int:
@@ -106,7 +113,9 @@ def pre_process(fp32: str | Path, out: str | Path) -> None:
 
     with _logged_errors("onnxruntime.quantization.shape_inference") as errors:
         quant_pre_process(str(fp32), str(out), skip_symbolic_shape=True)
-    if errors:  # it logs a failed optimisation (a full disk while ORT writes the optimised model) and goes on without it
+    if (
+        errors
+    ):  # it logs a failed optimisation (a full disk while ORT writes the optimised model) and goes on without it
         raise RuntimeError(f"quant_pre_process: {errors[0]}")
 
 
@@ -139,8 +148,14 @@ def stem_conv(model: onnx.ModelProto) -> str | None:
 
 
 def quantize_onnx(
-    fp32: str | Path, out: str | Path, images: np.ndarray, metadata: dict[str, Any], *, method: str = "minmax",
-    recipe: dict[str, Any] | None = None, keep_stem_fp32: bool = True,
+    fp32: str | Path,
+    out: str | Path,
+    images: np.ndarray,
+    metadata: dict[str, Any],
+    *,
+    method: str = "minmax",
+    recipe: dict[str, Any] | None = None,
+    keep_stem_fp32: bool = True,
 ) -> dict[str, Any]:
     """Quantise the FP32 ONNX file ``fp32`` into ``out`` (QDQ, per channel), calibrated on ``images``.
 
@@ -158,7 +173,11 @@ def quantize_onnx(
         raise ConfigError("no calibration images", hint="pass --calib-data with images")
     recipe = dict(recipe or int8_recipe())
     qtype = {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8}
-    calib = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy, "percentile": CalibrationMethod.Percentile}[method]
+    calib = {
+        "minmax": CalibrationMethod.MinMax,
+        "entropy": CalibrationMethod.Entropy,
+        "percentile": CalibrationMethod.Percentile,
+    }[method]
     reader = CalibrationReader(images)
     # beside `out` (an export's work folder); onnxruntime.quantization's own temporary folders go where `tempfile`
     # says, which the export points into that work folder too (fileio.temp_files_in)
@@ -174,9 +193,16 @@ def quantize_onnx(
             chatter = io.StringIO()  # the histogram calibrators print progress to stdout; a library does not
             with contextlib.redirect_stdout(chatter):
                 quantize_static(
-                    str(pre), str(raw), reader, quant_format=QuantFormat.QDQ, per_channel=True,
-                    activation_type=qtype[recipe["activation_type"]], weight_type=qtype[recipe["weight_type"]],
-                    reduce_range=recipe["reduce_range"], calibrate_method=calib, nodes_to_exclude=excluded,
+                    str(pre),
+                    str(raw),
+                    reader,
+                    quant_format=QuantFormat.QDQ,
+                    per_channel=True,
+                    activation_type=qtype[recipe["activation_type"]],
+                    weight_type=qtype[recipe["weight_type"]],
+                    reduce_range=recipe["reduce_range"],
+                    calibrate_method=calib,
+                    nodes_to_exclude=excluded,
                     # one collection per calibration batch (bounded memory); activations stay asymmetric (the
                     # default), which is what lets the quantizer drop the ReLU6 Clips into the Q ranges
                     extra_options={"CalibStridedMinMax": 1},
@@ -192,12 +218,19 @@ def quantize_onnx(
             # holds up to three copies of the model at once, so a failure with less room than that is the disk's
             if is_disk_full(exc, tmp, need=INT8_ROOM * Path(fp32).stat().st_size):
                 raise OSError(errno.ENOSPC, f"disk full in the INT8 step: {first_line(exc)}", str(out)) from exc
-            raise ExportError(f"INT8 quantization failed: {first_line(exc)}", path=out, hint="report it with MNV2_DEBUG=1") from exc
+            raise ExportError(
+                f"INT8 quantization failed: {first_line(exc)}", path=out, hint="report it with MNV2_DEBUG=1"
+            ) from exc
     if op_count(model, "QuantizeLinear") == 0:
         raise ExportError("the INT8 model holds no QuantizeLinear node", path=out, hint="report it with MNV2_DEBUG=1")
     settings = {
-        **recipe, "format": "QDQ", "per_channel": True, "calibration_method": method, "calibration_images": int(len(images)),
-        "calibration_batch": CALIB_BATCH, "pre_process": "quant_pre_process (ONNX shape inference + ORT basic optimisation)",
+        **recipe,
+        "format": "QDQ",
+        "per_channel": True,
+        "calibration_method": method,
+        "calibration_images": int(len(images)),
+        "calibration_batch": CALIB_BATCH,
+        "pre_process": "quant_pre_process (ONNX shape inference + ORT basic optimisation)",
         "fp32_nodes": excluded,
     }
     dropped = drop_unused_domains(model)

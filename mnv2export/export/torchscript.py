@@ -40,7 +40,12 @@ class _NamedInput(nn.Module):
 
 
 def export_torchscript(
-    folded: nn.Module, example: torch.Tensor, metadata: dict[str, Any], out: str | Path, *, reference: torch.Tensor | None = None,
+    folded: nn.Module,
+    example: torch.Tensor,
+    metadata: dict[str, Any],
+    out: str | Path,
+    *,
+    reference: torch.Tensor | None = None,
 ) -> Path:
     """Trace ``folded`` (eval mode, BatchNorm already folded) on ``example``, freeze it, write it to ``out``, and check
     that the written file answers ``reference`` (``folded(example)``, computed here when not given) on ``example``."""
@@ -49,14 +54,20 @@ def export_torchscript(
     try:
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore", FutureWarning)
-            traced = torch.jit.trace(_NamedInput(folded).eval(), example, check_trace=False)  # verified below against the eager model
+            traced = torch.jit.trace(
+                _NamedInput(folded).eval(), example, check_trace=False
+            )  # verified below against the eager model
             frozen = torch.jit.freeze(traced)
             _convolutions_follow_torch_flags(frozen.graph)
             buffer = io.BytesIO()  # serialised in memory: writing straight to a full disk aborts the process in C++
             torch.jit.save(frozen, buffer, _extra_files={TORCHSCRIPT_METADATA: json_text(metadata, indent=None)})
     except (RuntimeError, ValueError, TypeError) as exc:
-        raise ExportError(f"TorchScript tracing failed: {first_line(exc)}", path=out, hint="report it with MNV2_DEBUG=1") from exc
-    write_bytes(out, buffer.getbuffer())  # a full disk (or a write cut short) is an OSError (ENOSPC) here, reported by the caller
+        raise ExportError(
+            f"TorchScript tracing failed: {first_line(exc)}", path=out, hint="report it with MNV2_DEBUG=1"
+        ) from exc
+    write_bytes(
+        out, buffer.getbuffer()
+    )  # a full disk (or a write cut short) is an OSError (ENOSPC) here, reported by the caller
     if reference is None:
         with torch.no_grad():
             reference = folded(example)
@@ -79,7 +90,9 @@ def _convolutions_follow_torch_flags(graph) -> int:
         weight, transposed = args[1].toIValue(), args[6].toIValue()
         if transposed is not False or not isinstance(weight, torch.Tensor) or weight.dim() != 4:
             continue
-        conv2d = graph.create("aten::conv2d", args[:6] + [args[8]])  # input, weight, bias, stride, padding, dilation, groups
+        conv2d = graph.create(
+            "aten::conv2d", args[:6] + [args[8]]
+        )  # input, weight, bias, stride, padding, dilation, groups
         conv2d.insertBefore(node)
         conv2d.output().setType(node.output().type())
         node.output().replaceAllUsesWith(conv2d.output())
@@ -99,6 +112,9 @@ def _verify(path: Path, example: torch.Tensor, reference: torch.Tensor, atol: fl
     with torch.jit.optimized_execution(False):
         diff = (loaded(example) - reference).abs().max().item()
     if not diff <= atol * max(1.0, reference.abs().max().item()):
-        raise ExportError(f"the TorchScript file answers differently from the model (max abs diff {diff:.3g})", path=path,
-                          hint="report it with MNV2_DEBUG=1")
+        raise ExportError(
+            f"the TorchScript file answers differently from the model (max abs diff {diff:.3g})",
+            path=path,
+            hint="report it with MNV2_DEBUG=1",
+        )
     log.debug("TorchScript verified against the eager model (max abs diff %.2e)", diff)

@@ -51,7 +51,15 @@ def files(tmp_path_factory, exported, trained_checkpoint):
     payload["model_config"] = {**payload["model_config"], "arch": "resnet18"}
     torch.save(payload, d / "resnet.pt")
     cfg = ModelConfig(num_classes=3, width_mult=0.35)
-    save_checkpoint(Checkpoint(cfg, DataConfig(source="synth", img_size=32, synth_classes=3), ["a", "b", "c"], build_model(cfg).state_dict()), d / "three.pt")
+    save_checkpoint(
+        Checkpoint(
+            cfg,
+            DataConfig(source="synth", img_size=32, synth_classes=3),
+            ["a", "b", "c"],
+            build_model(cfg).state_dict(),
+        ),
+        d / "three.pt",
+    )
     # an ONNX model that is valid but not ours (other input name and shape, no metadata)
     conv = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.Flatten()).eval()
     torch.onnx.export(conv, (torch.randn(1, 1, 8, 8),), str(d / "foreign.onnx"), input_names=["images"], dynamo=False)
@@ -155,7 +163,9 @@ def _formats(d, rng) -> None:
     rgb.convert("CMYK").save(d / "print.tif")
     Image.fromarray(rng.integers(0, 65535, (40, 40)).astype(np.uint16)).save(d / "scan.tiff")
     rgb.save(d / "anim.gif", save_all=True, append_images=[rgb.rotate(90)], duration=100)
-    Image.fromarray(rng.integers(0, 4, (40, 40), dtype=np.uint8), mode="L").convert("P").save(d / "clear.gif", transparency=0)
+    Image.fromarray(rng.integers(0, 4, (40, 40), dtype=np.uint8), mode="L").convert("P").save(
+        d / "clear.gif", transparency=0
+    )
     (d / "notes.txt").write_text("where the images came from")
     (d / "iphone.heic").write_bytes(b"\x00\x00\x00\x18ftypheic")
 
@@ -178,11 +188,31 @@ def test_a_class_index_naming_none_of_the_class_folders_is_an_error(capsys, tmp_
         for c in ("cat", "dog"):
             (tmp_path / "d" / split / c).mkdir(parents=True)
             for i in range(2):
-                Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(tmp_path / "d" / split / c / f"{i}.png")
+                Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(
+                    tmp_path / "d" / split / c / f"{i}.png"
+                )
     (tmp_path / "idx.json").write_text(json.dumps({"0": ["n01440764", "tench"], "1": ["n01443537", "goldfish"]}))
-    fails(capsys, "train", "--data", tmp_path / "d", "--class-index", tmp_path / "idx.json", "--img-size", "32", "--width", "0.35",
-          "--epochs", "1", "--workers", "0", "--no-plots", "--no-progress", "--out", tmp_path / "run",
-          match="class-index file names none of the 2 class folders")
+    fails(
+        capsys,
+        "train",
+        "--data",
+        tmp_path / "d",
+        "--class-index",
+        tmp_path / "idx.json",
+        "--img-size",
+        "32",
+        "--width",
+        "0.35",
+        "--epochs",
+        "1",
+        "--workers",
+        "0",
+        "--no-plots",
+        "--no-progress",
+        "--out",
+        tmp_path / "run",
+        match="class-index file names none of the 2 class folders",
+    )
     assert not (tmp_path / "run" / "best.pt").exists()
 
 
@@ -190,12 +220,16 @@ def test_checkpoints_of_another_architecture_or_class_count(capsys, files, expor
     fails(capsys, "export", files / "resnet.pt", match="another architecture")
     fails(capsys, "info", files / "resnet.pt", match="another architecture")
     report = files / "three-check.json"
-    code, out, err = cli(capsys, "check", files / "three.pt", "--artifacts", exported.out_dir, "--samples", "16", "--json", report)
+    code, out, err = cli(
+        capsys, "check", files / "three.pt", "--artifacts", exported.out_dir, "--samples", "16", "--json", report
+    )
     assert code == 1  # the artifacts do not belong to this checkpoint: every row fails, and says why
     rows = json.loads(report.read_text())["rows"]
     assert rows and {r["artifact"] for r in rows} >= set(exported.artifacts)
     for r in rows:
-        assert r["status"] == "fail" and any(f.startswith("metadata class_names differs first at index 0") for f in r["failures"]), r
+        assert r["status"] == "fail" and any(
+            f.startswith("metadata class_names differs first at index 0") for f in r["failures"]
+        ), r
         assert r["failures"][0].startswith("exported from another checkpoint: source_checkpoint_sha256 "), r
 
 
@@ -228,9 +262,16 @@ def test_checkpoints_of_another_architecture_or_class_count(capsys, files, expor
         (["data", "synth", "{tmp}/s", "--size", "2"], "size"),
     ],
 )
-def test_out_of_range_flags_unknown_providers_and_formats(capsys, args, match, exported, trained_checkpoint, files, tmp_path):
-    values = {"art": exported.out_dir, "ckpt": trained_checkpoint, "img": files / "images" / "good.png",
-              "onnx": exported.out_dir / "model.onnx", "tmp": tmp_path}
+def test_out_of_range_flags_unknown_providers_and_formats(
+    capsys, args, match, exported, trained_checkpoint, files, tmp_path
+):
+    values = {
+        "art": exported.out_dir,
+        "ckpt": trained_checkpoint,
+        "img": files / "images" / "good.png",
+        "onnx": exported.out_dir / "model.onnx",
+        "tmp": tmp_path,
+    }
     fails(capsys, *[a.format(**{k: str(v) for k, v in values.items()}) for a in args], match=match)
     assert not (tmp_path / "s").exists()  # nothing written on a refused command
 
@@ -252,8 +293,24 @@ def test_a_pickled_object_is_refused_by_every_command(capsys, tmp_path, trained_
     torch.save(payload, evil)
     state = tmp_path / "evil.pth"
     torch.save({"features.0.0.weight": _Evil()}, state)
-    for args in (["export", evil], ["check", evil, "--artifacts", exported.out_dir], ["bench", evil, "--formats", "eager"],
-                 ["info", evil], ["visualize", evil], ["predict", files / "images" / "good.png", "--model", evil]):
+    for args in (
+        ["export", evil],
+        ["check", evil, "--artifacts", exported.out_dir],
+        ["bench", evil, "--formats", "eager"],
+        ["info", evil],
+        ["visualize", evil],
+        ["predict", files / "images" / "good.png", "--model", evil],
+    ):
         fails(capsys, *args, match="pickled")
-    fails(capsys, "train", "--data", "synth", "--init-from", state, "--out", tmp_path / "t", match="initial weights file carries a pickled Python object and is refused")  # not torch's raw text
+    fails(
+        capsys,
+        "train",
+        "--data",
+        "synth",
+        "--init-from",
+        state,
+        "--out",
+        tmp_path / "t",
+        match="initial weights file carries a pickled Python object and is refused",
+    )  # not torch's raw text
     assert not os.path.exists("/tmp/mnv2-untrusted-ran")

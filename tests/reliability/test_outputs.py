@@ -9,8 +9,8 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import TINY_FLAGS
+
 from mnv2export.fileio import sha256_file
 
 
@@ -61,7 +61,9 @@ def test_train_on_a_full_disk_is_a_clear_error_and_keeps_earlier_outputs(tmp_pat
         assert "disk full" in line and "free some space" in line
         for name in ("best.pt", "last.pt"):  # the checkpoints could not be rewritten: the earlier ones stand, whole
             assert (out / name).read_bytes() == before[name], name
-        json.loads((out / "config.json").read_text())  # small files may have been rewritten (the run's new --epochs), whole
+        json.loads(
+            (out / "config.json").read_text()
+        )  # small files may have been rewritten (the run's new --epochs), whole
         assert (out / "metrics.csv").read_text().startswith("epoch,")
         assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
 
@@ -102,19 +104,31 @@ def test_a_full_disk_in_the_int8_step_is_the_disk_full_error(tmp_path, trained_c
         capfd.readouterr()
         with pytest.raises(OutputError) as err:
             export_all(trained_checkpoint, out, formats="onnx", quantize=True, calib_size=16)
-        assert err.value.one_line() == f"disk full while writing ({out / 'model.int8.onnx'}): free some space and run again; earlier files are intact"
+        assert (
+            err.value.one_line()
+            == f"disk full while writing ({out / 'model.int8.onnx'}): free some space and run again; earlier files are intact"
+        )
         assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # no temporary file left either
         assert "Traceback" not in capfd.readouterr().err  # onnxruntime's own log of its failure is not printed
 
 
 def test_two_exports_at_once(tmp_path, trained_checkpoint, tiny_checkpoint):
     """Into different folders: no interference. Into the same folder: the later one wins whole, never a mix."""
-    def start(ckpt, out):
-        return subprocess.Popen([sys.executable, "-m", "mnv2export", "export", str(ckpt), "--format", "all", "--out", str(out)],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
-    procs = [start(trained_checkpoint, tmp_path / "a"), start(tiny_checkpoint, tmp_path / "b"),
-             start(trained_checkpoint, tmp_path / "same"), start(tiny_checkpoint, tmp_path / "same")]
+    def start(ckpt, out):
+        return subprocess.Popen(
+            [sys.executable, "-m", "mnv2export", "export", str(ckpt), "--format", "all", "--out", str(out)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+
+    procs = [
+        start(trained_checkpoint, tmp_path / "a"),
+        start(tiny_checkpoint, tmp_path / "b"),
+        start(trained_checkpoint, tmp_path / "same"),
+        start(tiny_checkpoint, tmp_path / "same"),
+    ]
     for p in procs:
         _, err = p.communicate(timeout=900)
         assert p.returncode == 0, err
@@ -126,6 +140,11 @@ def test_two_exports_at_once(tmp_path, trained_checkpoint, tiny_checkpoint):
             assert source == expected[folder]
         assert source in expected.values()
         for name, entry in manifest["artifacts"].items():
-            assert sha256_file(tmp_path / folder / name) == entry["sha256"], (folder, name)  # every file from one export
+            assert sha256_file(tmp_path / folder / name) == entry["sha256"], (
+                folder,
+                name,
+            )  # every file from one export
             assert entry["source_checkpoint_sha256"] == source
-        assert sorted(p.name for p in (tmp_path / folder).iterdir()) == sorted([*manifest["artifacts"], "manifest.json"])
+        assert sorted(p.name for p in (tmp_path / folder).iterdir()) == sorted(
+            [*manifest["artifacts"], "manifest.json"]
+        )

@@ -13,7 +13,7 @@ from mnv2export.data.images import ImageReadError, open_rgb
 from mnv2export.errors import ConfigError
 
 numbers = st.one_of(
-    st.integers(min_value=-10**9, max_value=10**9),
+    st.integers(min_value=-(10**9), max_value=10**9),
     st.floats(allow_nan=True, allow_infinity=True),
     st.booleans(),
     st.none(),
@@ -36,8 +36,15 @@ def test_model_settings_are_valid_or_a_config_error(width, classes, dropout):
 @given(epochs=numbers, batch=numbers, lr=numbers, wd=numbers, smoothing=numbers, workers=numbers)
 def test_train_settings_are_valid_or_a_config_error(epochs, batch, lr, wd, smoothing, workers):
     try:
-        cfg = TrainConfig(epochs=epochs, batch_size=batch, lr=lr, weight_decay=wd, label_smoothing=smoothing, workers=workers,
-                          warmup_epochs=0.0)
+        cfg = TrainConfig(
+            epochs=epochs,
+            batch_size=batch,
+            lr=lr,
+            weight_decay=wd,
+            label_smoothing=smoothing,
+            workers=workers,
+            warmup_epochs=0.0,
+        )
     except ConfigError as exc:
         assert exc.hint
         return
@@ -76,8 +83,12 @@ def test_decoder_on_arbitrary_bytes(tmp_path, data):
 
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
-    h=st.integers(1, 40), w=st.integers(1, 40), channels=st.sampled_from([0, 3, 4]), fmt=st.sampled_from(["PNG", "JPEG", "BMP", "TIFF", "WEBP"]),
-    cut=st.floats(0.0, 1.0), seed=st.integers(0, 2**16),
+    h=st.integers(1, 40),
+    w=st.integers(1, 40),
+    channels=st.sampled_from([0, 3, 4]),
+    fmt=st.sampled_from(["PNG", "JPEG", "BMP", "TIFF", "WEBP"]),
+    cut=st.floats(0.0, 1.0),
+    seed=st.integers(0, 2**16),
 )
 def test_decoder_on_real_images_cut_anywhere(tmp_path, h, w, channels, fmt, cut, seed):
     """A valid image of any mode and format, truncated at any point: RGB of the right size, or an ImageReadError."""

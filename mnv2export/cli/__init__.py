@@ -96,17 +96,17 @@ class _StderrHandler(logging.StreamHandler):
 
 
 def _register() -> None:
-    # each module adds its commands to `app`
-    from . import (
-        bench_cmd,  # noqa: F401
-        check_cmd,  # noqa: F401
-        export_cmd,  # noqa: F401
-        info_cmd,  # noqa: F401
-        pipeline_cmd,  # noqa: F401
-        predict_cmd,  # noqa: F401
-        train_cmd,  # noqa: F401
-        visualize_cmd,  # noqa: F401
-    )
+    # each module adds its commands to `app`, in the order `mnv2 --help` lists them: the workflow's order
+    # isort: off
+    from . import train_cmd  # noqa: F401
+    from . import export_cmd  # noqa: F401
+    from . import check_cmd  # noqa: F401
+    from . import bench_cmd  # noqa: F401
+    from . import info_cmd  # noqa: F401
+    from . import predict_cmd  # noqa: F401
+    from . import visualize_cmd  # noqa: F401
+    from . import pipeline_cmd  # noqa: F401
+    # isort: on
 
 
 _register()

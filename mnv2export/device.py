@@ -1,18 +1,32 @@
-"""Device selection for torch: ``auto`` prefers CUDA; an explicit ``cuda`` where there is none is an error."""
+"""Device selection for torch: ``auto`` prefers CUDA; an explicit ``cuda`` where there is none is an error.
+
+torch is imported inside the functions that use it: the thread-count warnings serve ONNX-only commands too, which
+run on an install without torch."""
 
 from __future__ import annotations
 
 import contextlib
 import contextvars
+import importlib.util
 import logging
 import os
-
-import torch
+from typing import TYPE_CHECKING
 
 from .errors import ConfigError, ProviderUnavailable
 
 DEVICES = ("auto", "cuda", "cpu")
+# the install that brings torch (and the rest of the train extra) to a runtime-only install
+TRAIN_INSTALL = 'python -m pip install -c constraints.txt -e ".[train]"'
+NO_TORCH = f"torch is not installed (a runtime-only install runs ONNX files; install the train extra: {TRAIN_INSTALL})"
 log = logging.getLogger(__name__)
+
+if TYPE_CHECKING:
+    import torch
+
+
+def torch_installed() -> bool:
+    """Whether torch can be imported here, asked without importing it."""
+    return importlib.util.find_spec("torch") is not None
 
 
 def usable_cpu_count() -> int:
@@ -62,6 +76,8 @@ def warn_oversubscription_once():
 
 def cuda_unavailable_reason() -> str | None:
     """Why torch cannot use CUDA here, or None when it can."""
+    import torch
+
     if not torch.backends.cuda.is_built():
         return f"this torch build ({torch.__version__}) has no CUDA support"
     if not torch.cuda.is_available():
@@ -74,6 +90,8 @@ def resolve_device(device: str, local_rank: int = 0, *, flag: str = "--device") 
     artifacts)."""
     if device not in DEVICES:
         raise ConfigError(f"unknown device {device!r}", hint=f"choose one of {', '.join(DEVICES)}")
+    import torch
+
     if device == "cpu":
         return torch.device("cpu")
     reason = cuda_unavailable_reason()
@@ -94,6 +112,8 @@ def cpu_threads(n: int):
     (width 0.5 at 28 px on the shared 2-core machine: 87 img/s with 2 threads, 283 img/s with 1): one thread for the
     model and a loader worker on the other core is the robust split there.
     """
+    import torch
+
     before = torch.get_num_threads()
     if n:
         torch.set_num_threads(n)

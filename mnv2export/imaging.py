@@ -10,7 +10,7 @@ Each step is torchvision's own for PIL images (transforms v2), in its own arithm
   image first pads it with black, ``(crop - side) // 2`` before and the rest after;
 - float32 scaled by ``1 / 255``, then ``(x - mean) / std`` per channel, in float32; HWC to CHW; batches stacked NCHW.
 
-The images are decoded by the one decoder every reader shares (:func:`mnv2export.data.images.open_rgb`: every mode to
+The images are decoded by the one decoder every reader shares (:func:`mnv2export.images.open_rgb`: every mode to
 RGB, EXIF orientation when the config says so). tests/test_imaging.py holds the result to torchvision's within 1e-6.
 """
 
@@ -22,7 +22,7 @@ import numpy as np
 from PIL import Image
 
 from .config import DataConfig
-from .data.images import ImageReadError, open_rgb
+from .images import ImageReadError, open_rgb
 
 # torchvision's pil_modes_mapping for the interpolations a DataConfig accepts
 RESAMPLE = {

@@ -6,12 +6,13 @@ output names and shapes, the embedded metadata and the number of quantized nodes
 
 Where each number comes from (the result says so too, in ``params_source`` and ``model_source``):
 
-- MACs are counted with torch's own FLOP counter (:class:`torch.utils.flop_counter.FlopCounterMode`) on one forward
-  pass of a batch of one image; MACs = FLOPs / 2 (the counter counts a multiply-add as two FLOPs). It counts
-  convolutions and matrix products, not element-wise work (BatchNorm, ReLU6, additions, pooling).
+- MACs of a checkpoint are counted with torch's own FLOP counter (:class:`torch.utils.flop_counter.FlopCounterMode`)
+  on one forward pass of a batch of one image; MACs = FLOPs / 2 (the counter counts a multiply-add as two FLOPs). It
+  counts convolutions and matrix products, not element-wise work (BatchNorm, ReLU6, additions, pooling).
 - The per-block / per-layer tables and the MACs describe the network: for a checkpoint its own model, for TorchScript
-  and ONNX files the model rebuilt from the ``model_config`` in the file's metadata with its BatchNorm folded into the
-  convolutions, as every export is (one bias per BatchNorm channel instead of its scale and shift, no BatchNorm layer).
+  and ONNX files the network the ``model_config`` in the file's metadata describes with its BatchNorm folded into the
+  convolutions, as every export is (one bias per BatchNorm channel instead of its scale and shift, no BatchNorm layer),
+  computed without torch (:func:`mnv2export.architecture.describe_architecture`, equal to the counter's figures).
   MobileNetV2 1.0 at 224 px with 1000 classes: 3,504,872 parameters, 300.8M MACs.
 - ``params`` is one count, that network's: a checkpoint's trainable parameters, an exported file's folded ones. The
   file's weights are checked against it first (:func:`mnv2export.runtime.validate_artifact`, as every command that
@@ -27,47 +28,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .architecture import BlockRow, LayerRow, ModelSummary
 from .runtime import QUANT_OPS
 
 log = logging.getLogger(__name__)
-
-MACS_NOTE = (
-    "MACs = FLOPs / 2, FLOPs from torch.utils.flop_counter.FlopCounterMode on one image "
-    "(convolutions and matrix products; element-wise ops not counted)"
-)
-
-
-@dataclass
-class LayerRow:
-    name: str
-    type: str
-    output_shape: list[int]  # batch of one
-    params: int
-    macs: int
-
-
-@dataclass
-class BlockRow:
-    name: str
-    description: str
-    output_shape: list[int]
-    params: int
-    macs: int
-
-
-@dataclass
-class ModelSummary:
-    """The network at a given input size (from :func:`summarize_model`)."""
-
-    input_size: list[int]  # [3, H, W]
-    params: int
-    macs: int
-    blocks: list[BlockRow]
-    layers: list[LayerRow]
-    macs_note: str = MACS_NOTE
-    kernel_params: int = (
-        0  # weights of rank 2 or more (convolution and linear kernels): what an export keeps as they are
-    )
 
 
 @dataclass
@@ -194,11 +158,10 @@ def describe(path: str | Path) -> ArtifactInfo:
     """Describe a checkpoint, TorchScript file or ONNX model (FP32, INT8, FP16)."""
     from .fileio import require_artifact_file
 
-    p = require_artifact_file(path)  # before torch is imported: a wrong path is said at once
+    p = require_artifact_file(path)  # before torch or onnx is imported: a wrong path is said at once
 
+    from .architecture import describe_architecture
     from .config import ModelConfig
-    from .fold import fold_bn
-    from .model import build_model
     from .runtime import (
         _load_onnx_model,
         _onnx_metadata,
@@ -225,7 +188,7 @@ def describe(path: str | Path) -> ArtifactInfo:
     else:
         # the network as the file holds it: BatchNorm folded into the convolutions (one bias per channel instead of a
         # scale and a shift, and no BatchNorm layer); validate_artifact checked the file's weights are this network's
-        summary = summarize_model(fold_bn(build_model(ModelConfig.from_dict(meta["model_config"]))), input_size)
+        summary = describe_architecture(ModelConfig.from_dict(meta["model_config"]), input_size, folded=True)
         model_source = "the model_config in the file's metadata, BatchNorm folded as in every export"
         params_source = "the BatchNorm-folded model (convolution kernels and biases, the classifier)"
         if kind == "onnx":

@@ -3,43 +3,18 @@
 from __future__ import annotations
 
 import logging
-import math
 from pathlib import Path
 
 import torch
 from torch import nn
 from torchvision.models.mobilenetv2 import InvertedResidual, MobileNetV2
 
+from .architecture import feature_map_size, inverted_residual_setting, output_stride
 from .config import FEATURE_BLOCKS, ModelConfig
 from .errors import CheckpointError
 from .fileio import require_init_weights
 
 log = logging.getLogger(__name__)
-
-# torchvision's default setting: expansion t, output channels c, repeats n, first stride s
-_DEFAULT_SETTING = [
-    [1, 16, 1, 1],
-    [6, 24, 2, 2],
-    [6, 32, 3, 2],
-    [6, 64, 4, 2],
-    [6, 96, 3, 1],
-    [6, 160, 3, 2],
-    [6, 320, 1, 1],
-]
-
-
-def inverted_residual_setting(cfg: ModelConfig) -> list[list[int]]:
-    setting = [list(row) for row in _DEFAULT_SETTING]
-    if cfg.small_input:
-        setting[1][3] = 1  # the first 24-channel stage keeps the stem's resolution
-    if cfg.output_stride is not None:
-        total = cfg.effective_stem_stride * math.prod(row[3] for row in setting)
-        for row in reversed(setting):  # the last stride-2 stages first
-            if total <= cfg.output_stride:
-                break
-            if row[3] == 2:
-                row[3], total = 1, total // 2
-    return setting
 
 
 def build_model(cfg: ModelConfig) -> MobileNetV2:
@@ -98,22 +73,6 @@ def train_mode(model: nn.Module) -> None:
     for m in model.modules():
         if getattr(m, _FROZEN, False):
             m.eval()
-
-
-def output_stride(cfg: ModelConfig) -> int:
-    stride = cfg.effective_stem_stride
-    for _, _, _, s in inverted_residual_setting(cfg):
-        stride *= s
-    return stride
-
-
-def feature_map_size(cfg: ModelConfig, img_size: int) -> int:
-    """The side of the last feature map (before the classifier's pooling) for ``img_size`` px inputs: each stride-2
-    3x3 convolution (padding 1) takes a side n to ceil(n / 2)."""
-    side = img_size
-    for s in (cfg.effective_stem_stride, *(row[3] for row in inverted_residual_setting(cfg))):
-        side = -(-side // s)
-    return side
 
 
 def collapse_warning(cfg: ModelConfig, img_size: int) -> str | None:

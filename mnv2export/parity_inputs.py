@@ -118,7 +118,7 @@ def _builtin(ckpt, source: str):
 
 def _folder(ckpt, root: Path, own: bool):
     from .data.folder import own_split, read_class_index, require_image_folder
-    from .data.images import find_images, open_rgb
+    from .images import find_images, open_rgb
 
     what = "the checkpoint's validation data" if own else "data folder"
     fix = "pass --data synth, fashion-mnist, an ImageFolder root or a folder of images"
@@ -169,7 +169,7 @@ def _readable(real: RealImages, cfg) -> tuple[RealImages, list[Any]]:
     """Decode every image once (with the checkpoint's preprocessing, cached), dropping those that cannot be read
     (returned second, as ImageReadError)."""
     from .data import eval_transform
-    from .data.images import ImageReadError
+    from .images import ImageReadError
 
     transform = eval_transform(cfg)
     kept, tensors, labels, unreadable = [], [], [], []

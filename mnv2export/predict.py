@@ -93,7 +93,7 @@ def manifest_problem(model: Path) -> str | None:
 
 def collect_images(inputs: list[str | Path]) -> tuple[list[Path], list[dict[str, str]]]:
     """Image files named or found (recursively) in folders, in order; and the inputs that hold no image."""
-    from .data.images import find_images
+    from .images import find_images
 
     files: list[Path] = []
     skipped: list[dict[str, str]] = []
@@ -143,7 +143,7 @@ def predict(
         raise ConfigError(f"batch size = {batch_size!r} is out of range", hint="use a whole number >= 1")
     if not images:
         raise ConfigError("no images given", hint="pass image files or folders: mnv2 predict IMAGE... --model ARTIFACT")
-    require_artifact_file(model)  # before torch is imported (the image search imports it): a wrong path is said at once
+    require_artifact_file(model)  # before torch or ONNX Runtime is imported: a wrong path is said at once
     files, skipped = collect_images(images)
     if not files:
         reasons = sorted({s["reason"] for s in skipped})

@@ -307,14 +307,14 @@ def _checkpoint_metadata(ckpt) -> dict[str, Any]:
 def preprocess(paths: list[str | Path], metadata: dict[str, Any]) -> tuple[np.ndarray, list[str], list[Any]]:
     """Decode image files into the batch a runner takes, with the artifact's own validation preprocessing.
 
-    Returns (batch float32 N x 3 x H x W, paths kept, ImageReadError for each image that could not be read).
+    Returns (batch float32 N x 3 x H x W, paths kept, ImageReadError for each image that could not be read). Pillow
+    and NumPy only (:mod:`mnv2export.imaging`, held equal to torchvision's eval transform by its tests), so that an
+    ONNX file runs on an install without torch.
     """
     from .config import DataConfig
-    from .data import load_images
+    from .imaging import load_batch
 
-    cfg = DataConfig.from_dict(metadata["data_config"])
-    batch, kept, errors = load_images(list(paths), cfg)
-    return batch.numpy().astype(np.float32, copy=False), kept, errors
+    return load_batch(list(paths), DataConfig.from_dict(metadata["data_config"]))
 
 
 # --------------------------------------------------------------------------------------------------- loading
@@ -410,12 +410,11 @@ def check_model_config(meta: dict[str, Any], kernels: int, p: Path) -> None:
     """An :class:`ArtifactError` unless the file's ``kernels`` (elements of its weights of rank 2 or more) are those of
     the network the metadata's ``model_config`` describes: convolution and linear kernels are exported as they are
     (folding scales them). Biases are not compared: a bias folded from an untrained BatchNorm is all zeros, and the
-    exporters leave such a bias out. The network is built on the meta device: shapes only, no memory."""
-    import torch
-
+    exporters leave such a bias out. The network's kernel sizes are computed from the config, without torch
+    (:func:`mnv2export.architecture.kernel_params`, held equal to the torch model's by tests/test_architecture.py)."""
+    from .architecture import kernel_params
     from .config import ModelConfig
     from .errors import Mnv2Error
-    from .model import build_model
 
     if not isinstance(meta.get("model_config"), dict):
         raise ArtifactError("artifact metadata lacks model_config", path=p, hint="export it again with `mnv2 export`")
@@ -427,8 +426,7 @@ def check_model_config(meta: dict[str, Any], kernels: int, p: Path) -> None:
             path=p,
             hint="export it again with `mnv2 export`",
         ) from None
-    with torch.device("meta"):
-        want = sum(t.numel() for t in build_model(cfg).parameters() if t.dim() >= 2)
+    want = kernel_params(cfg)
     if kernels != want:
         raise ArtifactError(
             f"the model_config in the file's metadata does not describe its weights ({kernels:,} convolution and "
@@ -637,6 +635,8 @@ def create_session(
 
 
 _GPU_HINT = "run on a machine with an NVIDIA GPU and onnxruntime-gpu, or use --provider cpu"
+# torch's nvidia-* wheels bring the CUDA and cuDNN libraries; an install without torch takes onnxruntime-gpu's own
+GPU_LIBRARIES = 'install torch (the train extra) or the gpu extra (python -m pip install -e ".[gpu]")'
 
 
 def installed_onnxruntime_packages() -> set[str]:
@@ -681,7 +681,10 @@ def session_failure(log_text: str, *, has_device: bool | None = None) -> str:
         return "no NVIDIA GPU driver was found on this machine (no /dev/nvidia*, or libcuda.so.1 missing)"
     if missing:
         need = re.search(r"Require (.+?)\. ", log_text)
-        return f"the CUDA libraries it needs are missing ({missing} not found{'; it requires ' + need.group(1) if need else ''})"
+        return (
+            f"the CUDA libraries it needs are missing ({missing} not found"
+            f"{'; it requires ' + need.group(1) if need else ''}): {GPU_LIBRARIES}"
+        )
     first = next((ln.strip() for ln in log_text.splitlines() if "Failed" in ln or "rror" in ln), "")
     first = re.sub(r"\x1b\[[0-9;]*m", "", first)[:300]  # no terminal colour codes
     return f"ONNX Runtime did not register it ({first or 'no reason logged'})"
@@ -692,7 +695,8 @@ def _has_nvidia_device() -> bool:
 
 
 def _preload_cuda_libraries() -> None:
-    """onnxruntime-gpu's own loader for the CUDA/cuDNN libraries of the nvidia-* wheels that torch brings."""
+    """onnxruntime-gpu's own loader for the CUDA/cuDNN libraries of the nvidia-* wheels (torch's, or those of
+    onnxruntime-gpu's cuda and cudnn extras, which the gpu extra installs)."""
     import onnxruntime as ort
 
     if hasattr(ort, "preload_dlls"):

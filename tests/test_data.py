@@ -12,9 +12,9 @@ from PIL import Image
 
 from mnv2export.config import DataConfig
 from mnv2export.data import SkipTracker, build_datasets, collate, load_images
-from mnv2export.data.images import ImageReadError, open_rgb
 from mnv2export.data.synth import SynthDataset, write_synth
 from mnv2export.errors import DataError
+from mnv2export.images import ImageReadError, open_rgb
 
 
 def _folder(root, classes=("cat", "dog"), n=3, size=40, splits=("train", "val")):
@@ -642,7 +642,7 @@ def test_every_reader_of_a_model_decodes_its_photos_upright_alike(tmp_path, monk
 
 
 def test_the_orientation_tag_is_read_from_the_header_and_sampled_over_the_classes(tmp_path):
-    from mnv2export.data.images import exif_orientation_of, sideways_photos
+    from mnv2export.images import exif_orientation_of, sideways_photos
 
     assert exif_orientation_of(_save_as_camera(_scene(), tmp_path / "six.jpg", 6)) == 6
     assert exif_orientation_of(_save_as_camera(_scene(), tmp_path / "eight.png", 8)) == 8

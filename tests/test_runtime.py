@@ -206,7 +206,8 @@ def test_provider_failure_reasons_from_onnxruntimes_log():
     )
     assert (
         session_failure(log, has_device=True)
-        == "the CUDA libraries it needs are missing (libcublasLt.so.13 not found; it requires cuDNN 9.* and CUDA 13.*)"
+        == "the CUDA libraries it needs are missing (libcublasLt.so.13 not found; it requires cuDNN 9.* and CUDA 13.*): "
+        'install torch (the train extra) or the gpu extra (python -m pip install -e ".[gpu]")'
     )
     assert "no NVIDIA GPU driver" in session_failure(log, has_device=False)
     assert "no NVIDIA GPU driver" in session_failure(log.replace("libcublasLt.so.13", "libcuda.so.1"), has_device=True)

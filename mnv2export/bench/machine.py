@@ -67,42 +67,62 @@ def machine_info(threads: int) -> dict[str, Any]:
     """CPU model, cores, threads used, GPU name, versions (torch, onnxruntime, mnv2export...)."""
     import numpy
     import onnxruntime
-    import torch
 
     from .. import __version__
 
-    gpu = None
-    if torch.cuda.is_available():
-        props = torch.cuda.get_device_properties(0)
-        gpu = {
-            "name": props.name,
-            "memory_gb": round(props.total_memory / 1024**3, 1),
-            "capability": f"{props.major}.{props.minor}",
-            "count": torch.cuda.device_count(),
-        }
+    torch = sys.modules.get("torch")  # there when a torch row ran; an ONNX-only sweep never imports it
+    cuda = torch is not None and torch.cuda.is_available()
     return {
         "cpu_model": cpu_model(),
         "physical_cores": physical_cores(),
         "logical_cpus": len(usable_cpus()),
         "threads": threads,
-        "gpu": gpu,
+        "gpu": _torch_gpu(torch) if cuda else _smi_gpu(),
         "os": platform.platform(),
         "python": platform.python_version(),
         "versions": {
             "mnv2export": __version__,
-            "torch": str(torch.__version__),
+            "torch": str(torch.__version__) if torch is not None else _version("torch"),
             "onnxruntime": onnxruntime.__version__,
             "onnxruntime_package": next((n for n in ("onnxruntime-gpu", "onnxruntime") if _version(n)), None),
             "onnx": _version("onnx"),
             "numpy": numpy.__version__,
-            "torch_cuda": torch.version.cuda,
-            "cudnn": torch.backends.cudnn.version() if torch.cuda.is_available() else None,
+            "torch_cuda": torch.version.cuda if torch is not None else None,
+            "cudnn": torch.backends.cudnn.version() if cuda else None,
         },
         # what this onnxruntime build carries, not what works here (a row's provider is what it ran on)
         "onnxruntime_providers_built": onnxruntime.get_available_providers(),
         "host_memory_method": HostPeak.method(),
         "load_average": load_average(),
     }
+
+
+def _torch_gpu(torch) -> dict[str, Any]:
+    props = torch.cuda.get_device_properties(0)
+    return {
+        "name": props.name,
+        "memory_gb": round(props.total_memory / 1024**3, 1),
+        "capability": f"{props.major}.{props.minor}",
+        "count": torch.cuda.device_count(),
+    }
+
+
+def _smi_gpu() -> dict[str, Any] | None:
+    """The first GPU as ``nvidia-smi`` names it (the driver's tool, there wherever a GPU is), or None: what the
+    machine has, asked without importing torch."""
+    import shutil
+    import subprocess
+
+    smi = shutil.which("nvidia-smi")
+    if smi is None:
+        return None
+    query = [smi, "--query-gpu=name,memory.total,compute_cap", "--format=csv,noheader,nounits"]
+    try:
+        lines = subprocess.run(query, capture_output=True, text=True, timeout=10, check=True).stdout.splitlines()
+        name, mib, cap = (v.strip() for v in lines[0].split(","))
+        return {"name": name, "memory_gb": round(float(mib) / 1024, 1), "capability": cap, "count": len(lines)}
+    except (OSError, subprocess.SubprocessError, ValueError, IndexError):
+        return None
 
 
 def load_average() -> list[float] | None:

@@ -3,9 +3,10 @@
 A row too large for the machine would not fail: the kernel's out-of-memory killer would end the whole process
 (exit 137, no table, no file). So each row is weighed before it allocates anything:
 
-* Per image, from the model's own layer shapes (:func:`footprint`): one forward of a single image through the
-  MobileNetV2 its metadata's ``model_config`` describes, with hooks on every module. In an eager forward under
-  ``inference_mode`` a tensor lives while a frame holds it: a layer's input and output, and the input of every
+* Per image, from the model's own layer shapes (:func:`footprint`): the layers of the MobileNetV2 its metadata's
+  ``model_config`` describes, computed without torch (:func:`mnv2export.architecture.activation_peak`, held equal
+  by tests/test_architecture.py to one forward of a single image with hooks on every module). In an eager forward
+  under ``inference_mode`` a tensor lives while a frame holds it: a layer's input and output, and the input of every
   module around the layer (a Sequential's loop variable, the ``x`` an inverted residual adds back). The peak of
   live activations of one image is the largest such set.
 * Per row (:func:`estimate_bytes`): the input batch and the logits, the activations of ``batch`` images times
@@ -73,52 +74,15 @@ def footprint(metadata: dict[str, Any]) -> Footprint:
 
 
 def _measure_shapes(cfg, size: list[int]) -> Footprint:
-    """One forward of one zero image with hooks. While a layer runs, its input and output are alive, and so is the
-    input of every module around it (the caller's frame holds it: a Sequential's loop variable, the ``x`` an
-    inverted residual adds back): the peak is the largest such set of distinct tensors."""
-    import torch
+    from ..architecture import activation_peak, network
 
-    from ..model import build_model
-
-    model = build_model(cfg).eval()
-    around: list[list] = []  # the inputs of the modules entered and not yet left
-    peak = layer = 0
-
-    def tensors(t) -> list:
-        return (
-            [t]
-            if isinstance(t, torch.Tensor)
-            else [x for v in t for x in tensors(v)]
-            if isinstance(t, (tuple, list))
-            else []
-        )
-
-    def nbytes(ts) -> int:  # distinct storages: an in-place ReLU6 returns its input
-        return sum(t.numel() * FLOAT for t in {t.untyped_storage().data_ptr(): t for t in ts}.values())
-
-    def enter(_m, args):
-        around.append(tensors(args))
-
-    def leave(_m, _args, _out):
-        around.pop()
-
-    def leaf(_m, args, out):
-        nonlocal peak, layer
-        layer = max(layer, nbytes(tensors(args) + tensors(out)))
-        peak = max(peak, nbytes([t for ts in around for t in ts] + tensors(args) + tensors(out)))
-
-    hooks = []
-    for m in model.modules():
-        if any(True for _ in m.children()):
-            hooks += [m.register_forward_pre_hook(enter), m.register_forward_hook(leave)]
-        else:
-            hooks.append(m.register_forward_hook(leaf))
-    with torch.inference_mode():
-        out = model(torch.zeros(1, *size))
-    for h in hooks:
-        h.remove()
+    peak, layer = activation_peak(cfg, size)
+    classes = network(cfg, size).leaves()[-1].output_shape[-1]
     return Footprint(
-        input_bytes=math.prod(size) * FLOAT, output_bytes=out.numel() * FLOAT, activation_bytes=peak, layer_bytes=layer
+        input_bytes=math.prod(size) * FLOAT,
+        output_bytes=classes * FLOAT,
+        activation_bytes=peak * FLOAT,
+        layer_bytes=layer * FLOAT,
     )
 
 
@@ -185,7 +149,12 @@ def available_bytes() -> tuple[int | None, str]:
 
 
 def device_bytes() -> tuple[int | None, str]:
-    """Free memory of the current CUDA device (``cudaMemGetInfo``), or None where torch has no CUDA."""
+    """Free memory of the current CUDA device (``cudaMemGetInfo``), or None where torch has no CUDA or there is no
+    torch (a runtime-only install: the row then runs unweighed on the device, its host side still checked)."""
+    from ..device import torch_installed
+
+    if not torch_installed():
+        return None, "no torch to ask the GPU"
     import torch
 
     if not torch.cuda.is_available():

@@ -145,7 +145,7 @@ class BenchResult:
         warn = f"; BUSY MACHINE: {why}, timings inflated and noisy" if why else ""
         return (
             f"{m.get('cpu_model')}, {m.get('physical_cores')} physical cores, {m.get('threads')} threads used; GPU: {gpu}; "
-            f"torch {m['versions']['torch']}, onnxruntime {m['versions']['onnxruntime']}; {s.get('plan', '')}{warn}"
+            f"torch {m['versions']['torch'] or 'not installed'}, onnxruntime {m['versions']['onnxruntime']}; {s.get('plan', '')}{warn}"
         )
 
     def to_markdown(self) -> str:

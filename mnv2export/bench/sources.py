@@ -46,7 +46,6 @@ def resolve(target: str | Path) -> Sources:
         )
     if p.is_dir():
         return _from_folder(p)
-    from ..checkpoint import load_checkpoint
     from ..runtime import detect_format
 
     hint = "pass an artifacts folder (with manifest.json) or a checkpoint"
@@ -60,9 +59,9 @@ def resolve(target: str | Path) -> Sources:
             path=p,
             hint="pass the folder holding it (with manifest.json), or the checkpoint, to compare every format",
         )
-    ckpt = load_checkpoint(
-        p
-    )  # before any timing: a bare state dict or a pickled object is one line, not a table of errors
+    from ..checkpoint import load_checkpoint  # torch: after the refusal above, which an ONNX-only install may meet
+
+    ckpt = load_checkpoint(p)  # before any timing: a bare state dict or a pickled object is one line, not a table
     return _from_checkpoint(p, ckpt.sha256)
 
 

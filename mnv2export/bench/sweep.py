@@ -99,10 +99,12 @@ def run(
     format on the CUDA provider, a ``<format>+graph`` row timed as a CUDA graph (ONNX Runtime's ``enable_cuda_graph``,
     device-resident I/O); a model ONNX Runtime will not capture (INT8: some nodes stay on the CPU) is ``unavailable``.
     """
+    from ..device import NO_TORCH, cpu_threads, torch_installed, warn_if_oversubscribed
     from .machine import machine_info, physical_cores
 
     # the settings and the target's existence first, before torch is imported: their errors come at once
     fmts, sizes, plan = check_settings(formats, batches, warmup, warmup_s, iters, duration)
+    torch_named = parse_list(formats, FORMATS, FORMATS, "format")[1] and any(f in TORCH_FORMATS for f in fmts)
     if amp:
         fmts = [g for f in fmts for g in ((f, f + AMP) if f in TORCH_FORMATS else (f,))]
     provs, explicit = parse_list(providers, PROVIDERS, ALL_PROVIDERS, "provider")
@@ -123,12 +125,12 @@ def run(
             raise ConfigError(f"{name} = {value!r} is out of range", hint="use a whole number >= 1")
     n_threads = threads or physical_cores()
     src = resolve(target)
+    no_torch = not torch_installed()
+    if no_torch and torch_named:  # named explicitly: the CLI's one-line "needs torch" error, before any work
+        import torch  # noqa: F401
 
-    import torch
-
-    from ..device import warn_if_oversubscribed
-
-    problems = provider_problems(provs, {_family(f) for f in fmts})
+    # without torch (a runtime-only install, --formats all) the eager and TorchScript rows say so, the others run
+    problems = provider_problems(provs, {_family(f) for f in fmts} - ({"torch"} if no_torch else set()))
     if explicit:
         require_providers(problems)
 
@@ -143,7 +145,9 @@ def run(
     rows = {k: BenchRow(k[1], k[0], k[2], k[3]) for k in keys}
     samples: dict[tuple, _Samples] = {}
     for key, row in rows.items():
-        why = src.missing.get(_base(row.format)) or problems[(row.provider, _family(row.format))]
+        torch_row = _family(row.format) == "torch"
+        why = (NO_TORCH if no_torch and torch_row else None) or src.missing.get(_base(row.format))
+        why = why or problems[(row.provider, _family(row.format))]
         if why:
             row.status, row.reason = "unavailable", why
         elif _base(row.format) in src.errors:
@@ -152,18 +156,16 @@ def run(
             row.path = str(src.files[_base(row.format)])
             samples[key] = _Samples()
     warn_if_oversubscribed(n_threads)
-    saved_threads = torch.get_num_threads()
-    torch.set_num_threads(n_threads)
     placements: dict[tuple[str, str], dict | None] = {}
-    try:
+    # torch's process-wide thread count, set only where a torch row runs (ONNX sessions take theirs as an option)
+    torch_rows = any(_family(rows[k].format) == "torch" for k in samples)
+    with cpu_threads(n_threads) if torch_rows else contextlib.nullcontext():
         for rnd in range(rounds):
             for key in keys if rnd % 2 == 0 else keys[::-1]:
                 row = rows[key]
                 if key in samples and row.ok:  # a row that failed once is not measured again
                     _measure_row(row, Path(row.path), n_threads, plan, seed, samples[key])
                     log.info("%s%s", f"round {rnd + 1}/{rounds}: " if rounds > 1 else "", _log_line(row, samples[key]))
-    finally:
-        torch.set_num_threads(saved_threads)
     for key, row in rows.items():
         if key in samples and row.ok:
             samples[key].finish(row)
@@ -389,7 +391,7 @@ def _measure_row(row: BenchRow, path: Path, threads: int, plan: Plan, seed: int,
         if gpu_mb is not None:
             out.gpu.append(gpu_mb)
         elif gpu is not None:
-            row.note = "; ".join(filter(None, (row.note, "GPU memory not measured (this torch has no CUDA to ask)")))
+            row.note = "; ".join(filter(None, (row.note, "GPU memory not measured (no torch with CUDA to ask)")))
     except ProviderUnavailable as exc:
         row.status, row.reason = "unavailable", exc.what
     except Mnv2Error as exc:

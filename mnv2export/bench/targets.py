@@ -101,7 +101,12 @@ def amp_note(dtype, output) -> str:
 
 def cuda_sync() -> Callable[[], Any] | None:
     """Device-wide synchronisation (``cudaDeviceSynchronize``: every stream, ONNX Runtime's too), or None when
-    this torch has no CUDA."""
+    this torch has no CUDA, or there is no torch (a runtime-only install: the ONNX rows then synchronise their own
+    outputs)."""
+    from ..device import torch_installed
+
+    if not torch_installed():
+        return None
     import torch
 
     return torch.cuda.synchronize if torch.cuda.is_available() else None
@@ -156,9 +161,14 @@ class GpuPeak:
     """
 
     def __init__(self, kind: str):
-        import torch
+        from ..device import torch_installed
 
         self.kind = kind  # "torch" or "onnx"
+        self.ok = torch_installed()  # a runtime-only install has nothing to ask: the row says so in its note
+        if not self.ok:
+            return
+        import torch
+
         self.ok = torch.cuda.is_available()
         if not self.ok:
             return

@@ -143,11 +143,30 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # noqa: BLE001 - the last line of defence: one line unless debugging
         if debug:
             raise
+        if isinstance(exc, ModuleNotFoundError) and (exc.name or "").split(".")[0] in TRAIN_MODULES:
+            print(f"error: {needs_train_extra(exc.name or '', argv)}", file=sys.stderr)
+            return 1
         print(
             f"error: unexpected {type(exc).__name__}: {first_line(exc)} (set MNV2_DEBUG=1 for the traceback, and report it)",
             file=sys.stderr,
         )
         return 1
+
+
+# what the train extra brings beyond a runtime-only install (predict, info and bench of ONNX files)
+TRAIN_MODULES = ("torch", "torchvision", "onnxscript", "matplotlib")
+
+
+def needs_train_extra(module: str, argv: list[str] | None) -> str:
+    """The one line for a command that reached a library of the train extra on an install without it."""
+    from ..device import TRAIN_INSTALL
+
+    words = [a for a in (sys.argv[1:] if argv is None else argv) if not a.startswith("-")]
+    command = f"mnv2 {words[0]}" if words else "mnv2"
+    return (
+        f"{command} needs {module.split('.')[0]}, which this install lacks (a runtime-only install runs ONNX files: "
+        f"predict, info, bench): {TRAIN_INSTALL}"
+    )
 
 
 def run() -> None:

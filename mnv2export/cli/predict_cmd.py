@@ -71,8 +71,8 @@ def predict(
 
 
 def _require_an_image(images: list[Path], model: Path) -> None:
-    """Images of which none is there, said before torch is imported (the library's image search imports it), in the
-    library's words; the model file's own checks first, as the library makes them."""
+    """Images of which none is there, said before a checkpoint's torch or ONNX Runtime is imported, in the library's
+    words; the model file's own checks first, as the library makes them."""
     from ..errors import DataError
     from ..fileio import require_artifact_file
 

@@ -14,6 +14,7 @@ from torch.utils.data import Dataset
 
 from ..config import DataConfig
 from ..fileio import require_data_folder
+from ..images import ImageReadError, find_images, open_rgb, sideways_photos, to_rgb, warn_not_images
 from .folder import (
     FolderDataset,
     SkippedImage,
@@ -23,7 +24,6 @@ from .folder import (
     scan_split,
     split_classes,
 )
-from .images import ImageReadError, find_images, open_rgb, sideways_photos, to_rgb, warn_not_images
 from .memory import MemoryImages, memory_images
 from .transforms import eval_transform, train_transform
 
@@ -184,7 +184,7 @@ def load_images(paths: list[str | Path], cfg: DataConfig) -> tuple[torch.Tensor,
 def warn_if_sideways(bundle: DataBundle, cfg: DataConfig) -> None:
     """Warn when a folder's training images carry EXIF orientation tags that will not be applied: photos a phone stored
     sideways would train as stored, and ``--exif-orientation`` may be what the user wants. Reads up to
-    :data:`~mnv2export.data.images.SIDEWAYS_LOOK` file headers, spread over the classes."""
+    :data:`~mnv2export.images.SIDEWAYS_LOOK` file headers, spread over the classes."""
     if cfg.exif_orientation or not isinstance(bundle.train, FolderDataset):
         return
     sideways, looked = sideways_photos([path for path, _ in bundle.train.samples])

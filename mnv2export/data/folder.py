@@ -17,7 +17,7 @@ from pathlib import Path
 from torch.utils.data import Dataset
 
 from ..errors import DataError
-from .images import ImageReadError, list_files, open_rgb, warn_not_images
+from ..images import ImageReadError, list_files, open_rgb, warn_not_images
 
 log = logging.getLogger(__name__)
 

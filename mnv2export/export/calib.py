@@ -18,8 +18,8 @@ import torch
 from ..checkpoint import Checkpoint
 from ..config import DataConfig
 from ..data.folder import own_split, require_image_folder
-from ..data.images import find_images
 from ..errors import DataError
+from ..images import find_images
 from .names import MIN_CALIB_SIZE, check_calib_size
 
 log = logging.getLogger(__name__)

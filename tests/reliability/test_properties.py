@@ -9,8 +9,8 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from mnv2export.config import DataConfig, ModelConfig, TrainConfig
-from mnv2export.data.images import ImageReadError, open_rgb
 from mnv2export.errors import ConfigError
+from mnv2export.images import ImageReadError, open_rgb
 
 numbers = st.one_of(
     st.integers(min_value=-(10**9), max_value=10**9),

@@ -36,6 +36,19 @@ def _restore_mnv2_logger():
     logger.handlers[:], logger.propagate, logger.level = saved[0], saved[1], saved[2]
 
 
+@pytest.fixture(autouse=True)
+def _torch_threads_unchanged():
+    """torch's intra-op thread count is process-wide, and the CPU training that the session fixtures and the resume
+    tests compare bit for bit depends on it: a test (or the code it calls) that leaves it changed fails here."""
+    import torch
+
+    before = torch.get_num_threads()
+    yield
+    after = torch.get_num_threads()
+    torch.set_num_threads(before)
+    assert after == before, f"the test left torch's intra-op threads at {after} (was {before})"
+
+
 def tiny_run_config(data: dict | None = None, **train_overrides):
     """synth, 4 classes, 32 px, width 0.35: a model that trains in seconds on 2 cores.
 

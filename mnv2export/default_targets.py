@@ -12,12 +12,18 @@ from __future__ import annotations
 from pathlib import Path
 
 from .errors import ArtifactError, CheckpointError
-from .export.names import FP16_FILE, INT8_FILE, MANIFEST_FILE, ONNX_FILE, TORCHSCRIPT_FILE
+from .layout import (
+    BEST_FILE,
+    DATA_DIR,
+    EXPORT_DIR,
+    FP16_FILE,
+    INT8_FILE,
+    MANIFEST_FILE,
+    ONNX_FILE,
+    TORCHSCRIPT_FILE,
+    WEIGHTS_DIR,
+)
 
-DATA_DIR = Path("data")  # the default dataset root
-WEIGHTS_DIR = Path("weights")  # where `mnv2 train` puts its runs (weights/<data>-<time>/)
-EXPORT_DIR = Path("export")  # where `mnv2 export` puts its folders (export/<run>/)
-BEST_FILE = "best.pt"
 # the artifact `predict` and `info` take from an export folder: the FP32 ONNX model first (it runs everywhere as
 # exported), then TorchScript, then the reduced precisions
 MODEL_PREFERENCE = (ONNX_FILE, TORCHSCRIPT_FILE, INT8_FILE, FP16_FILE)

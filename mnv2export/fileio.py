@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ArtifactError, CheckpointError, ConfigError, DataError, Mnv2Error, OutputError
+from .layout import BEST_FILE, LAST_FILE
 
 log = logging.getLogger(__name__)
 
@@ -423,11 +424,11 @@ def require_checkpoint_file(path: str | Path) -> Path:
 def checkpoint_hint(path: str | Path) -> str:
     """:data:`CHECKPOINT_HINT`, naming the files for a run folder (``weights/<run>``) passed where a checkpoint goes."""
     p = Path(path)
-    if p.is_dir() and (p / "best.pt").is_file():
-        return f"pass a checkpoint of that run: {p / 'best.pt'} (its best epoch) or {p / 'last.pt'}"
+    if p.is_dir() and (p / BEST_FILE).is_file():
+        return f"pass a checkpoint of that run: {p / BEST_FILE} (its best epoch) or {p / LAST_FILE}"
     return CHECKPOINT_HINT
 
 
 def require_artifact_file(path: str | Path) -> Path:
-    """The file checks of :func:`mnv2export.runtime.detect_format`, without importing torch or ONNX Runtime."""
+    """The file checks of :func:`mnv2export.filekind.detect_format`, without importing torch or ONNX Runtime."""
     return require_file(path, "artifact", ARTIFACT_HINT, ArtifactError)

@@ -162,13 +162,8 @@ def describe(path: str | Path) -> ArtifactInfo:
 
     from .architecture import describe_architecture
     from .config import ModelConfig
-    from .runtime import (
-        _load_onnx_model,
-        _onnx_metadata,
-        detect_format,
-        load_artifact,
-        validate_artifact,
-    )
+    from .filekind import detect_format
+    from .runtime import _load_onnx_model, _onnx_metadata, load_artifact, validate_artifact
 
     kind = detect_format(p)
     runner = onnx_model = None

@@ -13,6 +13,7 @@ from .architecture import feature_map_size, inverted_residual_setting, output_st
 from .config import FEATURE_BLOCKS, ModelConfig
 from .errors import CheckpointError
 from .fileio import require_init_weights
+from .safe_load import refuse_non_finite, torch_load_safely
 
 log = logging.getLogger(__name__)
 
@@ -100,8 +101,6 @@ def load_pretrained(model: MobileNetV2, path: str | Path, *, report: bool = True
     it). Returns the names of the tensors that were not taken from the file.
     """
     p = require_init_weights(path)  # not found, a folder, empty
-    from .checkpoint import refuse_non_finite, torch_load_safely
-
     state = torch_load_safely(p, "initial weights file", "pass a state dict saved with torch.save(model.state_dict())")
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]  # our own checkpoints, and the common {"state_dict": ...} wrapper

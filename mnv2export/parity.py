@@ -172,8 +172,8 @@ def resolve_target(target: str | Path, artifacts_dir: str | Path | None) -> tupl
     """The checkpoint and artifacts folder that ``check``'s target names: a checkpoint file as it is (with
     ``artifacts_dir``); an artifacts folder, with the checkpoint its manifest records as the source (the same file,
     by SHA-256). Light: no torch, so that a wrong target is an error at once."""
-    from .export.names import MANIFEST_FILE
     from .fileio import CHECKPOINT_HINT, checkpoint_hint
+    from .layout import MANIFEST_FILE
 
     p = Path(target)
     if not p.is_dir():
@@ -218,7 +218,7 @@ def parse_providers(providers: Any) -> list[tuple[str, bool]]:
 
 def read_manifest(out_dir: Path, default: bool, ckpt) -> tuple[dict[str, dict[str, Any]], bool]:
     """The manifest's artifacts (file name -> entry) and whether it names another source checkpoint than ``ckpt``."""
-    from .export.names import MANIFEST_FILE
+    from .layout import MANIFEST_FILE
 
     how = f"run `mnv2 export {ckpt.path}{'' if default else f' --out {out_dir}'}` first, or pass --artifacts DIR"
     if not out_dir.exists():
@@ -338,7 +338,7 @@ def unlisted_rows(out_dir: Path, entries: dict[str, dict[str, Any]]) -> list[Par
 
 
 def _is_checkpoint(path: Path) -> bool:
-    from .runtime import detect_format
+    from .filekind import detect_format
 
     try:
         return detect_format(path) == "pytorch"

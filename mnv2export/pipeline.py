@@ -29,14 +29,22 @@ from typing import Any
 
 from .config import BUILTIN_SOURCES, RunConfig, run_config
 from .errors import ConfigError, Mnv2Error, ParityError, Terminated
+from .layout import (
+    BENCH_CSV_FILE,
+    BENCH_JSON_FILE,
+    BENCH_PLOT_FILE,
+    CHECK_FILE,
+    DATA_SAMPLES_FILE,
+    PIPELINE_FILE,
+    PIPELINE_FOLDERS,
+    PIPELINE_OUTPUTS,
+    REPORT_FILE,
+    RUNS_DIR,
+)
 
 log = logging.getLogger(__name__)
 
 STEPS = ("data", "train", "export", "check", "bench", "report")
-RUNS_DIR = Path("runs")
-PIPELINE_FILE = "pipeline.json"
-OWN_OUTPUTS = ("pipeline.json", "data_samples.png", "check.json", "bench.json", "bench.csv", "bench.png", "report.md")
-OWN_FOLDERS = ("weights", "export")
 
 # under explicit flags (and a recipe, when one is given none of these apply), over the data source's defaults
 PIPELINE_DEFAULTS: dict[str, dict[str, Any]] = {
@@ -277,7 +285,7 @@ def clear_run_folder(run_dir: Path) -> Path:
     """Remove an earlier pipeline run's own outputs from ``run_dir`` (other files stay); create it if missing."""
     from .fileio import ensure_dir, remove_outputs
 
-    remove_outputs(run_dir, OWN_OUTPUTS, OWN_FOLDERS)
+    remove_outputs(run_dir, PIPELINE_OUTPUTS, PIPELINE_FOLDERS)
     return ensure_dir(run_dir)
 
 
@@ -454,8 +462,8 @@ def _step_data(result: PipelineResult) -> list[str]:
             images.append(img)
             labels.append(bundle.class_names[label])
     if images:
-        sample_grid(torch.stack(images), labels, d.mean, d.std, result.run_dir / "data_samples.png")
-        return ["data_samples.png"]
+        sample_grid(torch.stack(images), labels, d.mean, d.std, result.run_dir / DATA_SAMPLES_FILE)
+        return [DATA_SAMPLES_FILE]
     return []
 
 
@@ -496,15 +504,15 @@ def _step_check(result: PipelineResult) -> list[str]:
             samples=result.options.check_samples,
         )
     result.parity = report
-    report.to_json(result.run_dir / "check.json")
-    result.step("check").outputs = ["check.json"]
+    report.to_json(result.run_dir / CHECK_FILE)
+    result.step("check").outputs = [CHECK_FILE]
     if not report.passed:
         raise ParityError(
             f"{_failed_rows(report)} broke a tolerance",
-            path=result.run_dir / "check.json",
+            path=result.run_dir / CHECK_FILE,
             hint="see the parity table in report.md (or `mnv2 check` with --debug-int8 for INT8)",
         )
-    return ["check.json"]
+    return [CHECK_FILE]
 
 
 def _failed_rows(report: Any) -> str:
@@ -528,12 +536,12 @@ def _step_bench(result: PipelineResult) -> list[str]:
         threads=result.config.train.threads,
     )
     result.bench = res
-    res.to_json(result.run_dir / "bench.json")
-    res.to_csv(result.run_dir / "bench.csv")
-    outputs = ["bench.json", "bench.csv"]
+    res.to_json(result.run_dir / BENCH_JSON_FILE)
+    res.to_csv(result.run_dir / BENCH_CSV_FILE)
+    outputs = [BENCH_JSON_FILE, BENCH_CSV_FILE]
     if any(r.ok for r in res.rows):
-        res.plot(result.run_dir / "bench.png")
-        outputs.append("bench.png")
+        res.plot(result.run_dir / BENCH_PLOT_FILE)
+        outputs.append(BENCH_PLOT_FILE)
     else:
         result.step("bench").outputs = outputs
         first = res.rows[0] if res.rows else None
@@ -541,14 +549,14 @@ def _step_bench(result: PipelineResult) -> list[str]:
             f"no benchmark row could be measured ({first.label}: {first.reason})"
             if first
             else "no benchmark row to measure",
-            path=result.run_dir / "bench.json",
+            path=result.run_dir / BENCH_JSON_FILE,
             hint="see bench.json for every row's reason",
         )
     return outputs
 
 
 def _step_report(result: PipelineResult) -> list[str]:
-    from .report import REPORT_FILE, write_report
+    from .report import write_report
 
     record = result.step("report")
     record.status, record.outputs = "ok", [REPORT_FILE]  # as the report itself will show it (reset if writing fails)

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from .fileio import atomic_path
+from .layout import FEATURE_MAP_FILES, INPUT_FILE, KERNELS_FILE, LOSS_CURVE_FILE, VISUALIZE_DIR
 
 log = logging.getLogger(__name__)
 
@@ -82,14 +83,6 @@ def _tiles(plt, images, inches: float, cols: int = 8, **imshow):
     return fig
 
 
-FEATURE_MAP_FILES = (
-    "feature_maps_shallow.png",
-    "feature_maps_deep.png",
-)  # feature_maps() writes feature_maps_<block>.png
-VISUALIZE_DIR = "visualize"  # visualize()'s default folder, beside the checkpoint
-VISUALIZE_FILES = ("kernels.png", "input.png", *FEATURE_MAP_FILES)  # what visualize() writes there
-
-
 def feature_blocks(model: nn.Module) -> dict[str, nn.Module]:
     """A shallow and a deep block of MobileNetV2's ``features``."""
     features = model.features  # type: ignore[attr-defined]
@@ -148,7 +141,7 @@ def training_pictures(
     from .checkpoint import load_checkpoint
 
     model = load_checkpoint(best).build_model()
-    paths = [loss_curve(history, run_dir / "loss_curve.png"), kernels(model, run_dir / "kernels.png")]
+    paths = [loss_curve(history, run_dir / LOSS_CURVE_FILE), kernels(model, run_dir / KERNELS_FILE)]
     image, _ = data.val[0]
     if isinstance(image, torch.Tensor):
         paths += feature_maps(model, image, run_dir)
@@ -211,7 +204,7 @@ def visualize(
     from .data import build_datasets, load_images
     from .errors import ArtifactError, DataError
     from .fileio import ensure_dir, remove_outputs
-    from .runtime import detect_format
+    from .filekind import detect_format
 
     p = Path(checkpoint)
     kind = detect_format(p)
@@ -249,13 +242,13 @@ def visualize(
     out = ensure_dir(
         out_dir if out_dir is not None else p.parent / VISUALIZE_DIR
     )  # once the image is read: no empty folder on an error
-    files = [kernels(model, out / "kernels.png")]
+    files = [kernels(model, out / KERNELS_FILE)]
     if tensor is None:  # an earlier call's pictures of another image would stay beside these kernels
-        remove_outputs(out, ("input.png", *FEATURE_MAP_FILES))
+        remove_outputs(out, (INPUT_FILE, *FEATURE_MAP_FILES))
     else:
         files.append(
             input_picture(
-                tensor, cfg.mean, cfg.std, out / "input.png", title=Path(source).name if image else "validation image"
+                tensor, cfg.mean, cfg.std, out / INPUT_FILE, title=Path(source).name if image else "validation image"
             )
         )
         files += feature_maps(model, tensor, out)

@@ -67,8 +67,8 @@ def manifest_problem(model: Path) -> str | None:
     """Why the exported artifact ``model`` (not a checkpoint: manifests list what was exported from one) is not the
     file the ``manifest.json`` beside it records, or None (also when there is no manifest: a file on its own)."""
     from .errors import ArtifactError
-    from .export.names import MANIFEST_FILE
     from .fileio import sha256_file
+    from .layout import MANIFEST_FILE
     from .manifest import changed_since_export, parse_manifest
 
     manifest = model.parent / MANIFEST_FILE

@@ -12,10 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from .fileio import write_text
+from .layout import REPORT_FILE
 
 log = logging.getLogger(__name__)
-
-REPORT_FILE = "report.md"
 
 FILE_ROLES = [
     ("report.md", "this report"),

@@ -19,7 +19,7 @@ from .checkpoint import Checkpoint, load_checkpoint
 from .config import BUILTIN_SOURCES, RunConfig
 from .errors import CheckpointError, ConfigError, DataError
 from .fileio import ensure_dir, folder_lock, remove_outputs, sha256_file
-from .plots import VISUALIZE_DIR, VISUALIZE_FILES
+from .layout import LAST_FILE, RUN_CONFIG_FILE, RUN_OUTPUTS, VISUALIZE_DIR, VISUALIZE_FILES
 
 if TYPE_CHECKING:
     from .data import DataBundle
@@ -45,7 +45,7 @@ def resume_config(run_dir: Path, flags: dict[str, dict[str, Any]]) -> tuple[RunC
     """The configuration stored in ``run_dir/last.pt``, with the few flags that may change on resume. A run that saved
     no last.pt yet (see :func:`restart_config`) gives its config.json's configuration and no checkpoint: it starts
     from epoch 0, as a new run into its folder."""
-    last = run_dir / "last.pt"
+    last = run_dir / LAST_FILE
     if not last.is_file():
         return restart_config(run_dir, flags), None
     ckpt = load_checkpoint(last)
@@ -126,19 +126,6 @@ def _refuse_changes(stored: RunConfig, flags: dict[str, dict[str, Any]], allowed
         )
 
 
-# what a run writes into its folder (--overwrite removes these and nothing else, and visualize's own pictures)
-RUN_CONFIG_FILE = "config.json"
-RUN_OUTPUTS = (
-    "best.pt",
-    "last.pt",
-    "metrics.csv",
-    RUN_CONFIG_FILE,
-    "loss_curve.png",
-    "kernels.png",
-    "feature_maps_shallow.png",
-    "feature_maps_deep.png",
-    "confusion_matrix.png",
-)
 # config.json's schema marker: what proves a folder is a run's (and so whose files --overwrite may remove)
 RUN_CONFIG_FORMAT, RUN_CONFIG_SCHEMA = "mnv2export.run_config", 1
 _RUN_CONFIG_MAX_BYTES = 1 << 20  # a run's is a few KiB: a larger file is someone else's, not read whole
@@ -199,7 +186,7 @@ def claim_run_folder(
     if resume_from is None:
         check_run_folder(run_dir, overwrite=overwrite)
     else:
-        last = run_dir / "last.pt"
+        last = run_dir / LAST_FILE
         if not last.is_file() or sha256_file(last) != resume_from.sha256:
             raise ConfigError(
                 "the run changed since --resume read its last.pt (another process trained in it meanwhile)",

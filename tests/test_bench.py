@@ -23,7 +23,7 @@ from mnv2export.bench.machine import HostPeak, physical_cores
 from mnv2export.bench.placement import describe, node_placement, placement_from_profile
 from mnv2export.bench.timing import Plan, measure
 from mnv2export.errors import ConfigError, ProviderUnavailable
-from mnv2export.export.names import FP16_FILE, INT8_FILE, ONNX_FILE
+from mnv2export.layout import FP16_FILE, INT8_FILE, ONNX_FILE
 
 no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error raised where there is no GPU")
 # one thread: on a 2-core machine shared with other jobs, two OpenMP threads of eager PyTorch stall at every barrier
@@ -316,7 +316,7 @@ def test_a_file_that_is_no_model_is_one_error_saying_what_it_is_not(trained_chec
     from PIL import Image
 
     from mnv2export.errors import ArtifactError
-    from mnv2export.runtime import detect_format
+    from mnv2export.filekind import detect_format
 
     Image.new("RGB", (8, 8)).save(tmp_path / "some.jpg")
     (tmp_path / "truncated.pt").write_bytes(trained_checkpoint.read_bytes()[:5000])

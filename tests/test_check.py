@@ -16,7 +16,7 @@ from PIL import Image
 from mnv2export import parity, parity_report
 from mnv2export.cli import main
 from mnv2export.errors import ArtifactError, ConfigError, DataError, ProviderUnavailable
-from mnv2export.export.names import FP16_FILE, INT8_FILE, MANIFEST_FILE, ONNX_FILE, TORCHSCRIPT_FILE
+from mnv2export.layout import FP16_FILE, INT8_FILE, MANIFEST_FILE, ONNX_FILE, TORCHSCRIPT_FILE
 
 METRICS = (
     "max_abs",

@@ -147,8 +147,8 @@ def test_bad_schema_versions_and_weights(tmp_path, change, match):
 def test_an_exported_artifact_is_named_as_such_not_called_corrupt(exported, tmp_path):
     """A TorchScript or ONNX file passed where a checkpoint belongs: one error saying what it is and what to pass (the
     checkpoint its manifest names), and no torch warning about dispatching a TorchScript archive to torch.jit.load."""
-    from mnv2export.checkpoint import torch_load_safely
-    from mnv2export.export.names import ONNX_FILE, TORCHSCRIPT_FILE
+    from mnv2export.layout import ONNX_FILE, TORCHSCRIPT_FILE
+    from mnv2export.safe_load import torch_load_safely
 
     source = exported.data["source_checkpoint"]["path"]
     alone = tmp_path / "alone"
@@ -175,7 +175,7 @@ def test_the_cli_says_so_in_one_line_without_torchs_warning(exported, tmp_path):
     import subprocess
     import sys
 
-    from mnv2export.export.names import TORCHSCRIPT_FILE
+    from mnv2export.layout import TORCHSCRIPT_FILE
 
     r = subprocess.run(
         [

@@ -21,11 +21,11 @@ from mnv2export.cli import main
 from mnv2export.config import ModelConfig
 from mnv2export.errors import ConfigError, DataError, ExportError, OutputError
 from mnv2export.export import export_all, parse_formats
-from mnv2export.export.names import FP16_FILE, INT8_FILE, MANIFEST_FILE, ONNX_FILE, TORCHSCRIPT_FILE
 from mnv2export.export.opsets import max_opset, ort_max_opset
 from mnv2export.export.quantize import int8_recipe, quantize_onnx
 from mnv2export.fileio import sha256_file
 from mnv2export.fold import check_fold, fold_bn
+from mnv2export.layout import FP16_FILE, INT8_FILE, MANIFEST_FILE, ONNX_FILE, TORCHSCRIPT_FILE
 from mnv2export.model import build_model
 from mnv2export.runtime import load_artifact, read_metadata
 

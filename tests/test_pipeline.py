@@ -160,7 +160,7 @@ def test_settings_are_checked_before_any_step(tmp_path):
 
 
 def test_overwrite_removes_nothing_until_every_setting_is_checked(tmp_path):
-    from mnv2export.pipeline import PIPELINE_FILE
+    from mnv2export.layout import PIPELINE_FILE
 
     earlier = tmp_path / "earlier"
     (earlier / "weights").mkdir(parents=True)

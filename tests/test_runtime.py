@@ -10,11 +10,11 @@ import pytest
 import torch
 
 from mnv2export.errors import ArtifactError, ConfigError, DataError, ProviderUnavailable
-from mnv2export.export.names import FP16_FILE, INT8_FILE, ONNX_FILE, TORCHSCRIPT_FILE
+from mnv2export.filekind import detect_format
+from mnv2export.layout import FP16_FILE, INT8_FILE, ONNX_FILE, TORCHSCRIPT_FILE
 from mnv2export.runtime import (
     OnnxRunner,
     TorchRunner,
-    detect_format,
     load_artifact,
     onnx_provider_problem,
     preprocess,

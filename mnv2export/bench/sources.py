@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import ArtifactError, ConfigError
-from ..export.names import FP16_FILE, INT8_FILE, MANIFEST_FILE, ONNX_FILE, TORCHSCRIPT_FILE
+from ..layout import FP16_FILE, INT8_FILE, MANIFEST_FILE, ONNX_FILE, TORCHSCRIPT_FILE
 
 FORMATS = ("eager", "torchscript", "onnx", "int8", "fp16")
 FILES = {"torchscript": TORCHSCRIPT_FILE, "onnx": ONNX_FILE, "int8": INT8_FILE, "fp16": FP16_FILE}
@@ -46,7 +46,7 @@ def resolve(target: str | Path) -> Sources:
         )
     if p.is_dir():
         return _from_folder(p)
-    from ..runtime import detect_format
+    from ..filekind import detect_format
 
     hint = "pass an artifacts folder (with manifest.json) or a checkpoint"
     try:

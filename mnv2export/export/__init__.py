@@ -20,20 +20,17 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
-from .names import (
+from ..layout import (
     ARTIFACT_FILES,
-    CALIB_METHODS,
-    FORMATS,
+    EXPORT_DIR,
     FP16_FILE,
-    INPUT_NAME,
     INT8_FILE,
     MANIFEST_FILE,
-    MANIFEST_FORMAT,
-    MANIFEST_VERSION,
     ONNX_FILE,
-    OUTPUT_NAME,
+    PIPELINE_FILE,
     TORCHSCRIPT_FILE,
 )
+from .names import CALIB_METHODS, FORMATS, INPUT_NAME, MANIFEST_FORMAT, MANIFEST_VERSION, OUTPUT_NAME
 
 log = logging.getLogger(__name__)
 
@@ -94,13 +91,11 @@ def default_out_dir(checkpoint: str | Path) -> Path:
     """``export/<run>``, ``<run>`` being the name of the folder the checkpoint sits in; for a checkpoint of a ``mnv2
     pipeline`` run (``runs/<name>/weights/``), that run's own ``export/``, where the pipeline exported it (not an
     ``export/weights`` shared by every pipeline run)."""
-    from ..pipeline import PIPELINE_FILE
-
     folder = Path(checkpoint).parent
     name = folder.resolve().name
     if name == "weights" and (folder / ".." / PIPELINE_FILE).is_file():
         return Path(os.path.normpath(folder / ".." / "export"))
-    return Path("export") / (name or "model")
+    return EXPORT_DIR / (name or "model")
 
 
 def export_all(

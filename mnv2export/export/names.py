@@ -1,20 +1,9 @@
-"""Fixed names shared by the exporters, the manifest and the runtime (other commands rely on them)."""
+"""Fixed names inside the artifacts and the export settings, shared by the exporters, the manifest and the runtime
+(other commands rely on them). The artifacts' file names are :mod:`mnv2export.layout`'s."""
 
 from __future__ import annotations
 
 from ..errors import ConfigError
-
-TORCHSCRIPT_FILE = "model.torchscript.pt"
-ONNX_FILE = "model.onnx"
-INT8_FILE = "model.int8.onnx"
-FP16_FILE = "model.fp16.onnx"
-MANIFEST_FILE = "manifest.json"
-ARTIFACT_FILES = (
-    TORCHSCRIPT_FILE,
-    ONNX_FILE,
-    INT8_FILE,
-    FP16_FILE,
-)  # what an export owns in its folder (with the manifest)
 
 TORCHSCRIPT_METADATA = "mnv2_metadata.json"  # the `_extra_files` entry of a TorchScript file
 ONNX_METADATA = "mnv2_metadata"  # the `metadata_props` key of an ONNX file

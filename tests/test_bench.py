@@ -747,6 +747,7 @@ def test_the_memory_estimate_covers_what_each_format_really_takes(exported):
     really cost (at a batch where activations, not libraries, dominate), and not a vacuous bound."""
     from mnv2export.bench.memory import estimate_bytes, footprint
     from mnv2export.bench.targets import bind, input_batch, load
+    from mnv2export.device import cpu_threads
     from mnv2export.runtime import read_metadata
 
     if HostPeak.method().startswith("ru_maxrss"):
@@ -769,11 +770,12 @@ def test_the_memory_estimate_covers_what_each_format_really_takes(exported):
     for fmt, path in files.items():
         peak = HostPeak()
         peak.start()
-        runner = load(Path(path), "cpu", 1)
-        bound = bind(runner, input_batch(runner, batch), "resident")
-        with bound.context():
-            bound.call()
-            bound.call()
+        with cpu_threads(1):  # as the sweep loads a row: torch's thread count is process-wide, so put it back after
+            runner = load(Path(path), "cpu", 1)
+            bound = bind(runner, input_batch(runner, batch), "resident")
+            with bound.context():
+                bound.call()
+                bound.call()
         grew[fmt] = peak.added_mb() * 2**20
         del runner, bound
         estimate = estimate_bytes(fp, fmt, batch, threads=1, weights=Path(path).stat().st_size)

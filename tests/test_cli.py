@@ -1,5 +1,6 @@
 """The CLI shell: fast help, one-line errors with exit 1, usage errors exit 2, tracebacks only with MNV2_DEBUG."""
 
+import json
 import os
 import subprocess
 import sys
@@ -619,3 +620,20 @@ def test_pipeline_small_input_reaches_the_training(tmp_path, monkeypatch, capsys
         assert main(["pipeline", "--data", "synth", "--device", "cpu", flag, "--out", str(out)]) == 1
         assert "stopped by the test" in capsys.readouterr().err
         assert json.loads((out / P.PIPELINE_FILE).read_text())["config"]["model"]["small_input"] is expect
+
+
+@pytest.mark.parametrize("command", ["info", "predict"])
+def test_json_dash_prints_the_json_instead_of_the_text(command, exported, tmp_path, capsys):
+    """``--json PATH`` means one thing in every command: the result written to PATH, or printed for ``-``."""
+    from PIL import Image
+
+    model = str(exported.out_dir / "model.onnx")
+    Image.new("RGB", (40, 30), (200, 30, 30)).save(tmp_path / "red.png")
+    args = [command, model] if command == "info" else [command, str(tmp_path / "red.png"), "--model", model]
+    assert main([*args, "--json", "-"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert main([*args, "--json", str(tmp_path / "out.json")]) == 0
+    out = capsys.readouterr().out
+    assert out.rstrip().endswith(f"-> {tmp_path / 'out.json'}") and not out.lstrip().startswith("{")
+    written = json.loads((tmp_path / "out.json").read_text())
+    assert written.keys() == printed.keys()

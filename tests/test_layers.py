@@ -171,3 +171,15 @@ def test_ground_floor_imports_nothing_above_it(module):
     allowed = {f"{TOP}.{m}" for m in GROUND_FLOOR[module]}
     above = sorted(graph[name] - allowed)
     assert not above, f"{name} is a ground-floor module but imports {', '.join(above)}"
+
+
+def test_command_modules_do_not_import_the_app():
+    """Commands are registered in one place (``cli/__init__.py``); a command module that imported the app back would
+    register itself as a side effect of its import, in whatever order the imports ran."""
+    cli = PACKAGE / "cli"
+    offenders = [
+        f.name
+        for f in cli.glob("*_cmd.py")
+        if {f"{TOP}.cli.app", f"{TOP}.cli.main"} & _imported_names(f"{TOP}.cli.{f.stem}", f)
+    ]
+    assert offenders == []

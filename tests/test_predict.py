@@ -119,7 +119,7 @@ def test_exported_files_work_alone(exported, images, tmp_path, monkeypatch, caps
         shutil.copy(exported.out_dir / name, alone / name)
     monkeypatch.chdir(alone)
     for name in ("model.torchscript.pt", "model.onnx"):
-        code = main(["predict", str(images), "--model", name, "--json", "--top-k", "1"])
+        code = main(["predict", str(images), "--model", name, "--json", "-", "--top-k", "1"])
         out = capsys.readouterr().out
         assert code == 0
         data = json.loads(out)
@@ -191,7 +191,7 @@ def test_a_file_that_is_not_what_its_manifest_records_is_warned_about(
         ("model.onnx", "model.onnx changed since export"),
         ("spare.onnx", "spare.onnx is not listed in"),
     ):
-        code = main(["predict", str(images), "--model", str(folder / name), "--json", "--top-k", "1"])
+        code = main(["predict", str(images), "--model", str(folder / name), "--json", "-", "--top-k", "1"])
         captured = capsys.readouterr()
         assert code == 0 and len(json.loads(captured.out)["predictions"]) == 16
         assert json.loads(captured.out)["warnings"][0].startswith(expect)
@@ -289,7 +289,8 @@ def read_onnx_preprocessing(path: Path) -> dict:
 def test_threads_option(exported, images, capsys):
     """`predict()` took threads, the command had no --threads: a service sharing a machine could not cap predict."""
     assert (
-        main(["predict", str(images), "--model", str(exported.out_dir / "model.onnx"), "--threads", "1", "--json"]) == 0
+        main(["predict", str(images), "--model", str(exported.out_dir / "model.onnx"), "--threads", "1", "--json", "-"])
+        == 0
     )
     assert len(json.loads(capsys.readouterr().out)["predictions"]) == 16
     assert main(["predict", str(images), "--model", str(exported.out_dir / "model.onnx"), "--threads", "0"]) == 1
@@ -306,7 +307,7 @@ def _strict_json(text: str):
 
 
 def test_nan_probabilities_are_null_in_json_and_nan_in_text(exported, images, tmp_path, capsys):
-    """`predict --json` printed bare NaN (strict JSON parsers refuse it) and the text `nan%`, for a model whose weights
+    """`predict --json -` printed bare NaN (strict JSON parsers refuse it) and the text `nan%`, for a model whose weights
     give NaN logits."""
     import onnx
     from onnx import numpy_helper
@@ -318,7 +319,7 @@ def test_nan_probabilities_are_null_in_json_and_nan_in_text(exported, images, tm
     init.CopyFrom(numpy_helper.from_array(w, init.name))
     onnx.save(model, str(tmp_path / "nan.onnx"))
     image = str(next(images.rglob("*.png")))
-    assert main(["predict", image, "--model", str(tmp_path / "nan.onnx"), "--json", "--top-k", "2"]) == 0
+    assert main(["predict", image, "--model", str(tmp_path / "nan.onnx"), "--json", "-", "--top-k", "2"]) == 0
     data = _strict_json(capsys.readouterr().out)
     assert [t["probability"] for t in data["predictions"][0]["top"]] == [None, None]
     assert main(["predict", image, "--model", str(tmp_path / "nan.onnx"), "--top-k", "2"]) == 0

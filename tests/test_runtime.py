@@ -442,7 +442,7 @@ def test_a_command_of_several_steps_warns_about_its_threads_once(monkeypatch, ca
 @no_cuda
 def test_a_gpu_provider_that_fails_leaves_stdout_clean(exported, capfd):
     """ONNX Runtime's Python wrapper prints a multi-line '*** EP Error ***' banner on stdout before it falls back to
-    the CPU: `mnv2 predict --json > out.json` then wrote it into the JSON file. It now goes into the reason only."""
+    the CPU: `mnv2 predict --json - > out.json` then wrote it into the JSON file. It now goes into the reason only."""
     import onnxruntime
 
     from mnv2export.runtime import create_session

@@ -40,7 +40,7 @@ def cli(*args):
 
 said = {"predict": {}}
 for name in %(files)r:
-    said["predict"][name] = cli("predict", images, "--model", out_dir / name, "--json", "--top-k", "4")
+    said["predict"][name] = cli("predict", images, "--model", out_dir / name, "--json", "-", "--top-k", "4")
 said["info"] = cli("info", out_dir / "model.onnx", "--json", work / "info.json")
 said["bench_onnx"] = cli(
     "bench", out_dir, "--formats", "onnx,int8,fp16", "--provider", "cpu", "--batch", "1", "--iters", "2",

@@ -7,8 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from . import app
-from .options import JsonOut, csv_list, default_export
+from .options import JsonOut, check_json_out, csv_list, default_export, said_written, write_json_out
 
 
 def _batches(text: str) -> list[int]:
@@ -33,7 +32,6 @@ def _warmup(text: str) -> tuple[int, Optional[float]]:
         ) from None
 
 
-@app.command()
 def bench(
     target: Annotated[
         Optional[Path],
@@ -116,8 +114,9 @@ def bench(
     count, seconds = _warmup(warmup)
     if target is None:
         target = default_export("bench")
-    for path, option in ((json_out, "--json"), (csv_out, "--csv"), (plot_out, "--plot")):
-        if path:  # before minutes of timing, not after
+    check_json_out(json_out)  # the output paths before minutes of timing, not after
+    for path, option in ((csv_out, "--csv"), (plot_out, "--plot")):
+        if path:
             check_output_file(path, option)
     result = run(
         target,
@@ -134,17 +133,15 @@ def bench(
         amp=amp,
         cuda_graph=cuda_graph,
     )
-    if json_out:
-        result.to_json(json_out)
+    printed = write_json_out(json_out, result.to_dict())
     if csv_out:
         result.to_csv(csv_out)
     measured = any(r.ok for r in result.rows)
     if plot_out and measured:
         result.plot(plot_out)
-    _print(result)
-    for path in (json_out, csv_out, plot_out if measured else None):
-        if path:
-            typer.echo(f"-> {path}")
+    if not printed:
+        _print(result)
+        said_written(json_out, csv_out, plot_out if measured else None)
     if not measured:
         first = result.rows[0] if result.rows else None
         raise Mnv2Error(

@@ -8,11 +8,9 @@ from typing import Annotated, Optional
 
 import typer
 
-from . import app
-from .options import JsonOut, Provider, csv_list, default_export
+from .options import JsonOut, Provider, check_json_out, csv_list, default_export, said_written, write_json_out
 
 
-@app.command()
 def check(
     checkpoint: Annotated[
         Optional[Path],
@@ -90,13 +88,11 @@ def check(
     Without TARGET: the --artifacts folder, else the newest export folder under export/ (said on the first line),
     each checked against the checkpoint its manifest.json names.
     """
-    from ..fileio import check_output_file
     from ..parity_report import with_overrides
 
     if checkpoint is None:  # a folder alone is checked against the checkpoint its manifest names
         checkpoint, artifacts = artifacts or default_export("check"), None
-    if json_out is not None:
-        check_output_file(json_out, "--json")
+    check_json_out(json_out)
     tolerances = with_overrides(
         atol=atol, rtol=rtol, min_top1_agreement=min_top1_agreement, max_acc_drop_pts=max_acc_drop
     )
@@ -111,11 +107,9 @@ def check(
         tolerances=tolerances,
         debug_int8=debug_int8,
     )
-    if json_out is not None:
-        report.to_json(json_out)
-    _print(report)
-    if json_out is not None:
-        typer.echo(f"-> {json_out}")
+    if not write_json_out(json_out, report.to_dict()):
+        _print(report)
+        said_written(json_out)
     if not report.passed:
         raise typer.Exit(code=1)
 

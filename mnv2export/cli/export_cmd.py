@@ -7,11 +7,9 @@ from typing import Annotated, Optional
 
 import typer
 
-from . import app
 from .options import CheckpointArg, default_checkpoint
 
 
-@app.command()
 def export(
     checkpoint: CheckpointArg = None,
     format: Annotated[str, typer.Option("--format", "-f", help="torchscript, onnx or all.")] = "all",

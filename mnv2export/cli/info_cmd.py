@@ -8,11 +8,9 @@ from typing import Annotated, Optional
 import typer
 
 from ..fileio import json_text
-from . import app
-from .options import JsonOut, default_model_file
+from .options import JsonOut, check_json_out, default_model_file, said_written, write_json_out
 
 
-@app.command()
 def info(
     artifact: Annotated[
         Optional[Path],
@@ -26,18 +24,15 @@ def info(
     json_out: JsonOut = None,
 ) -> None:
     """Parameters (total, per block), MACs at the artifact's input size, per-layer table, file and graph details."""
-    from ..fileio import check_output_file, write_text
     from ..info import describe
 
     if artifact is None:
         artifact = default_model_file("info")
-    if json_out is not None:
-        check_output_file(json_out, "--json")  # before the report: not a whole report, then the error
+    check_json_out(json_out)
     result = describe(artifact)
-    _print(result, layers)
-    if json_out is not None:
-        write_text(json_out, json_text(result.to_dict(), default=str) + "\n")
-        typer.echo(f"-> {json_out}")
+    if not write_json_out(json_out, result.to_dict()):
+        _print(result, layers)
+        said_written(json_out)
 
 
 def _print(r, show_layers: bool) -> None:

@@ -77,7 +77,48 @@ DataDir = Annotated[
         rich_help_panel=DATA,
     ),
 ]
-JsonOut = Annotated[Optional[Path], typer.Option("--json", help="Also write the result as JSON to this file.")]
+JsonOut = Annotated[
+    Optional[Path],
+    typer.Option(
+        "--json",
+        metavar="PATH",
+        help="Also write the result as JSON to PATH; '-' prints the JSON instead of the text.",
+    ),
+]
+JSON_TO_SCREEN = Path("-")
+
+
+def check_json_out(path: Path | None) -> Path | None:
+    """``--json PATH`` checked before any work (a folder, an unwritable place: the error comes before minutes of
+    work, not after); ``-`` (print it) needs no check."""
+    from ..fileio import check_output_file
+
+    if path is not None and path != JSON_TO_SCREEN:
+        check_output_file(path, "--json")
+    return path
+
+
+def write_json_out(path: Path | None, data: dict) -> bool:
+    """What ``--json PATH`` means in every command: write ``data`` to PATH, or print it for ``-`` (strict JSON: a NaN
+    is null). True when it was printed: the command then prints no text of its own."""
+    from ..fileio import json_text, write_text
+
+    if path is None:
+        return False
+    if path == JSON_TO_SCREEN:
+        typer.echo(json_text(data, default=str))
+        return True
+    write_text(path, json_text(data, default=str) + "\n")
+    return False
+
+
+def said_written(*paths: Path | None) -> None:
+    """``-> PATH`` for each file a command wrote, after its text."""
+    for path in paths:
+        if path is not None and path != JSON_TO_SCREEN:
+            typer.echo(f"-> {path}")
+
+
 CheckpointArg = Annotated[
     Optional[Path],
     typer.Argument(

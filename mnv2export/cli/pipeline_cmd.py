@@ -7,7 +7,6 @@ from typing import Annotated, Optional
 
 import typer
 
-from . import app
 from .options import (
     CHECKS,
     DATA,
@@ -29,7 +28,6 @@ from .options import (
 )
 
 
-@app.command()
 def pipeline(
     data: Data = None,
     data_dir: DataDir = None,

@@ -7,12 +7,9 @@ from typing import Annotated, Optional
 
 import typer
 
-from ..fileio import json_text
-from . import app
-from .options import default_model_file
+from .options import JsonOut, check_json_out, default_model_file, said_written, write_json_out
 
 
-@app.command()
 def predict(
     images: Annotated[
         list[Path],
@@ -41,7 +38,7 @@ def predict(
     threads: Annotated[
         Optional[int], typer.Option("--threads", help="Intra-op threads (default: torch's and ONNX Runtime's own).")
     ] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON instead of text.")] = False,
+    json_out: JsonOut = None,
 ) -> None:
     """Classify images with the artifact's own preprocessing and class names.
 
@@ -53,13 +50,13 @@ def predict(
 
     if model is None:
         model = default_model_file("predict")
+    check_json_out(json_out)
     if 1 <= top_k <= MAX_TOP_K and batch_size >= 1:  # out of range: the library says so first, as before
         _require_an_image(images, model)
     result = run_predict(images, model, provider=provider.lower(), top_k=top_k, batch_size=batch_size, threads=threads)
     for s in result.skipped:
         typer.echo(f"skipped {s['path']}: {s['reason']}", err=True)
-    if as_json:
-        typer.echo(json_text(result.to_dict()))  # strict JSON: a NaN probability is null
+    if write_json_out(json_out, result.to_dict()):
         return
     typer.echo(f"# {result.model} ({result.format}, {result.precision}, {result.provider})")
     for p in result.predictions:
@@ -68,6 +65,7 @@ def predict(
             typer.echo(f"  {percent(t['probability'])}  {t['class']}")
     if result.skipped:
         typer.echo(f"{len(result.predictions)} classified, {len(result.skipped)} skipped", err=True)
+    said_written(json_out)
 
 
 def _require_an_image(images: list[Path], model: Path) -> None:

@@ -1,4 +1,4 @@
-"""``mnv2 train`` and ``mnv2 data synth``."""
+"""``mnv2 train``."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ from typing import Annotated, Optional
 
 import typer
 
-from . import app
 from .options import (
     DATA,
     HARDWARE,
@@ -29,11 +28,7 @@ from .options import (
     took,
 )
 
-data_app = typer.Typer(help="Data set helpers.", no_args_is_help=True)
-app.add_typer(data_app, name="data")
 
-
-@app.command()
 def train(
     config: Annotated[
         Optional[Path],
@@ -340,23 +335,3 @@ def _default_data() -> str | None:
     if int(os.environ.get("RANK", "0")) == 0:
         took("train", "--data", f"{found}/", "an ImageFolder: train/ and val/ hold class folders")
     return str(found)
-
-
-@data_app.command("synth")
-def data_synth(
-    out: Annotated[
-        Path, typer.Argument(metavar="OUT", help="Output folder (ImageFolder layout: train/<class>/, val/<class>/).")
-    ],
-    classes: Annotated[int, typer.Option("--classes", help="Number of classes.")] = 10,
-    per_class: Annotated[int, typer.Option("--per-class", help="Training images per class.")] = 100,
-    val_per_class: Annotated[
-        Optional[int], typer.Option("--val-per-class", help="Validation images per class (default 30% of --per-class).")
-    ] = None,
-    size: Annotated[int, typer.Option("--size", help="Image size in pixels.")] = 64,
-    seed: Annotated[int, typer.Option("--seed", help="Seed (the same seed gives the same images).")] = 0,
-) -> None:
-    """Write the built-in synthetic data set to disk as an ImageFolder."""
-    from ..data.synth import write_synth
-
-    counts = write_synth(out, classes, per_class, size, val_per_class=val_per_class, seed=seed)
-    typer.echo(f"wrote {counts['train']} train and {counts['val']} val images of {classes} classes to {out}")

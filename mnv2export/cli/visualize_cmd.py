@@ -7,11 +7,9 @@ from typing import Annotated, Optional
 
 import typer
 
-from . import app
 from .options import CheckpointArg, default_checkpoint
 
 
-@app.command()
 def visualize(
     checkpoint: CheckpointArg = None,
     image: Annotated[

@@ -145,7 +145,7 @@ def test_folders_without_images(capsys, files, exported):
 
 
 def test_every_kind_of_image_in_one_predict(capsys, files, exported):
-    code, out, err = cli(capsys, "predict", files / "images", "--model", exported.out_dir / "model.onnx", "--json")
+    code, out, err = cli(capsys, "predict", files / "images", "--model", exported.out_dir / "model.onnx", "--json", "-")
     assert code == 0, err
     result = json.loads(out)
     classified = sorted(p["path"].rsplit("/", 1)[-1] for p in result["predictions"])
@@ -173,7 +173,9 @@ def _formats(d, rng) -> None:
 def test_gif_webp_and_tiff_are_read_and_other_files_named_in_one_warning(capsys, tmp_path, exported):
     """torchvision's extension list leaves .gif out: a folder's GIFs were neither predicted nor named anywhere."""
     _formats(tmp_path / "formats", np.random.default_rng(1))
-    code, out, err = cli(capsys, "predict", tmp_path / "formats", "--model", exported.out_dir / "model.onnx", "--json")
+    code, out, err = cli(
+        capsys, "predict", tmp_path / "formats", "--model", exported.out_dir / "model.onnx", "--json", "-"
+    )
     assert code == 0, err
     classified = sorted(p["path"].rsplit("/", 1)[-1] for p in json.loads(out)["predictions"])
     assert classified == ["anim.gif", "clear.gif", "photo.webp", "print.tif", "scan.tiff"]

@@ -3,11 +3,18 @@
 Every error the library raises on purpose is an :class:`Mnv2Error`: it carries *what* went wrong, the *file*
 it concerns (if any) and *how to fix it*. The CLI prints it as one line,
 ``error: <what> (<file>): <how to fix>``, and exits 1.
+
+A parameter is named in braces, ``{batch_size}``, as the library's functions and config fields name it: ``str(exc)``
+reads ``batch_size``, and the CLI renders it as its flag, ``--batch-size`` (one table: :mod:`mnv2export.cli.flags`).
 """
 
 from __future__ import annotations
 
+import re
+from collections.abc import Mapping
 from pathlib import Path
+
+PARAMETER = re.compile(r"\{([a-z][a-z0-9_]*)\}")
 
 
 class Mnv2Error(Exception):
@@ -16,17 +23,28 @@ class Mnv2Error(Exception):
     exit_code = 1
 
     def __init__(self, what: str, *, path: str | Path | None = None, hint: str | None = None):
-        self.what = what
+        self.what = what  # may name parameters in braces: ``{threads} = 0 is out of range``
         self.path = None if path is None else str(path)
         self.hint = hint
         super().__init__(self.one_line())
 
-    def one_line(self) -> str:
-        text = self.what
+    @property
+    def parameters(self) -> list[str]:
+        """The parameters this error names, in order."""
+        return PARAMETER.findall(f"{self.what} {self.hint or ''}")
+
+    def one_line(self, names: Mapping[str, str] | None = None) -> str:
+        """``what (file): hint``, each ``{parameter}`` written as ``names`` says (a flag), else as its bare name."""
+        names = names or {}
+
+        def render(text: str) -> str:  # the path stays as it is: a folder may have braces in its name
+            return PARAMETER.sub(lambda m: names.get(m[1], m[1]), text)
+
+        text = render(self.what)
         if self.path:
             text += f" ({self.path})"
         if self.hint:
-            text += f": {self.hint}"
+            text += f": {render(self.hint)}"
         return text
 
 

@@ -406,7 +406,7 @@ def test_bad_options_and_calibration_data(trained_checkpoint, tmp_path, capsys):
         (["--format", "tflite"], "unknown export format"),
         (["--quantize", "--calib-data", tmp_path / "nowhere"], "calibration data not found"),
         (["--quantize", "--calib-data", empty], "holds no images"),
-        (["--quantize", "--calib-size", "0"], "calibration size"),
+        (["--quantize", "--calib-size", "0"], "--calib-size = 0 is out of range"),
         (["--quantize", "--calib-method", "kl"], "unknown calibration method"),
         (["--opset", "12"], "opset 12 is not supported"),
         (["--opset", str(max_opset() + 1)], f"opset {max_opset() + 1} is not supported"),  # beyond onnx or ONNX Runtime

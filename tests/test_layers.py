@@ -18,7 +18,8 @@ TOP = PACKAGE.name
 GROUND_FLOOR = {
     "errors": set(),
     "layout": set(),
-    "config": {"errors"},
+    "params": {"errors"},
+    "config": {"errors", "params"},
     "fileio": {"errors", "layout"},
     "filekind": {"errors", "fileio"},
 }

@@ -146,7 +146,7 @@ def test_settings_are_checked_before_any_step(tmp_path):
         run_pipeline(width=3.0, out=tmp_path / "a")
     with pytest.raises(ConfigError, match="--name and --out"):
         run_pipeline(name="x", out=tmp_path / "b")
-    with pytest.raises(ConfigError, match="calibration size"):
+    with pytest.raises(ConfigError, match="calib_size = 0 is out of range"):
         run_pipeline(out=tmp_path / "c", options=PipelineOptions(calib_size=0))
     with pytest.raises(ConfigError, match="threads = 0"):
         run_pipeline(out=tmp_path / "c", options=PipelineOptions(threads=0))
@@ -166,7 +166,7 @@ def test_overwrite_removes_nothing_until_every_setting_is_checked(tmp_path):
     (earlier / "weights").mkdir(parents=True)
     (earlier / "weights" / "best.pt").write_bytes(b"earlier run")
     (earlier / PIPELINE_FILE).write_text("{}")
-    with pytest.raises(ConfigError, match="calibration size"):
+    with pytest.raises(ConfigError, match="calib_size = 0 is out of range"):
         run_pipeline(out=earlier, overwrite=True, device="cpu", options=PipelineOptions(calib_size=0))
     assert (earlier / "weights" / "best.pt").read_bytes() == b"earlier run"
 

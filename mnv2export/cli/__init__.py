@@ -155,7 +155,9 @@ def main(argv: list[str] | None = None) -> int:
     except Mnv2Error as exc:
         if debug:
             traceback.print_exc()
-        print(f"error: {exc.one_line()}", file=sys.stderr)
+        from .flags import flag_names
+
+        print(f"error: {exc.one_line(flag_names())}", file=sys.stderr)
         return exc.exit_code
     except Exception as exc:  # noqa: BLE001 - the last line of defence: one line unless debugging
         if debug:

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from ..errors import ConfigError
+from ..params import check_int
 
 TORCHSCRIPT_METADATA = "mnv2_metadata.json"  # the `_extra_files` entry of a TorchScript file
 ONNX_METADATA = "mnv2_metadata"  # the `metadata_props` key of an ONNX file
@@ -20,11 +20,7 @@ MIN_CALIB_SIZE = 32  # fewer is accepted, with a warning (the INT8 model may fai
 
 
 def check_calib_size(n: int) -> int:
-    if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= MAX_CALIB_SIZE:
-        raise ConfigError(
-            f"calibration size {n!r} is out of range", hint=f"use --calib-size between 1 and {MAX_CALIB_SIZE}"
-        )
-    return n
+    return check_int("calib_size", n, 1, MAX_CALIB_SIZE)
 
 
 MANIFEST_FORMAT = "mnv2export.manifest"

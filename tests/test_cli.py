@@ -46,7 +46,10 @@ def test_a_wrong_path_or_option_of_any_command_is_said_before_torch_is_imported(
         (["export", "/nonexistent.pt"], "checkpoint not found (/nonexistent.pt)"),
         (["export", str(empty)], "checkpoint file is empty"),
         (["export", "/nonexistent.pt", "--format", "bogus"], "unknown export format bogus"),
-        (["export", "/nonexistent.pt", "--calib-size", "0", "--quantize"], "--calib-size = 0 is out of range: use a whole number between 1 and 10000"),
+        (
+            ["export", "/nonexistent.pt", "--calib-size", "0", "--quantize"],
+            "--calib-size = 0 is out of range: use a whole number between 1 and 10000",
+        ),
         (["check", "/nonexistent.pt"], "checkpoint not found (/nonexistent.pt)"),
         (["check", str(tmp_path)], "checkpoint path is a folder without manifest.json"),
         (["export", str(run)], f"checkpoint path is a folder, not a file ({run}): {said_run}"),

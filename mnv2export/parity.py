@@ -203,7 +203,7 @@ def resolve_target(target: str | Path, artifacts_dir: str | Path | None) -> tupl
 
 def parse_providers(providers: Any) -> list[tuple[str, bool]]:
     """``"all"``, ``"cpu,cuda"`` or a sequence -> [(provider, explicit)]; ``all`` asks for CUDA only where it exists."""
-    from .config import split_items
+    from .params import split_items
 
     items = split_items(providers, "provider")
     bad = [p for p in items if p not in PROVIDER_CHOICES]

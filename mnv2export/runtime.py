@@ -195,7 +195,7 @@ def metadata_value_problems(meta: dict[str, Any]) -> list[str]:
     """What is wrong with the values an artifact's metadata holds (the keys are there): every reader (``predict``,
     ``check``, ``bench``, ``info``) trusts these, so a hand-edited value is named here, not met later as a crash."""
 
-    from .config import _is_number
+    from .params import is_number as _is_number
 
     def whole(v: Any) -> bool:
         return _is_number(v) and isinstance(v, int) and v > 0

@@ -161,7 +161,7 @@ def test_list_options_refuse_an_empty_item():
     """`--format onnx,,torchscript`, `--provider cpu,` (a typo) are errors, as `--batch 1,,2` is, not silently read as
     fewer items; used by export's formats, check's providers and bench's formats and providers."""
     from mnv2export.bench.sweep import parse_list
-    from mnv2export.config import split_items
+    from mnv2export.params import split_items
     from mnv2export.export import parse_formats
     from mnv2export.parity import parse_providers
 

@@ -56,7 +56,7 @@ def parse_list(
     value: str | Iterable[str], allowed: tuple[str, ...], everything: tuple[str, ...], what: str
 ) -> tuple[list[str], bool]:
     """``"a,b"`` / ``["a", "b"]`` / ``"all"`` -> (items in canonical order, named explicitly)."""
-    from ..config import split_items
+    from ..params import split_items
 
     items = split_items(value, what)
     bad = sorted({v for v in items if v not in (*allowed, "all")})

@@ -53,7 +53,7 @@ class Manifest:
 
 def parse_formats(formats: str | Iterable[str]) -> list[str]:
     """``"all"``, ``"onnx"``, ``"torchscript,onnx"`` or a list of those -> a list in canonical order."""
-    from ..config import split_items
+    from ..params import split_items
 
     items = split_items(formats, "export format")
     if "all" in items:

@@ -49,8 +49,8 @@ def make_segment(variant: str, recipe, steps: int):
 
     from mnv2export.data.transforms import batch_mix
     from mnv2export.model import build_model, freeze_blocks
-    from mnv2export.optim import build_optimizer, build_scheduler
     from mnv2export.train import StepContext, amp_dtype, train_one_epoch
+    from mnv2export.train.optim import build_optimizer, build_scheduler
 
     cfg, t = recipe.model, recipe.train
     found = modifiers(variant)

@@ -65,8 +65,8 @@ def main(argv=None) -> int:
     from mnv2export.device import cpu_threads
     from mnv2export.distributed import DistInfo
     from mnv2export.model import build_model
-    from mnv2export.optim import build_optimizer, build_scheduler, make_ema
     from mnv2export.train import StepContext, amp_dtype, make_loader, train_one_epoch
+    from mnv2export.train.optim import build_optimizer, build_scheduler, make_ema
 
     data_flags = {"data_dir": args.data_dir}
     cfg = run_config(load_recipe(args.recipe), {}, data_flags, {"batch_size": args.batch_size, "device": "cpu"})

@@ -21,6 +21,7 @@ except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
 from .errors import ConfigError
+from .params import check_choice, check_int, check_number, is_int, is_number
 
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]
@@ -37,48 +38,14 @@ T = TypeVar("T", bound="_Config")
 log = logging.getLogger(__name__)
 
 
-def split_items(value: Any, what: str) -> list[str]:
-    """``"a, b"`` or ``["a", "b"]`` -> ``["a", "b"]`` (stripped, lower case). An empty item beside others (``a,,b``, a
-    trailing comma) is an error, not dropped: it is a typo more often than not; nothing at all gives ``[]``."""
-    parts = [value] if isinstance(value, str) else [str(v) for v in value]
-    items = [item.strip().lower() for part in parts for item in part.split(",")]
-    if any(items) and not all(items):
-        raise ConfigError(
-            f"empty item in the {what} list {','.join(items)!r}",
-            hint="separate the items with single commas, no trailing one",
-        )
-    return [item for item in items if item]
-
-
-def _check(ok: bool, what: str, hint: str) -> None:
-    if not ok:
-        raise ConfigError(what, hint=hint)
-
-
-def _in_range(name: str, value: float, lo: float, hi: float, *, lo_open: bool = False) -> None:
-    bad = not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value)
-    if not bad:
-        bad = value > hi or (value <= lo if lo_open else value < lo)
-    low = f"> {lo}" if lo_open else f">= {lo}"
-    _check(not bad, f"{name} = {value!r} is out of range", f"use a value {low} and <= {hi}")
-
-
-def _is_number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
-
-
 # what each field's annotation accepts, and how to say it (a recipe's `ema = "false"` is a string, and true)
 _KINDS: dict[str, tuple[Any, str, str]] = {
     "bool": (lambda v: isinstance(v, bool), "true or false", "write true or false, without quotes"),
-    "int": (
-        lambda v: isinstance(v, int) and not isinstance(v, bool),
-        "a whole number",
-        "write a whole number, such as 3",
-    ),
-    "float": (_is_number, "a number", "write a number, such as 0.1, without quotes"),
+    "int": (is_int, "a whole number", "write a whole number, such as 3"),
+    "float": (is_number, "a number", "write a number, such as 0.1, without quotes"),
     "str": (lambda v: isinstance(v, str), "text", "write it in quotes"),
     "list[float]": (
-        lambda v: isinstance(v, (list, tuple)) and all(_is_number(x) for x in v),
+        lambda v: isinstance(v, (list, tuple)) and all(is_number(x) for x in v),
         "a list of numbers",
         "write a list of numbers, such as [0.5, 1.0]",
     ),
@@ -94,11 +61,9 @@ def _check_types(obj: Any) -> None:
         if value is None and "None" in parts:
             continue
         ok, kind, how = _KINDS[base]
-        _check(ok(value), f"{f.name} = {value!r} is not {kind}", how + (", or leave it out" if "None" in parts else ""))
-
-
-def _one_of(name: str, value: Any, choices: tuple[str, ...]) -> None:
-    _check(value in choices, f"unknown {name} {value!r}", f"choose one of {', '.join(choices)}")
+        if not ok(value):
+            hint = how + (", or leave it out" if "None" in parts else "")
+            raise ConfigError(f"{{{f.name}}} = {value!r} is not {kind}", hint=hint)
 
 
 class _Config:
@@ -149,32 +114,23 @@ class ModelConfig(_Config):
 
     def __post_init__(self) -> None:
         _check_types(self)
-        _one_of("architecture", self.arch, ("mobilenet_v2",))
-        _check(
-            isinstance(self.num_classes, int)
-            and not isinstance(self.num_classes, bool)
-            and 2 <= self.num_classes <= 100_000,
-            f"num_classes = {self.num_classes!r} is out of range",
-            "a classifier needs between 2 and 100000 classes",
-        )
-        _in_range("width", self.width_mult, 0.35, 1.4)
-        _in_range("dropout", self.dropout, 0.0, 0.95)
-        _check(
-            self.stem_stride is None or (type(self.stem_stride) is int and self.stem_stride in (1, 2)),
-            f"stem_stride = {self.stem_stride!r} is invalid",
-            "use 1, 2, or leave it out (1 with small_input, else 2)",
-        )
+        check_choice("arch", self.arch, ("mobilenet_v2",))
+        check_int("num_classes", self.num_classes, 2, 100_000, why=" (the classes of a classifier)")
+        check_number("width_mult", self.width_mult, 0.35, 1.4)
+        check_number("dropout", self.dropout, 0.0, 0.95)
+        if self.stem_stride not in (None, 1, 2):
+            raise ConfigError(
+                f"{{stem_stride}} = {self.stem_stride!r} is invalid",
+                hint="use 1, 2, or leave it out (1 with {small_input}, else 2)",
+            )
         natural = self.effective_stem_stride * (8 if self.small_input else 16)  # 3 or 4 stride-2 stages after the stem
-        _check(
-            self.output_stride is None
-            or (
-                type(self.output_stride) is int
-                and self.output_stride in (8, 16, 32)
-                and self.effective_stem_stride <= self.output_stride <= natural
-            ),
-            f"output_stride = {self.output_stride!r} is invalid here",
-            f"use 8, 16 or 32, at most {natural} (the stride this stem and small_input give), or leave it out",
-        )
+        if self.output_stride is not None and not (
+            self.output_stride in (8, 16, 32) and self.effective_stem_stride <= self.output_stride <= natural
+        ):
+            raise ConfigError(
+                f"{{output_stride}} = {self.output_stride!r} is invalid here",
+                hint=f"use 8, 16 or 32, at most {natural} (the stride this stem and {{small_input}} give), or leave it out",
+            )
 
     @property
     def effective_stem_stride(self) -> int:
@@ -225,55 +181,56 @@ class DataConfig(_Config):
 
     def __post_init__(self) -> None:
         _check_types(self)
-        _check(self.source != "", "data source is empty", "pass --data synth, fashion-mnist or a folder")
-        _check(
-            isinstance(self.img_size, int) and not isinstance(self.img_size, bool) and 16 <= self.img_size <= 1024,
-            f"image size = {self.img_size!r} is out of range",
-            "use an image size between 16 and 1024 pixels",
-        )
-        _check(
-            self.resize_size is None
-            or (isinstance(self.resize_size, int) and self.img_size <= self.resize_size <= 4 * self.img_size),
-            f"resize size = {self.resize_size!r} is out of range",
-            f"use a resize size between the image size ({self.img_size}) and 4x it",
-        )
+        if self.source == "":
+            raise ConfigError("{source} is empty", hint="pass {source} synth, fashion-mnist or a folder")
+        check_int("img_size", self.img_size, 16, 1024, why=" (pixels)")
+        if self.resize_size is not None:
+            check_int("resize_size", self.resize_size, self.img_size, 4 * self.img_size, why=" ({img_size} to 4x it)")
+        self._check_normalisation()
+        self._check_augmentation()
+        self._check_source_settings()
+        check_int("synth_classes", self.synth_classes, 2, 64)
+        check_int("synth_train_per_class", self.synth_train_per_class, 1, 100_000)
+        check_int("synth_val_per_class", self.synth_val_per_class, 1, 100_000)
+        check_int("synth_seed", self.synth_seed, 0, SEED_MAX)
+
+    def _check_normalisation(self) -> None:
+        """``mean`` and ``std``: three finite numbers each (stored as floats), ``std`` positive."""
         for name in ("mean", "std"):
             values = getattr(self, name)
-            _check(
-                isinstance(values, (list, tuple))
-                and len(values) == 3
-                and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values),
-                f"{name} must have 3 finite numbers (R, G, B), got {values!r}",
-                f"pass --{name} R,G,B",
-            )
+            if not (len(values) == 3 and all(math.isfinite(v) for v in values)):
+                raise ConfigError(
+                    f"{{{name}}} must have 3 finite numbers (R, G, B), got {values!r}", hint=f"pass {{{name}}} as R,G,B"
+                )
             object.__setattr__(self, name, [float(v) for v in values])
-        _check(all(s > 0 for s in self.std), f"std must be positive, got {self.std}", "pass positive numbers")
-        _one_of("interpolation", self.interpolation, INTERPOLATIONS)
-        _one_of("train augmentation", self.train_aug, TRAIN_AUGMENTATIONS)
-        _one_of("automatic augmentation", self.auto_augment, AUTO_AUGMENTATIONS)
-        _in_range("random_erase", self.random_erase, 0.0, 1.0)
-        _check(
-            len(self.rrc_scale) == 2 and 0 < self.rrc_scale[0] <= self.rrc_scale[1] <= 1,
-            f"rrc_scale = {self.rrc_scale!r} is invalid",
-            "use two numbers 0 < min <= max <= 1",
-        )
+        if not all(s > 0 for s in self.std):
+            raise ConfigError(f"{{std}} must be positive, got {self.std}", hint="pass positive numbers")
+
+    def _check_augmentation(self) -> None:
+        check_choice("interpolation", self.interpolation, INTERPOLATIONS)
+        check_choice("train_aug", self.train_aug, TRAIN_AUGMENTATIONS)
+        check_choice("auto_augment", self.auto_augment, AUTO_AUGMENTATIONS)
+        check_number("random_erase", self.random_erase, 0.0, 1.0)
+        if not (len(self.rrc_scale) == 2 and 0 < self.rrc_scale[0] <= self.rrc_scale[1] <= 1):
+            raise ConfigError(
+                f"{{rrc_scale}} = {self.rrc_scale!r} is invalid", hint="use two numbers 0 < min <= max <= 1"
+            )
         object.__setattr__(self, "rrc_scale", [float(v) for v in self.rrc_scale])
-        _in_range("pad", self.pad, 0, self.img_size // 2)
-        _in_range("val_split", self.val_split, 0.0, 0.5)
-        _check(
-            self.val_split == 0 or self.source not in BUILTIN_SOURCES,
-            f"val_split = {self.val_split!r} is for a folder of class folders",
-            f"{self.source} has its own validation split: leave --val-split out",
-        )
-        _check(
-            not self.exif_orientation or self.source not in BUILTIN_SOURCES,
-            "exif_orientation is for image files",
-            f"{self.source} is generated or read from arrays, with no EXIF tags: leave --exif-orientation out",
-        )
-        _in_range("synthetic class count", self.synth_classes, 2, 64)
-        _in_range("synthetic images per class (train)", self.synth_train_per_class, 1, 100_000)
-        _in_range("synthetic images per class (val)", self.synth_val_per_class, 1, 100_000)
-        _in_range("synth_seed", self.synth_seed, 0, SEED_MAX)
+        check_int("pad", self.pad, 0, self.img_size // 2, why=" (half {img_size} at most)")
+
+    def _check_source_settings(self) -> None:
+        """The settings for a folder of images only: refused with a built-in source."""
+        check_number("val_split", self.val_split, 0.0, 0.5)
+        if self.val_split != 0 and self.source in BUILTIN_SOURCES:
+            raise ConfigError(
+                f"{{val_split}} = {self.val_split!r} is for a folder of class folders",
+                hint=f"{self.source} has its own validation split: leave {{val_split}} out",
+            )
+        if self.exif_orientation and self.source in BUILTIN_SOURCES:
+            raise ConfigError(
+                "{exif_orientation} is for image files",
+                hint=f"{self.source} is generated or read from arrays, with no EXIF tags: leave {{exif_orientation}} out",
+            )
 
     @property
     def resize(self) -> int:
@@ -331,47 +288,44 @@ class TrainConfig(_Config):
 
     def __post_init__(self) -> None:
         _check_types(self)
-        _in_range("seed", self.seed, 0, SEED_MAX)
-        for name, lo, hi in (
-            ("epochs", 1, 100_000),
-            ("batch size", 2, 65_536),
-            ("workers", 0, 256),
-            ("threads", 0, 1024),
-        ):
-            value = getattr(self, name.replace(" ", "_"))
-            _check(
-                isinstance(value, int) and not isinstance(value, bool) and lo <= value <= hi,
-                f"{name} = {value!r} is out of range",
-                f"use a whole number between {lo} and {hi}"
-                + (" (BatchNorm trains on 2 images or more)" if name == "batch size" else ""),
+        check_int("seed", self.seed, 0, SEED_MAX)
+        check_int("epochs", self.epochs, 1, 100_000)
+        check_int("batch_size", self.batch_size, 2, 65_536, why=" (BatchNorm trains on 2 images or more)")
+        check_int("workers", self.workers, 0, 256)
+        check_int("threads", self.threads, 0, 1024)
+        self._check_optimizer()
+        check_int(
+            "freeze_blocks",
+            self.freeze_blocks,
+            0,
+            FEATURE_BLOCKS,
+            why=f" (the feature blocks of MobileNetV2; {FEATURE_BLOCKS}: all, the classifier alone trains)",
+        )
+        if self.freeze_blocks and self.init_from is None:
+            raise ConfigError(
+                "{freeze_blocks} keeps the starting weights, and none are given",
+                hint="pass {init_from} with pretrained weights (frozen random weights would stay random)",
             )
-        _in_range("lr", self.lr, 0.0, 10.0, lo_open=True)
-        _in_range("momentum", self.momentum, 0.0, 0.999)
-        _in_range("weight decay", self.weight_decay, 0.0, 1.0)
-        if self.depthwise_weight_decay is not None:
-            _in_range("depthwise weight decay", self.depthwise_weight_decay, 0.0, 1.0)
-        _in_range("warm-up epochs", self.warmup_epochs, 0.0, float(self.epochs))
-        _in_range("label smoothing", self.label_smoothing, 0.0, 0.5)
-        _check(
-            isinstance(self.freeze_blocks, int) and 0 <= self.freeze_blocks <= FEATURE_BLOCKS,
-            f"freeze_blocks = {self.freeze_blocks!r} is out of range",
-            f"use a whole number between 0 and {FEATURE_BLOCKS} (the feature blocks of MobileNetV2; {FEATURE_BLOCKS}: all, the classifier alone trains)",
-        )
-        _check(
-            self.freeze_blocks == 0 or self.init_from is not None,
-            "freeze_blocks keeps the starting weights, and none are given",
-            "pass --init-from with pretrained weights (frozen random weights would stay random)",
-        )
-        _in_range("mixup alpha", self.mixup_alpha, 0.0, 10.0)
-        _in_range("cutmix alpha", self.cutmix_alpha, 0.0, 10.0)
+        check_number("mixup_alpha", self.mixup_alpha, 0.0, 10.0)
+        check_number("cutmix_alpha", self.cutmix_alpha, 0.0, 10.0)
         if self.clip_grad_norm is not None:
-            _in_range("gradient clipping norm", self.clip_grad_norm, 0.0, 1e6, lo_open=True)
-        _in_range("EMA decay", self.ema_decay, 0.0, 0.99999, lo_open=True)
-        _one_of("optimizer", self.optimizer, ("sgd", "adamw"))
-        _one_of("learning-rate schedule", self.schedule, ("cosine", "linear"))
-        _one_of("mixed precision mode", self.amp, ("auto", "off", "bf16", "fp16"))
-        _one_of("channels_last mode", self.channels_last, ("auto", "on", "off"))
-        _one_of("device", self.device, ("auto", "cuda", "cpu"))
+            check_number("clip_grad_norm", self.clip_grad_norm, 0.0, 1e6, lo_open=True)
+        check_number("ema_decay", self.ema_decay, 0.0, 0.99999, lo_open=True)
+        check_choice("amp", self.amp, ("auto", "off", "bf16", "fp16"))
+        check_choice("channels_last", self.channels_last, ("auto", "on", "off"))
+        check_choice("device", self.device, ("auto", "cuda", "cpu"))
+
+    def _check_optimizer(self) -> None:
+        """The optimizer's settings and the learning-rate schedule's."""
+        check_number("lr", self.lr, 0.0, 10.0, lo_open=True)
+        check_number("momentum", self.momentum, 0.0, 0.999)
+        check_number("weight_decay", self.weight_decay, 0.0, 1.0)
+        if self.depthwise_weight_decay is not None:
+            check_number("depthwise_weight_decay", self.depthwise_weight_decay, 0.0, 1.0)
+        check_number("warmup_epochs", self.warmup_epochs, 0.0, float(self.epochs))
+        check_number("label_smoothing", self.label_smoothing, 0.0, 0.5)
+        check_choice("optimizer", self.optimizer, ("sgd", "adamw"))
+        check_choice("schedule", self.schedule, ("cosine", "linear"))
 
 
 @dataclass(frozen=True)
@@ -406,11 +360,11 @@ class RunConfig:
                 f"unknown section(s) {', '.join(unknown)}", hint="a recipe has [model], [data] and [train] sections"
             )
         for section in ("model", "data", "train"):
-            _check(
-                isinstance(values.get(section, {}), dict),
-                f"{section} = {values.get(section)!r} is not a section",
-                f"write [{section}] on a line of its own, its settings below it",
-            )
+            if not isinstance(values.get(section, {}), dict):
+                raise ConfigError(
+                    f"{section} = {values.get(section)!r} is not a section",
+                    hint=f"write [{section}] on a line of its own, its settings below it",
+                )
         return cls(
             model=ModelConfig.from_dict(values.get("model", {})),
             data=DataConfig.from_dict(values.get("data", {})),
@@ -477,8 +431,8 @@ def run_config(
         raise ConfigError(
             "no data given",
             path=recipe_path if recipe is not None else None,
-            hint="pass --data synth, --data fashion-mnist or --data FOLDER"
-            + (", or set source in the recipe's [data]" if recipe is not None else ", or --config RECIPE"),
+            hint="pass {source}: synth, fashion-mnist or a folder"
+            + (", or set source in the recipe's [data]" if recipe is not None else ", or a recipe"),
         )
     base = recipe or RunConfig(ModelConfig(), DataConfig(source=source), TrainConfig())
     if recipe is None or recipe.given is not None:

@@ -87,11 +87,6 @@ def fewest_over_ranks(n: int) -> int:
     return _reduce_int(n, dist.ReduceOp.MIN)
 
 
-def any_rank(flag: bool) -> bool:
-    """Whether ``flag`` holds on any rank (``flag`` itself in a single process)."""
-    return bool(_reduce_int(int(flag), dist.ReduceOp.MAX))
-
-
 def stop_together(error: BaseException | None, info: DistInfo) -> None:
     """Every rank learns whether any rank met an error in a check, and all stop together (no rank left waiting in a
     collective for one that left). An error identical on every rank (a flag, a setting) is raised by rank 0 alone, the

@@ -39,13 +39,13 @@ def ensure_dir(path: str | Path) -> Path:
     try:
         p.mkdir(parents=True, exist_ok=True)
     except FileExistsError:
-        raise OutputError("output path exists and is not a folder", path=p, hint="choose another --out") from None
+        raise OutputError("output path exists and is not a folder", path=p, hint="choose another {out}") from None
     except OSError as exc:
         raise OutputError(
-            f"cannot create output folder ({exc.strerror})", path=p, hint="choose a writable --out"
+            f"cannot create output folder ({exc.strerror})", path=p, hint="choose a writable {out}"
         ) from None
     if not os.access(p, os.W_OK | os.X_OK):
-        raise OutputError("output folder is not writable", path=p, hint="fix its permissions or choose another --out")
+        raise OutputError("output folder is not writable", path=p, hint="fix its permissions or choose another {out}")
     return p
 
 
@@ -164,7 +164,7 @@ def output_error(exc: OSError, path: Path) -> OutputError:
             "disk full while writing", path=path, hint="free some space and run again; earlier files are intact"
         )
     if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-        return OutputError(f"cannot write output file ({exc.strerror})", path=path, hint="choose a writable --out")
+        return OutputError(f"cannot write output file ({exc.strerror})", path=path, hint="choose a writable {out}")
     return OutputError(
         f"cannot write output file ({exc.strerror or type(exc).__name__})", path=path, hint="choose another output path"
     )
@@ -399,7 +399,7 @@ def require_data_folder(path: str | Path) -> Path:
     root = Path(path)
     if not root.exists():
         raise DataError(
-            "data folder not found", path=root, hint="pass --data synth, --data fashion-mnist or an ImageFolder folder"
+            "data folder not found", path=root, hint="pass {data} synth, {data} fashion-mnist or an ImageFolder folder"
         )
     if not root.is_dir():
         raise DataError(

@@ -19,7 +19,8 @@ log = logging.getLogger(__name__)
 def detect_format(path: str | Path) -> str:
     """``pytorch`` (an mnv2 checkpoint), ``torchscript`` or ``onnx``, from the file's content; an :class:`ArtifactError`
     saying what the file is not (and what it looks like) for anything else. The one place that tells these formats
-    apart: the checkpoint loader, ``bench``, ``info``, ``visualize`` and the runtime all ask it."""
+    apart: the checkpoint loader, ``bench``, ``info``, ``visualize`` and the runtime all ask it (through
+    :func:`mnv2export.formats.for_file`, where a format this module does not know tells its own files first)."""
     p = require_artifact_file(path)
     hint = ARTIFACT_HINT
     damaged_zip = ArtifactError(
@@ -67,7 +68,7 @@ _MAGIC = (
 def _is_onnx_model(p: Path) -> bool:
     """Whether ``p`` parses as an ONNX ModelProto that holds a graph (a few ms for a 14 MB model). Protobuf reads many
     short byte strings as a message of unknown fields, so parsing alone does not tell; a model has an IR version and a
-    graph. Damage inside the graph is onnx.checker's to find (:func:`_load_onnx_model`)."""
+    graph. Damage inside the graph is onnx.checker's to find (:func:`mnv2export.runtime.onnx_model.load_onnx_model`)."""
     import onnx
 
     try:

@@ -155,7 +155,7 @@ def _fitting_tensors(
             raise CheckpointError(
                 f"initial weights do not fit: {name} is {tuple(tensor.shape)}, the model needs {tuple(own[name].shape)}",
                 path=p,
-                hint="use the same --width (and --small-input setting) as the weights were trained with",
+                hint="use the same {width} (and {small_input} setting) as the weights were trained with",
             )
         taken[name] = tensor
     return taken, sorted(set(skipped))

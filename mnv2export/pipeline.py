@@ -6,7 +6,7 @@ Everything goes into one run folder (``runs/<name>/``)::
     data_samples.png     validation images as the model sees them
     weights/             the training run: best.pt, last.pt, metrics.csv, config.json, pictures
     export/              model.torchscript.pt, model.onnx, model.int8.onnx, model.fp16.onnx, manifest.json
-    check.json           parity of every artifact against the checkpoint (mnv2export.parity)
+    check.json           parity of every artifact against the checkpoint (mnv2export.check)
     bench.json/.csv/.png latency of every format (mnv2export.bench)
     report.md            what a person reads, top to bottom
 
@@ -41,6 +41,7 @@ from .layout import (
     REPORT_FILE,
     RUNS_DIR,
 )
+from .params import check_int
 
 log = logging.getLogger(__name__)
 
@@ -170,11 +171,9 @@ def pipeline_config(
         model_flags = _under(PIPELINE_DEFAULTS["model"], model_flags)
         data_flags = _under(data_defaults, {**data_flags, "source": source})
         train_flags = _under(PIPELINE_DEFAULTS["train"], train_flags)
-    cfg = run_config(
-        recipe, model_flags, data_flags, train_flags
-    )  # every setting checked before torch is imported below
+    cfg = run_config(recipe, model_flags, data_flags, train_flags)  # every setting checked before torch is imported
     if recipe is None and train_flags.get("workers") is None:
-        cfg = RunConfig(model=cfg.model, data=cfg.data, train=cfg.train.replace(**_cpu_defaults(device)))
+        cfg = RunConfig(model=cfg.model, data=cfg.data, train=cfg.train.replace(**_cpu_defaults(cfg.train.device)))
     return cfg
 
 
@@ -214,7 +213,7 @@ def resolve_providers(device: str, providers: tuple[str, ...] | None) -> tuple[t
     from .device import resolve_device
 
     if providers is not None:
-        from .parity import parse_providers
+        from .check import parse_providers
 
         wanted = parse_providers(
             providers
@@ -253,10 +252,12 @@ def run_folder(name: str | None, out: str | Path | None, source: str, overwrite:
     and must be a pipeline run folder (holding pipeline.json). Checks only: :func:`clear_run_folder` removes an
     earlier run's outputs once every other setting has been checked."""
     if name is not None and out is not None:
-        raise ConfigError("--name and --out both given", hint="pass --name NAME (for runs/NAME) or --out DIR, not both")
+        raise ConfigError(
+            "{name} and {out} both given", hint="pass {name} (for runs/NAME) or {out} (a folder), not both"
+        )
     if name is not None and (not name or "/" in name or name in (".", "..")):
         raise ConfigError(
-            f"run name {name!r} is not a plain folder name", hint="pass --name without slashes, or use --out DIR"
+            f"run name {name!r} is not a plain folder name", hint="pass {name} without slashes, or use {out}"
         )
     if out is not None:
         run_dir = Path(out)
@@ -264,19 +265,19 @@ def run_folder(name: str | None, out: str | Path | None, source: str, overwrite:
         base = Path(source).name if source not in ("synth", "fashion-mnist") else source
         run_dir = RUNS_DIR / (name or f"{base}-{time.strftime('%Y%m%d-%H%M%S')}")
     if run_dir.exists() and not run_dir.is_dir():
-        raise ConfigError("run folder path is a file", path=run_dir, hint="choose another --name or --out")
+        raise ConfigError("run folder path is a file", path=run_dir, hint="choose another {name} or {out}")
     if run_dir.is_dir() and any(run_dir.iterdir()):
         if not overwrite:
             raise ConfigError(
                 "run folder exists and is not empty",
                 path=run_dir,
-                hint="choose another --name, or pass --overwrite to replace that run",
+                hint="choose another {name}, or pass {overwrite} to replace that run",
             )
         if not (run_dir / PIPELINE_FILE).is_file():
             raise ConfigError(
                 "folder is not a pipeline run (no pipeline.json): refusing to overwrite it",
                 path=run_dir,
-                hint="choose another --name or --out",
+                hint="choose another {name} or {out}",
             )
     return run_dir
 
@@ -310,7 +311,7 @@ def run_pipeline(
     """Run every step into the run folder; returns the result, or raises :class:`PipelineError` naming the step."""
     t0 = time.perf_counter()
     options = options or PipelineOptions()
-    _check_options(options)
+    check_options(options)
     # The run folder is checked first, before anything imports torch: a name already taken answers at once.
     run_dir = run_folder(name, out, data or (recipe.data.source if recipe else "synth"), overwrite)
     if options.threads is not None:
@@ -327,29 +328,7 @@ def run_pipeline(
         data_settings=data_settings,
         train=train,
     )
-    if not cfg.train.threads:  # neither --threads nor the recipe set it: the pipeline's default
-        cfg = RunConfig(model=cfg.model, data=cfg.data, train=cfg.train.replace(threads=default_threads()))
-    from .export.names import check_calib_size
-
-    check_calib_size(options.calib_size)
-    _check_calib_data(options.calib_data)
-    providers, notes = resolve_providers(cfg.train.device, options.providers)
-    notes.append(
-        f"{cfg.train.threads} intra-op thread(s) for training on a CPU, the check's PyTorch models and the benchmark "
-        f"(--threads; default: every usable core but one), {cfg.train.workers} data-loader worker(s)"
-    )
-    run_dir = clear_run_folder(run_dir)
-    result = PipelineResult(
-        run_dir=run_dir,
-        config=cfg,
-        options=options,
-        providers=providers,
-        steps=[StepRecord(s) for s in STEPS],
-        started=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        notes=notes,
-    )
-    _save_record(result, t0)
-    log.info("pipeline -> %s", run_dir)
+    result = _start(run_dir, cfg, options, t0)
     from .device import warn_oversubscription_once
 
     with warn_oversubscription_once():  # training and the benchmark both use --threads: one warning
@@ -359,24 +338,44 @@ def run_pipeline(
     return result
 
 
-def _check_options(o: PipelineOptions) -> None:
-    if o.threads is not None and (isinstance(o.threads, bool) or not isinstance(o.threads, int) or o.threads < 1):
-        raise ConfigError(f"threads = {o.threads!r} is out of range", hint="use a whole number >= 1")
-    from .parity import MAX_SAMPLES
+def _start(run_dir: Path, cfg: RunConfig, options: PipelineOptions, t0: float) -> PipelineResult:
+    """The checks that need the settings (calibration data, providers), then the run folder cleared and its first
+    pipeline.json written."""
+    if not cfg.train.threads:  # neither --threads nor the recipe set it: the pipeline's default
+        cfg = RunConfig(model=cfg.model, data=cfg.data, train=cfg.train.replace(threads=default_threads()))
+    _check_calib_data(options.calib_data)
+    providers, notes = resolve_providers(cfg.train.device, options.providers)
+    notes.append(
+        f"{cfg.train.threads} intra-op thread(s) for training on a CPU, the check's PyTorch models and the benchmark "
+        f"(--threads; default: every usable core but one), {cfg.train.workers} data-loader worker(s)"
+    )
+    result = PipelineResult(
+        run_dir=clear_run_folder(run_dir),
+        config=cfg,
+        options=options,
+        providers=providers,
+        steps=[StepRecord(s) for s in STEPS],
+        started=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        notes=notes,
+    )
+    _save_record(result, t0)
+    log.info("pipeline -> %s", run_dir)
+    return result
 
-    if o.check_samples is not None and (
-        isinstance(o.check_samples, bool)
-        or not isinstance(o.check_samples, int)
-        or not 1 <= o.check_samples <= MAX_SAMPLES
-    ):  # the check step's own range
-        raise ConfigError(
-            f"samples = {o.check_samples!r} is out of range", hint=f"use a whole number between 1 and {MAX_SAMPLES}"
-        )
+
+def check_options(o: PipelineOptions) -> None:
+    """The options of the steps after training, each checked by its step's own check, before any work."""
+    if o.threads is not None:
+        check_int("threads", o.threads, 1)
+    if o.check_samples is not None:
+        from .check import MAX_SAMPLES
+
+        check_int("samples", o.check_samples, 1, MAX_SAMPLES)  # the check step's own range
     from .bench.sweep import check_settings
+    from .export.names import check_calib_size
 
-    check_settings(
-        o.bench_formats, o.bench_batches, o.bench_warmup, None, o.bench_iters, o.bench_duration
-    )  # the bench step's own
+    check_calib_size(o.calib_size)
+    check_settings(o.bench_formats, o.bench_batches, o.bench_warmup, None, o.bench_iters, o.bench_duration)
 
 
 def _check_calib_data(calib_data: str | None) -> None:
@@ -386,7 +385,7 @@ def _check_calib_data(calib_data: str | None) -> None:
         return
     from .data.folder import require_image_folder
 
-    require_image_folder(Path(calib_data), "calibration data", "pass --calib-data with a folder of images (or synth)")
+    require_image_folder(Path(calib_data), "calibration data", "pass {calib_data} with a folder of images (or synth)")
 
 
 def _run_step(result: PipelineResult, step: str, t0: float) -> None:
@@ -493,11 +492,11 @@ def _step_export(result: PipelineResult) -> list[str]:
 
 
 def _step_check(result: PipelineResult) -> list[str]:
-    from . import parity
+    from . import check
     from .device import cpu_threads
 
     with cpu_threads(result.config.train.threads):  # the reference and TorchScript models
-        report = parity.check(
+        report = check.check(
             result.train.best,
             result.run_dir / "export",
             providers=result.providers,

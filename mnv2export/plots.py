@@ -16,7 +16,7 @@ from .layout import FEATURE_MAP_FILES, INPUT_FILE, KERNELS_FILE, LOSS_CURVE_FILE
 log = logging.getLogger(__name__)
 
 
-def _plt():
+def pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
@@ -25,20 +25,20 @@ def _plt():
     return plt
 
 
-def _save(fig, path: Path) -> Path:
+def save_figure(fig, path: Path) -> Path:
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
-    _plt().close(fig)
+    pyplot().close(fig)
     return path
 
 
 def loss_curve(history: list[dict[str, float]], path: Path) -> Path:
-    return _save(loss_curve_figure(history), path)
+    return save_figure(loss_curve_figure(history), path)
 
 
 def loss_curve_figure(history: list[dict[str, float]]):
     """The losses and the validation accuracy per epoch, side by side."""
-    plt = _plt()
+    plt = pyplot()
     from matplotlib.ticker import MaxNLocator
 
     epochs = [r["epoch"] for r in history]
@@ -62,14 +62,14 @@ def first_conv(model: nn.Module) -> nn.Conv2d:
 
 def kernels(model: nn.Module, path: Path, limit: int = 32) -> Path:
     """The first convolution's 3x3x3 kernels as colour tiles (each scaled to its own range)."""
-    plt = _plt()
+    plt = pyplot()
     w = first_conv(model).weight.detach().float().cpu()[:limit]  # [k, 3, 3, 3]
     lo = w.amin(dim=(1, 2, 3), keepdim=True)
     hi = w.amax(dim=(1, 2, 3), keepdim=True)
     tiles = ((w - lo) / (hi - lo).clamp_min(1e-12)).permute(0, 2, 3, 1).numpy()
     fig = _tiles(plt, tiles, 1.1, interpolation="nearest")
     fig.suptitle(f"first-layer kernels ({len(tiles)} of {first_conv(model).out_channels})")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _tiles(plt, images, inches: float, cols: int = 8, **imshow):
@@ -92,7 +92,7 @@ def feature_blocks(model: nn.Module) -> dict[str, nn.Module]:
 @torch.no_grad()
 def feature_maps(model: nn.Module, image: torch.Tensor, out_dir: Path, limit: int = 16) -> list[Path]:
     """Activations of a shallow and a deep block for one preprocessed image ([3, H, W]); one PNG per block."""
-    plt = _plt()
+    plt = pyplot()
     captured: dict[str, torch.Tensor] = {}
     hooks = [
         block.register_forward_hook(lambda _m, _i, out, name=name: captured.__setitem__(name, out.detach()))
@@ -108,12 +108,12 @@ def feature_maps(model: nn.Module, image: torch.Tensor, out_dir: Path, limit: in
         maps = act[0, :limit].cpu().numpy()
         fig = _tiles(plt, maps, 1.3, cmap="viridis")
         fig.suptitle(f"{name} block feature maps {tuple(act.shape[1:])} (first {len(maps)} channels)")
-        paths.append(_save(fig, out_dir / f"feature_maps_{name}.png"))
+        paths.append(save_figure(fig, out_dir / f"feature_maps_{name}.png"))
     return paths
 
 
 def confusion_matrix(confusion: list[list[int]], class_names: list[str], path: Path) -> Path:
-    plt = _plt()
+    plt = pyplot()
     import numpy as np
 
     cm = np.asarray(confusion, dtype=float)
@@ -131,7 +131,7 @@ def confusion_matrix(confusion: list[list[int]], class_names: list[str], path: P
                     ax.text(j, i, int(cm[i, j]), ha="center", va="center", fontsize=6, color="black")
     acc = np.trace(cm) / max(cm.sum(), 1)
     ax.set_title(f"confusion matrix (val top-1 {100 * acc:.2f}%)")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def training_pictures(
@@ -160,19 +160,19 @@ def _denormalise(image: torch.Tensor, mean: list[float], std: list[float]):
 
 def input_picture(image: torch.Tensor, mean: list[float], std: list[float], path: Path, title: str = "") -> Path:
     """The image as the model sees it (after resize and crop), de-normalised."""
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(3, 3))
     ax.imshow(_denormalise(image, mean, std), interpolation="nearest")
     ax.axis("off")
     ax.set_title(title or f"model input {tuple(image.shape[1:])}", fontsize=8)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def sample_grid(
     images: torch.Tensor, labels: list[str], mean: list[float], std: list[float], path: Path, cols: int = 8
 ) -> Path:
     """Preprocessed images ([N, 3, H, W]) in a grid, each titled with its label."""
-    plt = _plt()
+    plt = pyplot()
     rows = max(1, (len(images) + cols - 1) // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.4, rows * 1.6), squeeze=False)
     for i, ax in enumerate(axes.flat):
@@ -180,7 +180,7 @@ def sample_grid(
         if i < len(images):
             ax.imshow(_denormalise(images[i], mean, std), interpolation="nearest")
             ax.set_title(labels[i][:18], fontsize=6)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 @dataclass

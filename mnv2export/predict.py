@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from .errors import ConfigError, DataError
+from .params import check_int
 
 MAX_TOP_K = 1000
 log = logging.getLogger(__name__)
@@ -134,52 +135,27 @@ def predict(
     threads: int | None = None,
 ) -> PredictResult:
     """Classify ``images`` (files or folders) with the artifact ``model`` on ``provider`` (cpu, cuda)."""
-    from .fileio import require_artifact_file
-    from .runtime import load_artifact, preprocess
+    from .formats import for_kind
+    from .runtime import load_artifact
 
-    if not isinstance(top_k, int) or isinstance(top_k, bool) or not 1 <= top_k <= MAX_TOP_K:
-        raise ConfigError(f"top-k = {top_k!r} is out of range", hint=f"use --top-k between 1 and {MAX_TOP_K}")
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise ConfigError(f"batch size = {batch_size!r} is out of range", hint="use a whole number >= 1")
-    if not images:
-        raise ConfigError("no images given", hint="pass image files or folders: mnv2 predict IMAGE... --model ARTIFACT")
-    require_artifact_file(model)  # before torch or ONNX Runtime is imported: a wrong path is said at once
-    files, skipped = collect_images(images)
-    if not files:
-        reasons = sorted({s["reason"] for s in skipped})
-        what = "not found" if reasons == ["file not found"] else "no image files found"
-        raise DataError(
-            what, path=", ".join(map(str, images)), hint="pass image files (.jpg, .png, ...) or folders holding them"
-        )
+    files, skipped = _inputs(images, model, top_k, batch_size)
     from .device import warn_if_oversubscribed
 
     warn_if_oversubscribed(threads)
     runner = load_artifact(model, provider, threads=threads)
-    names = runner.class_names
-    k = min(top_k, len(names))
     result = PredictResult(
         model=str(model),
         format=runner.format,
         precision=runner.precision,
         provider=runner.provider,
-        top_k=k,
+        top_k=min(top_k, len(runner.class_names)),
         skipped=skipped,
     )
-    if runner.format != "pytorch" and (problem := manifest_problem(Path(model))):
+    if for_kind(runner.format).file and (problem := manifest_problem(Path(model))):  # an exported file
         log.warning("%s", problem)
         result.warnings.append(problem)
     for start in range(0, len(files), batch_size):
-        chunk = files[start : start + batch_size]
-        batch, kept, errors = preprocess(chunk, runner.metadata)
-        result.skipped += [{"path": e.path, "reason": e.reason} for e in errors]
-        if not kept:
-            continue
-        probs = softmax(runner.run(batch))
-        order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
-        for path, row, idx in zip(kept, probs, order):
-            result.predictions.append(
-                Prediction(path, [{"class": names[i], "index": int(i), "probability": float(row[i])} for i in idx])
-            )
+        _classify(runner, files[start : start + batch_size], result)
     if not result.predictions:
         first = result.skipped[0]
         raise DataError(
@@ -187,3 +163,40 @@ def predict(
             hint="pass image files Pillow can decode (.jpg, .png, ...)",
         )
     return result
+
+
+def _inputs(images, model, top_k: int, batch_size: int) -> tuple[list[Path], list[dict[str, str]]]:
+    """The options checked and the image files found, before torch or ONNX Runtime is imported: a wrong path or an
+    empty folder is said at once."""
+    from .fileio import require_artifact_file
+
+    check_int("top_k", top_k, 1, MAX_TOP_K)
+    check_int("batch_size", batch_size, 1)
+    if not images:
+        raise ConfigError("no images given", hint="pass image files or folders: mnv2 predict IMAGE... --model ARTIFACT")
+    require_artifact_file(model)
+    files, skipped = collect_images(images)
+    if not files:
+        reasons = sorted({s["reason"] for s in skipped})
+        what = "not found" if reasons == ["file not found"] else "no image files found"
+        raise DataError(
+            what, path=", ".join(map(str, images)), hint="pass image files (.jpg, .png, ...) or folders holding them"
+        )
+    return files, skipped
+
+
+def _classify(runner, files: list[Path], result: PredictResult) -> None:
+    """One batch of ``files`` through ``runner``: its top-k predictions, and the images that could not be read."""
+    from .runtime import preprocess
+
+    names = runner.class_names
+    batch, kept, errors = preprocess(files, runner.metadata)
+    result.skipped += [{"path": e.path, "reason": e.reason} for e in errors]
+    if not kept:
+        return
+    probs = softmax(runner.run(batch))
+    order = np.argsort(-probs, axis=1, kind="stable")[:, : result.top_k]
+    for path, row, idx in zip(kept, probs, order):
+        result.predictions.append(
+            Prediction(path, [{"class": names[i], "index": int(i), "probability": float(row[i])} for i in idx])
+        )

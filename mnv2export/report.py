@@ -55,6 +55,7 @@ def render(result: Any) -> str:
         _export(result),
         _parity(result),
         _bench(result),
+        _ship(result),
         _files(result),
         _usage(result),
     ]
@@ -245,6 +246,26 @@ def _bench(r: Any) -> str:
     ]
     if (Path(r.run_dir) / "bench.png").is_file():
         lines += ["![latency by format and provider](bench.png)", ""]
+    return "\n".join(lines)
+
+
+def _ship(r: Any) -> str:
+    """What to ship: the benchmark's fastest file that passed the parity check, per provider and batch."""
+    if r.bench is None or r.parity is None:
+        return ""
+    from .bench.ship import recommend, to_markdown
+
+    choices = recommend(r.bench, r.parity.to_dict())
+    lines = [
+        "## What to ship",
+        "",
+        "For each provider and batch size, the fastest file that passed its parity check above, with its speed-up "
+        "over PyTorch eager and its accuracy drop (or top-1 agreement where the data had no labels); the faster files "
+        "passed over, and why.",
+        "",
+        to_markdown(choices).strip(),
+        "",
+    ]
     return "\n".join(lines)
 
 

@@ -639,7 +639,7 @@ def test_cuda_graph_rows_replay_what_the_model_computes(exported):
     """A CUDA-graph row is timed, says so, and its replayed output is the model's (against the CPU session); INT8,
     whose weight DequantizeLinear nodes ONNX Runtime keeps on the CPU, is refused by ONNX Runtime and said to be."""
     from mnv2export.bench.targets import bind, input_batch, load
-    from mnv2export.parity import tf32_disabled
+    from mnv2export.check import tf32_disabled
 
     result = bench.run(
         exported.out_dir, formats="onnx,int8,fp16", providers="cuda", batches=(1, 4), cuda_graph=True, **FAST

@@ -13,7 +13,10 @@ import torch
 from onnx import numpy_helper
 from PIL import Image
 
-from mnv2export import parity, parity_report
+from mnv2export import check
+from mnv2export.check import DEFAULT_TOLERANCES, ParityRow, Tolerance, parse_providers, tf32_disabled, with_overrides
+from mnv2export.check.compare import compare, judge
+from mnv2export.check.targets import metadata_problems
 from mnv2export.cli import main
 from mnv2export.errors import ArtifactError, ConfigError, DataError, ProviderUnavailable
 from mnv2export.layout import FP16_FILE, INT8_FILE, MANIFEST_FILE, ONNX_FILE, TORCHSCRIPT_FILE
@@ -104,9 +107,9 @@ def test_passing_artifacts_pass_with_every_metric(exported, trained_checkpoint, 
 def test_int8_is_judged_by_agreement_and_accuracy_and_the_report_api(exported, trained_checkpoint):
     """INT8 is not elementwise-close by design; it is judged by top-1 agreement and accuracy drop on real images.
     (This 4-class, 32 px model has near-ties, so its INT8 may honestly miss the 99% bar: the row says by how much.)"""
-    report = parity.check(trained_checkpoint, exported.out_dir, samples=48, batch_sizes=(5, 64))
+    report = check.check(trained_checkpoint, exported.out_dir, samples=48, batch_sizes=(5, 64))
     rows = {r.artifact: r for r in report.rows}
-    assert all(isinstance(r, parity.ParityRow) for r in report.rows) and len(rows) == 4
+    assert all(isinstance(r, ParityRow) for r in report.rows) and len(rows) == 4
     int8 = rows[INT8_FILE]
     m = int8.metrics
     assert m["max_abs"] > 1e-4 and "elementwise_failures" not in m and m["agreement_on"] == "real"
@@ -231,7 +234,7 @@ def test_corrupted_artifacts_fail_and_are_named(exported, trained_checkpoint, tm
 
 
 def test_flags_override_the_default_tolerances(exported, trained_checkpoint, tmp_path, capsys):
-    tols = parity_report.with_overrides(atol=1e-3, min_top1_agreement=95, max_acc_drop_pts=0.5)
+    tols = with_overrides(atol=1e-3, min_top1_agreement=95, max_acc_drop_pts=0.5)
     assert (
         tols["fp32"].atol == 1e-3
         and tols["fp16"].atol == 1e-3
@@ -241,8 +244,8 @@ def test_flags_override_the_default_tolerances(exported, trained_checkpoint, tmp
     assert tols["fp16"].atol_scaled and not tols["fp32"].atol_scaled
     assert tols["int8"].atol is None and tols["int8"].max_acc_drop_pts == 0.5 and tols["fp32"].max_acc_drop_pts is None
     assert all(t.min_top1_agreement == 95 for t in tols.values())
-    with pytest.raises(ConfigError, match="min top-1 agreement = 101"):
-        parity_report.with_overrides(min_top1_agreement=101)
+    with pytest.raises(ConfigError, match="min_top1_agreement = 101"):
+        with_overrides(min_top1_agreement=101)
     folder = _folder(exported, tmp_path / "art", {ONNX_FILE: ONNX_FILE})
     code = main(
         [
@@ -282,7 +285,7 @@ def test_bad_input_is_one_line_exit_1(exported, trained_checkpoint, tmp_path, ca
         ([*base, "--data", str(tmp_path / "nope")], "data folder not found"),
         ([*base, "--data", str(tmp_path / "empty")], "data folder holds no images"),
         ([*base, "--data", str(tmp_path / "broken")], "none of the 2 images drawn from"),
-        ([*base, "--provider", "rocm"], "unknown provider 'rocm'"),
+        ([*base, "--provider", "rocm"], "unknown --provider rocm"),
         ([*base, "--samples", "0"], "samples = 0 is out of range"),
         (["check", str(tmp_path / "missing.pt")], "checkpoint not found"),
     ]
@@ -297,7 +300,7 @@ def test_bad_input_is_one_line_exit_1(exported, trained_checkpoint, tmp_path, ca
 def test_default_artifacts_folder_is_export_run(trained_checkpoint, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(ArtifactError, match="the default export/<run>") as info:
-        parity.check(trained_checkpoint)
+        check.check(trained_checkpoint)
     assert info.value.path == str(tmp_path.joinpath("export", "run").relative_to(tmp_path))
 
 
@@ -351,17 +354,17 @@ def test_an_export_folder_without_its_unchanged_source_checkpoint_is_refused(exp
     for name, (change, why) in cases.items():
         folder = _orphan(exported, tmp_path / name, change)
         with pytest.raises(ArtifactError) as info:
-            parity.check(folder, samples=4)
+            check.check(folder, samples=4)
         assert info.value.what == f"no reference model for this folder: {why}", info.value.what
         assert (
             info.value.path == str(folder)
-            and info.value.hint == f"pass the checkpoint it was exported from, with --artifacts {folder}"
+            and info.value.hint == f"pass the checkpoint it was exported from, with {{artifacts_dir}} {folder}"
         )
-        assert parity.check(
+        assert check.check(
             trained_checkpoint, folder, samples=4
         ).passed  # with the checkpoint named, the same folder checks
     with pytest.raises(ConfigError, match="two artifacts folders"):
-        parity.check(exported.out_dir, exported.out_dir, samples=4)
+        check.check(exported.out_dir, exported.out_dir, samples=4)
 
 
 def test_unlabelled_folder_and_unreadable_images(exported, trained_checkpoint, tmp_path):
@@ -374,23 +377,23 @@ def test_unlabelled_folder_and_unreadable_images(exported, trained_checkpoint, t
         Image.fromarray(rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)).save(data / "nested" / f"{i}.png")
     (data / "broken.jpg").write_bytes(b"\xff\xd8 not really")
     folder = _folder(exported, tmp_path / "art", {ONNX_FILE: ONNX_FILE})
-    report = parity.check(trained_checkpoint, folder, data=str(data))
+    report = check.check(trained_checkpoint, folder, data=str(data))
     assert report.inputs["real"] == 3 and report.inputs["labelled"] is False and report.passed
     assert "acc_reference" not in report.rows[0].metrics
     assert any("1 unreadable skipped" in n and "no labels" in n for n in report.notes)
     with pytest.raises(DataError):
-        parity.check(trained_checkpoint, folder, data=str(data / "broken.jpg"))
+        check.check(trained_checkpoint, folder, data=str(data / "broken.jpg"))
 
 
 # --------------------------------------------------------------------------------------------------- providers
 def test_parse_providers():
-    assert parity.parse_providers("cpu") == [("cpu", True)]
-    assert parity.parse_providers("all") == [("cpu", True), ("cuda", False)]
-    assert parity.parse_providers("cpu,cuda") == [("cpu", True), ("cuda", True)]
-    assert parity.parse_providers(("all", "cuda")) == [("cpu", True), ("cuda", True)]
+    assert parse_providers("cpu") == [("cpu", True)]
+    assert parse_providers("all") == [("cpu", True), ("cuda", False)]
+    assert parse_providers("cpu,cuda") == [("cpu", True), ("cuda", True)]
+    assert parse_providers(("all", "cuda")) == [("cpu", True), ("cuda", True)]
     for bad in ("rocm", "", "cpu,tpu"):
         with pytest.raises(ConfigError, match="unknown provider"):
-            parity.parse_providers(bad)
+            parse_providers(bad)
 
 
 def test_an_empty_provider_item_is_a_usage_error(trained_checkpoint, exported, capsys):
@@ -406,9 +409,9 @@ def test_cuda_asked_for_on_a_cpu_machine(exported, trained_checkpoint, tmp_path,
     line = _one_error_line(capsys.readouterr().err)
     assert "CUDA was asked for but" in line and "--provider cpu" in line
     with pytest.raises(ProviderUnavailable):
-        parity.check(trained_checkpoint, folder, providers="cpu,cuda", samples=4)
+        check.check(trained_checkpoint, folder, providers="cpu,cuda", samples=4)
     # `all`: CUDA rows are reported unavailable with the reason; the CPU rows decide
-    report = parity.check(trained_checkpoint, folder, providers="all", samples=8)
+    report = check.check(trained_checkpoint, folder, providers="all", samples=8)
     assert report.passed
     cuda = [r for r in report.rows if r.provider == "cuda"]
     assert len(cuda) == 2 and all(
@@ -421,7 +424,7 @@ def test_cuda_asked_for_on_a_cpu_machine(exported, trained_checkpoint, tmp_path,
 def test_tf32_is_disabled_inside_and_restored_after(monkeypatch):
     monkeypatch.delenv("NVIDIA_TF32_OVERRIDE", raising=False)
     before = torch.backends.cudnn.conv.fp32_precision
-    with parity.tf32_disabled():
+    with tf32_disabled():
         assert (
             torch.backends.cuda.matmul.fp32_precision == "ieee" and torch.backends.cudnn.conv.fp32_precision == "ieee"
         )
@@ -433,7 +436,7 @@ def test_tf32_is_disabled_inside_and_restored_after(monkeypatch):
 
 @pytest.mark.cuda
 def test_cuda_rows_match_the_cpu_reference_with_tf32_off(exported, trained_checkpoint):
-    report = parity.check(trained_checkpoint, exported.out_dir, providers="cuda", samples=32)
+    report = check.check(trained_checkpoint, exported.out_dir, providers="cuda", samples=32)
     assert report.passed, [(r.artifact, r.failures, r.reason) for r in report.rows]
     assert all(r.provider == "cuda" for r in report.rows)
     assert all(r.session_providers[0] == "CUDAExecutionProvider" for r in report.rows if r.format == "onnx")
@@ -515,10 +518,10 @@ def test_int8_accuracy_drop_is_judged_and_signed(change, drop, fails):
     """With the agreement bar lowered to 90% (so that it does not decide), a 3-point accuracy loss must fail the
     default 1-point bound, and a 3-point gain must not (drop = reference - artifact)."""
     ref, out, labels = _int8_case(change)
-    tol = parity_report.with_overrides(min_top1_agreement=90)["int8"]
-    m = parity.compare(ref, out, n_real=100, labels=labels, used=np.full(100, 64), tol=tol)
+    tol = with_overrides(min_top1_agreement=90)["int8"]
+    m = compare(ref, out, n_real=100, labels=labels, used=np.full(100, 64), tol=tol)
     assert m["top1_agreement"] == 97.0 and m["acc_drop_pts"] == pytest.approx(drop)
-    failures = parity.judge(m, tol, "int8")
+    failures = judge(m, tol, "int8")
     assert bool(failures) is fails, failures
     if fails:
         assert failures[0].startswith("accuracy drop 3.00 points > 1")
@@ -527,23 +530,23 @@ def test_int8_accuracy_drop_is_judged_and_signed(change, drop, fails):
 def test_top5_agreement_is_given_only_where_it_can_fall_below_100():
     """With 4 classes every class is in the top 5, so the figure would be 100% whatever the artifact answers: it is
     left out. With 10 it counts the samples whose reference class is in the artifact's top 5."""
-    tol = parity_report.DEFAULT_TOLERANCES["int8"]
+    tol = DEFAULT_TOLERANCES["int8"]
     ref4 = _logits(np.arange(8) % 4)
-    assert parity.compare(ref4, -ref4, n_real=8, labels=None, used=np.full(8, 7), tol=tol)["top5_agreement"] is None
+    assert compare(ref4, -ref4, n_real=8, labels=None, used=np.full(8, 7), tol=tol)["top5_agreement"] is None
     ref = np.tile(np.arange(10.0), (4, 1))  # reference class 9 for every sample
     out = ref.copy()
     out[1] = ref[1, ::-1]  # class 9 last: out of the top 5
     out[2, [9, 5]] = out[2, [5, 9]]  # class 9 fifth: in the top 5, not first
-    m = parity.compare(ref, out, n_real=4, labels=None, used=np.full(4, 7), tol=tol)
+    m = compare(ref, out, n_real=4, labels=None, used=np.full(4, 7), tol=tol)
     assert m["top1_agreement"] == 50.0 and m["top5_agreement"] == 75.0
 
 
 def test_int8_without_real_images_fails_with_pass_data():
     """README: 'Without any real images, INT8 fails with "pass --data"' (even if the generated tensors agree)."""
     ref = _logits(np.arange(20) % 4)
-    tol = parity_report.DEFAULT_TOLERANCES["int8"]
-    m = parity.compare(ref, ref.copy(), n_real=0, labels=None, used=np.full(20, 7), tol=tol)
-    failures = parity.judge(m, tol, "int8")
+    tol = DEFAULT_TOLERANCES["int8"]
+    m = compare(ref, ref.copy(), n_real=0, labels=None, used=np.full(20, 7), tol=tol)
+    failures = judge(m, tol, "int8")
     assert len(failures) == 1 and "pass --data" in failures[0]
 
 
@@ -553,17 +556,17 @@ def test_nonfinite_logits_fail_every_precision():
     out = ref.copy()
     out[3, 3] = np.nan  # on the top class: np.argmax still picks it, so agreement and accuracy stay 100%
     for precision in ("fp32", "fp16", "int8"):
-        tol = parity_report.DEFAULT_TOLERANCES[precision]
-        m = parity.compare(ref, out, n_real=8, labels=np.arange(8) % 4, used=np.full(8, 7), tol=tol)
-        failures = parity.judge(m, tol, precision)
+        tol = DEFAULT_TOLERANCES[precision]
+        m = compare(ref, out, n_real=8, labels=np.arange(8) % 4, used=np.full(8, 7), tol=tol)
+        failures = judge(m, tol, precision)
         assert any("NaN or infinite" in f for f in failures), (precision, failures)
 
 
 def test_error_rows_fail_the_check():
     """A row that could not run (damaged file, static batch axis) is not a pass."""
-    assert not parity_report.ParityRow("m.onnx", "onnx", "fp32", "cpu", status="error", reason="x").passed
-    assert not parity_report.ParityRow("m.onnx", "onnx", "fp32", "cpu", status="fail").passed
-    assert parity_report.ParityRow("m.onnx", "onnx", "fp32", "cuda", status="unavailable").passed
+    assert not ParityRow("m.onnx", "onnx", "fp32", "cpu", status="error", reason="x").passed
+    assert not ParityRow("m.onnx", "onnx", "fp32", "cpu", status="fail").passed
+    assert ParityRow("m.onnx", "onnx", "fp32", "cuda", status="unavailable").passed
 
 
 def test_an_error_row_alone_makes_the_check_fail(exported, trained_checkpoint, tmp_path):
@@ -572,7 +575,7 @@ def test_an_error_row_alone_makes_the_check_fail(exported, trained_checkpoint, t
     manifest = json.loads((exported.out_dir / MANIFEST_FILE).read_text())
     manifest["artifacts"] = {ONNX_FILE: manifest["artifacts"][ONNX_FILE]}  # listed, file missing
     (folder / MANIFEST_FILE).write_text(json.dumps(manifest))
-    report = parity.check(trained_checkpoint, folder, samples=4)
+    report = check.check(trained_checkpoint, folder, samples=4)
     assert [r.status for r in report.rows] == ["error"] and report.passed is False
 
 
@@ -590,9 +593,9 @@ def test_metadata_class_names_must_match_the_checkpoint(class_names):
     """Wrong or missing class names do not change a logit, so only the metadata check can catch them."""
     ckpt = _small_ckpt()
     meta = {**ckpt.metadata(), "class_names": class_names}
-    problems = parity.metadata_problems(meta, ckpt)
+    problems = metadata_problems(meta, ckpt)
     assert len(problems) == 1 and problems[0].startswith("metadata class_names differs first at index"), problems
-    assert parity.metadata_problems(ckpt.metadata(), ckpt) == []
+    assert metadata_problems(ckpt.metadata(), ckpt) == []
 
 
 def test_class_name_mismatch_names_the_first_differing_index_and_both_lengths():
@@ -601,21 +604,21 @@ def test_class_name_mismatch_names_the_first_differing_index_and_both_lengths():
     names = [f"a_rather_long_class_name_number_{i:03d}" for i in range(3)]
     ckpt.class_names = names
     swapped = [names[0], names[2], names[1]]
-    assert parity.metadata_problems({**ckpt.metadata(), "class_names": swapped}, ckpt) == [
+    assert metadata_problems({**ckpt.metadata(), "class_names": swapped}, ckpt) == [
         f'metadata class_names differs first at index 1: "{names[2]}", the checkpoint\'s "{names[1]}"'
     ]
-    assert parity.metadata_problems({**ckpt.metadata(), "class_names": names[:2]}, ckpt) == [
+    assert metadata_problems({**ckpt.metadata(), "class_names": names[:2]}, ckpt) == [
         f"metadata class_names differs first at index 2: absent, the checkpoint's \"{names[2]}\" (2 entries, the checkpoint's 3)"
     ]
-    assert parity.metadata_problems({**ckpt.metadata(), "class_names": [*names, "extra"]}, ckpt) == [
+    assert metadata_problems({**ckpt.metadata(), "class_names": [*names, "extra"]}, ckpt) == [
         "metadata class_names differs first at index 3: \"extra\", the checkpoint's absent (4 entries, the checkpoint's 3)"
     ]
 
 
 def test_default_tolerances_are_the_documented_ones():
     """README's table: FP32 atol 1e-4 / rtol 1e-3 / 100%; FP16 atol 2e-2 (scaled) / rtol 5e-2 / 99%; INT8 99% / 1 point."""
-    T = parity_report.Tolerance
-    assert parity_report.DEFAULT_TOLERANCES == {
+    T = Tolerance
+    assert DEFAULT_TOLERANCES == {
         "fp32": T(atol=1e-4, rtol=1e-3, min_top1_agreement=100.0),
         "fp16": T(atol=2e-2, rtol=5e-2, atol_scaled=True, min_top1_agreement=99.0),
         "int8": T(min_top1_agreement=99.0, max_acc_drop_pts=1.0),
@@ -648,7 +651,7 @@ def test_wrong_input_size_and_class_count_are_failed_rows_not_crashes(exported, 
     )
     _torchscript_with(trained_checkpoint, exported, folder / "classes.torchscript.pt", num_classes=5)
     _reseal(folder)
-    report = parity.check(trained_checkpoint, folder, samples=8)
+    report = check.check(trained_checkpoint, folder, samples=8)
     rows = {r.artifact: r for r in report.rows}
     size, classes = rows["size.torchscript.pt"], rows["classes.torchscript.pt"]
     assert size.status == "fail" and size.failures == [
@@ -669,7 +672,7 @@ def _png(path: Path, seed: int) -> None:
     Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(path)
 
 
-# --------------------------------------------------------------------------------------------------- parity_inputs
+# --------------------------------------------------------------------------------------------------- check.inputs
 @pytest.fixture(scope="module")
 def ckpt(trained_checkpoint):
     from mnv2export.checkpoint import load_checkpoint
@@ -679,7 +682,7 @@ def ckpt(trained_checkpoint):
 
 def test_an_imagefolder_root_uses_its_val_split(ckpt, tmp_path):
     """Module docstring: 'a folder in ImageFolder layout (its ``val/`` split ...)'."""
-    from mnv2export.parity_inputs import load_real_images
+    from mnv2export.check.inputs import load_real_images
 
     root = tmp_path / "folder"
     for c, name in enumerate(ckpt.class_names):
@@ -694,7 +697,7 @@ def test_an_imagefolder_root_uses_its_val_split(ckpt, tmp_path):
 
 def test_labels_stay_with_their_images_when_some_are_unreadable(ckpt, tmp_path):
     """Unreadable images are skipped; the labels of the others must still be their own class folders'."""
-    from mnv2export.parity_inputs import load_real_images
+    from mnv2export.check.inputs import load_real_images
 
     root = tmp_path / "labelled"
     for c, name in enumerate(ckpt.class_names):
@@ -710,7 +713,7 @@ def test_labels_stay_with_their_images_when_some_are_unreadable(ckpt, tmp_path):
 
 def test_images_are_drawn_without_repeats(ckpt, tmp_path):
     """'Up to ``samples`` readable images', drawn at random: each at most once."""
-    from mnv2export.parity_inputs import load_real_images
+    from mnv2export.check.inputs import load_real_images
 
     root = tmp_path / "flat"
     for i in range(10):
@@ -721,9 +724,9 @@ def test_images_are_drawn_without_repeats(ckpt, tmp_path):
     assert len(some) == 4 and len(set(some.keys)) == 4
 
 
-# --------------------------------------------------------------------------------------------------- parity_int8
+# --------------------------------------------------------------------------------------------------- check.int8
 def test_the_8bit_ideal_is_the_documented_one():
-    from mnv2export.parity_int8 import IDEAL_8BIT_SQNR_DB
+    from mnv2export.check.int8 import IDEAL_8BIT_SQNR_DB
 
     assert IDEAL_8BIT_SQNR_DB == pytest.approx(6.02 * 8 + 1.76)
 
@@ -733,7 +736,7 @@ def test_upstream_sqnr_is_the_lowest_of_the_nearest_compared_inputs():
     input lies upstream; weightless nodes in between are walked through."""
     from onnx import helper
 
-    from mnv2export.parity_int8 import _upstream_sqnr
+    from mnv2export.check.int8 import _upstream_sqnr
 
     nodes = [
         helper.make_node("Conv", ["x", "wa"], ["a"]),
@@ -748,8 +751,8 @@ def test_upstream_sqnr_is_the_lowest_of_the_nearest_compared_inputs():
 
 
 def test_debug_int8_without_real_images_says_pass_data(tmp_path):
-    from mnv2export.parity_inputs import RealImages
-    from mnv2export.parity_int8 import debug_int8
+    from mnv2export.check.inputs import RealImages
+    from mnv2export.check.int8 import debug_int8
 
     entries = {
         "model.int8.onnx": {"precision": "int8", "format": "onnx"},
@@ -761,8 +764,8 @@ def test_debug_int8_without_real_images_says_pass_data(tmp_path):
 
 def test_debug_int8_ranks_layers_and_caps_the_samples(exported, ckpt):
     """Layers ranked by dB lost (worst first), weights by SQNR (worst first), at most ``samples`` images."""
-    from mnv2export.parity_inputs import load_real_images
-    from mnv2export.parity_int8 import debug_int8
+    from mnv2export.check.inputs import load_real_images
+    from mnv2export.check.int8 import debug_int8
 
     real = load_real_images(ckpt, None, 12)
     entries = {n: {"format": a["format"], "precision": a["precision"]} for n, a in exported.artifacts.items()}
@@ -784,7 +787,7 @@ def test_the_file_not_the_manifest_decides_the_precision(exported, trained_check
     manifest = json.loads((folder / MANIFEST_FILE).read_text())
     manifest["artifacts"][ONNX_FILE]["precision"] = "int8"
     (folder / MANIFEST_FILE).write_text(json.dumps(manifest))
-    report = parity.check(trained_checkpoint, folder, samples=16)
+    report = check.check(trained_checkpoint, folder, samples=16)
     row = report.rows[0]
     assert row.status == "fail" and not report.passed
     assert row.precision == "fp32" and row.tolerance == report.tolerances["fp32"]
@@ -805,7 +808,7 @@ def test_a_file_changed_since_export_fails(exported, trained_checkpoint, tmp_pat
     manifest["artifacts"]["sized.onnx"]["size_bytes"] += 1
     (folder / MANIFEST_FILE).write_text(json.dumps(manifest))
     assert (folder / ONNX_FILE).stat().st_size == manifest["artifacts"][ONNX_FILE]["size_bytes"]
-    report = parity.check(trained_checkpoint, folder, samples=4)
+    report = check.check(trained_checkpoint, folder, samples=4)
     rows = {r.artifact: r for r in report.rows}
     on_disk = sha256_file(folder / ONNX_FILE)
     assert rows[ONNX_FILE].status == "fail" and rows[ONNX_FILE].sha256 == on_disk
@@ -820,7 +823,7 @@ def test_a_file_changed_since_export_fails(exported, trained_checkpoint, tmp_pat
 
 
 def test_artifacts_of_another_checkpoint_fail(exported, trained_checkpoint, tmp_path):
-    """A sibling checkpoint (here: the same weights, another file) did not produce these artifacts: every row fails,
+    """A sibling checkpoint (here: the same weights, another epoch count in its summary, so another file) did not produce these artifacts: every row fails,
     naming both short hashes, even though they answer alike."""
     from dataclasses import replace
 
@@ -828,18 +831,19 @@ def test_artifacts_of_another_checkpoint_fail(exported, trained_checkpoint, tmp_
 
     ckpt = load_checkpoint(trained_checkpoint)
     sibling = save_checkpoint(
-        replace(ckpt, train_summary={**ckpt.train_summary, "epoch": 5}), tmp_path / "run" / "best.pt"
+        replace(ckpt, train_summary={**ckpt.train_summary, "epoch": ckpt.train_summary["epoch"] + 1}),
+        tmp_path / "run" / "best.pt",
     )
     other = load_checkpoint(sibling).sha256
     folder = _folder(exported, tmp_path / "art", {ONNX_FILE: ONNX_FILE, TORCHSCRIPT_FILE: TORCHSCRIPT_FILE})
-    report = parity.check(sibling, folder, samples=8)
+    report = check.check(sibling, folder, samples=8)
     assert not report.passed and any("exported from another checkpoint" in n for n in report.notes)
     for row in report.rows:
         assert row.status == "fail" and row.failures == [
             f"exported from another checkpoint: source_checkpoint_sha256 {ckpt.sha256[:12]} in its metadata, {other[:12]} for best.pt"
         ], row
         assert row.metrics["max_abs"] < 1e-4  # it was compared all the same: the numbers alone would have passed
-    assert parity.check(trained_checkpoint, folder, samples=8).passed  # against its own checkpoint it passes
+    assert check.check(trained_checkpoint, folder, samples=8).passed  # against its own checkpoint it passes
 
 
 def test_artifacts_in_the_folder_but_not_in_the_manifest_fail(exported, trained_checkpoint, tmp_path, capsys):
@@ -867,16 +871,16 @@ def test_a_zero_atol_or_rtol_is_judged_not_a_crash(atol, rtol):
     """0 disables that bound's slack: a logit then fails past the other bound alone (past any difference when both are 0)."""
     ref = _logits(np.arange(8) % 4)
     for precision in ("fp32", "fp16"):
-        tol = parity_report.with_overrides(atol=atol, rtol=rtol)[precision]
-        same = parity.compare(ref, ref.copy(), n_real=8, labels=None, used=np.full(8, 7), tol=tol)
-        assert parity.judge(same, tol, precision) == [] and same["tol_ratio"] == 0.0
+        tol = with_overrides(atol=atol, rtol=rtol)[precision]
+        same = compare(ref, ref.copy(), n_real=8, labels=None, used=np.full(8, 7), tol=tol)
+        assert judge(same, tol, precision) == [] and same["tol_ratio"] == 0.0
         out = ref.copy()
         out[2, 0] += 1e-2  # on a zero logit: fails any zero-slack bound
         out[5, 1] += (
             1e-6 if (atol or rtol) else 0.0
         )  # within the bound that is not 0 (relative 2e-7 of 5, or 1e-6 < 1e-4)
-        m = parity.compare(ref, out, n_real=8, labels=None, used=np.full(8, 7), tol=tol)
-        failures = parity.judge(m, tol, precision)
+        m = compare(ref, out, n_real=8, labels=None, used=np.full(8, 7), tol=tol)
+        failures = judge(m, tol, precision)
         assert m["elementwise_failures"] == 1 and m["worst"]["sample"] == 2, m
         assert len(failures) == 1 and failures[0].startswith(f"1 of 32 logits exceed both atol {atol:g}"), failures
         assert ("x atol" in failures[0]) is (atol > 0)
@@ -914,8 +918,8 @@ def test_a_nan_logit_is_named_as_such():
     out = ref.copy()
     out[6, 2] += 1.0
     out[3, 1] = np.nan
-    tol = parity_report.DEFAULT_TOLERANCES["fp32"]
-    failures = parity.judge(parity.compare(ref, out, n_real=8, labels=None, used=np.full(8, 7), tol=tol), tol, "fp32")
+    tol = DEFAULT_TOLERANCES["fp32"]
+    failures = judge(compare(ref, out, n_real=8, labels=None, used=np.full(8, 7), tol=tol), tol, "fp32")
     assert failures[0] == "1 logit is NaN or infinite"
     assert "the worst logit is nan (NaN/inf), the reference 0, on real sample 3, class 1" in failures[1], failures
     assert "nanx" not in failures[1] and "diff nan" not in failures[1]
@@ -930,7 +934,7 @@ def test_the_report_is_an_audit_trail(exported, trained_checkpoint, tmp_path):
     from mnv2export.fileio import sha256_file
 
     folder = _folder(exported, tmp_path / "art", {ONNX_FILE: ONNX_FILE})
-    d = parity.check(trained_checkpoint, folder, samples=4).to_dict()
+    d = check.check(trained_checkpoint, folder, samples=4).to_dict()
     assert datetime.fromisoformat(d["created"]).tzinfo is not None
     v = d["versions"]
     assert (

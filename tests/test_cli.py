@@ -41,11 +41,11 @@ def test_a_wrong_path_or_option_of_any_command_is_said_before_torch_is_imported(
     )
     cases = [
         (["train", "--data", "synth", "--epochs", "0"], "epochs = 0 is out of range"),
-        (["train", "--config", "train/imagenet20_224.toml", "--epochs", "2"], "warm-up epochs = 3.0 is out of range"),
+        (["train", "--config", "train/imagenet20_224.toml", "--epochs", "2"], "--warmup-epochs = 3.0 is out of range"),
         (["train", "--resume", "--overwrite", "--out", "x"], "--overwrite and --resume contradict each other"),
         (["export", "/nonexistent.pt"], "checkpoint not found (/nonexistent.pt)"),
         (["export", str(empty)], "checkpoint file is empty"),
-        (["export", "/nonexistent.pt", "--format", "bogus"], "unknown export format bogus"),
+        (["export", "/nonexistent.pt", "--format", "bogus"], "unknown --format bogus"),
         (
             ["export", "/nonexistent.pt", "--calib-size", "0", "--quantize"],
             "--calib-size = 0 is out of range: use a whole number between 1 and 10000",
@@ -62,10 +62,10 @@ def test_a_wrong_path_or_option_of_any_command_is_said_before_torch_is_imported(
         ),
         (["check", str(orphan), "--artifacts", str(orphan)], "two artifacts folders: the target and --artifacts"),
         (["check", "/nonexistent.pt", "--samples", "0"], "samples = 0 is out of range"),
-        (["check", "/nonexistent.pt", "--provider", "bogus"], "unknown provider 'bogus'"),
+        (["check", "/nonexistent.pt", "--provider", "bogus"], "unknown --provider bogus"),
         (["bench", "/nonexistent"], "benchmark target not found (/nonexistent)"),
         (["bench", "/nonexistent", "--threads", "0"], "threads = 0 is out of range"),
-        (["bench", "/nonexistent", "--formats", "bogus"], "unknown format bogus"),
+        (["bench", "/nonexistent", "--formats", "bogus"], "unknown --formats bogus: choose from"),
         (["info", "/nonexistent"], "artifact not found (/nonexistent)"),
         (["info", str(tmp_path)], "artifact path is a folder, not a file"),
         (["predict", "/nonexistent.png", "--model", "/nonexistent.pt"], "artifact not found (/nonexistent.pt)"),
@@ -73,21 +73,21 @@ def test_a_wrong_path_or_option_of_any_command_is_said_before_torch_is_imported(
         (["visualize", "/nonexistent.pt"], "checkpoint not found (/nonexistent.pt)"),
         (["pipeline", "--epochs", "0", "--out", str(tmp_path / "run")], "epochs = 0 is out of range"),
         (["pipeline", "--threads", "0", "--out", str(tmp_path / "run")], "threads = 0 is out of range"),
-        (["train", "--data", "synth", "--exif-orientation"], "exif_orientation is for image files"),
+        (["train", "--data", "synth", "--exif-orientation"], "--exif-orientation is for image files"),
         (
             ["train", "--data", "synth", "--auto-augment", "bogus"],
-            "unknown automatic augmentation 'bogus': choose one of none, ta_wide",
+            "unknown --auto-augment 'bogus': choose one of none, ta_wide",
         ),
-        (["train", "--data", "synth", "--random-erase", "1.5"], "random_erase = 1.5 is out of range"),
-        (["train", "--data", "synth", "--mixup-alpha", "-1"], "mixup alpha = -1.0 is out of range"),
-        (["train", "--data", "synth", "--clip-grad-norm", "0"], "gradient clipping norm = 0.0 is out of range"),
+        (["train", "--data", "synth", "--random-erase", "1.5"], "--random-erase = 1.5 is out of range"),
+        (["train", "--data", "synth", "--mixup-alpha", "-1"], "--mixup-alpha = -1.0 is out of range"),
+        (["train", "--data", "synth", "--clip-grad-norm", "0"], "--clip-grad-norm = 0.0 is out of range"),
         (
             ["train", "--data", "synth", "--freeze-blocks", "5"],
-            "freeze_blocks keeps the starting weights, and none are given",
+            "--freeze-blocks keeps the starting weights, and none are given",
         ),
         (
             ["train", "--data", "synth", "--freeze-blocks", "20", "--init-from", "w.pth"],
-            "freeze_blocks = 20 is out of range",
+            "--freeze-blocks = 20 is out of range",
         ),
         (["train", "--data", "/nonexistent/folder", "--epochs", "1"], "data folder not found (/nonexistent/folder)"),
         (
@@ -150,9 +150,9 @@ def _one_error_line(stderr):
         (["train", "--data", "synth", "--epochs", "0"], "epochs = 0 is out of range"),
         (["train", "--data", "synth", "--width", "3"], "width = 3.0 is out of range"),
         (["train", "--data", "synth", "--lr", "-1"], "lr = -1.0 is out of range"),
-        (["train", "--data", "synth", "--img-size", "4"], "image size = 4 is out of range"),
-        (["train", "--data", "synth", "--batch-size", "-2"], "batch size = -2 is out of range"),
-        (["train", "--data", "synth", "--device", "tpu"], "unknown device 'tpu'"),
+        (["train", "--data", "synth", "--img-size", "4"], "--img-size = 4 is out of range"),
+        (["train", "--data", "synth", "--batch-size", "-2"], "--batch-size = -2 is out of range"),
+        (["train", "--data", "synth", "--device", "tpu"], "unknown --device 'tpu'"),
         (["train", "--config", "/nonexistent.toml"], "recipe file not found"),
         (["train", "--resume", "--out", "/nonexistent/run"], "nothing to resume"),
         (
@@ -166,7 +166,7 @@ def _one_error_line(stderr):
         (["train", "--data", "synth", "--threads", "-1"], "threads = -1 is out of range"),
         (
             ["train", "--config", "train/imagenet20_224.toml", "--data", "synth", "--epochs", "2"],
-            "warm-up epochs = 3.0 is out of range (train/imagenet20_224.toml)",
+            "--warmup-epochs = 3.0 is out of range (train/imagenet20_224.toml)",
         ),
     ],
 )
@@ -380,8 +380,8 @@ def test_every_option_of_train_and_pipeline_is_in_a_help_panel(command):
     panels = {p.name: getattr(p, "rich_help_panel", None) for p in cmd.params}
     assert not {name for name, panel in panels.items() if panel not in (DATA, MODEL, TRAINING, HARDWARE, RUN, CHECKS)}
     assert (
-        panels["data"] == DATA
-        and panels["width"] == MODEL
+        panels["source"] == DATA
+        and panels["width_mult"] == MODEL
         and panels["lr" if command == "train" else "epochs"] == TRAINING
     )
     assert panels["device"] == HARDWARE and panels["out"] == RUN
@@ -550,7 +550,7 @@ def test_the_three_commands_exactly_as_typed(tmp_path, monkeypatch, capsys):
     "command, library",
     [
         ("export", "mnv2export.export.export_all"),
-        ("check", "mnv2export.parity.check"),
+        ("check", "mnv2export.check.check"),
         ("bench", "mnv2export.bench.run"),
         ("train", "mnv2export.train.fit"),
     ],

@@ -138,7 +138,7 @@ def test_another_image_size_derives_its_own_resize_over_a_recipe(tmp_path):
 
 def test_a_recipe_value_out_of_range_says_where_it_comes_from():
     recipe = load_recipe("train/imagenet20_224.toml")  # warmup_epochs = 3.0
-    with pytest.raises(ConfigError, match="warm-up epochs = 3.0") as info:
+    with pytest.raises(ConfigError, match="warmup_epochs = 3.0") as info:
         run_config(recipe, {}, {}, {"epochs": 2})
     assert "the recipe's value applies unless its flag overrides it" in info.value.hint
     with pytest.raises(ConfigError) as plain:
@@ -160,16 +160,15 @@ def test_a_recipe_value_out_of_range_says_where_it_comes_from():
 def test_list_options_refuse_an_empty_item():
     """`--format onnx,,torchscript`, `--provider cpu,` (a typo) are errors, as `--batch 1,,2` is, not silently read as
     fewer items; used by export's formats, check's providers and bench's formats and providers."""
-    from mnv2export.bench.sweep import parse_list
-    from mnv2export.params import split_items
+    from mnv2export.check import parse_providers
     from mnv2export.export import parse_formats
-    from mnv2export.parity import parse_providers
+    from mnv2export.params import choose, split_items
 
     assert split_items(" ONNX, torchscript ", "x") == ["onnx", "torchscript"] and split_items("", "x") == []
     for call in (
         lambda: parse_formats("onnx,,torchscript"),
         lambda: parse_providers("cpu,"),
-        lambda: parse_list("eager,,onnx", ("eager", "onnx"), ("eager", "onnx"), "format"),
+        lambda: choose("eager,,onnx", ("eager", "onnx"), "formats"),
         lambda: split_items(["a", ""], "x"),
     ):
         with pytest.raises(ConfigError, match="empty item"):
@@ -179,22 +178,22 @@ def test_list_options_refuse_an_empty_item():
 @pytest.mark.parametrize(
     "section, values, message",
     [
-        ("train", {"ema": "false"}, "ema = 'false' is not true or false"),  # a non-empty string: was read as true
-        ("train", {"compile": "no"}, "compile = 'no' is not true or false"),
-        ("data", {"hflip": "no"}, "hflip = 'no' is not true or false"),
-        ("model", {"small_input": 1}, "small_input = 1 is not true or false"),
-        ("train", {"seed": 1.5}, "seed = 1.5 is not a whole number"),
-        ("train", {"seed": 10**20}, "seed = 100000000000000000000 is out of range"),
-        ("train", {"seed": -1}, "seed = -1 is out of range"),
-        ("data", {"synth_seed": -1}, "synth_seed = -1 is out of range"),
-        ("data", {"synth_classes": 2.5}, "synth_classes = 2.5 is not a whole number"),
-        ("data", {"pad": 2.5}, "pad = 2.5 is not a whole number"),
-        ("data", {"rrc_scale": [0.5, "a"]}, "rrc_scale = [0.5, 'a'] is not a list of numbers"),
-        ("data", {"class_index": 5}, "class_index = 5 is not text"),
-        ("train", {"out": 5}, "out = 5 is not text"),
-        ("train", {"init_from": 5}, "init_from = 5 is not text"),
-        ("train", {"lr": "0.1"}, "lr = '0.1' is not a number"),
-        ("model", {"stem_stride": 1.0}, "stem_stride = 1.0 is not a whole number"),
+        ("train", {"ema": "false"}, "{ema} = 'false' is not true or false"),  # a non-empty string: was read as true
+        ("train", {"compile": "no"}, "{compile} = 'no' is not true or false"),
+        ("data", {"hflip": "no"}, "{hflip} = 'no' is not true or false"),
+        ("model", {"small_input": 1}, "{small_input} = 1 is not true or false"),
+        ("train", {"seed": 1.5}, "{seed} = 1.5 is not a whole number"),
+        ("train", {"seed": 10**20}, "{seed} = 100000000000000000000 is out of range"),
+        ("train", {"seed": -1}, "{seed} = -1 is out of range"),
+        ("data", {"synth_seed": -1}, "{synth_seed} = -1 is out of range"),
+        ("data", {"synth_classes": 2.5}, "{synth_classes} = 2.5 is not a whole number"),
+        ("data", {"pad": 2.5}, "{pad} = 2.5 is not a whole number"),
+        ("data", {"rrc_scale": [0.5, "a"]}, "{rrc_scale} = [0.5, 'a'] is not a list of numbers"),
+        ("data", {"class_index": 5}, "{class_index} = 5 is not text"),
+        ("train", {"out": 5}, "{out} = 5 is not text"),
+        ("train", {"init_from": 5}, "{init_from} = 5 is not text"),
+        ("train", {"lr": "0.1"}, "{lr} = '0.1' is not a number"),
+        ("model", {"stem_stride": 1.0}, "{stem_stride} = 1.0 is not a whole number"),
     ],
 )
 def test_a_recipe_value_of_the_wrong_type_is_an_error(tmp_path, section, values, message):

@@ -97,7 +97,7 @@ def test_write_synth_refuses_a_folder_holding_files_and_bad_counts(tmp_path):
         "val": 2,
     }  # an empty folder is fine
     for kwargs, match in (
-        ({"val_per_class": 0}, "synthetic images per class \\(val\\) = 0 is out of range"),
+        ({"val_per_class": 0}, "synth_val_per_class = 0 is out of range"),
         ({"seed": -1}, "synth_seed = -1 is out of range"),
     ):
         with pytest.raises(ConfigError, match=match):
@@ -456,7 +456,7 @@ def test_a_folder_of_class_folders_is_split_by_val_split_the_same_every_time(tmp
         (
             lambda r: _flat(r),
             {},
-            r"no 'train' folder in the data folder .* or hold out part of each class folder with --val-split 0\.1",
+            r"no 'train' folder in the data folder .* or hold out part of each class folder with val_split 0\.1",
         ),
         (
             lambda r: _folder(r),
@@ -488,7 +488,7 @@ def test_val_split_is_a_share_of_a_folder_not_of_a_built_in_set():
 
     with pytest.raises(ConfigError, match=r"val_split = 0\.6 is out of range"):
         DataConfig(source="photos", val_split=0.6)
-    with pytest.raises(ConfigError, match="synth has its own validation split: leave --val-split out"):
+    with pytest.raises(ConfigError, match="synth has its own validation split: leave val_split out"):
         DataConfig(source="synth", val_split=0.1)
 
 
@@ -497,9 +497,9 @@ def test_the_check_and_the_calibration_read_the_run_s_own_split_of_its_folder(tm
     calibration the training ones; read as a plain folder, the check would have judged accuracy on training images."""
     from types import SimpleNamespace
 
+    from mnv2export.check.inputs import load_real_images
     from mnv2export.data.folder import split_classes
     from mnv2export.export.calib import load_calibration
-    from mnv2export.parity_inputs import load_real_images
 
     root = _flat(tmp_path / "photos")
     monkeypatch.chdir(tmp_path)
@@ -594,11 +594,11 @@ def test_every_reader_of_a_model_decodes_its_photos_upright_alike(tmp_path, monk
     predict (load_images) all decode a sideways photo as the same upright image; it is refused for built-in sets."""
     from types import SimpleNamespace
 
+    from mnv2export.check.inputs import load_real_images
     from mnv2export.data import eval_transform
     from mnv2export.data.transforms import preprocessing_spec
     from mnv2export.errors import ConfigError
     from mnv2export.export.calib import load_calibration
-    from mnv2export.parity_inputs import load_real_images
 
     scenes = {}
     for c, cls in enumerate(("cat", "dog")):
@@ -637,7 +637,7 @@ def test_every_reader_of_a_model_decodes_its_photos_upright_alike(tmp_path, monk
     spec = preprocessing_spec(cfg)
     assert spec["exif_orientation"] is True and "exif_transpose" in spec["decode"]
     assert preprocessing_spec(cfg.replace(exif_orientation=False))["exif_orientation"] is False
-    with pytest.raises(ConfigError, match="exif_orientation is for image files.*leave --exif-orientation out"):
+    with pytest.raises(ConfigError, match="exif_orientation is for image files.*leave exif_orientation out"):
         DataConfig(source="synth", exif_orientation=True)
 
 
@@ -715,8 +715,8 @@ def test_the_check_and_calibration_list_a_folder_as_training_does(tmp_path, capl
     """The check's and the calibration's own listing read the GIFs too, and name the other files once each."""
     from types import SimpleNamespace
 
+    from mnv2export.check.inputs import load_real_images
     from mnv2export.export.calib import load_calibration
-    from mnv2export.parity_inputs import load_real_images
 
     root = _formats_tree(tmp_path / "d")
     ckpt = SimpleNamespace(data_config=DataConfig(source="synth", img_size=16), class_names=["gifs", "mixed"])

@@ -403,7 +403,7 @@ def test_bad_options_and_calibration_data(trained_checkpoint, tmp_path, capsys):
     empty = tmp_path / "empty"
     (empty / "train" / "a").mkdir(parents=True)
     cases = [
-        (["--format", "tflite"], "unknown export format"),
+        (["--format", "tflite"], "unknown --format tflite"),
         (["--quantize", "--calib-data", tmp_path / "nowhere"], "calibration data not found"),
         (["--quantize", "--calib-data", empty], "holds no images"),
         (["--quantize", "--calib-size", "0"], "--calib-size = 0 is out of range"),

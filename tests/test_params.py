@@ -62,6 +62,7 @@ def test_the_flag_table_comes_from_the_app():
     names = flag_names()
     assert names["calib_size"] == "--calib-size" and names["threads"] == "--threads"
     assert names["batches"] == "--batch" and names["providers"] == "--provider"
+    assert names["formats"] == "--format" and flag_names("bench")["formats"] == "--formats"
     assert all(flag.startswith("--") for flag in names.values())
 
 

@@ -43,7 +43,8 @@ def test_every_artifact_agrees_on_top1(trained_checkpoint, exported, images):
         assert result.format == ("torchscript" if name.endswith(".pt") else "onnx")
         assert _top1(result, images) == _top1(reference, images), name
         for a, b in zip(result.predictions, reference.predictions):
-            tol = 0.1 if "int8" in name else 1e-3
+            # FP16 keeps 11 significant bits (a step of ~1e-3 near 1.0): its probabilities differ by a few such steps
+            tol = 0.1 if "int8" in name else 5e-3 if "fp16" in name else 1e-3
             assert abs(a.top[0]["probability"] - b.top[0]["probability"]) < tol, (name, a.path)
 
 
@@ -107,7 +108,7 @@ def test_no_readable_image_is_an_error(exported, tmp_path, capsys):
     code = main(["predict", str(bad), "--model", str(exported.out_dir / "model.onnx")])
     err = capsys.readouterr().err
     assert code == 1 and err.strip().splitlines()[-1].startswith("error: none of the 1 image(s) could be read")
-    with pytest.raises(ConfigError, match="top-k"):
+    with pytest.raises(ConfigError, match=r"^top_k = 0 is out of range"):
         predict([bad], exported.out_dir / "model.onnx", top_k=0)
 
 

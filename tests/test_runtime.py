@@ -219,7 +219,7 @@ def test_provider_failure_reasons_from_onnxruntimes_log():
 def test_cuda_matches_cpu(exported, name):
     """FP32 is compared as IEEE float32: with TF32, ONNX Runtime's and torch's default for convolutions on Ampere and
     later, the FP32 ONNX model was 2.2e-3 of the largest logit away on an H200."""
-    from mnv2export.parity import tf32_disabled
+    from mnv2export.check import tf32_disabled
 
     x = _batch(8)
     cpu = load_artifact(exported.out_dir / name).run(x)
@@ -260,7 +260,7 @@ def _record_cuda_sessions(monkeypatch, refuse: list[str] | None = None) -> list:
     Returns the list of recorded arguments."""
     import onnxruntime as ort
 
-    import mnv2export.runtime as runtime
+    import mnv2export.runtime.sessions as sessions
 
     seen = []
 
@@ -273,8 +273,8 @@ def _record_cuda_sessions(monkeypatch, refuse: list[str] | None = None) -> list:
         def get_providers(self):
             return ["CUDAExecutionProvider", "CPUExecutionProvider"]
 
-    monkeypatch.setattr(runtime, "onnx_provider_problem", lambda provider: None)
-    monkeypatch.setattr(runtime, "_preload_cuda_libraries", lambda: None)
+    monkeypatch.setattr(sessions, "onnx_provider_problem", lambda provider: None)
+    monkeypatch.setattr(sessions, "_preload_cuda_libraries", lambda: None)
     monkeypatch.setattr(ort, "InferenceSession", Recorder)
     monkeypatch.delenv("NVIDIA_TF32_OVERRIDE", raising=False)
     return seen
@@ -284,7 +284,7 @@ def test_check_creates_cuda_sessions_with_tf32_off(exported, monkeypatch):
     """The sessions ``mnv2 check`` creates inside ``tf32_disabled`` get the option (ONNX Runtime's session class is
     replaced by one that records its arguments: there is no GPU here)."""
     import mnv2export.runtime as runtime
-    from mnv2export.parity import tf32_disabled
+    from mnv2export.check import tf32_disabled
 
     seen = _record_cuda_sessions(monkeypatch)
     runtime.create_session(exported.out_dir / ONNX_FILE, "cuda")
@@ -354,9 +354,10 @@ def test_no_silent_cpu_fallback_even_when_the_precheck_misses(exported, monkeypa
     """If the pre-session check lets CUDA through, ONNX Runtime falls back to CPU on its own; the runtime must see
     that in session.get_providers() and raise, not hand back a CPU session labelled cuda."""
     import mnv2export.runtime as runtime
+    import mnv2export.runtime.sessions as sessions
 
-    monkeypatch.setattr(runtime, "onnx_provider_problem", lambda provider: None)
-    monkeypatch.setattr(runtime, "_preload_cuda_libraries", lambda: None)
+    monkeypatch.setattr(sessions, "onnx_provider_problem", lambda provider: None)
+    monkeypatch.setattr(sessions, "_preload_cuda_libraries", lambda: None)
     with pytest.raises(ProviderUnavailable, match="CUDA was asked for but"):
         runtime.load_artifact(exported.out_dir / ONNX_FILE, "cuda")
 
@@ -364,8 +365,9 @@ def test_no_silent_cpu_fallback_even_when_the_precheck_misses(exported, monkeypa
 def test_shadowing_onnxruntime_packages_are_named(exported, monkeypatch):
     """README: both onnxruntime and onnxruntime-gpu installed -> `--provider cuda` says so (before any session)."""
     import mnv2export.runtime as runtime
+    import mnv2export.runtime.sessions as sessions
 
-    monkeypatch.setattr(runtime, "installed_onnxruntime_packages", lambda: {"onnxruntime", "onnxruntime-gpu"})
+    monkeypatch.setattr(sessions, "installed_onnxruntime_packages", lambda: {"onnxruntime", "onnxruntime-gpu"})
     with pytest.raises(ProviderUnavailable, match="shadow each other"):
         runtime.load_artifact(exported.out_dir / ONNX_FILE, "cuda")
 
@@ -381,9 +383,10 @@ def test_cuda_device_follows_the_local_rank(monkeypatch):
 def test_onnx_graph_must_match_its_metadata(exported, tmp_path):
     from test_check import _wrong_metadata
 
-    from mnv2export.runtime import _shape_fits, load_artifact
+    from mnv2export.runtime import load_artifact
+    from mnv2export.runtime.onnx_model import shape_fits
 
-    assert not _shape_fits(["batch", 3, 64, 64], [None, 3, 32, 32]) and _shape_fits(
+    assert not shape_fits(["batch", 3, 64, 64], [None, 3, 32, 32]) and shape_fits(
         ["batch", 3, 32, 32], [None, 3, 32, 32]
     )
     _wrong_metadata(exported.out_dir / ONNX_FILE, tmp_path / "m.onnx", ["input_size"], [3, 64, 64])

@@ -22,8 +22,7 @@ from torch.nn import functional as F
 from mnv2export.checkpoint import load_checkpoint
 from mnv2export.config import ModelConfig, RunConfig, TrainConfig
 from mnv2export.errors import ConfigError, ProviderUnavailable
-from mnv2export.run_folder import resume_config
-from mnv2export.train import fit
+from mnv2export.train import fit, resume_config
 
 
 def mnv2(*args, **kw):
@@ -171,7 +170,7 @@ def _same(a, b):
 def _cut_after_first_epoch_then_resume(cfg, out, monkeypatch):
     """Train ``cfg`` into ``out``, interrupted (KeyboardInterrupt) right after epoch 1's evaluation, then resume it
     to the end; returns the resumed run's result."""
-    import mnv2export.train as T
+    import mnv2export.train.loop as T
 
     real, calls = T.evaluate, []
 
@@ -350,7 +349,7 @@ def test_sigterm_is_noted_then_raised_at_the_next_batch():
     """The SIGTERM handler only notes the signal; the loops raise Terminated at their next batch. Raised from the
     handler itself, it was lost when it landed in an at-fork hook (logging's, as a DataLoader worker started)."""
     from mnv2export.errors import Terminated
-    from mnv2export.signals import raise_if_terminated, sigterm_as_interrupt
+    from mnv2export.train.signals import raise_if_terminated, sigterm_as_interrupt
 
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
     reached = []
@@ -566,7 +565,7 @@ def test_ddp_counts_and_names_the_unreadable_images_of_every_rank(tmp_path):
 
 _DIES_IN_EPOCH_2 = """
 import os, sys
-import mnv2export.train as T
+import mnv2export.train.loop as T
 from mnv2export.cli import main
 
 if os.environ["RANK"] == "1":
@@ -768,7 +767,7 @@ def test_sync_bn_on_cpu_is_refused_even_in_one_process(tmp_path, tiny_run):
 
     if torch.cuda.is_available():
         pytest.skip("a GPU is present")
-    with pytest.raises(ConfigError, match="SyncBatchNorm runs on CUDA only.*: drop --sync-bn"):
+    with pytest.raises(ConfigError, match="SyncBatchNorm runs on CUDA only.*: turn sync_bn off"):
         fit(tiny_run_config(sync_bn=True), run_dir=tmp_path / "new")
     assert not (tmp_path / "new").exists()
     out = tmp_path / "run"
@@ -781,7 +780,7 @@ def test_sync_bn_on_cpu_is_refused_even_in_one_process(tmp_path, tiny_run):
         out / "last.pt",
     )
     cfg, ckpt = resume_config(out, {"train": {"epochs": 3}})
-    with pytest.raises(ConfigError, match="pass --no-sync-bn"):
+    with pytest.raises(ConfigError, match=r"turn sync_bn off \(the resumed run recorded it"):
         fit(cfg, run_dir=out, resume_from=ckpt)
     cfg, ckpt = resume_config(out, {"train": {"epochs": 3, "sync_bn": False}})
     assert fit(cfg, run_dir=out, resume_from=ckpt).summary["epoch"] == 3
@@ -809,7 +808,7 @@ def test_fp16_steps_the_gradient_scaler_passed_over_are_told(tmp_path, caplog):
 def _overflowing_logits(monkeypatch, every: int):
     """The model fit() builds, its training-mode logits multiplied by inf in every ``every``-th batch (0 * inf is
     NaN): the loss of those batches is NaN, as when a model's outputs overflow fp16."""
-    import mnv2export.train as T
+    import mnv2export.train.run as T  # where the set-up builds the model
 
     build = T.build_model
     calls = {"n": 0}
@@ -839,7 +838,7 @@ def test_fp16_training_whose_loss_is_nan_in_every_batch_is_diverged_not_saved(tm
     run = tmp_path / "run"
     with pytest.raises(
         TrainingDiverged,
-        match=r"loss was NaN or infinite in every one of its 12 batches.*fp16 gradient scaler.*--amp off",
+        match=r"loss was NaN or infinite in every one of its 12 batches.*fp16 gradient scaler.*amp off",
     ):
         fit(tiny_run_config(amp="fp16", device="cpu"), run_dir=run)
     assert not (run / "best.pt").exists()
@@ -935,7 +934,7 @@ def test_a_new_run_on_sideways_phone_photos_says_so_and_one_with_exif_orientatio
 
 
 def test_ema_decay_warms_up():
-    from mnv2export.optim import ema_decay_at
+    from mnv2export.train.optim import ema_decay_at
 
     assert ema_decay_at(0.999, 0) == pytest.approx(0.1)
     assert ema_decay_at(0.999, 90) == pytest.approx(0.91)
@@ -951,7 +950,7 @@ def test_ema_model_answers_like_the_model_it_averages():
     from mnv2export.config import ModelConfig
     from mnv2export.device import cpu_threads
     from mnv2export.model import build_model
-    from mnv2export.optim import ema_update_fn
+    from mnv2export.train.optim import ema_update_fn
 
     torch.manual_seed(0)
     model = build_model(ModelConfig(num_classes=10, width_mult=0.35, small_input=True, stem_stride=2))
@@ -1027,7 +1026,7 @@ def test_a_new_run_never_lands_silently_in_a_used_folder(tmp_path):
 
 def _config_json(folder: Path, legacy: bool = False) -> Path:
     """``folder/config.json`` as a run writes it at start-up (``legacy``: as versions before its schema marker did)."""
-    from mnv2export.run_folder import run_config_json
+    from mnv2export.train.run_folder import run_config_json
 
     folder.mkdir(parents=True, exist_ok=True)
     cfg = tiny_run_config().with_absolute_paths()
@@ -1040,7 +1039,7 @@ def test_overwrite_refuses_a_folder_whose_config_json_is_not_a_run(tmp_path, cap
     metrics.csv beside it). Only a config.json a run wrote (its schema marker, or the keys an older version wrote)
     proves the folder is a run; anything else is refused in one line, every file intact."""
     from mnv2export.cli import main
-    from mnv2export.run_folder import check_run_folder
+    from mnv2export.train.run_folder import check_run_folder
 
     mine = tmp_path / "app"
     mine.mkdir()
@@ -1067,10 +1066,10 @@ def test_a_run_that_stopped_before_its_first_checkpoint_is_not_stuck(tmp_path, m
     """A full disk at the first checkpoint write (or a kill during start-up) left config.json alone in the folder:
     --resume said 'start a new run without --resume' and a new run said 'use --resume'. Now --resume starts the run
     from epoch 0 with its config.json settings, and a new run may start there too (no checkpoint to lose)."""
-    import mnv2export.train as T
+    import mnv2export.train.loop as T
     from mnv2export.cli import main
     from mnv2export.errors import CheckpointError, OutputError
-    from mnv2export.run_folder import check_run_folder
+    from mnv2export.train.run_folder import check_run_folder
 
     def disk_full(*a, **k):
         raise OutputError("disk full while writing", hint="free some space")
@@ -1095,7 +1094,7 @@ def test_a_run_that_stopped_before_its_first_checkpoint_is_not_stuck(tmp_path, m
     (out / "last.pt").unlink()
     with pytest.raises(CheckpointError, match="no last.pt, but the run saved best.pt, metrics.csv") as info:
         resume_config(out, {})
-    assert "--overwrite" in info.value.hint
+    assert "{overwrite}" in info.value.hint
     with pytest.raises(ConfigError, match="already holds files"):
         check_run_folder(out, overwrite=False)
 
@@ -1103,7 +1102,7 @@ def test_a_run_that_stopped_before_its_first_checkpoint_is_not_stuck(tmp_path, m
 def test_a_stopped_start_resumes_from_a_config_json_of_an_older_version(tmp_path):
     """The config.json of a version that wrote no schema marker is recognised by its sections."""
     from mnv2export.errors import CheckpointError
-    from mnv2export.run_folder import check_run_folder
+    from mnv2export.train.run_folder import check_run_folder
 
     out = tmp_path / "run"
     _config_json(out, legacy=True)
@@ -1118,7 +1117,7 @@ def test_a_stopped_start_resumes_from_a_config_json_of_an_older_version(tmp_path
 def test_two_runs_cannot_write_one_folder_at_once(tmp_path, monkeypatch):
     import threading
 
-    import mnv2export.run_folder as R
+    import mnv2export.train.run_folder as R
     from mnv2export.errors import ConfigError
     from mnv2export.fileio import folder_lock
 
@@ -1154,7 +1153,7 @@ def test_a_run_that_waited_for_the_folder_lock_checks_the_folder_as_it_finds_it(
     import dataclasses
     import shutil
 
-    import mnv2export.run_folder as R
+    import mnv2export.train.run_folder as R
     from mnv2export.checkpoint import save_checkpoint
     from mnv2export.fileio import folder_lock
 
@@ -1290,7 +1289,7 @@ def test_a_relative_data_folder_is_recorded_as_an_absolute_path(tmp_path, monkey
 
 def test_resume_refuses_fewer_epochs_than_done(tiny_run):
     """--epochs below what the run has done would rewrite config.json with a length last.pt does not have."""
-    with pytest.raises(ConfigError, match="--epochs 1 is fewer than the 2 the run has done"):
+    with pytest.raises(ConfigError, match="epochs = 1 is fewer than the 2 the run has done"):
         resume_config(tiny_run.run_dir, {"train": {"epochs": 1}})
     cfg, _ = resume_config(tiny_run.run_dir, {"train": {"epochs": 2}})  # as many: nothing to train, not an error
     assert cfg.train.epochs == 2
@@ -1412,7 +1411,7 @@ def test_in_memory_training_resumes_exactly(tmp_path, monkeypatch):
 @pytest.mark.parametrize("schedule", ["cosine", "linear"])
 def test_schedule_warms_up_then_decays_to_zero_at_the_last_step(schedule):
     from mnv2export.config import TrainConfig
-    from mnv2export.optim import build_scheduler
+    from mnv2export.train.optim import build_scheduler
 
     steps, epochs = 10, 4  # warm-up 0.5 epoch = 5 steps, then 35 steps of decay
     opt = torch.optim.SGD(nn.Linear(2, 2).parameters(), lr=0.2)
@@ -1445,7 +1444,7 @@ def test_unknown_schedule_is_a_config_error():
 def test_weight_decay_on_conv_and_linear_weights_only(optimizer):
     """README: 'no weight decay on norm and bias parameters' (SGD and AdamW alike)."""
     from mnv2export.model import build_model
-    from mnv2export.optim import build_optimizer
+    from mnv2export.train.optim import build_optimizer
 
     model = build_model(ModelConfig(num_classes=4, width_mult=0.35))
     names = {id(p): n for n, p in model.named_parameters()}
@@ -1466,7 +1465,7 @@ def test_depthwise_weight_decay_applies_to_the_depthwise_convolutions_only():
     """--depthwise-weight-decay: the 17 depthwise 3x3 convolutions of MobileNetV2 get their own rate; the stem, the
     pointwise convolutions and the classifier keep --weight-decay, norm and bias parameters none."""
     from mnv2export.model import build_model
-    from mnv2export.optim import build_optimizer
+    from mnv2export.train.optim import build_optimizer
 
     model = build_model(ModelConfig(num_classes=4, width_mult=0.35))
     depthwise = {
@@ -1488,12 +1487,12 @@ def test_depthwise_weight_decay_applies_to_the_depthwise_convolutions_only():
     # unset: the depthwise weights decay as the others, in the same two groups as before the option existed
     groups = build_optimizer(model, TrainConfig(weight_decay=0.01)).param_groups
     assert [g["weight_decay"] for g in groups] == [0.01, 0.0]
-    with pytest.raises(ConfigError, match="depthwise weight decay"):
+    with pytest.raises(ConfigError, match="depthwise_weight_decay"):
         TrainConfig(depthwise_weight_decay=-0.1)
 
 
 def test_sgd_momentum_and_nesterov_are_passed_through():
-    from mnv2export.optim import build_optimizer
+    from mnv2export.train.optim import build_optimizer
 
     model = nn.Linear(3, 2)
     opt = build_optimizer(model, TrainConfig(momentum=0.8, nesterov=True))
@@ -1506,7 +1505,7 @@ def test_sgd_momentum_and_nesterov_are_passed_through():
 
 
 def test_label_smoothing_reaches_the_training_loss(tmp_path, monkeypatch):
-    import mnv2export.train as T
+    import mnv2export.train.loop as T
 
     real, criteria = T.train_one_epoch, []
 
@@ -1601,7 +1600,7 @@ def test_train_loss_is_summed_over_ranks(tmp_path, monkeypatch):
     """The epoch's train_loss is (loss sum, count) reduced over ranks, with the batches whose loss was not finite (none
     here, and none on the faked second rank) and their images: a second rank is faked here."""
     import mnv2export.distributed as D
-    import mnv2export.train as T
+    import mnv2export.train.loop as T
 
     real, local = T.train_one_epoch, []
 
@@ -1611,7 +1610,7 @@ def test_train_loss_is_summed_over_ranks(tmp_path, monkeypatch):
 
     def fake_reduce(values, info):
         if (
-            sys._getframe(1).f_code.co_name == "_fit"
+            sys._getframe(1).f_code.co_name == "_train_pass"
         ):  # the trainer's (loss sum, count, non-finite batches, their images)
             return values + torch.tensor([100.0, 4.0, 0.0, 0.0], dtype=values.dtype)
         return values
@@ -1625,7 +1624,7 @@ def test_train_loss_is_summed_over_ranks(tmp_path, monkeypatch):
 
 def test_only_rank_0_writes(tmp_path, monkeypatch):
     import mnv2export.distributed as D
-    import mnv2export.train as T
+    import mnv2export.train.loop as T
 
     monkeypatch.setattr(D, "init", lambda device_type: D.DistInfo(rank=1, local_rank=0, world_size=1))
     result = T.fit(tiny_run_config(), run_dir=tmp_path / "run")
@@ -1664,7 +1663,7 @@ def test_ema_weights_are_what_is_evaluated_and_saved(tmp_path):
 
 def test_ema_update_moves_the_average_by_one_minus_the_decay():
     """EMA: average <- decay * average + (1 - decay) * current, decay = min(ema_decay, (1 + n) / (10 + n))."""
-    from mnv2export.optim import ema_update_fn
+    from mnv2export.train.optim import ema_update_fn
 
     update = ema_update_fn(0.999)
     for n, decay in ((1, 2 / 11), (90, 0.91), (10**6, 0.999)):
@@ -1704,7 +1703,7 @@ def _scripted(T, monkeypatch, accs):
 
 def test_resume_with_ema_continues_exactly(tmp_path, monkeypatch):
     """last.pt carries the EMA for --resume: the resumed run ends with the uninterrupted run's EMA (and best.pt)."""
-    import mnv2export.train as T
+    import mnv2export.train.loop as T
 
     cfg = tiny_run_config(epochs=2, ema=True)
     whole = T.fit(cfg, run_dir=tmp_path / "whole")
@@ -1719,7 +1718,7 @@ def test_resume_with_ema_continues_exactly(tmp_path, monkeypatch):
 
 
 def test_best_pt_is_the_epoch_with_the_best_val_accuracy(tmp_path, monkeypatch):
-    import mnv2export.train as T
+    import mnv2export.train.loop as T
 
     _scripted(T, monkeypatch, [0.9, 0.5])
     result = T.fit(tiny_run_config(epochs=2), run_dir=tmp_path / "run")
@@ -1729,7 +1728,7 @@ def test_best_pt_is_the_epoch_with_the_best_val_accuracy(tmp_path, monkeypatch):
 
 
 def test_resume_keeps_the_best_epoch_of_before_the_interruption(tmp_path, monkeypatch):
-    import mnv2export.train as T
+    import mnv2export.train.loop as T
 
     cfg, out = tiny_run_config(epochs=3), tmp_path / "run"
     _interrupt_after_first_epoch(T, cfg, out, monkeypatch, accs=[0.9])
@@ -1743,7 +1742,7 @@ def test_resume_keeps_the_best_epoch_of_before_the_interruption(tmp_path, monkey
 def test_default_run_folders_of_one_second_do_not_collide(tmp_path, monkeypatch):
     """Two runs with the default --out started in the same second: the second gets weights/<data>-<time>-2, not the
     first's folder (which it would be refused, or which it would have overwritten before the folder check)."""
-    from mnv2export.run_folder import default_run_dir
+    from mnv2export.train.run_folder import default_run_dir
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(time, "strftime", lambda fmt: "20261125-020000")

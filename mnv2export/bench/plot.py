@@ -24,73 +24,25 @@ def provider_label(provider: str, io: str) -> str:
 
 
 def plot_latency(result: Rows, path: Path) -> Path:
-    from ..plots import _save
+    from ..plots import save_figure
 
-    return _save(latency_figure(result), path)
+    return save_figure(latency_figure(result), path)
 
 
 def latency_figure(result: Rows):
-    """The figure :func:`plot_latency` saves (a ``matplotlib.figure.Figure``)."""
+    """The figure :func:`plot_latency` saves (a ``matplotlib.figure.Figure``): a panel per batch size, a bar per
+    format and (provider, I/O mode), on a log scale."""
     from matplotlib.patches import Patch
 
-    from ..plots import _plt
+    from ..plots import pyplot
 
-    plt = _plt()
-    rows = {(r.format, r.provider, r.batch, r.io): r for r in result.rows}
+    plt = pyplot()
     batches = sorted({r.batch for r in result.rows})
-    formats = list(dict.fromkeys(r.format for r in result.rows))
     series = list(dict.fromkeys((r.provider, r.io) for r in result.rows))
     fig, axes = plt.subplots(1, max(1, len(batches)), figsize=(4.2 * max(1, len(batches)) + 1, 4.2), squeeze=False)
-    width = 0.8 / max(1, len(series))
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for ax, batch in zip(axes[0], batches):
-        lowest, labels = float("inf"), []
-        for k, (provider, io) in enumerate(series):
-            xs, p50, err = [], [], []
-            for i, fmt in enumerate(formats):
-                r = rows.get((fmt, provider, batch, io))
-                x = i - 0.4 + width * (k + 0.5)
-                if r is None:
-                    continue
-                if r.ok and r.p50_ms:
-                    xs.append(x)
-                    p50.append(r.p50_ms)
-                    err.append(max(0.0, (r.p90_ms or r.p50_ms) - r.p50_ms))
-                else:
-                    ax.text(
-                        x,
-                        0.02,
-                        "n/a" if r.status == "unavailable" else "error",
-                        transform=ax.get_xaxis_transform(),
-                        rotation=90,
-                        ha="center",
-                        va="bottom",
-                        fontsize=7,
-                        color="grey",
-                    )
-            if xs:
-                ax.bar(xs, p50, width, yerr=[[0] * len(err), err], capsize=2, color=colours[k % len(colours)])
-                labels += list(zip(xs, p50))
-                lowest = min(lowest, *p50)
-        ax.set_xticks(range(len(formats)), formats, rotation=30)
-        ax.set_yscale("log")
-        plain_log_labels(ax.yaxis)
-        if lowest < float("inf"):
-            ax.set_ylim(bottom=lowest / 3)  # every bar shows, the shortest too
-        for x, y in labels:  # the p50 inside its bar, at the bottom
-            ax.text(
-                x,
-                lowest / 2.6,
-                f"{y:.0f}" if y >= 100 else f"{y:.3g}",
-                rotation=90,
-                ha="center",
-                va="bottom",
-                fontsize=7,
-                color="white",
-            )
-        ax.set_title(f"batch {batch}")
-        ax.set_ylabel("latency per call, ms (p50, whisker p90)")
-        ax.grid(axis="y", alpha=0.3, which="both")
+        _batch_panel(ax, result.rows, batch, series, colours)
     handles = [Patch(color=colours[k % len(colours)], label=provider_label(p, io)) for k, (p, io) in enumerate(series)]
     axes[0][0].legend(handles=handles, fontsize=8)
     m = result.machine
@@ -98,6 +50,44 @@ def latency_figure(result: Rows):
     fig.suptitle(f"mnv2 bench: {m.get('cpu_model')} (threads: {m.get('threads')}), {gpu}", fontsize=10)
     fig.tight_layout()
     return fig
+
+
+def _batch_panel(ax, rows, batch: int, series: list[tuple[str, str]], colours: list[str]) -> None:
+    """One batch size's bars (p50, whisker to p90), ``n/a`` or ``error`` where a row has no time, each p50 written
+    inside its bar."""
+    by_key = {(r.format, r.provider, r.batch, r.io): r for r in rows}
+    formats = list(dict.fromkeys(r.format for r in rows))
+    width = 0.8 / max(1, len(series))
+    bars: list[tuple[float, float]] = []
+    for k, (provider, io) in enumerate(series):
+        xs, p50, err = [], [], []
+        for i, fmt in enumerate(formats):
+            r = by_key.get((fmt, provider, batch, io))
+            x = i - 0.4 + width * (k + 0.5)
+            if r is not None and r.ok and r.p50_ms:
+                xs.append(x)
+                p50.append(r.p50_ms)
+                err.append(max(0.0, (r.p90_ms or r.p50_ms) - r.p50_ms))
+            elif r is not None:
+                label = "n/a" if r.status == "unavailable" else "error"
+                ax.text(x, 0.02, label, transform=ax.get_xaxis_transform(), **_VERTICAL, color="grey")
+        if xs:
+            ax.bar(xs, p50, width, yerr=[[0] * len(err), err], capsize=2, color=colours[k % len(colours)])
+            bars += list(zip(xs, p50))
+    ax.set_xticks(range(len(formats)), formats, rotation=30)
+    ax.set_yscale("log")
+    plain_log_labels(ax.yaxis)
+    if bars:
+        lowest = min(y for _, y in bars)
+        ax.set_ylim(bottom=lowest / 3)  # every bar shows, the shortest too
+        for x, y in bars:  # the p50 inside its bar, at the bottom
+            ax.text(x, lowest / 2.6, f"{y:.0f}" if y >= 100 else f"{y:.3g}", **_VERTICAL, color="white")
+    ax.set_title(f"batch {batch}")
+    ax.set_ylabel("latency per call, ms (p50, whisker p90)")
+    ax.grid(axis="y", alpha=0.3, which="both")
+
+
+_VERTICAL = {"rotation": 90, "ha": "center", "va": "bottom", "fontsize": 7}
 
 
 # Minor ticks (2, 3, ... 9 times a power of ten) get labels only where few decades show, as matplotlib's own

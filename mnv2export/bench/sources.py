@@ -17,16 +17,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import ArtifactError, ConfigError
-from ..layout import FP16_FILE, INT8_FILE, MANIFEST_FILE, ONNX_FILE, TORCHSCRIPT_FILE
+from ..formats import REGISTRY, exported
+from ..layout import MANIFEST_FILE
 
-FORMATS = ("eager", "torchscript", "onnx", "int8", "fp16")
-FILES = {"torchscript": TORCHSCRIPT_FILE, "onnx": ONNX_FILE, "int8": INT8_FILE, "fp16": FP16_FILE}
-HOW = {
-    "torchscript": "`mnv2 export` writes it",
-    "onnx": "`mnv2 export` writes it",
-    "int8": "`mnv2 export --quantize` writes it",
-    "fp16": "`mnv2 export --fp16` writes it",
-}
+FORMATS = tuple(f.name for f in REGISTRY)  # the rows: eager, torchscript, onnx, int8, fp16
+FILES = {f.name: f.file for f in exported()}  # the exported formats' files
+HOW = {f.name: f.how for f in exported()}
 
 
 @dataclass

@@ -14,11 +14,14 @@ import logging
 import tempfile
 import time
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ..errors import ConfigError, Mnv2Error, ProviderUnavailable
+from ..params import check_int, check_ints, check_number, choose
 from .result import BenchResult, BenchRow
-from .sources import FORMATS, resolve
+from .sources import FORMATS
 from .stats import latency_stats
 from .timing import Plan, measure
 
@@ -52,21 +55,19 @@ TORCHSCRIPT = (
 )
 
 
-def parse_list(
-    value: str | Iterable[str], allowed: tuple[str, ...], everything: tuple[str, ...], what: str
-) -> tuple[list[str], bool]:
-    """``"a,b"`` / ``["a", "b"]`` / ``"all"`` -> (items in canonical order, named explicitly)."""
-    from ..params import split_items
+@dataclass
+class _Sweep:
+    """What a sweep measures, checked: the rows' formats (with their +amp / +graph variants), providers, batch sizes,
+    timing plan, thread count and files, and why a provider cannot run a family of formats here."""
 
-    items = split_items(value, what)
-    bad = sorted({v for v in items if v not in (*allowed, "all")})
-    if bad or not items:
-        raise ConfigError(
-            f"unknown {what} {', '.join(bad) or '(none)'}", hint=f"choose from {', '.join(allowed)} or all"
-        )
-    chosen = set(everything) if "all" in items else set()
-    chosen |= {v for v in items if v != "all"}
-    return [v for v in allowed if v in chosen], "all" not in items
+    formats: list[str]
+    providers: list[str]
+    sizes: list[int]
+    plan: Plan
+    threads: int
+    source: Any  # bench.sources.Source
+    problems: dict[tuple[str, str], str | None]
+    no_torch: bool
 
 
 def run(
@@ -99,31 +100,34 @@ def run(
     format on the CUDA provider, a ``<format>+graph`` row timed as a CUDA graph (ONNX Runtime's ``enable_cuda_graph``,
     device-resident I/O); a model ONNX Runtime will not capture (INT8: some nodes stay on the CPU) is ``unavailable``.
     """
-    from ..device import NO_TORCH, cpu_threads, torch_installed, warn_if_oversubscribed
-    from .machine import machine_info, physical_cores
+    from .machine import machine_info
 
-    # the settings and the target's existence first, before torch is imported: their errors come at once
-    fmts, sizes, plan = check_settings(formats, batches, warmup, warmup_s, iters, duration)
-    torch_named = parse_list(formats, FORMATS, FORMATS, "format")[1] and any(f in TORCH_FORMATS for f in fmts)
-    if amp:
-        fmts = [g for f in fmts for g in ((f, f + AMP) if f in TORCH_FORMATS else (f,))]
-    provs, explicit = parse_list(providers, PROVIDERS, ALL_PROVIDERS, "provider")
-    if cuda_graph:
-        if "cuda" not in provs:
-            raise ConfigError(
-                "CUDA graphs were asked for without the cuda provider",
-                hint="add --provider cuda (or all), or drop --cuda-graph",
-            )
-        if all(_family(f) == "torch" for f in fmts):
-            raise ConfigError(
-                "CUDA graphs are timed for the ONNX formats only",
-                hint="add --formats onnx, fp16 or int8, or drop --cuda-graph",
-            )
-        fmts = [g for f in fmts for g in ((f, f + GRAPH) if _family(f) == "onnx" else (f,))]
-    for name, value in (("threads", threads), ("rounds", rounds)):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-            raise ConfigError(f"{name} = {value!r} is out of range", hint="use a whole number >= 1")
-    n_threads = threads or physical_cores()
+    check_int("rounds", rounds, 1)
+    sweep = _prepare(target, formats, providers, batches, (warmup, warmup_s, iters, duration), threads, amp, cuda_graph)
+    keys = _row_keys(sweep, include_copies)
+    rows = {k: BenchRow(k[1], k[0], k[2], k[3]) for k in keys}
+    samples = _runnable_rows(rows, sweep)
+    _measure_rounds(rows, keys, samples, sweep, rounds, seed)
+    result_rows = _finish_rows(rows, samples, sweep.threads)
+    settings = _settings(target, sweep, (warmup, warmup_s, iters, duration), threads, rounds, seed)
+    settings.update(include_copies=include_copies, amp=AMP_ROWS if amp else None)
+    settings.update(cuda_graph=GRAPH_ROWS if cuda_graph else None)
+    return BenchResult(rows=result_rows, machine=machine_info(sweep.threads), settings=settings)
+
+
+def _prepare(target, formats, providers, batches, timing, threads, amp: bool, cuda_graph: bool) -> _Sweep:
+    """The settings and the target checked, before torch is imported (their errors come at once), and an explicit
+    provider this machine lacks refused before anything is measured."""
+    from ..device import torch_installed
+    from .machine import physical_cores
+    from .sources import resolve
+
+    fmts, sizes, plan = check_settings(formats, batches, *timing)
+    torch_named = choose(formats, FORMATS, "formats")[1] and any(f in TORCH_FORMATS for f in fmts)
+    provs, explicit = choose(providers, PROVIDERS, "providers", everything=ALL_PROVIDERS)
+    fmts = _with_variants(fmts, provs, amp, cuda_graph)
+    if threads is not None:
+        check_int("threads", threads, 1)
     src = resolve(target)
     no_torch = not torch_installed()
     if no_torch and torch_named:  # named explicitly: the CLI's one-line "needs torch" error, before any work
@@ -133,21 +137,50 @@ def run(
     problems = provider_problems(provs, {_family(f) for f in fmts} - ({"torch"} if no_torch else set()))
     if explicit:
         require_providers(problems)
+    return _Sweep(fmts, provs, sizes, plan, threads or physical_cores(), src, problems, no_torch)
 
-    keys = [
+
+def _with_variants(fmts: list[str], provs: list[str], amp: bool, cuda_graph: bool) -> list[str]:
+    """Each format followed by its ``+amp`` row (torch formats, ``amp``) or ``+graph`` row (ONNX, ``cuda_graph``)."""
+    if amp:
+        fmts = [g for f in fmts for g in ((f, f + AMP) if f in TORCH_FORMATS else (f,))]
+    if cuda_graph:
+        if "cuda" not in provs:
+            raise ConfigError(
+                "CUDA graphs were asked for without the cuda provider",
+                hint="add {providers} cuda (or all), or drop {cuda_graph}",
+            )
+        if all(_family(f) == "torch" for f in fmts):
+            raise ConfigError(
+                "CUDA graphs are timed for the ONNX formats only",
+                hint="add {formats} onnx, fp16 or int8, or drop {cuda_graph}",
+            )
+        fmts = [g for f in fmts for g in ((f, f + GRAPH) if _family(f) == "onnx" else (f,))]
+    return fmts
+
+
+def _row_keys(sweep: _Sweep, include_copies: bool) -> list[tuple[str, str, int, str]]:
+    """(provider, format, batch, I/O mode) of every row, in the table's order."""
+    return [
         (p, f, b, io)
-        for p in provs
-        for f in fmts
-        for b in sizes
+        for p in sweep.providers
+        for f in sweep.formats
+        for b in sweep.sizes
         for io in (("resident", "copies") if include_copies and p != "cpu" else ("resident",))
         if not f.endswith(GRAPH) or (p == "cuda" and io == "resident")
     ]
-    rows = {k: BenchRow(k[1], k[0], k[2], k[3]) for k in keys}
-    samples: dict[tuple, _Samples] = {}
+
+
+def _runnable_rows(rows: dict[tuple, BenchRow], sweep: _Sweep) -> dict[tuple, _Samples]:
+    """Mark the rows that cannot run (``unavailable``, with why) or whose file is broken (``error``); the others get
+    their file and an empty record of samples."""
+    from ..device import NO_TORCH
+
+    src, samples = sweep.source, {}
     for key, row in rows.items():
         torch_row = _family(row.format) == "torch"
-        why = (NO_TORCH if no_torch and torch_row else None) or src.missing.get(_base(row.format))
-        why = why or problems[(row.provider, _family(row.format))]
+        why = (NO_TORCH if sweep.no_torch and torch_row else None) or src.missing.get(_base(row.format))
+        why = why or sweep.problems[(row.provider, _family(row.format))]
         if why:
             row.status, row.reason = "unavailable", why
         elif _base(row.format) in src.errors:
@@ -155,53 +188,70 @@ def run(
         else:
             row.path = str(src.files[_base(row.format)])
             samples[key] = _Samples()
-    warn_if_oversubscribed(n_threads)
-    placements: dict[tuple[str, str], dict | None] = {}
+    return samples
+
+
+def _measure_rounds(rows, keys, samples, sweep: _Sweep, rounds: int, seed: int) -> None:
+    """Every runnable row measured once per round, every other round in reverse order."""
+    from ..device import cpu_threads, warn_if_oversubscribed
+
+    warn_if_oversubscribed(sweep.threads)
     # torch's process-wide thread count, set only where a torch row runs (ONNX sessions take theirs as an option)
     torch_rows = any(_family(rows[k].format) == "torch" for k in samples)
-    with cpu_threads(n_threads) if torch_rows else contextlib.nullcontext():
+    with cpu_threads(sweep.threads) if torch_rows else contextlib.nullcontext():
         for rnd in range(rounds):
             for key in keys if rnd % 2 == 0 else keys[::-1]:
                 row = rows[key]
                 if key in samples and row.ok:  # a row that failed once is not measured again
-                    _measure_row(row, Path(row.path), n_threads, plan, seed, samples[key])
+                    _measure_row(row, Path(row.path), sweep.threads, sweep.plan, seed, samples[key])
                     log.info("%s%s", f"round {rnd + 1}/{rounds}: " if rounds > 1 else "", _log_line(row, samples[key]))
+
+
+def _finish_rows(rows: dict[tuple, BenchRow], samples: dict[tuple, _Samples], threads: int) -> list[BenchRow]:
+    """Statistics, node placement (ONNX off the CPU), notes and speed-ups over eager, into the rows."""
+    placements: dict[tuple[str, str], dict | None] = {}
     for key, row in rows.items():
         if key in samples and row.ok:
             samples[key].finish(row)
             if _family(row.format) == "onnx" and row.provider != "cpu":
-                _placement(row, Path(row.path), n_threads, placements)
+                _placement(row, Path(row.path), threads, placements)
             if row.format.endswith(GRAPH):
                 row.note = "; ".join(filter(None, (GRAPH_NOTE, row.note)))
     result_rows = list(rows.values())
     _speedups(result_rows)
-    settings = {
+    return result_rows
+
+
+def _settings(target, sweep: _Sweep, timing, threads: int | None, rounds: int, seed: int) -> dict[str, Any]:
+    """What the result records of how it was measured (its JSON's ``settings``)."""
+    warmup, warmup_s, iters, duration = timing
+    src = sweep.source
+    return {
         "target": str(target),
         "artifacts_folder": str(src.folder) if src.folder else None,
         "checkpoint": str(src.checkpoint) if src.checkpoint else None,
         "files": {k: str(v) for k, v in src.files.items()},
-        "formats": fmts,
-        "providers": provs,
-        "batches": sizes,
+        "formats": sweep.formats,
+        "providers": sweep.providers,
+        "batches": sweep.sizes,
         "warmup": warmup,
         "warmup_s": warmup_s,
         "iters": iters,
         "duration": duration,
         "rounds": rounds,
-        "plan": plan.describe() + (f", {rounds} rounds pooled" if rounds > 1 else ""),
-        "threads": n_threads,
+        "plan": sweep.plan.describe() + (f", {rounds} rounds pooled" if rounds > 1 else ""),
+        "threads": sweep.threads,
         "threads_source": "--threads" if threads else "default: the machine's physical cores",
-        "include_copies": include_copies,
+        "include_copies": None,
         "input": f"random normal float32 N x C x H x W (seed {seed}), the artifact's input size",
         "eager": EAGER,
         "torchscript": TORCHSCRIPT,
-        "amp": AMP_ROWS if amp else None,
-        "cuda_graph": GRAPH_ROWS if cuda_graph else None,
+        "amp": None,
+        "cuda_graph": None,
         "timer": "time.perf_counter_ns around each call; on CUDA a device-wide synchronize inside the timer",
         "memory_check": MEMORY_CHECK,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-    return BenchResult(rows=result_rows, machine=machine_info(n_threads), settings=settings)
 
 
 class _Samples:
@@ -255,17 +305,9 @@ def check_settings(
 ) -> tuple[list[str], list[int], Plan]:
     """The sweep's formats, batch sizes and timing plan, checked (a ConfigError names the bad one): what :func:`run`
     and the pipeline check before any work."""
-    fmts, _ = parse_list(formats, FORMATS, FORMATS, "format")
-    return fmts, _check_batches(batches), _check_plan(warmup, warmup_s, iters, duration)
-
-
-def _check_batches(batches: Iterable[int]) -> list[int]:
-    sizes = [batches] if isinstance(batches, int) else list(batches)
-    if not sizes or any(isinstance(b, bool) or not isinstance(b, int) or b < 1 for b in sizes):
-        raise ConfigError(
-            f"batch sizes {sizes!r} are not whole numbers >= 1", hint="use whole numbers >= 1, e.g. 1,8,32"
-        )
-    return list(dict.fromkeys(sizes))
+    fmts, _ = choose(formats, FORMATS, "formats")
+    sizes = check_ints("batches", [batches] if isinstance(batches, int) else list(batches))
+    return fmts, list(dict.fromkeys(sizes)), _check_plan(warmup, warmup_s, iters, duration)
 
 
 MAX_SECONDS = 86400.0  # warm-up or timed seconds per row: a day; more is a typo (inf, 1e300), not a benchmark
@@ -275,21 +317,15 @@ MAX_CALLS = 10_000_000  # warm-up or timed calls per row: hours even at 1 ms a c
 def _check_plan(warmup: int, warmup_s: float | None, iters: int | None, duration: float | None) -> Plan:
     if iters is not None and duration is not None:
         raise ConfigError(
-            "--iters and --duration exclude each other", hint="give a number of calls or a number of seconds"
+            "{iters} and {duration} exclude each other", hint="give a number of calls or a number of seconds"
         )
-    if isinstance(warmup, bool) or not isinstance(warmup, int) or not 0 <= warmup <= MAX_CALLS:
-        raise ConfigError(
-            f"warm-up = {warmup!r} is out of range",
-            hint=f"use a whole number of calls from 0 to {MAX_CALLS}, or seconds as e.g. 2s",
-        )
-    if warmup_s is not None and not 0 <= warmup_s <= MAX_SECONDS:  # NaN and inf too: an endless warm-up
-        raise ConfigError(f"warm-up = {warmup_s!r} s is out of range", hint=f"use seconds from 0 to {MAX_SECONDS:g}")
-    if iters is not None and (isinstance(iters, bool) or not isinstance(iters, int) or not 1 <= iters <= MAX_CALLS):
-        raise ConfigError(f"iters = {iters!r} is out of range", hint=f"use a whole number from 1 to {MAX_CALLS}")
-    if duration is not None and not 0 < duration <= MAX_SECONDS:  # NaN, inf, 1e300 (its nanoseconds overflow)
-        raise ConfigError(
-            f"duration = {duration!r} s is out of range", hint=f"use seconds > 0 and at most {MAX_SECONDS:g}"
-        )
+    check_int("warmup", warmup, 0, MAX_CALLS, why=", or seconds as e.g. 2s")
+    if warmup_s is not None:  # NaN and inf too: an endless warm-up
+        check_number("warmup", warmup_s, 0.0, MAX_SECONDS)
+    if iters is not None:
+        check_int("iters", iters, 1, MAX_CALLS)
+    if duration is not None:  # NaN, inf, 1e300 (its nanoseconds overflow)
+        check_number("duration", duration, 0.0, MAX_SECONDS, lo_open=True)
     return Plan(warmup=warmup, warmup_s=warmup_s, iters=iters, duration=duration)
 
 
@@ -309,7 +345,7 @@ def require_providers(problems: dict[tuple[str, str], str | None]) -> None:
     )
     if bad:
         raise ProviderUnavailable(
-            _join_reasons(bad), hint="run on a machine with an NVIDIA GPU (and onnxruntime-gpu), or use --provider cpu"
+            _join_reasons(bad), hint="run on a machine with an NVIDIA GPU (and onnxruntime-gpu), or use {providers} cpu"
         )
 
 

@@ -46,16 +46,12 @@ class Bound:
 
 
 def load(path: Path, provider: str, threads: int, *, cuda_graph: bool = False) -> Runner:
+    """``path`` loaded as every command loads it, then prepared by its format for many calls (TorchScript on the CPU:
+    ``optimize_for_inference``, whose time counts as loading)."""
+    from ..formats import for_kind
+
     runner = load_artifact(path, provider, threads=threads, cuda_graph=cuda_graph)
-    if isinstance(runner, TorchRunner) and runner.format == "torchscript" and runner.device.type == "cpu":
-        import warnings
-
-        import torch
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated in torch 2.14 but works
-            runner.module = torch.jit.optimize_for_inference(runner.module)
-    return runner
+    return for_kind(runner.format).for_serving(runner)
 
 
 def input_batch(runner: Runner, batch: int, seed: int = 0) -> np.ndarray:

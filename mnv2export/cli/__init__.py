@@ -157,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
         from .flags import flag_names
 
-        print(f"error: {exc.one_line(flag_names())}", file=sys.stderr)
+        print(f"error: {exc.one_line(flag_names(command_name(argv)))}", file=sys.stderr)
         return exc.exit_code
     except Exception as exc:  # noqa: BLE001 - the last line of defence: one line unless debugging
         if debug:
@@ -180,8 +180,8 @@ def needs_train_extra(module: str, argv: list[str] | None) -> str:
     """The one line for a command that reached a library of the train extra on an install without it."""
     from ..device import TRAIN_INSTALL
 
-    words = [a for a in (sys.argv[1:] if argv is None else argv) if not a.startswith("-")]
-    command = f"mnv2 {words[0]}" if words else "mnv2"
+    name = command_name(argv)
+    command = f"mnv2 {name}" if name else "mnv2"
     return (
         f"{command} needs {module.split('.')[0]}, which this install lacks (a runtime-only install runs ONNX files: "
         f"predict, info, bench): {TRAIN_INSTALL}"
@@ -190,3 +190,9 @@ def needs_train_extra(module: str, argv: list[str] | None) -> str:
 
 def run() -> None:
     sys.exit(main())
+
+
+def command_name(argv: list[str] | None) -> str | None:
+    """The command a command line runs (``export`` in ``mnv2 -v export best.pt``), or None."""
+    words = [a for a in (sys.argv[1:] if argv is None else argv) if not a.startswith("-")]
+    return words[0] if words else None

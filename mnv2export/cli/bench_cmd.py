@@ -32,86 +32,107 @@ def _warmup(text: str) -> tuple[int, Optional[float]]:
         ) from None
 
 
+Target = Annotated[
+    Optional[Path],
+    typer.Argument(
+        metavar="TARGET",
+        help="An artifacts folder written by `mnv2 export` (with manifest.json), or a checkpoint; default: the newest folder under export/ with a manifest.json.",
+        show_default=False,
+    ),
+]
+Formats = Annotated[
+    str, typer.Option("--formats", "-f", help="eager, torchscript, onnx, int8, fp16 or all (comma-separated).")
+]
+Providers = Annotated[
+    str,
+    typer.Option(
+        "--provider",
+        help="Execution provider(s): cpu, cuda, tensorrt (ONNX rows only) or all (cpu and cuda), comma-separated.",
+    ),
+]
+Batches = Annotated[str, typer.Option("--batch", "-b", help="Batch sizes, comma-separated.")]
+Warmup = Annotated[str, typer.Option("--warmup", help="Warm-up before timing: calls (10) or seconds (2s).")]
+Iters = Annotated[Optional[int], typer.Option("--iters", help="Timed calls per row (excludes --duration).")]
+Duration = Annotated[
+    Optional[float], typer.Option("--duration", help="Seconds of timed calls per row (default 2, at least 10 calls).")
+]
+Threads = Annotated[
+    Optional[int], typer.Option("--threads", help="Intra-op threads (default: the machine's physical cores).")
+]
+IncludeCopies = Annotated[
+    bool,
+    typer.Option(
+        "--include-copies", help="On CUDA, also time with host arrays in and out (host-device copies inside the timer)."
+    ),
+]
+Amp = Annotated[
+    bool,
+    typer.Option(
+        "--amp",
+        help="Also time eager and TorchScript under torch.autocast (FP16 on CUDA, BF16 on the CPU) as <format>+amp rows.",
+    ),
+]
+CudaGraph = Annotated[
+    bool,
+    typer.Option(
+        "--cuda-graph",
+        help="On CUDA, also time each ONNX format as a CUDA graph (ONNX Runtime's enable_cuda_graph) as <format>+graph rows.",
+    ),
+]
+Rounds = Annotated[
+    int,
+    typer.Option(
+        "--rounds", help="Repeat the sweep, alternating its order, and pool the timings (for shared machines)."
+    ),
+]
+CsvOut = Annotated[Optional[Path], typer.Option("--csv", help="Also write the rows (and machine columns) as CSV.")]
+PlotOut = Annotated[Optional[Path], typer.Option("--plot", help="Also write a PNG of latency by format and provider.")]
+CheckResult = Annotated[
+    Optional[Path],
+    typer.Option(
+        "--check",
+        metavar="CHECK_JSON",
+        help="A `mnv2 check --json` result of these files: end with what to ship, the fastest file that passed its check for each provider and batch.",
+    ),
+]
+Strict = Annotated[
+    bool,
+    typer.Option(
+        "--strict",
+        help="Exit 1 when any row failed (error), not only when none was measured; unavailable rows do not count.",
+    ),
+]
+
+
 def bench(
-    target: Annotated[
-        Optional[Path],
-        typer.Argument(
-            metavar="TARGET",
-            help="An artifacts folder written by `mnv2 export` (with manifest.json), or a checkpoint; default: the newest folder under export/ with a manifest.json.",
-            show_default=False,
-        ),
-    ] = None,
-    formats: Annotated[
-        str, typer.Option("--formats", "-f", help="eager, torchscript, onnx, int8, fp16 or all (comma-separated).")
-    ] = "all",
-    provider: Annotated[
-        str,
-        typer.Option(
-            "--provider",
-            help="Execution provider(s): cpu, cuda, tensorrt (ONNX rows only) or all (cpu and cuda), comma-separated.",
-        ),
-    ] = "all",
-    batch: Annotated[str, typer.Option("--batch", "-b", help="Batch sizes, comma-separated.")] = "1,8,32",
-    warmup: Annotated[str, typer.Option("--warmup", help="Warm-up before timing: calls (10) or seconds (2s).")] = "10",
-    iters: Annotated[Optional[int], typer.Option("--iters", help="Timed calls per row (excludes --duration).")] = None,
-    duration: Annotated[
-        Optional[float],
-        typer.Option("--duration", help="Seconds of timed calls per row (default 2, at least 10 calls)."),
-    ] = None,
-    threads: Annotated[
-        Optional[int], typer.Option("--threads", help="Intra-op threads (default: the machine's physical cores).")
-    ] = None,
-    include_copies: Annotated[
-        bool,
-        typer.Option(
-            "--include-copies",
-            help="On CUDA, also time with host arrays in and out (host-device copies inside the timer).",
-        ),
-    ] = False,
-    amp: Annotated[
-        bool,
-        typer.Option(
-            "--amp",
-            help="Also time eager and TorchScript under torch.autocast (FP16 on CUDA, BF16 on the CPU) as <format>+amp rows.",
-        ),
-    ] = False,
-    cuda_graph: Annotated[
-        bool,
-        typer.Option(
-            "--cuda-graph",
-            help="On CUDA, also time each ONNX format as a CUDA graph (ONNX Runtime's enable_cuda_graph) as <format>+graph rows.",
-        ),
-    ] = False,
-    rounds: Annotated[
-        int,
-        typer.Option(
-            "--rounds", help="Repeat the sweep, alternating its order, and pool the timings (for shared machines)."
-        ),
-    ] = 1,
+    target: Target = None,
+    formats: Formats = "all",
+    provider: Providers = "all",
+    batch: Batches = "1,8,32",
+    warmup: Warmup = "10",
+    iters: Iters = None,
+    duration: Duration = None,
+    threads: Threads = None,
+    include_copies: IncludeCopies = False,
+    amp: Amp = False,
+    cuda_graph: CudaGraph = False,
+    rounds: Rounds = 1,
     json_out: JsonOut = None,
-    csv_out: Annotated[
-        Optional[Path], typer.Option("--csv", help="Also write the rows (and machine columns) as CSV.")
-    ] = None,
-    plot_out: Annotated[
-        Optional[Path], typer.Option("--plot", help="Also write a PNG of latency by format and provider.")
-    ] = None,
-    strict: Annotated[
-        bool,
-        typer.Option(
-            "--strict",
-            help="Exit 1 when any row failed (error), not only when none was measured; unavailable rows do not count.",
-        ),
-    ] = False,
+    csv_out: CsvOut = None,
+    plot_out: PlotOut = None,
+    check: CheckResult = None,
+    strict: Strict = False,
 ) -> None:
     """Time each format (eager, TorchScript, ONNX FP32 / INT8 / FP16) on each provider and batch size.
 
     Without TARGET: the newest export folder under export/ (said on the first line).
     """
     from ..bench import run
-    from ..errors import Mnv2Error
+    from ..bench.ship import read_check
     from ..fileio import check_output_file
 
     count, seconds = _warmup(warmup)
+    parity = read_check(check) if check is not None else None  # before minutes of timing
     if target is None:
         target = default_export("bench")
     check_json_out(json_out)  # the output paths before minutes of timing, not after
@@ -133,7 +154,18 @@ def bench(
         amp=amp,
         cuda_graph=cuda_graph,
     )
-    printed = write_json_out(json_out, result.to_dict())
+    _write_outputs(result, parity, json_out, csv_out, plot_out)
+    _raise_unless_measured(result, target, strict)
+
+
+def _write_outputs(result, parity, json_out: Path | None, csv_out: Path | None, plot_out: Path | None) -> None:
+    """The table and what to ship (unless ``--json -`` printed the JSON instead), and the files asked for; no plot
+    of nothing."""
+    from ..bench.ship import recommend, to_markdown
+
+    choices = recommend(result, parity) if parity is not None else None
+    data = result.to_dict() | ({"ship": [c.to_dict() for c in choices]} if choices is not None else {})
+    printed = write_json_out(json_out, data)
     if csv_out:
         result.to_csv(csv_out)
     measured = any(r.ok for r in result.rows)
@@ -141,8 +173,16 @@ def bench(
         result.plot(plot_out)
     if not printed:
         _print(result)
+        if choices is not None:
+            typer.echo(f"\nWhat to ship (the fastest file that passed its parity check):\n{to_markdown(choices)}")
         said_written(json_out, csv_out, plot_out if measured else None)
-    if not measured:
+
+
+def _raise_unless_measured(result, target: Path, strict: bool) -> None:
+    """Exit 1 when no row was measured, or (``--strict``) when any row failed."""
+    from ..errors import Mnv2Error
+
+    if not any(r.ok for r in result.rows):
         first = result.rows[0] if result.rows else None
         raise Mnv2Error(
             f"no row could be measured ({first.label} batch {first.batch}: {first.reason})"

@@ -60,18 +60,15 @@ def export(
         calib_method=calib_method.lower(),
         opset=opset,
     )
+    _print(manifest)
+
+
+def _print(manifest) -> None:
+    """One row per file written, then the manifest's path."""
     rows = [("file", "format", "precision", "size", "sha256", "seconds")]
     for name, a in manifest.artifacts.items():
-        rows.append(
-            (
-                name,
-                a["format"],
-                a["precision"],
-                f"{a['size_bytes'] / 1e6:.1f} MB",
-                a["sha256"][:12],
-                f"{a['seconds']:.1f}",
-            )
-        )
+        size = f"{a['size_bytes'] / 1e6:.1f} MB"
+        rows.append((name, a["format"], a["precision"], size, a["sha256"][:12], f"{a['seconds']:.1f}"))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for r in rows:
         typer.echo("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())

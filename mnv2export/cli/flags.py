@@ -21,24 +21,29 @@ RENAMED = {
     "max_acc_drop_pts": "--max-acc-drop",
     "img_size": "--img-size",
     "top_k": "--top-k",
+    "artifacts_dir": "--artifacts",
 }
 
 
 @cache
-def flag_names() -> dict[str, str]:
-    """parameter name -> its flag (``calib_size`` -> ``--calib-size``), from every command of the app."""
+def flag_names(command: str | None = None) -> dict[str, str]:
+    """parameter name -> its flag (``calib_size`` -> ``--calib-size``): ``command``'s own options first, then the
+    other commands' and ``RENAMED`` (bench's ``formats`` is ``--formats``, export's library ``formats`` is
+    ``--format``)."""
     from . import app
 
-    names: dict[str, str] = {}
-    for command in typer.main.get_command(app).commands.values():
-        for sub in getattr(command, "commands", {}).values() or [command]:
-            _add_options(sub, names)
-        _add_options(command, names)
-    return {**names, **RENAMED}
+    group = typer.main.get_command(app)
+    names = dict(RENAMED)
+    for cmd in group.commands.values():
+        for sub in [*getattr(cmd, "commands", {}).values(), cmd]:
+            _add_options(sub, names, replace=False)
+    if command in group.commands:
+        _add_options(group.commands[command], names, replace=True)
+    return names
 
 
-def _add_options(command, names: dict[str, str]) -> None:
+def _add_options(command, names: dict[str, str], *, replace: bool) -> None:
     for param in command.params:
         longs = [o for o in param.opts if o.startswith("--")]
-        if longs and param.name:
-            names.setdefault(param.name, longs[0])
+        if longs and param.name and (replace or param.name not in names):
+            names[param.name] = longs[0]

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 
@@ -76,6 +77,44 @@ DataDir = Annotated[
         help="Folder holding the Fashion-MNIST IDX files (default: Debian's dataset-fashion-mnist).",
         rich_help_panel=DATA,
     ),
+]
+Recipe = Annotated[
+    Optional[Path],
+    typer.Option(
+        "--config",
+        "-c",
+        help="Training recipe (TOML with \\[model], \\[data], \\[train]); flags override it.",
+        rich_help_panel=RUN,
+    ),
+]
+BatchSize = Annotated[
+    Optional[int], typer.Option("--batch-size", "-b", help="Batch size per process.", rich_help_panel=TRAINING)
+]
+ClassIndex = Annotated[
+    Optional[str],
+    typer.Option(
+        "--class-index",
+        help="JSON naming the classes (wnid -> name, as imagenet_class_index.json).",
+        rich_help_panel=DATA,
+    ),
+]
+InitFrom = Annotated[
+    Optional[str],
+    typer.Option(
+        "--init-from",
+        help="Start from a torchvision MobileNetV2 state dict (classifier replaced if the class count differs).",
+        rich_help_panel=MODEL,
+    ),
+]
+SynthClasses = Annotated[
+    Optional[int], typer.Option("--synth-classes", help="synth: number of classes.", rich_help_panel=DATA)
+]
+SynthPerClass = Annotated[
+    Optional[int], typer.Option("--synth-per-class", help="synth: training images per class.", rich_help_panel=DATA)
+]
+Progress = Annotated[
+    Optional[bool],
+    typer.Option("--progress/--no-progress", help="Show a progress bar per training epoch.", rich_help_panel=RUN),
 ]
 JsonOut = Annotated[
     Optional[Path],
@@ -177,3 +216,21 @@ def csv_list(text: str, name: str) -> list[str]:
     if not all(items):
         raise typer.BadParameter(f"empty item in the comma-separated list {text!r}", param_hint=name)
     return items
+
+
+LIST_FLAGS = ("mean", "std")  # R,G,B on the command line, a list of floats in the config
+
+
+def config_flags(params: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """A command's settings flags by config section, as :func:`~mnv2export.config.run_config` takes them: each
+    parameter is named as its field of ModelConfig, DataConfig or TrainConfig (None: not given)."""
+    from ..config import DataConfig, ModelConfig, TrainConfig
+
+    sections = {c.section: {f.name for f in dataclasses.fields(c)} for c in (ModelConfig, DataConfig, TrainConfig)}
+    flags: dict[str, dict[str, Any]] = {section: {} for section in sections}
+    for name, value in params.items():
+        section = next((s for s, names in sections.items() if name in names), None)
+        if section is None:  # a programming error: a settings parameter must be named as its field
+            raise TypeError(f"parameter {name!r} names no field of the config dataclasses")
+        flags[section][name] = floats(value, f"--{name}") if name in LIST_FLAGS else value
+    return flags

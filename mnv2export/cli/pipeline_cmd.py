@@ -9,11 +9,10 @@ import typer
 
 from .options import (
     CHECKS,
-    DATA,
     HARDWARE,
-    MODEL,
     RUN,
-    TRAINING,
+    BatchSize,
+    ClassIndex,
     Data,
     DataDir,
     Device,
@@ -21,55 +20,42 @@ from .options import (
     ExifOrientation,
     FreezeBlocks,
     ImgSize,
+    InitFrom,
+    Progress,
+    Recipe,
     SmallInput,
+    SynthClasses,
+    SynthPerClass,
     ValSplit,
     Width,
+    config_flags,
     csv_list,
+)
+
+# where the run goes and what the steps after training do: every other parameter is a config field
+RUN_PARAMS = (
+    *("config", "name", "out", "overwrite"),
+    *("calib_data", "calib_size", "samples", "provider", "bench_batch", "bench_iters", "bench_warmup", "threads"),
 )
 
 
 def pipeline(
-    data: Data = None,
+    source: Data = None,
     data_dir: DataDir = None,
     val_split: ValSplit = None,
     exif_orientation: ExifOrientation = None,
-    config: Annotated[
-        Optional[Path],
-        typer.Option(
-            "--config",
-            "-c",
-            help="Training recipe (TOML); flags override it. Without one, the pipeline's defaults apply.",
-            rich_help_panel=RUN,
-        ),
-    ] = None,
+    config: Recipe = None,
     epochs: Epochs = None,
-    width: Width = None,
+    width_mult: Width = None,
     img_size: ImgSize = None,
     small_input: SmallInput = None,
     device: Device = None,
-    batch_size: Annotated[
-        Optional[int], typer.Option("--batch-size", "-b", help="Training batch size.", rich_help_panel=TRAINING)
-    ] = None,
-    class_index: Annotated[
-        Optional[str],
-        typer.Option(
-            help="JSON naming the classes (wnid -> name, as imagenet_class_index.json).", rich_help_panel=DATA
-        ),
-    ] = None,
-    init_from: Annotated[
-        Optional[str],
-        typer.Option(
-            help="Start from a torchvision MobileNetV2 state dict (fine-tuning; classifier replaced if the class count differs).",
-            rich_help_panel=MODEL,
-        ),
-    ] = None,
+    batch_size: BatchSize = None,
+    class_index: ClassIndex = None,
+    init_from: InitFrom = None,
     freeze_blocks: FreezeBlocks = None,
-    synth_classes: Annotated[
-        Optional[int], typer.Option(help="synth: number of classes (default 10).", rich_help_panel=DATA)
-    ] = None,
-    synth_per_class: Annotated[
-        Optional[int], typer.Option(help="synth: training images per class (default 150).", rich_help_panel=DATA)
-    ] = None,
+    synth_classes: SynthClasses = None,
+    synth_train_per_class: SynthPerClass = None,
     name: Annotated[
         Optional[str],
         typer.Option(
@@ -123,57 +109,31 @@ def pipeline(
             rich_help_panel=HARDWARE,
         ),
     ] = None,
-    progress: Annotated[
-        Optional[bool],
-        typer.Option("--progress/--no-progress", help="Progress bar per training epoch.", rich_help_panel=RUN),
-    ] = None,
+    progress: Progress = None,
 ) -> None:
     """The main job: train, export every format, check, benchmark, write runs/<name>/report.md.
 
-    Data: --data (default: the built-in synth set). A failed step stops the run with the step named; the earlier
+    Data: --data (default: the built-in synth set, 10 classes of 150 training images). Without --config, the
+    pipeline's defaults apply (width 0.5, 4 epochs). A failed step stops the run with the step named; the earlier
     steps' outputs stay.
     """
+    # locals() before any other name is bound: the parameters alone
+    flags = config_flags({name: value for name, value in locals().items() if name not in RUN_PARAMS})
     from ..config import load_recipe
-    from ..pipeline import PipelineOptions, run_pipeline
+    from ..pipeline import run_pipeline
 
-    try:
-        batches = tuple(int(b) for b in csv_list(bench_batch, "--bench-batch"))
-    except ValueError:
-        raise typer.BadParameter(
-            f"expected comma-separated whole numbers, got {bench_batch!r}", param_hint="--bench-batch"
-        ) from None
-    options = PipelineOptions(
-        calib_data=calib_data,
-        calib_size=calib_size,
-        check_samples=samples,
-        providers=tuple(p.lower() for p in csv_list(provider, "--provider"))
-        if provider is not None
-        else None,  # "" is a usage error
-        bench_batches=batches,
-        bench_iters=bench_iters,
-        bench_warmup=bench_warmup,
-        threads=threads,
-    )
+    options = _step_options(calib_data, calib_size, samples, provider, bench_batch, bench_iters, bench_warmup, threads)
+    source = flags["data"].pop("source")
+    recipe = load_recipe(config) if config else None
     result = run_pipeline(
-        data,
-        epochs=epochs,
-        width=width,
-        img_size=img_size,
-        device=device,
-        data_dir=data_dir,
+        source,
         name=name,
         out=out,
         overwrite=overwrite,
-        recipe=load_recipe(config) if config else None,
-        model={"small_input": small_input},
-        data_settings={
-            "synth_classes": synth_classes,
-            "synth_train_per_class": synth_per_class,
-            "class_index": class_index,
-            "val_split": val_split,
-            "exif_orientation": exif_orientation,
-        },
-        train={"batch_size": batch_size, "progress": progress, "init_from": init_from, "freeze_blocks": freeze_blocks},
+        recipe=recipe,
+        model=flags["model"],
+        data_settings=flags["data"],
+        train=flags["train"],
         options=options,
     )
     for s in result.steps:
@@ -183,4 +143,27 @@ def pipeline(
         f"passed in {result.wall_seconds:.0f} s (val top-1 {100 * acc:.2f}%) -> {result.report}"
         if acc is not None
         else f"passed in {result.wall_seconds:.0f} s -> {result.report}"
+    )
+
+
+def _step_options(calib_data, calib_size, samples, provider, bench_batch, bench_iters, bench_warmup, threads):
+    """The options of the steps after training; a malformed list is a usage error (exit 2)."""
+    from ..pipeline import PipelineOptions
+
+    try:
+        batches = tuple(int(b) for b in csv_list(bench_batch, "--bench-batch"))
+    except ValueError:
+        raise typer.BadParameter(
+            f"expected comma-separated whole numbers, got {bench_batch!r}", param_hint="--bench-batch"
+        ) from None
+    providers = None if provider is None else tuple(p.lower() for p in csv_list(provider, "--provider"))  # "": usage
+    return PipelineOptions(
+        calib_data=calib_data,
+        calib_size=calib_size,
+        check_samples=samples,
+        providers=providers,
+        bench_batches=batches,
+        bench_iters=bench_iters,
+        bench_warmup=bench_warmup,
+        threads=threads,
     )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 
@@ -14,6 +14,8 @@ from .options import (
     MODEL,
     RUN,
     TRAINING,
+    BatchSize,
+    ClassIndex,
     Data,
     DataDir,
     Device,
@@ -21,34 +23,28 @@ from .options import (
     ExifOrientation,
     FreezeBlocks,
     ImgSize,
+    InitFrom,
+    Progress,
+    Recipe,
     SmallInput,
+    SynthClasses,
+    SynthPerClass,
     ValSplit,
     Width,
-    floats,
+    config_flags,
     took,
 )
 
+RUN_PARAMS = ("config", "resume", "overwrite")  # how to run, not what: every other parameter is a config field
+
 
 def train(
-    config: Annotated[
-        Optional[Path],
-        typer.Option(
-            "--config",
-            "-c",
-            help="Recipe (TOML with \\[model], \\[data], \\[train]); flags override it.",
-            rich_help_panel=RUN,
-        ),
-    ] = None,
-    data: Data = None,
+    config: Recipe = None,
+    source: Data = None,
     data_dir: DataDir = None,
     val_split: ValSplit = None,
     exif_orientation: ExifOrientation = None,
-    class_index: Annotated[
-        Optional[str],
-        typer.Option(
-            help="JSON naming the classes (wnid -> name, as imagenet_class_index.json).", rich_help_panel=DATA
-        ),
-    ] = None,
+    class_index: ClassIndex = None,
     img_size: ImgSize = None,
     resize_size: Annotated[
         Optional[int],
@@ -57,7 +53,7 @@ def train(
             rich_help_panel=DATA,
         ),
     ] = None,
-    width: Width = None,
+    width_mult: Width = None,
     small_input: SmallInput = None,
     output_stride: Annotated[
         Optional[int],
@@ -88,16 +84,10 @@ def train(
             help="Random Erasing probability (a rectangle of the normalised image set to 0).", rich_help_panel=DATA
         ),
     ] = None,
-    synth_classes: Annotated[
-        Optional[int], typer.Option(help="synth: number of classes.", rich_help_panel=DATA)
-    ] = None,
-    synth_per_class: Annotated[
-        Optional[int], typer.Option(help="synth: training images per class.", rich_help_panel=DATA)
-    ] = None,
+    synth_classes: SynthClasses = None,
+    synth_train_per_class: SynthPerClass = None,
     epochs: Epochs = None,
-    batch_size: Annotated[
-        Optional[int], typer.Option("--batch-size", "-b", help="Batch size per process.", rich_help_panel=TRAINING)
-    ] = None,
+    batch_size: BatchSize = None,
     lr: Annotated[Optional[float], typer.Option(help="Peak learning rate.", rich_help_panel=TRAINING)] = None,
     optimizer: Annotated[
         Optional[str], typer.Option(help="sgd (momentum, nesterov) or adamw.", rich_help_panel=TRAINING)
@@ -179,13 +169,7 @@ def train(
         Optional[bool],
         typer.Option("--sync-bn/--no-sync-bn", help="SyncBatchNorm under torchrun.", rich_help_panel=HARDWARE),
     ] = None,
-    init_from: Annotated[
-        Optional[str],
-        typer.Option(
-            help="Start from a torchvision MobileNetV2 state dict (classifier replaced if the class count differs).",
-            rich_help_panel=MODEL,
-        ),
-    ] = None,
+    init_from: InitFrom = None,
     freeze_blocks: FreezeBlocks = None,
     zero_init_residual: Annotated[
         Optional[bool],
@@ -214,105 +198,15 @@ def train(
         Optional[bool],
         typer.Option("--plots/--no-plots", help="Write the training pictures at the end.", rich_help_panel=RUN),
     ] = None,
-    progress: Annotated[
-        Optional[bool],
-        typer.Option("--progress/--no-progress", help="Show a progress bar per epoch.", rich_help_panel=RUN),
-    ] = None,
+    progress: Progress = None,
 ) -> None:
     """Train MobileNetV2 (CUDA when present, else CPU). Under torchrun: DistributedDataParallel.
 
     Without --data (and no source in --config): data/ when it holds an ImageFolder (train/<class>/, val/<class>/).
     """
-    from ..config import load_recipe, run_config
-    from ..errors import ConfigError
-
-    model = {"width_mult": width, "small_input": small_input, "output_stride": output_stride, "dropout": dropout}
-    data_flags = {
-        "source": data,
-        "data_dir": data_dir,
-        "class_index": class_index,
-        "img_size": img_size,
-        "resize_size": resize_size,
-        "mean": floats(mean, "--mean"),
-        "std": floats(std, "--std"),
-        "train_aug": train_aug,
-        "auto_augment": auto_augment,
-        "random_erase": random_erase,
-        "synth_classes": synth_classes,
-        "synth_train_per_class": synth_per_class,
-        "val_split": val_split,
-        "exif_orientation": exif_orientation,
-    }
-    train_flags = {
-        "epochs": epochs,
-        "batch_size": batch_size,
-        "lr": lr,
-        "optimizer": optimizer,
-        "weight_decay": weight_decay,
-        "depthwise_weight_decay": depthwise_weight_decay,
-        "warmup_epochs": warmup_epochs,
-        "schedule": schedule,
-        "label_smoothing": label_smoothing,
-        "mixup_alpha": mixup_alpha,
-        "cutmix_alpha": cutmix_alpha,
-        "clip_grad_norm": clip_grad_norm,
-        "ema": ema,
-        "amp": amp,
-        "channels_last": channels_last,
-        "compile": compile,
-        "device": device,
-        "seed": seed,
-        "workers": workers,
-        "threads": threads,
-        "sync_bn": sync_bn,
-        "init_from": init_from,
-        "zero_init_residual": zero_init_residual,
-        "freeze_blocks": freeze_blocks,
-        "out": out,
-        "plots": plots,
-        "progress": progress,
-    }
-    from ..errors import Mnv2Error
-
-    ckpt = None
-    try:
-        if resume:
-            if overwrite:
-                raise ConfigError(
-                    "--overwrite and --resume contradict each other",
-                    hint="--resume continues the run, --overwrite replaces it: pass one",
-                )
-            if not out:
-                raise ConfigError("--resume needs the run folder", hint="pass --out weights/<run>")
-            if config:
-                raise ConfigError(
-                    "--config is not read with --resume: a run continues with its own settings",
-                    path=config,
-                    hint="drop --config (--epochs, --workers, --threads, --device and the progress and plot switches may change)",
-                )
-            from ..run_folder import resume_config  # reads a checkpoint: imports torch
-
-            cfg, ckpt = resume_config(Path(out), {"model": model, "data": data_flags, "train": train_flags})
-        else:
-            recipe = load_recipe(config) if config else None
-            if data is None and not (recipe and (recipe.given or {}).get("data", {}).get("source")):
-                data_flags["source"] = _default_data()
-            cfg = run_config(recipe, model, data_flags, train_flags, recipe_path=config)
-            if cfg.train.device != "cuda" and not cfg.train.sync_bn:
-                # the paths, said at once rather than after torch's import; --device cuda and --sync-bn have errors of
-                # their own that need torch and come first (in fit, before the data is read), so then the paths wait too
-                from ..fileio import require_data_folder, require_init_weights
-
-                if not cfg.data.is_builtin:
-                    require_data_folder(cfg.data.source)
-                if cfg.train.init_from:
-                    require_init_weights(cfg.train.init_from)
-    except Mnv2Error:
-        # the flags, recipe or run folder refused: every process of a torchrun job on this machine read the same, and
-        # the first says it; the others leave without a word (before joining the process group, so no collective)
-        if int(os.environ.get("LOCAL_RANK", "0")) != 0:
-            raise SystemExit(1) from None
-        raise
+    # locals() before any other name is bound: the parameters alone
+    flags = config_flags({name: value for name, value in locals().items() if name not in RUN_PARAMS})
+    cfg, ckpt = _run_settings(flags, config, resume=resume, overwrite=overwrite)
     from ..train import fit  # torch is imported here, after the flags and the recipe passed: their errors come at once
 
     result = fit(cfg, run_dir=out, resume_from=ckpt) if resume else fit(cfg, overwrite=overwrite)
@@ -322,6 +216,65 @@ def train(
             f"best val_acc {100 * s['best_val_acc']:.2f}% (epoch {s['best_epoch']}), {s['epoch']} epochs, "
             f"{s.get('images_skipped', 0)} images skipped -> {result.best}"
         )
+
+
+def _run_settings(flags: dict[str, dict[str, Any]], config: Path | None, *, resume: bool, overwrite: bool):
+    """The run's configuration and, with ``resume``, the checkpoint it continues (None: a new run)."""
+    from ..errors import Mnv2Error
+
+    try:
+        if resume:
+            return _resume_settings(flags, config, overwrite=overwrite)
+        return _new_run_settings(flags, config), None
+    except Mnv2Error:
+        # the flags, recipe or run folder refused: every process of a torchrun job on this machine read the same, and
+        # the first says it; the others leave without a word (before joining the process group, so no collective)
+        if int(os.environ.get("LOCAL_RANK", "0")) != 0:
+            raise SystemExit(1) from None
+        raise
+
+
+def _resume_settings(flags: dict[str, dict[str, Any]], config: Path | None, *, overwrite: bool):
+    """``--resume``: the configuration stored in the run folder (``--out``), with the flags that may change."""
+    from ..errors import ConfigError
+
+    out = flags["train"]["out"]
+    if overwrite:
+        raise ConfigError(
+            "--overwrite and --resume contradict each other",
+            hint="--resume continues the run, --overwrite replaces it: pass one",
+        )
+    if not out:
+        raise ConfigError("--resume needs the run folder", hint="pass --out weights/<run>")
+    if config:
+        raise ConfigError(
+            "--config is not read with --resume: a run continues with its own settings",
+            path=config,
+            hint="drop --config (--epochs, --workers, --threads, --device and the progress and plot switches may change)",
+        )
+    from ..train import resume_config  # reads a checkpoint: imports torch
+
+    return resume_config(Path(out), flags)
+
+
+def _new_run_settings(flags: dict[str, dict[str, Any]], config: Path | None):
+    """A new run's configuration: the flags over the recipe (``--config``) over the data source's defaults."""
+    from ..config import load_recipe, run_config
+
+    recipe = load_recipe(config) if config else None
+    if flags["data"]["source"] is None and not (recipe and (recipe.given or {}).get("data", {}).get("source")):
+        flags["data"]["source"] = _default_data()
+    cfg = run_config(recipe, flags["model"], flags["data"], flags["train"], recipe_path=config)
+    if cfg.train.device != "cuda" and not cfg.train.sync_bn:
+        # the paths, said at once rather than after torch's import; --device cuda and --sync-bn have errors of their
+        # own that need torch and come first (in fit, before the data is read), so then the paths wait too
+        from ..fileio import require_data_folder, require_init_weights
+
+        if not cfg.data.is_builtin:
+            require_data_folder(cfg.data.source)
+        if cfg.train.init_from:
+            require_init_weights(cfg.train.init_from)
+    return cfg
 
 
 def _default_data() -> str | None:

@@ -115,7 +115,7 @@ def fashion_mnist(data_dir: str | None, train_transform, val_transform) -> tuple
 
     searched = [Path(data_dir)] if data_dir else [DEBIAN_DIR]
     if data_dir and not Path(data_dir).is_dir():
-        raise DataError("Fashion-MNIST folder not found", path=data_dir, hint="pass --data-dir with the four IDX files")
+        raise DataError("Fashion-MNIST folder not found", path=data_dir, hint="pass {data_dir} with the four IDX files")
     files = next((f for f in (_find_files(p) for p in searched) if f), None)
     if files is None:
         if data_dir:
@@ -131,7 +131,7 @@ def fashion_mnist(data_dir: str | None, train_transform, val_transform) -> tuple
         except Exception as exc:  # noqa: BLE001 - urllib / http errors of every kind
             raise DataError(
                 f"Fashion-MNIST is not on this machine and could not be downloaded ({type(exc).__name__})",
-                hint="`apt-get install dataset-fashion-mnist`, or pass --data-dir with the IDX files",
+                hint="`apt-get install dataset-fashion-mnist`, or pass {data_dir} with the IDX files",
             ) from None
         files = {name: Path(root) / "FashionMNIST" / "raw" / name for name in FILES}
     else:

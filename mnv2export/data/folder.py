@@ -46,7 +46,7 @@ def scan_split(root: Path, split: str, others: list[Path] | None = None) -> tupl
             f"no '{split}' folder in the data folder",
             path=root,
             hint="use the ImageFolder layout <root>/train/<class>/*.jpg and <root>/val/<class>/*.jpg"
-            + ("" if has_splits(root) else ", or hold out part of each class folder with --val-split 0.1"),
+            + ("" if has_splits(root) else ", or hold out part of each class folder with {val_split} 0.1"),
         )
     return scan_classes(folder, f"{split}/", others)
 
@@ -105,7 +105,7 @@ def split_classes(
         raise DataError(
             f"val_split = {val_split:g} is for a folder of class folders, but this one holds train/ and val/",
             path=root,
-            hint="leave --val-split out: its val/ folder is the validation split",
+            hint="leave {val_split} out: its val/ folder is the validation split",
         )
     classes, samples = scan_classes(root, "the data folder", others)
     by_class: dict[int, list[tuple[float, str]]] = {}
@@ -191,7 +191,7 @@ def read_class_index(path: str | Path, folders: list[str]) -> list[str]:
             f"class-index file names none of the {len(folders)} class folders (folders: {_some(folders)}; "
             f"the file names: {_some(sorted(names))})",
             path=p,
-            hint="pass the class index of this data set (its keys are the folder names), or leave --class-index out",
+            hint="pass the class index of this data set (its keys are the folder names), or leave {class_index} out",
         )
     if unknown:
         log.warning(

@@ -17,24 +17,16 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigError
-from ..layout import (
-    ARTIFACT_FILES,
-    EXPORT_DIR,
-    FP16_FILE,
-    INT8_FILE,
-    MANIFEST_FILE,
-    ONNX_FILE,
-    PIPELINE_FILE,
-    TORCHSCRIPT_FILE,
-)
-from .names import CALIB_METHODS, FORMATS, INPUT_NAME, MANIFEST_FORMAT, MANIFEST_VERSION, OUTPUT_NAME
+from ..layout import ARTIFACT_FILES, EXPORT_DIR, MANIFEST_FILE, PIPELINE_FILE
+from .names import CALIB_METHODS, INPUT_NAME, MANIFEST_FORMAT, MANIFEST_VERSION, ONNX_EXPORTER, OUTPUT_NAME
+
+if TYPE_CHECKING:  # the registry imports this package's exporters: read at run time, inside the functions
+    from ..formats import ExportJob, ExportOptions
 
 log = logging.getLogger(__name__)
-
-ONNX_EXPORTER = "torch.onnx.export(dynamo=True)"
 
 
 @dataclass
@@ -53,17 +45,9 @@ class Manifest:
 
 def parse_formats(formats: str | Iterable[str]) -> list[str]:
     """``"all"``, ``"onnx"``, ``"torchscript,onnx"`` or a list of those -> a list in canonical order."""
-    from ..params import split_items
+    from ..formats import parse_groups
 
-    items = split_items(formats, "export format")
-    if "all" in items:
-        items = [*items, *FORMATS]
-    unknown = sorted({f for f in items if f not in (*FORMATS, "all")})
-    if unknown or not items:
-        raise ConfigError(
-            f"unknown export format {', '.join(unknown) or '(none)'}", hint="choose torchscript, onnx or all"
-        )
-    return [f for f in FORMATS if f in items]
+    return list(parse_groups(formats))
 
 
 def previous_artifacts(out: Path) -> list[str]:
@@ -76,15 +60,14 @@ def previous_artifacts(out: Path) -> list[str]:
     return [name for name in ARTIFACT_FILES if isinstance(listed, dict) and name in listed]
 
 
-def toolchain_versions() -> dict[str, str]:
+def toolchain_versions(modules: Iterable[str] = ("onnx", "onnxruntime")) -> dict[str, str]:
     """What the manifest and the check record: the checkpoint's versions (mnv2export, torch, torchvision, python) plus
-    onnx and onnxruntime."""
-    import onnx
-    import onnxruntime
+    those of ``modules``, the exporters' and runtimes' (each format's ``toolchain``: onnx and onnxruntime for ONNX)."""
+    import importlib
 
     from ..checkpoint import versions
 
-    return {**versions(), "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__}
+    return {**versions(), **{m: importlib.import_module(m).__version__ for m in modules}}
 
 
 def default_out_dir(checkpoint: str | Path) -> Path:
@@ -110,27 +93,15 @@ def export_all(
     opset: int | None = None,
 ) -> Manifest:
     from ..fileio import require_checkpoint_file
-    from .names import check_calib_size
-    from .opsets import DEFAULT_OPSET, check_opset
 
     # the options and the checkpoint's file checks first, before torch is imported: their errors come at once
-    fmts = parse_formats(formats)
-    opset = check_opset(DEFAULT_OPSET if opset is None else opset)
-    if (quantize or fp16) and "onnx" not in fmts:
-        raise ConfigError("--quantize and --fp16 make ONNX models", hint="use --format onnx or --format all with them")
-    if calib_data is not None and not quantize:
-        raise ConfigError("--calib-data is only used for INT8", hint="add --quantize, or leave --calib-data out")
-    if calib_method not in CALIB_METHODS:
-        raise ConfigError(
-            f"unknown calibration method {calib_method!r}", hint=f"choose one of {', '.join(CALIB_METHODS)}"
-        )
-    check_calib_size(calib_size)
+    options = check_export_options(formats, quantize, fp16, calib_data, calib_size, calib_method, opset)
     require_checkpoint_file(checkpoint_path)
 
     from ..device import cpu_threads
 
     with cpu_threads(EXPORT_TORCH_THREADS):
-        return _export_all(checkpoint_path, out_dir, fmts, quantize, fp16, calib_data, calib_size, calib_method, opset)
+        return _export_all(checkpoint_path, out_dir, options)
 
 
 # The export's PyTorch work is a few eager passes and Python-bound tracing: one intra-op thread costs well under a
@@ -138,33 +109,42 @@ def export_all(
 EXPORT_TORCH_THREADS = 1
 
 
-def _export_all(
-    checkpoint_path, out_dir, fmts, quantize, fp16, calib_data, calib_size, calib_method, opset
-) -> Manifest:
+def check_export_options(
+    formats, quantize: bool, fp16: bool, calib_data: str | None, calib_size: int, calib_method: str, opset: int | None
+) -> ExportOptions:
+    """``export_all``'s options checked, each error naming its parameter; no file is read."""
+    from ..formats import ExportOptions, parse_groups, to_export
+    from .names import check_calib_size
+    from .opsets import DEFAULT_OPSET, check_opset
+
+    groups = parse_groups(formats)
+    opset = check_opset(DEFAULT_OPSET if opset is None else opset)
+    options = ExportOptions(groups, quantize, fp16, calib_data, calib_size, calib_method, opset)
+    asked = {option for option in ("quantize", "fp16") if getattr(options, option)}
+    if asked - {fmt.option for fmt in to_export(options)}:  # no format chosen is made with it
+        raise ConfigError(
+            "{quantize} and {fp16} make ONNX models", hint="use {formats} onnx or {formats} all with them"
+        )
+    if calib_data is not None and not quantize:
+        raise ConfigError("{calib_data} is only used for INT8", hint="add {quantize}, or leave {calib_data} out")
+    if calib_method not in CALIB_METHODS:  # in words: "calibration method" is what users and scripts match
+        raise ConfigError(
+            f"unknown calibration method {calib_method!r}", hint=f"choose one of {', '.join(CALIB_METHODS)}"
+        )
+    check_calib_size(calib_size)
+    for fmt in to_export(options):
+        if why := fmt.unavailable():
+            raise ConfigError(f"{fmt.name} cannot be exported: {why}")
+    return options
+
+
+def _export_all(checkpoint_path, out_dir, options: ExportOptions) -> Manifest:
     from ..checkpoint import load_checkpoint
-    from ..fileio import ensure_dir
+    from ..fileio import atomic_files, ensure_dir, temp_files_in, work_folder
 
     ckpt = load_checkpoint(checkpoint_path)
-    calib = None
-    if quantize:  # before anything is created: missing or empty calibration data is an error up front
-        from .calib import load_calibration
-
-        t0 = time.perf_counter()
-        calib = load_calibration(ckpt, calib_data, calib_size)
-        log.info("calibration: %s (%.1f s)", calib.source, time.perf_counter() - t0)
+    calib = _calibration(ckpt, options)  # before anything is created: missing or empty data is an error up front
     out = ensure_dir(out_dir if out_dir is not None else default_out_dir(checkpoint_path))
-    settings = {
-        "formats": fmts,
-        "quantize": quantize,
-        "fp16": fp16,
-        "opset": opset if "onnx" in fmts else None,
-        "onnx_exporter": ONNX_EXPORTER if "onnx" in fmts else None,
-        "calib_data": calib.source if calib else None,
-        "calib_size": calib_size if quantize else None,
-        "calib_method": calib_method if quantize else None,
-    }
-    from ..fileio import atomic_files, temp_files_in, work_folder
-
     # every temporary file (ours and onnxruntime.quantization's) in one locked work folder inside `out`, so that a
     # killed export leaves them there, and the next export into `out` removes them (TEMP_LEFTOVERS: older versions').
     # Every file renamed together at the end, in order, manifest last; an artifact name not written this time (an
@@ -174,7 +154,7 @@ def _export_all(
         temp_files_in(work),
         atomic_files(out, owned=previous_artifacts(out), temp_dir=work) as staged,
     ):
-        return _export(ckpt, out, fmts, quantize, fp16, calib, calib_method, opset, settings, staged)
+        return _export(ckpt, out, options, calib, staged)
 
 
 # what earlier versions of the export left in its folder when killed (temporary files beside the final names, the
@@ -182,23 +162,55 @@ def _export_all(
 TEMP_LEFTOVERS = (*(f".{name}.*.tmp" for name in (*ARTIFACT_FILES, MANIFEST_FILE)), "mnv2-int8-*")
 
 
-def _export(ckpt, out: Path, fmts, quantize, fp16, calib, calib_method, opset, settings, staged) -> Manifest:
-    import numpy as np
+def _calibration(ckpt, options: ExportOptions):
+    if not options.quantize:
+        return None
+    from .calib import load_calibration
+
+    t0 = time.perf_counter()
+    calib = load_calibration(ckpt, options.calib_data, options.calib_size)
+    log.info("calibration: %s (%.1f s)", calib.source, time.perf_counter() - t0)
+    return calib
+
+
+def _export(ckpt, out: Path, options: ExportOptions, calib, staged) -> Manifest:
+    """Each format's file written and verified by its own module, then the manifest."""
+    from ..fileio import json_text, write_bytes
+    from ..formats import to_export
+
+    chosen = to_export(options)
+    job, bn_fold = _prepare(ckpt, chosen, options, calib)
+    artifacts = {fmt.file: _write_artifact(fmt, job, staged(fmt.file), ckpt.sha256) for fmt in chosen}
+    data = {
+        "format": MANIFEST_FORMAT,
+        "schema_version": MANIFEST_VERSION,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "source_checkpoint": {"path": str(ckpt.path.resolve()) if ckpt.path else None, "sha256": ckpt.sha256},
+        "settings": _settings(options, chosen, calib),
+        "bn_fold": bn_fold,
+        "versions": job.base_metadata["versions"],
+        "artifacts": artifacts,
+    }
+    write_bytes(staged(MANIFEST_FILE), (json_text(data) + "\n").encode("utf-8"))
+    return Manifest(path=out / MANIFEST_FILE, data=data)
+
+
+def _prepare(ckpt, chosen, options: ExportOptions, calib) -> tuple[ExportJob, dict[str, Any]]:
+    """The model built, its BatchNorms folded and the folded model checked against it on real images: what every
+    format is exported from, and the fold's record for the manifest."""
     import torch
 
-    from ..fileio import json_text, sha256_file, write_bytes
     from ..fold import check_fold_logits, fold_bn
+    from ..formats import ExportJob
     from .calib import verification_inputs
 
     model = ckpt.build_model()
     folded = fold_bn(model)
     inputs, inputs_source = verification_inputs(ckpt, calib)
     with torch.inference_mode():
-        folded_logits = folded(inputs)
-        fold_diff = check_fold_logits(model(inputs), folded_logits)
-    reference = folded_logits.numpy()  # what every exported FP32 artifact must answer on `inputs`
+        reference = folded(inputs)
+        fold_diff = check_fold_logits(model(inputs), reference)
     log.info("folded BatchNorm: max abs logit diff %.2e on %s", fold_diff, inputs_source)
-    example = inputs[:2]
     size = ckpt.data_config.img_size
     base = {
         **ckpt.metadata(),
@@ -207,135 +219,47 @@ def _export(ckpt, out: Path, fmts, quantize, fp16, calib, calib_method, opset, s
         "input_shape": ["batch", 3, size, size],
         "bn_folded": True,
     }
-    if "onnx" in fmts:
-        base["versions"] = toolchain_versions()
-    written: dict[str, tuple[Path, dict[str, Any], float]] = {}
+    toolchain = list(dict.fromkeys(m for fmt in chosen for m in fmt.toolchain))
+    if toolchain:
+        base["versions"] = toolchain_versions(toolchain)
+    job = ExportJob(folded, inputs, reference, base, options, calib)
+    return job, {"max_abs_diff": fold_diff, "inputs": inputs_source}
 
-    def record(name: str, tmp: Path, entry: dict[str, Any], t0: float) -> None:
-        seconds = time.perf_counter() - t0
-        written[name] = (tmp, entry, seconds)
-        log.info("%s: %.1f MB in %.1f s", name, tmp.stat().st_size / 1e6, seconds)
 
-    if "torchscript" in fmts:
-        from .torchscript import export_torchscript
+def _write_artifact(fmt, job: ExportJob, tmp: Path, checkpoint_sha256: str | None) -> dict[str, Any]:
+    """``fmt``'s file written to ``tmp`` by its module, and its manifest entry."""
+    from ..fileio import sha256_file
 
-        t0 = time.perf_counter()
-        tmp = staged(TORCHSCRIPT_FILE)
-        meta = {
-            **base,
-            "format": "torchscript",
-            "precision": "fp32",
-            "opset": None,
-            "exporter": "torch.jit.trace + torch.jit.freeze",
-        }
-        export_torchscript(folded, example, meta, tmp, reference=folded_logits[:2])
-        record(
-            TORCHSCRIPT_FILE,
-            tmp,
-            {
-                "format": "torchscript",
-                "precision": "fp32",
-                "opset": None,
-                "export_settings": {
-                    "method": "torch.jit.trace + torch.jit.freeze (eval, BatchNorm folded)",
-                    "device": "cpu (load with map_location to move it)",
-                },
-            },
-            t0,
-        )
-    if "onnx" in fmts:
-        from .onnx import export_onnx, verify_with_ort
-
-        t0 = time.perf_counter()
-        fp32_tmp = staged(ONNX_FILE)
-        meta = {**base, "format": "onnx", "precision": "fp32", "opset": opset, "exporter": ONNX_EXPORTER}
-        fp32_model = export_onnx(folded, example, meta, fp32_tmp, opset)
-        diff = verify_with_ort(fp32_tmp, inputs.numpy(), reference, rtol=1e-3, atol=1e-4, what="FP32 ONNX")
-        record(
-            ONNX_FILE,
-            fp32_tmp,
-            {
-                "format": "onnx",
-                "precision": "fp32",
-                "opset": opset,
-                "export_settings": {"exporter": ONNX_EXPORTER, "dynamic_batch": True, "max_abs_diff_vs_pytorch": diff},
-            },
-            t0,
-        )
-        if quantize:
-            from .quantize import quantize_onnx, top1_agreement
-
-            t0 = time.perf_counter()
-            tmp = staged(INT8_FILE)
-            meta = {**base, "format": "onnx", "precision": "int8", "opset": opset, "exporter": ONNX_EXPORTER}
-            q = quantize_onnx(fp32_tmp, tmp, calib.images, meta, method=calib_method)
-            agree = top1_agreement(fp32_tmp, tmp, calib.images[:64])
-            record(
-                INT8_FILE,
-                tmp,
-                {
-                    "format": "onnx",
-                    "precision": "int8",
-                    "opset": opset,
-                    "export_settings": {**q, "calibration_data": calib.source, "top1_agreement_fp32_calib": agree},
-                },
-                t0,
-            )
-        if fp16:
-            from .fp16 import convert_fp16
-
-            t0 = time.perf_counter()
-            tmp = staged(FP16_FILE)
-            convert_fp16(
-                fp32_model,
-                tmp,
-                {**base, "format": "onnx", "precision": "fp16", "opset": opset, "exporter": ONNX_EXPORTER},
-            )
-            diff = verify_with_ort(
-                tmp,
-                inputs.numpy(),
-                reference,
-                rtol=0.05,
-                atol=0.05 * max(1.0, float(np.abs(reference).max())),
-                what="FP16 ONNX",
-            )
-            record(
-                FP16_FILE,
-                tmp,
-                {
-                    "format": "onnx",
-                    "precision": "fp16",
-                    "opset": opset,
-                    "export_settings": {
-                        "converter": "onnxruntime.transformers.float16.convert_float_to_float16",
-                        "keep_io_types": True,
-                        "max_abs_diff_vs_pytorch_cpu": diff,
-                    },
-                },
-                t0,
-            )
-
-    artifacts = {}
-    for name, (tmp, entry, seconds) in written.items():
-        artifacts[name] = {
-            **entry,
-            "size_bytes": tmp.stat().st_size,
-            "sha256": sha256_file(tmp),
-            "input_shape": base["input_shape"],
-            "input_name": INPUT_NAME,
-            "output_name": OUTPUT_NAME,
-            "source_checkpoint_sha256": ckpt.sha256,
-            "seconds": round(seconds, 3),
-        }
-    data = {
-        "format": MANIFEST_FORMAT,
-        "schema_version": MANIFEST_VERSION,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "source_checkpoint": {"path": str(ckpt.path.resolve()) if ckpt.path else None, "sha256": ckpt.sha256},
-        "settings": settings,
-        "bn_fold": {"max_abs_diff": fold_diff, "inputs": inputs_source},
-        "versions": base["versions"],
-        "artifacts": artifacts,
+    t0 = time.perf_counter()
+    settings = fmt.export(job, tmp)
+    seconds = time.perf_counter() - t0
+    job.written[fmt.name] = tmp
+    log.info("%s: %.1f MB in %.1f s", fmt.file, tmp.stat().st_size / 1e6, seconds)
+    return {
+        "format": fmt.kind,
+        "precision": fmt.precision,
+        "opset": job.options.opset if fmt.uses_opset else None,
+        "export_settings": settings,
+        "size_bytes": tmp.stat().st_size,
+        "sha256": sha256_file(tmp),
+        "input_shape": job.base_metadata["input_shape"],
+        "input_name": INPUT_NAME,
+        "output_name": OUTPUT_NAME,
+        "source_checkpoint_sha256": checkpoint_sha256,
+        "seconds": round(seconds, 3),
     }
-    write_bytes(staged(MANIFEST_FILE), (json_text(data) + "\n").encode("utf-8"))
-    return Manifest(path=out / MANIFEST_FILE, data=data)
+
+
+def _settings(options: ExportOptions, chosen, calib) -> dict[str, Any]:
+    """The export's options as the manifest records them (null where they played no part)."""
+    onnx = any(fmt.uses_opset for fmt in chosen)
+    return {
+        "formats": list(options.groups),
+        "quantize": options.quantize,
+        "fp16": options.fp16,
+        "opset": options.opset if onnx else None,
+        "onnx_exporter": ONNX_EXPORTER if onnx else None,
+        "calib_data": calib.source if calib else None,
+        "calib_size": options.calib_size if options.quantize else None,
+        "calib_method": options.calib_method if options.quantize else None,
+    }

@@ -68,7 +68,7 @@ def _draw(ckpt: Checkpoint, calib_data: str | None, size: int, *, seed: int, spl
         return _from_builtin(cfg, size, seed, split)
     root = Path(source)
     what = "the checkpoint's training data" if own else "calibration data"
-    fix = "pass --calib-data with a folder of images (or synth)"
+    fix = "pass {calib_data} with a folder of images (or synth)"
     require_image_folder(root, what, fix)
     folder = root / split if (root / split).is_dir() else root
     own_images = own_split(root, cfg.source, cfg.val_split, split)  # the run's own folder split by --val-split
@@ -112,13 +112,13 @@ def _from_builtin(cfg: DataConfig, size: int, seed: int, split: str) -> Calibrat
     bundle = build_datasets(cfg, augment=False)  # validation preprocessing on both splits
     ds = bundle.train if split == "train" else bundle.val
     if len(ds) == 0:
-        raise DataError(f"the {cfg.source} {split} split is empty", hint="pass --calib-data with a folder of images")
+        raise DataError(f"the {cfg.source} {split} split is empty", hint="pass {calib_data} with a folder of images")
     rng = np.random.default_rng(seed)
     idx = sorted(rng.choice(len(ds), size=min(size, len(ds)), replace=False))
     images = [img for img, _ in (ds[int(i)] for i in idx) if not isinstance(img, SkippedImage)]
     if not images:
         raise DataError(
-            f"no readable image in the {cfg.source} {split} split", hint="pass --calib-data with a folder of images"
+            f"no readable image in the {cfg.source} {split} split", hint="pass {calib_data} with a folder of images"
         )
     return CalibrationSet(
         torch.stack(images).numpy().astype(np.float32, copy=False), f"{len(images)} images of {cfg.source} ({split})"

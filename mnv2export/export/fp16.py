@@ -15,6 +15,8 @@ import onnx
 from ..errors import ExportError, first_line
 from .onnx import check_and_save, set_metadata, toposort
 
+CONVERTER = "onnxruntime.transformers.float16.convert_float_to_float16"  # recorded in the manifest
+
 
 def convert_fp16(fp32: onnx.ModelProto, out: str | Path, metadata: dict[str, Any]) -> onnx.ModelProto:
     from onnxruntime.transformers.float16 import convert_float_to_float16

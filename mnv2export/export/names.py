@@ -11,7 +11,8 @@ ONNX_METADATA = "mnv2_metadata"  # the `metadata_props` key of an ONNX file
 INPUT_NAME = "input"  # N x 3 x H x W, float32, normalised
 OUTPUT_NAME = "logits"  # N x num_classes, float32
 
-FORMATS = ("torchscript", "onnx")
+ONNX_EXPORTER = "torch.onnx.export(dynamo=True)"  # recorded in every ONNX file's metadata and the manifest
+
 CALIB_METHODS = ("minmax", "entropy", "percentile")
 MAX_CALIB_SIZE = 10_000
 # minmax calibration sets each activation's INT8 range to the extremes the calibration images reach, and a new image

@@ -65,7 +65,7 @@ def export_onnx(
         raise ExportError(
             f"the exporter wrote opset {version}, not the {opset} asked for",
             path=out,
-            hint=f"use --opset {DEFAULT_OPSET}",
+            hint=f"use {{opset}} {DEFAULT_OPSET}",
         )
     assert_no_batchnorm(model, out)
     model.doc_string = f"MobileNetV2 ({metadata.get('num_classes')} classes) exported by mnv2export"

@@ -50,7 +50,7 @@ def check_opset(opset: int) -> int:
     )
     if not ok:
         raise ConfigError(
-            f"opset {opset!r} is not supported",
+            f"{{opset}} {opset!r} is not supported",
             hint=f"choose an opset between {MIN_OPSET} and {max_opset()} (default {DEFAULT_OPSET})",
         )
     return opset

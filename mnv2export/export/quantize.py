@@ -165,62 +165,12 @@ def quantize_onnx(
 
     Returns the settings used (also embedded in the file's metadata under ``quantization``).
     """
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
-
     if method not in CALIB_METHODS:
         raise ConfigError(f"unknown calibration method {method!r}", hint=f"choose one of {', '.join(CALIB_METHODS)}")
     if len(images) == 0:
-        raise ConfigError("no calibration images", hint="pass --calib-data with images")
+        raise ConfigError("no calibration images", hint="pass {calib_data} with images")
     recipe = dict(recipe or int8_recipe())
-    qtype = {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8}
-    calib = {
-        "minmax": CalibrationMethod.MinMax,
-        "entropy": CalibrationMethod.Entropy,
-        "percentile": CalibrationMethod.Percentile,
-    }[method]
-    reader = CalibrationReader(images)
-    # beside `out` (an export's work folder); onnxruntime.quantization's own temporary folders go where `tempfile`
-    # says, which the export points into that work folder too (fileio.temp_files_in)
-    with tempfile.TemporaryDirectory(prefix="mnv2-int8-", dir=Path(out).parent) as tmp:
-        pre = Path(tmp) / "pre.onnx"
-        raw = Path(tmp) / "int8.onnx"
-        try:
-            pre_process(fp32, pre)
-            excluded = []
-            stem = stem_conv(onnx.load(str(pre), load_external_data=False))
-            if keep_stem_fp32 and stem:
-                excluded.append(stem)
-            chatter = io.StringIO()  # the histogram calibrators print progress to stdout; a library does not
-            with contextlib.redirect_stdout(chatter):
-                quantize_static(
-                    str(pre),
-                    str(raw),
-                    reader,
-                    quant_format=QuantFormat.QDQ,
-                    per_channel=True,
-                    activation_type=qtype[recipe["activation_type"]],
-                    weight_type=qtype[recipe["weight_type"]],
-                    reduce_range=recipe["reduce_range"],
-                    calibrate_method=calib,
-                    nodes_to_exclude=excluded,
-                    # one collection per calibration batch (bounded memory); activations stay asymmetric (the
-                    # default), which is what lets the quantizer drop the ReLU6 Clips into the Q ranges
-                    extra_options={"CalibStridedMinMax": 1},
-                )
-            if chatter.getvalue().strip():
-                log.debug("quantize_static: %s", chatter.getvalue().strip())
-            model = onnx.load(str(raw))
-        except (ConfigError, ExportError):
-            raise
-        except Exception as exc:  # noqa: BLE001 - onnxruntime.quantization raises many types
-            # a full disk shows as an OSError, or as a file that does not parse (onnx's C++ infer_shapes_path, which
-            # ONNX Runtime's steps call, cuts a file short without an error), its folder already removed: the step
-            # holds up to three copies of the model at once, so a failure with less room than that is the disk's
-            if is_disk_full(exc, tmp, need=INT8_ROOM * Path(fp32).stat().st_size):
-                raise OSError(errno.ENOSPC, f"disk full in the INT8 step: {first_line(exc)}", str(out)) from exc
-            raise ExportError(
-                f"INT8 quantization failed: {first_line(exc)}", path=out, hint="report it with MNV2_DEBUG=1"
-            ) from exc
+    model, excluded = _quantized_model(fp32, out, CalibrationReader(images), recipe, method, keep_stem_fp32)
     if op_count(model, "QuantizeLinear") == 0:
         raise ExportError("the INT8 model holds no QuantizeLinear node", path=out, hint="report it with MNV2_DEBUG=1")
     settings = {
@@ -240,6 +190,62 @@ def quantize_onnx(
     model.doc_string = "MobileNetV2, INT8 (QDQ) by mnv2export"
     check_and_save(model, out)  # a full disk: an OSError (ENOSPC), reported by the caller
     return settings
+
+
+def _quantized_model(fp32, out, reader: CalibrationReader, recipe, method: str, keep_stem_fp32: bool):
+    """Steps 1 and 2 of the recipe in a temporary folder beside ``out``: (the INT8 model, the nodes left in FP32)."""
+    # beside `out` (an export's work folder); onnxruntime.quantization's own temporary folders go where `tempfile`
+    # says, which the export points into that work folder too (fileio.temp_files_in)
+    with tempfile.TemporaryDirectory(prefix="mnv2-int8-", dir=Path(out).parent) as tmp:
+        pre, raw = Path(tmp) / "pre.onnx", Path(tmp) / "int8.onnx"
+        try:
+            pre_process(fp32, pre)
+            stem = stem_conv(onnx.load(str(pre), load_external_data=False))
+            excluded = [stem] if keep_stem_fp32 and stem else []
+            _quantize_static(pre, raw, reader, recipe, method, excluded)
+            return onnx.load(str(raw)), excluded
+        except (ConfigError, ExportError):
+            raise
+        except Exception as exc:  # noqa: BLE001 - onnxruntime.quantization raises many types
+            # a full disk shows as an OSError, or as a file that does not parse (onnx's C++ infer_shapes_path, which
+            # ONNX Runtime's steps call, cuts a file short without an error), its folder already removed: the step
+            # holds up to three copies of the model at once, so a failure with less room than that is the disk's
+            if is_disk_full(exc, tmp, need=INT8_ROOM * Path(fp32).stat().st_size):
+                raise OSError(errno.ENOSPC, f"disk full in the INT8 step: {first_line(exc)}", str(out)) from exc
+            raise ExportError(
+                f"INT8 quantization failed: {first_line(exc)}", path=out, hint="report it with MNV2_DEBUG=1"
+            ) from exc
+
+
+def _quantize_static(pre: Path, raw: Path, reader, recipe: dict[str, Any], method: str, excluded: list[str]) -> None:
+    """Step 2: ``quantize_static`` with the recipe's types, QDQ, per channel, one collection per calibration batch."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    qtype = {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8}
+    calib = {
+        "minmax": CalibrationMethod.MinMax,
+        "entropy": CalibrationMethod.Entropy,
+        "percentile": CalibrationMethod.Percentile,
+    }[method]
+    chatter = io.StringIO()  # the histogram calibrators print progress to stdout; a library does not
+    with contextlib.redirect_stdout(chatter):
+        quantize_static(
+            str(pre),
+            str(raw),
+            reader,
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            activation_type=qtype[recipe["activation_type"]],
+            weight_type=qtype[recipe["weight_type"]],
+            reduce_range=recipe["reduce_range"],
+            calibrate_method=calib,
+            nodes_to_exclude=excluded,
+            # one collection per calibration batch (bounded memory); activations stay asymmetric (the default),
+            # which is what lets the quantizer drop the ReLU6 Clips into the Q ranges
+            extra_options={"CalibStridedMinMax": 1},
+        )
+    if chatter.getvalue().strip():
+        log.debug("quantize_static: %s", chatter.getvalue().strip())
 
 
 def top1_agreement(fp32: str | Path, int8: str | Path, images: np.ndarray) -> float:

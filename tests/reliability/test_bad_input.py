@@ -257,7 +257,7 @@ def test_checkpoints_of_another_architecture_or_class_count(capsys, files, expor
         (["train", "--data", "synth", "--width", "5"], "width"),
         (["train", "--data", "synth", "--epochs", "-1"], "epochs"),
         (["train", "--data", "synth", "--lr", "0"], "lr"),
-        (["train", "--data", "synth", "--img-size", "100000"], "image size"),
+        (["train", "--data", "synth", "--img-size", "100000"], "--img-size"),
         (["pipeline", "--width", "0.1"], "width"),
         (["pipeline", "--epochs", "0"], "epochs"),
         (["data", "synth", "{tmp}/s", "--classes", "1"], "class"),

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .checkpoint import Checkpoint
+from ..checkpoint import Checkpoint
 from .optim import fast_forward
 
 log = logging.getLogger(__name__)
@@ -55,6 +55,23 @@ def _tuplify(x: Any) -> Any:
 
 def epoch_seed(seed: int, epoch: int) -> int:
     return (seed * 1_000_003 + epoch) % 2**63
+
+
+def training_state(model: nn.Module, opt: torch.optim.Optimizer, sched, scaler, ema) -> dict[str, Any]:
+    """What a ``last.pt`` carries to resume from (its ``extra["resume"]``), as :func:`restore_training_state` reads it."""
+    return {
+        "model": cpu_state(model),
+        "optimizer": opt.state_dict(),
+        "scheduler": sched.state_dict(),
+        "scaler": scaler.state_dict() if scaler else {},
+        "ema": cpu_state(ema) if ema is not None else {},
+        "rng": rng_state(),
+    }
+
+
+def cpu_state(module: nn.Module) -> dict[str, torch.Tensor]:
+    """A copy of ``module``'s state on the CPU, whatever device trains it (a checkpoint's tensors)."""
+    return {k: v.detach().to("cpu", copy=True).contiguous() for k, v in module.state_dict().items()}
 
 
 def restore_training_state(

@@ -14,15 +14,15 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from . import distributed as D
-from .checkpoint import Checkpoint, load_checkpoint
-from .config import BUILTIN_SOURCES, RunConfig
-from .errors import CheckpointError, ConfigError, DataError
-from .fileio import ensure_dir, folder_lock, remove_outputs, sha256_file
-from .layout import LAST_FILE, RUN_CONFIG_FILE, RUN_OUTPUTS, VISUALIZE_DIR, VISUALIZE_FILES
+from .. import distributed as D
+from ..checkpoint import Checkpoint, load_checkpoint
+from ..config import BUILTIN_SOURCES, RunConfig
+from ..errors import CheckpointError, ConfigError, DataError
+from ..fileio import ensure_dir, folder_lock, remove_outputs, sha256_file
+from ..layout import LAST_FILE, RUN_CONFIG_FILE, RUN_OUTPUTS, VISUALIZE_DIR, VISUALIZE_FILES
 
 if TYPE_CHECKING:
-    from .data import DataBundle
+    from ..data import DataBundle
 
 log = logging.getLogger(__name__)
 
@@ -65,9 +65,9 @@ def resume_config(run_dir: Path, flags: dict[str, dict[str, Any]]) -> tuple[RunC
     done, epochs = int(ckpt.train_summary.get("epoch", 0)), flags.get("train", {}).get("epochs")
     if epochs is not None and epochs < done:
         raise ConfigError(
-            f"--epochs {epochs} is fewer than the {done} the run has done",
+            f"{{epochs}} = {epochs} is fewer than the {done} the run has done",
             path=last,
-            hint=f"pass --epochs {done + 1} or more to train further (best.pt and last.pt hold the run as it is)",
+            hint=f"pass {{epochs}} {done + 1} or more to train further (best.pt and last.pt hold the run as it is)",
         )
     train = {k: v for k, v in flags.get("train", {}).items() if k in allowed and v is not None}
     return stored.override({}, {}, train), ckpt
@@ -88,7 +88,7 @@ def restart_config(run_dir: Path, flags: dict[str, dict[str, Any]]) -> RunConfig
         raise CheckpointError(
             f"nothing to resume: no last.pt, but the run saved {', '.join(saved)}",
             path=run_dir,
-            hint="--overwrite starts the run again (those files go), or choose another --out",
+            hint="{overwrite} starts the run again (those files go), or choose another {out}",
         )
     try:
         stored = RunConfig.from_dict(sections)
@@ -172,14 +172,14 @@ def claim_run_folder(
     it is refused and a --resume whose last.pt changed meanwhile does not train from the stale one. Returns whether
     the folder was created."""
     if run_dir.exists() and not run_dir.is_dir():
-        raise ConfigError("run folder path is a file", path=run_dir, hint="choose another --out")
+        raise ConfigError("run folder path is a file", path=run_dir, hint="choose another {out}")
     created = not run_dir.exists()
     ensure_dir(run_dir)  # an unwritable output is found before the data is read
     stack.enter_context(
         folder_lock(
             run_dir,
             "another process is training into this run folder",
-            "wait for it to finish, or choose another --out",
+            "wait for it to finish, or choose another {out}",
             wait=RUN_LOCK_WAIT_S,
         )
     )
@@ -219,19 +219,19 @@ def check_run_folder(run_dir: Path, *, overwrite: bool) -> None:
         raise ConfigError(
             "run folder already holds files",
             path=run_dir,
-            hint="--resume continues the run in it, --overwrite replaces it; or choose another --out",
+            hint="--resume continues the run in it, {overwrite} replaces it; or choose another {out}",
         )
     elif not is_run and (run_dir / RUN_CONFIG_FILE).exists():
         raise ConfigError(
             f"{RUN_CONFIG_FILE} is not a training run's (no mnv2export marker or run settings)",
             path=run_dir / RUN_CONFIG_FILE,
-            hint="refusing to overwrite the folder; choose another --out",
+            hint="refusing to overwrite the folder; choose another {out}",
         )
     elif not is_run:
         raise ConfigError(
             f"folder is not a training run (no {RUN_CONFIG_FILE} written by `mnv2 train`): refusing to overwrite it",
             path=run_dir,
-            hint="choose another --out",
+            hint="choose another {out}",
         )
     _remove(leftovers)
 

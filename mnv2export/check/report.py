@@ -8,9 +8,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError
-
-STATUSES = ("pass", "fail", "unavailable", "error")
+from ..params import check_number
 
 
 @dataclass(frozen=True)
@@ -52,14 +50,14 @@ def with_overrides(
     """The default tolerances with the given bounds replaced wherever that criterion is judged: ``atol`` / ``rtol`` for
     the elementwise precisions (FP32, FP16), ``min_top1_agreement`` for all, ``max_acc_drop_pts`` for those judged
     by accuracy (INT8)."""
-    for name, value, lo, hi in (
-        ("atol", atol, 0.0, math.inf),
-        ("rtol", rtol, 0.0, math.inf),
-        ("min top-1 agreement", min_top1_agreement, 0.0, 100.0),
-        ("max accuracy drop", max_acc_drop_pts, 0.0, 100.0),
+    for param, value, hi in (
+        ("atol", atol, math.inf),
+        ("rtol", rtol, math.inf),
+        ("min_top1_agreement", min_top1_agreement, 100.0),
+        ("max_acc_drop_pts", max_acc_drop_pts, 100.0),
     ):
-        if value is not None and not (isinstance(value, (int, float)) and lo <= value <= hi and not math.isnan(value)):
-            raise ConfigError(f"{name} = {value!r} is out of range", hint=f"use a number between {lo:g} and {hi:g}")
+        if value is not None and not (value == math.inf == hi):  # an infinite atol / rtol turns that bound off
+            check_number(param, value, 0.0, hi)
     out = {}
     for precision, tol in DEFAULT_TOLERANCES.items():
         changes: dict[str, float] = {}
@@ -133,7 +131,7 @@ class ParityReport:
         return _finite(d)
 
     def to_json(self, path: str | Path) -> Path:
-        from .fileio import json_text, write_text
+        from ..fileio import json_text, write_text
 
         return write_text(path, json_text(self.to_dict()) + "\n")
 
@@ -172,21 +170,27 @@ class ParityReport:
                 + " |"
             )
         if self.int8_debug and self.int8_debug.get("layers"):
-            dbg = self.int8_debug
-            lines += [
-                "",
-                f"INT8 layers where the activations diverge most from FP32 ({dbg['samples']} images; SQNR in dB, higher is better):",
-                "",
-                "| tensor | layer | SQNR vs FP32 | SQNR of its inputs | lost here |",
-                "|---|---|---:|---:|---:|",
-            ]
-            for t in dbg["layers"]:
-                lines.append(
-                    f"| `{t['tensor']}` | {t['layer']} | "
-                    + " | ".join(num(t[k], ".1f") for k in ("xmodel_sqnr_db", "input_sqnr_db", "lost_db"))
-                    + " |"
-                )
+            lines += _int8_markdown(self.int8_debug)
         return "\n".join(lines) + "\n"
+
+
+def _int8_markdown(dbg: dict[str, Any]) -> list[str]:
+    """The ``--debug-int8`` table: the tensors where INT8 diverges most from FP32."""
+    lines = [
+        "",
+        f"INT8 layers where the activations diverge most from FP32 ({dbg['samples']} images; SQNR in dB, higher is better):",
+        "",
+        "| tensor | layer | SQNR vs FP32 | SQNR of its inputs | lost here |",
+        "|---|---|---:|---:|---:|",
+    ]
+    for t in dbg["layers"]:
+        lines.append(f"| `{t['tensor']}` | {t['layer']} | " + " | ".join(sqnr_cells(t)) + " |")
+    return lines
+
+
+def sqnr_cells(t: dict[str, Any]) -> list[str]:
+    """One debugged tensor's SQNR vs FP32, its inputs' SQNR and the dB lost at it, as table cells."""
+    return [num(t[k], ".1f") for k in ("xmodel_sqnr_db", "input_sqnr_db", "lost_db")]
 
 
 _STATUS_MD = {"pass": "pass", "fail": "**FAIL**", "unavailable": "unavailable", "error": "**ERROR**"}

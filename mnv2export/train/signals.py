@@ -14,7 +14,7 @@ import signal
 import threading
 from typing import Iterator
 
-from .errors import Terminated
+from ..errors import Terminated
 
 
 def worker_quiet_on_sigterm(worker_id: int) -> None:

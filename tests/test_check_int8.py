@@ -1,12 +1,12 @@
-"""`mnv2 check --debug-int8`'s layer names (mnv2export/parity_int8.py)."""
+"""`mnv2 check --debug-int8`'s layer names (mnv2export/check/int8.py)."""
 
 import re
 
 import onnx
 
+from mnv2export.check.int8 import _layer_names
 from mnv2export.checkpoint import load_checkpoint
 from mnv2export.model import build_model
-from mnv2export.parity_int8 import _layer_names
 
 
 def test_a_residual_add_is_named_after_its_own_block(exported, trained_checkpoint):

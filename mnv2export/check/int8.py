@@ -29,9 +29,8 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 TOP = 10
-IDEAL_8BIT_SQNR_DB = (
-    6.02 * 8 + 1.76
-)  # a full-range uniform signal rounded to 8 bits: what the first quantised tensors start from
+# a full-range uniform signal rounded to 8 bits: what the first quantised tensors start from
+IDEAL_8BIT_SQNR_DB = 6.02 * 8 + 1.76
 DEBUG_SAMPLES = 32  # every intermediate tensor of both models is held in memory: keep it small
 DEBUG_BATCH = 8
 
@@ -57,7 +56,7 @@ def debug_int8(
     if not len(real):
         result["note"] = "--debug-int8: needs real images (INT8 is calibrated for them); pass --data"
         return result
-    from .runtime import read_metadata
+    from ..runtime import read_metadata
 
     x = real.batch(read_metadata(out_dir / int8)["data_config"])[:samples]
     result["samples"] = int(len(x))
@@ -101,8 +100,8 @@ def _analyse(fp32: Path, int8: Path, x: np.ndarray) -> tuple[list[dict[str, Any]
         modify_model_output_intermediate_tensors,
     )
 
-    from .export.names import OUTPUT_NAME
-    from .export.quantize import CalibrationReader, pre_process
+    from ..export.names import OUTPUT_NAME
+    from ..export.quantize import CalibrationReader, pre_process
 
     with tempfile.TemporaryDirectory(prefix="mnv2-int8-debug-") as tmp:
         pre, pre_aug, q_aug = (str(Path(tmp) / n) for n in ("pre.onnx", "pre_aug.onnx", "int8_aug.onnx"))

@@ -1,4 +1,4 @@
-"""Inputs of the parity check: real images and generated tensors.
+"""Inputs of ``check``: real images and generated tensors.
 
 Real images come from ``data``: ``synth`` or ``fashion-mnist`` (their validation split, with the checkpoint's own
 settings), a folder in ImageFolder layout (its ``val/`` split, or the folder itself when its sub-folders are the
@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import DataError
+from ..errors import DataError
 
 log = logging.getLogger(__name__)
 
@@ -46,8 +46,8 @@ class RealImages:
             size = int(data_config["img_size"])
             return np.zeros((0, 3, size, size), np.float32)
         if key not in self._cache:
-            from .config import DataConfig
-            from .data import eval_transform
+            from ..config import DataConfig
+            from ..data import eval_transform
 
             transform = eval_transform(DataConfig.from_dict(data_config))
             self._cache[key] = np.stack([transform(self.load(k)).numpy() for k in self.keys]).astype(
@@ -92,7 +92,7 @@ def load_real_images(ckpt, data: str | None, samples: int) -> RealImages:
         raise DataError(
             f"none of the {len(picked)} images drawn from {where} could be read ({Path(first.path).name}: {first.reason})",
             path=source,
-            hint="pass --data with readable images",
+            hint="pass {data} with readable images",
         )
     for err in unreadable[:5]:
         log.warning("parity: skipped unreadable image %s: %s", err.path, err.reason)
@@ -106,7 +106,7 @@ def load_real_images(ckpt, data: str | None, samples: int) -> RealImages:
 
 
 def _builtin(ckpt, source: str):
-    from .data import build_datasets, to_rgb
+    from ..data import build_datasets, to_rgb
 
     cfg = ckpt.data_config if ckpt.data_config.source == source else ckpt.data_config.replace(source=source)
     bundle = build_datasets(cfg, augment=False)
@@ -117,18 +117,17 @@ def _builtin(ckpt, source: str):
 
 
 def _folder(ckpt, root: Path, own: bool):
-    from .data.folder import own_split, read_class_index, require_image_folder
-    from .images import find_images, open_rgb
+    from ..data.folder import own_split, read_class_index, require_image_folder
+    from ..images import find_images, open_rgb
 
     what = "the checkpoint's validation data" if own else "data folder"
-    fix = "pass --data synth, fashion-mnist, an ImageFolder root or a folder of images"
+    fix = "pass {data} synth, fashion-mnist, an ImageFolder root or a folder of images"
     require_image_folder(root, what, fix)
     cfg = ckpt.data_config
     decode = functools.partial(open_rgb, exif_orientation=cfg.exif_orientation)  # as the model was trained
     held_out = own_split(root, cfg.source, cfg.val_split, "val")
-    if (
-        held_out is not None
-    ):  # the run's own folder, split by --val-split: its validation images, labelled as it trained
+    # the run's own folder, split by its val_split: its validation images, labelled as it trained
+    if held_out is not None:
         return (
             [Path(path) for path, _ in held_out],
             decode,
@@ -168,8 +167,8 @@ def _folder(ckpt, root: Path, own: bool):
 def _readable(real: RealImages, cfg) -> tuple[RealImages, list[Any]]:
     """Decode every image once (with the checkpoint's preprocessing, cached), dropping those that cannot be read
     (returned second, as ImageReadError)."""
-    from .data import eval_transform
-    from .images import ImageReadError
+    from ..data import eval_transform
+    from ..images import ImageReadError
 
     transform = eval_transform(cfg)
     kept, tensors, labels, unreadable = [], [], [], []

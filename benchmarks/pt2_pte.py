@@ -1,0 +1,163 @@
+"""PyTorch 2 formats against the existing ones: latency of .pt2 (AOTInductor), .pte FP32 / INT8 (ExecuTorch XNNPACK),
+TorchScript and ONNX FP32 / INT8 (ONNX Runtime), all on the CPU, from one checkpoint; plus each export's time.
+
+    python benchmarks/pt2_pte.py [--work DIR] [--threads 2] [--rounds 15] [--calls 20]
+    python benchmarks/pt2_pte.py --width 0.35 --img-size 64 --rounds 1 --calls 2 --steps 1   # smoke run
+
+Workload: MobileNetV2 1.0, 224 px, 20 classes (benchmarks/workload.py), unless --width / --img-size say otherwise.
+Rows: batch 1 for every format, batch 32 for .pt2 and TorchScript. Each row runs in its own subprocess (one runtime
+per process: thread pools and allocators do not meet), ``--threads`` intra-op threads, warm-up calls first, then
+``--rounds`` rounds of ``--calls`` calls; the figure is the median over rounds of the mean call time. A row that fails
+gets its error in the table instead of stopping the run. Ratios are row / reference: below 1 is faster.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+REFERENCES = ("onnx-fp32", "onnx-int8", "torchscript")
+
+
+def build(work: Path, width: float, img_size: int, steps: int) -> dict[str, tuple[Path, float]]:
+    """The checkpoint, then every artifact; returns {row name: (file, export seconds)}."""
+    import torch
+    import workload
+
+    from mnv2export.checkpoint import load_checkpoint
+    from mnv2export.export import export_all
+    from mnv2export.export.calib import load_calibration
+    from mnv2export.export.executorch import export_pte, export_pte_int8
+    from mnv2export.export.pt2 import export_pt2
+    from mnv2export.fold import fold_bn
+
+    workload.MODEL = dataclasses.replace(workload.MODEL, width_mult=width)
+    workload.DATA = dataclasses.replace(workload.DATA, img_size=img_size)
+    ckpt_path = workload.build_checkpoint(work / "weights" / "best.pt", steps=steps)
+    manifest = export_all(ckpt_path, work / "export", formats="all", quantize=True, calib_size=64)
+    files = {
+        "torchscript": "model.torchscript.pt",
+        "onnx-fp32": "model.onnx",
+        "onnx-int8": "model.int8.onnx",
+    }
+    out = {row: (manifest.out_dir / f, manifest.artifacts[f]["seconds"]) for row, f in files.items()}
+    ckpt = load_checkpoint(ckpt_path)
+    folded = fold_bn(ckpt.build_model())
+    meta = {**ckpt.metadata(), "input_name": "input", "output_name": "logits"}
+    calib = torch.from_numpy(load_calibration(ckpt, None, 64).images)
+    pt2 = export_pt2(folded, calib[:2], {**meta, "format": "pt2", "precision": "fp32"}, work / "model.pt2")
+    out["pt2"] = (work / "model.pt2", pt2["compile_seconds"])
+    pte = export_pte(folded, calib[:2], {**meta, "format": "pte"}, work / "model.pte")
+    out["pte-fp32"] = (work / "model.pte", pte["export_seconds"])
+    q = export_pte_int8(folded, calib, {**meta, "format": "pte"}, work / "model.int8.pte")
+    out["pte-int8"] = (work / "model.int8.pte", q["export_seconds"])
+    print(f"pte undelegated ops: fp32 {pte['undelegated_ops']}, int8 {q['undelegated_ops']}", file=sys.stderr)
+    print(f"pte int8 top-1 agreement with fp32 (calibration images): {q['top1_agreement_fp32_calib']:.3f}")
+    return out
+
+
+def load_runner(row: str, path: Path, threads: int):
+    """The row's runtime, set to ``threads`` threads (this process runs only this one)."""
+    if row == "pt2":
+        import torch
+
+        from mnv2export.export.pt2 import load_pt2
+
+        torch.set_num_threads(threads)  # AOTInductor's CPU kernels use torch's OpenMP pool
+        return load_pt2(path)
+    if row.startswith("pte"):
+        from executorch.extension.pybindings.portable_lib import _unsafe_reset_threadpool
+
+        from mnv2export.export.executorch import load_pte
+
+        _unsafe_reset_threadpool(threads)  # XNNPACK's pool is ExecuTorch's process-wide one
+        return load_pte(path)
+    from mnv2export.runtime import load_artifact
+
+    return load_artifact(path, "cpu", threads=threads)
+
+
+def time_one(row: str, path: Path, batch: int, threads: int, rounds: int, calls: int) -> dict:
+    """Runs in the row's own subprocess: warm-up, then the median over rounds of the mean call time (ms)."""
+    import numpy as np
+
+    runner = load_runner(row, path, threads)
+    x = np.random.default_rng(0).standard_normal((batch, *runner.input_shape), dtype=np.float32)
+    for _ in range(max(5, calls)):  # TorchScript's profiling executor optimises during its first calls
+        runner(x)
+    means = []
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        for _ in range(calls):
+            runner(x)
+        means.append((time.perf_counter() - t0) / calls * 1e3)
+    return {"ms": statistics.median(means)}
+
+
+def run_row(row: str, path: Path, batch: int, args) -> dict:
+    cmd = [sys.executable, __file__, "--_time", row, str(path), str(batch)]
+    cmd += ["--threads", str(args.threads), "--rounds", str(args.rounds), "--calls", str(args.calls)]
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    lines = r.stdout.strip().splitlines()
+    if r.returncode != 0 or not lines:
+        return {"error": (r.stderr.strip().splitlines() or [f"exit {r.returncode}"])[-1][:120]}
+    return json.loads(lines[-1])
+
+
+def table(results: dict[tuple[str, int], dict], exports: dict[str, tuple[Path, float]]) -> str:
+    head = "| format | batch | ms / call | " + " | ".join(f"vs {r}" for r in REFERENCES) + " | export s | size MB |"
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for (row, batch), res in results.items():
+        path, seconds = exports[row]
+        size = f"{path.stat().st_size / 1e6:.1f}"
+        if "error" in res:
+            lines.append(
+                f"| {row} | {batch} | error: {res['error']} |" + " |" * len(REFERENCES) + f" {seconds} | {size} |"
+            )
+            continue
+        ratios = []
+        for ref in REFERENCES:
+            base = results.get((ref, batch), {}).get("ms")
+            ratios.append(f"{res['ms'] / base:.2f}" if base else "-")
+        lines.append(f"| {row} | {batch} | {res['ms']:.2f} | " + " | ".join(ratios) + f" | {seconds:.1f} | {size} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--work", type=Path, default=None, help="folder for the checkpoint and artifacts (default: temp)")
+    p.add_argument("--width", type=float, default=1.0)
+    p.add_argument("--img-size", type=int, default=224)
+    p.add_argument("--steps", type=int, default=20, help="SGD steps of the benchmark checkpoint")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--rounds", type=int, default=15)
+    p.add_argument("--calls", type=int, default=20)
+    p.add_argument("--_time", nargs=3, metavar=("ROW", "PATH", "BATCH"), help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args._time:
+        row, path, batch = args._time
+        print(json.dumps(time_one(row, Path(path), int(batch), args.threads, args.rounds, args.calls)))
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        work = args.work or Path(tmp)
+        exports = build(work, args.width, args.img_size, args.steps)
+        plan = [(row, 1) for row in ("onnx-fp32", "onnx-int8", "torchscript", "pt2", "pte-fp32", "pte-int8")]
+        plan += [("torchscript", 32), ("pt2", 32)]
+        results = {(row, batch): run_row(row, exports[row][0], batch, args) for row, batch in plan}
+        print(f"\nMobileNetV2 {args.width} {args.img_size} px, {args.threads} threads, {platform.processor() or ''}")
+        print(f"median of {args.rounds} rounds x {args.calls} calls; {time.strftime('%Y-%m-%d')}\n")
+        print(table(results, exports))
+
+
+if __name__ == "__main__":
+    main()

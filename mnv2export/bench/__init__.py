@@ -13,9 +13,10 @@ memory), ``timing`` (the timed loop), ``stats`` (percentiles), ``machine`` (mach
 
 from __future__ import annotations
 
+from ..runtime.runners import PROVIDERS
 from .result import BenchResult, BenchRow
 from .sources import FORMATS
 from .stats import latency_stats, percentile
-from .sweep import PROVIDERS, run
+from .sweep import run
 
 __all__ = ["FORMATS", "PROVIDERS", "BenchResult", "BenchRow", "latency_stats", "percentile", "run"]

@@ -15,11 +15,11 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
+from ..runtime.runners import CHECKED_PROVIDERS
 from .result import BenchResult, BenchRow
 
 REFERENCE = "eager"
 # the check runs artifacts on the providers PyTorch and ONNX Runtime share; a TensorRT row has no parity verdict
-CHECKED_PROVIDERS = ("cpu", "cuda")
 
 
 @dataclass

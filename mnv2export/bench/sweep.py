@@ -18,8 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .. import formats as registry
 from ..errors import ConfigError, Mnv2Error, ProviderUnavailable
 from ..params import check_int, check_ints, check_number, choose
+from ..runtime.runners import CHECKED_PROVIDERS, NO_GPU_HINT, PROVIDERS
 from .result import BenchResult, BenchRow
 from .sources import FORMATS
 from .stats import latency_stats
@@ -27,9 +29,6 @@ from .timing import Plan, measure
 
 log = logging.getLogger(__name__)
 
-PROVIDERS = ("cpu", "cuda", "tensorrt")
-ALL_PROVIDERS = ("cpu", "cuda")
-TORCH_FORMATS = ("eager", "torchscript")
 AMP = "+amp"  # suffix of the torch rows timed under torch.autocast (--amp)
 GRAPH = "+graph"  # suffix of the ONNX rows on the CUDA provider timed as CUDA graphs (--cuda-graph)
 GRAPH_NOTE = "CUDA graph (enable_cuda_graph=1): captured in the first call, replayed"
@@ -123,8 +122,8 @@ def _prepare(target, formats, providers, batches, timing, threads, amp: bool, cu
     from .sources import resolve
 
     fmts, sizes, plan = check_settings(formats, batches, *timing)
-    torch_named = choose(formats, FORMATS, "formats")[1] and any(f in TORCH_FORMATS for f in fmts)
-    provs, explicit = choose(providers, PROVIDERS, "providers", everything=ALL_PROVIDERS)
+    torch_named = choose(formats, FORMATS, "formats")[1] and any(_family(f) == "torch" for f in fmts)
+    provs, explicit = choose(providers, PROVIDERS, "providers", everything=CHECKED_PROVIDERS)
     fmts = _with_variants(fmts, provs, amp, cuda_graph)
     if threads is not None:
         check_int("threads", threads, 1)
@@ -143,7 +142,7 @@ def _prepare(target, formats, providers, batches, timing, threads, amp: bool, cu
 def _with_variants(fmts: list[str], provs: list[str], amp: bool, cuda_graph: bool) -> list[str]:
     """Each format followed by its ``+amp`` row (torch formats, ``amp``) or ``+graph`` row (ONNX, ``cuda_graph``)."""
     if amp:
-        fmts = [g for f in fmts for g in ((f, f + AMP) if f in TORCH_FORMATS else (f,))]
+        fmts = [g for f in fmts for g in ((f, f + AMP) if registry.get(f).autocast else (f,))]
     if cuda_graph:
         if "cuda" not in provs:
             raise ConfigError(
@@ -292,7 +291,8 @@ def _base(fmt: str) -> str:
 
 
 def _family(fmt: str) -> str:
-    return "torch" if _base(fmt) in TORCH_FORMATS else "onnx"
+    """The engine that runs a row: torch or onnx (ONNX Runtime)."""
+    return registry.get(_base(fmt)).family
 
 
 def check_settings(
@@ -344,9 +344,7 @@ def require_providers(problems: dict[tuple[str, str], str | None]) -> None:
         dict.fromkeys(why for (p, fam), why in problems.items() if why and not (p == "tensorrt" and fam == "torch"))
     )
     if bad:
-        raise ProviderUnavailable(
-            _join_reasons(bad), hint="run on a machine with an NVIDIA GPU (and onnxruntime-gpu), or use {providers} cpu"
-        )
+        raise ProviderUnavailable(_join_reasons(bad), hint=NO_GPU_HINT)
 
 
 def _provider_problem(provider: str, family: str) -> str | None:

@@ -13,17 +13,15 @@ from ..errors import ArtifactError, CheckpointError, ConfigError, Mnv2Error, Pro
 from ..fileio import json_text
 from ..manifest import changed_since_export, parse_manifest, short_hash, source_checkpoint
 from ..params import ALL, choose, split_items
+from ..runtime.runners import CHECKED_PROVIDERS, NO_GPU_HINT
 from .report import ParityRow, Tolerance
 
-PROVIDERS = ("cpu", "cuda")
+PROVIDERS = CHECKED_PROVIDERS
 PROVIDER_CHOICES = (*PROVIDERS, ALL)
 ARTIFACT_SUFFIXES = (".onnx", ".pt")  # what `mnv2 export` writes; manifest.json and check outputs are not artifacts
 # metadata an artifact must agree on with its checkpoint (a consumer outside mnv2export reads the top-level keys)
 _META_KEYS = ("class_names", "input_size", "mean", "std", "resize_size", "interpolation")
-_PROVIDER_HINT = (
-    "run on a machine with an NVIDIA GPU and onnxruntime-gpu, or use {providers} cpu "
-    "({providers} all reports CUDA rows as unavailable where CUDA cannot be had)"
-)
+_PROVIDER_HINT = f"{NO_GPU_HINT} ({{providers}} all reports CUDA rows as unavailable where CUDA cannot be had)"
 
 
 def parse_providers(providers: Any) -> list[tuple[str, bool]]:

@@ -90,6 +90,7 @@ class ArtifactFormat:
     uses_opset: bool = False
     toolchain: tuple[str, ...] = ()  # modules whose versions the manifest records beside torch's
     cuda_graphs: bool = False  # whether `load(cuda_graph=True)` can run it in a CUDA graph
+    autocast: bool = False  # whether `mnv2 bench --amp` also times it under torch.autocast (a +amp row)
     modules: tuple[str, ...] = ()  # modules it needs beyond the base install (executorch...)
     extra: str | None = None  # the pip extra that brings them (mobile...)
     how: str = "`mnv2 export` writes it"  # how to get a file of it, for a row that has none

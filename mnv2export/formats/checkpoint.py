@@ -47,7 +47,9 @@ class CheckpointFormat(ArtifactFormat):
         )
 
 
-CHECKPOINT = CheckpointFormat(name="eager", kind="pytorch", precision="fp32", file=None, how="`mnv2 train` writes it")
+CHECKPOINT = CheckpointFormat(
+    name="eager", kind="pytorch", precision="fp32", file=None, autocast=True, how="`mnv2 train` writes it"
+)
 
 
 def load_as_artifact(p: Path):

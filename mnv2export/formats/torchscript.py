@@ -73,6 +73,7 @@ class TorchScriptFormat(ArtifactFormat):
 
 TORCHSCRIPT = TorchScriptFormat(
     name="torchscript",
+    autocast=True,
     kind="torchscript",
     precision="fp32",
     file=TORCHSCRIPT_FILE,

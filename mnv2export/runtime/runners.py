@@ -13,7 +13,10 @@ from ..errors import ConfigError, DataError
 from ..export.names import INPUT_NAME, OUTPUT_NAME
 from ..params import is_int
 
-PROVIDERS = ("cpu", "cuda", "tensorrt")
+PROVIDERS = ("cpu", "cuda", "tensorrt")  # what an artifact loads for
+# what `check` compares and `--provider all` means; TensorRT runs only when named (its engines build for minutes)
+CHECKED_PROVIDERS = ("cpu", "cuda")
+NO_GPU_HINT = "run on a machine with an NVIDIA GPU and onnxruntime-gpu, or use {providers} cpu"
 
 
 def check_load_options(provider: str, threads: int | None) -> None:

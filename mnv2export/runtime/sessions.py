@@ -15,7 +15,7 @@ from typing import Any
 
 from ..errors import ArtifactError, ConfigError, ProviderUnavailable, first_line
 from .onnx_model import check_onnx_model, load_onnx_model
-from .runners import PROVIDERS
+from .runners import NO_GPU_HINT, PROVIDERS
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +89,7 @@ def create_session(
     if provider != "cpu":
         reason = onnx_provider_problem(provider)
         if reason:
-            raise ProviderUnavailable(f"{provider.upper()} was asked for but {reason}", path=p, hint=_GPU_HINT)
+            raise ProviderUnavailable(f"{provider.upper()} was asked for but {reason}", path=p, hint=NO_GPU_HINT)
         _preload_cuda_libraries()
     # ONNX Runtime logs a provider's failure on fd 2, and its Python wrapper prints an "EP Error" banner on stdout
     # before falling back (which is caught below): both go into the reason, neither onto the user's stdout
@@ -112,14 +112,13 @@ def create_session(
     got = session.get_providers()
     if wanted not in got:
         raise ProviderUnavailable(
-            f"{provider.upper()} was asked for but {session_failure(captured.getvalue())}", path=p, hint=_GPU_HINT
+            f"{provider.upper()} was asked for but {session_failure(captured.getvalue())}", path=p, hint=NO_GPU_HINT
         )
     if captured.getvalue().strip():
         log.debug("onnxruntime: %s", captured.getvalue().strip())
     return session, provider
 
 
-_GPU_HINT = "run on a machine with an NVIDIA GPU and onnxruntime-gpu, or use --provider cpu"
 # torch's nvidia-* wheels bring the CUDA and cuDNN libraries; an install without torch takes onnxruntime-gpu's own
 GPU_LIBRARIES = 'install torch (the train extra) or the gpu extra (python -m pip install -e ".[gpu]")'
 

@@ -160,7 +160,43 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     return _from_payload(torch_load_safely(p, "checkpoint", CHECKPOINT_HINT), p)
 
 
+# the entries a checkpoint's own fields hold; any other (train_config, resume) goes to Checkpoint.extra
+_KNOWN_KEYS = frozenset(
+    (
+        "format",
+        "schema_version",
+        "model_config",
+        "data_config",
+        "class_names",
+        "state_dict",
+        "train_summary",
+        "provenance",
+    )
+)
+
+
 def _from_payload(payload: Any, p: Path) -> Checkpoint:
+    """The checkpoint a loaded file holds, checked entry by entry (the first fault found is the error)."""
+    _require_checkpoint_format(payload, p)
+    _require_readable_schema(payload.get("schema_version"), p)
+    _require_mobilenet_v2(payload, p)
+    model_cfg, data_cfg, class_names, state_dict = _read_entries(payload, p)
+    _require_weights_fit(model_cfg, class_names, state_dict, p)
+    return Checkpoint(
+        model_config=model_cfg,
+        data_config=data_cfg,
+        class_names=class_names,
+        state_dict=state_dict,
+        train_summary=dict(payload.get("train_summary") or {}),
+        provenance=dict(payload.get("provenance") or {}),
+        extra={k: v for k, v in payload.items() if k not in _KNOWN_KEYS},
+        path=p,
+        sha256=sha256_file(p),
+    )
+
+
+def _require_checkpoint_format(payload: Any, p: Path) -> None:
+    """A dict marked as ours; a bare state dict (torchvision's weights, say) is told apart, as --init-from takes it."""
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         if isinstance(payload, dict) and payload and all(isinstance(v, torch.Tensor) for v in payload.values()):
             raise CheckpointError(
@@ -169,7 +205,10 @@ def _from_payload(payload: Any, p: Path) -> Checkpoint:
                 hint="use it with `mnv2 train --init-from`, or pass a checkpoint written by `mnv2 train`",
             )
         raise CheckpointError("file is not an mnv2export checkpoint", path=p, hint=CHECKPOINT_HINT)
-    version = payload.get("schema_version")
+
+
+def _require_readable_schema(version: Any, p: Path) -> None:
+    """A whole-number schema version from 1 to the one this tool writes (a bool is refused though it is an int)."""
     if not isinstance(version, int) or isinstance(version, bool) or version < 1:
         raise CheckpointError(
             f"checkpoint schema version {version!r} is not valid (this tool writes {SCHEMA_VERSION})",
@@ -182,11 +221,18 @@ def _from_payload(payload: Any, p: Path) -> Checkpoint:
             path=p,
             hint="upgrade mnv2export",
         )
+
+
+def _require_mobilenet_v2(payload: dict[str, Any], p: Path) -> None:
     arch = (payload.get("model_config") or {}).get("arch")
     if arch != "mobilenet_v2":
         raise CheckpointError(
             f"checkpoint is of another architecture ({arch!r})", path=p, hint="this tool handles MobileNetV2 only"
         )
+
+
+def _read_entries(payload: dict[str, Any], p: Path) -> tuple[ModelConfig, DataConfig, list[str], Any]:
+    """The model and data configs, class names and state dict; a missing entry or an invalid setting is an error."""
     try:
         model_cfg = ModelConfig.from_dict(payload["model_config"])
         data_cfg = DataConfig.from_dict(payload["data_config"])
@@ -200,6 +246,12 @@ def _from_payload(payload: Any, p: Path) -> Checkpoint:
         raise CheckpointError(
             f"checkpoint holds an invalid setting: {exc.what}", path=p, hint="re-train with `mnv2 train`"
         ) from None
+    return model_cfg, data_cfg, class_names, state_dict
+
+
+def _require_weights_fit(model_cfg: ModelConfig, class_names: list[str], state_dict: Any, p: Path) -> None:
+    """One class name per output, and weights that are finite tensors (whether they fit the model's layers is
+    checked when the model is built)."""
     if len(class_names) != model_cfg.num_classes:
         raise CheckpointError(
             f"checkpoint names {len(class_names)} classes but its model has {model_cfg.num_classes}",
@@ -215,25 +267,4 @@ def _from_payload(payload: Any, p: Path) -> Checkpoint:
         "checkpoint weights",
         p,
         "the run diverged before this file was saved, or it was edited: use another checkpoint, or train again",
-    )
-    known = {
-        "format",
-        "schema_version",
-        "model_config",
-        "data_config",
-        "class_names",
-        "state_dict",
-        "train_summary",
-        "provenance",
-    }
-    return Checkpoint(
-        model_config=model_cfg,
-        data_config=data_cfg,
-        class_names=class_names,
-        state_dict=state_dict,
-        train_summary=dict(payload.get("train_summary") or {}),
-        provenance=dict(payload.get("provenance") or {}),
-        extra={k: v for k, v in payload.items() if k not in known},
-        path=p,
-        sha256=sha256_file(p),
     )

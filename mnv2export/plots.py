@@ -5,13 +5,17 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from .fileio import atomic_path
 from .layout import FEATURE_MAP_FILES, INPUT_FILE, KERNELS_FILE, LOSS_CURVE_FILE, VISUALIZE_DIR
+
+if TYPE_CHECKING:
+    from .checkpoint import Checkpoint
+    from .config import DataConfig
 
 log = logging.getLogger(__name__)
 
@@ -201,12 +205,34 @@ def visualize(
     sees), ``feature_maps_shallow.png``, ``feature_maps_deep.png`` in ``out_dir`` (default ``<checkpoint folder>/visualize``).
     """
     from .checkpoint import load_checkpoint
-    from .data import build_datasets, load_images
-    from .errors import ArtifactError, DataError
-    from .fileio import ensure_dir, remove_outputs
-    from .filekind import detect_format
+    from .fileio import ensure_dir
 
     p = Path(checkpoint)
+    _refuse_exported_model(p)
+    ckpt = load_checkpoint(p)
+    model = ckpt.build_model()
+    notes: list[str] = []
+    if image is not None:
+        tensor, source = _read_image(image, ckpt.data_config), str(image)
+    else:
+        tensor, source = _first_validation_image(ckpt)
+        if tensor is None:  # the kernels are drawn all the same
+            notes.append(
+                f"feature maps not drawn: the checkpoint's validation data ({ckpt.data_config.source}) is not at hand; "
+                "pass --image FILE"
+            )
+    # made once the image is read: no empty folder on an error
+    out = ensure_dir(out_dir if out_dir is not None else p.parent / VISUALIZE_DIR)
+    title = Path(source).name if image else "validation image"
+    files = _draw_model_pictures(model, ckpt.data_config, tensor, title, out)
+    return Visualization(out_dir=out, files=files, image=source, notes=notes)
+
+
+def _refuse_exported_model(p: Path) -> None:
+    """Only a checkpoint will do: an exported model file has no blocks to hook the feature maps on."""
+    from .errors import ArtifactError
+    from .filekind import detect_format
+
     kind = detect_format(p)
     if kind != "pytorch":
         what = {"onnx": "an ONNX", "torchscript": "a TorchScript"}.get(kind, f"a {kind}")
@@ -215,41 +241,47 @@ def visualize(
             path=p,
             hint="pass the best.pt the artifact was exported from (feature maps need the model's blocks)",
         )
-    ckpt = load_checkpoint(p)
-    model = ckpt.build_model()
+
+
+def _read_image(image: str | Path, cfg: DataConfig) -> torch.Tensor:
+    """``--image`` preprocessed as the checkpoint's data config says; an unreadable file is an error."""
+    from .data import load_images
+    from .errors import DataError
+
+    batch, _, errors = load_images([image], cfg)
+    if errors:
+        raise DataError(
+            f"image cannot be read: {errors[0].reason}", path=image, hint="pass an image file Pillow can decode"
+        )
+    return batch[0]
+
+
+def _first_validation_image(ckpt: Checkpoint) -> tuple[torch.Tensor | None, str | None]:
+    """The first validation image of the checkpoint's own data and its description; (None, None) when that data is
+    not at hand."""
+    from .data import build_datasets
+    from .errors import DataError
+
     cfg = ckpt.data_config
-    notes: list[str] = []
-    tensor, source = None, None
-    if image is not None:
-        batch, _, errors = load_images([image], cfg)
-        if errors:
-            raise DataError(
-                f"image cannot be read: {errors[0].reason}", path=image, hint="pass an image file Pillow can decode"
-            )
-        tensor, source = batch[0], str(image)
-    else:
-        try:
-            val = build_datasets(cfg, augment=False).val
-            item, label = val[0]
-            if isinstance(item, torch.Tensor):
-                tensor, source = item, f"the first validation image of {cfg.source} (class {ckpt.class_names[label]})"
-        except DataError as exc:
-            log.debug("validation data not at hand: %s", exc)
-        if tensor is None:
-            notes.append(
-                f"feature maps not drawn: the checkpoint's validation data ({cfg.source}) is not at hand; pass --image FILE"
-            )
-    out = ensure_dir(
-        out_dir if out_dir is not None else p.parent / VISUALIZE_DIR
-    )  # once the image is read: no empty folder on an error
+    try:
+        item, label = build_datasets(cfg, augment=False).val[0]
+        if isinstance(item, torch.Tensor):
+            return item, f"the first validation image of {cfg.source} (class {ckpt.class_names[label]})"
+    except DataError as exc:
+        log.debug("validation data not at hand: %s", exc)
+    return None, None
+
+
+def _draw_model_pictures(
+    model: nn.Module, cfg: DataConfig, tensor: torch.Tensor | None, title: str, out: Path
+) -> list[Path]:
+    """The kernels always; the input and its feature maps when there is an image."""
+    from .fileio import remove_outputs
+
     files = [kernels(model, out / KERNELS_FILE)]
     if tensor is None:  # an earlier call's pictures of another image would stay beside these kernels
         remove_outputs(out, (INPUT_FILE, *FEATURE_MAP_FILES))
     else:
-        files.append(
-            input_picture(
-                tensor, cfg.mean, cfg.std, out / INPUT_FILE, title=Path(source).name if image else "validation image"
-            )
-        )
+        files.append(input_picture(tensor, cfg.mean, cfg.std, out / INPUT_FILE, title=title))
         files += feature_maps(model, tensor, out)
-    return Visualization(out_dir=out, files=files, image=source, notes=notes)
+    return files

@@ -116,6 +116,228 @@ Progress = Annotated[
     Optional[bool],
     typer.Option("--progress/--no-progress", help="Show a progress bar per training epoch.", rich_help_panel=RUN),
 ]
+
+# train's own options (the pipeline takes the shared ones above)
+ResizeSize = Annotated[
+    Optional[int],
+    typer.Option(
+        "--resize-size",
+        help="Validation resize of the shorter side before the centre crop (default img_size / 0.875; none at 64 px and below).",
+        rich_help_panel=DATA,
+    ),
+]
+OutputStride = Annotated[
+    Optional[int],
+    typer.Option(
+        "--output-stride",
+        help="Total stride 8, 16 or 32: the last stride-2 stages run at stride 1 (larger deep maps, more compute).",
+        rich_help_panel=MODEL,
+    ),
+]
+Dropout = Annotated[
+    Optional[float], typer.Option("--dropout", help="Dropout before the classifier.", rich_help_panel=MODEL)
+]
+Mean = Annotated[Optional[str], typer.Option("--mean", help="Normalisation mean R,G,B.", rich_help_panel=DATA)]
+Std = Annotated[Optional[str], typer.Option("--std", help="Normalisation std R,G,B.", rich_help_panel=DATA)]
+TrainAug = Annotated[
+    Optional[str],
+    typer.Option(
+        "--train-aug", help="Train augmentation: rrc (random resized crop), crop_pad, none.", rich_help_panel=DATA
+    ),
+]
+AutoAugment = Annotated[
+    Optional[str],
+    typer.Option(
+        "--auto-augment",
+        help="Automatic augmentation after the crop and flip (torchvision's): ta_wide (TrivialAugmentWide), ra (RandAugment), augmix, imagenet / cifar10 / svhn (AutoAugment's policies), none.",
+        rich_help_panel=DATA,
+    ),
+]
+RandomErase = Annotated[
+    Optional[float],
+    typer.Option(
+        "--random-erase",
+        help="Random Erasing probability (a rectangle of the normalised image set to 0).",
+        rich_help_panel=DATA,
+    ),
+]
+LearningRate = Annotated[Optional[float], typer.Option("--lr", help="Peak learning rate.", rich_help_panel=TRAINING)]
+Optimizer = Annotated[
+    Optional[str], typer.Option("--optimizer", help="sgd (momentum, nesterov) or adamw.", rich_help_panel=TRAINING)
+]
+WeightDecay = Annotated[
+    Optional[float],
+    typer.Option(
+        "--weight-decay", help="Weight decay (not applied to norm and bias parameters).", rich_help_panel=TRAINING
+    ),
+]
+DepthwiseWeightDecay = Annotated[
+    Optional[float],
+    typer.Option(
+        "--depthwise-weight-decay",
+        help="Weight decay of the depthwise convolutions' weights (default: --weight-decay).",
+        rich_help_panel=TRAINING,
+    ),
+]
+WarmupEpochs = Annotated[
+    Optional[float],
+    typer.Option(
+        "--warmup-epochs",
+        help="Linear warm-up length in epochs, then the decay of --schedule.",
+        rich_help_panel=TRAINING,
+    ),
+]
+Schedule = Annotated[
+    Optional[str],
+    typer.Option(
+        "--schedule", help="Learning-rate decay to zero after the warm-up: cosine or linear.", rich_help_panel=TRAINING
+    ),
+]
+LabelSmoothing = Annotated[
+    Optional[float], typer.Option("--label-smoothing", help="Label smoothing.", rich_help_panel=TRAINING)
+]
+MixupAlpha = Annotated[
+    Optional[float],
+    typer.Option(
+        "--mixup-alpha",
+        help="MixUp of each batch, Beta(alpha, alpha) weights (0: off; 0.2 is usual).",
+        rich_help_panel=TRAINING,
+    ),
+]
+CutmixAlpha = Annotated[
+    Optional[float],
+    typer.Option(
+        "--cutmix-alpha",
+        help="CutMix of each batch (0: off; 1.0 is usual); with --mixup-alpha, one of the two per batch.",
+        rich_help_panel=TRAINING,
+    ),
+]
+ClipGradNorm = Annotated[
+    Optional[float],
+    typer.Option(
+        "--clip-grad-norm",
+        help="Clip the gradients' total L2 norm to this before each step (default: no clipping).",
+        rich_help_panel=TRAINING,
+    ),
+]
+Ema = Annotated[
+    Optional[bool],
+    typer.Option(
+        "--ema/--no-ema",
+        help="Keep an exponential moving average of the weights (evaluated and saved).",
+        rich_help_panel=TRAINING,
+    ),
+]
+Amp = Annotated[
+    Optional[str],
+    typer.Option(
+        "--amp",
+        help="Mixed precision: auto (bf16/fp16 on CUDA, off on CPU), off, bf16, fp16.",
+        rich_help_panel=HARDWARE,
+    ),
+]
+ChannelsLast = Annotated[
+    Optional[str],
+    typer.Option("--channels-last", help="channels_last memory format: auto, on, off.", rich_help_panel=HARDWARE),
+]
+Compile = Annotated[
+    Optional[bool],
+    typer.Option("--compile/--no-compile", help="torch.compile the model.", rich_help_panel=HARDWARE),
+]
+Seed = Annotated[Optional[int], typer.Option("--seed", help="Random seed.", rich_help_panel=TRAINING)]
+Workers = Annotated[
+    Optional[int], typer.Option("--workers", help="Data loader worker processes.", rich_help_panel=HARDWARE)
+]
+TrainThreads = Annotated[
+    Optional[int],
+    typer.Option(
+        "--threads",
+        help="CPU: intra-op threads of the training process (0: torch's default, one per core).",
+        rich_help_panel=HARDWARE,
+    ),
+]
+SyncBn = Annotated[
+    Optional[bool],
+    typer.Option("--sync-bn/--no-sync-bn", help="SyncBatchNorm under torchrun.", rich_help_panel=HARDWARE),
+]
+ZeroInitResidual = Annotated[
+    Optional[bool],
+    typer.Option(
+        "--zero-init-residual/--no-zero-init-residual",
+        help="Start each residual block as the identity (its last BatchNorm scale 0); not with --init-from.",
+        rich_help_panel=MODEL,
+    ),
+]
+TrainOut = Annotated[
+    Optional[str],
+    typer.Option("--out", "-o", help="Run folder (default weights/<data>-<time>).", rich_help_panel=RUN),
+]
+Resume = Annotated[
+    bool, typer.Option("--resume", help="Continue the run in --out from its last.pt.", rich_help_panel=RUN)
+]
+TrainOverwrite = Annotated[
+    bool,
+    typer.Option(
+        "--overwrite",
+        help="Replace the run already in --out (without it, a folder holding files is refused).",
+        rich_help_panel=RUN,
+    ),
+]
+Plots = Annotated[
+    Optional[bool],
+    typer.Option("--plots/--no-plots", help="Write the training pictures at the end.", rich_help_panel=RUN),
+]
+
+# the pipeline's own options: where the run goes, and the steps after training
+RunName = Annotated[
+    Optional[str],
+    typer.Option("--name", help="Run name: the run goes to runs/NAME (default <data>-<time>).", rich_help_panel=RUN),
+]
+PipelineOut = Annotated[
+    Optional[Path], typer.Option("--out", "-o", help="Run folder, instead of runs/NAME.", rich_help_panel=RUN)
+]
+PipelineOverwrite = Annotated[
+    bool,
+    typer.Option("--overwrite", help="Replace an earlier pipeline run in the same folder.", rich_help_panel=RUN),
+]
+CalibData = Annotated[
+    Optional[str],
+    typer.Option(
+        "--calib-data", help="INT8 calibration images (default: the run's training data).", rich_help_panel=CHECKS
+    ),
+]
+CalibSize = Annotated[int, typer.Option("--calib-size", help="Number of calibration images.", rich_help_panel=CHECKS)]
+CheckSamples = Annotated[
+    Optional[int],
+    typer.Option(
+        "--samples", help="Real images for the parity check (default: the check's own).", rich_help_panel=CHECKS
+    ),
+]
+CheckProviders = Annotated[
+    Optional[str],
+    typer.Option(
+        "--provider",
+        help="Check / bench providers, cpu,cuda (default: cpu, plus cuda when training runs there).",
+        rich_help_panel=CHECKS,
+    ),
+]
+BenchBatch = Annotated[
+    str, typer.Option("--bench-batch", help="Benchmark batch sizes, comma-separated.", rich_help_panel=CHECKS)
+]
+BenchIters = Annotated[
+    int, typer.Option("--bench-iters", help="Timed calls per benchmark row.", rich_help_panel=CHECKS)
+]
+BenchWarmup = Annotated[
+    int, typer.Option("--bench-warmup", help="Warm-up calls per benchmark row.", rich_help_panel=CHECKS)
+]
+PipelineThreads = Annotated[
+    Optional[int],
+    typer.Option(
+        "--threads",
+        help="Intra-op threads for training (CPU), check and bench (default: every usable core but one).",
+        rich_help_panel=HARDWARE,
+    ),
+]
 JsonOut = Annotated[
     Optional[Path],
     typer.Option(

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Annotated, Optional
-
 import typer
 
 from .options import (
-    CHECKS,
-    HARDWARE,
-    RUN,
     BatchSize,
+    BenchBatch,
+    BenchIters,
+    BenchWarmup,
+    CalibData,
+    CalibSize,
+    CheckProviders,
+    CheckSamples,
     ClassIndex,
     Data,
     DataDir,
@@ -21,8 +22,12 @@ from .options import (
     FreezeBlocks,
     ImgSize,
     InitFrom,
+    PipelineOut,
+    PipelineOverwrite,
+    PipelineThreads,
     Progress,
     Recipe,
+    RunName,
     SmallInput,
     SynthClasses,
     SynthPerClass,
@@ -56,59 +61,17 @@ def pipeline(
     freeze_blocks: FreezeBlocks = None,
     synth_classes: SynthClasses = None,
     synth_train_per_class: SynthPerClass = None,
-    name: Annotated[
-        Optional[str],
-        typer.Option(
-            "--name", help="Run name: the run goes to runs/NAME (default <data>-<time>).", rich_help_panel=RUN
-        ),
-    ] = None,
-    out: Annotated[
-        Optional[Path], typer.Option("--out", "-o", help="Run folder, instead of runs/NAME.", rich_help_panel=RUN)
-    ] = None,
-    overwrite: Annotated[
-        bool,
-        typer.Option("--overwrite", help="Replace an earlier pipeline run in the same folder.", rich_help_panel=RUN),
-    ] = False,
-    calib_data: Annotated[
-        Optional[str],
-        typer.Option(
-            "--calib-data", help="INT8 calibration images (default: the run's training data).", rich_help_panel=CHECKS
-        ),
-    ] = None,
-    calib_size: Annotated[
-        int, typer.Option("--calib-size", help="Number of calibration images.", rich_help_panel=CHECKS)
-    ] = 128,
-    samples: Annotated[
-        Optional[int],
-        typer.Option(
-            "--samples", help="Real images for the parity check (default: the check's own).", rich_help_panel=CHECKS
-        ),
-    ] = None,
-    provider: Annotated[
-        Optional[str],
-        typer.Option(
-            "--provider",
-            help="Check / bench providers, cpu,cuda (default: cpu, plus cuda when training runs there).",
-            rich_help_panel=CHECKS,
-        ),
-    ] = None,
-    bench_batch: Annotated[
-        str, typer.Option("--bench-batch", help="Benchmark batch sizes, comma-separated.", rich_help_panel=CHECKS)
-    ] = "1,32",
-    bench_iters: Annotated[
-        int, typer.Option("--bench-iters", help="Timed calls per benchmark row.", rich_help_panel=CHECKS)
-    ] = 30,
-    bench_warmup: Annotated[
-        int, typer.Option("--bench-warmup", help="Warm-up calls per benchmark row.", rich_help_panel=CHECKS)
-    ] = 5,
-    threads: Annotated[
-        Optional[int],
-        typer.Option(
-            "--threads",
-            help="Intra-op threads for training (CPU), check and bench (default: every usable core but one).",
-            rich_help_panel=HARDWARE,
-        ),
-    ] = None,
+    name: RunName = None,
+    out: PipelineOut = None,
+    overwrite: PipelineOverwrite = False,
+    calib_data: CalibData = None,
+    calib_size: CalibSize = 128,
+    samples: CheckSamples = None,
+    provider: CheckProviders = None,
+    bench_batch: BenchBatch = "1,32",
+    bench_iters: BenchIters = 30,
+    bench_warmup: BenchWarmup = 5,
+    threads: PipelineThreads = None,
     progress: Progress = None,
 ) -> None:
     """The main job: train, export every format, check, benchmark, write runs/<name>/report.md.
@@ -136,6 +99,11 @@ def pipeline(
         train=flags["train"],
         options=options,
     )
+    _say_result(result)
+
+
+def _say_result(result) -> None:
+    """Each step's status and time, then the outcome: the validation accuracy and where the report is."""
     for s in result.steps:
         typer.echo(f"  {s.name:<7} {s.status:<4} {s.seconds:7.1f} s")
     acc = result.train.summary.get("best_val_acc") if result.train else None

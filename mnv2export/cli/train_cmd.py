@@ -4,33 +4,59 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Any
 
 import typer
 
 from .options import (
-    DATA,
-    HARDWARE,
-    MODEL,
-    RUN,
-    TRAINING,
+    Amp,
+    AutoAugment,
     BatchSize,
+    ChannelsLast,
     ClassIndex,
+    ClipGradNorm,
+    Compile,
+    CutmixAlpha,
     Data,
     DataDir,
+    DepthwiseWeightDecay,
     Device,
+    Dropout,
+    Ema,
     Epochs,
     ExifOrientation,
     FreezeBlocks,
     ImgSize,
     InitFrom,
+    LabelSmoothing,
+    LearningRate,
+    Mean,
+    MixupAlpha,
+    Optimizer,
+    OutputStride,
+    Plots,
     Progress,
+    RandomErase,
     Recipe,
+    ResizeSize,
+    Resume,
+    Schedule,
+    Seed,
     SmallInput,
+    Std,
+    SyncBn,
     SynthClasses,
     SynthPerClass,
+    TrainAug,
+    TrainOut,
+    TrainOverwrite,
+    TrainThreads,
     ValSplit,
+    WarmupEpochs,
+    WeightDecay,
     Width,
+    Workers,
+    ZeroInitResidual,
     config_flags,
     took,
 )
@@ -46,158 +72,46 @@ def train(
     exif_orientation: ExifOrientation = None,
     class_index: ClassIndex = None,
     img_size: ImgSize = None,
-    resize_size: Annotated[
-        Optional[int],
-        typer.Option(
-            help="Validation resize of the shorter side before the centre crop (default img_size / 0.875; none at 64 px and below).",
-            rich_help_panel=DATA,
-        ),
-    ] = None,
+    resize_size: ResizeSize = None,
     width_mult: Width = None,
     small_input: SmallInput = None,
-    output_stride: Annotated[
-        Optional[int],
-        typer.Option(
-            help="Total stride 8, 16 or 32: the last stride-2 stages run at stride 1 (larger deep maps, more compute).",
-            rich_help_panel=MODEL,
-        ),
-    ] = None,
-    dropout: Annotated[
-        Optional[float], typer.Option(help="Dropout before the classifier.", rich_help_panel=MODEL)
-    ] = None,
-    mean: Annotated[Optional[str], typer.Option(help="Normalisation mean R,G,B.", rich_help_panel=DATA)] = None,
-    std: Annotated[Optional[str], typer.Option(help="Normalisation std R,G,B.", rich_help_panel=DATA)] = None,
-    train_aug: Annotated[
-        Optional[str],
-        typer.Option(help="Train augmentation: rrc (random resized crop), crop_pad, none.", rich_help_panel=DATA),
-    ] = None,
-    auto_augment: Annotated[
-        Optional[str],
-        typer.Option(
-            help="Automatic augmentation after the crop and flip (torchvision's): ta_wide (TrivialAugmentWide), ra (RandAugment), augmix, imagenet / cifar10 / svhn (AutoAugment's policies), none.",
-            rich_help_panel=DATA,
-        ),
-    ] = None,
-    random_erase: Annotated[
-        Optional[float],
-        typer.Option(
-            help="Random Erasing probability (a rectangle of the normalised image set to 0).", rich_help_panel=DATA
-        ),
-    ] = None,
+    output_stride: OutputStride = None,
+    dropout: Dropout = None,
+    mean: Mean = None,
+    std: Std = None,
+    train_aug: TrainAug = None,
+    auto_augment: AutoAugment = None,
+    random_erase: RandomErase = None,
     synth_classes: SynthClasses = None,
     synth_train_per_class: SynthPerClass = None,
     epochs: Epochs = None,
     batch_size: BatchSize = None,
-    lr: Annotated[Optional[float], typer.Option(help="Peak learning rate.", rich_help_panel=TRAINING)] = None,
-    optimizer: Annotated[
-        Optional[str], typer.Option(help="sgd (momentum, nesterov) or adamw.", rich_help_panel=TRAINING)
-    ] = None,
-    weight_decay: Annotated[
-        Optional[float],
-        typer.Option(help="Weight decay (not applied to norm and bias parameters).", rich_help_panel=TRAINING),
-    ] = None,
-    depthwise_weight_decay: Annotated[
-        Optional[float],
-        typer.Option(
-            help="Weight decay of the depthwise convolutions' weights (default: --weight-decay).",
-            rich_help_panel=TRAINING,
-        ),
-    ] = None,
-    warmup_epochs: Annotated[
-        Optional[float],
-        typer.Option(help="Linear warm-up length in epochs, then the decay of --schedule.", rich_help_panel=TRAINING),
-    ] = None,
-    schedule: Annotated[
-        Optional[str],
-        typer.Option(help="Learning-rate decay to zero after the warm-up: cosine or linear.", rich_help_panel=TRAINING),
-    ] = None,
-    label_smoothing: Annotated[Optional[float], typer.Option(help="Label smoothing.", rich_help_panel=TRAINING)] = None,
-    mixup_alpha: Annotated[
-        Optional[float],
-        typer.Option(
-            help="MixUp of each batch, Beta(alpha, alpha) weights (0: off; 0.2 is usual).", rich_help_panel=TRAINING
-        ),
-    ] = None,
-    cutmix_alpha: Annotated[
-        Optional[float],
-        typer.Option(
-            help="CutMix of each batch (0: off; 1.0 is usual); with --mixup-alpha, one of the two per batch.",
-            rich_help_panel=TRAINING,
-        ),
-    ] = None,
-    clip_grad_norm: Annotated[
-        Optional[float],
-        typer.Option(
-            help="Clip the gradients' total L2 norm to this before each step (default: no clipping).",
-            rich_help_panel=TRAINING,
-        ),
-    ] = None,
-    ema: Annotated[
-        Optional[bool],
-        typer.Option(
-            "--ema/--no-ema",
-            help="Keep an exponential moving average of the weights (evaluated and saved).",
-            rich_help_panel=TRAINING,
-        ),
-    ] = None,
-    amp: Annotated[
-        Optional[str],
-        typer.Option(
-            help="Mixed precision: auto (bf16/fp16 on CUDA, off on CPU), off, bf16, fp16.", rich_help_panel=HARDWARE
-        ),
-    ] = None,
-    channels_last: Annotated[
-        Optional[str], typer.Option(help="channels_last memory format: auto, on, off.", rich_help_panel=HARDWARE)
-    ] = None,
-    compile: Annotated[
-        Optional[bool],
-        typer.Option("--compile/--no-compile", help="torch.compile the model.", rich_help_panel=HARDWARE),
-    ] = None,
+    lr: LearningRate = None,
+    optimizer: Optimizer = None,
+    weight_decay: WeightDecay = None,
+    depthwise_weight_decay: DepthwiseWeightDecay = None,
+    warmup_epochs: WarmupEpochs = None,
+    schedule: Schedule = None,
+    label_smoothing: LabelSmoothing = None,
+    mixup_alpha: MixupAlpha = None,
+    cutmix_alpha: CutmixAlpha = None,
+    clip_grad_norm: ClipGradNorm = None,
+    ema: Ema = None,
+    amp: Amp = None,
+    channels_last: ChannelsLast = None,
+    compile: Compile = None,
     device: Device = None,
-    seed: Annotated[Optional[int], typer.Option(help="Random seed.", rich_help_panel=TRAINING)] = None,
-    workers: Annotated[
-        Optional[int], typer.Option(help="Data loader worker processes.", rich_help_panel=HARDWARE)
-    ] = None,
-    threads: Annotated[
-        Optional[int],
-        typer.Option(
-            help="CPU: intra-op threads of the training process (0: torch's default, one per core).",
-            rich_help_panel=HARDWARE,
-        ),
-    ] = None,
-    sync_bn: Annotated[
-        Optional[bool],
-        typer.Option("--sync-bn/--no-sync-bn", help="SyncBatchNorm under torchrun.", rich_help_panel=HARDWARE),
-    ] = None,
+    seed: Seed = None,
+    workers: Workers = None,
+    threads: TrainThreads = None,
+    sync_bn: SyncBn = None,
     init_from: InitFrom = None,
     freeze_blocks: FreezeBlocks = None,
-    zero_init_residual: Annotated[
-        Optional[bool],
-        typer.Option(
-            "--zero-init-residual/--no-zero-init-residual",
-            help="Start each residual block as the identity (its last BatchNorm scale 0); not with --init-from.",
-            rich_help_panel=MODEL,
-        ),
-    ] = None,
-    out: Annotated[
-        Optional[str],
-        typer.Option("--out", "-o", help="Run folder (default weights/<data>-<time>).", rich_help_panel=RUN),
-    ] = None,
-    resume: Annotated[
-        bool, typer.Option("--resume", help="Continue the run in --out from its last.pt.", rich_help_panel=RUN)
-    ] = False,
-    overwrite: Annotated[
-        bool,
-        typer.Option(
-            "--overwrite",
-            help="Replace the run already in --out (without it, a folder holding files is refused).",
-            rich_help_panel=RUN,
-        ),
-    ] = False,
-    plots: Annotated[
-        Optional[bool],
-        typer.Option("--plots/--no-plots", help="Write the training pictures at the end.", rich_help_panel=RUN),
-    ] = None,
+    zero_init_residual: ZeroInitResidual = None,
+    out: TrainOut = None,
+    resume: Resume = False,
+    overwrite: TrainOverwrite = False,
+    plots: Plots = None,
     progress: Progress = None,
 ) -> None:
     """Train MobileNetV2 (CUDA when present, else CPU). Under torchrun: DistributedDataParallel.
@@ -206,6 +120,13 @@ def train(
     """
     # locals() before any other name is bound: the parameters alone
     flags = config_flags({name: value for name, value in locals().items() if name not in RUN_PARAMS})
+    _train_and_say(flags, config, out, resume=resume, overwrite=overwrite)
+
+
+def _train_and_say(
+    flags: dict[str, dict[str, Any]], config: Path | None, out: str | None, *, resume: bool, overwrite: bool
+) -> None:
+    """Check the settings, train, and say the best accuracy (the main process alone, under torchrun)."""
     cfg, ckpt = _run_settings(flags, config, resume=resume, overwrite=overwrite)
     from ..train import fit  # torch is imported here, after the flags and the recipe passed: their errors come at once
 

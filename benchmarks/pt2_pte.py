@@ -29,62 +29,40 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 REFERENCES = ("onnx-fp32", "onnx-int8", "torchscript")
 
 
+ROW_FILES = {
+    "torchscript": "model.torchscript.pt",
+    "onnx-fp32": "model.onnx",
+    "onnx-int8": "model.int8.onnx",
+    "pt2": "model.pt2",
+    "pte-fp32": "model.pte",
+    "pte-int8": "model.int8.pte",
+}
+
+
 def build(work: Path, width: float, img_size: int, steps: int) -> dict[str, tuple[Path, float]]:
-    """The checkpoint, then every artifact; returns {row name: (file, export seconds)}."""
-    import torch
+    """The checkpoint, then every artifact in one `mnv2 export` (both INT8 models calibrated on the same 64 images);
+    returns {row name: (file, export seconds)}."""
     import workload
 
-    from mnv2export.checkpoint import load_checkpoint
     from mnv2export.export import export_all
-    from mnv2export.export.calib import load_calibration
-    from mnv2export.export.executorch import export_pte, export_pte_int8
-    from mnv2export.export.pt2 import export_pt2
-    from mnv2export.fold import fold_bn
 
     workload.MODEL = dataclasses.replace(workload.MODEL, width_mult=width)
     workload.DATA = dataclasses.replace(workload.DATA, img_size=img_size)
     ckpt_path = workload.build_checkpoint(work / "weights" / "best.pt", steps=steps)
-    manifest = export_all(ckpt_path, work / "export", formats="all", quantize=True, calib_size=64)
-    files = {
-        "torchscript": "model.torchscript.pt",
-        "onnx-fp32": "model.onnx",
-        "onnx-int8": "model.int8.onnx",
-    }
-    out = {row: (manifest.out_dir / f, manifest.artifacts[f]["seconds"]) for row, f in files.items()}
-    ckpt = load_checkpoint(ckpt_path)
-    folded = fold_bn(ckpt.build_model())
-    meta = {**ckpt.metadata(), "input_name": "input", "output_name": "logits"}
-    calib = torch.from_numpy(load_calibration(ckpt, None, 64).images)
-    pt2 = export_pt2(folded, calib[:2], {**meta, "format": "pt2", "precision": "fp32"}, work / "model.pt2")
-    out["pt2"] = (work / "model.pt2", pt2["compile_seconds"])
-    pte = export_pte(folded, calib[:2], {**meta, "format": "pte"}, work / "model.pte")
-    out["pte-fp32"] = (work / "model.pte", pte["export_seconds"])
-    q = export_pte_int8(folded, calib, {**meta, "format": "pte"}, work / "model.int8.pte")
-    out["pte-int8"] = (work / "model.int8.pte", q["export_seconds"])
+    formats = "torchscript,onnx,pt2,executorch"
+    manifest = export_all(ckpt_path, work / "export", formats=formats, quantize=True, calib_size=64)
+    pte, q = (manifest.artifacts[f]["export_settings"] for f in ("model.pte", "model.int8.pte"))
     print(f"pte undelegated ops: fp32 {pte['undelegated_ops']}, int8 {q['undelegated_ops']}", file=sys.stderr)
     print(f"pte int8 top-1 agreement with fp32 (calibration images): {q['top1_agreement_fp32_calib']:.3f}")
-    return out
+    return {row: (manifest.out_dir / f, manifest.artifacts[f]["seconds"]) for row, f in ROW_FILES.items()}
 
 
 def load_runner(row: str, path: Path, threads: int):
-    """The row's runtime, set to ``threads`` threads (this process runs only this one)."""
-    if row == "pt2":
-        import torch
+    """The row's runtime as `mnv2 bench` loads it (TorchScript through optimize_for_inference), ``threads`` threads
+    (torch's OpenMP pool for .pt2, XNNPACK's process-wide pool for .pte); this process runs only this one."""
+    from mnv2export.bench.targets import load
 
-        from mnv2export.export.pt2 import load_pt2
-
-        torch.set_num_threads(threads)  # AOTInductor's CPU kernels use torch's OpenMP pool
-        return load_pt2(path)
-    if row.startswith("pte"):
-        from executorch.extension.pybindings.portable_lib import _unsafe_reset_threadpool
-
-        from mnv2export.export.executorch import load_pte
-
-        _unsafe_reset_threadpool(threads)  # XNNPACK's pool is ExecuTorch's process-wide one
-        return load_pte(path)
-    from mnv2export.runtime import load_artifact
-
-    return load_artifact(path, "cpu", threads=threads)
+    return load(path, "cpu", threads)
 
 
 def time_one(row: str, path: Path, batch: int, threads: int, rounds: int, calls: int) -> dict:

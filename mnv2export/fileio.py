@@ -290,7 +290,7 @@ def temp_files_in(folder: Path) -> Iterator[None]:
     """Inside: Python's ``tempfile`` (and so the libraries that use it, e.g. ``onnxruntime.quantization``) puts its
     temporary files in ``folder``, not in the system's temporary directory where a killed process would leave them."""
     saved = tempfile.tempdir
-    tempfile.tempdir = str(folder)
+    tempfile.tempdir = str(Path(folder).resolve())  # absolute: a compiler AOTInductor starts runs in another folder
     try:
         yield
     finally:

@@ -48,12 +48,18 @@ TORCHSCRIPT_FILE = "model.torchscript.pt"
 ONNX_FILE = "model.onnx"
 INT8_FILE = "model.int8.onnx"
 FP16_FILE = "model.fp16.onnx"
+PT2_FILE = "model.pt2"
+PTE_FILE = "model.pte"
+PTE_INT8_FILE = "model.int8.pte"
 MANIFEST_FILE = "manifest.json"
 ARTIFACT_FILES = (
     TORCHSCRIPT_FILE,
     ONNX_FILE,
     INT8_FILE,
     FP16_FILE,
+    PT2_FILE,
+    PTE_FILE,
+    PTE_INT8_FILE,
 )  # what an export owns in its folder (with the manifest)
 
 # ------------------------------------------------------------------------------- a pipeline run (runs/<name>/)

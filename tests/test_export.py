@@ -410,7 +410,7 @@ def test_bad_options_and_calibration_data(trained_checkpoint, tmp_path, capsys):
         (["--quantize", "--calib-method", "kl"], "unknown calibration method"),
         (["--opset", "12"], "opset 12 is not supported"),
         (["--opset", str(max_opset() + 1)], f"opset {max_opset() + 1} is not supported"),  # beyond onnx or ONNX Runtime
-        (["--format", "torchscript", "--quantize"], "make ONNX models"),
+        (["--format", "torchscript", "--quantize"], "--quantize makes ONNX and ExecuTorch INT8 models"),
         (["--calib-data", empty], "only used for INT8"),
     ]
     for args, message in cases:

@@ -26,7 +26,7 @@ def _batch(n: int = 6) -> np.ndarray:
 def test_each_file_name_and_each_name_is_one_formats():
     files = [f.file for f in REGISTRY if f.file]
     assert sorted(files) == sorted(ARTIFACT_FILES) and len(set(files)) == len(files)
-    assert formats.names() == ("eager", "torchscript", "onnx", "int8", "fp16")
+    assert formats.names() == ("eager", "torchscript", "onnx", "int8", "fp16", "pt2", "executorch", "executorch-int8")
     for f in REGISTRY:
         assert formats.get(f.name) is f
         assert f.file is None or formats.by_file_name(f.file) is f
@@ -36,7 +36,7 @@ def test_each_file_name_and_each_name_is_one_formats():
 def test_an_unknown_format_is_one_error():
     with pytest.raises(ConfigError, match="unknown format 'tflite'") as err:
         formats.get("tflite")
-    assert err.value.hint == "choose one of eager, torchscript, onnx, int8, fp16"
+    assert err.value.hint == "choose one of eager, torchscript, onnx, int8, fp16, pt2, executorch, executorch-int8"
     with pytest.raises(ConfigError, match="unknown formats tflite"):
         formats.parse_groups("onnx,tflite")
 
@@ -49,7 +49,10 @@ def test_an_export_writes_each_format_after_the_one_it_is_made_from():
         assert f.after is None or f.after in [g.name for g in chosen[:i]], f.name
     assert [f.name for f in formats.to_export(ExportOptions(groups=("onnx",)))] == ["onnx"]
     assert [f.name for f in formats.to_export(ExportOptions(groups=("torchscript",), fp16=True))] == ["torchscript"]
-    assert formats.export_groups() == ("torchscript", "onnx")
+    assert formats.export_groups() == ("torchscript", "onnx", "pt2", "executorch")
+    assert formats.parse_groups("all") == ("torchscript", "onnx")  # pt2 and executorch when named
+    mobile = formats.to_export(ExportOptions(groups=("executorch",), quantize=True))
+    assert [f.name for f in mobile] == ["executorch", "executorch-int8"]
 
 
 def test_every_format_round_trips_to_the_eager_models_answers(exported, trained_checkpoint):
@@ -57,7 +60,7 @@ def test_every_format_round_trips_to_the_eager_models_answers(exported, trained_
     x = _batch()
     eager = formats.for_file(trained_checkpoint).load(Path(trained_checkpoint), "cpu").run(x)
     scale = max(1.0, float(np.abs(eager).max()))
-    for fmt in formats.exported():
+    for fmt in _in(exported):
         path = exported.out_dir / fmt.file
         assert formats.for_file(path).kind == fmt.kind, fmt.name
         runner = fmt.load(path, "cpu")
@@ -76,13 +79,18 @@ def test_every_format_round_trips_to_the_eager_models_answers(exported, trained_
 def test_every_format_describes_its_files(exported, trained_checkpoint):
     eager = formats.for_file(trained_checkpoint).describe(Path(trained_checkpoint))
     folded = {}
-    for fmt in formats.exported():
+    for fmt in _in(exported):
         d = fmt.describe(exported.out_dir / fmt.file)
         folded[fmt.name] = d.model.params
         assert d.metadata["precision"] == fmt.precision and (d.graph is not None) == (fmt.kind == "onnx")
     assert len(set(folded.values())) == 1  # one network, BatchNorm folded, whatever the file
     assert eager.model.params > folded["onnx"]  # the checkpoint's BatchNorms keep their scale and shift
     assert eager.model.macs > 0 and "checkpoint" in eager.model_source
+
+
+def _in(exported):
+    """The formats of the suite's shared export (every format but .pt2 and .pte: test_pt2_pte_commands.py)."""
+    return [f for f in formats.exported() if f.file in exported.artifacts]
 
 
 def test_a_file_of_no_format_is_one_error(tmp_path):
@@ -117,5 +125,8 @@ def test_a_new_format_is_one_module_and_one_registry_line(tmp_path, monkeypatch)
     with pytest.raises(ConfigError, match="CUDA graphs are timed for ONNX files only, not fake"):
         load_artifact(f, "cuda", cuda_graph=True)
     why = fake.unavailable()
-    assert why == 'fake needs no_such_module_x, which this install lacks (python -m pip install -e ".[mobile]")'
+    assert why == (
+        "the fake format needs no_such_module_x, which this install lacks: "
+        'install it with python -m pip install -c constraints.txt -e ".[mobile]"'
+    )
     assert formats.ONNX.unavailable() is None

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
+from ..formats import REGISTRY
 
 FLOAT = 4  # bytes of a float32: the input, the logits and the activations as measured in the eager forward
 # What each runtime holds at the peak, over the eager-frame peak of :func:`footprint`. The peak RSS growth of a row
@@ -34,8 +35,10 @@ FLOAT = 4  # bytes of a float32: the input, the logits and the activations as me
 # Runtime's CPU arena included: its BFC arena grows by regions of doubling size, so it can hold up to twice what
 # its planner asks for), and 2.28-2.52x FP16 (the CPU provider wraps each FP16 convolution in NCHWc reorder copies),
 # on MobileNetV2 1.0 at 224 px (batch 64) and 0.35 at 32 px (batch 4096), 2 threads, each in a fresh process. Each
-# factor leaves at least a third above the worst of these; tests/test_bench.py checks it on every format.
-SAFETY = {"eager": 2.0, "torchscript": 2.0, "onnx": 2.0, "int8": 2.0, "fp16": 3.5}
+# factor leaves at least a third above the worst of these; tests/test_bench.py checks it on every format. The .pt2
+# and .pte runners take a batch in chunks (256, 32 images) and grew 0.27x and 0.11x (0.35 at 32 px, batch 1024).
+# Each format's factor is its `memory_factor` in the registry.
+SAFETY = {f.name: f.memory_factor for f in REGISTRY}
 # Weights: the file's bytes, held once as read and once as the runtime's own copy (ONNX Runtime's prepacked
 # kernels, oneDNN's prepacked TorchScript weights, the eager model built from the checkpoint's state dict): 3 copies.
 WEIGHT_COPIES = 3

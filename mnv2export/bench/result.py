@@ -40,6 +40,8 @@ class BenchRow:
     host_added_mb: float | None = None  # that peak minus the RSS when the row started
     gpu_mem_mb: float | None = None  # CUDA rows: see targets.GpuPeak
     speedup_vs_eager: float | None = None  # eager p50 / this p50, same provider, batch and I/O mode
+    file_mb: float | None = None  # the artifact's size on disk (exported rows)
+    export_s: float | None = None  # how long its export took, as its manifest entry records
     placement: dict[str, Any] | None = field(default=None, repr=False)  # ONNX off the CPU: nodes per provider
 
     @property

@@ -30,6 +30,7 @@ class Sources:
     files: dict[str, Path] = field(default_factory=dict)  # format -> file to load
     missing: dict[str, str] = field(default_factory=dict)  # format -> why there is none
     errors: dict[str, str] = field(default_factory=dict)  # format -> why its file must not be timed
+    entries: dict[str, dict] = field(default_factory=dict)  # format -> its manifest entry (size, export seconds)
     folder: Path | None = None  # the artifacts folder
     checkpoint: Path | None = None
 
@@ -133,4 +134,4 @@ def _artifacts(folder: Path, manifest: dict, src: Sources) -> None:
         elif changed := changed_since_export(entry, f, sha256_file(f)):
             src.errors[fmt] = f"{name} {changed}; export again"
         else:
-            src.files[fmt] = f
+            src.files[fmt], src.entries[fmt] = f, entry

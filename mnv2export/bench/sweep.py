@@ -122,12 +122,15 @@ def _prepare(target, formats, providers, batches, timing, threads, amp: bool, cu
     from .sources import resolve
 
     fmts, sizes, plan = check_settings(formats, batches, *timing)
-    torch_named = choose(formats, FORMATS, "formats")[1] and any(_family(f) == "torch" for f in fmts)
+    named = choose(formats, FORMATS, "formats")[1]  # every format named, no `all`
+    torch_named = named and any(_needs_torch(f) for f in fmts)
     provs, explicit = choose(providers, PROVIDERS, "providers", everything=CHECKED_PROVIDERS)
     fmts = _with_variants(fmts, provs, amp, cuda_graph)
     if threads is not None:
         check_int("threads", threads, 1)
     src = resolve(target)
+    if not named:  # `all`: a format outside the usual set (pt2, executorch) only where the target holds its file
+        fmts = [f for f in fmts if registry.get(_base(f)).in_all or _base(f) in src.files]
     no_torch = not torch_installed()
     if no_torch and torch_named:  # named explicitly: the CLI's one-line "needs torch" error, before any work
         import torch  # noqa: F401
@@ -177,7 +180,7 @@ def _runnable_rows(rows: dict[tuple, BenchRow], sweep: _Sweep) -> dict[tuple, _S
 
     src, samples = sweep.source, {}
     for key, row in rows.items():
-        torch_row = _family(row.format) == "torch"
+        torch_row = _needs_torch(row.format)
         why = (NO_TORCH if sweep.no_torch and torch_row else None) or src.missing.get(_base(row.format))
         why = why or sweep.problems[(row.provider, _family(row.format))]
         if why:
@@ -186,6 +189,9 @@ def _runnable_rows(rows: dict[tuple, BenchRow], sweep: _Sweep) -> dict[tuple, _S
             row.status, row.reason = "error", src.errors[_base(row.format)]
         else:
             row.path = str(src.files[_base(row.format)])
+            entry = src.entries.get(_base(row.format), {})  # the checkpoint of an eager row has none
+            row.file_mb = round(src.files[_base(row.format)].stat().st_size / 1e6, 3)
+            row.export_s = entry.get("seconds")
             samples[key] = _Samples()
     return samples
 
@@ -196,7 +202,7 @@ def _measure_rounds(rows, keys, samples, sweep: _Sweep, rounds: int, seed: int) 
 
     warn_if_oversubscribed(sweep.threads)
     # torch's process-wide thread count, set only where a torch row runs (ONNX sessions take theirs as an option)
-    torch_rows = any(_family(rows[k].format) == "torch" for k in samples)
+    torch_rows = any(_needs_torch(rows[k].format) for k in samples)
     with cpu_threads(sweep.threads) if torch_rows else contextlib.nullcontext():
         for rnd in range(rounds):
             for key in keys if rnd % 2 == 0 else keys[::-1]:
@@ -295,6 +301,11 @@ def _family(fmt: str) -> str:
     return registry.get(_base(fmt)).family
 
 
+def _needs_torch(fmt: str) -> bool:
+    """Whether a row's runtime needs torch: every engine but ONNX Runtime (ExecuTorch's takes torch tensors)."""
+    return _family(fmt) != "onnx"
+
+
 def check_settings(
     formats: str | Iterable[str],
     batches: Iterable[int],
@@ -333,15 +344,20 @@ _PROBES: dict[tuple[str, str], str | None] = {}
 
 
 def provider_problems(providers, families) -> dict[tuple[str, str], str | None]:
-    """Why each provider cannot run each family of formats (``torch``, ``onnx``) here; None where it can."""
+    """Why each provider cannot run each family of formats (``torch``, ``onnx``, ``executorch``) here; None where it
+    can."""
     return {(p, fam): _provider_problem(p, fam) for p in providers for fam in families}
 
 
 def require_providers(problems: dict[tuple[str, str], str | None]) -> None:
     """Stop an explicit request for what this machine lacks (:func:`provider_problems`), before anything runs: one
-    :class:`ProviderUnavailable` naming every reason. TensorRT not running torch models is only a row's reason."""
+    :class:`ProviderUnavailable` naming every reason. TensorRT not running torch models, and a GPU not running ExecuTorch programs, are only rows' reasons."""
     bad = list(
-        dict.fromkeys(why for (p, fam), why in problems.items() if why and not (p == "tensorrt" and fam == "torch"))
+        dict.fromkeys(
+            why
+            for (p, fam), why in problems.items()
+            if why and not (p == "tensorrt" and fam == "torch" or fam == "executorch")
+        )
     )
     if bad:
         raise ProviderUnavailable(_join_reasons(bad), hint=NO_GPU_HINT)
@@ -353,6 +369,8 @@ def _provider_problem(provider: str, family: str) -> str | None:
     a CPU-only build...)."""
     if provider == "cpu":
         return None
+    if family == "executorch":
+        return "ExecuTorch's runtime here runs on the CPU (XNNPACK)"
     if family == "torch":
         if provider == "tensorrt":
             return "TensorRT runs ONNX models only (PyTorch and TorchScript have rows under cuda)"

@@ -82,7 +82,13 @@ def bind(runner: Runner, x: np.ndarray, io: str, *, amp: bool = False) -> Bound:
 
             bound.context, bound.amp = autocast, dtype
         return bound
-    raise TypeError(f"cannot bind a {type(runner).__name__}")
+    if amp:
+        raise ValueError("autocast applies to eager and TorchScript runners only")
+    if getattr(runner, "device", None) is not None and runner.device.type == "cuda" and io == "resident":
+        return _bind_compiled_cuda(runner, x)
+    # the other runtimes (a .pt2 on the CPU or its logits copied back, ExecuTorch): the runner's own call, numpy in
+    # and out (torch.from_numpy shares the array's memory)
+    return Bound(call=lambda: runner.run(x), sync=cuda_sync() if runner.provider == "cuda" else None)
 
 
 def amp_note(dtype, output) -> str:
@@ -123,6 +129,19 @@ def _bind_torch(runner: TorchRunner, x: np.ndarray, io: str) -> Bound:
     torch.cuda.synchronize()
     return Bound(
         call=lambda: module(resident), sync=torch.cuda.synchronize, context=torch.inference_mode, keep=[resident]
+    )
+
+
+def _bind_compiled_cuda(runner: Runner, x: np.ndarray) -> Bound:
+    """A .pt2 compiled for CUDA, its input already on the GPU and its logits left there (as the eager row's)."""
+    import torch
+
+    if len(x) > runner.max_batch:
+        raise ValueError(f"batch {len(x)} is over the package's {runner.max_batch}")
+    model, resident = runner.model, torch.from_numpy(x).to(runner.device)
+    torch.cuda.synchronize()
+    return Bound(
+        call=lambda: model(resident), sync=torch.cuda.synchronize, context=torch.inference_mode, keep=[resident]
     )
 
 

@@ -11,6 +11,7 @@ from typing import Any
 
 from ..errors import ArtifactError, CheckpointError, ConfigError, Mnv2Error, ProviderUnavailable
 from ..fileio import json_text
+from ..layout import ARTIFACT_FILES
 from ..manifest import changed_since_export, parse_manifest, short_hash, source_checkpoint
 from ..params import ALL, choose, split_items
 from ..runtime.runners import CHECKED_PROVIDERS, NO_GPU_HINT
@@ -18,7 +19,8 @@ from .report import ParityRow, Tolerance
 
 PROVIDERS = CHECKED_PROVIDERS
 PROVIDER_CHOICES = (*PROVIDERS, ALL)
-ARTIFACT_SUFFIXES = (".onnx", ".pt")  # what `mnv2 export` writes; manifest.json and check outputs are not artifacts
+# what `mnv2 export` writes (.pt, .onnx, .pt2, .pte); manifest.json and check outputs are not artifacts
+ARTIFACT_SUFFIXES = tuple(sorted({Path(name).suffix for name in ARTIFACT_FILES}))
 # metadata an artifact must agree on with its checkpoint (a consumer outside mnv2export reads the top-level keys)
 _META_KEYS = ("class_names", "input_size", "mean", "std", "resize_size", "interpolation")
 _PROVIDER_HINT = f"{NO_GPU_HINT} ({{providers}} all reports CUDA rows as unavailable where CUDA cannot be had)"

@@ -1,4 +1,4 @@
-"""``mnv2 export``: a checkpoint to TorchScript / ONNX (FP32, INT8, FP16) files and a manifest."""
+"""``mnv2 export``: a checkpoint to TorchScript, ONNX (FP32, INT8, FP16), .pt2 and .pte files and a manifest."""
 
 from __future__ import annotations
 
@@ -9,36 +9,62 @@ import typer
 
 from .options import CheckpointArg, default_checkpoint
 
+# the options, declared once here so that the command reads as its parameters
+FormatOpt = Annotated[
+    str,
+    typer.Option(
+        "--format",
+        "-f",
+        help="torchscript, onnx, pt2 (AOTInductor), executorch (.pte, needs the mobile extra) or all "
+        "(torchscript and onnx); comma-separated.",
+    ),
+]
+QuantizeOpt = Annotated[
+    bool,
+    typer.Option(
+        "--quantize",
+        help="Also write model.int8.onnx (ONNX Runtime static INT8, QDQ, per-channel) and, with executorch, "
+        "model.int8.pte (XNNPACKQuantizer, per-channel).",
+    ),
+]
+Fp16Opt = Annotated[
+    bool, typer.Option("--fp16", help="Also write model.fp16.onnx (for GPUs; float32 input and output).")
+]
+CalibDataOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        "--calib-data",
+        help="Calibration images: synth, fashion-mnist, an ImageFolder root or a folder of images (default: the checkpoint's own training data).",
+    ),
+]
+CalibSizeOpt = Annotated[int, typer.Option("--calib-size", help="Number of calibration images.")]
+CalibMethodOpt = Annotated[str, typer.Option("--calib-method", help="minmax, entropy or percentile.")]
+OpsetOpt = Annotated[
+    Optional[int],
+    typer.Option(
+        "--opset",
+        help="ONNX opset, 18 to the newest the installed ONNX Runtime loads (26 with onnxruntime 1.31); default 18.",
+    ),
+]
+DeviceOpt = Annotated[
+    str, typer.Option("--device", help="What the .pt2 is compiled for: cpu or cuda (on a GPU machine).")
+]
+OutOpt = Annotated[Optional[Path], typer.Option("--out", "-o", help="Output folder (default export/<run>).")]
+
 
 def export(
     checkpoint: CheckpointArg = None,
-    format: Annotated[str, typer.Option("--format", "-f", help="torchscript, onnx or all.")] = "all",
-    quantize: Annotated[
-        bool,
-        typer.Option("--quantize", help="Also write model.int8.onnx (ONNX Runtime static INT8, QDQ, per-channel)."),
-    ] = False,
-    fp16: Annotated[
-        bool, typer.Option("--fp16", help="Also write model.fp16.onnx (for GPUs; float32 input and output).")
-    ] = False,
-    calib_data: Annotated[
-        Optional[str],
-        typer.Option(
-            "--calib-data",
-            help="Calibration images: synth, fashion-mnist, an ImageFolder root or a folder of images (default: the checkpoint's own training data).",
-        ),
-    ] = None,
-    calib_size: Annotated[int, typer.Option("--calib-size", help="Number of calibration images.")] = 256,
-    calib_method: Annotated[str, typer.Option("--calib-method", help="minmax, entropy or percentile.")] = "minmax",
-    opset: Annotated[
-        Optional[int],
-        typer.Option(
-            "--opset",
-            help="ONNX opset, 18 to the newest the installed ONNX Runtime loads (26 with onnxruntime 1.31); default 18.",
-        ),
-    ] = None,
-    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Output folder (default export/<run>).")] = None,
+    format: FormatOpt = "all",
+    quantize: QuantizeOpt = False,
+    fp16: Fp16Opt = False,
+    calib_data: CalibDataOpt = None,
+    calib_size: CalibSizeOpt = 256,
+    calib_method: CalibMethodOpt = "minmax",
+    opset: OpsetOpt = None,
+    device: DeviceOpt = "cpu",
+    out: OutOpt = None,
 ) -> None:
-    """Export a checkpoint: BatchNorm folded, TorchScript and ONNX, optionally INT8 and FP16, with manifest.json.
+    """Export a checkpoint, BatchNorm folded: TorchScript and ONNX (optionally INT8, FP16), .pt2 and .pte when named.
 
     Without CHECKPOINT: the best.pt of the newest run under weights/ (said on the first line).
     """
@@ -59,6 +85,7 @@ def export(
         calib_size=calib_size,
         calib_method=calib_method.lower(),
         opset=opset,
+        device=device,
     )
     _print(manifest)
 

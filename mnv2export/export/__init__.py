@@ -91,11 +91,12 @@ def export_all(
     calib_size: int = 256,
     calib_method: str = "minmax",
     opset: int | None = None,
+    device: str = "cpu",
 ) -> Manifest:
     from ..fileio import require_checkpoint_file
 
     # the options and the checkpoint's file checks first, before torch is imported: their errors come at once
-    options = check_export_options(formats, quantize, fp16, calib_data, calib_size, calib_method, opset)
+    options = check_export_options(formats, quantize, fp16, calib_data, calib_size, calib_method, opset, device)
     require_checkpoint_file(checkpoint_path)
 
     from ..device import cpu_threads
@@ -110,21 +111,33 @@ EXPORT_TORCH_THREADS = 1
 
 
 def check_export_options(
-    formats, quantize: bool, fp16: bool, calib_data: str | None, calib_size: int, calib_method: str, opset: int | None
+    formats,
+    quantize: bool,
+    fp16: bool,
+    calib_data: str | None,
+    calib_size: int,
+    calib_method: str,
+    opset: int | None,
+    device: str = "cpu",
 ) -> ExportOptions:
     """``export_all``'s options checked, each error naming its parameter; no file is read."""
     from ..formats import ExportOptions, parse_groups, to_export
+    from ..params import check_choice
     from .names import check_calib_size
     from .opsets import DEFAULT_OPSET, check_opset
 
     groups = parse_groups(formats)
     opset = check_opset(DEFAULT_OPSET if opset is None else opset)
-    options = ExportOptions(groups, quantize, fp16, calib_data, calib_size, calib_method, opset)
+    options = ExportOptions(groups, quantize, fp16, calib_data, calib_size, calib_method, opset, device)
     asked = {option for option in ("quantize", "fp16") if getattr(options, option)}
     if asked - {fmt.option for fmt in to_export(options)}:  # no format chosen is made with it
         raise ConfigError(
-            "{quantize} and {fp16} make ONNX models", hint="use {formats} onnx or {formats} all with them"
+            "{quantize} makes ONNX and ExecuTorch INT8 models, {fp16} an ONNX one",
+            hint="use {formats} onnx (or all, or executorch for {quantize}) with them",
         )
+    check_choice("device", device, ("cpu", "cuda"))
+    if device != "cpu" and "pt2" not in groups:
+        raise ConfigError("{device} says what the .pt2 is compiled for", hint="add {formats} pt2, or leave it out")
     if calib_data is not None and not quantize:
         raise ConfigError("{calib_data} is only used for INT8", hint="add {quantize}, or leave {calib_data} out")
     if calib_method not in CALIB_METHODS:  # in words: "calibration method" is what users and scripts match
@@ -134,7 +147,7 @@ def check_export_options(
     check_calib_size(calib_size)
     for fmt in to_export(options):
         if why := fmt.unavailable():
-            raise ConfigError(f"{fmt.name} cannot be exported: {why}")
+            raise ConfigError(why)
     return options
 
 

@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import ArtifactError, ConfigError, DataError, ExportError, first_line
+from ..errors import ArtifactError, ConfigError, ExportError, first_line
 from ..runtime.runners import Runner
 
 log = logging.getLogger(__name__)
@@ -260,14 +260,9 @@ class PteRunner(Runner):
     def _run(self, batch: np.ndarray) -> np.ndarray:
         import torch
 
-        if batch.shape[0] > self.max_batch:  # the runtime refuses it with a bare error code
-            raise DataError(
-                f"batch of {batch.shape[0]} images, the program takes 1 to {self.max_batch}",
-                path=self.path,
-                hint="split the batch",
-            )
-        out = self.method.execute([torch.from_numpy(batch)])[0]
-        return out.float().numpy()
+        # the runtime refuses a batch over its upper bound with a bare error code: run it in chunks of max_batch
+        chunks = [batch[i : i + self.max_batch] for i in range(0, len(batch), self.max_batch)]
+        return np.concatenate([self.method.execute([torch.from_numpy(c)])[0].float().numpy() for c in chunks])
 
 
 def load_pte(path: str | Path) -> PteRunner:

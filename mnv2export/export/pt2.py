@@ -14,7 +14,7 @@ torch alone::
 or, without loading the library, with ``zipfile`` (the ``*.wrapper_metadata.json`` entry, a JSON object of strings).
 
 Batch: dynamic from 1 to ``max_batch`` (default :data:`PT2_MAX_BATCH`). The compiled code does not check it, so the
-runner does; a larger batch must be split by the caller. A package runs only on the device kind it was compiled for
+runner runs a larger batch in chunks of ``max_batch``. A package runs only on the device kind it was compiled for
 (CPU code is also specific to the ISA it was compiled on, ``AOTI_CPU_ISA``), and needs the same torch version.
 """
 
@@ -23,6 +23,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import os
 import time
 import zipfile
 from dataclasses import dataclass, field
@@ -31,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import ArtifactError, ConfigError, DataError, ExportError, first_line
+from ..errors import ArtifactError, ConfigError, ExportError, first_line
 from ..runtime.runners import Runner
 
 log = logging.getLogger(__name__)
@@ -87,8 +88,11 @@ def export_pt2(
         with out_of_place(model), torch.no_grad():
             program = torch.export.export(model, (example_batch.to(dev),), dynamic_shapes=({0: batch},))
         configs = {"freezing": True, "aot_inductor.metadata": {PT2_METADATA_KEY: json_text(meta, indent=None)}}
-        # inductor_configs is applied as a config patch for this call only (torch's global config stays)
-        torch._inductor.aoti_compile_and_package(program, package_path=str(out), inductor_configs=configs)
+        # inductor_configs is applied as a config patch for this call only (torch's global config stays); the package
+        # path must end in .pt2, which an export's temporary file name does not: written beside it, then renamed
+        package = out if out.suffix == ".pt2" else out.with_name(out.name + ".pt2")
+        torch._inductor.aoti_compile_and_package(program, package_path=str(package), inductor_configs=configs)
+        os.replace(package, out)
     except Exception as exc:  # noqa: BLE001 - torch.export / inductor / the compiler raise many types
         raise ExportError(
             f"AOTInductor compilation failed: {first_line(exc)}", path=out, hint="report it with MNV2_DEBUG=1"
@@ -146,15 +150,11 @@ class Pt2Runner(Runner):
     def _run(self, batch: np.ndarray) -> np.ndarray:
         import torch
 
-        if batch.shape[0] > self.max_batch:  # the compiled code does not check its batch range
-            raise DataError(
-                f"batch of {batch.shape[0]} images, the package takes 1 to {self.max_batch}",
-                path=self.path,
-                hint="split the batch",
-            )
+        # the compiled code does not check its batch range: a larger batch runs in chunks of max_batch
+        chunks = [batch[i : i + self.max_batch] for i in range(0, len(batch), self.max_batch)]
         with torch.inference_mode():
-            out = self.model(torch.from_numpy(batch).to(self.device))
-        return out.float().cpu().numpy()
+            outs = [self.model(torch.from_numpy(c).to(self.device)).float().cpu().numpy() for c in chunks]
+        return np.concatenate(outs)
 
 
 def load_pt2(path: str | Path, device: str = "cpu") -> Pt2Runner:

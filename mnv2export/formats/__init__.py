@@ -19,17 +19,20 @@ from ..errors import ConfigError
 from ..params import choose
 from .base import ArtifactFormat, Description, ExportJob, ExportOptions
 from .checkpoint import CHECKPOINT
+from .executorch import PTE, PTE_INT8
 from .onnx import FP16_ONNX, INT8_ONNX, ONNX
+from .pt2 import PT2
 from .torchscript import TORCHSCRIPT
 
 # the order of bench rows, of an export's files and of its manifest entries
-REGISTRY: tuple[ArtifactFormat, ...] = (CHECKPOINT, TORCHSCRIPT, ONNX, INT8_ONNX, FP16_ONNX)
+REGISTRY: tuple[ArtifactFormat, ...] = (CHECKPOINT, TORCHSCRIPT, ONNX, INT8_ONNX, FP16_ONNX, PT2, PTE, PTE_INT8)
 
 __all__ = ["REGISTRY", "ArtifactFormat", "Description", "ExportJob", "ExportOptions", "by_file_name", "for_file"]
 
 
 def names() -> tuple[str, ...]:
-    """Every format's name: eager, torchscript, onnx, int8, fp16 (the rows ``mnv2 bench --formats`` takes)."""
+    """Every format's name: eager, torchscript, onnx, int8, fp16, pt2, executorch, executorch-int8 (the rows ``mnv2
+    bench --formats`` takes)."""
     return tuple(f.name for f in REGISTRY)
 
 
@@ -57,8 +60,10 @@ def export_groups() -> tuple[str, ...]:
 
 
 def parse_groups(formats) -> tuple[str, ...]:
-    """``"all"``, ``"onnx"``, ``"torchscript,onnx"`` or a list of those -> the export groups, in registry order."""
-    return tuple(choose(formats, export_groups(), "formats")[0])
+    """``"all"``, ``"onnx"``, ``"torchscript,onnx"`` or a list of those -> the export groups, in registry order.
+    ``all`` is torchscript and onnx: pt2 and executorch are written when named."""
+    everything = tuple(dict.fromkeys(f.group for f in REGISTRY if f.group and f.in_all))
+    return tuple(choose(formats, export_groups(), "formats", everything=everything)[0])
 
 
 def to_export(options: ExportOptions) -> list[ArtifactFormat]:

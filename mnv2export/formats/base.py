@@ -28,6 +28,7 @@ class ExportOptions:
     calib_size: int = 256
     calib_method: str = "minmax"
     opset: int = 18
+    device: str = "cpu"  # what a .pt2 is compiled for: cpu or cuda
 
     def switched_on(self, option: str | None) -> bool:
         """Whether a format behind ``option`` (None: always with its group) is asked for."""
@@ -82,7 +83,7 @@ class ArtifactFormat:
     kind: str  # what the file is (filekind.detect_format) and its metadata's "format": pytorch, torchscript, onnx
     precision: str  # fp32, int8, fp16
     file: str | None  # the name an export writes (mnv2export.layout); None: the checkpoint itself, not exported
-    family: str = "torch"  # the engine that runs it: torch or onnx (ONNX Runtime)
+    family: str = "torch"  # the engine that runs it: torch, onnx (ONNX Runtime) or executorch
     group: str | None = None  # the export --format item that writes it (torchscript, onnx)
     option: str | None = None  # the export option that asks for it besides its group (quantize, fp16)
     after: str | None = None  # the format whose file it is made from, written first (int8 and fp16: onnx)
@@ -94,14 +95,16 @@ class ArtifactFormat:
     modules: tuple[str, ...] = ()  # modules it needs beyond the base install (executorch...)
     extra: str | None = None  # the pip extra that brings them (mobile...)
     how: str = "`mnv2 export` writes it"  # how to get a file of it, for a row that has none
+    memory_factor: float = 2.0  # its runtime's peak over the eager activations, with a margin (bench.memory)
+    in_all: bool = True  # whether `all` brings it (export --format all, bench --formats all on a folder without it)
 
     def unavailable(self) -> str | None:
         """Why this format cannot be written or run here (a module missing), in one line, or None."""
         missing = [m for m in self.modules if importlib.util.find_spec(m) is None]
         if not missing:
             return None
-        extra = f' (python -m pip install -e ".[{self.extra}]")' if self.extra else ""
-        return f"{self.name} needs {', '.join(missing)}, which this install lacks{extra}"
+        extra = f': install it with python -m pip install -c constraints.txt -e ".[{self.extra}]"' if self.extra else ""
+        return f"the {self.name} format needs {', '.join(missing)}, which this install lacks{extra}"
 
     def sniff(self, path: Path) -> bool:
         """Whether ``path`` is a file of this format, for a format :func:`mnv2export.filekind.detect_format` does not

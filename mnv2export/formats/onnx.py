@@ -111,6 +111,7 @@ INT8_ONNX = Int8OnnxFormat(
 )
 FP16_ONNX = Fp16OnnxFormat(
     name="fp16",
+    memory_factor=3.5,  # the CPU provider wraps each FP16 convolution in NCHWc reorder copies
     precision="fp16",
     file=FP16_FILE,
     option="fp16",

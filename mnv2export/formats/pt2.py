@@ -1,0 +1,73 @@
+"""AOTInductor package (``model.pt2``): torch.export of the BatchNorm-folded model with a dynamic batch, compiled
+ahead of time for one device (:mod:`mnv2export.export.pt2` writes and loads it), the metadata inside the package.
+It runs only on the device it was compiled for: asked for another, the provider is unavailable, in one line."""
+
+from __future__ import annotations
+
+import zipfile
+from pathlib import Path
+from typing import Any
+
+from ..errors import ArtifactError, ProviderUnavailable
+from ..layout import PT2_FILE
+from ..runtime.metadata import parse_metadata
+from .base import ArtifactFormat, Description, ExportJob, folded_description
+from .checkpoint import torch_device
+
+
+class Pt2Format(ArtifactFormat):
+    def export(self, job: ExportJob, out: Path) -> dict[str, Any]:
+        import numpy as np
+
+        from ..export.pt2 import export_pt2, load_pt2
+
+        settings = export_pt2(job.folded, job.example, job.metadata(self), out, device=job.options.device)
+        if settings["device"] == "cpu":  # a CUDA package is checked where it runs (`mnv2 check`)
+            diff = float(np.abs(load_pt2(out)(job.inputs.numpy()) - job.reference.numpy()).max())
+            if not diff <= 1e-4 * max(1.0, float(job.reference.abs().max())):
+                raise ArtifactError(f"the .pt2 answers differently from the model (max abs diff {diff:.3g})", path=out)
+            settings["max_abs_diff_vs_pytorch"] = diff
+        return settings
+
+    def load(self, path: Path, provider: str, *, threads: int | None = None, cuda_graph: bool = False) -> Any:
+        from ..export.pt2 import load_pt2
+
+        built_for = self.read_metadata(path).get("device", "cpu")
+        if provider != built_for:
+            raise ProviderUnavailable(
+                f"the .pt2 package was compiled for {built_for} and cannot run on {provider}",
+                path=path,
+                hint=f"run it with {{providers}} {built_for}, or export it again with {{device}} {provider}",
+            )
+        torch_device(provider, threads, path)  # CUDA present (else ProviderUnavailable), torch's threads set
+        runner = load_pt2(path, device=provider)
+        runner.metadata = self.read_metadata(path)  # checked as every format's is
+        return runner
+
+    def read_metadata(self, path: Path) -> dict[str, Any]:
+        from ..export.pt2 import read_pt2_metadata
+        from ..fileio import json_text
+
+        return parse_metadata(json_text(read_pt2_metadata(path)), path, self.kind)
+
+    def describe(self, path: Path) -> Description:
+        return folded_description(self.read_metadata(path))
+
+    def sniff(self, path: Path) -> bool:
+        if not zipfile.is_zipfile(path):
+            return False
+        try:
+            return any(n.endswith(".wrapper_metadata.json") for n in zipfile.ZipFile(path).namelist())
+        except (zipfile.BadZipFile, OSError):
+            return False
+
+
+PT2 = Pt2Format(
+    name="pt2",
+    kind="pt2",
+    precision="fp32",
+    file=PT2_FILE,
+    group="pt2",
+    exporter="torch.export + AOTInductor",
+    in_all=False,
+)

@@ -363,18 +363,19 @@ def _start(run_dir: Path, cfg: RunConfig, options: PipelineOptions, t0: float) -
     return result
 
 
+EXPORT_FORMATS = "all"  # TorchScript and ONNX FP32, INT8, FP16 (.pt2 and .pte: `mnv2 export --format pt2,executorch`)
+
+
 def check_options(o: PipelineOptions) -> None:
     """The options of the steps after training, each checked by its step's own check, before any work."""
     if o.threads is not None:
         check_int("threads", o.threads, 1)
-    if o.check_samples is not None:
-        from .check import MAX_SAMPLES
-
-        check_int("samples", o.check_samples, 1, MAX_SAMPLES)  # the check step's own range
     from .bench.sweep import check_settings
-    from .export.names import check_calib_size
+    from .check import check_options as check_check_options
+    from .export import check_export_options
 
-    check_calib_size(o.calib_size)
+    check_export_options(EXPORT_FORMATS, True, True, o.calib_data, o.calib_size, "minmax", None)
+    check_check_options(samples=o.check_samples)
     check_settings(o.bench_formats, o.bench_batches, o.bench_warmup, None, o.bench_iters, o.bench_duration)
 
 
@@ -482,7 +483,7 @@ def _step_export(result: PipelineResult) -> list[str]:
     result.manifest = export_all(
         result.train.best,
         result.run_dir / "export",
-        formats="all",
+        formats=EXPORT_FORMATS,
         quantize=True,
         fp16=True,
         calib_data=o.calib_data,

@@ -53,6 +53,7 @@ __all__ = [
     "ParityRow",
     "Tolerance",
     "check",
+    "check_options",
     "parse_providers",
     "resolve_target",
     "tf32_disabled",
@@ -64,6 +65,16 @@ log = logging.getLogger(__name__)
 DEFAULT_SAMPLES = 500  # real images; enough to resolve a 1-point accuracy drop (5 images) on 2 CPU cores in seconds
 MAX_SAMPLES = 100_000
 BATCH_SIZES = (1, 7, 64)
+
+
+def check_options(
+    providers: Any = ("cpu",), samples: int | None = None, batch_sizes: tuple[int, ...] = BATCH_SIZES
+) -> tuple[list[tuple[str, bool]], int, tuple[int, ...]]:
+    """``check``'s options checked before any file is read (a ConfigError names the bad one): the providers as
+    (provider, named explicitly), the sample count, the batch sizes."""
+    wanted = parse_providers(providers)
+    samples = check_int("samples", DEFAULT_SAMPLES if samples is None else samples, 1, MAX_SAMPLES)
+    return wanted, samples, tuple(check_ints("batch_sizes", batch_sizes))
 
 
 def check(
@@ -87,9 +98,7 @@ def check(
     broken artifact is a row (``fail`` or ``error``) and makes ``passed`` false.
     """
     created = datetime.now(timezone.utc).astimezone().isoformat(timespec="seconds")
-    wanted = parse_providers(providers)
-    samples = check_int("samples", DEFAULT_SAMPLES if samples is None else samples, 1, MAX_SAMPLES)
-    sizes = tuple(check_ints("batch_sizes", batch_sizes))
+    wanted, samples, sizes = check_options(providers, samples, batch_sizes)
     tols = {**DEFAULT_TOLERANCES, **(tolerances or {})}
     ckpt, out_dir, entries, notes = _open_target(checkpoint, artifacts_dir)
     uses_cuda = any(p == "cuda" for p, _ in wanted)

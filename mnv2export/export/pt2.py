@@ -65,6 +65,7 @@ def export_pt2(
     device: str = "cpu",
     *,
     max_batch: int = PT2_MAX_BATCH,
+    check_on: tuple[Any, Any] | None = None,
 ) -> dict[str, Any]:
     """Compile ``folded_model`` (eval, BatchNorm folded) for ``device`` into ``out_path`` with ``metadata`` inside;
     returns the manifest's ``export_settings``. ``example_batch`` needs 2 images or more (export specialises a size 1)."""
@@ -92,20 +93,32 @@ def export_pt2(
         # path must end in .pt2, which an export's temporary file name does not: written beside it, then renamed
         package = out if out.suffix == ".pt2" else out.with_name(out.name + ".pt2")
         torch._inductor.aoti_compile_and_package(program, package_path=str(package), inductor_configs=configs)
-        os.replace(package, out)
     except Exception as exc:  # noqa: BLE001 - torch.export / inductor / the compiler raise many types
         raise ExportError(
             f"AOTInductor compilation failed: {first_line(exc)}", path=out, hint="report it with MNV2_DEBUG=1"
         ) from exc
     seconds = time.perf_counter() - t0
     log.info("pt2: compiled for %s in %.1f s with %s", dev.type, seconds, compiler)
+    checked = _check_package(package, *check_on) if check_on is not None and dev.type == "cpu" else {}
+    if package != out:
+        os.replace(package, out)
     return {
+        **checked,
         "method": PT2_METHOD,
         "device": dev.type,
         "dynamic_batch": {"min": 1, "max": max_batch},
         "compile_seconds": round(seconds, 3),
         "torch": torch.__version__,
     }
+
+
+def _check_package(package: Path, inputs, reference) -> dict[str, float]:
+    """The CPU package run on ``inputs`` against the folded model's ``reference`` logits (an ExportError past 1e-4,
+    scaled by the logits' size); a CUDA package is checked where it runs (`mnv2 check --provider cuda`)."""
+    diff = float(np.abs(load_pt2(package)(inputs.numpy()) - reference.numpy()).max())
+    if not diff <= 1e-4 * max(1.0, float(reference.abs().max())):
+        raise ExportError(f"the .pt2 answers differently from the model (max abs diff {diff:.3g})", path=package)
+    return {"max_abs_diff_vs_pytorch": diff}
 
 
 def _package_metadata(p: Path) -> dict[str, str]:

@@ -48,6 +48,10 @@ INSTALL_HINT = 'install it with: python -m pip install -c constraints.txt -e ".[
 
 def require_executorch() -> None:
     """ConfigError naming the install command when ExecuTorch (or torchao, which its quantizer needs) is missing."""
+    # torchao 0.18 registers an Enum as a pytree constant, which torch 2.14 warns about on every import: not the user's
+    pytree_log = logging.getLogger("torch.utils._pytree")
+    level = pytree_log.level
+    pytree_log.setLevel(logging.ERROR)
     try:
         import executorch.exir  # noqa: F401
         import torchao  # noqa: F401
@@ -55,6 +59,8 @@ def require_executorch() -> None:
         raise ConfigError(
             f"ExecuTorch export needs the mobile extra ({exc.name} is missing)", hint=INSTALL_HINT
         ) from None
+    finally:
+        pytree_log.setLevel(level)
 
 
 @contextlib.contextmanager

@@ -60,6 +60,7 @@ SYNTH_DEFAULTS = {"synth_classes": 10, "synth_train_per_class": 150, "synth_val_
 class PipelineOptions:
     """Settings of the steps after training."""
 
+    export_formats: str = "all"  # what the export step writes: every format installed here
     calib_data: str | None = None  # INT8 calibration images (default: the run's own training data)
     calib_size: int = 128
     check_samples: int | None = None  # real images for the parity check (None: the check's own default)
@@ -363,7 +364,16 @@ def _start(run_dir: Path, cfg: RunConfig, options: PipelineOptions, t0: float) -
     return result
 
 
-EXPORT_FORMATS = "all"  # TorchScript and ONNX FP32, INT8, FP16 (.pt2 and .pte: `mnv2 export --format pt2,executorch`)
+def export_settings(o: PipelineOptions) -> dict[str, Any]:
+    """The export step's formats, with INT8 wherever a chosen format has it (ONNX, ExecuTorch) and FP16 with ONNX."""
+    from .formats import parse_groups
+
+    groups = parse_groups(o.export_formats)[0]
+    return {
+        "formats": o.export_formats,
+        "quantize": bool({"onnx", "executorch"} & set(groups)),
+        "fp16": "onnx" in groups,
+    }
 
 
 def check_options(o: PipelineOptions) -> None:
@@ -374,7 +384,9 @@ def check_options(o: PipelineOptions) -> None:
     from .check import check_options as check_check_options
     from .export import check_export_options
 
-    check_export_options(EXPORT_FORMATS, True, True, o.calib_data, o.calib_size, "minmax", None)
+    check_export_options(
+        **export_settings(o), calib_data=o.calib_data, calib_size=o.calib_size, calib_method="minmax", opset=None
+    )
     check_check_options(samples=o.check_samples)
     check_settings(o.bench_formats, o.bench_batches, o.bench_warmup, None, o.bench_iters, o.bench_duration)
 
@@ -483,9 +495,7 @@ def _step_export(result: PipelineResult) -> list[str]:
     result.manifest = export_all(
         result.train.best,
         result.run_dir / "export",
-        formats=EXPORT_FORMATS,
-        quantize=True,
-        fp16=True,
+        **export_settings(o),
         calib_data=o.calib_data,
         calib_size=o.calib_size,
     )

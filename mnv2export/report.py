@@ -209,6 +209,10 @@ def _export(r: Any) -> str:
         lines.append(
             f"| [{name}](export/{name}) | {a['format']} | {a['precision']} | {a['size_bytes'] / 1e6:.2f} MB | {a['seconds']:.1f} | `{a['sha256'][:12]}` |"
         )
+    skipped = data["settings"].get("skipped") or {}
+    if skipped:
+        lines.append("")
+        lines += [f"Skipped: {group}, because {why}." for group, why in skipped.items()]
     return "\n".join(lines) + "\n"
 
 

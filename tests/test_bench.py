@@ -138,7 +138,9 @@ def test_every_format_and_provider_runs_or_says_why_not(sweep, exported):
         )  # measured (its value: test_host_memory_is_the_rows_peak_rss)
         assert r.speedup_vs_eager == pytest.approx(sweep.row("eager", r.provider, r.batch, r.io).p50_ms / r.p50_ms)
     cpu = [r for r in sweep.rows if r.provider == "cpu"]
-    assert {r.format for r in cpu} == {f.name for f in REGISTRY if f.in_all} and all(  # no .pt2 or .pte here
+    assert {r.format for r in cpu} == {
+        f.name for f in REGISTRY if f.benched_when_absent
+    } and all(  # no .pt2 or .pte here
         r.placement is None and r.gpu_mem_mb is None for r in cpu
     )
     assert sweep.row("eager", "cpu", 1).path == str(exported.data["source_checkpoint"]["path"])

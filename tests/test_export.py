@@ -346,7 +346,8 @@ def test_int8_recipe_follows_the_cpu():
 
 
 def test_parse_formats():
-    assert parse_formats("all") == ["torchscript", "onnx"]
+    assert parse_formats("all") == ["torchscript", "onnx", "pt2", "executorch"]
+    assert parse_formats("torchscript,onnx") == ["torchscript", "onnx"]  # what `mnv2 export` writes unless told
     assert parse_formats("onnx") == ["onnx"] and parse_formats(["onnx", "torchscript"]) == ["torchscript", "onnx"]
     for bad in ("tflite", "", "onnx,coreml"):
         with pytest.raises(ConfigError):
@@ -454,7 +455,7 @@ def test_interrupted_export_leaves_no_partial_artifact(trained_checkpoint, tmp_p
 
     monkeypatch.setattr(onnx_export, "export_onnx", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        export_all(trained_checkpoint, out, formats="all")
+        export_all(trained_checkpoint, out, formats="torchscript,onnx")
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
     assert torch.get_num_threads() == threads
 

@@ -50,7 +50,8 @@ def test_an_export_writes_each_format_after_the_one_it_is_made_from():
     assert [f.name for f in formats.to_export(ExportOptions(groups=("onnx",)))] == ["onnx"]
     assert [f.name for f in formats.to_export(ExportOptions(groups=("torchscript",), fp16=True))] == ["torchscript"]
     assert formats.export_groups() == ("torchscript", "onnx", "pt2", "executorch")
-    assert formats.parse_groups("all") == ("torchscript", "onnx")  # pt2 and executorch when named
+    assert formats.parse_groups("all") == (("torchscript", "onnx", "pt2", "executorch"), False)
+    assert formats.parse_groups("onnx,pt2") == (("onnx", "pt2"), True)
     mobile = formats.to_export(ExportOptions(groups=("executorch",), quantize=True))
     assert [f.name for f in mobile] == ["executorch", "executorch-int8"]
 

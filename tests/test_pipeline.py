@@ -26,7 +26,15 @@ TINY = dict(
     data_settings={"synth_classes": 4, "synth_train_per_class": 64, "synth_val_per_class": 32, "train_aug": "none"},
     train={"batch_size": 16, "warmup_epochs": 0.0, "workers": 0, "progress": False},
 )
-TINY_OPTIONS = PipelineOptions(calib_size=64, check_samples=128, bench_batches=(1, 4), bench_warmup=1, bench_iters=3)
+# TorchScript and ONNX only: the .pt2 and .pte compiles would add about a minute (test_pt2_pte_commands.py has them)
+TINY_OPTIONS = PipelineOptions(
+    export_formats="torchscript,onnx",
+    calib_size=64,
+    check_samples=128,
+    bench_batches=(1, 4),
+    bench_warmup=1,
+    bench_iters=3,
+)
 TINY_FLAGS = [
     "--data",
     "synth",

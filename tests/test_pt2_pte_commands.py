@@ -14,6 +14,7 @@ import pytest
 from mnv2export import formats
 from mnv2export.cli import main
 from mnv2export.errors import ConfigError, ProviderUnavailable
+from mnv2export.export.names import DEFAULT_GROUPS
 from mnv2export.layout import PT2_FILE, PTE_FILE, PTE_INT8_FILE
 
 pytestmark = pytest.mark.skipif(
@@ -141,7 +142,31 @@ def test_export_options_refused_before_any_work():
         check_export_options("onnx", False, False, None, 256, "minmax", None, device="cuda")
     with pytest.raises(ConfigError, match="unknown"):
         check_export_options("pt2", False, False, None, 256, "minmax", None, device="tpu")
-    assert check_export_options("all", False, False, None, 256, "minmax", None).groups == ("torchscript", "onnx")
+    every = check_export_options("all", False, False, None, 256, "minmax", None)
+    assert every.groups == ("torchscript", "onnx", "pt2", "executorch") and every.skipped == ()
+    default = check_export_options(DEFAULT_GROUPS, False, False, None, 256, "minmax", None)
+    assert default.groups == ("torchscript", "onnx")
+
+
+def test_all_skips_a_format_this_install_lacks_and_says_why(monkeypatch):
+    """`all` (the pipeline's export) writes what is installed; the manifest's settings and the report say what was
+    skipped and why. Named, the same format is the one-line error (next test)."""
+    from types import SimpleNamespace
+
+    from mnv2export.export import check_export_options
+    from mnv2export.pipeline import PipelineOptions, export_settings
+    from mnv2export.report import _export
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "executorch" else real(name, *a))
+    assert export_settings(PipelineOptions()) == {"formats": "all", "quantize": True, "fp16": True}
+    options = check_export_options("all", True, True, None, 256, "minmax", None)
+    assert options.groups == ("torchscript", "onnx", "pt2") and [g for g, _ in options.skipped] == ["executorch"]
+    why = dict(options.skipped)["executorch"]
+    assert 'pip install -c constraints.txt -e ".[mobile]"' in why
+    data = {"bn_fold": {"max_abs_diff": 0.0, "inputs": "x"}, "settings": {"skipped": {"executorch": why}}}
+    text = _export(SimpleNamespace(manifest=SimpleNamespace(data=data, artifacts={})))
+    assert f"Skipped: executorch, because {why}." in text
 
 
 def test_a_missing_extra_is_one_line_naming_the_install_command(trained_checkpoint, tmp_path, monkeypatch, capsys):

@@ -130,7 +130,7 @@ def _prepare(target, formats, providers, batches, timing, threads, amp: bool, cu
         check_int("threads", threads, 1)
     src = resolve(target)
     if not named:  # `all`: a format outside the usual set (pt2, executorch) only where the target holds its file
-        fmts = [f for f in fmts if registry.get(_base(f)).in_all or _base(f) in src.files]
+        fmts = [f for f in fmts if registry.get(_base(f)).benched_when_absent or _base(f) in src.files]
     no_torch = not torch_installed()
     if no_torch and torch_named:  # named explicitly: the CLI's one-line "needs torch" error, before any work
         import torch  # noqa: F401

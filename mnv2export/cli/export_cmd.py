@@ -7,6 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from ..export.names import DEFAULT_GROUPS
 from .options import CheckpointArg, default_checkpoint
 
 # the options, declared once here so that the command reads as its parameters
@@ -15,8 +16,8 @@ FormatOpt = Annotated[
     typer.Option(
         "--format",
         "-f",
-        help="torchscript, onnx, pt2 (AOTInductor), executorch (.pte, needs the mobile extra) or all "
-        "(torchscript and onnx); comma-separated.",
+        help="torchscript, onnx, pt2 (AOTInductor), executorch (.pte, needs the mobile extra) or all (those "
+        "installed here); comma-separated.",
     ),
 ]
 QuantizeOpt = Annotated[
@@ -54,7 +55,7 @@ OutOpt = Annotated[Optional[Path], typer.Option("--out", "-o", help="Output fold
 
 def export(
     checkpoint: CheckpointArg = None,
-    format: FormatOpt = "all",
+    format: FormatOpt = DEFAULT_GROUPS,
     quantize: QuantizeOpt = False,
     fp16: Fp16Opt = False,
     calib_data: CalibDataOpt = None,

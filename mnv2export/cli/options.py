@@ -307,6 +307,15 @@ CalibData = Annotated[
     ),
 ]
 CalibSize = Annotated[int, typer.Option("--calib-size", help="Number of calibration images.", rich_help_panel=CHECKS)]
+PipelineFormats = Annotated[
+    str,
+    typer.Option(
+        "--format",
+        help="What the export step writes: torchscript, onnx, pt2, executorch, comma-separated, or all (every "
+        "format installed here; one that is not is skipped, and the report says why).",
+        rich_help_panel=CHECKS,
+    ),
+]
 CheckSamples = Annotated[
     Optional[int],
     typer.Option(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import typer
 
 from .options import (
@@ -22,6 +24,7 @@ from .options import (
     FreezeBlocks,
     ImgSize,
     InitFrom,
+    PipelineFormats,
     PipelineOut,
     PipelineOverwrite,
     PipelineThreads,
@@ -40,7 +43,17 @@ from .options import (
 # where the run goes and what the steps after training do: every other parameter is a config field
 RUN_PARAMS = (
     *("config", "name", "out", "overwrite"),
-    *("calib_data", "calib_size", "samples", "provider", "bench_batch", "bench_iters", "bench_warmup", "threads"),
+    *(
+        "format",
+        "calib_data",
+        "calib_size",
+        "samples",
+        "provider",
+        "bench_batch",
+        "bench_iters",
+        "bench_warmup",
+        "threads",
+    ),
 )
 
 
@@ -64,6 +77,7 @@ def pipeline(
     name: RunName = None,
     out: PipelineOut = None,
     overwrite: PipelineOverwrite = False,
+    format: PipelineFormats = "all",
     calib_data: CalibData = None,
     calib_size: CalibSize = 128,
     samples: CheckSamples = None,
@@ -86,6 +100,7 @@ def pipeline(
     from ..pipeline import run_pipeline
 
     options = _step_options(calib_data, calib_size, samples, provider, bench_batch, bench_iters, bench_warmup, threads)
+    options = dataclasses.replace(options, export_formats=format)
     source = flags["data"].pop("source")
     recipe = load_recipe(config) if config else None
     result = run_pipeline(

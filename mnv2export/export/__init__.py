@@ -21,7 +21,15 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigError
 from ..layout import ARTIFACT_FILES, EXPORT_DIR, MANIFEST_FILE, PIPELINE_FILE
-from .names import CALIB_METHODS, INPUT_NAME, MANIFEST_FORMAT, MANIFEST_VERSION, ONNX_EXPORTER, OUTPUT_NAME
+from .names import (
+    CALIB_METHODS,
+    DEFAULT_GROUPS,
+    INPUT_NAME,
+    MANIFEST_FORMAT,
+    MANIFEST_VERSION,
+    ONNX_EXPORTER,
+    OUTPUT_NAME,
+)
 
 if TYPE_CHECKING:  # the registry imports this package's exporters: read at run time, inside the functions
     from ..formats import ExportJob, ExportOptions
@@ -47,7 +55,7 @@ def parse_formats(formats: str | Iterable[str]) -> list[str]:
     """``"all"``, ``"onnx"``, ``"torchscript,onnx"`` or a list of those -> a list in canonical order."""
     from ..formats import parse_groups
 
-    return list(parse_groups(formats))
+    return list(parse_groups(formats)[0])
 
 
 def previous_artifacts(out: Path) -> list[str]:
@@ -84,7 +92,7 @@ def default_out_dir(checkpoint: str | Path) -> Path:
 def export_all(
     checkpoint_path: str | Path,
     out_dir: str | Path | None = None,
-    formats: str | Iterable[str] = "all",
+    formats: str | Iterable[str] = DEFAULT_GROUPS,
     quantize: bool = False,
     fp16: bool = False,
     calib_data: str | None = None,
@@ -126,9 +134,9 @@ def check_export_options(
     from .names import check_calib_size
     from .opsets import DEFAULT_OPSET, check_opset
 
-    groups = parse_groups(formats)
+    groups, skipped = _installed(*parse_groups(formats))
     opset = check_opset(DEFAULT_OPSET if opset is None else opset)
-    options = ExportOptions(groups, quantize, fp16, calib_data, calib_size, calib_method, opset, device)
+    options = ExportOptions(groups, quantize, fp16, calib_data, calib_size, calib_method, opset, device, skipped)
     asked = {option for option in ("quantize", "fp16") if getattr(options, option)}
     if asked - {fmt.option for fmt in to_export(options)}:  # no format chosen is made with it
         raise ConfigError(
@@ -145,10 +153,24 @@ def check_export_options(
             f"unknown calibration method {calib_method!r}", hint=f"choose one of {', '.join(CALIB_METHODS)}"
         )
     check_calib_size(calib_size)
-    for fmt in to_export(options):
-        if why := fmt.unavailable():
-            raise ConfigError(why)
     return options
+
+
+def _installed(groups: tuple[str, ...], named: bool) -> tuple[tuple[str, ...], tuple[tuple[str, str], ...]]:
+    """The groups whose formats can be written here, and (group, why) for those that cannot: skipped under ``all``
+    (the manifest and the pipeline's report say why), a one-line error when named."""
+    from ..formats import REGISTRY
+
+    kept, skipped = [], []
+    for group in groups:
+        why = next((w for f in REGISTRY if f.group == group and (w := f.unavailable())), None)
+        if why and named:
+            raise ConfigError(why)
+        if why:
+            skipped.append((group, why))
+        else:
+            kept.append(group)
+    return tuple(kept), tuple(skipped)
 
 
 def _export_all(checkpoint_path, out_dir, options: ExportOptions) -> Manifest:
@@ -268,6 +290,7 @@ def _settings(options: ExportOptions, chosen, calib) -> dict[str, Any]:
     onnx = any(fmt.uses_opset for fmt in chosen)
     return {
         "formats": list(options.groups),
+        "skipped": dict(options.skipped),  # brought by `all` but not installed here: why
         "quantize": options.quantize,
         "fp16": options.fp16,
         "opset": options.opset if onnx else None,

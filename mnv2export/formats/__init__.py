@@ -59,11 +59,11 @@ def export_groups() -> tuple[str, ...]:
     return tuple(dict.fromkeys(f.group for f in REGISTRY if f.group))
 
 
-def parse_groups(formats) -> tuple[str, ...]:
-    """``"all"``, ``"onnx"``, ``"torchscript,onnx"`` or a list of those -> the export groups, in registry order.
-    ``all`` is torchscript and onnx: pt2 and executorch are written when named."""
-    everything = tuple(dict.fromkeys(f.group for f in REGISTRY if f.group and f.in_all))
-    return tuple(choose(formats, export_groups(), "formats", everything=everything)[0])
+def parse_groups(formats) -> tuple[tuple[str, ...], bool]:
+    """``"all"``, ``"onnx"``, ``"torchscript,onnx"`` or a list of those -> (the export groups, in registry order;
+    whether each was named, rather than brought by ``all``)."""
+    groups, named = choose(formats, export_groups(), "formats")
+    return tuple(groups), named
 
 
 def to_export(options: ExportOptions) -> list[ArtifactFormat]:

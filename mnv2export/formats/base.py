@@ -29,6 +29,7 @@ class ExportOptions:
     calib_method: str = "minmax"
     opset: int = 18
     device: str = "cpu"  # what a .pt2 is compiled for: cpu or cuda
+    skipped: tuple[tuple[str, str], ...] = ()  # (group, why): brought by `all` but not installed here
 
     def switched_on(self, option: str | None) -> bool:
         """Whether a format behind ``option`` (None: always with its group) is asked for."""
@@ -96,7 +97,9 @@ class ArtifactFormat:
     extra: str | None = None  # the pip extra that brings them (mobile...)
     how: str = "`mnv2 export` writes it"  # how to get a file of it, for a row that has none
     memory_factor: float = 2.0  # its runtime's peak over the eager activations, with a margin (bench.memory)
-    in_all: bool = True  # whether `all` brings it (export --format all, bench --formats all on a folder without it)
+    # whether `bench --formats all` has its rows where the target holds no file of it (pt2, executorch: only where it
+    # does, as `mnv2 export` writes them only when asked)
+    benched_when_absent: bool = True
 
     def unavailable(self) -> str | None:
         """Why this format cannot be written or run here (a module missing), in one line, or None."""

@@ -73,7 +73,7 @@ _PTE = {
     "group": "executorch",
     "modules": ("executorch",),
     "extra": "mobile",
-    "in_all": False,
+    "benched_when_absent": False,
 }
 PTE = PteFormat(name="executorch", precision="fp32", file=PTE_FILE, exporter="ExecuTorch (XNNPACK)", **_PTE)
 PTE_INT8 = PteInt8Format(

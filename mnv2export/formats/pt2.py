@@ -4,6 +4,8 @@ It runs only on the device it was compiled for: asked for another, the provider 
 
 from __future__ import annotations
 
+import os
+import shutil
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -16,6 +18,15 @@ from .checkpoint import torch_device
 
 
 class Pt2Format(ArtifactFormat):
+    def unavailable(self) -> str | None:
+        """AOTInductor compiles C++ at export time: $CXX, else g++ (torch's own default), must be on PATH."""
+        cxx = os.environ.get("CXX", "g++")
+        if shutil.which(cxx) is None:
+            return (
+                f"the pt2 format needs a C++ compiler at export time and {cxx} is not on PATH: install one or set $CXX"
+            )
+        return super().unavailable()
+
     def export(self, job: ExportJob, out: Path) -> dict[str, Any]:
         from ..export.pt2 import export_pt2
 
@@ -64,5 +75,5 @@ PT2 = Pt2Format(
     file=PT2_FILE,
     group="pt2",
     exporter="torch.export + AOTInductor",
-    in_all=False,
+    benched_when_absent=False,
 )

@@ -74,7 +74,7 @@ def test_export_on_a_full_disk_and_into_a_read_only_folder(tmp_path, trained_che
         assert r.returncode == 0, r.stderr
         before = {p.name: p.read_bytes() for p in (fs / "exp").iterdir()}
         _fill(fs, keep_free=50_000)
-        r = mnv2("export", str(trained_checkpoint), "--format", "all", "--out", str(fs / "exp"))
+        r = mnv2("export", str(trained_checkpoint), "--format", "torchscript,onnx", "--out", str(fs / "exp"))
         assert r.returncode == 1
         line = _one_error_line(r.stderr)
         assert "disk full" in line
@@ -117,7 +117,17 @@ def test_two_exports_at_once(tmp_path, trained_checkpoint, tiny_checkpoint):
 
     def start(ckpt, out):
         return subprocess.Popen(
-            [sys.executable, "-m", "mnv2export", "export", str(ckpt), "--format", "all", "--out", str(out)],
+            [
+                sys.executable,
+                "-m",
+                "mnv2export",
+                "export",
+                str(ckpt),
+                "--format",
+                "torchscript,onnx",
+                "--out",
+                str(out),
+            ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             text=True,

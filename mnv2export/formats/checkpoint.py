@@ -24,15 +24,7 @@ class CheckpointFormat(ArtifactFormat):
         meta = checkpoint_metadata(ckpt)
         device = torch_device(provider, threads, path)
         module = ckpt.build_model().to(device).eval()
-        return TorchRunner(
-            path=path,
-            format=self.kind,
-            precision="fp32",
-            provider=device.type,
-            metadata=meta,
-            module=module,
-            device=device,
-        )
+        return torch_runner(self, path, meta, module, device)
 
     def read_metadata(self, path: Path) -> dict[str, Any]:
         return checkpoint_metadata(load_as_artifact(path))
@@ -65,6 +57,19 @@ def load_as_artifact(p: Path):
 
 def checkpoint_metadata(ckpt) -> dict[str, Any]:
     return {**ckpt.metadata(), "format": "pytorch", "precision": "fp32"}
+
+
+def torch_runner(fmt: ArtifactFormat, path: Path, meta: dict[str, Any], module, device) -> TorchRunner:
+    """The runner of a torch module loaded from a file of ``fmt`` onto ``device`` (FP32: eager and TorchScript)."""
+    return TorchRunner(
+        path=path,
+        format=fmt.kind,
+        precision=fmt.precision,
+        provider=device.type,
+        metadata=meta,
+        module=module,
+        device=device,
+    )
 
 
 def torch_device(provider: str, threads: int | None, p: Path):

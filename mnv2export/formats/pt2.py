@@ -38,7 +38,8 @@ class Pt2Format(ArtifactFormat):
     def load(self, path: Path, provider: str, *, threads: int | None = None, cuda_graph: bool = False) -> Any:
         from ..export.pt2 import load_pt2
 
-        built_for = self.read_metadata(path).get("device", "cpu")
+        meta = self.read_metadata(path)
+        built_for = meta.get("device", "cpu")
         if provider != built_for:
             raise ProviderUnavailable(
                 f"the .pt2 package was compiled for {built_for} and cannot run on {provider}",
@@ -47,7 +48,7 @@ class Pt2Format(ArtifactFormat):
             )
         torch_device(provider, threads, path)  # CUDA present (else ProviderUnavailable), torch's threads set
         runner = load_pt2(path, device=provider)
-        runner.metadata = self.read_metadata(path)  # checked as every format's is
+        runner.metadata = meta  # checked as every format's is
         return runner
 
     def read_metadata(self, path: Path) -> dict[str, Any]:

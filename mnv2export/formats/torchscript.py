@@ -21,7 +21,7 @@ from ..layout import TORCHSCRIPT_FILE
 from ..runtime.metadata import check_model_config, parse_metadata
 from ..runtime.runners import TorchRunner
 from .base import ArtifactFormat, Description, ExportJob, folded_description
-from .checkpoint import torch_device
+from .checkpoint import torch_device, torch_runner
 
 log = logging.getLogger(__name__)
 
@@ -42,15 +42,7 @@ class TorchScriptFormat(ArtifactFormat):
         module = _jit_load(path, device)
         check_torchscript_signature(module, meta, path)
         check_model_config(meta, torchscript_constants(module)[1], path)
-        return TorchRunner(
-            path=path,
-            format=self.kind,
-            precision="fp32",
-            provider=device.type,
-            metadata=meta,
-            module=module,
-            device=device,
-        )
+        return torch_runner(self, path, meta, module, device)
 
     def read_metadata(self, path: Path) -> dict[str, Any]:
         with zipfile.ZipFile(path) as z:  # an extra file of the archive

@@ -33,6 +33,25 @@ def build_model(cfg: ModelConfig) -> MobileNetV2:
     return model
 
 
+class ReshapeHead(nn.Module):
+    """``model``'s layers and weights (a torchvision MobileNetV2, BatchNorm folded or not), the same function, with the
+    flatten before the classifier written as ``reshape(-1, channels)``.
+
+    Why: under a dynamic batch, ``torch.flatten`` traces to a view whose batch size is symbolic, which XNNPACK does not
+    take; ExecuTorch then splits the program into two delegates with a portable view between them. With ``-1`` the
+    whole network lowers to one XNNPACK delegate.
+    """
+
+    def __init__(self, model: MobileNetV2) -> None:
+        super().__init__()
+        self.features, self.classifier = model.features, model.classifier
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.features(x)
+        x = nn.functional.adaptive_avg_pool2d(x, (1, 1)).reshape(-1, x.shape[1])
+        return self.classifier(x)
+
+
 def zero_init_residual(model: MobileNetV2) -> int:
     """Set the last BatchNorm scale of every residual block to 0, so each block starts as the identity.
 

@@ -64,9 +64,9 @@ def test_fp32_batch_over_the_range_runs_in_chunks(folded, fp32):
 def test_fp32_settings_say_what_stayed_outside_xnnpack(fp32):
     settings = fp32[1]
     assert settings["dynamic_batch"] == {"min": 1, "max": et.PTE_MAX_BATCH}
-    # every convolution, ReLU6, add, pooling and the classifier run in XNNPACK: only the flatten and its shape stay
-    assert settings["undelegated_call_function_nodes"] == sum(settings["undelegated_ops"].values()) <= 2
-    assert set(settings["undelegated_ops"]) <= {"aten.sym_size.int", "aten.view_copy.default"}
+    # every convolution, ReLU6, add, the pooling, the flatten and the classifier run in one XNNPACK delegate
+    assert settings["xnnpack_delegates"] == 1
+    assert settings["undelegated_call_function_nodes"] == 0 and settings["undelegated_ops"] == {}
     assert settings["max_abs_diff_vs_pytorch"] <= 1e-4
 
 
@@ -85,7 +85,7 @@ def test_int8_agrees_with_fp32(folded, tmp_path):
     path = tmp_path / "model.int8.pte"
     settings = et.export_pte_int8(model, calib, meta, path)
     assert settings["top1_agreement_fp32_calib"] >= 0.9
-    assert set(settings["undelegated_ops"]) <= {"aten.sym_size.int", "aten.view_copy.default"}
+    assert settings["xnnpack_delegates"] == 1 and settings["undelegated_ops"] == {}
     runner = et.load_pte(path)
     assert runner.precision == "int8" and et.read_pte_metadata(path)["precision"] == "int8"
     with torch.no_grad():

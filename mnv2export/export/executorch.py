@@ -38,6 +38,7 @@ import numpy as np
 
 from ..errors import ArtifactError, ConfigError, ExportError, first_line
 from ..runtime.runners import Runner
+from .names import AGREEMENT_IMAGES
 
 log = logging.getLogger(__name__)
 
@@ -80,10 +81,16 @@ def _lowering_flags() -> Iterator[None]:
 
 def _export_program(model, example, max_batch: int):
     """torch.export of ``model`` (in eval mode; a quantized graph module refuses ``.eval()``) with the batch dynamic
-    from 1 to ``max_batch``."""
+    from 1 to ``max_batch``. A MobileNetV2 is exported through :class:`~mnv2export.model.ReshapeHead`, so that XNNPACK
+    takes the whole network as one delegate."""
     import torch
+    from torchvision.models import MobileNetV2
 
+    from ..model import ReshapeHead
     from .onnx import out_of_place
+
+    if isinstance(model, MobileNetV2):
+        model = ReshapeHead(model).eval()
 
     if not 2 <= example.shape[0] <= max_batch:
         raise ValueError(f"the example batch needs 2 to {max_batch} images for a dynamic batch axis")
@@ -92,8 +99,9 @@ def _export_program(model, example, max_batch: int):
         return torch.export.export(model, (example,), dynamic_shapes=({0: batch},))
 
 
-def _lower(program, metadata: dict[str, Any], out: Path) -> dict[str, int]:
-    """Lower ``program`` to XNNPACK with the metadata method, write the .pte; returns the ops left outside XNNPACK."""
+def _lower(program, metadata: dict[str, Any], out: Path) -> dict[str, Any]:
+    """Lower ``program`` to XNNPACK with the metadata method, write the .pte; returns how many XNNPACK delegates the
+    program calls and the ops left outside them."""
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
     from executorch.exir import to_edge_transform_and_lower
 
@@ -105,21 +113,23 @@ def _lower(program, metadata: dict[str, Any], out: Path) -> dict[str, int]:
             partitioner=[XnnpackPartitioner()],
             constant_methods={PTE_METADATA_METHOD: json_text(metadata, indent=None)},
         )
-        left = _undelegated(edge.exported_program().graph)
+        lowered = _lowered_graph(edge.exported_program().graph)
         buffer = edge.to_executorch().buffer
     write_bytes(out, buffer)
-    return left
+    return lowered
 
 
-def _undelegated(graph) -> dict[str, int]:
-    """Operator calls of the lowered graph that the CPU's portable kernels run, by name (delegate calls and the
-    ``getitem`` unpacking their results are not work)."""
-    names = Counter(
-        _op_name(n.target)
-        for n in graph.nodes
-        if n.op == "call_function" and n.target is not operator.getitem and "call_delegate" not in str(n.target)
-    )
-    return dict(sorted(names.items()))
+def _lowered_graph(graph) -> dict[str, Any]:
+    """The manifest's account of a lowered graph: its XNNPACK delegate calls (one, for MobileNetV2) and the operator
+    calls that the CPU's portable kernels run, by name (the ``getitem`` unpacking a delegate's results is not work)."""
+    calls = [n for n in graph.nodes if n.op == "call_function" and n.target is not operator.getitem]
+    delegates = sum("call_delegate" in str(n.target) for n in calls)
+    left = Counter(_op_name(n.target) for n in calls if "call_delegate" not in str(n.target))
+    return {
+        "xnnpack_delegates": delegates,
+        "undelegated_call_function_nodes": sum(left.values()),
+        "undelegated_ops": dict(sorted(left.items())),
+    }
 
 
 def _op_name(target) -> str:
@@ -128,15 +138,14 @@ def _op_name(target) -> str:
     return found.group(0) if found else str(target)
 
 
-def _settings(precision: str, max_batch: int, left: dict[str, int], seconds: float, **extra) -> dict[str, Any]:
+def _settings(precision: str, max_batch: int, lowered: dict[str, Any], seconds: float, **extra) -> dict[str, Any]:
     import executorch.version
 
     return {
         "method": f"torch.export + to_edge_transform_and_lower(XnnpackPartitioner) ({precision}, BatchNorm folded)",
         "device": "cpu (XNNPACK)",
         "dynamic_batch": {"min": 1, "max": max_batch},
-        "undelegated_call_function_nodes": sum(left.values()),
-        "undelegated_ops": left,
+        **lowered,
         "export_seconds": round(seconds, 3),
         "executorch": executorch.version.__version__,
         **extra,
@@ -154,7 +163,7 @@ def export_pte(
     out, t0 = Path(out_path), time.perf_counter()
     meta = {**metadata, "precision": "fp32", "max_batch": max_batch}
     try:
-        left = _lower(_export_program(folded_model.eval(), example_batch, max_batch), meta, out)
+        lowered = _lower(_export_program(folded_model.eval(), example_batch, max_batch), meta, out)
     except (RuntimeError, ValueError, TypeError, AssertionError) as exc:
         raise ExportError(
             f"ExecuTorch export failed: {first_line(exc)}", path=out, hint="report it with MNV2_DEBUG=1"
@@ -169,15 +178,20 @@ def export_pte(
             path=out,
             hint="report it with MNV2_DEBUG=1",
         )
-    return _settings("fp32", max_batch, left, seconds, max_abs_diff_vs_pytorch=diff)
+    return _settings("fp32", max_batch, lowered, seconds, max_abs_diff_vs_pytorch=diff)
 
 
 def export_pte_int8(
-    folded_model, calib_images, metadata: dict[str, Any], out_path: str | Path, *, max_batch: int = PTE_MAX_BATCH
+    folded_model,
+    calib_images,
+    metadata: dict[str, Any],
+    out_path: str | Path,
+    *,
+    max_batch: int = PTE_MAX_BATCH,
 ) -> dict[str, Any]:
     """INT8 ``.pte``: PT2E static quantization (per-channel symmetric weights, activations calibrated on
-    ``calib_images``, N x 3 x H x W normalised), lowered to XNNPACK; the settings record the top-1 agreement with the
-    FP32 model on the calibration images."""
+    ``calib_images``, N x 3 x H x W normalised, by XNNPACK's own histogram observer), lowered to XNNPACK; the settings record the top-1 agreement with the FP32 model on the first
+    :data:`AGREEMENT_IMAGES` calibration images, as the ONNX INT8 model's do."""
     require_executorch()
     import torch
     from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
@@ -196,19 +210,20 @@ def export_pte_int8(
             for chunk in calib_images.split(max_batch):
                 prepared(chunk)
         quantized = convert_pt2e(prepared)
-        left = _lower(_export_program(quantized, example, max_batch), meta, out)
+        lowered = _lower(_export_program(quantized, example, max_batch), meta, out)
     except (RuntimeError, ValueError, TypeError, AssertionError) as exc:
         raise ExportError(
             f"ExecuTorch INT8 export failed: {first_line(exc)}", path=out, hint="report it with MNV2_DEBUG=1"
         ) from exc
     seconds = time.perf_counter() - t0
-    agree = top1_agreement(folded_model, load_pte(out), calib_images)
+    agree = top1_agreement(folded_model, load_pte(out), calib_images[:AGREEMENT_IMAGES])
     return _settings(
         "int8",
         max_batch,
-        left,
+        lowered,
         seconds,
         quantizer="XNNPACKQuantizer(get_symmetric_quantization_config(is_per_channel=True))",
+        activation_observer="HistogramObserver",
         calibration_images=int(calib_images.shape[0]),
         top1_agreement_fp32_calib=agree,
     )

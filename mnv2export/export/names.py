@@ -15,6 +15,7 @@ ONNX_EXPORTER = "torch.onnx.export(dynamo=True)"  # recorded in every ONNX file'
 
 CALIB_METHODS = ("minmax", "entropy", "percentile")
 MAX_CALIB_SIZE = 10_000
+AGREEMENT_IMAGES = 64  # an INT8 export's top-1 agreement with FP32 is measured on this many calibration images
 # minmax calibration sets each activation's INT8 range to the extremes the calibration images reach, and a new image
 # exceeds the largest of n (exchangeable) images with probability 1/(n+1): half of all images for n = 1, ~3% for 32.
 MIN_CALIB_SIZE = 32  # fewer is accepted, with a warning (the INT8 model may fail its check)

@@ -88,7 +88,12 @@ def export_pt2(
     try:
         with out_of_place(model), torch.no_grad():
             program = torch.export.export(model, (example_batch.to(dev),), dynamic_shapes=({0: batch},))
-        configs = {"freezing": True, "aot_inductor.metadata": {PT2_METADATA_KEY: json_text(meta, indent=None)}}
+        configs = {
+            "freezing": True,
+            # the thread count read at run time, not the export's own (one thread, which left every loop serial)
+            "cpp.dynamic_threads": True,
+            "aot_inductor.metadata": {PT2_METADATA_KEY: json_text(meta, indent=None)},
+        }
         # inductor_configs is applied as a config patch for this call only (torch's global config stays); the package
         # path must end in .pt2, which an export's temporary file name does not: written beside it, then renamed
         package = out if out.suffix == ".pt2" else out.with_name(out.name + ".pt2")

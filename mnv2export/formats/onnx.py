@@ -67,11 +67,12 @@ class OnnxFormat(ArtifactFormat):
 
 class Int8OnnxFormat(OnnxFormat):
     def export(self, job: ExportJob, out: Path) -> dict[str, Any]:
+        from ..export.names import AGREEMENT_IMAGES
         from ..export.quantize import quantize_onnx, top1_agreement
 
         fp32, calib = job.written[self.after], job.calib
         settings = quantize_onnx(fp32, out, calib.images, job.metadata(self), method=job.options.calib_method)
-        agree = top1_agreement(fp32, out, calib.images[:64])
+        agree = top1_agreement(fp32, out, calib.images[:AGREEMENT_IMAGES])
         return {**settings, "calibration_data": calib.source, "top1_agreement_fp32_calib": agree}
 
 

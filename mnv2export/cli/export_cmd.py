@@ -39,7 +39,10 @@ CalibDataOpt = Annotated[
     ),
 ]
 CalibSizeOpt = Annotated[int, typer.Option("--calib-size", help="Number of calibration images.")]
-CalibMethodOpt = Annotated[str, typer.Option("--calib-method", help="minmax, entropy or percentile.")]
+CalibMethodOpt = Annotated[
+    str,
+    typer.Option("--calib-method", help="minmax, entropy or percentile, for the ONNX INT8 (the .pte: a histogram)."),
+]
 OpsetOpt = Annotated[
     Optional[int],
     typer.Option(

@@ -182,16 +182,12 @@ def export_pte(
 
 
 def export_pte_int8(
-    folded_model,
-    calib_images,
-    metadata: dict[str, Any],
-    out_path: str | Path,
-    *,
-    max_batch: int = PTE_MAX_BATCH,
+    folded_model, calib_images, metadata: dict[str, Any], out_path: str | Path, *, max_batch: int = PTE_MAX_BATCH
 ) -> dict[str, Any]:
     """INT8 ``.pte``: PT2E static quantization (per-channel symmetric weights, activations calibrated on
-    ``calib_images``, N x 3 x H x W normalised, by XNNPACK's own histogram observer), lowered to XNNPACK; the settings record the top-1 agreement with the FP32 model on the first
-    :data:`AGREEMENT_IMAGES` calibration images, as the ONNX INT8 model's do."""
+    ``calib_images``, N x 3 x H x W normalised, by XNNPACK's own histogram observer), lowered to XNNPACK; the settings
+    record the top-1 agreement with the FP32 model on the first :data:`AGREEMENT_IMAGES` calibration images, as the
+    ONNX INT8 model's do."""
     require_executorch()
     import torch
     from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (

@@ -351,7 +351,8 @@ def provider_problems(providers, families) -> dict[tuple[str, str], str | None]:
 
 def require_providers(problems: dict[tuple[str, str], str | None]) -> None:
     """Stop an explicit request for what this machine lacks (:func:`provider_problems`), before anything runs: one
-    :class:`ProviderUnavailable` naming every reason. TensorRT not running torch models, and a GPU not running ExecuTorch programs, are only rows' reasons."""
+    :class:`ProviderUnavailable` naming every reason. TensorRT not running torch models, and a GPU not running
+    ExecuTorch programs, are only rows' reasons."""
     bad = list(
         dict.fromkeys(
             why

@@ -277,9 +277,11 @@ class PteRunner(Runner):
     def _run(self, batch: np.ndarray) -> np.ndarray:
         import torch
 
+        def run_chunk(chunk: np.ndarray) -> np.ndarray:
+            return self.method.execute([torch.from_numpy(chunk)])[0].float().numpy()
+
         # the runtime refuses a batch over its upper bound with a bare error code: run it in chunks of max_batch
-        chunks = [batch[i : i + self.max_batch] for i in range(0, len(batch), self.max_batch)]
-        return np.concatenate([self.method.execute([torch.from_numpy(c)])[0].float().numpy() for c in chunks])
+        return self._in_chunks(batch, self.max_batch, run_chunk)
 
 
 def load_pte(path: str | Path) -> PteRunner:

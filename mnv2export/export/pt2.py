@@ -168,11 +168,12 @@ class Pt2Runner(Runner):
     def _run(self, batch: np.ndarray) -> np.ndarray:
         import torch
 
+        def run_chunk(chunk: np.ndarray) -> np.ndarray:
+            with torch.inference_mode():
+                return self.model(torch.from_numpy(chunk).to(self.device)).float().cpu().numpy()
+
         # the compiled code does not check its batch range: a larger batch runs in chunks of max_batch
-        chunks = [batch[i : i + self.max_batch] for i in range(0, len(batch), self.max_batch)]
-        with torch.inference_mode():
-            outs = [self.model(torch.from_numpy(c).to(self.device)).float().cpu().numpy() for c in chunks]
-        return np.concatenate(outs)
+        return self._in_chunks(batch, self.max_batch, run_chunk)
 
 
 def load_pt2(path: str | Path, device: str = "cpu") -> Pt2Runner:

@@ -78,7 +78,8 @@ class Description:
 
 @dataclass(frozen=True)
 class ArtifactFormat:
-    """One artifact format. Subclasses implement the four methods; the fields say where it fits."""
+    """One artifact format. Subclasses implement export, load and read_metadata (and describe where the metadata's
+    network is not all there is to show); the fields say where it fits."""
 
     name: str  # registry key and `mnv2 bench` row: eager, torchscript, onnx, int8, fp16
     kind: str  # what the file is (filekind.detect_format) and its metadata's "format": pytorch, torchscript, onnx
@@ -128,7 +129,9 @@ class ArtifactFormat:
         raise NotImplementedError
 
     def describe(self, path: Path) -> Description:
-        raise NotImplementedError
+        """What ``mnv2 info`` shows: by default the network its metadata's model_config describes, BatchNorm folded
+        (formats that can say more, or must load the file to check it, override this)."""
+        return folded_description(self.read_metadata(path))
 
     def for_serving(self, runner: Any) -> Any:
         """``runner`` prepared for many calls (what ``mnv2 bench`` times); most formats need nothing more."""

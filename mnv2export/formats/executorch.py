@@ -10,8 +10,8 @@ from typing import Any
 
 from ..errors import ProviderUnavailable
 from ..layout import PTE_FILE, PTE_INT8_FILE
-from ..runtime.metadata import parse_metadata
-from .base import ArtifactFormat, Description, ExportJob, folded_description
+from ..runtime.metadata import check_metadata
+from .base import ArtifactFormat, ExportJob
 
 PTE_IDENTIFIER = b"ET"  # the flatbuffer file identifier (bytes 4-8: ET12...) starts so
 
@@ -36,20 +36,14 @@ class PteFormat(ArtifactFormat):
             from executorch.extension.pybindings.portable_lib import _unsafe_reset_threadpool
 
             _unsafe_reset_threadpool(threads)
-        from ..fileio import json_text
-
         runner = load_pte(path)
-        runner.metadata = parse_metadata(json_text(runner.metadata), path, self.kind)  # checked as every format's is
+        runner.metadata = check_metadata(runner.metadata, path, self.kind)  # checked as every format's is
         return runner
 
     def read_metadata(self, path: Path) -> dict[str, Any]:
         from ..export.executorch import read_pte_metadata
-        from ..fileio import json_text
 
-        return parse_metadata(json_text(read_pte_metadata(path)), path, self.kind)
-
-    def describe(self, path: Path) -> Description:
-        return folded_description(self.read_metadata(path))
+        return check_metadata(read_pte_metadata(path), path, self.kind)
 
     def sniff(self, path: Path) -> bool:
         with open(path, "rb") as fh:

@@ -12,8 +12,8 @@ from typing import Any
 
 from ..errors import ProviderUnavailable
 from ..layout import PT2_FILE
-from ..runtime.metadata import parse_metadata
-from .base import ArtifactFormat, Description, ExportJob, folded_description
+from ..runtime.metadata import check_metadata
+from .base import ArtifactFormat, ExportJob
 from .checkpoint import torch_device
 
 
@@ -53,12 +53,8 @@ class Pt2Format(ArtifactFormat):
 
     def read_metadata(self, path: Path) -> dict[str, Any]:
         from ..export.pt2 import read_pt2_metadata
-        from ..fileio import json_text
 
-        return parse_metadata(json_text(read_pt2_metadata(path)), path, self.kind)
-
-    def describe(self, path: Path) -> Description:
-        return folded_description(self.read_metadata(path))
+        return check_metadata(read_pt2_metadata(path), path, self.kind)
 
     def sniff(self, path: Path) -> bool:
         if not zipfile.is_zipfile(path):

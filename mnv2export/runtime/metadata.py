@@ -23,6 +23,12 @@ def parse_metadata(raw: str | bytes | None, p: Path, kind: str) -> dict[str, Any
         raise ArtifactError(
             "artifact metadata is not valid JSON", path=p, hint="export it again with `mnv2 export`"
         ) from None
+    return check_metadata(meta, p, kind)
+
+
+def check_metadata(meta: Any, p: Path, kind: str) -> dict[str, Any]:
+    """Metadata already decoded from JSON (a format whose file holds it inside its own structure: .pt2, .pte), checked
+    as :func:`parse_metadata` checks it."""
     if not isinstance(meta, dict):
         raise ArtifactError(
             f"artifact metadata is a JSON {type(meta).__name__}, not an object",

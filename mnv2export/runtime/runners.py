@@ -69,6 +69,14 @@ class Runner:
     def _run(self, batch: np.ndarray) -> np.ndarray:  # pragma: no cover - overridden
         raise NotImplementedError
 
+    @staticmethod
+    def _in_chunks(batch: np.ndarray, size: int, run_chunk) -> np.ndarray:
+        """``run_chunk`` over ``batch`` in pieces of at most ``size`` images, joined: for runtimes whose compiled batch
+        range ends at ``size`` (.pt2, .pte)."""
+        if len(batch) <= size:
+            return run_chunk(batch)
+        return np.concatenate([run_chunk(batch[i : i + size]) for i in range(0, len(batch), size)])
+
 
 @dataclass
 class TorchRunner(Runner):
